@@ -1,0 +1,62 @@
+# diBoaS mesh. `make help` lists the targets; `make run` and `make test` are the two that matter.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+BUF         := node_modules/.bin/buf
+PY_STAMP    := $(VENV)/.installed
+NODE_STAMP  := node_modules/.installed
+CERTS_DIR   ?= certs/out
+# Compare protos against this git ref in `make breaking` (CI sets it to the previous commit).
+BUF_AGAINST ?= main
+
+.PHONY: help setup generate check-generated lint breaking certs run test bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(PY_STAMP) $(NODE_STAMP) ## install Python packages (pinned, into .venv) and buf (npm)
+
+$(PY_STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-fund --no-audit --loglevel=error
+	@touch $@
+
+generate: $(PY_STAMP) ## regenerate generated/ (Python stubs, type stubs, descriptor set) from protos/
+	$(PY) -m tools.generate
+
+check-generated: $(PY_STAMP) ## fail when generated/ differs from what protos/ produce
+	$(PY) -m tools.generate --check
+
+lint: $(NODE_STAMP) ## buf lint (STANDARD rules) over protos/
+	$(BUF) lint
+
+breaking: $(NODE_STAMP) ## buf breaking against $(BUF_AGAINST) (skipped when that ref has no protos)
+	@if git cat-file -e "$(BUF_AGAINST):protos" 2>/dev/null; then \
+	  echo "buf breaking against $(BUF_AGAINST)"; \
+	  $(BUF) breaking --against ".git#ref=$(BUF_AGAINST)"; \
+	else echo "buf breaking: $(BUF_AGAINST) has no protos/ yet, nothing to compare"; fi
+
+certs: $(PY_STAMP) ## make (or renew) the development CA and certificates in $(CERTS_DIR)
+	$(PY) -m certs.mkcerts --out $(CERTS_DIR)
+
+run: setup certs ## start the four services (SQLite, no broker); Ctrl-C stops them
+	$(PY) -m services.launcher
+
+test: setup certs ## run every test (lint, generated check, unit, integration, security)
+	$(BUF) lint
+	$(PY) -m tools.generate --check
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup certs ## measure the runtime's cost (bare vs full stack) from a separate client process
+	$(PY) -m bench.runtime_overhead
+
+clean: ## remove the virtualenv, node_modules and run state (keeps certificates)
+	rm -rf $(VENV) node_modules var .pytest_cache

@@ -1,0 +1,255 @@
+"""The topology (mesh.yaml) as typed configuration, with environment overrides.
+
+One file names every service, its address, identity, database, topics and call policy;
+everything else (servers, clients, certificates, the gateway) is derived from it. Any
+value can be overridden by an environment variable, so the same file serves a laptop,
+CI and a deployment. Errors name the file, the key and what is wrong: never a traceback.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TOPOLOGY = REPO_ROOT / "mesh.yaml"
+_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+class ConfigError(Exception):
+    """The topology or an override is wrong; the message says where and how."""
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> "Address":
+        host, sep, port = str(text).rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{where}: '{text}' is not a host:port address (port 0-65535)")
+        return cls(host.strip("[]"), int(port))
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    fail_max: int = 5
+    reset_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 4
+    initial_backoff_seconds: float = 0.05
+    max_backoff_seconds: float = 1.0
+    backoff_multiplier: float = 2.0
+
+
+@dataclass(frozen=True)
+class Defaults:
+    deadline_seconds: float = 5.0
+    drain_seconds: float = 10.0
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    identity: str  # SPIFFE id
+    address: Address
+    metrics: Address | None
+    database: str
+    upstreams: tuple[str, ...]
+    publishes: tuple[str, ...]
+    subscribes: tuple[str, ...]
+    policy: Mapping[str, frozenset[str]]  # method -> caller names; "*" = default
+
+    def allowed_callers(self, method: str) -> frozenset[str]:
+        return self.policy.get(method, self.policy.get("*", frozenset()))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    name: str
+    identity: str
+    http: Address
+    https: Address
+    admin: Address
+
+
+@dataclass(frozen=True)
+class Topology:
+    path: Path
+    trust_domain: str
+    certs_dir: Path
+    state_dir: Path
+    defaults: Defaults
+    gateway: GatewayConfig
+    clients: Mapping[str, str]  # client name -> SPIFFE id
+    services: Mapping[str, ServiceConfig]
+
+    def service(self, name: str) -> ServiceConfig:
+        try:
+            return self.services[name]
+        except KeyError:
+            known = ", ".join(sorted(self.services))
+            raise ConfigError(f"{self.path}: no service named '{name}' (known: {known})") from None
+
+    def identities(self) -> dict[str, str]:
+        """Every name that gets a certificate, mapped to its SPIFFE id."""
+        ids = {name: svc.identity for name, svc in self.services.items()}
+        ids[self.gateway.name] = self.gateway.identity
+        ids.update(self.clients)
+        return ids
+
+    def name_of(self, spiffe_id: str) -> str | None:
+        """The short name (as used in policies) of a SPIFFE id of this trust domain."""
+        prefix = f"spiffe://{self.trust_domain}/"
+        if not spiffe_id.startswith(prefix):
+            return None
+        kind, _, name = spiffe_id[len(prefix):].partition("/")
+        return name if kind in ("service", "client") and _NAME.match(name or "-") else None
+
+
+def spiffe_id(trust_domain: str, kind: str, name: str) -> str:
+    return f"spiffe://{trust_domain}/{kind}/{name}"
+
+
+def _env_key(*parts: str) -> str:
+    return "DIBOAS_" + "_".join(p.upper().replace("-", "_") for p in parts)
+
+
+def load_topology(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Topology:
+    """Read the topology file (DIBOAS_TOPOLOGY or mesh.yaml) and apply DIBOAS_* overrides."""
+    env = os.environ if env is None else env
+    path = Path(path or env.get("DIBOAS_TOPOLOGY") or DEFAULT_TOPOLOGY)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"topology file {path} does not exist (set DIBOAS_TOPOLOGY)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"topology file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"topology file {path} must be a mapping at the top level")
+    return _build(path, raw, env)
+
+
+def _section(raw: Mapping, key: str, where: str, default=None) -> dict:
+    value = raw.get(key, default if default is not None else {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: '{key}' must be a mapping")
+    return value
+
+
+def _number(raw: Mapping, key: str, where: str, default: float, env: Mapping[str, str], env_key: str) -> float:
+    value = env.get(env_key, raw.get(key, default))
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}.{key} (or {env_key}): '{value}' is not a number") from None
+    if number < 0:
+        raise ConfigError(f"{where}.{key} (or {env_key}): must not be negative, got {value}")
+    return number
+
+
+def _names(value, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: must be a list of names")
+    return tuple(value)
+
+
+def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
+    where = str(path)
+    base = path.parent
+    trust_domain = env.get("DIBOAS_TRUST_DOMAIN", raw.get("trust_domain", "diboas.local"))
+    certs_dir = (base / env.get("DIBOAS_CERTS_DIR", raw.get("certs_dir", "certs/out"))).resolve()
+    state_dir = (base / env.get("DIBOAS_STATE_DIR", raw.get("state_dir", "var"))).resolve()
+
+    d = _section(raw, "defaults", where)
+    b = _section(d, "breaker", f"{where}: defaults")
+    r = _section(d, "retry", f"{where}: defaults")
+    dw = f"{where}: defaults"
+    retry = RetryPolicy(
+        max_attempts=int(_number(r, "max_attempts", dw + ".retry", 4, env, "DIBOAS_RETRY_MAX_ATTEMPTS")),
+        initial_backoff_seconds=_number(r, "initial_backoff_seconds", dw + ".retry", 0.05, env, "DIBOAS_RETRY_INITIAL_BACKOFF"),
+        max_backoff_seconds=_number(r, "max_backoff_seconds", dw + ".retry", 1.0, env, "DIBOAS_RETRY_MAX_BACKOFF"),
+        backoff_multiplier=_number(r, "backoff_multiplier", dw + ".retry", 2.0, env, "DIBOAS_RETRY_BACKOFF_MULTIPLIER"),
+    )
+    if not 2 <= retry.max_attempts <= 5:
+        raise ConfigError(f"{dw}.retry.max_attempts must be between 2 and 5 (gRPC's cap), got {retry.max_attempts}")
+    defaults = Defaults(
+        deadline_seconds=_number(d, "deadline_seconds", dw, 5.0, env, "DIBOAS_DEFAULT_DEADLINE"),
+        drain_seconds=_number(d, "drain_seconds", dw, 10.0, env, "DIBOAS_DRAIN_SECONDS"),
+        breaker=BreakerPolicy(
+            fail_max=int(_number(b, "fail_max", dw + ".breaker", 5, env, "DIBOAS_BREAKER_FAIL_MAX")),
+            reset_timeout_seconds=_number(b, "reset_timeout_seconds", dw + ".breaker", 10.0, env, "DIBOAS_BREAKER_RESET_TIMEOUT"),
+        ),
+        retry=retry,
+    )
+
+    g = _section(raw, "gateway", where)
+    gname = g.get("identity", "gateway")
+    gateway = GatewayConfig(
+        name=gname,
+        identity=spiffe_id(trust_domain, "service", gname),
+        http=Address.parse(env.get("DIBOAS_GATEWAY_HTTP", g.get("http", "127.0.0.1:8080")), f"{where}: gateway.http"),
+        https=Address.parse(env.get("DIBOAS_GATEWAY_HTTPS", g.get("https", "127.0.0.1:8443")), f"{where}: gateway.https"),
+        admin=Address.parse(env.get("DIBOAS_GATEWAY_ADMIN", g.get("admin", "127.0.0.1:9901")), f"{where}: gateway.admin"),
+    )
+    clients = {n: spiffe_id(trust_domain, "client", n) for n in _names(raw.get("clients", []), f"{where}: clients")}
+
+    raw_services = _section(raw, "services", where)
+    if not raw_services:
+        raise ConfigError(f"{where}: 'services' names no service")
+    services: dict[str, ServiceConfig] = {}
+    for name, s in raw_services.items():
+        sw = f"{where}: services.{name}"
+        if not _NAME.match(str(name)):
+            raise ConfigError(f"{sw}: a service name is lower-case letters, digits and '-'")
+        if not isinstance(s, dict):
+            raise ConfigError(f"{sw} must be a mapping")
+        if "address" not in s and _env_key(name, "address") not in env:
+            raise ConfigError(f"{sw}: 'address' is missing")
+        address = Address.parse(env.get(_env_key(name, "address"), s.get("address")), f"{sw}.address ({_env_key(name, 'address')})")
+        metrics_raw = env.get(_env_key(name, "metrics"), s.get("metrics"))
+        metrics = Address.parse(metrics_raw, f"{sw}.metrics ({_env_key(name, 'metrics')})") if metrics_raw else None
+        database = str(env.get(_env_key(name, "database"), s.get("database", f"sqlite:///{{state_dir}}/{name}.db")))
+        database = database.replace("{state_dir}", str(state_dir))
+        policy_raw = _section(s, "policy", sw)
+        policy = {str(m): frozenset(_names(callers, f"{sw}.policy.{m}")) for m, callers in policy_raw.items()}
+        services[name] = ServiceConfig(
+            name=name,
+            identity=spiffe_id(trust_domain, "service", name),
+            address=address,
+            metrics=metrics,
+            database=database,
+            upstreams=_names(s.get("upstreams"), f"{sw}.upstreams"),
+            publishes=_names(s.get("publishes"), f"{sw}.publishes"),
+            subscribes=_names(s.get("subscribes"), f"{sw}.subscribes"),
+            policy=policy,
+        )
+
+    known = set(services) | {gateway.name} | set(clients)
+    if len(known) != len(services) + 1 + len(clients):
+        raise ConfigError(f"{where}: service, gateway and client names must all differ")
+    for svc in services.values():
+        for up in svc.upstreams:
+            if up not in services:
+                raise ConfigError(f"{where}: services.{svc.name}.upstreams names '{up}', which is not a service")
+        for method, callers in svc.policy.items():
+            unknown = sorted(callers - known)
+            if unknown:
+                raise ConfigError(f"{where}: services.{svc.name}.policy.{method} names unknown callers {unknown}")
+    return Topology(path, trust_domain, certs_dir, state_dir, defaults, gateway, clients, services)
