@@ -1,0 +1,198 @@
+"""`make run`: start every service of the topology as its own process, wait until all report
+SERVING, print where they are, and stop them all cleanly on Ctrl-C or SIGTERM.
+
+Each service logs JSON to <state_dir>/logs/<service>.log; this command prints progress.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.runtime.config import ConfigError, ServiceConfig, Topology, load_topology
+from services.runtime.tls import channel_credentials, load_identity
+
+START_TIMEOUT = float(os.environ.get("DIBOAS_START_TIMEOUT", "60"))
+OPERATOR = "operator"
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _port_free(service: ServiceConfig) -> str | None:
+    """None if the service's port can be bound, else why not."""
+    family = socket.AF_INET6 if ":" in service.address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((service.address.host, service.address.port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def _preflight(topology: Topology) -> None:
+    for name in [*topology.services, OPERATOR]:
+        load_identity(topology.certs_dir, name)
+    for service in topology.services.values():
+        problem = _port_free(service)
+        if problem:
+            raise ConfigError(f"{service.name} cannot listen on {service.address}: {problem}. Is an earlier "
+                              f"`make run` still running? Otherwise set DIBOAS_{service.name.upper()}_ADDRESS.")
+
+
+async def _serving(topology: Topology, service: ServiceConfig, creds) -> str:
+    """The service's overall health status name, or UNREACHABLE."""
+    async with grpc.aio.secure_channel(str(service.address), creds,
+                                       options=[("grpc.ssl_target_name_override", service.name)]) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.aio.AioRpcError:
+            return "UNREACHABLE"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+class Launcher:
+    def __init__(self, topology: Topology):
+        self.topology = topology
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.logs_dir = topology.state_dir / "logs"
+
+    def start(self) -> None:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        for name, service in self.topology.services.items():
+            log_path = self.logs_dir / f"{name}.log"
+            with open(log_path, "ab") as log_file:
+                self.processes[name] = subprocess.Popen(
+                    [sys.executable, "-m", f"services.{name}"], stdout=log_file, stderr=subprocess.STDOUT,
+                    start_new_session=True)  # Ctrl-C reaches us only; we stop the children in order
+            _say(f"  starting {name:<12} {str(service.address):<18} log {log_path}")
+
+    async def wait_until_serving(self) -> bool:
+        creds = channel_credentials(load_identity(self.topology.certs_dir, OPERATOR))
+        started = time.monotonic()
+        pending = dict(self.topology.services)
+        while pending:
+            for name, service in list(pending.items()):
+                code = self.processes[name].poll()
+                if code is not None:
+                    _say(f"  {name} exited with code {code} while starting; last lines of its log:")
+                    _say(_tail(self.logs_dir / f"{name}.log"))
+                    return False
+                status = await _serving(self.topology, service, creds)
+                if status == "SERVING":
+                    _say(f"  ready    {name:<12} SERVING after {time.monotonic() - started:.1f}s")
+                    del pending[name]
+            if pending and time.monotonic() - started > START_TIMEOUT:
+                _say(f"  gave up after {START_TIMEOUT:.0f}s; not serving: {', '.join(pending)}"
+                     f" (see their logs in {self.logs_dir})")
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
+    def first_exited(self) -> tuple[str, int] | None:
+        for name, process in self.processes.items():
+            code = process.poll()
+            if code is not None:
+                return name, code
+        return None
+
+    def stop(self, timeout: float) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, process in self.processes.items():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _say(f"  {name} did not stop within {timeout:.0f}s; killing it")
+                process.kill()
+                process.wait()
+        _say("  all services stopped")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join("    " + line for line in path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "    (no log)"
+
+
+def _banner(topology: Topology) -> str:
+    certs = os.path.relpath(topology.certs_dir)
+    rows = "\n".join(f"  {s.name:<12} grpcs://{s.address}   metrics http://{s.metrics}/metrics"
+                     for s in topology.services.values())
+    wallet = topology.services.get("wallet") or next(iter(topology.services.values()))
+    return f"""
+The diBoaS mesh is up (mTLS gRPC; data in {os.path.relpath(topology.state_dir)}/):
+{rows}
+
+Try it with grpcurl and the operator certificate:
+  grpcurl -cacert {certs}/ca.crt -cert {certs}/operator.crt -key {certs}/operator.key \\
+    -servername {wallet.name} {wallet.address} grpc.health.v1.Health/Check
+  grpcurl -cacert {certs}/ca.crt -cert {certs}/operator.crt -key {certs}/operator.key \\
+    -servername {wallet.name} {wallet.address} list
+
+Press Ctrl-C to stop everything.
+"""
+
+
+async def _main() -> int:
+    topology = load_topology()
+    _preflight(topology)
+    launcher = Launcher(topology)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    _say(f"Starting the diBoaS mesh ({len(topology.services)} services, topology {os.path.relpath(topology.path)})")
+    launcher.start()
+    code = 0
+    try:
+        ready = asyncio.ensure_future(launcher.wait_until_serving())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            ready.cancel()
+            _say("\nStopping before everything was up...")
+        elif not ready.result():
+            code = 1
+        else:
+            _say(_banner(topology))
+            while not stop.is_set():
+                exited = launcher.first_exited()
+                if exited:
+                    _say(f"\n{exited[0]} exited unexpectedly with code {exited[1]}; last lines of its log:")
+                    _say(_tail(launcher.logs_dir / f"{exited[0]}.log"))
+                    code = 1
+                    break
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                except TimeoutError:
+                    pass
+            if code == 0:
+                _say("\nStopping (draining in-flight calls)...")
+    finally:
+        launcher.stop(timeout=topology.defaults.drain_seconds + 5)
+    return code
+
+
+def main() -> None:
+    try:
+        sys.exit(asyncio.run(_main()))
+    except ConfigError as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Service JWTs: short-lived tokens bound to the caller's mTLS identity.
+
+A caller signs its token (ES256) with the private key of its own mesh certificate; the
+server verifies it with the public key of the certificate the caller presented in the TLS
+handshake. A token therefore cannot be used over any other identity's connection, and no
+shared secret exists that could mint tokens for every service. `sub` is the caller's SPIFFE
+id, `aud` the callee's, `exp` a few minutes away. What the caller may do is then looked up
+in the callee's policy (mesh.yaml) by that identity.
+
+Both sides cache: the issuer reuses a token until most of its lifetime is gone, and the
+verifier remembers tokens it has already checked until they expire, so the signature work
+is off the hot path.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from functools import lru_cache
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from .errors import Unauthenticated
+
+ALGORITHM = "ES256"
+_MAX_CACHED = 10_000
+
+
+class TokenIssuer:
+    """Mints (and reuses) this identity's tokens, one per audience."""
+
+    def __init__(self, identity: str, private_key_pem: bytes, ttl_seconds: float = 300.0):
+        self.identity = identity
+        self._key = load_pem_private_key(private_key_pem, password=None)
+        self._ttl = ttl_seconds
+        self._tokens: dict[str, tuple[str, float]] = {}  # audience -> (token, renew_at)
+
+    def token_for(self, audience: str) -> str:
+        now = time.time()
+        cached = self._tokens.get(audience)
+        if cached and now < cached[1]:
+            return cached[0]
+        claims = {"iss": self.identity, "sub": self.identity, "aud": audience,
+                  "iat": int(now), "exp": int(now + self._ttl), "jti": uuid.uuid4().hex}
+        token = jwt.encode(claims, self._key, algorithm=ALGORITHM)
+        self._tokens[audience] = (token, now + self._ttl * 0.8)
+        return token
+
+
+@lru_cache(maxsize=256)
+def _public_key(cert_pem: bytes):
+    return x509.load_pem_x509_certificate(cert_pem).public_key()
+
+
+class TokenVerifier:
+    """Checks a bearer token against the TLS peer: signature, expiry, audience, subject."""
+
+    def __init__(self, audience: str, leeway_seconds: float = 5.0):
+        self.audience = audience
+        self._leeway = leeway_seconds
+        self._verified: dict[tuple[str, str], float] = {}  # (token, peer identity) -> exp
+
+    def verify(self, token: str | None, peer_identity: str, peer_cert_pem: bytes | None) -> None:
+        if not token:
+            raise Unauthenticated("no service token: send 'authorization: Bearer <jwt>' signed with your mesh key",
+                                  reason="TOKEN_MISSING")
+        key = (token, peer_identity)
+        exp = self._verified.get(key)
+        if exp is not None:
+            if time.time() < exp + self._leeway:
+                return
+            del self._verified[key]
+        if peer_cert_pem is None:
+            raise Unauthenticated("the connection carries no client certificate", reason="NO_PEER_CERTIFICATE")
+        try:
+            claims = jwt.decode(
+                token, _public_key(peer_cert_pem), algorithms=[ALGORITHM], audience=self.audience,
+                leeway=self._leeway, options={"require": ["exp", "iat", "sub", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("service token expired", reason="TOKEN_EXPIRED") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthenticated(f"service token is not meant for {self.audience}", reason="TOKEN_WRONG_AUDIENCE") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthenticated("service token signature does not match the caller's certificate",
+                                  reason="TOKEN_BAD_SIGNATURE") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"service token rejected: {exc}", reason="TOKEN_INVALID") from None
+        if claims["sub"] != peer_identity:
+            raise Unauthenticated(f"service token is for {claims['sub']}, but the connection is {peer_identity}",
+                                  reason="TOKEN_IDENTITY_MISMATCH")
+        if len(self._verified) >= _MAX_CACHED:
+            now = time.time()
+            self._verified = {k: e for k, e in self._verified.items() if e > now}
+        self._verified[key] = float(claims["exp"])

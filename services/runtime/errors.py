@@ -1,0 +1,77 @@
+"""Domain errors: what went wrong, in words a caller can act on.
+
+Domain and service-layer code raises these; it never imports grpc. The transport maps each
+class to its canonical gRPC code (services/runtime/status.py), with a stable UPPER_SNAKE
+reason (google.rpc.ErrorInfo) and, for bad input, the offending fields (BadRequest).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of every error a caller is meant to see; `reason` is stable, `message` is for people."""
+
+    reason = "ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if reason:
+            self.reason = reason
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(DomainError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, *, violations: list[FieldViolation] | None = None, **kw):
+        super().__init__(message, **kw)
+        self.violations = list(violations or [])
+
+    @classmethod
+    def field(cls, field: str, description: str, **kw) -> "InvalidArgument":
+        return cls(f"{field}: {description}", violations=[FieldViolation(field, description)], **kw)
+
+
+class NotFound(DomainError):
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(DomainError):
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DomainError):
+    reason = "FAILED_PRECONDITION"
+
+
+class Unauthenticated(DomainError):
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    reason = "PERMISSION_DENIED"
+
+
+class ServiceUnavailable(DomainError):
+    """An upstream (a service, a provider, a chain) cannot be reached now; retrying later may work."""
+
+    reason = "SERVICE_UNAVAILABLE"
+
+
+class DeadlineExceeded(DomainError):
+    reason = "DEADLINE_EXCEEDED"
+
+
+class Unimplemented(DomainError):
+    """The operation is in the contract but not built yet; the message says which issue brings it."""
+
+    reason = "NOT_IMPLEMENTED_YET"

@@ -1,0 +1,102 @@
+"""grpc.health.v1 for a service: overall ("") and per gRPC service, plus the database probe.
+
+A service is SERVING only while its database answers. The probe runs `SELECT 1` on a fresh
+connection every few seconds (a pooled connection could hide a lost database); while it
+fails, every status is NOT_SERVING. During shutdown everything is NOT_SERVING for good.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
+
+from .config import ConfigError
+from .metrics import HEALTH
+
+log = logging.getLogger("diboas.health")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class DatabaseProbe:
+    def __init__(self, url: str):
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ConfigError(f"database URL '{url}' is not a valid SQLAlchemy URL") from None
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            # The embedded default: the file is created on first run, its folder now.
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        connect_args = {"connect_timeout": 2} if parsed.get_backend_name() == "postgresql" else {}
+        self.url = parsed.render_as_string(hide_password=True)
+        self._engine = create_engine(parsed, poolclass=NullPool, connect_args=connect_args)
+
+    def check(self) -> str | None:
+        """None when the database answers, else why not."""
+        try:
+            with self._engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return None
+        except Exception as exc:  # any driver error means "not reachable" to a probe
+            return str(exc).splitlines()[0]
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+class ServiceHealth:
+    def __init__(self, service: str, grpc_services: list[str], probe: DatabaseProbe | None,
+                 interval_seconds: float = 2.0):
+        self.servicer = health_aio.HealthServicer()
+        self._service = service
+        self._names = ["", *grpc_services]
+        self._probe = probe
+        self._interval = interval_seconds
+        self._task: asyncio.Task | None = None
+        self._serving: bool | None = None
+        self._closing = False
+
+    async def _set(self, serving: bool, why: str = "") -> None:
+        if self._closing or serving == self._serving:
+            return
+        self._serving = serving
+        for name in self._names:
+            await self.servicer.set(name, SERVING if serving else NOT_SERVING)
+        HEALTH.labels(self._service).set(1 if serving else 0)
+        if serving:
+            log.info("%s is SERVING", self._service)
+        else:
+            log.warning("%s is NOT_SERVING: %s", self._service, why)
+
+    async def check_once(self) -> None:
+        problem = await asyncio.to_thread(self._probe.check) if self._probe else None
+        await self._set(problem is None, f"database {self._probe.url if self._probe else ''} unreachable: {problem}")
+
+    async def start(self) -> None:
+        await self.check_once()
+        if self._probe:
+            self._task = asyncio.create_task(self._watch(), name=f"{self._service}-health")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.check_once()
+
+    async def shutdown(self) -> None:
+        """NOT_SERVING from now on, whatever the probe says."""
+        if self._task:
+            self._task.cancel()
+        for name in self._names:
+            await self.servicer.set(name, NOT_SERVING)
+        await self.servicer.enter_graceful_shutdown()
+        self._closing = True
+        HEALTH.labels(self._service).set(0)
+        if self._probe:
+            self._probe.close()

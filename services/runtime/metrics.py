@@ -1,0 +1,49 @@
+"""Prometheus metrics per service and method, served on each service's metrics address."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from .config import Address, ConfigError
+
+SERVER_CALLS = Counter("diboas_rpc_server_calls", "RPCs handled, by final status code",
+                       ["service", "method", "code"])
+SERVER_ERRORS = Counter("diboas_rpc_server_errors", "RPCs that ended with a status other than OK",
+                        ["service", "method", "code"])
+SERVER_LATENCY = Histogram("diboas_rpc_server_latency_seconds", "Server-side RPC latency",
+                           ["service", "method"],
+                           buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+CLIENT_CALLS = Counter("diboas_rpc_client_calls", "RPCs made to upstreams, by final status code",
+                       ["service", "upstream", "method", "code"])
+BREAKER_STATE = Gauge("diboas_circuit_breaker_open", "1 while the circuit breaker of an upstream is open or half-open",
+                      ["service", "upstream"])
+HEALTH = Gauge("diboas_service_serving", "1 while the service reports SERVING", ["service"])
+
+
+class MethodMetrics:
+    """The label children of one (service, method), resolved once: the hot path only increments."""
+
+    __slots__ = ("_service", "_method", "_calls", "_latency")
+
+    def __init__(self, service: str, method: str):
+        self._service, self._method = service, method
+        self._calls: dict[str, object] = {}
+        self._latency = SERVER_LATENCY.labels(service, method)
+
+    def observe(self, code: str, seconds: float) -> None:
+        counter = self._calls.get(code)
+        if counter is None:
+            counter = self._calls[code] = SERVER_CALLS.labels(self._service, self._method, code)
+        counter.inc()
+        if code != "OK":
+            SERVER_ERRORS.labels(self._service, self._method, code).inc()
+        self._latency.observe(seconds)
+
+
+def serve_metrics(address: Address, service: str) -> int:
+    """Start the /metrics HTTP endpoint; returns the bound port (address port 0 picks one)."""
+    try:
+        server, _thread = start_http_server(address.port, addr=address.host)
+    except OSError as exc:
+        raise ConfigError(f"{service}: cannot serve metrics on {address}: {exc.strerror or exc}"
+                          f" (set DIBOAS_{service.upper()}_METRICS)") from None
+    return server.server_port

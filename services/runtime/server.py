@@ -1,0 +1,184 @@
+"""A service process: the mTLS gRPC server with health, reflection, the interceptor chain,
+metrics endpoint, database probe and graceful shutdown, built from the topology.
+
+    server = MeshServer(topology, "wallet", build)   # build(runtime) -> [Registration, ...]
+    await server.start()                              # binds; server.port is the real port
+    await server.stop()                               # NOT_SERVING, drain in-flight calls, stop
+
+`run(name, build)` is the process entry point used by `python -m services.<name>`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from .auth import TokenIssuer
+from .client import Upstreams
+from .config import Address, ConfigError, ServiceConfig, Topology, load_topology
+from .health import DatabaseProbe, ServiceHealth
+from .interceptor import MeshServerInterceptor
+from .logs import configure_logging
+from .metrics import serve_metrics
+from .tls import IdentityFiles, load_identity, server_credentials
+from . import tracing
+
+log = logging.getLogger("diboas.server")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One gRPC service to serve: its full name, the generated add_..._to_server, the servicer."""
+
+    grpc_service: str
+    add_to_server: Callable[[object, grpc.aio.Server], None]
+    servicer: object
+
+
+@dataclass
+class Runtime:
+    """What a service's composition root gets to build its servicers with."""
+
+    topology: Topology
+    service: ServiceConfig
+    identity: IdentityFiles
+    upstreams: Upstreams
+    extras: dict = field(default_factory=dict)
+
+
+SERVER_OPTIONS = [
+    # gRPC Python turns SO_REUSEPORT on by default: a stale server on the same port would
+    # silently share the traffic. With it off, a port in use is an error at start.
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.max_connection_idle_ms", 300_000),
+]
+
+
+class MeshServer:
+    def __init__(self, topology: Topology, name: str, build: Callable[[Runtime], list[Registration]], *,
+                 tracing_enabled: bool = True, health_interval: float = 2.0, serve_metrics_endpoint: bool = True,
+                 unready_seconds: float = 1.0):
+        self.topology = topology
+        self.service = topology.service(name)
+        self._build = build
+        self._tracing = tracing_enabled
+        self._health_interval = health_interval
+        self._serve_metrics = serve_metrics_endpoint
+        self._unready_seconds = unready_seconds
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: ServiceHealth | None = None
+        self._upstreams: Upstreams | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        topology, service = self.topology, self.service
+        files = load_identity(topology.certs_dir, service.name)
+        issuer = TokenIssuer(service.identity, files.key)
+        self._upstreams = Upstreams(topology, service.name, files, issuer, tracing=self._tracing)
+        registrations = self._build(Runtime(topology, service, files, self._upstreams))
+
+        interceptors: list = [MeshServerInterceptor(topology, service, topology.defaults.deadline_seconds)]
+        if self._tracing:
+            interceptors.insert(0, aio_server_interceptor())
+        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        for reg in registrations:
+            reg.add_to_server(reg.servicer, server)
+
+        self._health = ServiceHealth(service.name, [r.grpc_service for r in registrations],
+                                     DatabaseProbe(service.database), self._health_interval)
+        from grpc_health.v1 import health_pb2_grpc
+        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
+        reflection.enable_server_reflection(
+            [r.grpc_service for r in registrations] + ["grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+
+        self.port = _bind(server, service.address, server_credentials(files), service.name)
+        if self._serve_metrics and service.metrics is not None:
+            self.metrics_port = serve_metrics(service.metrics, service.name)
+        await server.start()
+        self._server = server
+        await self._health.start()
+        log.info("%s listening on %s:%s (mTLS)%s", service.name, service.address.host, self.port,
+                 f", metrics on :{self.metrics_port}/metrics" if self.metrics_port else "",
+                 extra={"port": self.port, "metrics_port": self.metrics_port})
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first (so probes and the gateway stop sending), then drain and stop."""
+        if self._server is None or self._stopped.is_set():
+            return
+        grace = self.topology.defaults.drain_seconds if grace is None else grace
+        log.info("%s shutting down: NOT_SERVING, draining for up to %ss", self.service.name, grace)
+        await self._health.shutdown()
+        if self._unready_seconds:
+            await asyncio.sleep(self._unready_seconds)
+        await self._server.stop(grace)
+        await self._upstreams.close()
+        self._stopped.set()
+        log.info("%s stopped", self.service.name)
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+def _bind(server: grpc.aio.Server, address: Address, credentials, name: str) -> int:
+    try:
+        port = server.add_secure_port(str(address), credentials)
+    except RuntimeError as exc:
+        port, detail = 0, str(exc)
+    else:
+        detail = ""
+    if port == 0 and address.port != 0 or port is None:
+        raise ConfigError(f"{name}: cannot listen on {address}: the port is in use or the address is not local"
+                          f" (set DIBOAS_{name.upper()}_ADDRESS){': ' + detail if detail else ''}")
+    return port
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "off", "no")
+
+
+async def _serve(name: str, build: Callable[[Runtime], list[Registration]]) -> None:
+    topology = load_topology()
+    tracing_on = _env_flag("DIBOAS_TRACING", True)
+    if tracing_on:
+        tracing.install(tracing.make_tracer_provider(
+            name, os.environ.get("DIBOAS_TRACE_EXPORT", "none"), topology.state_dir,
+            float(os.environ.get("DIBOAS_TRACE_SAMPLE_RATIO", "1.0"))))
+    server = MeshServer(topology, name, build, tracing_enabled=tracing_on,
+                        unready_seconds=float(os.environ.get("DIBOAS_UNREADY_SECONDS", "1.0")))
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stopping or stopping.append(asyncio.ensure_future(server.stop())))
+    await server.wait()
+    if tracing_on:
+        from opentelemetry import trace
+        trace.get_tracer_provider().shutdown()
+
+
+def run(name: str, build: Callable[[Runtime], list[Registration]]) -> None:
+    """Process entry point: serve until SIGTERM/SIGINT; configuration errors exit 2 with one line."""
+    configure_logging(name, os.environ.get("DIBOAS_LOG_LEVEL", "INFO"))
+    try:
+        asyncio.run(_serve(name, build))
+    except ConfigError as exc:
+        logging.getLogger("diboas.server").error("%s", exc)
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,81 @@
+"""Domain errors to canonical gRPC codes with google.rpc.Status details, and back.
+
+Servers: `to_rpc_status(error, domain)` packs ErrorInfo (stable reason) and, for bad input,
+BadRequest field violations. Clients: `from_rpc_error(error, upstream)` turns an upstream's
+AioRpcError back into the domain error, so domain code never sees grpc types.
+"""
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from . import errors
+
+CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ServiceUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+}
+_ERRORS_BY_CODE = {code: cls for cls, code in CODES.items()}
+
+
+def code_of(error: errors.DomainError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in CODES:
+            return CODES[cls]
+    return grpc.StatusCode.UNKNOWN
+
+
+def _pack(message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:
+    code = code_of(error)
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))]
+    if isinstance(error, errors.InvalidArgument) and error.violations:
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in error.violations
+        ])))
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=details))
+
+
+def internal_status(message: str) -> grpc.Status:
+    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=message))
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo detail of a failed call, if the server sent one."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> errors.DomainError:
+    """The domain error an upstream's failure stands for (UNAVAILABLE -> ServiceUnavailable ...)."""
+    code = error.code()
+    cls = _ERRORS_BY_CODE.get(code)
+    info = error_info(error)
+    reason = info.reason if info else code.name
+    message = f"{upstream}: {error.details() or code.name}"
+    if cls is None:
+        # INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED ...: the upstream failed; to our caller it is unavailable.
+        cls, reason = errors.ServiceUnavailable, f"UPSTREAM_{code.name}"
+    result = cls(message, reason=reason, metadata=dict(info.metadata) if info else None)
+    result.upstream_code = code
+    return result
