@@ -160,12 +160,14 @@ async def _serve(name: str, build: Callable[[Runtime], list[Registration]]) -> N
             float(os.environ.get("DIBOAS_TRACE_SAMPLE_RATIO", "1.0"))))
     server = MeshServer(topology, name, build, tracing_enabled=tracing_on,
                         unready_seconds=float(os.environ.get("DIBOAS_UNREADY_SECONDS", "1.0")))
-    await server.start()
+    # Handlers first: a SIGTERM that arrives while starting still stops the service cleanly.
+    stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Task] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stopping or stopping.append(asyncio.ensure_future(server.stop())))
-    await server.wait()
+        loop.add_signal_handler(sig, stop_requested.set)
+    await server.start()
+    await stop_requested.wait()
+    await server.stop()
     if tracing_on:
         from opentelemetry import trace
         trace.get_tracer_provider().shutdown()

@@ -1,0 +1,77 @@
+"""Shared fixtures: a throwaway PKI, topologies on ephemeral ports, real servers and clients."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+
+from certs.mkcerts import ensure_certificates
+from services.runtime.auth import TokenIssuer
+from services.runtime.config import Address, Topology, load_topology
+from services.runtime.server import MeshServer
+from services.runtime.tls import channel_credentials, load_identity
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+LOCAL = Address("127.0.0.1", 0)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Path:
+    """A development CA and a certificate for every identity of mesh.yaml, made for this test run."""
+    out = tmp_path_factory.mktemp("pki")
+    ensure_certificates(out, load_topology().identities())
+    return out
+
+
+def with_service(topology: Topology, name: str, **changes) -> Topology:
+    service = dataclasses.replace(topology.services[name], **changes)
+    return dataclasses.replace(topology, services={**topology.services, name: service})
+
+
+@pytest.fixture
+def topology(pki, tmp_path) -> Topology:
+    """mesh.yaml with every service on an ephemeral port, the test PKI and a temporary state dir."""
+    base = dataclasses.replace(load_topology(), certs_dir=pki, state_dir=tmp_path)
+    for name in base.services:
+        base = with_service(base, name, address=LOCAL, metrics=None,
+                            database=f"sqlite:///{tmp_path}/{name}.db")
+    return base
+
+
+def client_channel(topology: Topology, identity: str, port: int, server_name: str) -> grpc.aio.Channel:
+    """A bare mTLS channel as `identity` (no interceptors: tests add tokens themselves)."""
+    files = load_identity(topology.certs_dir, identity)
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(files),
+                                   options=[("grpc.ssl_target_name_override", server_name)])
+
+
+def service_token(topology: Topology, identity: str, audience_service: str) -> str:
+    files = load_identity(topology.certs_dir, identity)
+    spiffe = topology.identities()[identity]
+    return TokenIssuer(spiffe, files.key).token_for(topology.services[audience_service].identity)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+async def start_server():
+    """Start MeshServers for a test and stop them all afterwards."""
+    servers: list[MeshServer] = []
+
+    async def start(topology: Topology, name: str, build, **kwargs) -> MeshServer:
+        kwargs.setdefault("tracing_enabled", False)
+        kwargs.setdefault("unready_seconds", 0)
+        kwargs.setdefault("serve_metrics_endpoint", False)
+        server = MeshServer(topology, name, build, **kwargs)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop(grace=0.5)

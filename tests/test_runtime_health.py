@@ -1,0 +1,195 @@
+"""Health (per service and overall), reflection, metrics and the database probe."""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import urllib.request
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.runtime.config import Address
+from services.wallet.app import build as wallet_app
+
+from conftest import IN_CI, bearer, client_channel, service_token, with_service
+from fakes import EchoWallets, wallet_build
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def health(topology, port, service="") -> int:
+    async with client_channel(topology, "operator", port, "wallet") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                               timeout=3)
+    return reply.status
+
+
+async def wait_for(topology, port, status, timeout=5.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        current = await health(topology, port)
+        if current == status:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"health stayed {current}, expected {status}")
+        await asyncio.sleep(0.05)
+
+
+async def test_serving_overall_and_per_service(topology, start_server):
+    server = await start_server(topology, "wallet", wallet_app)
+    assert await health(topology, server.port) == SERVING
+    assert await health(topology, server.port, "diboas.wallet.v1.WalletService") == SERVING
+    assert await health(topology, server.port, "diboas.events.v1.EventSinkService") == SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health(topology, server.port, "no.such.Service")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_not_serving_while_the_sqlite_database_is_lost(topology, start_server, tmp_path):
+    db_dir = tmp_path / "db"
+    topology = with_service(topology, "wallet", database=f"sqlite:///{db_dir}/wallet.db")
+    server = await start_server(topology, "wallet", wallet_build(EchoWallets()), health_interval=0.1)
+    assert await health(topology, server.port) == SERVING
+    shutil.rmtree(db_dir)                     # the volume is gone
+    await wait_for(topology, server.port, NOT_SERVING)
+    assert await health(topology, server.port, "diboas.wallet.v1.WalletService") == NOT_SERVING
+    db_dir.mkdir()                            # and back
+    await wait_for(topology, server.port, SERVING)
+
+
+class TcpProxy:
+    """A loopback TCP proxy we can cut, to lose a real database server without stopping it."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader, writer):
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self):
+        self.server.close()
+        await self.server.wait_closed()
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+
+
+def _postgres_reachable() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.postgres
+async def test_not_serving_while_postgres_is_unreachable(topology, start_server):
+    if not _postgres_reachable():
+        if IN_CI:
+            pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable, and CI requires it")
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable (start it to run this test)")
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    await proxy.start()
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test"
+    topology = with_service(topology, "wallet", database=url)
+    server = await start_server(topology, "wallet", wallet_build(EchoWallets()), health_interval=0.1)
+    assert await health(topology, server.port) == SERVING
+    await proxy.cut()
+    await wait_for(topology, server.port, NOT_SERVING)
+    await proxy.start()                       # same port again
+    await wait_for(topology, server.port, SERVING)
+    await proxy.cut()
+
+
+async def test_shutdown_reports_not_serving_and_drains_in_flight_calls(topology, start_server):
+    from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+    server = await start_server(topology, "wallet", wallet_build(EchoWallets()), unready_seconds=0.5)
+    async with client_channel(topology, "transaction", server.port, "wallet") as channel:
+        slow = asyncio.ensure_future(wallet_pb2_grpc.WalletServiceStub(channel).GetWallet(
+            wallet_pb2.GetWalletRequest(name="wallets/slow-1.0"), timeout=5,
+            metadata=bearer(service_token(topology, "transaction", "wallet"))))
+        await asyncio.sleep(0.2)              # the slow call is in flight
+        stopping = asyncio.ensure_future(server.stop(grace=3))
+        await asyncio.sleep(0.1)
+        assert await health(topology, server.port) == NOT_SERVING
+        reply = await slow                    # drained, not cut off
+        assert reply.wallet.name == "wallets/slow-1.0"
+        await stopping
+
+
+async def test_reflection_lists_the_services(topology, start_server):
+    server = await start_server(topology, "wallet", wallet_app)
+    async with client_channel(topology, "operator", server.port, "wallet") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+        async def ask(request):
+            async for reply in stub.ServerReflectionInfo(iter([request]), timeout=3):
+                return reply
+
+        listed = await ask(reflection_pb2.ServerReflectionRequest(list_services=""))
+        names = {s.name for s in listed.list_services_response.service}
+        assert {"diboas.wallet.v1.WalletService", "diboas.events.v1.EventSinkService",
+                "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+        described = await ask(reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="diboas.wallet.v1.WalletService"))
+        proto = descriptor_pb2.FileDescriptorProto.FromString(
+            described.file_descriptor_response.file_descriptor_proto[0])
+        assert proto.package == "diboas.wallet.v1"
+
+
+async def test_unimplemented_operations_say_so(topology, start_server):
+    from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+    server = await start_server(topology, "wallet", wallet_app)
+    async with client_channel(topology, "operator", server.port, "wallet") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await wallet_pb2_grpc.WalletServiceStub(channel).CreateWallet(
+                wallet_pb2.CreateWalletRequest(), timeout=3,
+                metadata=bearer(service_token(topology, "operator", "wallet")))
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "wallet.CreateWallet is not implemented yet" in caught.value.details()
+
+
+async def test_metrics_count_calls_by_method_and_code(topology, start_server):
+    from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+    topology = with_service(topology, "wallet", metrics=Address("127.0.0.1", 0))
+    server = await start_server(topology, "wallet", wallet_build(EchoWallets()), serve_metrics_endpoint=True)
+    async with client_channel(topology, "transaction", server.port, "wallet") as channel:
+        stub = wallet_pb2_grpc.WalletServiceStub(channel)
+        md = bearer(service_token(topology, "transaction", "wallet"))
+        for name in ("wallets/a", "wallets/b", "wallets/missing"):
+            try:
+                await stub.GetWallet(wallet_pb2.GetWalletRequest(name=name), metadata=md, timeout=3)
+            except grpc.aio.AioRpcError:
+                pass
+    body = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=3).read().decode())
+    def value(line_prefix):
+        return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(line_prefix))
+    assert value('diboas_rpc_server_calls_total{code="OK",method="GetWallet",service="wallet"}') >= 2
+    assert value('diboas_rpc_server_errors_total{code="NOT_FOUND",method="GetWallet",service="wallet"}') >= 1
+    assert value('diboas_rpc_server_latency_seconds_count{method="GetWallet",service="wallet"}') >= 3

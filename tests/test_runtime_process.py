@@ -1,0 +1,145 @@
+"""The services and the launcher as real processes: clear configuration errors, SIGTERM, make run."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from services.runtime.config import ConfigError, load_topology
+
+SERVICES = ["wallet", "transaction", "provider", "blockchain"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def env(pki, tmp_path) -> dict:
+    """Environment for a mesh on free ports, the test PKI and a temporary state dir."""
+    values = dict(os.environ, DIBOAS_CERTS_DIR=str(pki), DIBOAS_STATE_DIR=str(tmp_path / "state"),
+                  DIBOAS_UNREADY_SECONDS="0.2", DIBOAS_DRAIN_SECONDS="3")
+    for name in SERVICES:
+        values[f"DIBOAS_{name.upper()}_ADDRESS"] = f"127.0.0.1:{free_port()}"
+        values[f"DIBOAS_{name.upper()}_METRICS"] = f"127.0.0.1:{free_port()}"
+    return values
+
+
+def run_service(name: str, env: dict, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"services.{name}"], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_port_in_use_is_a_clear_error(env):
+    host, port = env["DIBOAS_WALLET_ADDRESS"].split(":")
+    with socket.socket() as squatter:
+        squatter.bind((host, int(port)))
+        squatter.listen()
+        result = run_service("wallet", env)
+    assert result.returncode == 2
+    assert f"cannot listen on {host}:{port}" in result.stderr
+    assert "DIBOAS_WALLET_ADDRESS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_certificate_is_a_clear_error(env, tmp_path):
+    env["DIBOAS_CERTS_DIR"] = str(tmp_path / "nowhere")
+    result = run_service("wallet", env)
+    assert result.returncode == 2
+    assert "wallet.crt is missing: run `make certs`" in result.stderr or "ca.crt is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_address_is_a_clear_error(env):
+    env["DIBOAS_WALLET_ADDRESS"] = "localhost:http"
+    result = run_service("wallet", env)
+    assert result.returncode == 2
+    assert "'localhost:http' is not a host:port address" in result.stderr
+    assert "DIBOAS_WALLET_ADDRESS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_topology_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "mesh.yaml"
+    bad.write_text("services:\n  wallet:\n    address: 127.0.0.1:1\n    upstreams: [ledger]\n")
+    with pytest.raises(ConfigError, match="upstreams names 'ledger', which is not a service"):
+        load_topology(bad)
+    bad.write_text("services:\n  wallet:\n    address: 127.0.0.1:1\n    policy:\n      GetWallet: [mallory]\n")
+    with pytest.raises(ConfigError, match=r"policy.GetWallet names unknown callers \['mallory'\]"):
+        load_topology(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_topology(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="between 2 and 5"):
+        load_topology(env={"DIBOAS_RETRY_MAX_ATTEMPTS": "9"})
+
+
+def test_sigterm_stops_the_service_cleanly(env):
+    process = subprocess.Popen([sys.executable, "-m", "services.wallet"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(process, '"wallet listening on', 20)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=15)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert "NOT_SERVING, draining" in output and "wallet stopped" in output
+    assert "Traceback" not in output
+
+
+def _wait_for_line(process: subprocess.Popen, needle: str, timeout: float) -> str:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+    raise AssertionError(f"never saw {needle!r}; output was:\n{''.join(seen)}")
+
+
+@pytest.mark.slow
+def test_make_run_starts_all_services_and_stops_on_ctrl_c(env):
+    process = subprocess.Popen([sys.executable, "-m", "services.launcher"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = _wait_for_line(process, "Press Ctrl-C to stop everything", 60)
+        for name in SERVICES:
+            assert f"ready    {name}" in output
+        process.send_signal(signal.SIGINT)
+        output += process.communicate(timeout=30)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert "all services stopped" in output
+    # A second run finds the ports free again.
+    again = subprocess.Popen([sys.executable, "-m", "services.launcher"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(again, "Press Ctrl-C to stop everything", 60)
+        again.send_signal(signal.SIGTERM)
+        again.communicate(timeout=30)
+    finally:
+        again.kill()
+    assert again.returncode == 0
+
+
+def test_make_run_refuses_a_port_in_use(env):
+    host, port = env["DIBOAS_PROVIDER_ADDRESS"].split(":")
+    with socket.socket() as squatter:
+        squatter.bind((host, int(port)))
+        squatter.listen()
+        result = subprocess.run([sys.executable, "-m", "services.launcher"], env=env, capture_output=True,
+                                text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"provider cannot listen on {host}:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,187 @@
+"""Deadlines, retries, circuit breakers and error mapping across a real two-hop call
+(client -> transaction -> wallet), every hop over mTLS with service JWTs."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
+from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from services.runtime import errors
+from services.runtime.config import Address, BreakerPolicy, RetryPolicy
+from services.runtime.status import error_info
+
+from conftest import bearer, client_channel, service_token, with_service
+from fakes import EchoWallets, transaction_build, wallet_build
+import dataclasses
+
+
+async def _two_hops(topology, start_server, wallets: EchoWallets, **defaults):
+    if defaults:
+        topology = dataclasses.replace(topology, defaults=dataclasses.replace(topology.defaults, **defaults))
+    wallet = await start_server(topology, "wallet", wallet_build(wallets))
+    topology = with_service(topology, "wallet", address=Address("127.0.0.1", wallet.port))
+    holder: dict = {}
+    transaction = await start_server(topology, "transaction", transaction_build(holder))
+    return topology, wallet, transaction, holder["runtime"].upstreams["wallet"]
+
+
+async def _get_transaction(topology, port, name, timeout=None):
+    async with client_channel(topology, "gateway", port, "transaction") as channel:
+        stub = transaction_pb2_grpc.TransactionServiceStub(channel)
+        return await stub.GetTransaction(transaction_pb2.GetTransactionRequest(name=name), timeout=timeout,
+                                         metadata=bearer(service_token(topology, "gateway", "transaction")))
+
+
+async def test_remaining_deadline_reaches_the_next_hop(topology, start_server):
+    wallets = EchoWallets()
+    topology, _, transaction, _ = await _two_hops(topology, start_server, wallets)
+    reply = await _get_transaction(topology, transaction.port, "wallets/w1", timeout=2.0)
+    assert reply.transaction.name == "wallets/w1"
+    (remaining,) = wallets.seen_deadlines
+    # The wallet saw the caller's 2 s budget, less what the first hop used: not the 5 s default.
+    assert remaining is not None and 1.0 < remaining < 2.0
+
+
+async def test_call_without_deadline_gets_the_default_at_the_next_hop(topology, start_server):
+    wallets = EchoWallets()
+    topology, _, transaction, _ = await _two_hops(topology, start_server, wallets, deadline_seconds=3.0)
+    await _get_transaction(topology, transaction.port, "wallets/w1", timeout=None)
+    (remaining,) = wallets.seen_deadlines
+    assert remaining is not None and 2.0 < remaining <= 3.0
+
+
+async def test_handler_running_past_the_default_deadline_is_stopped(topology, start_server):
+    wallets = EchoWallets()
+    topology = dataclasses.replace(topology, defaults=dataclasses.replace(topology.defaults, deadline_seconds=0.3))
+    wallet = await start_server(topology, "wallet", wallet_build(wallets))
+    async with client_channel(topology, "transaction", wallet.port, "wallet") as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await wallet_pb2_grpc.WalletServiceStub(channel).GetWallet(
+                wallet_pb2.GetWalletRequest(name="wallets/slow-3"),
+                metadata=bearer(service_token(topology, "transaction", "wallet")))
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error_info(caught.value).reason == "DEFAULT_DEADLINE_EXCEEDED"
+    assert time.monotonic() - started < 2
+
+
+async def test_unavailable_is_retried_by_grpc(topology, start_server):
+    wallets = EchoWallets()
+    wallets.fail_next_unavailable = 2
+    topology, _, transaction, _ = await _two_hops(topology, start_server, wallets)
+    reply = await _get_transaction(topology, transaction.port, "wallets/w1", timeout=5)
+    assert reply.transaction.name == "wallets/w1"
+    assert wallets.calls == 3  # two UNAVAILABLE answers, then success, within one logical call
+
+
+async def test_upstream_errors_keep_their_code_and_reason(topology, start_server):
+    wallets = EchoWallets()
+    topology, _, transaction, _ = await _two_hops(topology, start_server, wallets)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _get_transaction(topology, transaction.port, "wallets/missing", timeout=5)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(caught.value).reason == "WALLET_NOT_FOUND"
+    assert "wallets/missing does not exist" in caught.value.details()
+
+
+async def test_invalid_argument_carries_field_violations(topology, start_server):
+    wallet = await start_server(topology, "wallet", wallet_build(EchoWallets()))
+    async with client_channel(topology, "transaction", wallet.port, "wallet") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await wallet_pb2_grpc.WalletServiceStub(channel).GetWallet(
+                wallet_pb2.GetWalletRequest(name="wallets/bad"), timeout=5,
+                metadata=bearer(service_token(topology, "transaction", "wallet")))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(caught.value)
+    violations = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations += [(v.field, v.description) for v in bad.field_violations]
+    assert violations == [("name", "must look like wallets/{wallet}")]
+
+
+async def test_unexpected_exception_is_internal_without_details(topology, start_server):
+    wallet = await start_server(topology, "wallet", wallet_build(EchoWallets()))
+    async with client_channel(topology, "transaction", wallet.port, "wallet") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await wallet_pb2_grpc.WalletServiceStub(channel).GetWallet(
+                wallet_pb2.GetWalletRequest(name="wallets/boom"), timeout=5,
+                metadata=bearer(service_token(topology, "transaction", "wallet")))
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret internal detail" not in caught.value.details()
+    assert "trace id" in caught.value.details()
+
+
+async def test_breaker_opens_fails_fast_and_recovers(topology, start_server):
+    topology = dataclasses.replace(topology, defaults=dataclasses.replace(
+        topology.defaults, breaker=BreakerPolicy(fail_max=3, reset_timeout_seconds=1.0),
+        retry=RetryPolicy(max_attempts=2, initial_backoff_seconds=0.01, max_backoff_seconds=0.01)))
+    wallets = EchoWallets()
+    wallet = await start_server(topology, "wallet", wallet_build(wallets))
+    port = wallet.port
+    topology = with_service(topology, "wallet", address=Address("127.0.0.1", port))
+    holder: dict = {}
+    await start_server(topology, "transaction", transaction_build(holder))
+    upstream = holder["runtime"].upstreams["wallet"]
+    stub = upstream.stub(wallet_pb2_grpc.WalletServiceStub)
+    request = wallet_pb2.GetWalletRequest(name="wallets/w1")
+
+    await stub.GetWallet(request, timeout=2)          # healthy
+    await wallet.stop(grace=0)                        # the upstream goes away
+    for _ in range(3):
+        with pytest.raises(errors.ServiceUnavailable):
+            await stub.GetWallet(request, timeout=2)
+    assert upstream.breaker.state == "open"
+
+    started = time.monotonic()
+    with pytest.raises(errors.ServiceUnavailable) as caught:
+        await stub.GetWallet(request, timeout=2)
+    assert time.monotonic() - started < 0.05        # failed fast, no network
+    assert caught.value.reason == "CIRCUIT_OPEN"
+    assert "wallet is unavailable: circuit breaker open" in caught.value.message
+
+    # The upstream comes back on the same port; after the reset timeout one trial call closes it.
+    wallets_again = EchoWallets()
+    await start_server(with_service(topology, "wallet", address=Address("127.0.0.1", port)), "wallet",
+                       wallet_build(wallets_again))
+    await asyncio.sleep(1.1)
+    reply = await stub.GetWallet(request, timeout=2)
+    assert reply.wallet.name == "wallets/w1"
+    assert upstream.breaker.state == "closed"
+
+
+async def test_half_open_breaker_admits_one_trial_call(topology, start_server):
+    topology = dataclasses.replace(topology, defaults=dataclasses.replace(
+        topology.defaults, breaker=BreakerPolicy(fail_max=1, reset_timeout_seconds=0.3)))
+    wallets = EchoWallets()
+    wallet = await start_server(topology, "wallet", wallet_build(wallets))
+    topology = with_service(topology, "wallet", address=Address("127.0.0.1", wallet.port))
+    holder: dict = {}
+    await start_server(topology, "transaction", transaction_build(holder))
+    upstream = holder["runtime"].upstreams["wallet"]
+    stub = upstream.stub(wallet_pb2_grpc.WalletServiceStub)
+
+    wallets.fail_next_unavailable = 10                # every retry attempt fails: the call fails
+    with pytest.raises(errors.ServiceUnavailable):
+        await stub.GetWallet(wallet_pb2.GetWalletRequest(name="wallets/w1"), timeout=2)
+    assert upstream.breaker.state == "open"
+    wallets.fail_next_unavailable = 0
+    await asyncio.sleep(0.35)
+    calls_before = wallets.calls
+    results = await asyncio.gather(
+        *(stub.GetWallet(wallet_pb2.GetWalletRequest(name="wallets/slow-0.2"), timeout=2) for _ in range(5)),
+        return_exceptions=True)
+    succeeded = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, errors.ServiceUnavailable)]
+    assert len(succeeded) == 1 and len(refused) == 4
+    assert all("trial call is in flight" in r.message for r in refused)
+    assert wallets.calls - calls_before == 1
+    assert upstream.breaker.state == "closed"

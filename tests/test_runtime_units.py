@@ -1,0 +1,94 @@
+"""Unit tests of runtime pieces that a real client cannot easily provoke."""
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from services.runtime.interceptor import MeshServerInterceptor
+from services.runtime.tls import load_identity
+from services.runtime.errors import ServiceUnavailable
+from services.runtime.breaker import AsyncCircuitBreaker
+
+from conftest import service_token
+
+
+class Aborted(Exception):
+    pass
+
+
+class FakeContext:
+    """Just enough of grpc.aio.ServicerContext for the interceptor's wrapper."""
+
+    def __init__(self, topology, remaining):
+        self._pem = load_identity(topology.certs_dir, "transaction").cert
+        self._spiffe = topology.identities()["transaction"].encode()
+        self._token = service_token(topology, "transaction", "wallet")
+        self._remaining = remaining
+        self.status = None
+
+    def auth_context(self):
+        return {"peer_spiffe_id": [self._spiffe], "x509_pem_cert": [self._pem]}
+
+    def invocation_metadata(self):
+        return (("authorization", f"Bearer {self._token}"),)
+
+    def time_remaining(self):
+        return self._remaining
+
+    def code(self):
+        return self.status.code if self.status else None
+
+    async def abort_with_status(self, status):
+        self.status = status
+        raise Aborted()
+
+
+async def _serve(topology, remaining):
+    interceptor = MeshServerInterceptor(topology, topology.services["wallet"], default_deadline=5)
+    rule = interceptor._rule("/diboas.wallet.v1.WalletService/GetWallet")
+    ran = []
+
+    async def behavior(request, context):
+        ran.append(request)
+        return "reply"
+
+    serve = interceptor._wrap(rule, behavior, streaming=False)
+    context = FakeContext(topology, remaining)
+    try:
+        result = await serve("request", context)
+    except Aborted:
+        result = None
+    return result, ran, context
+
+
+async def test_call_arriving_after_its_deadline_is_refused_unhandled(topology):
+    result, ran, context = await _serve(topology, remaining=-0.01)
+    assert ran == []
+    assert context.status.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "already passed" in context.status.details
+
+
+async def test_call_with_time_left_runs(topology):
+    result, ran, context = await _serve(topology, remaining=1.0)
+    assert result == "reply" and ran == ["request"] and context.status is None
+
+
+async def test_breaker_counts_only_failures_that_mean_down():
+    class Down(Exception):
+        pass
+
+    breaker = AsyncCircuitBreaker("wallet", fail_max=2, reset_timeout=60,
+                                  is_failure=lambda exc: isinstance(exc, Down))
+    for _ in range(5):                    # "the upstream said no" never opens it
+        with pytest.raises(ValueError):
+            async with breaker.guard():
+                raise ValueError("not found")
+    assert breaker.state == "closed"
+    for _ in range(2):
+        with pytest.raises(Down):
+            async with breaker.guard():
+                raise Down()
+    assert breaker.state == "open"
+    with pytest.raises(ServiceUnavailable, match="next trial call in"):
+        async with breaker.guard():
+            pass
