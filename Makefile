@@ -35,8 +35,9 @@ generate: $(PY_STAMP) ## regenerate generated/ (Python stubs, type stubs, descri
 check-generated: $(PY_STAMP) ## fail when generated/ differs from what protos/ produce
 	$(PY) -m tools.generate --check
 
-lint: $(NODE_STAMP) ## buf lint (STANDARD rules) over protos/
+lint: $(NODE_STAMP) $(PY_STAMP) ## buf lint (STANDARD rules) over protos/, ruff over the Python code
 	$(BUF) lint
+	$(VENV)/bin/ruff check .
 
 breaking: $(NODE_STAMP) ## buf breaking against $(BUF_AGAINST) (skipped when that ref has no protos)
 	@if git cat-file -e "$(BUF_AGAINST):protos" 2>/dev/null; then \
@@ -50,8 +51,7 @@ certs: $(PY_STAMP) ## make (or renew) the development CA and certificates in $(C
 run: setup certs ## start the four services (SQLite, no broker); Ctrl-C stops them
 	$(PY) -m services.launcher
 
-test: setup certs ## run every test (lint, generated check, unit, integration, security)
-	$(BUF) lint
+test: setup certs lint ## run every test (lint, generated check, unit, integration, security)
 	$(PY) -m tools.generate --check
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -30,9 +30,27 @@ from typing import Mapping
 
 from certs.pki import *  # noqa: F401,F403  (re-export the library API)
 from certs.pki import (
-    CA_CERT_FILE, CA_DAYS, CA_KEY_FILE, JWKS_FILE, JWT_KEY_FILE, LEAF_DAYS, CertError, _is_p256,
-    issue_certificate, key_pem, load_ca, load_pem_pair, load_private_key, make_ca, new_key,
-    problem_with_ca, problem_with_certificate, public_jwks, validity, write_file_atomic, write_pem_pair,
+    CA_CERT_FILE,
+    CA_DAYS,
+    CA_KEY_FILE,
+    JWKS_FILE,
+    JWT_KEY_FILE,
+    LEAF_DAYS,
+    CertError,
+    _is_p256,
+    issue_certificate,
+    key_pem,
+    load_ca,
+    load_pem_pair,
+    load_private_key,
+    make_ca,
+    new_key,
+    problem_with_ca,
+    problem_with_certificate,
+    public_jwks,
+    validity,
+    write_file_atomic,
+    write_pem_pair,
 )
 
 RENEW_WITHIN_DAYS = 30

@@ -14,9 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from services.monitor import check_service
 from services.runtime.config import ConfigError, ServiceConfig, Topology, load_topology
 from services.runtime.tls import channel_credentials, load_identity
 
@@ -49,17 +47,6 @@ def _preflight(topology: Topology) -> None:
                               f"`make run` still running? Otherwise set DIBOAS_{service.name.upper()}_ADDRESS.")
 
 
-async def _serving(topology: Topology, service: ServiceConfig, creds) -> str:
-    """The service's overall health status name, or UNREACHABLE."""
-    async with grpc.aio.secure_channel(str(service.address), creds,
-                                       options=[("grpc.ssl_target_name_override", service.name)]) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.aio.AioRpcError:
-            return "UNREACHABLE"
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-
 class Launcher:
     def __init__(self, topology: Topology):
         self.topology = topology
@@ -79,18 +66,18 @@ class Launcher:
     async def wait_until_serving(self) -> bool:
         creds = channel_credentials(load_identity(self.topology.certs_dir, OPERATOR))
         started = time.monotonic()
-        pending = dict(self.topology.services)
+        pending = list(self.topology.services)
         while pending:
-            for name, service in list(pending.items()):
+            for name in list(pending):
                 code = self.processes[name].poll()
                 if code is not None:
                     _say(f"  {name} exited with code {code} while starting; last lines of its log:")
                     _say(_tail(self.logs_dir / f"{name}.log"))
                     return False
-                status = await _serving(self.topology, service, creds)
-                if status == "SERVING":
+                status = await check_service(self.topology, name, creds, timeout=1)
+                if status.status == "SERVING":
                     _say(f"  ready    {name:<12} SERVING after {time.monotonic() - started:.1f}s")
-                    del pending[name]
+                    pending.remove(name)
             if pending and time.monotonic() - started > START_TIMEOUT:
                 _say(f"  gave up after {START_TIMEOUT:.0f}s; not serving: {', '.join(pending)}"
                      f" (see their logs in {self.logs_dir})")

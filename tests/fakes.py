@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
-
+from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime import errors
 from services.runtime.server import Registration, Runtime
 

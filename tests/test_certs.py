@@ -17,7 +17,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certs.mkcerts import ensure_certificates, main
 from certs.pki import (
-    CA_COMMON_NAME, issue_certificate, load_ca, load_pem_pair, load_private_key, make_ca, write_pem_pair,
+    CA_COMMON_NAME,
+    issue_certificate,
+    load_ca,
+    load_pem_pair,
+    load_private_key,
+    make_ca,
+    write_pem_pair,
 )
 from services.runtime.config import load_topology
 

@@ -22,7 +22,6 @@ import argparse
 import filecmp
 import importlib.resources
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig

@@ -1,6 +1,5 @@
 """Composition root of the blockchain service."""
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
-
 from services.runtime.server import Registration, Runtime
 from services.runtime.unimplemented import unimplemented_registration
 

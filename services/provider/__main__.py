@@ -1,5 +1,5 @@
 """python -m services.provider: serve the provider service as configured in the topology."""
-from services.runtime.server import run
 from services.provider.app import build
+from services.runtime.server import run
 
 run("provider", build)

@@ -1,6 +1,5 @@
 """Composition root of the provider service."""
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
-
 from services.runtime.server import Registration, Runtime
 from services.runtime.unimplemented import unimplemented_registration
 

@@ -21,6 +21,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from . import tracing
 from .auth import TokenIssuer
 from .client import Upstreams
 from .config import Address, ConfigError, ServiceConfig, Topology, load_topology
@@ -29,7 +30,6 @@ from .interceptor import MeshServerInterceptor
 from .logs import configure_logging
 from .metrics import serve_metrics
 from .tls import IdentityFiles, load_identity, server_credentials
-from . import tracing
 
 log = logging.getLogger("diboas.server")
 

@@ -1,6 +1,5 @@
 """Composition root of the transaction service."""
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
-
 from services.runtime.server import Registration, Runtime
 from services.runtime.unimplemented import unimplemented_registration
 
