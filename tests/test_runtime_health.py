@@ -8,14 +8,15 @@ import urllib.request
 
 import grpc
 import pytest
-from conftest import IN_CI, bearer, client_channel, service_token, with_service
-from fakes import EchoWallets, wallet_build
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.runtime.config import Address
 from services.wallet.app import build as wallet_app
+
+from conftest import IN_CI, bearer, client_channel, service_token, with_service
+from fakes import EchoWallets, wallet_build
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

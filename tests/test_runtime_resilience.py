@@ -8,8 +8,6 @@ import time
 
 import grpc
 import pytest
-from conftest import bearer, client_channel, service_token, with_service
-from fakes import EchoWallets, transaction_build, wallet_build
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -18,6 +16,9 @@ from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime import errors
 from services.runtime.config import Address, BreakerPolicy, RetryPolicy
 from services.runtime.status import error_info
+
+from conftest import bearer, client_channel, service_token, with_service
+from fakes import EchoWallets, transaction_build, wallet_build
 
 
 async def _two_hops(topology, start_server, wallets: EchoWallets, **defaults):

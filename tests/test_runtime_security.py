@@ -9,15 +9,16 @@ import time
 import grpc
 import jwt
 import pytest
-from conftest import bearer, client_channel, service_token
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from fakes import EchoWallets, wallet_build
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from certs.pki import issue_certificate, load_ca, make_ca, write_pem_pair
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.status import error_info
 from services.runtime.tls import load_identity
+
+from conftest import bearer, client_channel, service_token
+from fakes import EchoWallets, wallet_build
 
 REQUEST = wallet_pb2.GetWalletRequest(name="wallets/w1")
 

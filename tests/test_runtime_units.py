@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import service_token
 
 from services.runtime.breaker import AsyncCircuitBreaker
 from services.runtime.errors import ServiceUnavailable
 from services.runtime.interceptor import MeshServerInterceptor
 from services.runtime.tls import load_identity
+
+from conftest import service_token
 
 
 class Aborted(Exception):

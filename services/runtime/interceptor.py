@@ -135,61 +135,26 @@ class MeshServerInterceptor(grpc.aio.ServerInterceptor):
             handler.request_deserializer, handler.response_serializer)
 
     def _wrap(self, rule: _MethodRule, behavior, streaming: bool):
-        async def serve(request, context):
-            caller_token = deadline_token = None
-            started = time.perf_counter()
-            code = "OK"
-            try:
-                caller_token = CALLER.set(self._authorize(rule, context))
-                remaining = context.time_remaining()
-                if remaining is not None and remaining <= 0:
-                    raise errors.DeadlineExceeded("the call's deadline had already passed when it arrived",
-                                                  reason="DEADLINE_ALREADY_EXPIRED")
-                budget = self._default_deadline if remaining is None or rule.open else remaining
-                deadline_token = DEADLINE.set(time.monotonic() + budget)
-                if streaming:
-                    # Server-streaming handlers may be async generators or write via context.
-                    result = behavior(request, context)
-                    if hasattr(result, "__aiter__"):
-                        async for item in result:
-                            await context.write(item)
-                        return None
-                    return await result
-                if remaining is None and not rule.open:
-                    async with asyncio.timeout(budget):
-                        return await behavior(request, context)
-                return await behavior(request, context)
-            except errors.DomainError as exc:
-                code = code_of(exc).name
-                self._log_failure(rule, code, exc.message, exc.reason)
-                await context.abort_with_status(to_rpc_status(exc, self._domain))
-            except TimeoutError:
-                code = "DEADLINE_EXCEEDED"
-                message = f"{self._service.name}.{rule.name} did not finish within the default deadline of {self._default_deadline}s"
-                self._log_failure(rule, code, message, "DEFAULT_DEADLINE_EXCEEDED")
-                await context.abort_with_status(
-                    to_rpc_status(errors.DeadlineExceeded(message, reason="DEFAULT_DEADLINE_EXCEEDED"), self._domain))
-            except grpc.aio.AbortError:
-                code = _code_name(context.code())
-                raise
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except Exception:
-                code = "INTERNAL"
-                trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
-                log.exception("unhandled error in %s.%s", self._service.name, rule.name,
-                              extra={"method": rule.name, "code": code})
-                await context.abort_with_status(internal_status(f"internal error (trace id {trace_id})"))
-            finally:
-                if code == "OK" and context.code() not in (None, grpc.StatusCode.OK):
-                    code = _code_name(context.code())
-                rule.metrics.observe(code, time.perf_counter() - started)
-                if deadline_token is not None:
-                    DEADLINE.reset(deadline_token)
-                if caller_token is not None:
-                    CALLER.reset(caller_token)
-        return serve
+        if not streaming:
+            async def serve(request, context):
+                async with _RpcScope(self, rule, context) as scope:
+                    if scope.enforce_budget:
+                        async with asyncio.timeout(scope.budget):
+                            return await behavior(request, context)
+                    return await behavior(request, context)
+            return serve
+
+        # Streaming handlers must stay async generators (OpenTelemetry's interceptor iterates
+        # them); a handler that writes through context.write() is awaited instead.
+        async def serve_stream(request, context):
+            async with _RpcScope(self, rule, context):
+                result = behavior(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                else:
+                    await result
+        return serve_stream
 
     def _log_failure(self, rule: _MethodRule, code: str, message: str, reason: str) -> None:
         level = logging.WARNING if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED",
@@ -204,3 +169,67 @@ def _code_name(code) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
     return str(code)
+
+
+class _RpcScope:
+    """Everything around one call: checks on the way in; errors, metrics and cleanup on the way out."""
+
+    __slots__ = ("_owner", "_rule", "_context", "_started", "_tokens", "budget", "enforce_budget")
+
+    def __init__(self, owner: MeshServerInterceptor, rule: _MethodRule, context: grpc.aio.ServicerContext):
+        self._owner, self._rule, self._context = owner, rule, context
+        self._tokens: tuple = ()
+
+    async def __aenter__(self) -> "_RpcScope":
+        self._started = time.perf_counter()
+        owner, rule, context = self._owner, self._rule, self._context
+        try:
+            caller = owner._authorize(rule, context)
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                raise errors.DeadlineExceeded("the call's deadline had already passed when it arrived",
+                                              reason="DEADLINE_ALREADY_EXPIRED")
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, None)
+            raise
+        # Calls without a deadline get the default, enforced here and passed on to upstreams.
+        self.enforce_budget = remaining is None and not rule.open
+        self.budget = owner._default_deadline if remaining is None else remaining
+        self._tokens = (CALLER.set(caller), DEADLINE.set(time.monotonic() + self.budget))
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        owner, rule, context = self._owner, self._rule, self._context
+        code = "OK"
+        try:
+            if exc is None:
+                current = context.code()
+                if current not in (None, grpc.StatusCode.OK):
+                    code = _code_name(current)
+            elif isinstance(exc, errors.DomainError):
+                code = code_of(exc).name
+                owner._log_failure(rule, code, exc.message, exc.reason)
+                await context.abort_with_status(to_rpc_status(exc, owner._domain))
+            elif isinstance(exc, TimeoutError):
+                code = "DEADLINE_EXCEEDED"
+                message = (f"{owner._service.name}.{rule.name} did not finish within the default deadline"
+                           f" of {owner._default_deadline}s")
+                owner._log_failure(rule, code, message, "DEFAULT_DEADLINE_EXCEEDED")
+                await context.abort_with_status(
+                    to_rpc_status(errors.DeadlineExceeded(message, reason="DEFAULT_DEADLINE_EXCEEDED"), owner._domain))
+            elif isinstance(exc, grpc.aio.AbortError):
+                code = _code_name(context.code())
+            elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+                code = "CANCELLED"
+            elif isinstance(exc, Exception):
+                code = "INTERNAL"
+                trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
+                log.error("unhandled error in %s.%s", owner._service.name, rule.name, exc_info=(exc_type, exc, tb),
+                          extra={"method": rule.name, "code": code})
+                await context.abort_with_status(internal_status(f"internal error (trace id {trace_id})"))
+        finally:
+            rule.metrics.observe(code, time.perf_counter() - self._started)
+            if self._tokens:
+                DEADLINE.reset(self._tokens[1])
+                CALLER.reset(self._tokens[0])
+        return False
