@@ -18,7 +18,6 @@ from services.monitor import check_service
 from services.runtime.config import ConfigError, ServiceConfig, Topology, load_topology
 from services.runtime.tls import channel_credentials, load_identity
 
-START_TIMEOUT = float(os.environ.get("DIBOAS_START_TIMEOUT", "60"))
 OPERATOR = "operator"
 
 
@@ -78,8 +77,9 @@ class Launcher:
                 if status.status == "SERVING":
                     _say(f"  ready    {name:<12} SERVING after {time.monotonic() - started:.1f}s")
                     pending.remove(name)
-            if pending and time.monotonic() - started > START_TIMEOUT:
-                _say(f"  gave up after {START_TIMEOUT:.0f}s; not serving: {', '.join(pending)}"
+            limit = self.topology.defaults.start_timeout_seconds
+            if pending and time.monotonic() - started > limit:
+                _say(f"  gave up after {limit:.0f}s; not serving: {', '.join(pending)}"
                      f" (see their logs in {self.logs_dir})")
                 return False
             await asyncio.sleep(0.2)

@@ -1,6 +1,7 @@
 """The services and the launcher as real processes: clear configuration errors, SIGTERM, make run."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -143,3 +144,34 @@ def test_make_run_refuses_a_port_in_use(env):
     assert result.returncode == 2
     assert f"provider cannot listen on {host}:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_observability_settings_are_validated(tmp_path):
+    for key, value, message in [
+        ("DIBOAS_TRACE_EXPORT", "jaeger", "is not none, console, file or file:PATH"),
+        ("DIBOAS_TRACE_SAMPLE_RATIO", "2", "must be between 0 and 1"),
+        ("DIBOAS_LOG_LEVEL", "chatty", "is not DEBUG, INFO, WARNING or ERROR"),
+        ("DIBOAS_TRACING", "maybe", "is not on/off"),
+        ("DIBOAS_DEFAULT_DEADLINE", "soon", "is not a number"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_topology(env={key: value})
+
+
+def test_spans_are_exported_to_a_file(env, tmp_path):
+    spans = tmp_path / "spans.jsonl"
+    env.update(DIBOAS_TRACE_EXPORT=f"file:{spans}")
+    process = subprocess.Popen([sys.executable, "-m", "services.wallet"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(process, '"wallet listening on', 20)
+        health = subprocess.run([sys.executable, "-m", "services.cli", "health"], env=env, capture_output=True,
+                                text=True, timeout=20)
+        assert "wallet       " in health.stdout and "SERVING" in health.stdout
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+    finally:
+        process.kill()
+    lines = [json.loads(line) for line in spans.read_text().splitlines()]
+    assert any(span["name"] == "/grpc.health.v1.Health/Check" for span in lines)
+    assert all(span["resource"]["attributes"]["service.name"] == "wallet" for span in lines)

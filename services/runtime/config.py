@@ -55,9 +55,19 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Observability:
+    tracing: bool = True
+    trace_export: str = "none"      # none | console | file | file:PATH
+    trace_sample_ratio: float = 1.0
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
 class Defaults:
     deadline_seconds: float = 5.0
     drain_seconds: float = 10.0
+    unready_seconds: float = 1.0   # NOT_SERVING this long before draining, so probes notice
+    start_timeout_seconds: float = 60.0  # `make run` gives up when a service is not SERVING by then
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -94,6 +104,7 @@ class Topology:
     certs_dir: Path
     state_dir: Path
     defaults: Defaults
+    observability: Observability
     gateway: GatewayConfig
     clients: Mapping[str, str]  # client name -> SPIFFE id
     services: Mapping[str, ServiceConfig]
@@ -192,12 +203,30 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
     defaults = Defaults(
         deadline_seconds=_number(d, "deadline_seconds", dw, 5.0, env, "DIBOAS_DEFAULT_DEADLINE"),
         drain_seconds=_number(d, "drain_seconds", dw, 10.0, env, "DIBOAS_DRAIN_SECONDS"),
+        unready_seconds=_number(d, "unready_seconds", dw, 1.0, env, "DIBOAS_UNREADY_SECONDS"),
+        start_timeout_seconds=_number(d, "start_timeout_seconds", dw, 60.0, env, "DIBOAS_START_TIMEOUT"),
         breaker=BreakerPolicy(
             fail_max=int(_number(b, "fail_max", dw + ".breaker", 5, env, "DIBOAS_BREAKER_FAIL_MAX")),
             reset_timeout_seconds=_number(b, "reset_timeout_seconds", dw + ".breaker", 10.0, env, "DIBOAS_BREAKER_RESET_TIMEOUT"),
         ),
         retry=retry,
     )
+
+    o = _section(raw, "observability", where)
+    ow = f"{where}: observability"
+    tracing = str(env.get("DIBOAS_TRACING", o.get("tracing", True))).strip().lower()
+    if tracing not in ("true", "false", "on", "off", "1", "0"):
+        raise ConfigError(f"{ow}.tracing (or DIBOAS_TRACING): '{tracing}' is not on/off")
+    export = str(env.get("DIBOAS_TRACE_EXPORT", o.get("trace_export", "none")))
+    if export.partition(":")[0] not in ("none", "console", "file"):
+        raise ConfigError(f"{ow}.trace_export (or DIBOAS_TRACE_EXPORT): '{export}' is not none, console, file or file:PATH")
+    ratio = _number(o, "trace_sample_ratio", ow, 1.0, env, "DIBOAS_TRACE_SAMPLE_RATIO")
+    if ratio > 1:
+        raise ConfigError(f"{ow}.trace_sample_ratio (or DIBOAS_TRACE_SAMPLE_RATIO): must be between 0 and 1, got {ratio}")
+    level = str(env.get("DIBOAS_LOG_LEVEL", o.get("log_level", "INFO"))).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"{ow}.log_level (or DIBOAS_LOG_LEVEL): '{level}' is not DEBUG, INFO, WARNING or ERROR")
+    observability = Observability(tracing in ("true", "on", "1"), export, ratio, level)
 
     g = _section(raw, "gateway", where)
     gname = g.get("identity", "gateway")
@@ -252,4 +281,4 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
             unknown = sorted(callers - known)
             if unknown:
                 raise ConfigError(f"{where}: services.{svc.name}.policy.{method} names unknown callers {unknown}")
-    return Topology(path, trust_domain, certs_dir, state_dir, defaults, gateway, clients, services)
+    return Topology(path, trust_domain, certs_dir, state_dir, defaults, observability, gateway, clients, services)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -144,22 +143,15 @@ def _bind(server: grpc.aio.Server, address: Address, credentials, name: str) -> 
     return port
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() not in ("0", "false", "off", "no")
-
-
 async def _serve(name: str, build: Callable[[Runtime], list[Registration]]) -> None:
     topology = load_topology()
-    tracing_on = _env_flag("DIBOAS_TRACING", True)
-    if tracing_on:
-        tracing.install(tracing.make_tracer_provider(
-            name, os.environ.get("DIBOAS_TRACE_EXPORT", "none"), topology.state_dir,
-            float(os.environ.get("DIBOAS_TRACE_SAMPLE_RATIO", "1.0"))))
-    server = MeshServer(topology, name, build, tracing_enabled=tracing_on,
-                        unready_seconds=float(os.environ.get("DIBOAS_UNREADY_SECONDS", "1.0")))
+    settings = topology.observability
+    configure_logging(name, settings.log_level)
+    if settings.tracing:
+        tracing.install(tracing.make_tracer_provider(name, settings.trace_export, topology.state_dir,
+                                                     settings.trace_sample_ratio))
+    server = MeshServer(topology, name, build, tracing_enabled=settings.tracing,
+                        unready_seconds=topology.defaults.unready_seconds)
     # Handlers first: a SIGTERM that arrives while starting still stops the service cleanly.
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -168,14 +160,14 @@ async def _serve(name: str, build: Callable[[Runtime], list[Registration]]) -> N
     await server.start()
     await stop_requested.wait()
     await server.stop()
-    if tracing_on:
+    if settings.tracing:
         from opentelemetry import trace
         trace.get_tracer_provider().shutdown()
 
 
 def run(name: str, build: Callable[[Runtime], list[Registration]]) -> None:
     """Process entry point: serve until SIGTERM/SIGINT; configuration errors exit 2 with one line."""
-    configure_logging(name, os.environ.get("DIBOAS_LOG_LEVEL", "INFO"))
+    configure_logging(name)
     try:
         asyncio.run(_serve(name, build))
     except ConfigError as exc:

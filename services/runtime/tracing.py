@@ -1,6 +1,6 @@
 """OpenTelemetry tracing: W3C trace context in and out of every RPC, spans exported as configured.
 
-DIBOAS_TRACE_EXPORT chooses where finished spans go:
+observability.trace_export (DIBOAS_TRACE_EXPORT) chooses where finished spans go:
   none     (default) spans are made and the context is propagated, nothing is written;
   console  one JSON object per span on stderr;
   file     one JSON line per span in <state_dir>/traces/<service>.jsonl (or file:/some/path.jsonl).
