@@ -8,7 +8,6 @@ PY          := $(VENV)/bin/python
 BUF         := node_modules/.bin/buf
 PY_STAMP    := $(VENV)/.installed
 NODE_STAMP  := node_modules/.installed
-CERTS_DIR   ?= certs/out
 # Compare protos against this git ref in `make breaking` (CI sets it to the previous commit).
 BUF_AGAINST ?= main
 
@@ -20,6 +19,8 @@ help: ## list the targets
 setup: $(PY_STAMP) $(NODE_STAMP) ## install Python packages (pinned, into .venv) and buf (npm)
 
 $(PY_STAMP): requirements.lock pyproject.toml
+	@$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "make setup: Python 3.11 or newer is needed (found " + sys.version.split()[0] + "); set PYTHON_BOOT=/path/to/python3.11")'
+	@command -v npm >/dev/null || { echo "make setup: npm (Node.js 18+) is needed to install buf"; exit 1; }
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
@@ -39,14 +40,14 @@ lint: $(NODE_STAMP) $(PY_STAMP) ## buf lint (STANDARD rules) over protos/, ruff 
 	$(BUF) lint
 	$(VENV)/bin/ruff check .
 
-breaking: $(NODE_STAMP) ## buf breaking against $(BUF_AGAINST) (skipped when that ref has no protos)
+breaking: $(NODE_STAMP) ## buf breaking against BUF_AGAINST (default main; skipped when that ref has no protos)
 	@if git cat-file -e "$(BUF_AGAINST):protos" 2>/dev/null; then \
 	  echo "buf breaking against $(BUF_AGAINST)"; \
 	  $(BUF) breaking --against ".git#ref=$(BUF_AGAINST)"; \
 	else echo "buf breaking: $(BUF_AGAINST) has no protos/ yet, nothing to compare"; fi
 
-certs: $(PY_STAMP) ## make (or renew) the development CA and certificates in $(CERTS_DIR)
-	$(PY) -m certs.mkcerts --out $(CERTS_DIR)
+certs: $(PY_STAMP) ## make (or renew) the development CA and certificates (certs/out, or DIBOAS_CERTS_DIR)
+	$(PY) -m certs.mkcerts
 
 run: setup certs ## start the four services (SQLite, no broker); Ctrl-C stops them
 	$(PY) -m services.launcher
