@@ -61,7 +61,10 @@ def channel_options(topology: Topology, upstream: ServiceConfig) -> list[tuple[s
     ]
 
 
-class _MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+class _MeshCalls:
+    """What every outgoing call gets; subclassed once per grpc interceptor kind (grpc.aio applies
+    an interceptor to every kind whose interface it implements, so each class implements one)."""
+
     def __init__(self, caller: str, upstream: ServiceConfig, issuer: TokenIssuer,
                  breaker: AsyncCircuitBreaker, default_deadline: float):
         self._caller = caller
@@ -78,8 +81,9 @@ class _MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             counter = self._counters[(method, code)] = CLIENT_CALLS.labels(self._caller, self._upstream.name, name, code)
         counter.inc()
 
-    async def intercept_unary_unary(self, continuation, details, request):
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+    def _prepare(self, details, method: str) -> grpc.aio.ClientCallDetails:
+        """The call's timeout (own, or what is left of the served RPC's deadline, or the default)
+        and this service's token for the upstream."""
         timeout = details.timeout
         deadline = DEADLINE.get()
         if deadline is not None:
@@ -92,8 +96,14 @@ class _MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             timeout = self._default_deadline
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         metadata.add("authorization", "Bearer " + self._issuer.token_for(self._upstream.identity))
-        details = grpc.aio.ClientCallDetails(details.method, timeout, metadata, details.credentials,
-                                             details.wait_for_ready)
+        return grpc.aio.ClientCallDetails(details.method, timeout, metadata, details.credentials,
+                                          details.wait_for_ready)
+
+
+class _MeshUnaryInterceptor(_MeshCalls, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        details = self._prepare(details, method)
         async with self._breaker.guard():
             call = await continuation(details, request)
             try:
@@ -103,6 +113,14 @@ class _MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 raise from_rpc_error(exc, self._upstream.name) from None
         self._count(method, "OK")
         return call
+
+
+class _MeshStreamInterceptor(_MeshCalls, grpc.aio.UnaryStreamClientInterceptor):
+    """Server-streaming calls get the same deadline and token (no breaker: a stream is long-lived)."""
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        return await continuation(self._prepare(details, method), request)
 
 
 class Upstream:
@@ -116,7 +134,8 @@ class Upstream:
             upstream.name, policy.fail_max, policy.reset_timeout_seconds, _counts_as_failure,
             on_state_change=lambda state: BREAKER_STATE.labels(caller, upstream.name).set(0 if state == "closed" else 1),
         )
-        interceptors = [_MeshClientInterceptor(caller, upstream, issuer, self.breaker, topology.defaults.deadline_seconds)]
+        args = (caller, upstream, issuer, self.breaker, topology.defaults.deadline_seconds)
+        interceptors = [_MeshUnaryInterceptor(*args), _MeshStreamInterceptor(*args)]
         if tracing:
             interceptors += aio_client_interceptors()
         self.channel = grpc.aio.secure_channel(str(upstream.address), channel_credentials(files),
