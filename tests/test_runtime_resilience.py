@@ -152,7 +152,10 @@ async def test_breaker_opens_fails_fast_and_recovers(topology, start_server):
     wallets_again = EchoWallets()
     await start_server(with_service(topology, "wallet", address=Address("127.0.0.1", port)), "wallet",
                        wallet_build(wallets_again))
-    await asyncio.sleep(1.1)
+    reopened = time.monotonic()
+    await asyncio.wait_for(upstream.channel.channel_ready(), timeout=5)   # reconnect backoff is capped at 2 s
+    assert upstream.breaker.state == "open"
+    await asyncio.sleep(max(0.0, 1.1 - (time.monotonic() - reopened)))
     reply = await stub.GetWallet(request, timeout=2)
     assert reply.wallet.name == "wallets/w1"
     assert upstream.breaker.state == "closed"

@@ -54,6 +54,11 @@ def channel_options(topology: Topology, upstream: ServiceConfig) -> list[tuple[s
         ("grpc.service_config", service_config(topology)),
         # The upstream's certificate must carry its service name (DNS SAN): we check who answers.
         ("grpc.ssl_target_name_override", upstream.name),
+        # Reconnect quickly once an upstream is back: gRPC's default backoff grows to 120 s,
+        # far past the breaker's reset timeout, so a trial call would find the channel still waiting.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
