@@ -90,15 +90,21 @@ async def test_upstream_errors_keep_their_code_and_reason(topology, start_server
     assert "wallets/missing does not exist" in caught.value.details()
 
 
-async def test_invalid_argument_carries_field_violations(topology, start_server):
+async def _failing_get_wallet(topology, start_server, name) -> grpc.aio.AioRpcError:
+    """Call the wallet directly (as the transaction service) with a name that makes it fail."""
     wallet = await start_server(topology, "wallet", wallet_build(EchoWallets()))
     async with client_channel(topology, "transaction", wallet.port, "wallet") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await wallet_pb2_grpc.WalletServiceStub(channel).GetWallet(
-                wallet_pb2.GetWalletRequest(name="wallets/bad"), timeout=5,
+                wallet_pb2.GetWalletRequest(name=name), timeout=5,
                 metadata=bearer(service_token(topology, "transaction", "wallet")))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    status = rpc_status.from_call(caught.value)
+    return caught.value
+
+
+async def test_invalid_argument_carries_field_violations(topology, start_server):
+    error = await _failing_get_wallet(topology, start_server, "wallets/bad")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(error)
     violations = []
     for detail in status.details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
@@ -109,15 +115,10 @@ async def test_invalid_argument_carries_field_violations(topology, start_server)
 
 
 async def test_unexpected_exception_is_internal_without_details(topology, start_server):
-    wallet = await start_server(topology, "wallet", wallet_build(EchoWallets()))
-    async with client_channel(topology, "transaction", wallet.port, "wallet") as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await wallet_pb2_grpc.WalletServiceStub(channel).GetWallet(
-                wallet_pb2.GetWalletRequest(name="wallets/boom"), timeout=5,
-                metadata=bearer(service_token(topology, "transaction", "wallet")))
-    assert caught.value.code() == grpc.StatusCode.INTERNAL
-    assert "secret internal detail" not in caught.value.details()
-    assert "trace id" in caught.value.details()
+    error = await _failing_get_wallet(topology, start_server, "wallets/boom")
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "secret internal detail" not in error.details()
+    assert "trace id" in error.details()
 
 
 async def test_breaker_opens_fails_fast_and_recovers(topology, start_server):
