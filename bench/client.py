@@ -1,0 +1,216 @@
+"""One benchmark client process: a closed loop of GetWallet calls against one server.
+
+    python -m bench.client STACK PORT [--server-pid PID] [--concurrency 1,16] [--duration 5] [--warmup 1] [--serve]
+
+For each concurrency N, N workers each call GetWallet, wait for the answer and call again,
+for `warmup` seconds (not recorded) and then `duration` seconds (recorded). A call counts in
+the window when it both started and finished inside it. The client for each stack is what
+a caller of that stack really runs:
+  bare             grpc.aio.insecure_channel, the generated stub, nothing else;
+  bare-tls         grpc.aio.secure_channel with the "transaction" certificate, nothing else;
+  full             services.runtime.client.Upstream as the "transaction" identity: mTLS with
+                   its own certificate, service JWT, circuit breaker, deadline, retry policy,
+                   the OpenTelemetry client interceptor and an SDK TracerProvider;
+  full-no-tracing  the same Upstream with tracing=False and no tracer provider.
+Progress goes to stderr; the results are JSON on stdout. With --serve the process stays up and
+measures on command (one JSON line in, one out), so the orchestrator can interleave rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import grpc
+
+from .servicer import REQUEST
+from .stats import summarize
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds_of(pid: int | None) -> float | None:
+    """user+system CPU seconds of another process (Linux /proc), None when unknown."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _open(stack: str, port: int):
+    """(stub, close) for the stack's client."""
+    from diboas.wallet.v1 import wallet_pb2_grpc
+    if stack == "bare":
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        return wallet_pb2_grpc.WalletServiceStub(channel), channel.close
+    if stack == "bare-tls":
+        from services.runtime.config import load_topology
+        from services.runtime.tls import channel_credentials, load_identity
+        files = load_identity(load_topology().certs_dir, "transaction")
+        channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(files),
+                                          options=[("grpc.ssl_target_name_override", "wallet")])
+        return wallet_pb2_grpc.WalletServiceStub(channel), channel.close
+
+    from services.runtime import tracing
+    from services.runtime.auth import TokenIssuer
+    from services.runtime.client import Upstream
+    from services.runtime.config import Address, load_topology
+    from services.runtime.tls import load_identity
+
+    topology = load_topology()
+    tracing_on = stack == "full"
+    if tracing_on:
+        tracing.install(tracing.make_tracer_provider("transaction", "none", topology.state_dir))
+    wallet = dataclasses.replace(topology.service("wallet"), address=Address("127.0.0.1", port))
+    caller = topology.service("transaction")
+    files = load_identity(topology.certs_dir, caller.name)
+    issuer = TokenIssuer(caller.identity, files.key)
+    upstream = Upstream(topology, caller.name, wallet, files, issuer, tracing=tracing_on)
+    return upstream.stub(wallet_pb2_grpc.WalletServiceStub), upstream.channel.close
+
+
+async def _closed_loop(stub, concurrency: int, warmup: float, duration: float, server_pid: int | None) -> dict:
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    window: dict[str, float] = {}
+    done = asyncio.Event()
+
+    async def worker() -> None:
+        perf = time.perf_counter
+        while not done.is_set():
+            started = perf()
+            try:
+                await stub.GetWallet(REQUEST)
+            except Exception as exc:  # every failure is counted and reported, never hidden
+                code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+                errors[code] = errors.get(code, 0) + 1
+                await asyncio.sleep(0.001)  # do not spin on a dead server
+                continue
+            finished = perf()
+            if "start" in window and started >= window["start"] and not done.is_set():
+                latencies.append(finished - started)
+
+    def open_window() -> None:
+        window["server_cpu"] = _cpu_seconds_of(server_pid)
+        window["client_cpu"] = time.process_time()
+        window["start"] = time.perf_counter()
+
+    def close_window() -> None:
+        window["end"] = time.perf_counter()
+        window["client_cpu"] = time.process_time() - window["client_cpu"]
+        server_cpu = _cpu_seconds_of(server_pid)
+        window["server_cpu"] = None if server_cpu is None or window["server_cpu"] is None \
+            else server_cpu - window["server_cpu"]
+        done.set()
+
+    loop.call_later(warmup, open_window)
+    loop.call_later(warmup + duration, close_window)
+    workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+    try:
+        # In-flight calls finish by themselves; a hung one is cut off after a grace period.
+        _done, pending = await asyncio.wait(workers, timeout=warmup + duration + 10)
+        for task in pending:
+            task.cancel()
+            errors["HUNG"] = errors.get("HUNG", 0) + 1
+    finally:
+        for task in workers:
+            task.cancel()
+    elapsed = window["end"] - window["start"]
+    calls = len(latencies)
+    result = summarize(latencies, elapsed)
+    result.update(concurrency=concurrency, errors=sum(errors.values()), error_codes=errors,
+                  client_cpu_us_per_call=round(window["client_cpu"] / calls * 1e6, 1) if calls else None,
+                  server_cpu_us_per_call=(round(window["server_cpu"] / calls * 1e6, 1)
+                                          if calls and window["server_cpu"] is not None else None))
+    return result
+
+
+async def _measure(stub, stack: str, n: int, warmup: float, duration: float, server_pid: int | None) -> dict:
+    print(f"  {stack:<16} concurrency {n:>3}: warm-up {warmup:g}s, measuring {duration:g}s ...",
+          file=sys.stderr, flush=True)
+    r = await _closed_loop(stub, n, warmup, duration, server_pid)
+    r["stack"] = stack
+    print(f"  {stack:<16} concurrency {n:>3}: {r['qps']:>8.0f} calls/s, p50 {r['p50_ms']:.3f} ms, "
+          f"p99 {r['p99_ms']:.3f} ms, errors {r['errors']}", file=sys.stderr, flush=True)
+    return r
+
+
+async def _run(args) -> list[dict]:
+    stub, close = await _open(args.stack, args.port)
+    try:
+        return [await _measure(stub, args.stack, n, args.warmup, args.duration, args.server_pid)
+                for n in args.concurrency]
+    finally:
+        await close()
+
+
+async def _serve(args) -> None:
+    """--serve: one JSON command per stdin line ({"concurrency", "warmup", "duration"}), one JSON
+    result per stdout line, until stdin closes. The channel stays open between commands."""
+    stub, close = await _open(args.stack, args.port)
+    loop = asyncio.get_running_loop()
+    try:
+        print(json.dumps({"ready": True}), flush=True)
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            cmd = json.loads(line)
+            r = await _measure(stub, args.stack, int(cmd["concurrency"]), float(cmd["warmup"]),
+                               float(cmd["duration"]), args.server_pid)
+            print(json.dumps(r), flush=True)
+    finally:
+        await close()
+
+
+def parse_concurrency(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("concurrency values must be positive integers")
+    return values
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.client", description=__doc__.splitlines()[0])
+    parser.add_argument("stack", choices=("bare", "bare-tls", "full", "full-no-tracing"))
+    parser.add_argument("port", type=int)
+    parser.add_argument("--server-pid", type=int, help="server process, to report its CPU time per call")
+    parser.add_argument("--concurrency", type=parse_concurrency, default=[1, 16])
+    parser.add_argument("--duration", type=positive, default=5.0)
+    parser.add_argument("--warmup", type=non_negative, default=1.0)
+    parser.add_argument("--serve", action="store_true", help="take measurement commands on stdin (used by "
+                        "bench.runtime_overhead)")
+    args = parser.parse_args(argv)
+    if args.serve:
+        asyncio.run(_serve(args))
+        return
+    results = asyncio.run(_run(args))
+    json.dump(results, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
