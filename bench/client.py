@@ -68,7 +68,8 @@ async def _open(stack: str, port: int):
     topology = load_topology()
     tracing_on = stack == "full"
     if tracing_on:
-        tracing.install(tracing.make_tracer_provider("transaction", "none", topology.state_dir))
+        tracing.install(tracing.make_tracer_provider("transaction", "none", topology.state_dir,
+                                                     topology.observability.trace_sample_ratio))
     wallet = dataclasses.replace(topology.service("wallet"), address=Address("127.0.0.1", port))
     caller = topology.service("transaction")
     files = load_identity(topology.certs_dir, caller.name)

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import grpc
 
+from services.runtime.config import load_topology
+
 from .client import non_negative, parse_concurrency, positive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,6 +219,7 @@ def _conditions(args) -> dict:
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
         "opentelemetry_sdk": otel_version.__version__,
+        "trace_sample_ratio": load_topology().observability.trace_sample_ratio,
         "duration_seconds": args.duration,
         "warmup_seconds": args.warmup,
         "concurrency": args.concurrency,
@@ -291,7 +294,8 @@ def _print_report(report: dict) -> None:
               "  (the difference to full is OpenTelemetry)")
     c = report["conditions"]
     print(f"conditions: {c['cpu_count']} CPUs ({c['cpu_model']}), Python {c['python']}, grpcio {c['grpcio']}, "
-          f"opentelemetry-sdk {c['opentelemetry_sdk']}; {c['rounds']} round(s) of {c['warmup_seconds']:g}s warm-up "
+          f"opentelemetry-sdk {c['opentelemetry_sdk']} (trace sample ratio {c['trace_sample_ratio']:g}); "
+          f"{c['rounds']} round(s) of {c['warmup_seconds']:g}s warm-up "
           f"+ {c['duration_seconds']:g}s per point; load average before {c['loadavg_before']}; {c['date']}")
     dirty = " + uncommitted changes in services/" if c["services_modified"] else ""
     print(f"            {c['processes']}; {c['platform']}; commit {c['git_commit']}{dirty}")

@@ -28,7 +28,7 @@ import threading
 
 import grpc
 
-from .servicer import GRPC_SERVICE, BenchWalletServicer
+from .servicer import BenchWalletServicer
 
 STACKS = ("bare", "bare-tls", "full", "full-no-tracing")
 
@@ -72,10 +72,11 @@ class _MeshStack:
 
         topology = load_topology()
         if tracing_on:
-            tracing.install(tracing.make_tracer_provider("wallet", "none", topology.state_dir))
+            tracing.install(tracing.make_tracer_provider("wallet", "none", topology.state_dir,
+                                                         topology.observability.trace_sample_ratio))
 
         def build(_runtime):
-            return [Registration(GRPC_SERVICE, wallet_pb2_grpc.add_WalletServiceServicer_to_server,
+            return [Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server,
                                  BenchWalletServicer())]
 
         self._tracing = tracing_on

@@ -42,8 +42,7 @@ class EchoWallets(wallet_pb2_grpc.WalletServiceServicer):
 
 def wallet_build(servicer: EchoWallets):
     def build(runtime: Runtime) -> list[Registration]:
-        return [Registration("diboas.wallet.v1.WalletService",
-                             wallet_pb2_grpc.add_WalletServiceServicer_to_server, servicer)]
+        return [Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server, servicer)]
     return build
 
 
@@ -63,7 +62,6 @@ class ForwardingTransactions(transaction_pb2_grpc.TransactionServiceServicer):
 def transaction_build(holder: dict):
     def build(runtime: Runtime) -> list[Registration]:
         holder["runtime"] = runtime
-        return [Registration("diboas.transaction.v1.TransactionService",
-                             transaction_pb2_grpc.add_TransactionServiceServicer_to_server,
+        return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server,
                              ForwardingTransactions(runtime))]
     return build

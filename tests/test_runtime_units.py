@@ -6,8 +6,9 @@ import pytest
 
 from services.runtime.breaker import AsyncCircuitBreaker
 from services.runtime.errors import ServiceUnavailable
-from services.runtime.interceptor import MeshServerInterceptor
+from services.runtime.interceptor import ServerGuard, _Method
 from services.runtime.tls import load_identity
+from services.runtime.tracing import RpcTracing
 
 from conftest import service_token
 
@@ -29,6 +30,9 @@ class FakeContext:
     def auth_context(self):
         return {"peer_spiffe_id": [self._spiffe], "x509_pem_cert": [self._pem]}
 
+    def peer_identities(self):
+        return [self._spiffe, b"localhost", b"transaction"]
+
     def invocation_metadata(self):
         return (("authorization", f"Bearer {self._token}"),)
 
@@ -44,15 +48,14 @@ class FakeContext:
 
 
 async def _serve(topology, remaining):
-    interceptor = MeshServerInterceptor(topology, topology.services["wallet"], default_deadline=5)
-    rule = interceptor._rule("/diboas.wallet.v1.WalletService/GetWallet")
+    guard = ServerGuard(topology, topology.services["wallet"], default_deadline=5, tracing=RpcTracing(False))
     ran = []
 
     async def behavior(request, context):
         ran.append(request)
         return "reply"
 
-    serve = interceptor._wrap(rule, behavior, streaming=False)
+    serve = guard._unary(_Method(topology.services["wallet"], "/diboas.wallet.v1.WalletService/GetWallet"), behavior)
     context = FakeContext(topology, remaining)
     try:
         result = await serve("request", context)
@@ -92,3 +95,25 @@ async def test_breaker_counts_only_failures_that_mean_down():
     with pytest.raises(ServiceUnavailable, match="next trial call in"):
         async with breaker.guard():
             pass
+
+
+async def test_breaker_opens_on_consecutive_failures_only():
+    class Down(Exception):
+        pass
+
+    breaker = AsyncCircuitBreaker("wallet", fail_max=2, reset_timeout=60,
+                                  is_failure=lambda exc: isinstance(exc, Down))
+
+    async def attempt(fail: bool):
+        try:
+            async with breaker.guard():
+                if fail:
+                    raise Down()
+        except Down:
+            pass
+
+    for fail in (True, False, True, False, True):   # a success in between resets the count
+        await attempt(fail)
+    assert breaker.state == "closed"
+    await attempt(True)                              # second failure in a row
+    assert breaker.state == "open"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from functools import lru_cache
+from typing import Callable
 
 import jwt
 from cryptography import x509
@@ -61,7 +62,9 @@ class TokenVerifier:
         self._leeway = leeway_seconds
         self._verified: dict[tuple[str, str], float] = {}  # (token, peer identity) -> exp
 
-    def verify(self, token: str | None, peer_identity: str, peer_cert_pem: bytes | None) -> None:
+    def verify(self, token: str | None, peer_identity: str, peer_cert_pem: Callable[[], bytes | None]) -> None:
+        """Raise Unauthenticated unless `token` is valid for this audience and was signed with the key
+        of the peer's certificate; `peer_cert_pem` is only called when the token is not cached."""
         if not token:
             raise Unauthenticated("no service token: send 'authorization: Bearer <jwt>' signed with your mesh key",
                                   reason="TOKEN_MISSING")
@@ -71,11 +74,12 @@ class TokenVerifier:
             if time.time() < exp + self._leeway:
                 return
             del self._verified[key]
-        if peer_cert_pem is None:
+        pem = peer_cert_pem()
+        if pem is None:
             raise Unauthenticated("the connection carries no client certificate", reason="NO_PEER_CERTIFICATE")
         try:
             claims = jwt.decode(
-                token, _public_key(peer_cert_pem), algorithms=[ALGORITHM], audience=self.audience,
+                token, _public_key(pem), algorithms=[ALGORITHM], audience=self.audience,
                 leeway=self._leeway, options={"require": ["exp", "iat", "sub", "aud"]},
             )
         except jwt.ExpiredSignatureError:

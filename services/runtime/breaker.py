@@ -7,7 +7,6 @@ ServiceUnavailable (with the time until the trial) instead of pybreaker's error.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from typing import Callable
 
@@ -37,6 +36,7 @@ class AsyncCircuitBreaker:
             exclude=[lambda exc: not is_failure(exc)],
             throw_new_error_on_trip=False,
         )
+        self._is_failure = is_failure
         self._trial_in_flight = False
 
     @property
@@ -54,27 +54,70 @@ class AsyncCircuitBreaker:
         return ServiceUnavailable(f"{self.name} is unavailable: {why}", reason="CIRCUIT_OPEN",
                                   metadata={"upstream": self.name})
 
-    @contextlib.asynccontextmanager
-    async def guard(self):
-        """Run the body under the breaker; raise ServiceUnavailable at once while it is open."""
-        state = self._breaker.current_state
-        trial = False
-        if state == OPEN:
-            wait = self._seconds_until_trial()
-            if wait > 0:
-                raise self._unavailable(f"circuit breaker open, next trial call in {wait:.1f}s")
-            trial = True
-        elif state == HALF_OPEN:
-            trial = True
-        if trial:
-            if self._trial_in_flight:
-                raise self._unavailable("circuit breaker half-open, a trial call is in flight")
-            self._trial_in_flight = True
+    def _record_failure(self, exc: BaseException) -> None:
+        """Count a failure of a call made on the hot path, as if it had run under pybreaker."""
         try:
             with self._breaker.calling():
-                yield
+                raise exc
         except pybreaker.CircuitBreakerError:
-            raise self._unavailable("circuit breaker open") from None
+            pass  # another call opened the breaker meanwhile; this failure changes nothing
+        except BaseException as raised:
+            if raised is not exc:
+                raise
+
+    def guard(self) -> "_Guard":
+        """`async with breaker.guard():` runs the body under the breaker; while it is open, or a
+        half-open trial is in flight, it raises ServiceUnavailable at once."""
+        return _Guard(self)
+
+
+class _Guard:
+    __slots__ = ("_owner", "_trial", "_calling")
+
+    def __init__(self, owner: AsyncCircuitBreaker):
+        self._owner = owner
+        self._trial = False
+
+    async def __aenter__(self) -> None:
+        owner = self._owner
+        state = owner._breaker.current_state
+        if state == CLOSED and owner._breaker.fail_counter == 0:
+            # The hot path: closed and nothing to forget. Unless this call fails, there is
+            # nothing for pybreaker to record, so it is only told about failures (__aexit__).
+            self._calling = None
+            return
+        if state == OPEN:
+            wait = owner._seconds_until_trial()
+            if wait > 0:
+                raise owner._unavailable(f"circuit breaker open, next trial call in {wait:.1f}s")
+            self._trial = True
+        elif state == HALF_OPEN:
+            self._trial = True
+        if self._trial:
+            if owner._trial_in_flight:
+                self._trial = False
+                raise owner._unavailable("circuit breaker half-open, a trial call is in flight")
+            owner._trial_in_flight = True
+        self._calling = owner._breaker.calling()
+        try:
+            self._calling.__enter__()
+        except pybreaker.CircuitBreakerError:
+            self._release()
+            raise owner._unavailable("circuit breaker open") from None
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        if self._calling is None:
+            if exc is not None and self._owner._is_failure(exc):
+                self._owner._record_failure(exc)
+            return False
+        try:
+            # pybreaker counts the outcome and re-raises the body's exception (or not).
+            return bool(self._calling.__exit__(exc_type, exc, tb))
+        except pybreaker.CircuitBreakerError:
+            raise self._owner._unavailable("circuit breaker open") from None
         finally:
-            if trial:
-                self._trial_in_flight = False
+            self._release()
+
+    def _release(self) -> None:
+        if self._trial:
+            self._owner._trial_in_flight = False

@@ -1,27 +1,35 @@
 """Clients for upstream services: one mTLS channel per upstream, derived from the topology.
 
-Each channel has keepalive, gRPC's native retry policy for UNAVAILABLE (service config), and
-one interceptor that (in this order) fails fast while the upstream's circuit breaker is open,
-passes the remaining deadline of the RPC being served on (or applies the default), adds this
-service's JWT for that upstream, and turns an upstream failure into the matching domain error
-(UNAVAILABLE -> ServiceUnavailable ...), so callers never handle grpc types.
+Each channel has keepalive, quick reconnects and gRPC's native retry policy for UNAVAILABLE
+(service config). `upstream.stub(WalletServiceStub)` returns the generated stub with every
+method wrapped, in this order, by:
+  1. the upstream's circuit breaker (open: ServiceUnavailable at once, no network);
+  2. the timeout: the smaller of the call's own and what is left of the deadline of the RPC
+     being served, or the default;
+  3. this service's JWT for that upstream, and a CLIENT span whose W3C context travels along;
+  4. an upstream failure turned into the matching domain error (UNAVAILABLE ->
+     ServiceUnavailable ...), so callers never handle grpc types;
+  5. a metric per upstream, method and code.
+The wrapping is done once per stub, not by grpc.aio client interceptors, whose per-call
+machinery costs more than all of the above (docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from . import errors
 from .auth import TokenIssuer
 from .breaker import OPEN, AsyncCircuitBreaker
 from .config import ServiceConfig, Topology
-from .context import DEADLINE
+from .context import current_deadline
 from .metrics import BREAKER_STATE, CLIENT_CALLS
 from .status import from_rpc_error
 from .tls import IdentityFiles, channel_credentials
+from .tracing import RpcTracing
 
 # Codes that mean "the upstream is not working", as opposed to "the upstream said no".
 BREAKER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -66,66 +74,95 @@ def channel_options(topology: Topology, upstream: ServiceConfig) -> list[tuple[s
     ]
 
 
-class _MeshCalls:
-    """What every outgoing call gets; subclassed once per grpc interceptor kind (grpc.aio applies
-    an interceptor to every kind whose interface it implements, so each class implements one)."""
+class _CallPolicy:
+    """What every call to one upstream gets (see the module docstring)."""
 
-    def __init__(self, caller: str, upstream: ServiceConfig, issuer: TokenIssuer,
-                 breaker: AsyncCircuitBreaker, default_deadline: float):
+    def __init__(self, caller: str, upstream: ServiceConfig, issuer: TokenIssuer, breaker: AsyncCircuitBreaker,
+                 default_deadline: float, tracing: RpcTracing):
         self._caller = caller
         self._upstream = upstream
         self._issuer = issuer
         self._breaker = breaker
         self._default_deadline = default_deadline
-        self._counters: dict[tuple[str, str], object] = {}
+        self._tracing = tracing
 
-    def _count(self, method: str, code: str) -> None:
-        counter = self._counters.get((method, code))
-        if counter is None:
-            name = method.rpartition("/")[2]
-            counter = self._counters[(method, code)] = CLIENT_CALLS.labels(self._caller, self._upstream.name, name, code)
-        counter.inc()
-
-    def _prepare(self, details, method: str) -> grpc.aio.ClientCallDetails:
-        """The call's timeout (own, or what is left of the served RPC's deadline, or the default)
-        and this service's token for the upstream."""
-        timeout = details.timeout
-        deadline = DEADLINE.get()
+    def _timeout(self, timeout: float | None) -> float:
+        deadline = current_deadline()
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._count(method, "DEADLINE_EXCEEDED")
                 raise errors.DeadlineExceeded(f"no time left to call {self._upstream.name}: the deadline has passed")
-            timeout = remaining if timeout is None else min(timeout, remaining)
-        if timeout is None:
-            timeout = self._default_deadline
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add("authorization", "Bearer " + self._issuer.token_for(self._upstream.identity))
-        return grpc.aio.ClientCallDetails(details.method, timeout, metadata, details.credentials,
-                                          details.wait_for_ready)
+            return remaining if timeout is None else min(timeout, remaining)
+        return self._default_deadline if timeout is None else timeout
 
+    def _metadata(self, metadata, trace_headers: dict) -> tuple:
+        own = (("authorization", "Bearer " + self._issuer.token_for(self._upstream.identity)), *trace_headers.items())
+        return own + tuple(metadata or ())
 
-class _MeshUnaryInterceptor(_MeshCalls, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, details, request):
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        details = self._prepare(details, method)
-        async with self._breaker.guard():
-            call = await continuation(details, request)
+    def _counter(self, method: str):
+        counters = {code: CLIENT_CALLS.labels(self._caller, self._upstream.name, method, code.name)
+                    for code in grpc.StatusCode}
+        return counters.__getitem__
+
+    def unary(self, full_method: str, multicallable):
+        upstream, breaker, tracing = self._upstream.name, self._breaker, self._tracing
+        attributes = RpcTracing.attributes(full_method)
+        count = self._counter(full_method.rpartition("/")[2])
+
+        async def call(request, *, timeout=None, metadata=None, wait_for_ready=None):
+            code = grpc.StatusCode.UNAVAILABLE
+            span, headers = tracing.start_client(full_method, attributes)
             try:
-                await call
-            except grpc.aio.AioRpcError as exc:
-                self._count(method, exc.code().name)
-                raise from_rpc_error(exc, self._upstream.name) from None
-        self._count(method, "OK")
+                timeout = self._timeout(timeout)
+                async with breaker.guard():
+                    try:
+                        response = await multicallable(request, timeout=timeout, wait_for_ready=wait_for_ready,
+                                                       metadata=self._metadata(metadata, headers))
+                    except grpc.aio.AioRpcError as exc:
+                        code = exc.code()
+                        raise from_rpc_error(exc, upstream) from None
+                code = grpc.StatusCode.OK
+                return response
+            except errors.DeadlineExceeded:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                raise
+            finally:
+                count(code).inc()
+                tracing.end(span, code.value[0])
+        return call
+
+    def stream(self, full_method: str, multicallable):
+        """Server-streaming calls get the deadline, token and trace context (no breaker: a stream
+        is long-lived, and its failures arrive while iterating)."""
+        attributes = RpcTracing.attributes(full_method)
+
+        def call(request, *, timeout=None, metadata=None, wait_for_ready=None):
+            span, headers = self._tracing.start_client(full_method, attributes)
+            stream = multicallable(request, timeout=self._timeout(timeout), wait_for_ready=wait_for_ready,
+                                   metadata=self._metadata(metadata, headers))
+            stream.add_done_callback(lambda done: self._tracing.end(span, done.code().value[0]))
+            return stream
         return call
 
 
-class _MeshStreamInterceptor(_MeshCalls, grpc.aio.UnaryStreamClientInterceptor):
-    """Server-streaming calls get the same deadline and token (no breaker: a stream is long-lived)."""
+class _GuardedStub:
+    """A generated stub whose methods all go through an upstream's call policy."""
 
-    async def intercept_unary_stream(self, continuation, details, request):
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        return await continuation(self._prepare(details, method), request)
+    def __init__(self, stub, grpc_service: str, policy: _CallPolicy):
+        for name, multicallable in vars(stub).items():
+            full_method = f"/{grpc_service}/{name}"
+            if isinstance(multicallable, grpc.aio.UnaryUnaryMultiCallable):
+                setattr(self, name, policy.unary(full_method, multicallable))
+            elif isinstance(multicallable, grpc.aio.UnaryStreamMultiCallable):
+                setattr(self, name, policy.stream(full_method, multicallable))
+            else:
+                raise TypeError(f"{grpc_service}.{name}: only unary and server-streaming calls are supported")
+
+
+def _grpc_service_of(stub_class: type) -> str:
+    """'diboas.wallet.v1.WalletService' for WalletServiceStub, from its generated module."""
+    pb2 = sys.modules[stub_class.__module__.removesuffix("_grpc")]
+    return pb2.DESCRIPTOR.services_by_name[stub_class.__name__.removesuffix("Stub")].full_name
 
 
 class Upstream:
@@ -139,19 +176,19 @@ class Upstream:
             upstream.name, policy.fail_max, policy.reset_timeout_seconds, _counts_as_failure,
             on_state_change=lambda state: BREAKER_STATE.labels(caller, upstream.name).set(0 if state == "closed" else 1),
         )
-        args = (caller, upstream, issuer, self.breaker, topology.defaults.deadline_seconds)
-        interceptors = [_MeshUnaryInterceptor(*args), _MeshStreamInterceptor(*args)]
-        if tracing:
-            interceptors += aio_client_interceptors()
+        self._policy = _CallPolicy(caller, upstream, issuer, self.breaker, topology.defaults.deadline_seconds,
+                                   RpcTracing(tracing))
         self.channel = grpc.aio.secure_channel(str(upstream.address), channel_credentials(files),
-                                               options=channel_options(topology, upstream), interceptors=interceptors)
-        self._stubs: dict[type, object] = {}
+                                               options=channel_options(topology, upstream))
+        self._stubs: dict[type, _GuardedStub] = {}
 
     def stub(self, stub_class):
-        """A generated stub bound to this upstream's channel, e.g. `upstream.stub(WalletServiceStub)`."""
+        """The generated stub for this upstream, e.g. `upstream.stub(WalletServiceStub)`, with every
+        method guarded; `await stub.GetWallet(request)` returns the response or raises a DomainError."""
         stub = self._stubs.get(stub_class)
         if stub is None:
-            stub = self._stubs[stub_class] = stub_class(self.channel)
+            stub = self._stubs[stub_class] = _GuardedStub(stub_class(self.channel), _grpc_service_of(stub_class),
+                                                          self._policy)
         return stub
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
@@ -125,11 +126,16 @@ class Topology:
 
     def name_of(self, spiffe_id: str) -> str | None:
         """The short name (as used in policies) of a SPIFFE id of this trust domain."""
-        prefix = f"spiffe://{self.trust_domain}/"
-        if not spiffe_id.startswith(prefix):
-            return None
-        kind, _, name = spiffe_id[len(prefix):].partition("/")
-        return name if kind in ("service", "client") and _NAME.match(name or "-") else None
+        return _name_of(self.trust_domain, spiffe_id)
+
+
+@lru_cache(maxsize=1024)
+def _name_of(trust_domain: str, spiffe_id: str) -> str | None:
+    prefix = f"spiffe://{trust_domain}/"
+    if not spiffe_id.startswith(prefix):
+        return None
+    kind, _, name = spiffe_id[len(prefix):].partition("/")
+    return name if kind in ("service", "client") and _NAME.match(name or "-") else None
 
 
 def spiffe_id(trust_domain: str, kind: str, name: str) -> str:

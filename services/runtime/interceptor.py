@@ -1,36 +1,37 @@
-"""The one server interceptor: authentication, policy, deadlines, errors, metrics, logs.
+"""What every served RPC goes through: tracing, authentication, policy, deadlines, errors,
+metrics and logs, in one fixed order and in one place.
 
-Everything a request passes through before and after its handler lives here, in a fixed
-order, so there is one obvious place to read it and only one wrapper on the hot path:
-  1. caller identity from the mTLS certificate (SPIFFE URI SAN);
-  2. the service JWT, verified against that certificate (skipped for health and reflection,
+  1. a SERVER span, child of the caller's W3C trace context;
+  2. caller identity from the mTLS certificate (SPIFFE URI SAN);
+  3. the service JWT, verified against that certificate (skipped for health and reflection,
      which still need a mesh certificate);
-  3. the per-RPC policy of mesh.yaml (PERMISSION_DENIED otherwise);
-  4. the deadline: a call that arrives expired is refused, one without a deadline gets the
+  4. the per-RPC policy of mesh.yaml (PERMISSION_DENIED otherwise);
+  5. the deadline: a call that arrives expired is refused, one without a deadline gets the
      default; the absolute deadline is published for clients to pass on;
-  5. domain errors become canonical codes with google.rpc.Status details; anything else is
+  6. domain errors become canonical codes with google.rpc.Status details; anything else is
      INTERNAL with a trace id (logged with its traceback, never sent);
-  6. metrics per method and a log line for every failure.
-Tracing is OpenTelemetry's own interceptor, installed in front of this one.
+  7. metrics per method and a log line for every failure.
+
+The handlers are wrapped once, when they are registered (`Registrar`), rather than by a
+grpc.aio server interceptor, which would re-resolve and re-wrap the handler on every call:
+on a trivial RPC that machinery alone cost more than everything above (docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from functools import lru_cache
 
 import grpc
-from cryptography import x509
 from opentelemetry import trace
 
 from . import errors
 from .auth import TokenVerifier
 from .config import ServiceConfig, Topology
-from .context import CALLER, DEADLINE
+from .context import CURRENT_CALL, CallInfo, current_caller
 from .metrics import MethodMetrics
 from .status import code_of, internal_status, to_rpc_status
+from .tracing import TRACE_HEADERS, RpcTracing
 
 log = logging.getLogger("diboas.rpc")
 
@@ -42,194 +43,199 @@ OPEN_SERVICES = frozenset({
 })
 
 
-@lru_cache(maxsize=256)
-def _uri_sans(cert_pem: bytes) -> tuple[str, ...]:
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return ()
-    return tuple(ext.value.get_values_for_type(x509.UniformResourceIdentifier))
-
-
-def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, bytes | None]:
-    """The caller's SPIFFE id (verified by gRPC's TLS layer) and certificate PEM."""
-    auth = context.auth_context()
-    spiffe = auth.get("peer_spiffe_id")
-    pem = (auth.get("x509_pem_cert") or [None])[0]
-    if spiffe:
-        return spiffe[0].decode(), pem
-    if pem is None:
-        raise errors.Unauthenticated("no client certificate was presented", reason="NO_PEER_CERTIFICATE")
-    uris = [u for u in _uri_sans(pem) if u.startswith("spiffe://")]
+def peer_identity(context: grpc.aio.ServicerContext) -> str:
+    """The caller's SPIFFE id, from the certificate gRPC's TLS layer verified against the mesh CA."""
+    uris = [san for san in context.peer_identities() or () if san.startswith(b"spiffe://")]
     if len(uris) != 1:
-        raise errors.Unauthenticated("the client certificate has no single SPIFFE URI SAN", reason="NO_SPIFFE_ID")
-    return uris[0], pem
+        raise errors.Unauthenticated("the client certificate must carry exactly one SPIFFE URI SAN", reason="NO_SPIFFE_ID")
+    return uris[0].decode()
 
 
-@dataclass(frozen=True)
-class _MethodRule:
-    name: str
-    open: bool
-    callers: frozenset[str]
-    metrics: MethodMetrics
+def peer_certificate(context: grpc.aio.ServicerContext) -> bytes | None:
+    return (context.auth_context().get("x509_pem_cert") or [None])[0]
 
 
-class MeshServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, topology: Topology, service: ServiceConfig, default_deadline: float):
+class _Method:
+    """What is known about one RPC method at registration time."""
+
+    __slots__ = ("full_name", "name", "open", "callers", "metrics", "span_attributes")
+
+    def __init__(self, service: ServiceConfig, full_name: str):
+        grpc_service, _, name = full_name.lstrip("/").rpartition("/")
+        self.full_name, self.name = full_name, name
+        self.open = grpc_service in OPEN_SERVICES
+        self.callers = service.allowed_callers(name)
+        self.metrics = MethodMetrics(service.name, name)
+        self.span_attributes = RpcTracing.attributes(full_name)
+
+
+class ServerGuard:
+    """Wraps a service's handlers with everything listed in the module docstring."""
+
+    def __init__(self, topology: Topology, service: ServiceConfig, default_deadline: float, tracing: RpcTracing):
         self._topology = topology
         self._service = service
         self._verifier = TokenVerifier(audience=service.identity)
         self._default_deadline = default_deadline
         self._domain = f"{service.name}.{topology.trust_domain}"
-        self._rules: dict[str, _MethodRule] = {}
+        self._tracing = tracing
 
-    def _rule(self, full_method: str) -> _MethodRule:
-        rule = self._rules.get(full_method)
-        if rule is None:
-            grpc_service, _, name = full_method.lstrip("/").rpartition("/")
-            rule = self._rules[full_method] = _MethodRule(
-                name=name, open=grpc_service in OPEN_SERVICES,
-                callers=self._service.allowed_callers(name),
-                metrics=MethodMetrics(self._service.name, name),
-            )
-        return rule
-
-    def _authorize(self, rule: _MethodRule, context: grpc.aio.ServicerContext) -> str:
-        identity, pem = peer_identity(context)
-        caller = self._topology.name_of(identity)
-        if caller is None:
-            raise errors.PermissionDenied(f"{identity} is not an identity of this mesh", reason="UNKNOWN_IDENTITY")
-        if rule.open:
-            return caller
-        token = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                token = value[7:] if value.startswith("Bearer ") else value
-                break
-        self._verifier.verify(token, identity, pem)
-        if caller not in rule.callers:
-            raise errors.PermissionDenied(f"{caller} may not call {self._service.name}.{rule.name}",
-                                          reason="CALLER_NOT_PERMITTED", metadata={"caller": caller})
-        return caller
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        rule = self._rule(handler_call_details.method)
+    def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        method = _Method(self._service, full_method)
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap(rule, handler.unary_unary, streaming=False),
-                handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap(rule, handler.unary_stream, streaming=True),
-                handler.request_deserializer, handler.response_serializer)
+            return handler._replace(unary_unary=self._unary(method, handler.unary_unary))
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap(rule, handler.stream_unary, streaming=False),
-                handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            self._wrap(rule, handler.stream_stream, streaming=True),
-            handler.request_deserializer, handler.response_serializer)
+            return handler._replace(stream_unary=self._unary(method, handler.stream_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=self._stream(method, handler.unary_stream))
+        return handler._replace(stream_stream=self._stream(method, handler.stream_stream))
 
-    def _wrap(self, rule: _MethodRule, behavior, streaming: bool):
-        if not streaming:
-            async def serve(request, context):
-                async with _RpcScope(self, rule, context) as scope:
-                    if scope.enforce_budget:
-                        async with asyncio.timeout(scope.budget):
-                            return await behavior(request, context)
-                    return await behavior(request, context)
-            return serve
+    def _unary(self, method: _Method, behavior):
+        async def serve(request, context):
+            scope = _RpcScope(self, method, context)
+            try:
+                scope.enter()
+                if scope.enforce_budget:
+                    async with asyncio.timeout(scope.budget):
+                        response = await behavior(request, context)
+                else:
+                    response = await behavior(request, context)
+            except BaseException as exc:
+                await scope.fail(exc)
+                raise
+            scope.finish(context.code())
+            return response
+        return serve
 
-        # Streaming handlers must stay async generators (OpenTelemetry's interceptor iterates
-        # them); a handler that writes through context.write() is awaited instead.
+    def _stream(self, method: _Method, behavior):
+        # Streaming handlers stay async generators; one that writes through context.write()
+        # (a coroutine) is awaited instead.
         async def serve_stream(request, context):
-            async with _RpcScope(self, rule, context):
+            scope = _RpcScope(self, method, context)
+            try:
+                scope.enter()
                 result = behavior(request, context)
                 if hasattr(result, "__aiter__"):
                     async for item in result:
                         yield item
                 else:
                     await result
+            except BaseException as exc:
+                await scope.fail(exc)
+                raise
+            scope.finish(context.code())
         return serve_stream
 
-    def _log_failure(self, rule: _MethodRule, code: str, message: str, reason: str) -> None:
+    def authorize(self, method: _Method, context: grpc.aio.ServicerContext, token: str | None) -> str:
+        identity = peer_identity(context)
+        caller = self._topology.name_of(identity)
+        if caller is None:
+            raise errors.PermissionDenied(f"{identity} is not an identity of this mesh", reason="UNKNOWN_IDENTITY")
+        if method.open:
+            return caller
+        self._verifier.verify(token, identity, lambda: peer_certificate(context))
+        if caller not in method.callers:
+            raise errors.PermissionDenied(f"{caller} may not call {self._service.name}.{method.name}",
+                                          reason="CALLER_NOT_PERMITTED", metadata={"caller": caller})
+        return caller
+
+    def log_failure(self, method: _Method, code: str, message: str, reason: str) -> None:
         level = logging.WARNING if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED",
                                             "PERMISSION_DENIED") else logging.INFO
-        log.log(level, "%s.%s -> %s: %s", self._service.name, rule.name, code, message,
-                extra={"method": rule.name, "code": code, "reason": reason, "caller": CALLER.get()})
-
-
-def _code_name(code) -> str:
-    if code is None:
-        return "OK"
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return str(code)
+        log.log(level, "%s.%s -> %s: %s", self._service.name, method.name, code, message,
+                extra={"method": method.name, "code": code, "reason": reason, "caller": current_caller()})
 
 
 class _RpcScope:
-    """Everything around one call: checks on the way in; errors, metrics and cleanup on the way out."""
+    """One call: checks on the way in; errors, metrics, span and cleanup on the way out.
+    Plain methods, not an async context manager: the success path never awaits."""
 
-    __slots__ = ("_owner", "_rule", "_context", "_started", "_tokens", "budget", "enforce_budget")
+    __slots__ = ("_guard", "_method", "_context", "_started", "_span", "_span_token", "_call_token",
+                 "budget", "enforce_budget")
 
-    def __init__(self, owner: MeshServerInterceptor, rule: _MethodRule, context: grpc.aio.ServicerContext):
-        self._owner, self._rule, self._context = owner, rule, context
-        self._tokens: tuple = ()
+    def __init__(self, guard: ServerGuard, method: _Method, context: grpc.aio.ServicerContext):
+        self._guard, self._method, self._context = guard, method, context
+        self._span = self._span_token = self._call_token = None
 
-    async def __aenter__(self) -> "_RpcScope":
+    def enter(self) -> None:
         self._started = time.perf_counter()
-        owner, rule, context = self._owner, self._rule, self._context
-        try:
-            caller = owner._authorize(rule, context)
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
-                raise errors.DeadlineExceeded("the call's deadline had already passed when it arrived",
-                                              reason="DEADLINE_ALREADY_EXPIRED")
-        except BaseException as exc:
-            await self.__aexit__(type(exc), exc, None)
-            raise
+        guard, method, context = self._guard, self._method, self._context
+        token = trace_headers = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                token = value[7:] if value.startswith("Bearer ") else value
+            elif key in TRACE_HEADERS:
+                trace_headers = trace_headers or {}
+                trace_headers[key] = value
+        self._span, self._span_token = guard._tracing.start_server(method.full_name, method.span_attributes,
+                                                                   trace_headers)
+        caller = guard.authorize(method, context, token)
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise errors.DeadlineExceeded("the call's deadline had already passed when it arrived",
+                                          reason="DEADLINE_ALREADY_EXPIRED")
         # Calls without a deadline get the default, enforced here and passed on to upstreams.
-        self.enforce_budget = remaining is None and not rule.open
-        self.budget = owner._default_deadline if remaining is None else remaining
-        self._tokens = (CALLER.set(caller), DEADLINE.set(time.monotonic() + self.budget))
-        return self
+        self.enforce_budget = remaining is None and not method.open
+        self.budget = guard._default_deadline if remaining is None else remaining
+        self._call_token = CURRENT_CALL.set(CallInfo(caller, time.monotonic() + self.budget))
 
-    async def __aexit__(self, exc_type, exc, tb) -> bool:
-        owner, rule, context = self._owner, self._rule, self._context
-        code = "OK"
-        try:
-            if exc is None:
-                current = context.code()
-                if current not in (None, grpc.StatusCode.OK):
-                    code = _code_name(current)
-            elif isinstance(exc, errors.DomainError):
-                code = code_of(exc).name
-                owner._log_failure(rule, code, exc.message, exc.reason)
-                await context.abort_with_status(to_rpc_status(exc, owner._domain))
-            elif isinstance(exc, TimeoutError):
-                code = "DEADLINE_EXCEEDED"
-                message = (f"{owner._service.name}.{rule.name} did not finish within the default deadline"
-                           f" of {owner._default_deadline}s")
-                owner._log_failure(rule, code, message, "DEFAULT_DEADLINE_EXCEEDED")
-                await context.abort_with_status(
-                    to_rpc_status(errors.DeadlineExceeded(message, reason="DEFAULT_DEADLINE_EXCEEDED"), owner._domain))
-            elif isinstance(exc, grpc.aio.AbortError):
-                code = _code_name(context.code())
-            elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-                code = "CANCELLED"
-            elif isinstance(exc, Exception):
-                code = "INTERNAL"
-                trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
-                log.error("unhandled error in %s.%s", owner._service.name, rule.name, exc_info=(exc_type, exc, tb),
-                          extra={"method": rule.name, "code": code})
-                await context.abort_with_status(internal_status(f"internal error (trace id {trace_id})"))
-        finally:
-            rule.metrics.observe(code, time.perf_counter() - self._started)
-            if self._tokens:
-                DEADLINE.reset(self._tokens[1])
-                CALLER.reset(self._tokens[0])
-        return False
+    def finish(self, code, message: str = "") -> None:
+        if code is None:
+            code = grpc.StatusCode.OK
+        elif not isinstance(code, grpc.StatusCode):  # context.code() may give a raw int
+            code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+        self._method.metrics.observe(code.name, time.perf_counter() - self._started)
+        if self._call_token is not None:
+            CURRENT_CALL.reset(self._call_token)
+        RpcTracing.end(self._span, code.value[0], message)
+        RpcTracing.detach(self._span_token)
+
+    async def fail(self, exc: BaseException) -> None:
+        """Account for a failed call; send its status (which raises AbortError) unless grpc already has one."""
+        guard, method, context = self._guard, self._method, self._context
+        status = None
+        if isinstance(exc, errors.DomainError):
+            code, message = code_of(exc), exc.message
+            guard.log_failure(method, code.name, message, exc.reason)
+            status = to_rpc_status(exc, guard._domain)
+        elif isinstance(exc, TimeoutError):
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            message = (f"{guard._service.name}.{method.name} did not finish within the default deadline"
+                       f" of {guard._default_deadline}s")
+            guard.log_failure(method, code.name, message, "DEFAULT_DEADLINE_EXCEEDED")
+            status = to_rpc_status(errors.DeadlineExceeded(message, reason="DEFAULT_DEADLINE_EXCEEDED"), guard._domain)
+        elif isinstance(exc, grpc.aio.AbortError):
+            code, message = context.code() or grpc.StatusCode.UNKNOWN, ""
+        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            code, message = grpc.StatusCode.CANCELLED, "cancelled"
+        else:
+            code = grpc.StatusCode.INTERNAL
+            trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
+            message = f"internal error (trace id {trace_id})"
+            log.error("unhandled error in %s.%s", guard._service.name, method.name, exc_info=exc,
+                      extra={"method": method.name, "code": code.name})
+            status = internal_status(message)
+        self.finish(code, message)
+        if status is not None:
+            await context.abort_with_status(status)
+
+
+class Registrar:
+    """Stands in for the grpc.aio.Server in the generated `add_XServicer_to_server(servicer, server)`
+    functions, and registers every handler wrapped by the guard."""
+
+    def __init__(self, server: grpc.aio.Server, guard: ServerGuard):
+        self._server = server
+        self._guard = guard
+        self.services: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        # Generated code calls this and then add_registered_method_handlers with the same
+        # handlers as a plain dict; we register from that dict only.
+        pass
+
+    def add_registered_method_handlers(self, service: str, method_handlers: dict) -> None:
+        wrapped = {name: self._guard.wrap(f"/{service}/{name}", handler) for name, handler in method_handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        self._server.add_registered_method_handlers(service, wrapped)
+        self.services.append(service)

@@ -17,27 +17,27 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import grpc
-from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from . import tracing
 from .auth import TokenIssuer
 from .client import Upstreams
 from .config import Address, ConfigError, ServiceConfig, Topology, load_topology
 from .health import DatabaseProbe, ServiceHealth
-from .interceptor import MeshServerInterceptor
+from .interceptor import Registrar, ServerGuard
 from .logs import configure_logging
 from .metrics import serve_metrics
 from .tls import IdentityFiles, load_identity, server_credentials
+from .tracing import RpcTracing
 
 log = logging.getLogger("diboas.server")
 
 
 @dataclass(frozen=True)
 class Registration:
-    """One gRPC service to serve: its full name, the generated add_..._to_server, the servicer."""
+    """One gRPC service to serve: the generated add_XServicer_to_server and the servicer."""
 
-    grpc_service: str
     add_to_server: Callable[[object, grpc.aio.Server], None]
     servicer: object
 
@@ -88,19 +88,18 @@ class MeshServer:
         self._upstreams = Upstreams(topology, service.name, files, issuer, tracing=self._tracing)
         registrations = self._build(Runtime(topology, service, files, self._upstreams))
 
-        interceptors: list = [MeshServerInterceptor(topology, service, topology.defaults.deadline_seconds)]
-        if self._tracing:
-            interceptors.insert(0, aio_server_interceptor())
-        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        guard = ServerGuard(topology, service, topology.defaults.deadline_seconds, RpcTracing(self._tracing))
+        registrar = Registrar(server, guard)
         for reg in registrations:
-            reg.add_to_server(reg.servicer, server)
+            reg.add_to_server(reg.servicer, registrar)
+        grpc_services = list(registrar.services)
 
-        self._health = ServiceHealth(service.name, [r.grpc_service for r in registrations],
-                                     DatabaseProbe(service.database), self._health_interval)
-        from grpc_health.v1 import health_pb2_grpc
-        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
-        reflection.enable_server_reflection(
-            [r.grpc_service for r in registrations] + ["grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+        self._health = ServiceHealth(service.name, grpc_services, DatabaseProbe(service.database), self._health_interval)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, registrar)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer([*grpc_services, "grpc.health.v1.Health", reflection.SERVICE_NAME]),
+            registrar)
 
         self.port = _bind(server, service.address, server_credentials(files), service.name)
         if self._serve_metrics and service.metrics is not None:

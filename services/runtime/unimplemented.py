@@ -21,11 +21,10 @@ def unimplemented_servicer(base: type, service: str, planned: str):
     return type(f"Unimplemented{base.__name__}", (base,), namespace)()
 
 
-def unimplemented_registration(pb2, pb2_grpc, grpc_service: str, owner: str, planned: str):
-    """The Registration of a generated service (e.g. wallet_pb2, wallet_pb2_grpc, "WalletService")
+def unimplemented_registration(pb2_grpc, grpc_service: str, owner: str, planned: str):
+    """The Registration of a generated service (e.g. wallet_pb2_grpc, "WalletService")
     whose every RPC answers UNIMPLEMENTED until its issue lands."""
     from .server import Registration
 
     servicer = unimplemented_servicer(getattr(pb2_grpc, f"{grpc_service}Servicer"), owner, planned)
-    return Registration(pb2.DESCRIPTOR.services_by_name[grpc_service].full_name,
-                        getattr(pb2_grpc, f"add_{grpc_service}Servicer_to_server"), servicer)
+    return Registration(getattr(pb2_grpc, f"add_{grpc_service}Servicer_to_server"), servicer)

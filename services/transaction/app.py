@@ -1,5 +1,5 @@
 """Composition root of the transaction service."""
-from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
+from diboas.transaction.v1 import transaction_pb2_grpc
 from services.runtime.server import Registration, Runtime
 from services.runtime.unimplemented import unimplemented_registration
 
@@ -8,5 +8,5 @@ PLANNED = "arrives with the money path issue"
 
 def build(runtime: Runtime) -> list[Registration]:
     return [
-        unimplemented_registration(transaction_pb2, transaction_pb2_grpc, "TransactionService", "transaction", PLANNED),
+        unimplemented_registration(transaction_pb2_grpc, "TransactionService", "transaction", PLANNED),
     ]
