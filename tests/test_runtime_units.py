@@ -6,7 +6,7 @@ import pytest
 
 from services.runtime.breaker import AsyncCircuitBreaker
 from services.runtime.errors import ServiceUnavailable
-from services.runtime.interceptor import ServerGuard, _Method
+from services.runtime.guard import ServerGuard, _Method
 from services.runtime.tls import load_identity
 from services.runtime.tracing import RpcTracing
 

@@ -1,4 +1,4 @@
-"""A service process: the mTLS gRPC server with health, reflection, the interceptor chain,
+"""A service process: the mTLS gRPC server with health, reflection, the server guard,
 metrics endpoint, database probe and graceful shutdown, built from the topology.
 
     server = MeshServer(topology, "wallet", build)   # build(runtime) -> [Registration, ...]
@@ -24,8 +24,8 @@ from . import tracing
 from .auth import TokenIssuer
 from .client import Upstreams
 from .config import Address, ConfigError, ServiceConfig, Topology, load_topology
+from .guard import Registrar, ServerGuard
 from .health import DatabaseProbe, ServiceHealth
-from .interceptor import Registrar, ServerGuard
 from .logs import configure_logging
 from .metrics import serve_metrics
 from .tls import IdentityFiles, load_identity, server_credentials
