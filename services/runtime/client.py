@@ -10,8 +10,8 @@ method wrapped, in this order, by:
   4. an upstream failure turned into the matching domain error (UNAVAILABLE ->
      ServiceUnavailable ...), so callers never handle grpc types;
   5. a metric per upstream, method and code.
-The wrapping is done once per stub, not by grpc.aio client interceptors, whose per-call
-machinery costs more than all of the above (docs/benchmarks.md).
+The wrapping is done once per stub, not by grpc.aio client interceptors, which add their own
+per-call machinery on the hot path (measurements in docs/benchmarks.md).
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ metrics and logs, in one fixed order and in one place.
   7. metrics per method and a log line for every failure.
 
 The handlers are wrapped once, when they are registered (`Registrar`), rather than by a
-grpc.aio server interceptor, which would re-resolve and re-wrap the handler on every call:
-on a trivial RPC that machinery alone cost more than everything above (docs/benchmarks.md).
+grpc.aio server interceptor, which would re-resolve and re-wrap the handler on every call
+(measurements in docs/benchmarks.md).
 """
 from __future__ import annotations
 
