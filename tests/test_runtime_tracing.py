@@ -2,6 +2,7 @@
 and streaming RPCs (reflection) working with the tracing interceptor installed."""
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -95,3 +96,27 @@ async def test_streaming_rpcs_work_through_the_tracing_interceptor(two_hops):
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=3)]
     names = {s.name for s in replies[0].list_services_response.service}
     assert "diboas.wallet.v1.WalletService" in names
+
+
+async def test_server_streaming_upstream_calls_are_traced(two_hops, spans):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    topology, wallet, _ = two_hops
+    holder: dict = {}
+    from services.runtime.server import MeshServer
+    caller = MeshServer(topology, "transaction", transaction_build(holder), tracing_enabled=True,
+                        serve_metrics_endpoint=False, unready_seconds=0)
+    await caller.start()
+    try:
+        stub = holder["runtime"].upstreams["wallet"].stub(health_pb2_grpc.HealthStub)
+        stream = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        async for reply in stream:
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            break
+        stream.cancel()
+        await asyncio.sleep(0.1)
+    finally:
+        await caller.stop(grace=0)
+    watch = [s for s in spans.get_finished_spans() if s.name == "/grpc.health.v1.Health/Watch"]
+    assert {s.kind for s in watch} == {trace.SpanKind.CLIENT, trace.SpanKind.SERVER}
+    client = next(s for s in watch if s.kind == trace.SpanKind.CLIENT)
+    assert client.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]

@@ -15,6 +15,7 @@ per-call machinery on the hot path (measurements in docs/benchmarks.md).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -126,6 +127,9 @@ class _CallPolicy:
             except errors.DeadlineExceeded:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
                 raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
             finally:
                 count(code).inc()
                 tracing.end(span, code.value[0])
@@ -140,9 +144,14 @@ class _CallPolicy:
             span, headers = self._tracing.start_client(full_method, attributes)
             stream = multicallable(request, timeout=self._timeout(timeout), wait_for_ready=wait_for_ready,
                                    metadata=self._metadata(metadata, headers))
-            stream.add_done_callback(lambda done: self._tracing.end(span, done.code().value[0]))
+            if span is not None:
+                stream.add_done_callback(lambda done: asyncio.ensure_future(self._end_stream_span(span, done)))
             return stream
         return call
+
+    async def _end_stream_span(self, span, stream) -> None:
+        code = await stream.code()
+        self._tracing.end(span, code.value[0], await stream.details() if code != grpc.StatusCode.OK else "")
 
 
 class _GuardedStub:
