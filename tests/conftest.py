@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import uuid
 from pathlib import Path
 
 import grpc
@@ -16,6 +18,44 @@ from services.runtime.tls import channel_credentials, load_identity
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 LOCAL = Address("127.0.0.1", 0)
+POSTGRES = ("127.0.0.1", 5432)
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def postgres_reachable() -> bool:
+    try:
+        socket.create_connection(POSTGRES, timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def require_postgres() -> None:
+    """Skip (on a developer machine) or fail (in CI) when PostgreSQL is not there."""
+    if not postgres_reachable():
+        if IN_CI:
+            pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable, and CI requires it")
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable (start it to run this test)")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path):
+    """A database URL of each backend, empty, private to the test (PostgreSQL: its own schema)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/test.db"
+        return
+    require_postgres()
+    from sqlalchemy import create_engine, text
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

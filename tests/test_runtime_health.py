@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import urllib.request
 
 import grpc
@@ -15,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from services.runtime.config import Address
 from services.wallet.app import build as wallet_app
 
-from conftest import IN_CI, bearer, client_channel, service_token, with_service
+from conftest import bearer, client_channel, require_postgres, service_token, with_service
 from fakes import EchoWallets, wallet_build
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -98,20 +97,9 @@ class TcpProxy:
         self._writers.clear()
 
 
-def _postgres_reachable() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.postgres
 async def test_not_serving_while_postgres_is_unreachable(topology, start_server):
-    if not _postgres_reachable():
-        if IN_CI:
-            pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable, and CI requires it")
-        pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable (start it to run this test)")
+    require_postgres()
     proxy = TcpProxy(("127.0.0.1", 5432))
     await proxy.start()
     url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test"

@@ -1,0 +1,123 @@
+"""Persistence plumbing shared by the services: engines, transactions, exact amounts, migrations.
+
+The same code runs on the embedded default (one SQLite file per service, WAL mode) and on
+PostgreSQL, chosen by the service's database URL in the topology. Domain code never sees
+this module; repositories do.
+
+Database work is synchronous SQLAlchemy run in a small thread pool (`Database.run`), so the
+asyncio loop that serves gRPC never blocks on I/O and service-layer code stays plain
+functions. Write transactions on SQLite start with BEGIN IMMEDIATE, so two writers queue for
+the lock instead of failing half-way with "database is locked".
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, Numeric, String, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.types import TypeDecorator
+
+from .config import ConfigError
+
+T = TypeVar("T")
+
+
+class ExactDecimal(TypeDecorator):
+    """A Decimal stored without loss: NUMERIC(38, 18) on PostgreSQL, canonical text on SQLite
+    (whose NUMERIC is a float). Arithmetic on amounts happens in Python, on locked rows."""
+
+    impl = String(64)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Numeric(38, 18, asdecimal=True))
+        return dialect.type_descriptor(String(64))
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if not isinstance(value, Decimal):
+            raise TypeError(f"amounts must be Decimal, got {type(value).__name__}")
+        return value if dialect.name == "postgresql" else f"{value:f}"
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else Decimal(value)
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=10000"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, pool_size: int = 8) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"database URL '{url}' is not a valid SQLAlchemy URL") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ConfigError(f"database URL '{url}': an in-memory SQLite database cannot be shared; use a file")
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, pool_size=pool_size, max_overflow=0, pool_timeout=30)
+        _sqlite_setup(engine)
+        return engine
+    if backend == "postgresql":
+        return create_engine(parsed, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_pre_ping=True,
+                             connect_args={"connect_timeout": 5})
+    raise ConfigError(f"database URL '{parsed.render_as_string(hide_password=True)}': only sqlite and postgresql "
+                      "are supported")
+
+
+def migrate(engine: Engine, migrations: Path) -> None:
+    """Bring the schema to the newest revision of `migrations` (an Alembic script folder)."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+class Database:
+    """One service's database: an engine, its migrations, and a thread pool to use it from asyncio."""
+
+    def __init__(self, url: str, migrations: Path, workers: int = 8):
+        self.url = url
+        self.engine = make_engine(url, pool_size=workers)
+        self._migrations = migrations
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
+
+    def migrate(self) -> None:
+        migrate(self.engine, self._migrations)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection inside one transaction: committed when the block ends, rolled back if it raises."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        """Run blocking database work off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()

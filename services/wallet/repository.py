@@ -1,0 +1,154 @@
+"""Reading and writing the wallet service's tables, inside a transaction the caller owns."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import Connection, insert, select, update
+
+from services.domain.money import EXACT
+
+from .ledger import Hold, Journal, Wallet
+from .tables import holds, idempotency_keys, journals, ledger_entries, postings, wallets
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    id: int
+    wallet_id: str
+    journal_id: int
+    type: str
+    amount: Decimal
+    available_after: Decimal
+    held_after: Decimal
+    reference: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    operation: str
+    fingerprint: str
+    response: bytes
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    # SQLite gives naive datetimes back; everything we store is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _wallet(row) -> Wallet:
+    return Wallet(row.id, row.owner_id, row.currency, row.available, row.held, _utc(row.created_at), _utc(row.updated_at))
+
+
+def _hold(row) -> Hold:
+    return Hold(row.id, row.wallet_id, row.amount, row.state, row.reference, row.destination_wallet_id,
+                _utc(row.created_at), _utc(row.updated_at))
+
+
+class WalletRepository:
+    def __init__(self, connection: Connection):
+        self.c = connection
+        # SELECT ... FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers.
+        self._lock = connection.dialect.name == "postgresql"
+
+    # wallets
+    def add_wallet(self, wallet: Wallet) -> None:
+        self.c.execute(insert(wallets).values(
+            id=wallet.id, owner_id=wallet.owner_id, currency=wallet.currency, available=wallet.available,
+            held=wallet.held, created_at=wallet.created_at, updated_at=wallet.updated_at))
+
+    def get_wallet(self, wallet_id: str, for_update: bool = False) -> Wallet | None:
+        query = select(wallets).where(wallets.c.id == wallet_id)
+        if for_update and self._lock:
+            query = query.with_for_update()
+        row = self.c.execute(query).first()
+        return _wallet(row) if row else None
+
+    def lock_wallets(self, wallet_ids: list[str]) -> dict[str, Wallet]:
+        """The wallets, locked for this transaction in id order (so two transfers cannot deadlock)."""
+        query = select(wallets).where(wallets.c.id.in_(sorted(set(wallet_ids)))).order_by(wallets.c.id)
+        if self._lock:
+            query = query.with_for_update()
+        return {row.id: _wallet(row) for row in self.c.execute(query)}
+
+    def find_wallet(self, owner_id: str, currency: str) -> Wallet | None:
+        row = self.c.execute(select(wallets).where(wallets.c.owner_id == owner_id,
+                                                   wallets.c.currency == currency)).first()
+        return _wallet(row) if row else None
+
+    def list_wallets(self, owner_id: str | None, after_id: str | None, limit: int) -> list[Wallet]:
+        query = select(wallets).order_by(wallets.c.id).limit(limit)
+        if owner_id:
+            query = query.where(wallets.c.owner_id == owner_id)
+        if after_id:
+            query = query.where(wallets.c.id > after_id)
+        return [_wallet(row) for row in self.c.execute(query)]
+
+    def save_balances(self, wallet: Wallet) -> None:
+        self.c.execute(update(wallets).where(wallets.c.id == wallet.id).values(
+            available=wallet.available, held=wallet.held, updated_at=wallet.updated_at))
+
+    # holds
+    def add_hold(self, hold: Hold) -> None:
+        self.c.execute(insert(holds).values(
+            id=hold.id, wallet_id=hold.wallet_id, amount=hold.amount, state=hold.state, reference=hold.reference,
+            destination_wallet_id=hold.destination_wallet_id, created_at=hold.created_at, updated_at=hold.updated_at))
+
+    def get_hold(self, wallet_id: str, hold_id: str) -> Hold | None:
+        row = self.c.execute(select(holds).where(holds.c.id == hold_id, holds.c.wallet_id == wallet_id)).first()
+        return _hold(row) if row else None
+
+    def save_hold(self, hold: Hold) -> None:
+        self.c.execute(update(holds).where(holds.c.id == hold.id).values(
+            state=hold.state, destination_wallet_id=hold.destination_wallet_id, updated_at=hold.updated_at))
+
+    # the ledger
+    def add_journal(self, journal: Journal, now: dt.datetime) -> int:
+        journal_id = self.c.execute(insert(journals).values(
+            type=journal.type, reference=journal.reference, created_at=now)).inserted_primary_key[0]
+        self.c.execute(insert(postings), [
+            {"journal_id": journal_id, "account": line.account, "currency": journal.currency, "amount": line.amount}
+            for line in journal.lines])
+        self.c.execute(insert(ledger_entries), [
+            {"wallet_id": e.wallet_id, "journal_id": journal_id, "type": e.type, "amount": e.amount,
+             "available_after": e.available_after, "held_after": e.held_after, "reference": journal.reference,
+             "created_at": now} for e in journal.effects])
+        return journal_id
+
+    def list_entries(self, wallet_id: str, before_id: int | None, limit: int) -> list[LedgerEntry]:
+        query = (select(ledger_entries).where(ledger_entries.c.wallet_id == wallet_id)
+                 .order_by(ledger_entries.c.id.desc()).limit(limit))
+        if before_id is not None:
+            query = query.where(ledger_entries.c.id < before_id)
+        return [LedgerEntry(r.id, r.wallet_id, r.journal_id, r.type, r.amount, r.available_after, r.held_after,
+                            r.reference, _utc(r.created_at)) for r in self.c.execute(query)]
+
+    def entry_of_journal(self, wallet_id: str, journal_id: int) -> LedgerEntry:
+        row = self.c.execute(select(ledger_entries).where(ledger_entries.c.wallet_id == wallet_id,
+                                                          ledger_entries.c.journal_id == journal_id)).one()
+        return LedgerEntry(row.id, row.wallet_id, row.journal_id, row.type, row.amount, row.available_after,
+                           row.held_after, row.reference, _utc(row.created_at))
+
+    def account_sums(self) -> dict[str, Decimal]:
+        """Every account's balance from the postings (for audits and tests)."""
+        sums: dict[str, Decimal] = {}
+        for row in self.c.execute(select(postings.c.account, postings.c.amount)):
+            sums[row.account] = EXACT.add(sums.get(row.account, Decimal(0)), row.amount)
+        return sums
+
+    # idempotency
+    def stored_response(self, request_id: str) -> StoredResponse | None:
+        row = self.c.execute(select(idempotency_keys).where(idempotency_keys.c.request_id == request_id)).first()
+        return StoredResponse(row.operation, row.fingerprint, bytes(row.response)) if row else None
+
+    def store_response(self, request_id: str, operation: str, fingerprint: str, response: bytes,
+                       now: dt.datetime) -> None:
+        self.c.execute(insert(idempotency_keys).values(request_id=request_id, operation=operation,
+                                                       fingerprint=fingerprint, response=response, created_at=now))
+
+
+def fingerprint(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,246 @@
+"""Wallet use cases: each one a database transaction, idempotent by request_id where it changes money.
+
+Plain synchronous functions over a WalletRepository; `WalletService` runs them off the event
+loop. Nothing here knows about grpc: responses of idempotent operations are stored as the
+opaque bytes the caller's `encode` gives (the first answer is replayed verbatim).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from sqlalchemy.exc import IntegrityError
+
+from services.domain.money import EXACT, Money
+from services.runtime.db import Database
+from services.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+
+from . import ledger
+from .ledger import Hold, Wallet
+from .repository import LedgerEntry, WalletRepository
+
+T = TypeVar("T")
+MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 500, 50
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list
+    next_page_token: str
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument.field("page_size", f"must not be negative, got {requested}")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _token(kind: str, value: str) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode().rstrip("=")
+
+
+def _untoken(kind: str, token: str) -> str | None:
+    if not token:
+        return None
+    try:
+        decoded = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        decoded = ""
+    prefix, _, value = decoded.partition(":")
+    if prefix != kind or not value:
+        raise InvalidArgument.field("page_token", "is not a page token this list gave out")
+    return value
+
+
+def _same_currency(wallet: Wallet, amount: Money, field: str) -> None:
+    if amount.currency != wallet.currency:
+        raise InvalidArgument(f"{field}: {wallet.name} holds {wallet.currency}, not {amount.currency}",
+                              reason="CURRENCY_MISMATCH",
+                              violations=[FieldViolation(field, f"must be {wallet.currency}, the wallet's currency")])
+
+
+class WalletService:
+    def __init__(self, db: Database, clock: Callable[[], dt.datetime] = utcnow, ids: Callable[[], str] = new_id):
+        self.db = db
+        self._clock = clock
+        self._ids = ids
+
+    # --- idempotent, money-changing operations -------------------------------------------------
+
+    def _idempotent(self, operation: str, request_id: str, fingerprint: str,
+                    work: Callable[[WalletRepository, dt.datetime], T], encode: Callable[[T], bytes]) -> bytes:
+        for attempt in (1, 2):
+            try:
+                with self.db.transaction() as connection:
+                    repo = WalletRepository(connection)
+                    stored = repo.stored_response(request_id)
+                    if stored is not None:
+                        if (stored.operation, stored.fingerprint) != (operation, fingerprint):
+                            raise AlreadyExists(
+                                f"request_id '{request_id}' was already used for a different request "
+                                f"({stored.operation}); use a new request_id for a new request",
+                                reason="REQUEST_ID_REUSED")
+                        return stored.response
+                    now = self._clock()
+                    response = encode(work(repo, now))
+                    repo.store_response(request_id, operation, fingerprint, response, now)
+                    return response
+            except IntegrityError:
+                # A concurrent call committed first (same request_id, or the same owner and
+                # currency): run again, and see what it left.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def create_wallet(self, request_id: str, fingerprint: str, owner_id: str, currency: str,
+                            encode: Callable[[Wallet], bytes]) -> bytes:
+        def work(repo: WalletRepository, now: dt.datetime) -> Wallet:
+            existing = repo.find_wallet(owner_id, currency)
+            if existing is not None:
+                raise AlreadyExists(f"owner '{owner_id}' already has a {currency} wallet: {existing.name}",
+                                    reason="WALLET_EXISTS", metadata={"wallet": existing.name})
+            zero = Money.zero(currency).amount
+            wallet = Wallet(self._ids(), owner_id, currency, zero, zero, now, now)
+            repo.add_wallet(wallet)
+            return wallet
+        return await self.db.run(self._idempotent, "CreateWallet", request_id, fingerprint, work, encode)
+
+    def _move(self, repo: WalletRepository, now: dt.datetime, wallet_id: str, amount: Money, field: str,
+              make: Callable[[Wallet], ledger.Journal], entry_type: str) -> tuple[Wallet, int]:
+        wallet = repo.lock_wallets([wallet_id]).get(wallet_id)
+        if wallet is None:
+            raise NotFound(f"wallet wallets/{wallet_id} does not exist", reason="WALLET_NOT_FOUND")
+        _same_currency(wallet, amount, field)
+        journal = make(wallet)
+        journal.post({wallet.id: wallet}, now, {wallet.id: entry_type})
+        repo.save_balances(wallet)
+        return wallet, repo.add_journal(journal, now)
+
+    async def credit(self, request_id: str, fingerprint: str, wallet_id: str, amount: Money, reference: str,
+                     encode: Callable[[tuple[Wallet, LedgerEntry]], bytes]) -> bytes:
+        def work(repo: WalletRepository, now: dt.datetime):
+            wallet, journal_id = self._move(repo, now, wallet_id, amount, "amount.currency_code",
+                                            lambda w: ledger.credit(w, amount, reference), ledger.CREDIT)
+            return wallet, repo.entry_of_journal(wallet_id, journal_id)
+        return await self.db.run(self._idempotent, "CreditWallet", request_id, fingerprint, work, encode)
+
+    async def debit(self, request_id: str, fingerprint: str, wallet_id: str, amount: Money, reference: str,
+                    encode: Callable[[tuple[Wallet, LedgerEntry]], bytes]) -> bytes:
+        def work(repo: WalletRepository, now: dt.datetime):
+            wallet, journal_id = self._move(repo, now, wallet_id, amount, "amount.currency_code",
+                                            lambda w: ledger.debit(w, amount, reference), ledger.DEBIT)
+            return wallet, repo.entry_of_journal(wallet_id, journal_id)
+        return await self.db.run(self._idempotent, "DebitWallet", request_id, fingerprint, work, encode)
+
+    async def create_hold(self, request_id: str, fingerprint: str, wallet_id: str, amount: Money, reference: str,
+                          encode: Callable[[tuple[Hold, Wallet]], bytes]) -> bytes:
+        def work(repo: WalletRepository, now: dt.datetime):
+            wallet, _ = self._move(repo, now, wallet_id, amount, "hold.amount.currency_code",
+                                   lambda w: ledger.reserve(w, amount, reference), ledger.HOLD)
+            hold = Hold(self._ids(), wallet_id, amount.amount, ledger.ACTIVE, reference, None, now, now)
+            repo.add_hold(hold)
+            return hold, wallet
+        return await self.db.run(self._idempotent, "CreateHold", request_id, fingerprint, work, encode)
+
+    def _settle(self, repo: WalletRepository, now: dt.datetime, wallet_id: str, hold_id: str, capture: bool,
+                destination_id: str | None) -> Hold:
+        """Capture (to another wallet, or out of the platform) or release an active hold."""
+        locked = repo.lock_wallets([wallet_id, *([destination_id] if destination_id else [])])
+        wallet = locked.get(wallet_id)
+        hold = repo.get_hold(wallet_id, hold_id) if wallet else None
+        if hold is None:
+            raise NotFound(f"hold wallets/{wallet_id}/holds/{hold_id} does not exist", reason="HOLD_NOT_FOUND")
+        destination = None
+        if destination_id is not None:
+            if destination_id == wallet_id:
+                raise InvalidArgument.field("destination_wallet", "must be another wallet than the hold's")
+            destination = locked.get(destination_id)
+            if destination is None:
+                raise NotFound(f"destination wallet wallets/{destination_id} does not exist",
+                               reason="WALLET_NOT_FOUND")
+            _same_currency(destination, wallet.money(hold.amount), "destination_wallet")
+        hold.require_active()
+        if capture:
+            journal = ledger.capture(wallet, hold, destination)
+            entry_types = {wallet_id: ledger.HOLD_CAPTURE, **({destination_id: ledger.CREDIT} if destination else {})}
+            hold.state, hold.destination_wallet_id = ledger.CAPTURED, destination_id
+        else:
+            journal = ledger.release(wallet, hold)
+            entry_types = {wallet_id: ledger.HOLD_RELEASE}
+            hold.state = ledger.RELEASED
+        journal.post(locked, now, entry_types)
+        hold.updated_at = now
+        for touched in locked.values():
+            repo.save_balances(touched)
+        repo.save_hold(hold)
+        repo.add_journal(journal, now)
+        return hold
+
+    async def capture_hold(self, request_id: str, fingerprint: str, wallet_id: str, hold_id: str,
+                           destination_id: str | None, encode: Callable[[Hold], bytes]) -> bytes:
+        def work(repo: WalletRepository, now: dt.datetime) -> Hold:
+            return self._settle(repo, now, wallet_id, hold_id, True, destination_id)
+        return await self.db.run(self._idempotent, "CaptureHold", request_id, fingerprint, work, encode)
+
+    async def release_hold(self, request_id: str, fingerprint: str, wallet_id: str, hold_id: str,
+                           encode: Callable[[Hold], bytes]) -> bytes:
+        def work(repo: WalletRepository, now: dt.datetime) -> Hold:
+            return self._settle(repo, now, wallet_id, hold_id, False, None)
+        return await self.db.run(self._idempotent, "ReleaseHold", request_id, fingerprint, work, encode)
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def _read(self, fn: Callable[[WalletRepository], T]) -> T:
+        with self.db.engine.connect() as connection:
+            return fn(WalletRepository(connection))
+
+    async def get_wallet(self, wallet_id: str) -> Wallet:
+        wallet = await self.db.run(self._read, lambda repo: repo.get_wallet(wallet_id))
+        if wallet is None:
+            raise NotFound(f"wallet wallets/{wallet_id} does not exist", reason="WALLET_NOT_FOUND")
+        return wallet
+
+    async def list_wallets(self, owner_id: str, size: int, token: str) -> Page:
+        after, limit = _untoken("w", token), page_size(size)
+        found = await self.db.run(self._read, lambda repo: repo.list_wallets(owner_id or None, after, limit + 1))
+        more = len(found) > limit
+        return Page(found[:limit], _token("w", found[limit - 1].id) if more else "")
+
+    async def validate_balance(self, wallet_id: str, amount: Money) -> tuple[Wallet, bool, Money]:
+        wallet = await self.get_wallet(wallet_id)
+        _same_currency(wallet, amount, "amount.currency_code")
+        shortfall = EXACT.subtract(amount.amount, wallet.available)
+        if shortfall <= 0:
+            return wallet, True, Money.zero(wallet.currency)
+        return wallet, False, wallet.money(shortfall)
+
+    async def get_hold(self, wallet_id: str, hold_id: str) -> Hold:
+        hold = await self.db.run(self._read, lambda repo: repo.get_hold(wallet_id, hold_id))
+        if hold is None:
+            raise NotFound(f"hold wallets/{wallet_id}/holds/{hold_id} does not exist", reason="HOLD_NOT_FOUND")
+        return hold
+
+    async def list_entries(self, wallet_id: str, size: int, token: str) -> Page:
+        before = _untoken("e", token)
+        if before is not None and not before.isdigit():
+            raise InvalidArgument.field("page_token", "is not a page token this list gave out")
+        limit = page_size(size)
+
+        def read(repo: WalletRepository):
+            if repo.get_wallet(wallet_id) is None:
+                raise NotFound(f"wallet wallets/{wallet_id} does not exist", reason="WALLET_NOT_FOUND")
+            return repo.list_entries(wallet_id, int(before) if before else None, limit + 1)
+        found = await self.db.run(self._read, read)
+        more = len(found) > limit
+        return Page(found[:limit], _token("e", str(found[limit - 1].id)) if more else "")
