@@ -150,15 +150,16 @@ async def test_reflection_lists_the_services(topology, start_server):
 
 
 async def test_unimplemented_operations_say_so(topology, start_server):
-    from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-    server = await start_server(topology, "wallet", wallet_app)
-    async with client_channel(topology, "operator", server.port, "wallet") as channel:
+    from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
+    from services.transaction.app import build as transaction_app
+    server = await start_server(topology, "transaction", transaction_app)
+    async with client_channel(topology, "operator", server.port, "transaction") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await wallet_pb2_grpc.WalletServiceStub(channel).CreateWallet(
-                wallet_pb2.CreateWalletRequest(), timeout=3,
-                metadata=bearer(service_token(topology, "operator", "wallet")))
+            await transaction_pb2_grpc.TransactionServiceStub(channel).CreateTransaction(
+                transaction_pb2.CreateTransactionRequest(), timeout=3,
+                metadata=bearer(service_token(topology, "operator", "transaction")))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "wallet.CreateWallet is not implemented yet" in caught.value.details()
+    assert "transaction.CreateTransaction is not implemented yet" in caught.value.details()
 
 
 async def test_metrics_count_calls_by_method_and_code(topology, start_server):

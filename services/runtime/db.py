@@ -22,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, Numeric, String, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
 from .config import ConfigError
@@ -106,7 +106,11 @@ class Database:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
 
     def migrate(self) -> None:
-        migrate(self.engine, self._migrations)
+        try:
+            migrate(self.engine, self._migrations)
+        except SQLAlchemyError as exc:
+            shown = self.engine.url.render_as_string(hide_password=True)
+            raise ConfigError(f"database {shown} cannot be prepared: {str(exc).splitlines()[0]}") from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:

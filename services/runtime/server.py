@@ -50,7 +50,8 @@ class Runtime:
     service: ServiceConfig
     identity: IdentityFiles
     upstreams: Upstreams
-    extras: dict = field(default_factory=dict)
+    # Called (in order) after the server has drained, e.g. to close a database.
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
 
 
 SERVER_OPTIONS = [
@@ -86,7 +87,8 @@ class MeshServer:
         files = load_identity(topology.certs_dir, service.name)
         issuer = TokenIssuer(service.identity, files.key)
         self._upstreams = Upstreams(topology, service.name, files, issuer, tracing=self._tracing)
-        registrations = self._build(Runtime(topology, service, files, self._upstreams))
+        self._runtime = Runtime(topology, service, files, self._upstreams)
+        registrations = self._build(self._runtime)
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
         guard = ServerGuard(topology, service, topology.defaults.deadline_seconds, RpcTracing(self._tracing))
@@ -122,6 +124,8 @@ class MeshServer:
             await asyncio.sleep(self._unready_seconds)
         await self._server.stop(grace)
         await self._upstreams.close()
+        for close in self._runtime.on_stop:
+            close()
         self._stopped.set()
         log.info("%s stopped", self.service.name)
 

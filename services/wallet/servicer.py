@@ -1,0 +1,182 @@
+"""WalletService over gRPC: requests to domain values (every problem named by its field), the
+service layer, and domain results back to protobuf. No business rules here."""
+from __future__ import annotations
+
+import hashlib
+import re
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from diboas.common.v1 import common_pb2
+from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from services.domain.money import Money, scale_of
+from services.runtime.errors import InvalidArgument
+
+from .ledger import Hold, Wallet
+from .repository import LedgerEntry
+from .service import WalletService
+
+_ID = r"[A-Za-z0-9_-]{1,64}"
+_WALLET = re.compile(rf"^wallets/({_ID})$")
+_HOLD = re.compile(rf"^wallets/({_ID})/holds/({_ID})$")
+
+
+def wallet_id(name: str, field: str) -> str:
+    match = _WALLET.match(name)
+    if not match:
+        raise InvalidArgument.field(field, f"'{name}' is not a wallet name like \"wallets/{{wallet}}\"")
+    return match.group(1)
+
+
+def hold_ids(name: str, field: str = "name") -> tuple[str, str]:
+    match = _HOLD.match(name)
+    if not match:
+        raise InvalidArgument.field(field, f"'{name}' is not a hold name like \"wallets/{{wallet}}/holds/{{hold}}\"")
+    return match.group(1), match.group(2)
+
+
+def request_id(request) -> str:
+    value = request.request_id
+    if not value or len(value) > 128:
+        raise InvalidArgument.field("request_id", "is required: a unique key of up to 128 characters per request")
+    return value
+
+
+def fingerprint(request) -> str:
+    """What the request asks for, without its request_id: a repeat must ask for the same."""
+    body = type(request)()
+    body.CopyFrom(request)
+    body.request_id = ""
+    return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
+
+
+def money(message, has: bool, field: str) -> Money:
+    if not has:
+        raise InvalidArgument.field(field, "is required")
+    return Money.parse(message.currency_code, message.amount, field=f"{field}.amount",
+                       currency_field=f"{field}.currency_code").require_positive(f"{field}.amount")
+
+
+def _pb_money(currency: str, amount) -> common_pb2.Money:
+    return common_pb2.Money(currency_code=currency, amount=Money(currency, amount).text)
+
+
+def _ts(value) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def wallet_pb(w: Wallet) -> wallet_pb2.Wallet:
+    return wallet_pb2.Wallet(name=w.name, owner_id=w.owner_id, currency_code=w.currency,
+                             available_balance=_pb_money(w.currency, w.available),
+                             held_balance=_pb_money(w.currency, w.held),
+                             create_time=_ts(w.created_at), update_time=_ts(w.updated_at))
+
+
+def hold_pb(h: Hold, currency: str) -> wallet_pb2.Hold:
+    return wallet_pb2.Hold(name=h.name, amount=_pb_money(currency, h.amount),
+                           state=wallet_pb2.HoldState.Value(f"HOLD_STATE_{h.state}"), reference=h.reference,
+                           destination_wallet=f"wallets/{h.destination_wallet_id}" if h.destination_wallet_id else "",
+                           create_time=_ts(h.created_at), update_time=_ts(h.updated_at))
+
+
+def entry_pb(e: LedgerEntry, currency: str) -> wallet_pb2.LedgerEntry:
+    return wallet_pb2.LedgerEntry(
+        name=f"wallets/{e.wallet_id}/ledgerEntries/{e.id}", type=wallet_pb2.LedgerEntryType.Value(f"LEDGER_ENTRY_TYPE_{e.type}"),
+        amount=_pb_money(currency, e.amount), available_balance_after=_pb_money(currency, e.available_after),
+        held_balance_after=_pb_money(currency, e.held_after), reference=e.reference, journal_id=str(e.journal_id),
+        create_time=_ts(e.created_at))
+
+
+class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
+    def __init__(self, service: WalletService):
+        self._service = service
+
+    async def CreateWallet(self, request, context):
+        rid = request_id(request)
+        owner = request.wallet.owner_id
+        if not owner or len(owner) > 128:
+            raise InvalidArgument.field("wallet.owner_id", "is required (up to 128 characters)")
+        if not request.wallet.currency_code:
+            raise InvalidArgument.field("wallet.currency_code", "is required, e.g. \"USD\"")
+        scale_of(request.wallet.currency_code, "wallet.currency_code")
+        data = await self._service.create_wallet(
+            rid, fingerprint(request), owner, request.wallet.currency_code,
+            lambda w: wallet_pb2.CreateWalletResponse(wallet=wallet_pb(w)).SerializeToString())
+        return wallet_pb2.CreateWalletResponse.FromString(data)
+
+    async def GetWallet(self, request, context):
+        wallet = await self._service.get_wallet(wallet_id(request.name, "name"))
+        return wallet_pb2.GetWalletResponse(wallet=wallet_pb(wallet))
+
+    async def ListWallets(self, request, context):
+        page = await self._service.list_wallets(request.owner_id, request.page_size, request.page_token)
+        return wallet_pb2.ListWalletsResponse(wallets=[wallet_pb(w) for w in page.items],
+                                              next_page_token=page.next_page_token)
+
+    async def ValidateBalance(self, request, context):
+        wid = wallet_id(request.wallet, "wallet")
+        amount = money(request.amount, request.HasField("amount"), "amount")
+        wallet, sufficient, shortfall = await self._service.validate_balance(wid, amount)
+        return wallet_pb2.ValidateBalanceResponse(
+            sufficient=sufficient, available_balance=_pb_money(wallet.currency, wallet.available),
+            shortfall=_pb_money(shortfall.currency, shortfall.amount))
+
+    async def ListLedgerEntries(self, request, context):
+        wid = wallet_id(request.parent, "parent")
+        page = await self._service.list_entries(wid, request.page_size, request.page_token)
+        currency = (await self._service.get_wallet(wid)).currency if page.items else ""
+        return wallet_pb2.ListLedgerEntriesResponse(ledger_entries=[entry_pb(e, currency) for e in page.items],
+                                                    next_page_token=page.next_page_token)
+
+    async def CreateHold(self, request, context):
+        rid = request_id(request)
+        wid = wallet_id(request.parent, "parent")
+        amount = money(request.hold.amount, request.hold.HasField("amount"), "hold.amount")
+        data = await self._service.create_hold(
+            rid, fingerprint(request), wid, amount, request.hold.reference,
+            lambda pair: wallet_pb2.CreateHoldResponse(hold=hold_pb(pair[0], pair[1].currency),
+                                                       wallet=wallet_pb(pair[1])).SerializeToString())
+        return wallet_pb2.CreateHoldResponse.FromString(data)
+
+    async def GetHold(self, request, context):
+        wid, hid = hold_ids(request.name)
+        hold = await self._service.get_hold(wid, hid)
+        wallet = await self._service.get_wallet(wid)
+        return wallet_pb2.GetHoldResponse(hold=hold_pb(hold, wallet.currency))
+
+    async def CaptureHold(self, request, context):
+        rid = request_id(request)
+        wid, hid = hold_ids(request.name)
+        destination = wallet_id(request.destination_wallet, "destination_wallet") if request.destination_wallet else None
+        currency = (await self._service.get_wallet(wid)).currency
+        data = await self._service.capture_hold(
+            rid, fingerprint(request), wid, hid, destination,
+            lambda hold: wallet_pb2.CaptureHoldResponse(hold=hold_pb(hold, currency)).SerializeToString())
+        return wallet_pb2.CaptureHoldResponse.FromString(data)
+
+    async def ReleaseHold(self, request, context):
+        rid = request_id(request)
+        wid, hid = hold_ids(request.name)
+        currency = (await self._service.get_wallet(wid)).currency
+        data = await self._service.release_hold(
+            rid, fingerprint(request), wid, hid,
+            lambda hold: wallet_pb2.ReleaseHoldResponse(hold=hold_pb(hold, currency)).SerializeToString())
+        return wallet_pb2.ReleaseHoldResponse.FromString(data)
+
+    async def CreditWallet(self, request, context):
+        return await self._move(request, self._service.credit, wallet_pb2.CreditWalletResponse)
+
+    async def DebitWallet(self, request, context):
+        return await self._move(request, self._service.debit, wallet_pb2.DebitWalletResponse)
+
+    async def _move(self, request, operation, response_type):
+        rid = request_id(request)
+        wid = wallet_id(request.wallet, "wallet")
+        amount = money(request.amount, request.HasField("amount"), "amount")
+        data = await operation(
+            rid, fingerprint(request), wid, amount, request.reference,
+            lambda pair: response_type(wallet=wallet_pb(pair[0]),
+                                       ledger_entry=entry_pb(pair[1], pair[0].currency)).SerializeToString())
+        return response_type.FromString(data)
