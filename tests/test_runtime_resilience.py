@@ -189,3 +189,22 @@ async def test_half_open_breaker_admits_one_trial_call(topology, start_server):
     assert all("trial call is in flight" in r.message for r in refused)
     assert wallets.calls - calls_before == 1
     assert upstream.breaker.state == "closed"
+
+
+@pytest.mark.parametrize("caller_timeout", [0.5, None])   # the caller's deadline, or the default one
+async def test_breaker_opens_for_an_upstream_that_hangs(topology, start_server, caller_timeout):
+    wallets = EchoWallets()
+    topology, _, transaction, upstream = await _two_hops(
+        topology, start_server, wallets, deadline_seconds=0.5,
+        breaker=BreakerPolicy(fail_max=3, reset_timeout_seconds=30))
+    for _ in range(3):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _get_transaction(topology, transaction.port, "wallets/slow-3", timeout=caller_timeout)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert upstream.breaker.state == "open"
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _get_transaction(topology, transaction.port, "wallets/w1", timeout=2)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "CIRCUIT_OPEN"
+    assert time.monotonic() - started < 0.2

@@ -117,3 +117,36 @@ async def test_breaker_opens_on_consecutive_failures_only():
     assert breaker.state == "closed"
     await attempt(True)                              # second failure in a row
     assert breaker.state == "open"
+
+
+async def test_a_cancelled_trial_does_not_close_the_breaker():
+    import asyncio
+
+    class Down(Exception):
+        pass
+
+    breaker = AsyncCircuitBreaker("wallet", fail_max=1, reset_timeout=0.05,
+                                  is_failure=lambda exc: isinstance(exc, Down))
+    with pytest.raises(Down):
+        async with breaker.guard():
+            raise Down()
+    assert breaker.state == "open"
+    await asyncio.sleep(0.06)
+    with pytest.raises(asyncio.CancelledError):
+        async with breaker.guard():            # the trial, cancelled by its caller (no deadline passed)
+            raise asyncio.CancelledError()
+    assert breaker.state == "open"
+    async with breaker.guard():                # the next trial may go, and succeeds
+        pass
+    assert breaker.state == "closed"
+
+
+async def test_a_call_cancelled_by_its_deadline_counts_as_a_failure():
+    import asyncio
+    import time
+
+    breaker = AsyncCircuitBreaker("wallet", fail_max=1, reset_timeout=60, is_failure=lambda exc: False)
+    with pytest.raises(asyncio.CancelledError):
+        async with breaker.guard(deadline=time.monotonic() - 0.001):
+            raise asyncio.CancelledError()
+    assert breaker.state == "open"

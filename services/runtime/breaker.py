@@ -1,13 +1,17 @@
 """A circuit breaker per upstream for asyncio code, on top of pybreaker.
 
-pybreaker has no asyncio API; its `calling()` context manager works around an await. Two
-gaps are closed here: while half-open, pybreaker lets every concurrent call through, so we
-admit exactly one trial call and fail the rest fast; and an open breaker raises our
-ServiceUnavailable (with the time until the trial) instead of pybreaker's error.
+pybreaker has no asyncio API, so the guard admits a call itself and hands pybreaker the
+call's outcome when it is known (through its `calling()` context manager, synchronously).
+Three gaps are closed here: while half-open, pybreaker lets every concurrent call through, so
+we admit exactly one trial call and fail the rest fast; a cancelled call is not a success (one
+cancelled by its deadline is a failure); and an open breaker raises our ServiceUnavailable
+(with the time until the trial) instead of pybreaker's error.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from typing import Callable
 
 import pybreaker
@@ -33,7 +37,7 @@ class AsyncCircuitBreaker:
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max, reset_timeout=reset_timeout, name=name, listeners=listeners,
             # Only transport-level failures count; a NOT_FOUND is the upstream working fine.
-            exclude=[lambda exc: not is_failure(exc)],
+            exclude=[lambda exc: not (isinstance(exc, UpstreamTimedOut) or is_failure(exc))],
             throw_new_error_on_trip=False,
         )
         self._is_failure = is_failure
@@ -54,38 +58,41 @@ class AsyncCircuitBreaker:
         return ServiceUnavailable(f"{self.name} is unavailable: {why}", reason="CIRCUIT_OPEN",
                                   metadata={"upstream": self.name})
 
-    def _record_failure(self, exc: BaseException) -> None:
-        """Count a failure of a call made on the hot path, as if it had run under pybreaker."""
+    def record(self, failure: BaseException | None) -> None:
+        """Tell pybreaker how a call ended (None: it worked, or the upstream answered on purpose)."""
         try:
             with self._breaker.calling():
-                raise exc
+                if failure is not None:
+                    raise failure
         except pybreaker.CircuitBreakerError:
-            pass  # another call opened the breaker meanwhile; this failure changes nothing
+            pass  # another call opened the breaker meanwhile; this outcome changes nothing
         except BaseException as raised:
-            if raised is not exc:
+            if raised is not failure:
                 raise
 
-    def guard(self) -> "_Guard":
-        """`async with breaker.guard():` runs the body under the breaker; while it is open, or a
-        half-open trial is in flight, it raises ServiceUnavailable at once."""
-        return _Guard(self)
+    def guard(self, deadline: float | None = None) -> "_Guard":
+        """`async with breaker.guard(deadline):` admits the call, or raises ServiceUnavailable at once
+        while the breaker is open or a half-open trial is in flight; on exit it records the outcome.
+        A call cancelled at or after `deadline` (time.monotonic()) counts as a failure (the
+        upstream did not answer in time); cancelled earlier, it counts as nothing."""
+        return _Guard(self, deadline)
+
+
+class UpstreamTimedOut(Exception):
+    """Stands for a call that was cancelled because its deadline passed (for the breaker's count)."""
 
 
 class _Guard:
-    __slots__ = ("_owner", "_trial", "_calling")
+    __slots__ = ("_owner", "_deadline", "_trial")
 
-    def __init__(self, owner: AsyncCircuitBreaker):
+    def __init__(self, owner: AsyncCircuitBreaker, deadline: float | None):
         self._owner = owner
+        self._deadline = deadline
         self._trial = False
 
     async def __aenter__(self) -> None:
         owner = self._owner
         state = owner._breaker.current_state
-        if state == CLOSED and owner._breaker.fail_counter == 0:
-            # The hot path: closed and nothing to forget. Unless this call fails, there is
-            # nothing for pybreaker to record, so it is only told about failures (__aexit__).
-            self._calling = None
-            return
         if state == OPEN:
             wait = owner._seconds_until_trial()
             if wait > 0:
@@ -98,26 +105,21 @@ class _Guard:
                 self._trial = False
                 raise owner._unavailable("circuit breaker half-open, a trial call is in flight")
             owner._trial_in_flight = True
-        self._calling = owner._breaker.calling()
-        try:
-            self._calling.__enter__()
-        except pybreaker.CircuitBreakerError:
-            self._release()
-            raise owner._unavailable("circuit breaker open") from None
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
-        if self._calling is None:
-            if exc is not None and self._owner._is_failure(exc):
-                self._owner._record_failure(exc)
-            return False
+        owner = self._owner
         try:
-            # pybreaker counts the outcome and re-raises the body's exception (or not).
-            return bool(self._calling.__exit__(exc_type, exc, tb))
-        except pybreaker.CircuitBreakerError:
-            raise self._owner._unavailable("circuit breaker open") from None
+            if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+                if self._deadline is not None and time.monotonic() >= self._deadline:
+                    owner.record(UpstreamTimedOut(f"{owner.name} did not answer before the deadline"))
+                # cancelled for another reason: says nothing about the upstream
+            elif exc is not None and owner._is_failure(exc):
+                owner.record(exc)
+            elif self._trial or owner._breaker.fail_counter:
+                # Success (or an answer on purpose). Closed with nothing counted is the hot path:
+                # there is nothing for pybreaker to reset, so it is not called.
+                owner.record(None)
         finally:
-            self._release()
-
-    def _release(self) -> None:
-        if self._trial:
-            self._owner._trial_in_flight = False
+            if self._trial:
+                owner._trial_in_flight = False
+        return False

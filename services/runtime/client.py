@@ -93,6 +93,9 @@ class _CallPolicy:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise errors.DeadlineExceeded(f"no time left to call {self._upstream.name}: the deadline has passed")
+            # A little less than what is left, so the upstream's DEADLINE_EXCEEDED reaches us (and
+            # our caller gets an answer) before our own deadline cancels the work.
+            remaining -= min(0.02, remaining / 10)
             return remaining if timeout is None else min(timeout, remaining)
         return self._default_deadline if timeout is None else timeout
 
@@ -115,7 +118,7 @@ class _CallPolicy:
             span, headers = tracing.start_client(full_method, attributes)
             try:
                 timeout = self._timeout(timeout)
-                async with breaker.guard():
+                async with breaker.guard(time.monotonic() + timeout):
                     try:
                         response = await multicallable(request, timeout=timeout, wait_for_ready=wait_for_ready,
                                                        metadata=self._metadata(metadata, headers))
@@ -140,17 +143,24 @@ class _CallPolicy:
         is long-lived, and its failures arrive while iterating)."""
         attributes = RpcTracing.attributes(full_method)
 
+        count = self._counter(full_method.rpartition("/")[2])
+
         def call(request, *, timeout=None, metadata=None, wait_for_ready=None):
+            timeout = self._timeout(timeout)
             span, headers = self._tracing.start_client(full_method, attributes)
-            stream = multicallable(request, timeout=self._timeout(timeout), wait_for_ready=wait_for_ready,
-                                   metadata=self._metadata(metadata, headers))
-            if span is not None:
-                stream.add_done_callback(lambda done: asyncio.ensure_future(self._end_stream_span(span, done)))
+            try:
+                stream = multicallable(request, timeout=timeout, wait_for_ready=wait_for_ready,
+                                       metadata=self._metadata(metadata, headers))
+            except BaseException:
+                self._tracing.end(span, grpc.StatusCode.INTERNAL.value[0], "the call could not be started")
+                raise
+            stream.add_done_callback(lambda done: asyncio.ensure_future(self._stream_done(span, count, done)))
             return stream
         return call
 
-    async def _end_stream_span(self, span, stream) -> None:
+    async def _stream_done(self, span, count, stream) -> None:
         code = await stream.code()
+        count(code).inc()
         self._tracing.end(span, code.value[0], await stream.details() if code != grpc.StatusCode.OK else "")
 
 
