@@ -34,6 +34,8 @@ class EchoWallets(wallet_pb2_grpc.WalletServiceServicer):
             raise errors.InvalidArgument.field("name", "must look like wallets/{wallet}")
         if name == "wallets/boom":
             raise RuntimeError("secret internal detail")
+        if name == "wallets/timeout":
+            raise TimeoutError("a driver gave up")  # not the call's deadline: a fault of ours
         if name.startswith("wallets/slow"):
             await asyncio.sleep(float(name.rpartition("-")[2]))
         return wallet_pb2.GetWalletResponse(wallet=wallet_pb2.Wallet(name=name, owner_id="owner-1",

@@ -49,6 +49,14 @@ async def test_serving_overall_and_per_service(topology, start_server):
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_never_serving_before_the_database_answers(topology, start_server):
+    # Nothing listens on port 1: the first check fails, before the server takes any call.
+    topology = with_service(topology, "wallet", database="postgresql+psycopg://postgres@127.0.0.1:1/test")
+    server = await start_server(topology, "wallet", wallet_build(EchoWallets()))
+    assert await health(topology, server.port) == NOT_SERVING
+    assert await health(topology, server.port, "diboas.wallet.v1.WalletService") == NOT_SERVING
+
+
 async def test_not_serving_while_the_sqlite_database_is_lost(topology, start_server, tmp_path):
     db_dir = tmp_path / "db"
     topology = with_service(topology, "wallet", database=f"sqlite:///{db_dir}/wallet.db")

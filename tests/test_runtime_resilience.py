@@ -121,6 +121,12 @@ async def test_unexpected_exception_is_internal_without_details(topology, start_
     assert "trace id" in error.details()
 
 
+async def test_a_timeout_inside_the_handler_is_internal_not_a_deadline(topology, start_server):
+    error = await _failing_get_wallet(topology, start_server, "wallets/timeout")
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "a driver gave up" not in error.details()
+
+
 async def test_breaker_opens_fails_fast_and_recovers(topology, start_server):
     topology = dataclasses.replace(topology, defaults=dataclasses.replace(
         topology.defaults, breaker=BreakerPolicy(fail_max=3, reset_timeout_seconds=1.0),

@@ -96,7 +96,8 @@ class ServerGuard:
             try:
                 scope.enter()
                 if scope.enforce_budget:
-                    async with asyncio.timeout(scope.budget):
+                    scope.timer = asyncio.timeout(scope.budget)
+                    async with scope.timer:
                         response = await behavior(request, context)
                 else:
                     response = await behavior(request, context)
@@ -151,11 +152,11 @@ class _RpcScope:
     Plain methods, not an async context manager: the success path never awaits."""
 
     __slots__ = ("_guard", "_method", "_context", "_started", "_span", "_span_token", "_call_token",
-                 "budget", "enforce_budget")
+                 "budget", "enforce_budget", "timer")
 
     def __init__(self, guard: ServerGuard, method: _Method, context: grpc.aio.ServicerContext):
         self._guard, self._method, self._context = guard, method, context
-        self._span = self._span_token = self._call_token = None
+        self._span = self._span_token = self._call_token = self.timer = None
 
     def enter(self) -> None:
         self._started = time.perf_counter()
@@ -185,10 +186,13 @@ class _RpcScope:
         elif not isinstance(code, grpc.StatusCode):  # context.code() may give a raw int
             code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
         self._method.metrics.observe(code.name, time.perf_counter() - self._started)
-        if self._call_token is not None:
-            CURRENT_CALL.reset(self._call_token)
         RpcTracing.end(self._span, code.value[0], message)
-        RpcTracing.detach(self._span_token)
+        try:
+            if self._call_token is not None:
+                CURRENT_CALL.reset(self._call_token)
+            RpcTracing.detach(self._span_token)
+        except ValueError:
+            pass  # a streaming handler finalised in another context: nothing of ours is set there
 
     async def fail(self, exc: BaseException) -> None:
         """Account for a failed call; send its status (which raises AbortError) unless grpc already has one."""
@@ -198,7 +202,7 @@ class _RpcScope:
             code, message = code_of(exc), exc.message
             guard.log_failure(method, code.name, message, exc.reason)
             status = to_rpc_status(exc, guard._domain)
-        elif isinstance(exc, TimeoutError):
+        elif isinstance(exc, TimeoutError) and self.timer is not None and self.timer.expired():
             code = grpc.StatusCode.DEADLINE_EXCEEDED
             message = (f"{guard._service.name}.{method.name} did not finish within the default deadline"
                        f" of {guard._default_deadline}s")
@@ -207,7 +211,12 @@ class _RpcScope:
         elif isinstance(exc, grpc.aio.AbortError):
             code, message = context.code() or grpc.StatusCode.UNKNOWN, ""
         elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-            code, message = grpc.StatusCode.CANCELLED, "cancelled"
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed"
+                guard.log_failure(method, code.name, message, "DEADLINE_EXCEEDED")
+            else:
+                code, message = grpc.StatusCode.CANCELLED, "cancelled by the caller"
         else:
             code = grpc.StatusCode.INTERNAL
             trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")

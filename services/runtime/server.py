@@ -106,9 +106,11 @@ class MeshServer:
         self.port = _bind(server, service.address, server_credentials(files), service.name)
         if self._serve_metrics and service.metrics is not None:
             self.metrics_port = serve_metrics(service.metrics, service.name)
+        # The first database check runs before the port opens: a service never says SERVING
+        # (grpc's health servicer starts out SERVING) while its database is unreachable.
+        await self._health.start()
         await server.start()
         self._server = server
-        await self._health.start()
         log.info("%s listening on %s:%s (mTLS)%s", service.name, service.address.host, self.port,
                  f", metrics on :{self.metrics_port}/metrics" if self.metrics_port else "",
                  extra={"port": self.port, "metrics_port": self.metrics_port})
