@@ -22,6 +22,12 @@ POSTGRES = ("127.0.0.1", 5432)
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def postgres_reachable() -> bool:
     try:
         socket.create_connection(POSTGRES, timeout=1).close()

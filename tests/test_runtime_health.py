@@ -12,9 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.runtime.config import Address
+from services.runtime.server import MeshServer
 from services.wallet.app import build as wallet_app
 
-from conftest import bearer, client_channel, require_postgres, service_token, with_service
+from conftest import bearer, client_channel, free_port, require_postgres, service_token, with_service
 from fakes import EchoWallets, wallet_build
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -49,12 +50,30 @@ async def test_serving_overall_and_per_service(topology, start_server):
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_never_serving_before_the_database_answers(topology, start_server):
-    # Nothing listens on port 1: the first check fails, before the server takes any call.
-    topology = with_service(topology, "wallet", database="postgresql+psycopg://postgres@127.0.0.1:1/test")
-    server = await start_server(topology, "wallet", wallet_build(EchoWallets()))
-    assert await health(topology, server.port) == NOT_SERVING
-    assert await health(topology, server.port, "diboas.wallet.v1.WalletService") == NOT_SERVING
+async def test_never_serving_before_the_database_answers(topology, tmp_path):
+    """A database that accepts connections but never answers: while the first check waits (2 s),
+    no health check may see SERVING."""
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    topology = with_service(topology, "wallet", address=Address("127.0.0.1", free_port()),
+                            database=f"postgresql+psycopg://postgres@127.0.0.1:{port}/test")
+    server = MeshServer(topology, "wallet", wallet_build(EchoWallets()), tracing_enabled=False,
+                        serve_metrics_endpoint=False, unready_seconds=0)
+    starting = asyncio.ensure_future(server.start())
+    seen = set()
+    try:
+        while not starting.done():
+            try:
+                seen.add(await health(topology, topology.services["wallet"].address.port))
+            except grpc.aio.AioRpcError:
+                seen.add("unreachable")
+            await asyncio.sleep(0.05)
+        await starting
+        seen.add(await health(topology, server.port))
+    finally:
+        await server.stop(grace=0)
+        silent.close()
+    assert SERVING not in seen and NOT_SERVING in seen
 
 
 async def test_not_serving_while_the_sqlite_database_is_lost(topology, start_server, tmp_path):

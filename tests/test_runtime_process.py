@@ -13,13 +13,9 @@ import pytest
 
 from services.runtime.config import ConfigError, load_topology
 
+from conftest import free_port
+
 SERVICES = ["wallet", "transaction", "provider", "blockchain"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
