@@ -65,10 +65,12 @@ class _MeshStack:
         os.environ["DIBOAS_WALLET_ADDRESS"] = "127.0.0.1:0"
         os.environ["DIBOAS_WALLET_METRICS"] = "127.0.0.1:0"
         os.environ["DIBOAS_STATE_DIR"] = state_dir
+        from diboas.events.v1 import events_pb2_grpc
         from diboas.wallet.v1 import wallet_pb2_grpc
         from services.runtime import tracing
         from services.runtime.config import load_topology
         from services.runtime.server import MeshServer, Registration
+        from services.runtime.unimplemented import unimplemented_registration
 
         topology = load_topology()
         if tracing_on:
@@ -76,8 +78,9 @@ class _MeshStack:
                                                          topology.observability.trace_sample_ratio))
 
         def build(_runtime):
-            return [Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server,
-                                 BenchWalletServicer())]
+            # The event sink as well: the wallet's policy in mesh.yaml names DeliverEvent.
+            return [Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server, BenchWalletServicer()),
+                    unimplemented_registration(events_pb2_grpc, "EventSinkService", "wallet", "not benchmarked")]
 
         self._tracing = tracing_on
         self._server = MeshServer(topology, "wallet", build, tracing_enabled=tracing_on, unready_seconds=0)

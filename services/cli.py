@@ -13,7 +13,7 @@ import json
 import sys
 
 from services.monitor import health_report
-from services.runtime.auth import TokenIssuer
+from services.runtime.auth import MAX_TOKEN_LIFETIME_SECONDS, TokenIssuer
 from services.runtime.config import ConfigError, Topology, load_topology
 from services.runtime.tls import load_identity
 
@@ -35,6 +35,9 @@ def cmd_token(args, topology: Topology) -> int:
     identities = topology.identities()
     if args.identity not in identities:
         raise ConfigError(f"'{args.identity}' is not an identity of the mesh (known: {', '.join(sorted(identities))})")
+    if not 0 < args.ttl <= MAX_TOKEN_LIFETIME_SECONDS:
+        raise ConfigError(f"--ttl must be between 1 and {MAX_TOKEN_LIFETIME_SECONDS} seconds (services refuse "
+                          f"longer-lived tokens), got {args.ttl:g}")
     audience = topology.service(args.audience).identity
     files = load_identity(topology.certs_dir, args.identity)
     print(TokenIssuer(identities[args.identity], files.key, ttl_seconds=args.ttl).token_for(audience))

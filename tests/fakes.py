@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 
+from diboas.events.v1 import events_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime import errors
 from services.runtime.server import Registration, Runtime
+from services.runtime.unimplemented import unimplemented_registration
 
 
 class EchoWallets(wallet_pb2_grpc.WalletServiceServicer):
@@ -44,7 +46,9 @@ class EchoWallets(wallet_pb2_grpc.WalletServiceServicer):
 
 def wallet_build(servicer: EchoWallets):
     def build(runtime: Runtime) -> list[Registration]:
-        return [Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server, servicer)]
+        # The event sink too: the wallet's policy in mesh.yaml names its DeliverEvent.
+        return [Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server, servicer),
+                unimplemented_registration(events_pb2_grpc, "EventSinkService", "wallet", "not in these tests")]
     return build
 
 

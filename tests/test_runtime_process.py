@@ -171,3 +171,11 @@ def test_spans_are_exported_to_a_file(env, tmp_path):
     lines = [json.loads(line) for line in spans.read_text().splitlines()]
     assert any(span["name"] == "/grpc.health.v1.Health/Check" for span in lines)
     assert all(span["resource"]["attributes"]["service.name"] == "wallet" for span in lines)
+
+
+def test_token_lifetime_is_capped_in_the_cli(env):
+    result = subprocess.run([sys.executable, "-m", "services.cli", "token", "--for", "wallet", "--ttl", "3600"],
+                            env=env, capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2
+    assert "--ttl must be between 1 and 600 seconds" in result.stderr
+    assert "Traceback" not in result.stderr

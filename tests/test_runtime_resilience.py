@@ -214,3 +214,14 @@ async def test_breaker_opens_for_an_upstream_that_hangs(topology, start_server, 
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(caught.value).reason == "CIRCUIT_OPEN"
     assert time.monotonic() - started < 0.2
+
+
+async def test_an_upstream_refusing_this_service_is_internal_to_the_caller(topology, start_server):
+    # A policy mistake inside the mesh: the wallet does not let the transaction service read wallets.
+    topology = with_service(topology, "wallet", policy={"*": frozenset({"operator"})})
+    topology, _, transaction, _ = await _two_hops(topology, start_server, EchoWallets())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _get_transaction(topology, transaction.port, "wallets/w1", timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL            # not the end caller's 403
+    assert error_info(caught.value).reason == "UPSTREAM_REFUSED"
+    assert "may not call" not in caught.value.details() and dict(error_info(caught.value).metadata) == {}

@@ -17,7 +17,7 @@ from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.status import error_info
 from services.runtime.tls import load_identity
 
-from conftest import bearer, client_channel, service_token
+from conftest import bearer, client_channel, service_token, with_service
 from fakes import EchoWallets, wallet_build
 
 REQUEST = wallet_pb2.GetWalletRequest(name="wallets/w1")
@@ -142,11 +142,15 @@ def _bad_tokens(topology) -> dict[str, tuple[str | None, str]]:
         "wrong audience": (_sign(topology, "transaction", _claims(topology, audience="provider")),
                            "TOKEN_WRONG_AUDIENCE"),
         "garbage": ("not-a-jwt", "TOKEN_INVALID"),
+        "too long-lived": (_sign(topology, "transaction", _claims(topology, exp=now + 3600)), "TOKEN_TOO_LONG_LIVED"),
+        "issued in the future": (_sign(topology, "transaction", _claims(topology, iat=now + 600, exp=now + 700)),
+                                 "TOKEN_NOT_YET_VALID"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing", "expired", "tampered", "alg none", "another identity",
-                                  "subject mismatch", "wrong audience", "garbage"])
+                                  "subject mismatch", "wrong audience", "garbage", "too long-lived",
+                                  "issued in the future"])
 async def test_bad_service_token_is_unauthenticated(topology, wallet, case):
     server, servicer = wallet
     token, reason = _bad_tokens(topology)[case]
@@ -167,3 +171,40 @@ async def test_health_needs_a_mesh_certificate_but_no_token(topology, wallet):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_verified_token_is_useless_over_another_identitys_connection(topology, wallet):
+    """The gateway's token, once verified (and cached) on the gateway's connection, is refused
+    over the transaction service's connection."""
+    server, servicer = wallet
+    token = _sign(topology, "gateway", _claims(topology, subject="gateway"))
+    async with client_channel(topology, "gateway", server.port, "wallet") as channel:
+        await get_wallet(channel, bearer(token))
+    async with client_channel(topology, "transaction", server.port, "wallet") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await get_wallet(channel, bearer(token))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert servicer.calls == 1
+
+
+async def test_an_identity_outside_the_topology_is_denied(topology, wallet, tmp_path):
+    """Signed by the mesh CA and well-formed, but not one of mesh.yaml's identities (a client
+    named like a service is not that service)."""
+    server, servicer = wallet
+    ca_cert, ca_key = load_ca(topology.certs_dir)
+    cert, key = issue_certificate(ca_cert, ca_key, "transaction", "spiffe://diboas.local/client/transaction")
+    cert_path, key_path = write_pem_pair(tmp_path, "impostor", cert, key)
+    async with _channel_with_cert(topology, server.port, cert_path.read_bytes(), key_path.read_bytes()) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await get_wallet(channel, bearer(service_token(topology, "transaction", "wallet")))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(caught.value).reason == "UNKNOWN_IDENTITY"
+    assert servicer.calls == 0
+
+
+async def test_a_policy_naming_a_method_the_service_lacks_stops_the_start(topology, start_server):
+    from services.runtime.config import ConfigError
+    topology = with_service(topology, "wallet", policy={**topology.services["wallet"].policy,
+                                                        "GetWalet": frozenset({"gateway"})})
+    with pytest.raises(ConfigError, match="policy names GetWalet, which wallet does not serve"):
+        await start_server(topology, "wallet", wallet_build(EchoWallets()))

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from .errors import Unauthenticated
 
 ALGORITHM = "ES256"
+# Tokens are short-lived by rule, not by the issuer's goodwill: a longer one is refused.
+MAX_TOKEN_LIFETIME_SECONDS = 600
 _MAX_CACHED = 10_000
 
 
@@ -84,6 +86,9 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("service token expired", reason="TOKEN_EXPIRED") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthenticated("service token is not valid yet (issued in the future)",
+                                  reason="TOKEN_NOT_YET_VALID") from None
         except jwt.InvalidAudienceError:
             raise Unauthenticated(f"service token is not meant for {self.audience}", reason="TOKEN_WRONG_AUDIENCE") from None
         except jwt.InvalidSignatureError:
@@ -91,10 +96,15 @@ class TokenVerifier:
                                   reason="TOKEN_BAD_SIGNATURE") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"service token rejected: {exc}", reason="TOKEN_INVALID") from None
+        if claims["exp"] - claims["iat"] > MAX_TOKEN_LIFETIME_SECONDS:
+            raise Unauthenticated(f"service token lives {claims['exp'] - claims['iat']}s; at most "
+                                  f"{MAX_TOKEN_LIFETIME_SECONDS}s is accepted", reason="TOKEN_TOO_LONG_LIVED")
         if claims["sub"] != peer_identity:
             raise Unauthenticated(f"service token is for {claims['sub']}, but the connection is {peer_identity}",
                                   reason="TOKEN_IDENTITY_MISMATCH")
         if len(self._verified) >= _MAX_CACHED:
             now = time.time()
             self._verified = {k: e for k, e in self._verified.items() if e > now}
+            if len(self._verified) >= _MAX_CACHED:  # still full of live tokens: forget the oldest half
+                self._verified = dict(list(self._verified.items())[_MAX_CACHED // 2:])
         self._verified[key] = float(claims["exp"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping
 
@@ -125,17 +125,13 @@ class Topology:
         return ids
 
     def name_of(self, spiffe_id: str) -> str | None:
-        """The short name (as used in policies) of a SPIFFE id of this trust domain."""
-        return _name_of(self.trust_domain, spiffe_id)
+        """The short name (as used in policies) of one of this topology's identities; None for any
+        other SPIFFE id, even a well-formed one of the same trust domain."""
+        return self._names_by_identity.get(spiffe_id)
 
-
-@lru_cache(maxsize=1024)
-def _name_of(trust_domain: str, spiffe_id: str) -> str | None:
-    prefix = f"spiffe://{trust_domain}/"
-    if not spiffe_id.startswith(prefix):
-        return None
-    kind, _, name = spiffe_id[len(prefix):].partition("/")
-    return name if kind in ("service", "client") and _NAME.match(name or "-") else None
+    @cached_property
+    def _names_by_identity(self) -> dict[str, str]:
+        return {identity: name for name, identity in self.identities().items()}
 
 
 def spiffe_id(trust_domain: str, kind: str, name: str) -> str:

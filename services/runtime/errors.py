@@ -75,3 +75,10 @@ class Unimplemented(DomainError):
     """The operation is in the contract but not built yet; the message says which issue brings it."""
 
     reason = "NOT_IMPLEMENTED_YET"
+
+
+class Internal(DomainError):
+    """Something inside the mesh is wrong (a misconfiguration between services, a bug); the
+    caller can do nothing about it. The message must not expose internals."""
+
+    reason = "INTERNAL"

@@ -27,7 +27,7 @@ from opentelemetry import trace
 
 from . import errors
 from .auth import TokenVerifier
-from .config import ServiceConfig, Topology
+from .config import ConfigError, ServiceConfig, Topology
 from .context import CURRENT_CALL, CallInfo, current_caller
 from .metrics import MethodMetrics
 from .status import code_of, internal_status, to_rpc_status
@@ -134,11 +134,22 @@ class ServerGuard:
             raise errors.PermissionDenied(f"{identity} is not an identity of this mesh", reason="UNKNOWN_IDENTITY")
         if method.open:
             return caller
-        self._verifier.verify(token, identity, lambda: peer_certificate(context))
+        # Policy first (it needs only the certificate): callers that may not call this method
+        # never get their tokens verified, or cached.
         if caller not in method.callers:
             raise errors.PermissionDenied(f"{caller} may not call {self._service.name}.{method.name}",
                                           reason="CALLER_NOT_PERMITTED", metadata={"caller": caller})
+        self._verifier.verify(token, identity, lambda: peer_certificate(context))
         return caller
+
+    def check_policy(self, methods: set[str]) -> None:
+        """Every method the topology's policy names must exist here: a typo would otherwise fall
+        back to the "*" rule without anyone noticing."""
+        unknown = sorted(set(self._service.policy) - {"*"} - methods)
+        if unknown:
+            raise ConfigError(f"{self._topology.path}: services.{self._service.name}.policy names "
+                              f"{', '.join(unknown)}, which {self._service.name} does not serve "
+                              f"(it serves: {', '.join(sorted(methods))})")
 
     def log_failure(self, method: _Method, code: str, message: str, reason: str) -> None:
         level = logging.WARNING if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED",
@@ -237,6 +248,7 @@ class Registrar:
         self._server = server
         self._guard = guard
         self.services: list[str] = []
+        self.methods: set[str] = set()  # of the business services (not health or reflection)
 
     def add_generic_rpc_handlers(self, handlers) -> None:
         # Generated code calls this and then add_registered_method_handlers with the same
@@ -248,3 +260,5 @@ class Registrar:
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
         self._server.add_registered_method_handlers(service, wrapped)
         self.services.append(service)
+        if service not in OPEN_SERVICES:
+            self.methods.update(method_handlers)

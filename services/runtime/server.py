@@ -80,9 +80,29 @@ class MeshServer:
         self._server: grpc.aio.Server | None = None
         self._health: ServiceHealth | None = None
         self._upstreams: Upstreams | None = None
+        self._runtime: Runtime | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            # Whatever was set up before the failure (channels, a database, a bound port) goes.
+            if self._server is not None:
+                await self._server.stop(0)
+            if self._health is not None:
+                await self._health.shutdown()
+            await self._release()
+            self._stopped.set()
+            raise
+
+    async def _release(self) -> None:
+        if self._upstreams is not None:
+            await self._upstreams.close()
+        for close in self._runtime.on_stop if self._runtime else ():
+            close()
+
+    async def _start(self) -> None:
         topology, service = self.topology, self.service
         files = load_identity(topology.certs_dir, service.name)
         issuer = TokenIssuer(service.identity, files.key)
@@ -96,6 +116,7 @@ class MeshServer:
         for reg in registrations:
             reg.add_to_server(reg.servicer, registrar)
         grpc_services = list(registrar.services)
+        guard.check_policy(registrar.methods)
 
         self._health = ServiceHealth(service.name, grpc_services, DatabaseProbe(service.database), self._health_interval)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, registrar)
@@ -103,6 +124,7 @@ class MeshServer:
             reflection.aio.ReflectionServicer([*grpc_services, "grpc.health.v1.Health", reflection.SERVICE_NAME]),
             registrar)
 
+        self._server = server  # from here on, a failure must stop it
         self.port = _bind(server, service.address, server_credentials(files), service.name)
         if self._serve_metrics and service.metrics is not None:
             self.metrics_port = serve_metrics(service.metrics, service.name)
@@ -110,7 +132,6 @@ class MeshServer:
         # (grpc's health servicer starts out SERVING) while its database is unreachable.
         await self._health.start()
         await server.start()
-        self._server = server
         log.info("%s listening on %s:%s (mTLS)%s", service.name, service.address.host, self.port,
                  f", metrics on :{self.metrics_port}/metrics" if self.metrics_port else "",
                  extra={"port": self.port, "metrics_port": self.metrics_port})
@@ -125,14 +146,9 @@ class MeshServer:
         if self._unready_seconds:
             await asyncio.sleep(self._unready_seconds)
         await self._server.stop(grace)
-        await self._upstreams.close()
-        for close in self._runtime.on_stop:
-            close()
+        await self._release()
         self._stopped.set()
         log.info("%s stopped", self.service.name)
-
-    async def wait(self) -> None:
-        await self._stopped.wait()
 
 
 def _bind(server: grpc.aio.Server, address: Address, credentials, name: str) -> int:

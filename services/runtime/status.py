@@ -6,12 +6,16 @@ AioRpcError back into the domain error, so domain code never sees grpc types.
 """
 from __future__ import annotations
 
+import logging
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from . import errors
+
+log = logging.getLogger("diboas.rpc")
 
 CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -23,6 +27,7 @@ CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.ServiceUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
 }
 _ERRORS_BY_CODE = {code: cls for cls, code in CODES.items()}
 
@@ -66,16 +71,28 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | Non
     return None
 
 
+# An upstream refusing *this service* is a fault inside the mesh, not something the end
+# caller did: it must not reach them as their own 401/403, nor show internal names.
+_REFUSALS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> errors.DomainError:
     """The domain error an upstream's failure stands for (UNAVAILABLE -> ServiceUnavailable ...)."""
     code = error.code()
-    cls = _ERRORS_BY_CODE.get(code)
     info = error_info(error)
-    reason = info.reason if info else code.name
-    message = f"{upstream}: {error.details() or code.name}"
-    if cls is None:
-        # INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED ...: the upstream failed; to our caller it is unavailable.
-        cls, reason = errors.ServiceUnavailable, f"UPSTREAM_{code.name}"
-    result = cls(message, reason=reason, metadata=dict(info.metadata) if info else None)
+    if code in _REFUSALS:
+        log.error("%s refused our call: %s %s (reason %s)", upstream, code.name, error.details(),
+                  info.reason if info else "-")
+        result: errors.DomainError = errors.Internal(f"an internal call to {upstream} was refused",
+                                                     reason="UPSTREAM_REFUSED")
+    else:
+        cls = _ERRORS_BY_CODE.get(code)
+        reason = info.reason if info else code.name
+        message = f"{upstream}: {error.details() or code.name}"
+        if cls is None or cls is errors.Internal:
+            # INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED ...: the upstream failed; to our caller it is unavailable.
+            cls, reason = errors.ServiceUnavailable, f"UPSTREAM_{code.name}"
+        # The upstream's metadata describes its internals; only its stable reason travels on.
+        result = cls(message, reason=reason)
     result.upstream_code = code
     return result
