@@ -179,3 +179,34 @@ def test_token_lifetime_is_capped_in_the_cli(env):
     assert result.returncode == 2
     assert "--ttl must be between 1 and 600 seconds" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("DIBOAS_RETRY_INITIAL_BACKOFF", "0", "must be a finite number greater than zero"),
+    ("DIBOAS_DEFAULT_DEADLINE", "inf", "must be a finite number greater than zero"),
+    ("DIBOAS_DEFAULT_DEADLINE", "nan", "must be a finite number greater than zero"),
+    ("DIBOAS_BREAKER_FAIL_MAX", "0.5", "must be a whole number of at least 1"),
+    ("DIBOAS_RETRY_MAX_BACKOFF", "0.01", "must not be below initial_backoff_seconds"),
+])
+def test_numbers_that_would_break_the_runtime_are_refused(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_topology(env={key: value})
+
+
+@pytest.mark.parametrize("database,message", [
+    ("mysql://root@127.0.0.1/test", "only sqlite:/// and postgresql+psycopg:// are supported"),
+    ("postgresql+nosuchdriver://x@127.0.0.1/test", "no driver for it"),
+    ("sqlite:////proc/nope/x.db", "cannot create its folder"),
+    ("not a url", "is not a valid SQLAlchemy URL"),
+])
+def test_bad_database_urls_are_clear_errors(env, database, message):
+    env["DIBOAS_WALLET_DATABASE"] = database
+    result = run_service("wallet", env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_topology_path_that_is_a_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_topology(tmp_path)

@@ -25,7 +25,7 @@ import grpc
 from . import errors
 from .auth import TokenIssuer
 from .breaker import OPEN, AsyncCircuitBreaker
-from .config import ServiceConfig, Topology
+from .config import ConfigError, ServiceConfig, Topology
 from .context import current_deadline
 from .metrics import BREAKER_STATE, CLIENT_CALLS
 from .status import from_rpc_error
@@ -48,8 +48,8 @@ def service_config(topology: Topology) -> str:
             "name": [{}],  # every method of the upstream
             "retryPolicy": {
                 "maxAttempts": retry.max_attempts,
-                "initialBackoff": f"{retry.initial_backoff_seconds}s",
-                "maxBackoff": f"{retry.max_backoff_seconds}s",
+                "initialBackoff": f"{retry.initial_backoff_seconds:.9f}s",
+                "maxBackoff": f"{retry.max_backoff_seconds:.9f}s",
                 "backoffMultiplier": retry.backoff_multiplier,
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },
@@ -229,7 +229,8 @@ class Upstreams:
         try:
             return self._upstreams[name]
         except KeyError:
-            raise errors.FailedPrecondition(f"'{name}' is not an upstream of this service in the topology") from None
+            raise ConfigError(f"'{name}' is not an upstream of this service: add it to its `upstreams:` in "
+                              "the topology") from None
 
     def __iter__(self):
         return iter(self._upstreams.values())

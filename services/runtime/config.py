@@ -7,6 +7,7 @@ CI and a deployment. Errors name the file, the key and what is wrong: never a tr
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -150,6 +151,8 @@ def load_topology(path: str | os.PathLike | None = None, env: Mapping[str, str] 
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"topology file {path} does not exist (set DIBOAS_TOPOLOGY)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"topology file {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"topology file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -164,14 +167,17 @@ def _section(raw: Mapping, key: str, where: str, default=None) -> dict:
     return value
 
 
-def _number(raw: Mapping, key: str, where: str, default: float, env: Mapping[str, str], env_key: str) -> float:
+def _number(raw: Mapping, key: str, where: str, default: float, env: Mapping[str, str], env_key: str,
+            positive: bool = False) -> float:
+    """A finite number, not negative (or, with `positive`, greater than zero)."""
     value = env.get(env_key, raw.get(key, default))
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}.{key} (or {env_key}): '{value}' is not a number") from None
-    if number < 0:
-        raise ConfigError(f"{where}.{key} (or {env_key}): must not be negative, got {value}")
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        need = "greater than zero" if positive else "zero or more"
+        raise ConfigError(f"{where}.{key} (or {env_key}): must be a finite number {need}, got {value}")
     return number
 
 
@@ -195,21 +201,27 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
     r = _section(d, "retry", f"{where}: defaults")
     dw = f"{where}: defaults"
     retry = RetryPolicy(
-        max_attempts=int(_number(r, "max_attempts", dw + ".retry", 4, env, "DIBOAS_RETRY_MAX_ATTEMPTS")),
-        initial_backoff_seconds=_number(r, "initial_backoff_seconds", dw + ".retry", 0.05, env, "DIBOAS_RETRY_INITIAL_BACKOFF"),
-        max_backoff_seconds=_number(r, "max_backoff_seconds", dw + ".retry", 1.0, env, "DIBOAS_RETRY_MAX_BACKOFF"),
-        backoff_multiplier=_number(r, "backoff_multiplier", dw + ".retry", 2.0, env, "DIBOAS_RETRY_BACKOFF_MULTIPLIER"),
+        max_attempts=int(_number(r, "max_attempts", dw + ".retry", 4, env, "DIBOAS_RETRY_MAX_ATTEMPTS", positive=True)),
+        initial_backoff_seconds=_number(r, "initial_backoff_seconds", dw + ".retry", 0.05, env,
+                                        "DIBOAS_RETRY_INITIAL_BACKOFF", positive=True),
+        max_backoff_seconds=_number(r, "max_backoff_seconds", dw + ".retry", 1.0, env, "DIBOAS_RETRY_MAX_BACKOFF", positive=True),
+        backoff_multiplier=_number(r, "backoff_multiplier", dw + ".retry", 2.0, env, "DIBOAS_RETRY_BACKOFF_MULTIPLIER", positive=True),
     )
+    if int(_number(b, "fail_max", dw + ".breaker", 5, env, "DIBOAS_BREAKER_FAIL_MAX")) < 1:
+        raise ConfigError(f"{dw}.breaker.fail_max (or DIBOAS_BREAKER_FAIL_MAX) must be a whole number of at least 1")
+    if retry.max_backoff_seconds < retry.initial_backoff_seconds:
+        raise ConfigError(f"{dw}.retry.max_backoff_seconds must not be below initial_backoff_seconds")
     if not 2 <= retry.max_attempts <= 5:
         raise ConfigError(f"{dw}.retry.max_attempts must be between 2 and 5 (gRPC's cap), got {retry.max_attempts}")
     defaults = Defaults(
-        deadline_seconds=_number(d, "deadline_seconds", dw, 5.0, env, "DIBOAS_DEFAULT_DEADLINE"),
+        deadline_seconds=_number(d, "deadline_seconds", dw, 5.0, env, "DIBOAS_DEFAULT_DEADLINE", positive=True),
         drain_seconds=_number(d, "drain_seconds", dw, 10.0, env, "DIBOAS_DRAIN_SECONDS"),
         unready_seconds=_number(d, "unready_seconds", dw, 1.0, env, "DIBOAS_UNREADY_SECONDS"),
-        start_timeout_seconds=_number(d, "start_timeout_seconds", dw, 60.0, env, "DIBOAS_START_TIMEOUT"),
+        start_timeout_seconds=_number(d, "start_timeout_seconds", dw, 60.0, env, "DIBOAS_START_TIMEOUT", positive=True),
         breaker=BreakerPolicy(
-            fail_max=int(_number(b, "fail_max", dw + ".breaker", 5, env, "DIBOAS_BREAKER_FAIL_MAX")),
-            reset_timeout_seconds=_number(b, "reset_timeout_seconds", dw + ".breaker", 10.0, env, "DIBOAS_BREAKER_RESET_TIMEOUT"),
+            fail_max=int(_number(b, "fail_max", dw + ".breaker", 5, env, "DIBOAS_BREAKER_FAIL_MAX", positive=True)),
+            reset_timeout_seconds=_number(b, "reset_timeout_seconds", dw + ".breaker", 10.0, env,
+                                          "DIBOAS_BREAKER_RESET_TIMEOUT", positive=True),
         ),
         retry=retry,
     )

@@ -21,8 +21,8 @@ from typing import Callable, Iterator, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, Numeric, String, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
 from .config import ConfigError
@@ -67,24 +67,42 @@ def _sqlite_setup(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str, pool_size: int = 8) -> Engine:
+def database_url(url: str) -> URL:
+    """The parsed URL of a supported database, its SQLite folder created; ConfigError otherwise."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError(f"database URL '{url}' is not a valid SQLAlchemy URL") from None
+    shown = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"database URL '{shown}': only sqlite:/// and postgresql+psycopg:// are supported")
     if backend == "sqlite":
         if parsed.database in (None, "", ":memory:"):
-            raise ConfigError(f"database URL '{url}': an in-memory SQLite database cannot be shared; use a file")
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, pool_size=pool_size, max_overflow=0, pool_timeout=30)
+            raise ConfigError(f"database URL '{shown}': an in-memory SQLite database cannot be shared; use a file")
+        try:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"database URL '{shown}': cannot create its folder: {exc.strerror or exc}") from None
+    return parsed
+
+
+def create(url: URL, **options) -> Engine:
+    try:
+        return create_engine(url, **options)
+    except (NoSuchModuleError, ImportError) as exc:
+        shown = url.render_as_string(hide_password=True)
+        raise ConfigError(f"database URL '{shown}': no driver for it ({exc}); use postgresql+psycopg://") from None
+
+
+def make_engine(url: str, pool_size: int = 8) -> Engine:
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create(parsed, pool_size=pool_size, max_overflow=0, pool_timeout=30)
         _sqlite_setup(engine)
         return engine
-    if backend == "postgresql":
-        return create_engine(parsed, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_pre_ping=True,
-                             connect_args={"connect_timeout": 5})
-    raise ConfigError(f"database URL '{parsed.render_as_string(hide_password=True)}': only sqlite and postgresql "
-                      "are supported")
+    return create(parsed, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_pre_ping=True,
+                  connect_args={"connect_timeout": 5})
 
 
 def migrate(engine: Engine, migrations: Path) -> None:

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
-from .config import ConfigError
+from .db import create, database_url
 from .metrics import HEALTH
 
 log = logging.getLogger("diboas.health")
@@ -27,16 +24,10 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 class DatabaseProbe:
     def __init__(self, url: str):
-        try:
-            parsed = make_url(url)
-        except ArgumentError:
-            raise ConfigError(f"database URL '{url}' is not a valid SQLAlchemy URL") from None
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            # The embedded default: the file is created on first run, its folder now.
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        parsed = database_url(url)
         connect_args = {"connect_timeout": 2} if parsed.get_backend_name() == "postgresql" else {}
         self.url = parsed.render_as_string(hide_password=True)
-        self._engine = create_engine(parsed, poolclass=NullPool, connect_args=connect_args)
+        self._engine = create(parsed, poolclass=NullPool, connect_args=connect_args)
 
     def check(self) -> str | None:
         """None when the database answers, else why not."""
