@@ -57,9 +57,10 @@ class Launcher:
         for name, service in self.topology.services.items():
             log_path = self.logs_dir / f"{name}.log"
             with open(log_path, "ab") as log_file:
+                # Own session: Ctrl-C reaches the launcher only, which stops the children in order.
                 self.processes[name] = subprocess.Popen(
                     [sys.executable, "-m", f"services.{name}"], stdout=log_file, stderr=subprocess.STDOUT,
-                    start_new_session=True)  # Ctrl-C reaches us only; we stop the children in order
+                    start_new_session=True, preexec_fn=_die_with_parent)
             _say(f"  starting {name:<12} {str(service.address):<18} log {log_path}")
 
     async def wait_until_serving(self) -> bool:
@@ -93,18 +94,45 @@ class Launcher:
         return None
 
     def stop(self, timeout: float) -> None:
+        """SIGTERM in dependency order (callers before the services they call), each batch drained
+        before the next; whatever does not stop within `timeout` is killed."""
+        deadline = time.monotonic() + timeout
+        for batch in stop_order(self.topology):
+            running = [n for n in batch if n in self.processes and self.processes[n].poll() is None]
+            for name in running:
+                self.processes[name].send_signal(signal.SIGTERM)
+            for name in running:
+                try:
+                    self.processes[name].wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    _say(f"  {name} did not stop within {timeout:.0f}s; killing it")
+                    self.processes[name].kill()
+                    self.processes[name].wait()
+        _say("  all services stopped")
+
+    def kill(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for name, process in self.processes.items():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _say(f"  {name} did not stop within {timeout:.0f}s; killing it")
                 process.kill()
-                process.wait()
-        _say("  all services stopped")
+
+
+def stop_order(topology: Topology) -> list[list[str]]:
+    """Batches of services to stop: first those no remaining service calls, then their upstreams."""
+    remaining = list(topology.services)
+    batches = []
+    while remaining:
+        called = {up for name in remaining for up in topology.services[name].upstreams if up != name}
+        batch = [name for name in remaining if name not in called] or remaining[:]  # a cycle: all at once
+        batches.append(batch)
+        remaining = [name for name in remaining if name not in batch]
+    return batches
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM if the launcher dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -139,12 +167,19 @@ async def _main() -> int:
     launcher = Launcher(topology)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: no more waiting
+            _say("  killing the services")
+            launcher.kill()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     _say(f"Starting the diBoaS mesh ({len(topology.services)} services, topology {os.path.relpath(topology.path)})")
-    launcher.start()
     code = 0
     try:
+        launcher.start()
         ready = asyncio.ensure_future(launcher.wait_until_serving())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -167,9 +202,10 @@ async def _main() -> int:
                 except TimeoutError:
                     pass
             if code == 0:
-                _say("\nStopping (draining in-flight calls)...")
+                _say("\nStopping (draining in-flight calls; Ctrl-C again to kill)...")
     finally:
-        launcher.stop(timeout=topology.defaults.drain_seconds + 5)
+        # In a thread, so a second Ctrl-C is still heard while the services drain.
+        await asyncio.to_thread(launcher.stop, topology.defaults.drain_seconds + topology.defaults.unready_seconds + 5)
     return code
 
 

@@ -210,3 +210,41 @@ def test_bad_database_urls_are_clear_errors(env, database, message):
 def test_a_topology_path_that_is_a_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot be read"):
         load_topology(tmp_path)
+
+
+def test_callers_stop_before_the_services_they_call():
+    from services.launcher import stop_order
+    batches = stop_order(load_topology())
+    assert batches[0] == ["transaction"]
+    assert sorted(batches[1]) == ["blockchain", "provider", "wallet"]
+
+
+@pytest.mark.slow
+def test_services_do_not_outlive_a_killed_launcher(env):
+    process = subprocess.Popen([sys.executable, "-m", "services.launcher"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(process, "Press Ctrl-C to stop everything", 60)
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == len(SERVICES)
+        process.kill()                                  # no chance to clean up
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(int(pid)) for pid in children):
+            time.sleep(0.2)
+        assert not any(_alive(int(pid)) for pid in children), "services outlived the launcher"
+    finally:
+        process.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not reaped: its parent is gone, init reaps it soon) counts as stopped.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
