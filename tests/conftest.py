@@ -68,7 +68,7 @@ def database_url(request, tmp_path):
 def pki(tmp_path_factory) -> Path:
     """A development CA and a certificate for every identity of mesh.yaml, made for this test run."""
     out = tmp_path_factory.mktemp("pki")
-    ensure_certificates(out, load_topology().identities())
+    ensure_certificates(out, load_topology(env={}).identities())
     return out
 
 
@@ -80,7 +80,8 @@ def with_service(topology: Topology, name: str, **changes) -> Topology:
 @pytest.fixture
 def topology(pki, tmp_path) -> Topology:
     """mesh.yaml with every service on an ephemeral port, the test PKI and a temporary state dir."""
-    base = dataclasses.replace(load_topology(), certs_dir=pki, state_dir=tmp_path)
+    # env={}: the tests' mesh does not depend on DIBOAS_* variables of the developer's shell.
+    base = dataclasses.replace(load_topology(env={}), certs_dir=pki, state_dir=tmp_path)
     for name in base.services:
         base = with_service(base, name, address=LOCAL, metrics=None,
                             database=f"sqlite:///{tmp_path}/{name}.db")
@@ -88,7 +89,7 @@ def topology(pki, tmp_path) -> Topology:
 
 
 def client_channel(topology: Topology, identity: str, port: int, server_name: str) -> grpc.aio.Channel:
-    """A bare mTLS channel as `identity` (no interceptors: tests add tokens themselves)."""
+    """A bare mTLS channel as `identity` (no mesh client policy: tests add tokens themselves)."""
     files = load_identity(topology.certs_dir, identity)
     return grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(files),
                                    options=[("grpc.ssl_target_name_override", server_name)])

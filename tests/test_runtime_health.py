@@ -193,6 +193,18 @@ async def test_metrics_count_calls_by_method_and_code(topology, start_server):
     from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
     topology = with_service(topology, "wallet", metrics=Address("127.0.0.1", 0))
     server = await start_server(topology, "wallet", wallet_build(EchoWallets()), serve_metrics_endpoint=True)
+
+    async def scrape() -> dict[str, float]:
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(
+            f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=3).read().decode())
+        samples = {}
+        for line in body.splitlines():
+            if line.startswith("diboas_rpc_server_") and 'service="wallet"' in line and 'method="GetWallet"' in line:
+                name, value = line.rsplit(" ", 1)
+                samples[name] = float(value)
+        return samples
+
+    before = await scrape()
     async with client_channel(topology, "transaction", server.port, "wallet") as channel:
         stub = wallet_pb2_grpc.WalletServiceStub(channel)
         md = bearer(service_token(topology, "transaction", "wallet"))
@@ -201,10 +213,13 @@ async def test_metrics_count_calls_by_method_and_code(topology, start_server):
                 await stub.GetWallet(wallet_pb2.GetWalletRequest(name=name), metadata=md, timeout=3)
             except grpc.aio.AioRpcError:
                 pass
-    body = await asyncio.to_thread(
-        lambda: urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=3).read().decode())
-    def value(line_prefix):
-        return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(line_prefix))
-    assert value('diboas_rpc_server_calls_total{code="OK",method="GetWallet",service="wallet"}') >= 2
-    assert value('diboas_rpc_server_errors_total{code="NOT_FOUND",method="GetWallet",service="wallet"}') >= 1
-    assert value('diboas_rpc_server_latency_seconds_count{method="GetWallet",service="wallet"}') >= 3
+    after = await scrape()
+
+    def delta(prefix: str, code: str | None = None) -> float:
+        keys = [k for k in after if k.startswith(prefix) and (code is None or f'code="{code}"' in k)]
+        return sum(after[k] - before.get(k, 0.0) for k in keys)
+    assert delta("diboas_rpc_server_calls_total", "OK") == 2
+    assert delta("diboas_rpc_server_calls_total", "NOT_FOUND") == 1
+    assert delta("diboas_rpc_server_errors_total", "NOT_FOUND") == 1
+    assert delta("diboas_rpc_server_errors_total", "OK") == 0
+    assert delta("diboas_rpc_server_latency_seconds_count") == 3

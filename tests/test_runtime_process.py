@@ -214,7 +214,7 @@ def test_a_topology_path_that_is_a_folder_is_a_clear_error(tmp_path):
 
 def test_callers_stop_before_the_services_they_call():
     from services.launcher import stop_order
-    batches = stop_order(load_topology())
+    batches = stop_order(load_topology(env={}))
     assert batches[0] == ["transaction"]
     assert sorted(batches[1]) == ["blockchain", "provider", "wallet"]
 

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -154,6 +155,8 @@ async def test_breaker_opens_fails_fast_and_recovers(topology, start_server):
     assert time.monotonic() - started < 0.05        # failed fast, no network
     assert caught.value.reason == "CIRCUIT_OPEN"
     assert "wallet is unavailable: circuit breaker open" in caught.value.message
+    labels = {"service": "transaction", "upstream": "wallet"}
+    assert REGISTRY.get_sample_value("diboas_circuit_breaker_open", labels) == 1
 
     # The upstream comes back on the same port; after the reset timeout one trial call closes it.
     wallets_again = EchoWallets()
@@ -163,9 +166,14 @@ async def test_breaker_opens_fails_fast_and_recovers(topology, start_server):
     await asyncio.wait_for(upstream.channel.channel_ready(), timeout=5)   # reconnect backoff is capped at 2 s
     assert upstream.breaker.state == "open"
     await asyncio.sleep(max(0.0, 1.1 - (time.monotonic() - reopened)))
+    calls_before = REGISTRY.get_sample_value("diboas_rpc_client_calls_total",
+                                             {**labels, "method": "GetWallet", "code": "OK"}) or 0
     reply = await stub.GetWallet(request, timeout=2)
     assert reply.wallet.name == "wallets/w1"
     assert upstream.breaker.state == "closed"
+    assert REGISTRY.get_sample_value("diboas_circuit_breaker_open", labels) == 0
+    assert REGISTRY.get_sample_value("diboas_rpc_client_calls_total",
+                                     {**labels, "method": "GetWallet", "code": "OK"}) == calls_before + 1
 
 
 async def test_half_open_breaker_admits_one_trial_call(topology, start_server):

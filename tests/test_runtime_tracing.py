@@ -1,5 +1,5 @@
-"""OpenTelemetry through the real interceptor chain: one trace across hops, trace ids in logs,
-and streaming RPCs (reflection) working with the tracing interceptor installed."""
+"""OpenTelemetry through the real server guard and client stubs: one trace across hops, trace
+ids in logs, and streaming RPCs (reflection, health Watch) traced too."""
 from __future__ import annotations
 
 import asyncio
@@ -88,7 +88,7 @@ async def test_failure_logs_carry_the_trace_id(two_hops):
     assert {e["level"] for e in not_found} == {"info"}
 
 
-async def test_streaming_rpcs_work_through_the_tracing_interceptor(two_hops):
+async def test_streaming_rpcs_work_with_tracing_on(two_hops):
     topology, wallet, _ = two_hops
     async with client_channel(topology, "operator", wallet.port, "wallet") as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)

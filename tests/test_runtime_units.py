@@ -18,7 +18,7 @@ class Aborted(Exception):
 
 
 class FakeContext:
-    """Just enough of grpc.aio.ServicerContext for the interceptor's wrapper."""
+    """Just enough of grpc.aio.ServicerContext for the server guard."""
 
     def __init__(self, topology, remaining):
         self._pem = load_identity(topology.certs_dir, "transaction").cert
