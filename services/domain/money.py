@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 
 from services.runtime.errors import FieldViolation, InvalidArgument
 
@@ -19,8 +19,8 @@ SCALES: dict[str, int] = {
 # Up to 20 integer digits and 18 decimals: NUMERIC(38, 18) holds every amount.
 _AMOUNT = re.compile(r"^-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?$")
 # Every operation on amounts runs in this context: wide enough for any sum of them, and any
-# rounding at all raises instead of happening silently (Python's default keeps 28 digits).
-EXACT = Context(prec=60, traps=[InvalidOperation, Inexact, Rounded, Overflow])
+# rounding that changes a value raises instead of happening silently (Python's default keeps 28 digits).
+EXACT = Context(prec=60, traps=[InvalidOperation, Inexact, Overflow])
 
 
 def scale_of(currency: str, field: str = "currency_code") -> int:
@@ -39,6 +39,11 @@ def _quantize(value: Decimal, scale: int) -> Decimal:
 class Money:
     currency: str
     amount: Decimal
+
+    def __post_init__(self) -> None:
+        # Always at the currency's scale ("12.50", never "12.5" or "12.500000000000000000" as
+        # PostgreSQL's NUMERIC(38, 18) returns it); more places than the scale raise (EXACT traps).
+        object.__setattr__(self, "amount", _quantize(self.amount, scale_of(self.currency)))
 
     @classmethod
     def parse(cls, currency: str, amount: str, field: str = "amount", currency_field: str = "currency_code") -> "Money":
