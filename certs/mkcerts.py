@@ -7,6 +7,7 @@ It writes into DIR (default: the topology's certs_dir, certs/out):
     ca.crt, ca.key                 the development CA (EC P-256, about five years)
     <name>.crt, <name>.key         one per identity of the topology (services, gateway, clients)
     users-jwt.key, jwks.json       the signing key for external users' JWTs and its public JWK set
+    events-keys.json               AES-256-GCM keys for sensitive event payloads (kept, never renewed)
 
 Running it again keeps what is still good and renews the rest, printing one line per file
 (kept / issued / renewed, the reason, and the expiry date). Errors are one line on stderr and
@@ -18,11 +19,13 @@ certs.pki and are re-exported here.
 from __future__ import annotations
 
 import argparse
+import base64
 import fcntl
 import json
 import os
 import stat
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -52,6 +55,7 @@ from certs.pki import (
     write_file_atomic,
     write_pem_pair,
 )
+from services.runtime.messaging.secure import KEY_FILE as EVENT_KEYS_FILE  # noqa: E402
 
 RENEW_WITHIN_DAYS = 30
 
@@ -177,7 +181,35 @@ def _ensure(out: Path, identities: Mapping[str, str], days: int, window: timedel
 
     # --- the users' JWT signing key and its JWKS ----------------------------------------
     results.extend(_ensure_jwt_key(out, force))
+    results.append(_ensure_event_keys(out))
     return results
+
+
+def _ensure_event_keys(out: Path) -> FileResult:
+    """The AES-256-GCM keys that encrypt sensitive event payloads. Kept as they are: rotating
+    means adding a key and making it active, never dropping one that old messages still need
+    (services.runtime.messaging.secure explains the file)."""
+    path = out / EVENT_KEYS_FILE
+    try:
+        ring = json.loads(path.read_text())
+        valid = (isinstance(ring, dict) and ring.get("active") in ring.get("keys", {})
+                 and all(len(base64.b64decode(k, validate=True)) == 32 for k in ring["keys"].values()))
+    except FileNotFoundError:
+        ring, valid = None, False
+    except (ValueError, OSError, TypeError, AttributeError):
+        ring, valid = "unreadable", False
+    if valid and not _loose_key_mode(path):
+        return FileResult(EVENT_KEYS_FILE, "kept")
+    if ring is not None and ring != "unreadable" and valid:  # readable by others: re-write it private
+        write_file_atomic(path, path.read_bytes(), 0o600)
+        return FileResult(EVENT_KEYS_FILE, "renewed", "was readable by others")
+    if ring is not None:
+        raise CertError(f"{path} is not a valid event key ring; fix it by hand (old events need its keys) "
+                        "or move it away to start a new one")
+    key_id = f"k{int(time.time())}"
+    body = {"active": key_id, "keys": {key_id: base64.b64encode(os.urandom(32)).decode()}}
+    write_file_atomic(path, (json.dumps(body, indent=2) + "\n").encode(), 0o600)
+    return FileResult(EVENT_KEYS_FILE, "issued")
 
 
 def _ensure_jwt_key(out: Path, force: bool) -> list[FileResult]:
@@ -259,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         where = exc.filename or out
         return _fail(f"cannot write certificates to {out}: {where}: {exc.strerror or exc}")
+    except CertError as exc:
+        return _fail(str(exc))
     print(f"certificates in {out}:")
     for r in results:
         print("  " + r.line())

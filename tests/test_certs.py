@@ -53,7 +53,7 @@ def out(tmp_path: Path) -> Path:
 
 def test_writes_every_file(out: Path):
     names = {p.name for p in out.iterdir()}
-    expected = {"ca.crt", "ca.key", "users-jwt.key", "jwks.json"}
+    expected = {"ca.crt", "ca.key", "users-jwt.key", "jwks.json", "events-keys.json"}
     for name in ("wallet", "transaction", "provider", "blockchain", "gateway", "operator"):
         expected |= {f"{name}.crt", f"{name}.key"}
     assert names == expected  # and no stray temporary files
@@ -107,7 +107,8 @@ def test_file_modes(out: Path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     for p in out.iterdir():
         mode = stat.S_IMODE(p.stat().st_mode)
-        assert mode == (0o600 if p.suffix == ".key" else 0o644), (p.name, oct(mode))
+        secret = p.suffix == ".key" or p.name == "events-keys.json"
+        assert mode == (0o600 if secret else 0o644), (p.name, oct(mode))
 
 
 def test_second_run_keeps_everything(out: Path):
@@ -218,9 +219,11 @@ def test_expiring_ca_reissues_everything(out: Path):
 def test_force_reissues_everything(out: Path):
     before = _snapshot(out)
     results = _run(out, force=True)
+    # Event keys are never replaced: messages already encrypted with them must stay readable.
+    assert results.pop("events-keys.json").action == "kept"
     assert {r.action for r in results.values()} == {"renewed"}
     after = _snapshot(out)
-    assert all(before[n][0] != after[n][0] for n in before)
+    assert all(before[n][0] != after[n][0] for n in before if n != "events-keys.json")
 
 
 def test_jwks_matches_the_signing_key(out: Path):
@@ -252,7 +255,7 @@ def test_cli_prints_one_line_per_file(tmp_path: Path):
     first = _cli("--out", str(tmp_path / "o"))
     assert first.returncode == 0, first.stderr
     lines = [line.split() for line in first.stdout.splitlines()[1:]]
-    assert len(lines) == 2 * (len(IDS) + 1) + 2
+    assert len(lines) == 2 * (len(IDS) + 1) + 3
     assert {line[0] for line in lines} == {"issued"}
     second = _cli("--out", str(tmp_path / "o"))
     assert second.returncode == 0
@@ -294,3 +297,14 @@ def test_outputs_are_git_ignored():
     if proc.returncode == 128:
         pytest.skip("not a git checkout")
     assert proc.stdout.split() == paths
+
+
+def test_event_keys_are_kept_tightened_or_refused(out: Path, capsys):
+    ring = out / "events-keys.json"
+    before = ring.read_bytes()
+    ring.chmod(0o644)
+    assert _run(out)["events-keys.json"].action == "renewed"
+    assert stat.S_IMODE(ring.stat().st_mode) == 0o600 and ring.read_bytes() == before
+    ring.write_text('{"active": "k9", "keys": {}}')
+    assert main(["--out", str(out)]) == 2
+    assert "is not a valid event key ring" in capsys.readouterr().err
