@@ -117,7 +117,7 @@ def migrate(engine: Engine, migrations: Path) -> None:
 class Database:
     """One service's database: an engine, its migrations, and a thread pool to use it from asyncio."""
 
-    def __init__(self, url: str, migrations: Path, workers: int = 8):
+    def __init__(self, url: str, migrations: Path | None, workers: int = 8):
         self.url = url
         self.engine = make_engine(url, pool_size=workers)
         self._migrations = migrations

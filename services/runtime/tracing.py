@@ -79,6 +79,13 @@ class RpcTracing:
             otel_context.detach(token)
 
 
+def current_trace_headers() -> dict[str, str]:
+    """W3C traceparent/tracestate of the current span (empty outside a trace), e.g. for an event."""
+    headers: dict[str, str] = {}
+    _W3C.inject(headers)
+    return headers
+
+
 class JsonLinesSpanExporter(SpanExporter):
     """Appends finished spans to a file, one compact JSON object per line (safe across processes)."""
 

@@ -1,0 +1,222 @@
+"""The relay: delivers what producers put in their outbox to every subscriber, reliably.
+
+  * in outbox order per subscriber, each subscriber on its own (a slow one holds up no other);
+  * a subscriber that cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED, its circuit breaker
+    open) is retried with exponential backoff and jitter for as long as it takes: nothing is
+    lost and nothing is dead-lettered for that;
+  * a handler that fails is retried up to the policy's attempts (3 by default), then the
+    delivery is dead-lettered: an audit record, an error log line and a metric (the alert);
+  * a message the subscriber rejects as tampered or stale is dead-lettered at once;
+  * dead letters can be listed and replayed (`replay`), one or all.
+
+Deliveries go through an EventTransport: the embedded one calls the subscriber's
+EventSinkService over the mesh (mTLS, its own policy); a broker-backed one can replace it.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from prometheus_client import Counter
+from sqlalchemy import Connection, insert, select, update
+
+from diboas.events.v1 import events_pb2, events_pb2_grpc
+
+from .. import errors
+from ..client import Upstream
+from ..db import Database
+from .store import DEAD, DELIVERED, PENDING, MessagingTables
+
+log = logging.getLogger("diboas.relay")
+DEAD_LETTERS = Counter("diboas_dead_letters", "Deliveries given up on and dead-lettered",
+                       ["service", "subscriber", "topic", "reason"])
+DELIVERIES = Counter("diboas_event_deliveries", "Event delivery tries, by outcome",
+                     ["service", "subscriber", "outcome"])
+
+
+class EventTransport(Protocol):
+    async def deliver(self, subscriber: str, envelope: events_pb2.EventEnvelope, attempt: int) -> None:
+        """Hand the event to the subscriber; return once it has been handled (or raise)."""
+
+
+class MeshTransport:
+    """Embedded transport: the subscriber's EventSinkService.DeliverEvent, over the mesh."""
+
+    def __init__(self, upstreams: dict[str, Upstream]):
+        self._stubs = {name: up.stub(events_pb2_grpc.EventSinkServiceStub) for name, up in upstreams.items()}
+
+    async def deliver(self, subscriber: str, envelope: events_pb2.EventEnvelope, attempt: int) -> None:
+        stub = self._stubs.get(subscriber)
+        if stub is None:
+            raise errors.FailedPrecondition(f"no channel to subscriber '{subscriber}'", reason="UNKNOWN_SUBSCRIBER")
+        await stub.DeliverEvent(events_pb2.DeliverEventRequest(envelope=envelope, attempt=attempt,
+                                                               subscription=subscriber))
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    max_attempts: int = 3             # handler failures before a delivery is dead-lettered
+    initial_backoff: float = 0.2      # seconds, doubled per failed try, with jitter
+    max_backoff: float = 30.0
+    batch: int = 200                  # deliveries fetched per round
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    delivery_id: int
+    event_id: str
+    topic: str
+    subscriber: str
+    attempts: int
+    reason: str
+    error: str
+    created_at: dt.datetime
+    replayed_at: dt.datetime | None
+
+
+def _down(exc: BaseException) -> bool:
+    """The subscriber could not be reached or cannot work now (as opposed to: it handled the
+    event and failed). An upstream INTERNAL or UNKNOWN arrives as ServiceUnavailable with reason
+    UPSTREAM_<CODE>: that is a handler failure."""
+    if isinstance(exc, errors.DeadlineExceeded):
+        return True
+    return isinstance(exc, errors.ServiceUnavailable) and not exc.reason.startswith("UPSTREAM_")
+
+
+def _rejected(exc: BaseException) -> bool:
+    return isinstance(exc, errors.InvalidArgument) and str(getattr(exc, "reason", "")).startswith("MESSAGE_")
+
+
+class Relay:
+    def __init__(self, db: Database, tables: MessagingTables, transport: EventTransport, service: str,
+                 policy: DeliveryPolicy = DeliveryPolicy(),
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+                 rng: random.Random | None = None):
+        self._db, self._t, self._transport, self._service = db, tables, transport, service
+        self._policy, self._clock, self._rng = policy, clock, rng or random.Random()
+
+    # --- one round ------------------------------------------------------------------------------
+
+    def _due(self) -> list:
+        d, o = self._t.deliveries, self._t.outbox
+        query = (select(d.c.id, d.c.subscriber, d.c.attempts, d.c.retries, o.c.topic, o.c.event_id, o.c.envelope)
+                 .join(o, o.c.id == d.c.outbox_id)
+                 .where(d.c.state == PENDING, d.c.next_attempt_at <= self._clock())
+                 .order_by(d.c.id).limit(self._policy.batch))
+        with self._db.engine.connect() as connection:
+            return list(connection.execute(query))
+
+    async def run_once(self) -> int:
+        """Deliver what is due now; returns how many deliveries succeeded."""
+        rows = await self._db.run(self._due)
+        by_subscriber: dict[str, list] = {}
+        for row in rows:
+            by_subscriber.setdefault(row.subscriber, []).append(row)
+        done = await asyncio.gather(*(self._deliver_in_order(queue) for queue in by_subscriber.values()))
+        return sum(done)
+
+    async def _deliver_in_order(self, queue: list) -> int:
+        delivered = 0
+        for row in queue:
+            envelope = events_pb2.EventEnvelope.FromString(row.envelope)
+            try:
+                await self._transport.deliver(row.subscriber, envelope, row.attempts + 1)
+            except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
+                await self._db.run(self._record_failure, row, exc)
+                if _down(exc):
+                    break  # the rest for this subscriber waits too: order is kept
+                continue
+            await self._db.run(self._record_success, row.id)
+            DELIVERIES.labels(self._service, row.subscriber, "delivered").inc()
+            delivered += 1
+        return delivered
+
+    def _record_success(self, delivery_id: int) -> None:
+        with self._db.transaction() as connection:
+            connection.execute(update(self._t.deliveries).where(self._t.deliveries.c.id == delivery_id).values(
+                state=DELIVERED, last_error="", updated_at=self._clock()))
+
+    def _backoff(self, retries: int) -> dt.timedelta:
+        seconds = min(self._policy.max_backoff, self._policy.initial_backoff * 2 ** min(retries, 30))
+        return dt.timedelta(seconds=seconds * (0.5 + self._rng.random() / 2))  # "equal jitter"
+
+    def _record_failure(self, row, exc: BaseException) -> None:
+        now, message = self._clock(), getattr(exc, "message", None) or repr(exc)
+        attempts = row.attempts if _down(exc) else row.attempts + 1
+        dead_reason = None
+        if _rejected(exc):
+            dead_reason = exc.reason
+        elif not _down(exc) and attempts >= self._policy.max_attempts:
+            dead_reason = "HANDLER_FAILED"
+        outcome = "subscriber_down" if _down(exc) else ("dead_lettered" if dead_reason else "handler_failed")
+        DELIVERIES.labels(self._service, row.subscriber, outcome).inc()
+        with self._db.transaction() as connection:
+            connection.execute(update(self._t.deliveries).where(self._t.deliveries.c.id == row.id).values(
+                state=DEAD if dead_reason else PENDING, attempts=attempts, retries=row.retries + 1,
+                next_attempt_at=now + self._backoff(row.retries), last_error=message[:2000], updated_at=now))
+            if dead_reason:
+                self._dead_letter(connection, row, attempts, dead_reason, message, now)
+        if not dead_reason:
+            log.log(logging.INFO if _down(exc) else logging.WARNING,
+                    "delivery of %s %s to %s failed (%s): %s", row.topic, row.event_id, row.subscriber,
+                    outcome, message, extra={"event_id": row.event_id, "subscriber": row.subscriber})
+
+    def _dead_letter(self, connection: Connection, row, attempts: int, reason: str, message: str,
+                     now: dt.datetime) -> None:
+        connection.execute(insert(self._t.dead_letters).values(
+            delivery_id=row.id, event_id=row.event_id, topic=row.topic, subscriber=row.subscriber,
+            attempts=attempts, reason=reason, error=message[:2000], created_at=now))
+        DEAD_LETTERS.labels(self._service, row.subscriber, row.topic, reason).inc()
+        log.error("dead-lettered %s %s for %s after %d attempt(s) (%s): %s", row.topic, row.event_id,
+                  row.subscriber, attempts, reason, message,
+                  extra={"alert": "dead_letter", "event_id": row.event_id, "subscriber": row.subscriber,
+                         "topic": row.topic, "reason": reason})
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, idle_seconds: float = 0.1) -> None:
+        """Deliver until `stop` is set; sleep `idle_seconds` between rounds that found nothing."""
+        while not stop.is_set():
+            try:
+                delivered = await self.run_once()
+            except Exception:  # noqa: BLE001 - the relay must outlive a bad round (e.g. a database hiccup)
+                log.exception("relay round failed; trying again")
+                delivered = 0
+            if not delivered:
+                try:
+                    await asyncio.wait_for(stop.wait(), idle_seconds)
+                except TimeoutError:
+                    pass
+
+    # --- dead letters ---------------------------------------------------------------------------
+
+    def dead_letters(self, include_replayed: bool = False) -> list[DeadLetter]:
+        query = select(self._t.dead_letters).order_by(self._t.dead_letters.c.id)
+        if not include_replayed:
+            query = query.where(self._t.dead_letters.c.replayed_at.is_(None))
+        with self._db.engine.connect() as connection:
+            return [DeadLetter(*row) for row in connection.execute(query)]
+
+    def replay(self, dead_letter_ids: list[int] | None = None) -> int:
+        """Send dead letters again (all when no ids are given), with a fresh attempt count; the
+        audit record stays, marked as replayed. Returns how many were replayed."""
+        dl, d = self._t.dead_letters, self._t.deliveries
+        now = self._clock()
+        with self._db.transaction() as connection:
+            query = select(dl.c.id, dl.c.delivery_id).where(dl.c.replayed_at.is_(None))
+            if dead_letter_ids is not None:
+                query = query.where(dl.c.id.in_(dead_letter_ids))
+            rows = list(connection.execute(query))
+            if dead_letter_ids is not None and len(rows) != len(set(dead_letter_ids)):
+                missing = sorted(set(dead_letter_ids) - {r.id for r in rows})
+                raise errors.NotFound(f"no dead letter waiting for replay with id(s) {missing}")
+            for row in rows:
+                connection.execute(update(d).where(d.c.id == row.delivery_id).values(
+                    state=PENDING, attempts=0, retries=0, next_attempt_at=now, updated_at=now))
+                connection.execute(update(dl).where(dl.c.id == row.id).values(replayed_at=now))
+        return len(rows)

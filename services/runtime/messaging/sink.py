@@ -1,0 +1,56 @@
+"""The subscriber's side of event delivery: EventSinkService.DeliverEvent.
+
+It opens the envelope (a tampered, stale or undecryptable one is rejected: the relay
+dead-letters it), then runs the topic's handler and records the event in the inbox in one
+database transaction, so a redelivered event changes nothing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Callable
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from diboas.events.v1 import events_pb2, events_pb2_grpc
+
+from .. import errors
+from ..db import Database
+from .secure import KeyRing, unseal
+from .store import Inbox, MessagingTables
+
+# handler(connection, envelope, payload, now): the effect of one event, inside the inbox's transaction
+Handler = Callable[[Connection, events_pb2.EventEnvelope, bytes, dt.datetime], None]
+
+
+class EventSink(events_pb2_grpc.EventSinkServiceServicer):
+    def __init__(self, db: Database, tables: MessagingTables, consumer: str, ring: KeyRing,
+                 handlers: dict[str, Handler], max_age: dt.timedelta = dt.timedelta(days=7),
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+        self._db, self._inbox, self._ring = db, Inbox(tables, consumer), ring
+        self._handlers, self._max_age, self._clock = handlers, max_age, clock
+
+    def _handle(self, envelope: events_pb2.EventEnvelope, payload: bytes, handler: Handler) -> bool:
+        """Run the handler once per event id; True when it had run before (a duplicate)."""
+        for attempt in (1, 2):
+            try:
+                with self._db.transaction() as connection:
+                    now = self._clock()
+                    if not self._inbox.first_time(connection, envelope.id, now):
+                        return True
+                    handler(connection, envelope, payload, now)
+                    return False
+            except IntegrityError:
+                if attempt == 2:  # a concurrent delivery of the same event committed first
+                    raise
+        raise AssertionError("unreachable")
+
+    async def DeliverEvent(self, request, context):
+        envelope = request.envelope
+        handler = self._handlers.get(envelope.type)
+        if handler is None:
+            raise errors.FailedPrecondition(f"no handler for events of type '{envelope.type}'",
+                                            reason="NO_HANDLER")
+        payload = unseal(envelope, self._ring, self._max_age, now=self._clock())
+        duplicate = await self._db.run(self._handle, envelope, payload, handler)
+        return events_pb2.DeliverEventResponse(duplicate=duplicate)

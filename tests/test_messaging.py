@@ -1,0 +1,176 @@
+"""Reliable events over the mesh: outbox -> relay -> the subscriber's event sink (real mTLS
+servers), inbox deduplication, retries while the subscriber is down, dead letters and replay."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
+
+from diboas.common.v1 import common_pb2
+from diboas.events.v1 import events_pb2, events_pb2_grpc
+from diboas.wallet.v1 import wallet_pb2_grpc
+from services.runtime.auth import TokenIssuer
+from services.runtime.client import Upstream
+from services.runtime.config import Address, BreakerPolicy
+from services.runtime.db import Database
+from services.runtime.messaging.relay import DeliveryPolicy, MeshTransport, Relay
+from services.runtime.messaging.secure import KeyRing
+from services.runtime.messaging.sink import EventSink
+from services.runtime.messaging.store import DEAD, DELIVERED, PENDING, Outbox, messaging_tables
+from services.runtime.server import Registration
+from services.runtime.tls import load_identity
+from services.runtime.unimplemented import unimplemented_registration
+
+from conftest import free_port, with_service
+
+TOPIC = "transaction.completed"
+
+
+def _schema():
+    metadata = MetaData()
+    tables = messaging_tables(metadata)
+    effects = Table("effects", metadata, Column("id", Integer, primary_key=True),
+                    Column("event_id", String(64), nullable=False), Column("amount", String(32), nullable=False))
+    return metadata, tables, effects
+
+
+class Subscriber:
+    """The wallet side: an event sink whose handler writes one row per event, and can be made to fail."""
+
+    def __init__(self, topology, tmp_path):
+        self.metadata, self.tables, self.effects = _schema()
+        self.db = Database(f"sqlite:///{tmp_path}/subscriber.db", migrations=None)
+        self.metadata.create_all(self.db.engine)   # test schema; services use migrations
+        self.failing = False
+        self.sink = EventSink(self.db, self.tables, "wallet", KeyRing.load(topology.certs_dir), {TOPIC: self._handle})
+
+    def _handle(self, connection, envelope, payload, now):
+        if self.failing:
+            raise RuntimeError("the handler has a bug")
+        event = events_pb2.TransactionCompleted.FromString(payload)
+        connection.execute(insert(self.effects).values(event_id=envelope.id, amount=event.amount.amount))
+
+    def build(self, runtime):
+        return [Registration(events_pb2_grpc.add_EventSinkServiceServicer_to_server, self.sink),
+                unimplemented_registration(wallet_pb2_grpc, "WalletService", "wallet", "not in these tests")]
+
+    def handled(self) -> int:
+        with self.db.engine.connect() as connection:
+            return connection.execute(select(func.count()).select_from(self.effects)).scalar_one()
+
+
+@pytest.fixture
+async def mesh(topology, tmp_path, start_server):
+    topology = dataclasses.replace(topology, defaults=dataclasses.replace(
+        topology.defaults, breaker=BreakerPolicy(fail_max=3, reset_timeout_seconds=0.2)))
+    topology = with_service(topology, "wallet", address=Address("127.0.0.1", free_port()))
+    subscriber = Subscriber(topology, tmp_path)
+    metadata, tables, _ = _schema()
+    db = Database(f"sqlite:///{tmp_path}/publisher.db", migrations=None)
+    metadata.create_all(db.engine)
+    files = load_identity(topology.certs_dir, "transaction")
+    upstream = Upstream(topology, "transaction", topology.services["wallet"], files,
+                        TokenIssuer(topology.services["transaction"].identity, files.key), tracing=False)
+    relay = Relay(db, tables, MeshTransport({"wallet": upstream}), "transaction",
+                  DeliveryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
+    outbox = Outbox(tables, topology.services["transaction"].identity, lambda topic: ["wallet"],
+                    KeyRing.load(topology.certs_dir))
+
+    class Mesh:
+        pass
+    m = Mesh()
+    m.topology, m.subscriber, m.db, m.tables, m.relay, m.outbox = topology, subscriber, db, tables, relay, outbox
+    m.start_subscriber = lambda: start_server(topology, "wallet", subscriber.build)
+    yield m
+    await upstream.channel.close()
+    db.close()
+    subscriber.db.close()
+
+
+def publish(mesh, n: int) -> list[str]:
+    with mesh.db.transaction() as connection:
+        return [mesh.outbox.add(connection, TOPIC, f"transactions/t{i}", events_pb2.TransactionCompleted(
+            transaction=f"transactions/t{i}", amount=common_pb2.Money(currency_code="USD", amount=f"{i}.00")))
+            for i in range(1, n + 1)]
+
+
+def states(mesh) -> list[tuple[str, int]]:
+    with mesh.db.engine.connect() as connection:
+        d = mesh.tables.deliveries
+        return [(r.state, r.attempts) for r in connection.execute(select(d.c.state, d.c.attempts).order_by(d.c.id))]
+
+
+async def relay_until(mesh, condition, rounds: int = 200):
+    for _ in range(rounds):
+        await mesh.relay.run_once()
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"relay never got there: {states(mesh)}")
+
+
+async def test_events_are_delivered_and_a_redelivery_changes_nothing(mesh):
+    await mesh.start_subscriber()
+    publish(mesh, 3)
+    assert await mesh.relay.run_once() == 3
+    assert mesh.subscriber.handled() == 3 and states(mesh) == [(DELIVERED, 0)] * 3
+    with mesh.db.transaction() as connection:   # as if the relay crashed before recording success
+        connection.execute(update(mesh.tables.deliveries).values(state=PENDING))
+    assert await mesh.relay.run_once() == 3
+    assert mesh.subscriber.handled() == 3       # the inbox saw them before: no second effect
+
+
+async def test_payloads_travel_encrypted(mesh):
+    publish(mesh, 1)
+    with mesh.db.engine.connect() as connection:
+        envelope = events_pb2.EventEnvelope.FromString(connection.execute(select(mesh.tables.outbox.c.envelope)).scalar_one())
+    assert envelope.encrypted and envelope.data_schema == "diboas.events.v1.TransactionCompleted"
+    assert b"1.00" not in envelope.data
+
+
+async def test_a_subscriber_that_is_down_is_retried_until_it_is_back(mesh):
+    publish(mesh, 2)
+    for _ in range(10):
+        await mesh.relay.run_once()
+        await asyncio.sleep(0.02)
+    assert states(mesh) == [(PENDING, 0)] * 2    # retried, never counted as handler failures
+    assert mesh.relay.dead_letters() == []
+    await mesh.start_subscriber()
+    await relay_until(mesh, lambda: mesh.subscriber.handled() == 2)
+    assert states(mesh) == [(DELIVERED, 0)] * 2
+
+
+async def test_a_failing_handler_is_dead_lettered_and_replayed_after_the_fix(mesh):
+    await mesh.start_subscriber()
+    mesh.subscriber.failing = True
+    (event_id,) = publish(mesh, 1)
+    labels = {"service": "transaction", "subscriber": "wallet", "topic": TOPIC, "reason": "HANDLER_FAILED"}
+    alerts_before = REGISTRY.get_sample_value("diboas_dead_letters_total", labels) or 0
+    await relay_until(mesh, lambda: states(mesh) == [(DEAD, 3)])
+    (letter,) = mesh.relay.dead_letters()
+    assert (letter.event_id, letter.attempts, letter.reason) == (event_id, 3, "HANDLER_FAILED")
+    assert REGISTRY.get_sample_value("diboas_dead_letters_total", labels) == alerts_before + 1
+    for _ in range(3):
+        await mesh.relay.run_once()
+    assert mesh.subscriber.handled() == 0       # dead letters are left alone until replayed
+    mesh.subscriber.failing = False
+    assert mesh.relay.replay() == 1
+    await relay_until(mesh, lambda: mesh.subscriber.handled() == 1)
+    assert mesh.relay.dead_letters() == [] and len(mesh.relay.dead_letters(include_replayed=True)) == 1
+
+
+async def test_a_tampered_event_is_dead_lettered_at_once(mesh):
+    await mesh.start_subscriber()
+    publish(mesh, 1)
+    with mesh.db.transaction() as connection:
+        o = mesh.tables.outbox
+        envelope = events_pb2.EventEnvelope.FromString(connection.execute(select(o.c.envelope)).scalar_one())
+        envelope.data = bytes([envelope.data[0] ^ 1]) + envelope.data[1:]
+        connection.execute(update(o).values(envelope=envelope.SerializeToString()))
+    await mesh.relay.run_once()
+    assert states(mesh) == [(DEAD, 1)]
+    assert mesh.relay.dead_letters()[0].reason == "MESSAGE_TAMPERED"
+    assert mesh.subscriber.handled() == 0
