@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -11,7 +10,7 @@ from sqlalchemy import Connection, insert, select, update
 from services.domain.money import EXACT
 
 from .ledger import Hold, Journal, Wallet
-from .tables import holds, idempotency_keys, journals, ledger_entries, postings, wallets
+from .tables import holds, journals, ledger_entries, postings, wallets
 
 
 @dataclass(frozen=True)
@@ -25,13 +24,6 @@ class LedgerEntry:
     held_after: Decimal
     reference: str
     created_at: dt.datetime
-
-
-@dataclass(frozen=True)
-class StoredResponse:
-    operation: str
-    fingerprint: str
-    response: bytes
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -138,17 +130,3 @@ class WalletRepository:
         for row in self.c.execute(select(postings.c.account, postings.c.amount)):
             sums[row.account] = EXACT.add(sums.get(row.account, Decimal(0)), row.amount)
         return sums
-
-    # idempotency
-    def stored_response(self, request_id: str) -> StoredResponse | None:
-        row = self.c.execute(select(idempotency_keys).where(idempotency_keys.c.request_id == request_id)).first()
-        return StoredResponse(row.operation, row.fingerprint, bytes(row.response)) if row else None
-
-    def store_response(self, request_id: str, operation: str, fingerprint: str, response: bytes,
-                       now: dt.datetime) -> None:
-        self.c.execute(insert(idempotency_keys).values(request_id=request_id, operation=operation,
-                                                       fingerprint=fingerprint, response=response, created_at=now))
-
-
-def fingerprint(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

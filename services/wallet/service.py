@@ -12,15 +12,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from sqlalchemy.exc import IntegrityError
-
 from services.domain.money import EXACT, Money
 from services.runtime.db import Database
 from services.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from services.runtime.idempotency import run_idempotent
 
 from . import ledger
 from .ledger import Hold, Wallet
 from .repository import LedgerEntry, WalletRepository
+from .tables import idempotency_keys
 
 T = TypeVar("T")
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 500, 50
@@ -80,28 +80,8 @@ class WalletService:
 
     def _idempotent(self, operation: str, request_id: str, fingerprint: str,
                     work: Callable[[WalletRepository, dt.datetime], T], encode: Callable[[T], bytes]) -> bytes:
-        for attempt in (1, 2):
-            try:
-                with self.db.transaction() as connection:
-                    repo = WalletRepository(connection)
-                    stored = repo.stored_response(request_id)
-                    if stored is not None:
-                        if (stored.operation, stored.fingerprint) != (operation, fingerprint):
-                            raise AlreadyExists(
-                                f"request_id '{request_id}' was already used for a different request "
-                                f"({stored.operation}); use a new request_id for a new request",
-                                reason="REQUEST_ID_REUSED")
-                        return stored.response
-                    now = self._clock()
-                    response = encode(work(repo, now))
-                    repo.store_response(request_id, operation, fingerprint, response, now)
-                    return response
-            except IntegrityError:
-                # A concurrent call committed first (same request_id, or the same owner and
-                # currency): run again, and see what it left.
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return run_idempotent(self.db, idempotency_keys, operation, request_id, fingerprint,
+                              lambda connection, now: work(WalletRepository(connection), now), encode, self._clock)
 
     async def create_wallet(self, request_id: str, fingerprint: str, owner_id: str, currency: str,
                             encode: Callable[[Wallet], bytes]) -> bytes:

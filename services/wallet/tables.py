@@ -1,9 +1,10 @@
 """The wallet service's schema (SQLAlchemy Core). Migrations in migrations/ create it."""
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, UniqueConstraint
 
 from services.runtime.db import ExactDecimal
+from services.runtime.idempotency import idempotency_table
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -72,11 +73,4 @@ ledger_entries = Table(
 )
 
 # Idempotency (AIP-155): the first response of each request_id, and what the request was.
-idempotency_keys = Table(
-    "idempotency_keys", metadata,
-    Column("request_id", String(128), primary_key=True),
-    Column("operation", String(64), nullable=False),
-    Column("fingerprint", String(64), nullable=False),
-    Column("response", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
+idempotency_keys = idempotency_table(metadata)

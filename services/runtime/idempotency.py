@@ -1,0 +1,56 @@
+"""Idempotent operations (AIP-155), for every service's database.
+
+The first response of each request_id is stored, with a fingerprint of the request, in the same
+transaction as the effect; a repeat returns it verbatim and changes nothing; the same key with
+another request (or operation) is ALREADY_EXISTS. Failed requests are not stored.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Callable, TypeVar
+
+from sqlalchemy import Column, Connection, DateTime, LargeBinary, MetaData, String, Table, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from .db import Database
+from .errors import AlreadyExists
+
+T = TypeVar("T")
+
+
+def idempotency_table(metadata: MetaData) -> Table:
+    return Table(
+        "idempotency_keys", metadata,
+        Column("request_id", String(128), primary_key=True),
+        Column("operation", String(64), nullable=False),
+        Column("fingerprint", String(64), nullable=False),
+        Column("response", LargeBinary, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+
+
+def run_idempotent(db: Database, table: Table, operation: str, request_id: str, fingerprint: str,
+                   work: Callable[[Connection, dt.datetime], T], encode: Callable[[T], bytes],
+                   clock: Callable[[], dt.datetime]) -> bytes:
+    """Run `work` in one transaction unless `request_id` was seen; the (stored) response bytes."""
+    for attempt in (1, 2):
+        try:
+            with db.transaction() as connection:
+                row = connection.execute(select(table).where(table.c.request_id == request_id)).first()
+                if row is not None:
+                    if (row.operation, row.fingerprint) != (operation, fingerprint):
+                        raise AlreadyExists(f"request_id '{request_id}' was already used for a different request "
+                                            f"({row.operation}); use a new request_id for a new request",
+                                            reason="REQUEST_ID_REUSED")
+                    return bytes(row.response)
+                now = clock()
+                response = encode(work(connection, now))
+                connection.execute(insert(table).values(request_id=request_id, operation=operation,
+                                                        fingerprint=fingerprint, response=response, created_at=now))
+                return response
+        except IntegrityError:
+            # A concurrent call committed first (same request_id, or another unique key): run
+            # again, and see what it left.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
