@@ -4,21 +4,25 @@ from pathlib import Path
 from diboas.events.v1 import events_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2_grpc
 from services.runtime.db import Database
+from services.runtime.messaging.secure import KeyRing
+from services.runtime.messaging.sink import EventSink
 from services.runtime.server import Registration, Runtime
-from services.runtime.unimplemented import unimplemented_registration
 
+from . import events
 from .service import WalletService
 from .servicer import WalletServicer
+from .tables import messaging
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-PLANNED = "arrives with the money path issue"
 
 
 def build(runtime: Runtime) -> list[Registration]:
     db = Database(runtime.service.database, MIGRATIONS)
     db.migrate()
     runtime.on_stop.append(db.close)
+    service = WalletService(db)
+    sink = EventSink(db, messaging, "wallet", KeyRing.load(runtime.topology.certs_dir), events.handlers(service))
     return [
-        Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server, WalletServicer(WalletService(db))),
-        unimplemented_registration(events_pb2_grpc, "EventSinkService", "wallet", PLANNED),
+        Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server, WalletServicer(service)),
+        Registration(events_pb2_grpc.add_EventSinkServiceServicer_to_server, sink),
     ]

@@ -179,6 +179,12 @@ class WalletService:
             return self._settle(repo, now, wallet_id, hold_id, False, None)
         return await self.db.run(self._idempotent, "ReleaseHold", request_id, fingerprint, work, encode)
 
+    def settle_in(self, connection, now: dt.datetime, wallet_id: str, hold_id: str, capture: bool,
+                  destination_id: str | None) -> Hold:
+        """Capture or release a hold inside a transaction the caller owns (an event handler's,
+        with its inbox record)."""
+        return self._settle(WalletRepository(connection), now, wallet_id, hold_id, capture, destination_id)
+
     # --- reads ----------------------------------------------------------------------------------
 
     def _read(self, fn: Callable[[WalletRepository], T]) -> T:

@@ -5,6 +5,7 @@ from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, MetaData, S
 
 from services.runtime.db import ExactDecimal
 from services.runtime.idempotency import idempotency_table
+from services.runtime.messaging.store import messaging_tables
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -74,3 +75,6 @@ ledger_entries = Table(
 
 # Idempotency (AIP-155): the first response of each request_id, and what the request was.
 idempotency_keys = idempotency_table(metadata)
+
+# Events: the wallet consumes transaction.completed / transaction.failed (inbox) and may publish.
+messaging = messaging_tables(metadata)
