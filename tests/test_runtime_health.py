@@ -177,16 +177,16 @@ async def test_reflection_lists_the_services(topology, start_server):
 
 
 async def test_unimplemented_operations_say_so(topology, start_server):
-    from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
-    from services.transaction.app import build as transaction_app
-    server = await start_server(topology, "transaction", transaction_app)
-    async with client_channel(topology, "operator", server.port, "transaction") as channel:
+    from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
+    from services.provider.app import build as provider_app
+    server = await start_server(topology, "provider", provider_app)
+    async with client_channel(topology, "operator", server.port, "provider") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await transaction_pb2_grpc.TransactionServiceStub(channel).CreateTransaction(
-                transaction_pb2.CreateTransactionRequest(), timeout=3,
-                metadata=bearer(service_token(topology, "operator", "transaction")))
+            await provider_pb2_grpc.ProviderServiceStub(channel).ListProviders(
+                provider_pb2.ListProvidersRequest(), timeout=3,
+                metadata=bearer(service_token(topology, "operator", "provider")))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "transaction.CreateTransaction is not implemented yet" in caught.value.details()
+    assert "provider.ListProviders is not implemented yet" in caught.value.details()
 
 
 async def test_metrics_count_calls_by_method_and_code(topology, start_server):

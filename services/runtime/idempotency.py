@@ -29,6 +29,18 @@ def idempotency_table(metadata: MetaData) -> Table:
     )
 
 
+def stored_response(connection: Connection, table: Table, operation: str, request_id: str,
+                    fingerprint: str) -> bytes | None:
+    """The first response of `request_id`, if there was one; ALREADY_EXISTS if it was for another request."""
+    row = connection.execute(select(table).where(table.c.request_id == request_id)).first()
+    if row is None:
+        return None
+    if (row.operation, row.fingerprint) != (operation, fingerprint):
+        raise AlreadyExists(f"request_id '{request_id}' was already used for a different request "
+                            f"({row.operation}); use a new request_id for a new request", reason="REQUEST_ID_REUSED")
+    return bytes(row.response)
+
+
 def run_idempotent(db: Database, table: Table, operation: str, request_id: str, fingerprint: str,
                    work: Callable[[Connection, dt.datetime], T], encode: Callable[[T], bytes],
                    clock: Callable[[], dt.datetime]) -> bytes:
@@ -36,13 +48,9 @@ def run_idempotent(db: Database, table: Table, operation: str, request_id: str, 
     for attempt in (1, 2):
         try:
             with db.transaction() as connection:
-                row = connection.execute(select(table).where(table.c.request_id == request_id)).first()
-                if row is not None:
-                    if (row.operation, row.fingerprint) != (operation, fingerprint):
-                        raise AlreadyExists(f"request_id '{request_id}' was already used for a different request "
-                                            f"({row.operation}); use a new request_id for a new request",
-                                            reason="REQUEST_ID_REUSED")
-                    return bytes(row.response)
+                stored = stored_response(connection, table, operation, request_id, fingerprint)
+                if stored is not None:
+                    return stored
                 now = clock()
                 response = encode(work(connection, now))
                 connection.execute(insert(table).values(request_id=request_id, operation=operation,

@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -52,6 +52,9 @@ class Runtime:
     upstreams: Upstreams
     # Called (in order) after the server has drained, e.g. to close a database.
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    # Long-running work beside the server (queue workers, the event relay): each gets an event
+    # that is set at shutdown, after the server has drained, and is awaited before on_stop.
+    background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
 
 
 SERVER_OPTIONS = [
@@ -82,6 +85,8 @@ class MeshServer:
         self._upstreams: Upstreams | None = None
         self._runtime: Runtime | None = None
         self._stopped = asyncio.Event()
+        self._stop_background = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         try:
@@ -97,6 +102,12 @@ class MeshServer:
             raise
 
     async def _release(self) -> None:
+        self._stop_background.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=self.topology.defaults.drain_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._upstreams is not None:
             await self._upstreams.close()
         for close in self._runtime.on_stop if self._runtime else ():
@@ -132,6 +143,8 @@ class MeshServer:
         # (grpc's health servicer starts out SERVING) while its database is unreachable.
         await self._health.start()
         await server.start()
+        self._tasks = [asyncio.create_task(work(self._stop_background), name=f"{service.name}-background")
+                       for work in self._runtime.background]
         log.info("%s listening on %s:%s (mTLS)%s", service.name, service.address.host, self.port,
                  f", metrics on :{self.metrics_port}/metrics" if self.metrics_port else "",
                  extra={"port": self.port, "metrics_port": self.metrics_port})

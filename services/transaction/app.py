@@ -1,12 +1,36 @@
 """Composition root of the transaction service."""
-from diboas.transaction.v1 import transaction_pb2_grpc
-from services.runtime.server import Registration, Runtime
-from services.runtime.unimplemented import unimplemented_registration
+from pathlib import Path
 
-PLANNED = "arrives with the money path issue"
+from diboas.transaction.v1 import transaction_pb2_grpc
+from services.runtime.db import Database
+from services.runtime.messaging.queue import WorkQueue
+from services.runtime.messaging.relay import MeshTransport, Relay
+from services.runtime.messaging.secure import KeyRing
+from services.runtime.messaging.store import Outbox
+from services.runtime.server import Registration, Runtime
+
+from .service import TransactionService
+from .servicer import TransactionServicer
+from .tables import messaging, work_items
+from .wallet_client import WalletClient
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+QUEUE = "financial.transactions"
+WORKERS = 8  # competing consumers of the queue in this process
 
 
 def build(runtime: Runtime) -> list[Registration]:
-    return [
-        unimplemented_registration(transaction_pb2_grpc, "TransactionService", "transaction", PLANNED),
-    ]
+    topology, me = runtime.topology, runtime.service
+    db = Database(me.database, MIGRATIONS)
+    db.migrate()
+    runtime.on_stop.append(db.close)
+
+    def subscribers_of(topic: str) -> list[str]:
+        return [name for name, svc in topology.services.items() if topic in svc.subscribes]
+
+    subscribers = sorted({s for topic in me.publishes for s in subscribers_of(topic)})
+    outbox = Outbox(messaging, me.identity, subscribers_of, KeyRing.load(topology.certs_dir))
+    relay = Relay(db, messaging, MeshTransport({name: runtime.upstreams[name] for name in subscribers}), me.name)
+    service = TransactionService(db, WalletClient(runtime.upstreams["wallet"]), WorkQueue(db, work_items, QUEUE), outbox)
+    runtime.background += [service.work] * WORKERS + [relay.run]
+    return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server, TransactionServicer(service))]

@@ -2,7 +2,6 @@
 service layer, and domain results back to protobuf. No business rules here."""
 from __future__ import annotations
 
-import hashlib
 import re
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -11,21 +10,17 @@ from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.domain.money import Money, scale_of
 from services.runtime.errors import InvalidArgument
+from services.runtime.requests import fingerprint, money, request_id, resource_id
 
 from .ledger import Hold, Wallet
 from .repository import LedgerEntry
 from .service import WalletService
 
-_ID = r"[A-Za-z0-9_-]{1,64}"
-_WALLET = re.compile(rf"^wallets/({_ID})$")
-_HOLD = re.compile(rf"^wallets/({_ID})/holds/({_ID})$")
+_HOLD = re.compile(r"^wallets/([A-Za-z0-9_-]{1,64})/holds/([A-Za-z0-9_-]{1,64})$")
 
 
 def wallet_id(name: str, field: str) -> str:
-    match = _WALLET.match(name)
-    if not match:
-        raise InvalidArgument.field(field, f"'{name}' is not a wallet name like \"wallets/{{wallet}}\"")
-    return match.group(1)
+    return resource_id(name, "wallets", field)
 
 
 def hold_ids(name: str, field: str = "name") -> tuple[str, str]:
@@ -33,28 +28,6 @@ def hold_ids(name: str, field: str = "name") -> tuple[str, str]:
     if not match:
         raise InvalidArgument.field(field, f"'{name}' is not a hold name like \"wallets/{{wallet}}/holds/{{hold}}\"")
     return match.group(1), match.group(2)
-
-
-def request_id(request) -> str:
-    value = request.request_id
-    if not value or len(value) > 128:
-        raise InvalidArgument.field("request_id", "is required: a unique key of up to 128 characters per request")
-    return value
-
-
-def fingerprint(request) -> str:
-    """What the request asks for, without its request_id: a repeat must ask for the same."""
-    body = type(request)()
-    body.CopyFrom(request)
-    body.request_id = ""
-    return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
-
-
-def money(message, has: bool, field: str) -> Money:
-    if not has:
-        raise InvalidArgument.field(field, "is required")
-    return Money.parse(message.currency_code, message.amount, field=f"{field}.amount",
-                       currency_field=f"{field}.currency_code").require_positive(f"{field}.amount")
 
 
 def _pb_money(currency: str, amount) -> common_pb2.Money:

@@ -1,0 +1,103 @@
+"""A reliable work queue in the service's own database (the spec's `financial.transactions`):
+priorities, competing consumers, leases, retries with backoff.
+
+  enqueue   in the transaction that creates the work (nothing queued for work that was rolled back)
+  claim     takes the most urgent available item and leases it to one worker for a while; a
+            worker that dies mid-way loses the lease and the item comes back (work resumes)
+  done      removes the item, in the transaction that records the work's outcome
+  retry     puts it back for later, with exponential backoff and jitter
+
+Competing consumers: on PostgreSQL, `FOR UPDATE SKIP LOCKED` lets workers in many processes
+claim different items at once; SQLite's single writer serializes the claims.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from ..db import Database
+
+
+def work_items_table(metadata: MetaData) -> Table:
+    return Table(
+        "work_items", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("queue", String(64), nullable=False),
+        Column("item", String(128), nullable=False),
+        Column("priority", Integer, nullable=False),          # higher first
+        Column("available_at", DateTime(timezone=True), nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("last_error", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Index("ix_work_items_queue_available_at", "queue", "available_at"),
+    )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    item: str
+    attempts: int
+
+
+class WorkQueue:
+    def __init__(self, db: Database, table: Table, name: str, lease: dt.timedelta = dt.timedelta(seconds=30),
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+                 rng: random.Random | None = None):
+        self._db, self._t, self.name, self._lease, self._clock = db, table, name, lease, clock
+        self._rng = rng or random.Random()
+
+    def enqueue(self, connection: Connection, item: str, priority: int = 0) -> None:
+        now = self._clock()
+        connection.execute(insert(self._t).values(queue=self.name, item=item, priority=priority, available_at=now,
+                                                  attempts=0, last_error="", created_at=now))
+
+    def claim(self) -> Claimed | None:
+        """The most urgent available item, leased to the caller (None when there is none)."""
+        t, now = self._t, self._clock()
+        with self._db.transaction() as connection:
+            query = (select(t.c.id, t.c.item, t.c.attempts)
+                     .where(t.c.queue == self.name, t.c.available_at <= now)
+                     .order_by(t.c.priority.desc(), t.c.id).limit(1))
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            row = connection.execute(query).first()
+            if row is None:
+                return None
+            connection.execute(update(t).where(t.c.id == row.id).values(
+                available_at=now + self._lease, attempts=row.attempts + 1))
+            return Claimed(row.id, row.item, row.attempts + 1)
+
+    def done(self, connection: Connection, claimed: Claimed) -> None:
+        connection.execute(delete(self._t).where(self._t.c.id == claimed.id))
+
+    def retry(self, claimed: Claimed, error: str, initial: float = 0.2, cap: float = 30.0) -> dt.timedelta:
+        """Put the item back for later; returns the delay."""
+        delay = dt.timedelta(seconds=min(cap, initial * 2 ** min(claimed.attempts - 1, 30)) * (0.5 + self._rng.random() / 2))
+        with self._db.transaction() as connection:
+            connection.execute(update(self._t).where(self._t.c.id == claimed.id).values(
+                available_at=self._clock() + delay, last_error=error[:2000]))
+        return delay
+
+    def depth(self) -> int:
+        with self._db.engine.connect() as connection:
+            return connection.execute(select(func.count()).select_from(self._t).where(self._t.c.queue == self.name)).scalar_one()

@@ -1,0 +1,4 @@
+from services.runtime.migrations_env import run
+from services.transaction.tables import metadata
+
+run(metadata)

@@ -1,0 +1,35 @@
+"""The wallet service, as the transaction service needs it: an adapter from domain values to
+the wallet's RPCs (errors arrive as domain errors, through the runtime's guarded stubs)."""
+from __future__ import annotations
+
+from diboas.common.v1 import common_pb2
+from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from services.domain.money import Money
+from services.runtime.client import Upstream
+from services.runtime.errors import FailedPrecondition, InvalidArgument
+
+
+class WalletClient:
+    def __init__(self, upstream: Upstream):
+        self._wallet = upstream.stub(wallet_pb2_grpc.WalletServiceStub)
+
+    async def check_transfer(self, source: str, destination: str, amount: Money) -> None:
+        """Both wallets exist, hold the amount's currency, and the source has the funds now."""
+        money = common_pb2.Money(currency_code=amount.currency, amount=amount.text)
+        target = (await self._wallet.GetWallet(wallet_pb2.GetWalletRequest(name=destination))).wallet
+        if target.currency_code != amount.currency:
+            raise InvalidArgument.field("transaction.destination_wallet",
+                                        f"{destination} holds {target.currency_code}, not {amount.currency}")
+        check = await self._wallet.ValidateBalance(wallet_pb2.ValidateBalanceRequest(wallet=source, amount=money))
+        if not check.sufficient:
+            raise FailedPrecondition(
+                f"insufficient funds in {source}: available {check.available_balance.amount} {amount.currency}, "
+                f"{amount} needed", reason="INSUFFICIENT_FUNDS", metadata={"wallet": source})
+
+    async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
+        """Reserve `amount` on the source wallet; the hold's name. Idempotent by request_id."""
+        reply = await self._wallet.CreateHold(wallet_pb2.CreateHoldRequest(
+            parent=source, request_id=request_id,
+            hold=wallet_pb2.Hold(amount=common_pb2.Money(currency_code=amount.currency, amount=amount.text),
+                                 reference=reference)))
+        return reply.hold.name
