@@ -1,0 +1,141 @@
+"""The money path end to end, over real mTLS servers with their real composition roots:
+a SEND is validated and queued by the transaction service, reserved on the wallet, completed,
+and settled by the wallet when transaction.completed reaches it; exactly once, whatever the
+concurrency."""
+from __future__ import annotations
+
+import asyncio
+import random
+from decimal import Decimal
+
+import grpc
+import pytest
+
+from diboas.common.v1 import common_pb2
+from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
+from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from services.runtime.config import Address
+from services.runtime.status import error_info
+from services.transaction.app import build as transaction_app
+from services.wallet.app import build as wallet_app
+
+from conftest import bearer, client_channel, service_token, with_service
+
+COMPLETED = transaction_pb2.TRANSACTION_STATE_COMPLETED
+FAILED = transaction_pb2.TRANSACTION_STATE_FAILED
+
+
+@pytest.fixture
+async def mesh(topology, start_server, database_url, tmp_path):
+    # The wallet on the parametrized backend; the transaction service on its own SQLite file.
+    topology = with_service(topology, "wallet", database=database_url)
+    wallet = await start_server(topology, "wallet", wallet_app)
+    topology = with_service(topology, "wallet", address=Address("127.0.0.1", wallet.port))
+    transaction = await start_server(topology, "transaction", transaction_app)
+    channels = [client_channel(topology, "operator", wallet.port, "wallet"),
+                client_channel(topology, "gateway", transaction.port, "transaction")]
+
+    class Mesh:
+        wallets = wallet_pb2_grpc.WalletServiceStub(channels[0])
+        transactions = transaction_pb2_grpc.TransactionServiceStub(channels[1])
+        as_operator = bearer(service_token(topology, "operator", "wallet"))
+        as_gateway = bearer(service_token(topology, "gateway", "transaction"))
+
+        async def wallet(self, owner: str, funds: str) -> str:
+            name = (await self.wallets.CreateWallet(wallet_pb2.CreateWalletRequest(
+                wallet=wallet_pb2.Wallet(owner_id=owner, currency_code="USD"), request_id=f"w-{owner}"),
+                metadata=self.as_operator, timeout=10)).wallet.name
+            if funds != "0":
+                await self.wallets.CreditWallet(wallet_pb2.CreditWalletRequest(
+                    wallet=name, amount=common_pb2.Money(currency_code="USD", amount=funds),
+                    request_id=f"fund-{owner}"), metadata=self.as_operator, timeout=10)
+            return name
+
+        async def balances(self, name: str) -> tuple[Decimal, Decimal]:
+            w = (await self.wallets.GetWallet(wallet_pb2.GetWalletRequest(name=name), metadata=self.as_operator,
+                                              timeout=10)).wallet
+            return Decimal(w.available_balance.amount), Decimal(w.held_balance.amount)
+
+        async def send(self, source: str, destination: str, amount: str, request_id: str):
+            return (await self.transactions.CreateTransaction(transaction_pb2.CreateTransactionRequest(
+                transaction=transaction_pb2.Transaction(
+                    type=transaction_pb2.TRANSACTION_TYPE_SEND, source_wallet=source, destination_wallet=destination,
+                    amount=common_pb2.Money(currency_code="USD", amount=amount)), request_id=request_id),
+                metadata=self.as_gateway, timeout=10)).transaction
+
+        async def settled(self, name: str, timeout: float = 30) -> transaction_pb2.Transaction:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                tx = (await self.transactions.GetTransaction(transaction_pb2.GetTransactionRequest(name=name),
+                                                             metadata=self.as_gateway, timeout=10)).transaction
+                if tx.state in (COMPLETED, FAILED) or asyncio.get_running_loop().time() > deadline:
+                    return tx
+                await asyncio.sleep(0.05)
+
+    yield Mesh()
+    for channel in channels:
+        await channel.close()
+
+
+async def wait_until_settled(mesh, names: list[str], timeout: float = 60) -> None:
+    """Until no money is held any more: every completed SEND has been captured by the wallet."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        held = [(await mesh.balances(n))[1] for n in names]
+        if not any(held) or asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def test_a_send_moves_the_money_once(mesh):
+    alice, bob = await mesh.wallet("alice", "100.00"), await mesh.wallet("bob", "0")
+    created = await mesh.send(alice, bob, "30.00", "send-1")
+    assert created.state == transaction_pb2.TRANSACTION_STATE_PENDING
+    again = await mesh.send(alice, bob, "30.00", "send-1")
+    assert again.name == created.name                       # same key: the same transaction
+    tx = await mesh.settled(created.name)
+    assert tx.state == COMPLETED and tx.hold.startswith(f"{alice}/holds/")
+    await wait_until_settled(mesh, [alice, bob])
+    assert await mesh.balances(alice) == (Decimal("70.00"), 0)
+    assert await mesh.balances(bob) == (Decimal("30.00"), 0)
+
+
+async def test_a_send_the_wallet_refuses_writes_nothing(mesh):
+    alice, bob = await mesh.wallet("alice", "10.00"), await mesh.wallet("bob", "0")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.send(alice, bob, "10.01", "too-much")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(caught.value).reason == "INSUFFICIENT_FUNDS"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.send(alice, "wallets/nobody", "1.00", "to-nobody")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.send(alice, alice, "1.00", "to-self")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    listed = await mesh.transactions.ListTransactions(transaction_pb2.ListTransactionsRequest(wallet=alice),
+                                                      metadata=mesh.as_gateway, timeout=10)
+    assert list(listed.transactions) == []
+    assert await mesh.balances(alice) == (Decimal("10.00"), 0)
+
+
+@pytest.mark.slow
+async def test_concurrent_sends_conserve_money(mesh):
+    names = [await mesh.wallet(f"w{i:02d}", "50.00") for i in range(10)]
+    rng = random.Random(11)
+
+    async def one(n: int):
+        source, destination = rng.sample(names, 2)
+        try:
+            return (await mesh.send(source, destination, f"{rng.randint(1, 2500) / 100:.2f}", f"s{n}")).name
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION   # refused up front: not enough money
+            return None
+
+    created = [n for n in await asyncio.gather(*(one(n) for n in range(200))) if n]
+    final = [await mesh.settled(name) for name in created]
+    assert all(tx.state in (COMPLETED, FAILED) for tx in final)
+    assert sum(tx.state == COMPLETED for tx in final) > 50
+    await wait_until_settled(mesh, names)
+    balances = [await mesh.balances(n) for n in names]
+    assert all(available >= 0 and held == 0 for available, held in balances)
+    assert sum(available for available, _ in balances) == Decimal("500.00")
