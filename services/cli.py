@@ -2,6 +2,7 @@
 
   diboas health                 health of every service (the spec's ServiceHealthMonitor)
   diboas token --for wallet     a service JWT for grpcurl (as the operator, by default)
+  diboas dead-letters list      events given up on; `replay ID... | --all` delivers them again
 
 Every command has --help. Exit codes: 0 ok, 1 something is unhealthy, 2 bad usage or config.
 """
@@ -11,11 +12,16 @@ import argparse
 import asyncio
 import json
 import sys
+import uuid
 
+import grpc
+from google.protobuf import json_format
+
+from diboas.events.v1 import events_pb2, events_pb2_grpc
 from services.monitor import health_report
 from services.runtime.auth import MAX_TOKEN_LIFETIME_SECONDS, TokenIssuer
 from services.runtime.config import ConfigError, Topology, load_topology
-from services.runtime.tls import load_identity
+from services.runtime.tls import channel_credentials, load_identity
 
 
 def cmd_health(args, topology: Topology) -> int:
@@ -44,6 +50,50 @@ def cmd_token(args, topology: Topology) -> int:
     return 0
 
 
+async def _dead_letters(args, topology: Topology):
+    service = topology.service(args.service)
+    files = load_identity(topology.certs_dir, args.identity)
+    token = TokenIssuer(topology.identities()[args.identity], files.key).token_for(service.identity)
+    async with grpc.aio.secure_channel(str(service.address), channel_credentials(files),
+                                       options=[("grpc.ssl_target_name_override", service.name)]) as channel:
+        stub = events_pb2_grpc.DeadLetterServiceStub(channel)
+        metadata = (("authorization", f"Bearer {token}"),)
+        if args.action == "list":
+            letters, page = [], ""
+            while True:
+                reply = await stub.ListDeadLetters(events_pb2.ListDeadLettersRequest(
+                    include_replayed=args.all, page_size=500, page_token=page), metadata=metadata, timeout=10)
+                letters += reply.dead_letters
+                if not (page := reply.next_page_token):
+                    return letters
+        request = events_pb2.ReplayDeadLettersRequest(ids=args.ids, all=args.all, request_id=uuid.uuid4().hex)
+        return (await stub.ReplayDeadLetters(request, metadata=metadata, timeout=10)).replayed
+
+
+def cmd_dead_letters(args, topology: Topology) -> int:
+    if args.action == "replay" and args.all == bool(args.ids):
+        raise ConfigError("replay: give dead letter ids, or --all (not both)")
+    try:
+        result = asyncio.run(_dead_letters(args, topology))
+    except grpc.aio.AioRpcError as exc:
+        print(f"diboas: {args.service}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    if args.action == "replay":
+        print(f"replayed {result} dead letter(s) of {args.service}; the relay delivers them again now")
+        return 0
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(d) for d in result], indent=2))
+        return 0
+    if not result:
+        print(f"no dead letters in {args.service}" + ("" if args.all else " waiting for replay"))
+        return 0
+    for d in result:
+        replayed = f"  replayed {d.replay_time.ToJsonString()}" if d.HasField("replay_time") else ""
+        print(f"#{d.id:<5} {d.topic:<24} {d.event_id}  to {d.subscriber:<12} {d.attempts} attempt(s)  {d.reason}"
+              f"  {d.create_time.ToJsonString()}{replayed}\n       {d.error[:200]}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="diboas", description="Operate the diBoaS mesh.")
     top.add_argument("--topology", help="topology file (default: DIBOAS_TOPOLOGY or mesh.yaml)")
@@ -64,6 +114,24 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--as", dest="identity", default="operator", help="whose token (default: operator)")
     token.add_argument("--ttl", type=float, default=300.0, help="lifetime in seconds (default: 300)")
     token.set_defaults(run=cmd_token)
+
+    dead = sub.add_parser("dead-letters", help="list or replay the dead letters of a service's event deliveries",
+                          description="Events a subscriber failed to handle after every attempt (or rejected as "
+                                      "tampered or stale) are dead-lettered by the producer's relay.")
+    actions = dead.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the dead letters waiting for a replay",
+                                 description="List dead letters, oldest first.")
+    listing.add_argument("--all", action="store_true", help="include those already replayed")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    replay = actions.add_parser("replay", help="deliver dead letters again",
+                                description="Put dead letters back for delivery with a fresh attempt count "
+                                            "(after fixing what made them fail).")
+    replay.add_argument("ids", nargs="*", type=int, help="dead letter ids (from `list`)")
+    replay.add_argument("--all", action="store_true", help="every dead letter waiting for a replay")
+    for action in (listing, replay):
+        action.add_argument("--service", default="transaction", help="the producing service (default: transaction)")
+        action.add_argument("--as", dest="identity", default="operator", help="client identity (default: operator)")
+    dead.set_defaults(run=cmd_dead_letters)
     return top
 
 

@@ -29,6 +29,7 @@ EXPECTED_RPCS = {
         "GetTransactionStatus", "SetChainFaults",
     ],
     "diboas.events.v1.EventSinkService": ["DeliverEvent"],
+    "diboas.events.v1.DeadLetterService": ["ListDeadLetters", "ReplayDeadLetters"],
 }
 # The four external services: every RPC must have a REST mapping and, when it mutates, a request_id.
 EXTERNAL_SERVICES = [name for name in EXPECTED_RPCS if not name.startswith("diboas.events.")]

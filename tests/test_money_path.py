@@ -5,7 +5,10 @@ concurrency."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
+import sys
 from decimal import Decimal
 
 import grpc
@@ -32,10 +35,13 @@ async def mesh(topology, start_server, database_url, tmp_path):
     wallet = await start_server(topology, "wallet", wallet_app)
     topology = with_service(topology, "wallet", address=Address("127.0.0.1", wallet.port))
     transaction = await start_server(topology, "transaction", transaction_app)
+    cli_env = dict(os.environ, DIBOAS_CERTS_DIR=str(topology.certs_dir),
+                   DIBOAS_TRANSACTION_ADDRESS=f"127.0.0.1:{transaction.port}")
     channels = [client_channel(topology, "operator", wallet.port, "wallet"),
                 client_channel(topology, "gateway", transaction.port, "transaction")]
 
     class Mesh:
+        env = cli_env
         wallets = wallet_pb2_grpc.WalletServiceStub(channels[0])
         transactions = transaction_pb2_grpc.TransactionServiceStub(channels[1])
         as_operator = bearer(service_token(topology, "operator", "wallet"))
@@ -139,3 +145,34 @@ async def test_concurrent_sends_conserve_money(mesh):
     balances = [await mesh.balances(n) for n in names]
     assert all(available >= 0 and held == 0 for available, held in balances)
     assert sum(available for available, _ in balances) == Decimal("500.00")
+
+
+def diboas(mesh, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=mesh.env, capture_output=True,
+                          text=True, timeout=30)
+
+
+async def test_a_poisoned_event_is_dead_lettered_and_settles_after_the_fix_and_a_replay(mesh, monkeypatch):
+    from services.wallet.service import WalletService
+    alice, bob = await mesh.wallet("alice", "20.00"), await mesh.wallet("bob", "0")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in settlement")
+    monkeypatch.setattr(WalletService, "settle_in", broken)
+    tx = await mesh.settled((await mesh.send(alice, bob, "5.00", "poisoned")).name)
+    assert tx.state == COMPLETED                     # the transaction is done; its settlement is not
+    listed = ""
+    for _ in range(100):                             # 3 attempts with backoff, then the dead letter
+        listed = (await asyncio.to_thread(diboas, mesh, "dead-letters", "list")).stdout
+        if "HANDLER_FAILED" in listed:
+            break
+        await asyncio.sleep(0.1)
+    assert "transaction.completed" in listed and "to wallet" in listed and "3 attempt(s)" in listed
+    assert await mesh.balances(alice) == (Decimal("15.00"), Decimal("5.00"))    # still held
+    monkeypatch.undo()                               # the fix is deployed
+    replay = await asyncio.to_thread(diboas, mesh, "dead-letters", "replay", "--all")
+    assert replay.returncode == 0 and "replayed 1 dead letter(s)" in replay.stdout, replay.stderr
+    await wait_until_settled(mesh, [alice, bob])
+    assert await mesh.balances(alice) == (Decimal("15.00"), 0)
+    assert await mesh.balances(bob) == (Decimal("5.00"), 0)
+    assert "no dead letters" in (await asyncio.to_thread(diboas, mesh, "dead-letters", "list")).stdout

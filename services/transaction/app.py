@@ -1,8 +1,10 @@
 """Composition root of the transaction service."""
 from pathlib import Path
 
+from diboas.events.v1 import events_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2_grpc
 from services.runtime.db import Database
+from services.runtime.messaging.admin import DeadLetterServicer
 from services.runtime.messaging.queue import WorkQueue
 from services.runtime.messaging.relay import MeshTransport, Relay
 from services.runtime.messaging.secure import KeyRing
@@ -11,7 +13,7 @@ from services.runtime.server import Registration, Runtime
 
 from .service import TransactionService
 from .servicer import TransactionServicer
-from .tables import messaging, work_items
+from .tables import idempotency_keys, messaging, work_items
 from .wallet_client import WalletClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -33,4 +35,6 @@ def build(runtime: Runtime) -> list[Registration]:
     relay = Relay(db, messaging, MeshTransport({name: runtime.upstreams[name] for name in subscribers}), me.name)
     service = TransactionService(db, WalletClient(runtime.upstreams["wallet"]), WorkQueue(db, work_items, QUEUE), outbox)
     runtime.background += [service.work] * WORKERS + [relay.run]
-    return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server, TransactionServicer(service))]
+    return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server, TransactionServicer(service)),
+            Registration(events_pb2_grpc.add_DeadLetterServiceServicer_to_server,
+                         DeadLetterServicer(db, relay, idempotency_keys))]

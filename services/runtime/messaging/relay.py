@@ -100,6 +100,9 @@ class Relay:
         self._db, self._t, self._transport, self._service = db, tables, transport, service
         self._policy, self._clock, self._rng = policy, clock, rng or random.Random()
 
+    def now(self) -> dt.datetime:
+        return self._clock()
+
     # --- one round ------------------------------------------------------------------------------
 
     def _due(self) -> list:
@@ -195,28 +198,35 @@ class Relay:
 
     # --- dead letters ---------------------------------------------------------------------------
 
-    def dead_letters(self, include_replayed: bool = False) -> list[DeadLetter]:
-        query = select(self._t.dead_letters).order_by(self._t.dead_letters.c.id)
+    def dead_letters(self, include_replayed: bool = False, after_id: int = 0, limit: int = 1000) -> list[DeadLetter]:
+        """Dead letters in id order (oldest first), after `after_id`."""
+        dl = self._t.dead_letters
+        query = select(dl).where(dl.c.id > after_id).order_by(dl.c.id).limit(limit)
         if not include_replayed:
-            query = query.where(self._t.dead_letters.c.replayed_at.is_(None))
+            query = query.where(dl.c.replayed_at.is_(None))
         with self._db.engine.connect() as connection:
             return [DeadLetter(*row) for row in connection.execute(query)]
 
     def replay(self, dead_letter_ids: list[int] | None = None) -> int:
-        """Send dead letters again (all when no ids are given), with a fresh attempt count; the
-        audit record stays, marked as replayed. Returns how many were replayed."""
-        dl, d = self._t.dead_letters, self._t.deliveries
-        now = self._clock()
+        """Send dead letters again (all when no ids are given); see replay_in."""
         with self._db.transaction() as connection:
-            query = select(dl.c.id, dl.c.delivery_id).where(dl.c.replayed_at.is_(None))
-            if dead_letter_ids is not None:
-                query = query.where(dl.c.id.in_(dead_letter_ids))
-            rows = list(connection.execute(query))
-            if dead_letter_ids is not None and len(rows) != len(set(dead_letter_ids)):
-                missing = sorted(set(dead_letter_ids) - {r.id for r in rows})
-                raise errors.NotFound(f"no dead letter waiting for replay with id(s) {missing}")
-            for row in rows:
-                connection.execute(update(d).where(d.c.id == row.delivery_id).values(
-                    state=PENDING, attempts=0, retries=0, next_attempt_at=now, updated_at=now))
-                connection.execute(update(dl).where(dl.c.id == row.id).values(replayed_at=now))
+            return self.replay_in(connection, dead_letter_ids, self._clock())
+
+    def replay_in(self, connection: Connection, dead_letter_ids: list[int] | None, now: dt.datetime) -> int:
+        """Put dead letters back for delivery with a fresh attempt count, inside the caller's
+        transaction; the audit record stays, marked as replayed. Returns how many."""
+        dl, d = self._t.dead_letters, self._t.deliveries
+        query = select(dl.c.id, dl.c.delivery_id).where(dl.c.replayed_at.is_(None))
+        if dead_letter_ids is not None:
+            query = query.where(dl.c.id.in_(dead_letter_ids))
+        rows = list(connection.execute(query))
+        if dead_letter_ids is not None and len(rows) != len(set(dead_letter_ids)):
+            missing = sorted(set(dead_letter_ids) - {r.id for r in rows})
+            raise errors.NotFound(f"no dead letter waiting for replay with id(s) {missing}", reason="DEAD_LETTER_NOT_FOUND")
+        for row in rows:
+            connection.execute(update(d).where(d.c.id == row.delivery_id).values(
+                state=PENDING, attempts=0, retries=0, next_attempt_at=now, updated_at=now))
+            connection.execute(update(dl).where(dl.c.id == row.id).values(replayed_at=now))
+        if rows:
+            log.warning("replayed %d dead letter(s)", len(rows), extra={"dead_letters": [r.id for r in rows]})
         return len(rows)

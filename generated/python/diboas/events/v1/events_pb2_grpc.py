@@ -102,3 +102,123 @@ class EventSinkService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class DeadLetterServiceStub:
+    """Operator access to the dead letters of a service's event deliveries (internal; operator only).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListDeadLetters = channel.unary_unary(
+                '/diboas.events.v1.DeadLetterService/ListDeadLetters',
+                request_serializer=diboas_dot_events_dot_v1_dot_events__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=diboas_dot_events_dot_v1_dot_events__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.ReplayDeadLetters = channel.unary_unary(
+                '/diboas.events.v1.DeadLetterService/ReplayDeadLetters',
+                request_serializer=diboas_dot_events_dot_v1_dot_events__pb2.ReplayDeadLettersRequest.SerializeToString,
+                response_deserializer=diboas_dot_events_dot_v1_dot_events__pb2.ReplayDeadLettersResponse.FromString,
+                _registered_method=True)
+
+
+class DeadLetterServiceServicer:
+    """Operator access to the dead letters of a service's event deliveries (internal; operator only).
+    """
+
+    def ListDeadLetters(self, request, context):
+        """Lists the dead letters waiting for a replay (all of them, with include_replayed), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeadLetters(self, request, context):
+        """Delivers dead letters again with a fresh attempt count: the given ones, or all that wait.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DeadLetterServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=diboas_dot_events_dot_v1_dot_events__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=diboas_dot_events_dot_v1_dot_events__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'ReplayDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDeadLetters,
+                    request_deserializer=diboas_dot_events_dot_v1_dot_events__pb2.ReplayDeadLettersRequest.FromString,
+                    response_serializer=diboas_dot_events_dot_v1_dot_events__pb2.ReplayDeadLettersResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'diboas.events.v1.DeadLetterService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('diboas.events.v1.DeadLetterService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DeadLetterService:
+    """Operator access to the dead letters of a service's event deliveries (internal; operator only).
+    """
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diboas.events.v1.DeadLetterService/ListDeadLetters',
+            diboas_dot_events_dot_v1_dot_events__pb2.ListDeadLettersRequest.SerializeToString,
+            diboas_dot_events_dot_v1_dot_events__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diboas.events.v1.DeadLetterService/ReplayDeadLetters',
+            diboas_dot_events_dot_v1_dot_events__pb2.ReplayDeadLettersRequest.SerializeToString,
+            diboas_dot_events_dot_v1_dot_events__pb2.ReplayDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

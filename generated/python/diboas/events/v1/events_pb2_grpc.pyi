@@ -64,3 +64,46 @@ class EventSinkServiceServicer(metaclass=_abc_1.ABCMeta):
         """Hands one event to the subscriber. OK acknowledges it (also for an event id already processed); any error makes the relay retry later."""
 
 def add_EventSinkServiceServicer_to_server(servicer: EventSinkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class DeadLetterServiceStub:
+    """Operator access to the dead letters of a service's event deliveries (internal; operator only)."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DeadLetterServiceAsyncStub: ...
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListDeadLettersRequest, _events_pb2.ListDeadLettersResponse]
+    """Lists the dead letters waiting for a replay (all of them, with include_replayed), oldest first."""
+    ReplayDeadLetters: _grpc.UnaryUnaryMultiCallable[_events_pb2.ReplayDeadLettersRequest, _events_pb2.ReplayDeadLettersResponse]
+    """Delivers dead letters again with a fresh attempt count: the given ones, or all that wait."""
+
+@_typing.type_check_only
+class DeadLetterServiceAsyncStub(DeadLetterServiceStub):
+    """Operator access to the dead letters of a service's event deliveries (internal; operator only)."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_events_pb2.ListDeadLettersRequest, _events_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """Lists the dead letters waiting for a replay (all of them, with include_replayed), oldest first."""
+    ReplayDeadLetters: _aio.UnaryUnaryMultiCallable[_events_pb2.ReplayDeadLettersRequest, _events_pb2.ReplayDeadLettersResponse]  # type: ignore[assignment]
+    """Delivers dead letters again with a fresh attempt count: the given ones, or all that wait."""
+
+class DeadLetterServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Operator access to the dead letters of a service's event deliveries (internal; operator only)."""
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _events_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.ListDeadLettersResponse, _abc.Awaitable[_events_pb2.ListDeadLettersResponse]]:
+        """Lists the dead letters waiting for a replay (all of them, with include_replayed), oldest first."""
+
+    @_abc_1.abstractmethod
+    def ReplayDeadLetters(
+        self,
+        request: _events_pb2.ReplayDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.ReplayDeadLettersResponse, _abc.Awaitable[_events_pb2.ReplayDeadLettersResponse]]:
+        """Delivers dead letters again with a fresh attempt count: the given ones, or all that wait."""
+
+def add_DeadLetterServiceServicer_to_server(servicer: DeadLetterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
