@@ -1,6 +1,7 @@
 """Shared fixtures: a throwaway PKI, topologies on ephemeral ports, real servers and clients."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -44,12 +45,9 @@ def require_postgres() -> None:
         pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable (start it to run this test)")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request, tmp_path):
-    """A database URL of each backend, empty, private to the test (PostgreSQL: its own schema)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/test.db"
-        return
+@contextlib.contextmanager
+def postgres_schema():
+    """A URL of the local PostgreSQL whose search_path is a new schema, dropped afterwards."""
     require_postgres()
     from sqlalchemy import create_engine, text
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -62,6 +60,16 @@ def database_url(request, tmp_path):
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path):
+    """A database URL of each backend, empty, private to the test (PostgreSQL: its own schema)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/test.db"
+        return
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ of all balances is what it was."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -21,7 +22,7 @@ from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.config import load_topology
 
-from conftest import bearer, client_channel, free_port, service_token
+from conftest import bearer, client_channel, free_port, postgres_schema, service_token
 
 pytestmark = pytest.mark.slow
 WALLETS, FUNDS, SENDS = 50, "100.00", 1200
@@ -49,10 +50,14 @@ class Process:
                 self.process.kill()
 
 
-@pytest.fixture
-async def mesh(pki, tmp_path):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def mesh(request, pki, tmp_path):
     env = dict(os.environ, DIBOAS_CERTS_DIR=str(pki), DIBOAS_STATE_DIR=str(tmp_path), DIBOAS_UNREADY_SECONDS="0",
                DIBOAS_DRAIN_SECONDS="2", DIBOAS_TRACING="off")
+    schemas = contextlib.ExitStack()
+    if request.param == "postgres":   # each service its own database (here: its own schema)
+        env["DIBOAS_WALLET_DATABASE"] = schemas.enter_context(postgres_schema())
+        env["DIBOAS_TRANSACTION_DATABASE"] = schemas.enter_context(postgres_schema())
     for name in ("wallet", "transaction", "provider", "blockchain"):
         env[f"DIBOAS_{name.upper()}_ADDRESS"] = f"127.0.0.1:{free_port()}"
         env[f"DIBOAS_{name.upper()}_METRICS"] = f"127.0.0.1:{free_port()}"
@@ -67,6 +72,7 @@ async def mesh(pki, tmp_path):
     for process in processes.values():
         process.stop()
     await m.close()
+    schemas.close()
 
 
 class Mesh:
