@@ -53,7 +53,7 @@ class ExactDecimal(TypeDecorator):
         return None if value is None else Decimal(value)
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, writer: bool) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
@@ -64,7 +64,9 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the lock up front (no "database is locked" half-way through); readers
+        # begin deferred and, in WAL mode, never wait for a writer.
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
 
 def database_url(url: str) -> URL:
@@ -95,11 +97,11 @@ def create(url: URL, **options) -> Engine:
         raise ConfigError(f"database URL '{shown}': no driver for it ({exc}); use postgresql+psycopg://") from None
 
 
-def make_engine(url: str, pool_size: int = 8) -> Engine:
+def make_engine(url: str, pool_size: int = 8, writer: bool = True) -> Engine:
     parsed = database_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create(parsed, pool_size=pool_size, max_overflow=0, pool_timeout=30)
-        _sqlite_setup(engine)
+        _sqlite_setup(engine, writer)
         return engine
     return create(parsed, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_pre_ping=True,
                   connect_args={"connect_timeout": 5})
@@ -120,6 +122,9 @@ class Database:
     def __init__(self, url: str, migrations: Path | None, workers: int = 8):
         self.url = url
         self.engine = make_engine(url, pool_size=workers)
+        # SQLite: a second pool for reads, which must not take the write lock.
+        sqlite = self.engine.dialect.name == "sqlite"
+        self._reader = make_engine(url, pool_size=workers, writer=False) if sqlite else self.engine
         self._migrations = migrations
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
 
@@ -136,6 +141,12 @@ class Database:
         with self.engine.begin() as connection:
             yield connection
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for reads only (a consistent snapshot; on SQLite it never waits for writers)."""
+        with self._reader.connect() as connection:
+            yield connection
+
     async def run(self, fn: Callable[..., T], *args) -> T:
         """Run blocking database work off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -143,3 +154,4 @@ class Database:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+        self._reader.dispose()

@@ -96,7 +96,7 @@ class TransactionService:
         """A SEND, queued for processing once the wallets agree it can happen (nothing is written
         when they do not). A repeated request_id returns the first answer."""
         def stored() -> bytes | None:
-            with self.db.engine.connect() as connection:
+            with self.db.reading() as connection:
                 return stored_response(connection, idempotency_keys, "CreateTransaction", request_id, fingerprint)
         first = await self.db.run(stored)
         if first is not None:
@@ -117,7 +117,7 @@ class TransactionService:
     # --- reads ----------------------------------------------------------------------------------
 
     def _get(self, transaction_id: str) -> Transaction | None:
-        with self.db.engine.connect() as connection:
+        with self.db.reading() as connection:
             row = connection.execute(select(transactions).where(transactions.c.id == transaction_id)).first()
         return _row(row) if row else None
 
@@ -142,7 +142,7 @@ class TransactionService:
             if after is not None:
                 created, last_id = after
                 query = query.where(or_(t.created_at < created, and_(t.created_at == created, t.id < last_id)))
-            with self.db.engine.connect() as connection:
+            with self.db.reading() as connection:
                 return [_row(r) for r in connection.execute(query)]
         found = await self.db.run(read)
         more = len(found) > limit

@@ -188,7 +188,7 @@ class WalletService:
     # --- reads ----------------------------------------------------------------------------------
 
     def _read(self, fn: Callable[[WalletRepository], T]) -> T:
-        with self.db.engine.connect() as connection:
+        with self.db.reading() as connection:
             return fn(WalletRepository(connection))
 
     async def get_wallet(self, wallet_id: str) -> Wallet:

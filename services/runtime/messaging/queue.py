@@ -99,5 +99,5 @@ class WorkQueue:
         return delay
 
     def depth(self) -> int:
-        with self._db.engine.connect() as connection:
+        with self._db.reading() as connection:
             return connection.execute(select(func.count()).select_from(self._t).where(self._t.c.queue == self.name)).scalar_one()

@@ -1,0 +1,265 @@
+"""The money path under load: SENDs per second from request to settled balances.
+
+    .venv/bin/python -m bench.money_path [--backends sqlite,postgres] [--concurrency 16,64]
+                                          [--duration 10] [--warmup 2] [--wallets 100]
+
+For each backend and concurrency a fresh mesh (wallet and transaction services as their own
+processes, default configuration: mTLS, tokens, tracing on) is started by the same launcher as
+`make run`. This process is the client: N workers in a closed loop create SENDs between random
+wallets for warm-up + duration seconds. Then it waits until everything is settled and reads the
+two services' databases for the timings:
+  settled/s         captures (HOLD_CAPTURE journals in the wallet) inside the measured window
+  request->settled  from the client's request to the wallet's capture, for requests in the window
+  event latency     from the outbox row (transaction service commit) to the inbox row (wallet handled)
+and each service process's CPU time per settled transfer. Results: bench/results/money_path.json.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from sqlalchemy import create_engine, select, text
+
+from diboas.common.v1 import common_pb2
+from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
+from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from services.launcher import Launcher
+from services.runtime.auth import TokenIssuer
+from services.runtime.config import load_topology
+from services.runtime.tls import channel_credentials, load_identity
+from services.transaction.tables import messaging as tx_messaging
+from services.transaction.tables import transactions
+from services.wallet.tables import journals
+from services.wallet.tables import messaging as wallet_messaging
+
+from .client import non_negative, parse_concurrency, positive
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "money_path.json"
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TARGET = 1000
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _schema():
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as c:
+        c.execute(text(f'CREATE SCHEMA "{name}"'))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _run_one(backend: str, concurrency: int, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="diboas-bench-") as state, contextlib.ExitStack() as stack:
+        env = {"DIBOAS_STATE_DIR": state, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING"}
+        for name in ("wallet", "transaction", "provider", "blockchain"):
+            env[f"DIBOAS_{name.upper()}_ADDRESS"] = f"127.0.0.1:{_free_port()}"
+            env[f"DIBOAS_{name.upper()}_METRICS"] = f"127.0.0.1:{_free_port()}"
+        if backend == "postgres":
+            env["DIBOAS_WALLET_DATABASE"] = stack.enter_context(_schema())
+            env["DIBOAS_TRANSACTION_DATABASE"] = stack.enter_context(_schema())
+        os.environ.update(env)
+        topology = load_topology()
+        launcher = Launcher(topology)
+        launcher.start()
+        try:
+            if not await launcher.wait_until_serving():
+                raise SystemExit(f"bench: the mesh did not start ({backend})")
+            return await _measure(topology, launcher, backend, concurrency, args)
+        finally:
+            launcher.stop(timeout=15)
+
+
+async def _measure(topology, launcher, backend, concurrency, args) -> dict:
+    def channel(identity: str, service: str):
+        files = load_identity(topology.certs_dir, identity)
+        svc = topology.services[service]
+        token = TokenIssuer(topology.identities()[identity], files.key).token_for(svc.identity)
+        ch = grpc.aio.secure_channel(str(svc.address), channel_credentials(files),
+                                     options=[("grpc.ssl_target_name_override", service)])
+        return ch, (("authorization", f"Bearer {token}"),)
+
+    wallet_ch, as_operator = channel("operator", "wallet")
+    tx_ch, as_gateway = channel("gateway", "transaction")
+    wallets = wallet_pb2_grpc.WalletServiceStub(wallet_ch)
+    txs = transaction_pb2_grpc.TransactionServiceStub(tx_ch)
+    names = []
+    for i in range(args.wallets):
+        w = (await wallets.CreateWallet(wallet_pb2.CreateWalletRequest(
+            wallet=wallet_pb2.Wallet(owner_id=f"bench-{i}", currency_code="USD"), request_id=f"w{i}"),
+            metadata=as_operator, timeout=10)).wallet.name
+        await wallets.CreditWallet(wallet_pb2.CreditWalletRequest(
+            wallet=w, amount=common_pb2.Money(currency_code="USD", amount="1000000.00"), request_id=f"f{i}"),
+            metadata=as_operator, timeout=10)
+        names.append(w)
+
+    rng = random.Random(1)
+    started: dict[str, float] = {}            # transaction name -> wall-clock request start
+    request_latency: list[float] = []
+    errors = 0
+    t0 = time.time()
+    window = (t0 + args.warmup, t0 + args.warmup + args.duration)
+    pids = {name: launcher.processes[name].pid for name in ("wallet", "transaction")}
+    cpu: dict[str, float] = {}
+
+    async def worker(k: int):
+        nonlocal errors
+        n = 0
+        while time.time() < window[1]:
+            n += 1
+            source, destination = rng.sample(names, 2)
+            begin = time.time()
+            try:
+                reply = await txs.CreateTransaction(transaction_pb2.CreateTransactionRequest(
+                    request_id=f"{k}-{n}", transaction=transaction_pb2.Transaction(
+                        type=transaction_pb2.TRANSACTION_TYPE_SEND, source_wallet=source, destination_wallet=destination,
+                        amount=common_pb2.Money(currency_code="USD", amount=f"{rng.randint(1, 100) / 100:.2f}"))),
+                    metadata=as_gateway, timeout=30)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                continue
+            started[reply.transaction.name] = begin
+            if window[0] <= begin:
+                request_latency.append(time.time() - begin)
+
+    async def sample_cpu():
+        await asyncio.sleep(max(0.0, window[0] - time.time()))
+        cpu.update({f"{n}_start": _cpu_seconds(p) for n, p in pids.items()})
+        await asyncio.sleep(max(0.0, window[1] - time.time()))
+        cpu.update({f"{n}_end": _cpu_seconds(p) for n, p in pids.items()})
+
+    print(f"  {backend:<9} concurrency {concurrency:>3}: warm-up {args.warmup:g}s, measuring {args.duration:g}s ...",
+          flush=True)
+    await asyncio.gather(sample_cpu(), *(worker(k) for k in range(concurrency)))
+    for ch in (wallet_ch, tx_ch):
+        await ch.close()
+
+    wallet_db = create_engine(topology.services["wallet"].database)
+    tx_db = create_engine(topology.services["transaction"].database)
+
+    def utc(value: dt.datetime) -> float:
+        return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+    deadline = time.time() + 120
+    while True:   # until every created transaction is settled (or failed)
+        with tx_db.connect() as c:
+            open_ = c.execute(select(transactions.c.id).where(transactions.c.state.in_(("PENDING", "PROCESSING"))).limit(1)).first()
+        with wallet_db.connect() as c:
+            captured = {r.reference: utc(r.created_at) for r in c.execute(
+                select(journals.c.reference, journals.c.created_at).where(journals.c.type == "HOLD_CAPTURE"))}
+        with tx_db.connect() as c:
+            completed = c.execute(select(transactions.c.id).where(transactions.c.state == "COMPLETED")).all()
+        if (not open_ and len(captured) >= len(completed)) or time.time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    with tx_db.connect() as c:
+        sent = {r.event_id: utc(r.created_at) for r in c.execute(select(tx_messaging.outbox.c.event_id,
+                                                                         tx_messaging.outbox.c.created_at))}
+    with wallet_db.connect() as c:
+        handled = {r.event_id: utc(r.handled_at) for r in c.execute(select(wallet_messaging.inbox.c.event_id,
+                                                                           wallet_messaging.inbox.c.handled_at))}
+    wallet_db.dispose()
+    tx_db.dispose()
+
+    settled_in_window = [t for t in captured.values() if window[0] <= t < window[1]]
+    to_settle = [captured[name] - begin for name, begin in started.items()
+                 if name in captured and window[0] <= begin < window[1]]
+    delivery = [handled[e] - t for e, t in sent.items() if e in handled and window[0] <= t < window[1]]
+    settled = len(settled_in_window)
+    result = {
+        "backend": backend, "concurrency": concurrency,
+        "settled_per_second": round(settled / args.duration, 1),
+        "created": len(started), "errors": errors,
+        "request_p50_ms": round(_pct(request_latency, 0.5) * 1000, 2),
+        "request_p99_ms": round(_pct(request_latency, 0.99) * 1000, 2),
+        "settled_p50_ms": round(_pct(to_settle, 0.5) * 1000, 2),
+        "settled_p99_ms": round(_pct(to_settle, 0.99) * 1000, 2),
+        "event_p50_ms": round(_pct(delivery, 0.5) * 1000, 2),
+        "event_p99_ms": round(_pct(delivery, 0.99) * 1000, 2),
+        "wallet_cpu_ms_per_transfer": round((cpu["wallet_end"] - cpu["wallet_start"]) / max(settled, 1) * 1000, 3),
+        "transaction_cpu_ms_per_transfer": round(
+            (cpu["transaction_end"] - cpu["transaction_start"]) / max(settled, 1) * 1000, 3),
+        "mean_settled_ms": round(statistics.fmean(to_settle) * 1000, 2) if to_settle else None,
+    }
+    print(f"  {backend:<9} concurrency {concurrency:>3}: {result['settled_per_second']:>7.1f} settled/s, "
+          f"request p50 {result['request_p50_ms']} ms, settled p50 {result['settled_p50_ms']} ms "
+          f"p99 {result['settled_p99_ms']} ms, event p50 {result['event_p50_ms']} ms, errors {errors}", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.money_path", description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--concurrency", type=parse_concurrency, default=[16, 64])
+    parser.add_argument("--duration", type=positive, default=10.0)
+    parser.add_argument("--warmup", type=non_negative, default=2.0)
+    parser.add_argument("--wallets", type=int, default=100)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = set(backends) - {"sqlite", "postgres"}
+    if unknown:
+        parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    print(f"money path: {', '.join(backends)} x concurrency {args.concurrency}; {args.warmup:g}s warm-up + "
+          f"{args.duration:g}s each; {args.wallets} wallets", flush=True)
+    runs = []
+    for backend in backends:
+        for concurrency in args.concurrency:
+            runs.append(asyncio.run(_run_one(backend, concurrency, args)))
+    print(f"\n{'backend':<9} {'conc':>4} {'settled/s':>9} {'req p50':>8} {'req p99':>8} {'settle p50':>10} "
+          f"{'settle p99':>10} {'event p50':>9} {'event p99':>9} {'wallet CPU':>10} {'tx CPU':>8}")
+    for r in runs:
+        print(f"{r['backend']:<9} {r['concurrency']:>4} {r['settled_per_second']:>9.1f} {r['request_p50_ms']:>6.1f}ms "
+              f"{r['request_p99_ms']:>6.1f}ms {r['settled_p50_ms']:>8.1f}ms {r['settled_p99_ms']:>8.1f}ms "
+              f"{r['event_p50_ms']:>7.1f}ms {r['event_p99_ms']:>7.1f}ms {r['wallet_cpu_ms_per_transfer']:>8.2f}ms "
+              f"{r['transaction_cpu_ms_per_transfer']:>6.2f}ms")
+    print(f"target: {TARGET} settled transfers per second on {os.cpu_count()} CPUs")
+    conditions = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpus": os.cpu_count(),
+                  "python": sys.version.split()[0], "duration_seconds": args.duration, "warmup_seconds": args.warmup,
+                  "wallets": args.wallets, "client": "this process (asyncio), closed loop",
+                  "services": "wallet and transaction as processes, default configuration (tracing on)"}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"benchmark": "money_path", "conditions": conditions, "runs": runs,
+                                       "target_settled_per_second": TARGET}, indent=2) + "\n")
+    print(f"results written to {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
+    return 1 if any(r["errors"] for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
