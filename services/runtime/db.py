@@ -20,7 +20,7 @@ from typing import Callable, Iterator, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Numeric, String, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, Numeric, String, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
@@ -28,6 +28,14 @@ from sqlalchemy.types import TypeDecorator
 from .config import ConfigError
 
 T = TypeVar("T")
+
+
+def new_metadata() -> MetaData:
+    """A service's schema, with names for constraints and indexes that migrations can rely on."""
+    return MetaData(naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s", "pk": "pk_%(table_name)s",
+    })
 
 
 class ExactDecimal(TypeDecorator):

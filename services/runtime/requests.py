@@ -1,9 +1,13 @@
-"""Reading requests at the transport edge: resource names, idempotency keys, money, and the
-fingerprint a repeated request is compared by. Every problem names the field it is in."""
+"""The transport edge: reading requests (resource names, idempotency keys, money, the
+fingerprint a repeated request is compared by; every problem names its field) and the small
+conversions responses share."""
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.domain.money import Money
 
@@ -41,3 +45,12 @@ def money(message, present: bool, field: str) -> Money:
         raise InvalidArgument.field(field, "is required")
     return Money.parse(message.currency_code, message.amount, field=f"{field}.amount",
                        currency_field=f"{field}.currency_code").require_positive(f"{field}.amount")
+
+
+def timestamp(value: dt.datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp (None stays None: the field is left unset)."""
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp

@@ -1,25 +1,16 @@
 """TransactionService over gRPC: requests to domain values, named errors by field, responses."""
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from diboas.common.v1 import common_pb2
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from services.runtime.errors import InvalidArgument, Unimplemented
-from services.runtime.requests import fingerprint, money, request_id, resource_id
+from services.runtime.requests import fingerprint, money, request_id, resource_id, timestamp
 
 from .domain import Transaction
 from .service import TransactionService
 
 PLANNED = "arrives with the provider registry and multi-chain coordination"
 
-
-def _ts(value) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def transaction_pb(tx: Transaction) -> transaction_pb2.Transaction:
@@ -28,8 +19,8 @@ def transaction_pb(tx: Transaction) -> transaction_pb2.Transaction:
         state=transaction_pb2.TransactionState.Value(f"TRANSACTION_STATE_{tx.state}"),
         source_wallet=tx.source_wallet, destination_wallet=tx.destination_wallet,
         amount=common_pb2.Money(currency_code=tx.amount.currency, amount=tx.amount.text),
-        failure_reason=tx.failure_reason, hold=tx.hold, create_time=_ts(tx.created_at),
-        update_time=_ts(tx.updated_at), complete_time=_ts(tx.completed_at))
+        failure_reason=tx.failure_reason, hold=tx.hold, create_time=timestamp(tx.created_at),
+        update_time=timestamp(tx.updated_at), complete_time=timestamp(tx.completed_at))
 
 
 class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):

@@ -1,17 +1,14 @@
 """The transaction service's schema (SQLAlchemy Core). Migrations in migrations/ create it."""
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, Text
+from sqlalchemy import Column, DateTime, Index, String, Table, Text
 
-from services.runtime.db import ExactDecimal
+from services.runtime.db import ExactDecimal, new_metadata
 from services.runtime.idempotency import idempotency_table
 from services.runtime.messaging.queue import work_items_table
 from services.runtime.messaging.store import messaging_tables
 
-metadata = MetaData(naming_convention={
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s", "pk": "pk_%(table_name)s",
-})
+metadata = new_metadata()
 
 transactions = Table(
     "transactions", metadata,

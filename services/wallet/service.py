@@ -109,19 +109,22 @@ class WalletService:
 
     async def credit(self, request_id: str, fingerprint: str, wallet_id: str, amount: Money, reference: str,
                      encode: Callable[[tuple[Wallet, LedgerEntry]], bytes]) -> bytes:
-        def work(repo: WalletRepository, now: dt.datetime):
-            wallet, journal_id = self._move(repo, now, wallet_id, amount, "amount.currency_code",
-                                            lambda w: ledger.credit(w, amount, reference), ledger.CREDIT)
-            return wallet, repo.entry_of_journal(wallet_id, journal_id)
-        return await self.db.run(self._idempotent, "CreditWallet", request_id, fingerprint, work, encode)
+        return await self._change("CreditWallet", ledger.credit, ledger.CREDIT, request_id, fingerprint, wallet_id,
+                                  amount, reference, encode)
 
     async def debit(self, request_id: str, fingerprint: str, wallet_id: str, amount: Money, reference: str,
                     encode: Callable[[tuple[Wallet, LedgerEntry]], bytes]) -> bytes:
+        return await self._change("DebitWallet", ledger.debit, ledger.DEBIT, request_id, fingerprint, wallet_id,
+                                  amount, reference, encode)
+
+    async def _change(self, operation: str, make: Callable[..., ledger.Journal], entry_type: str, request_id: str,
+                      fingerprint: str, wallet_id: str, amount: Money, reference: str, encode) -> bytes:
+        """Money into or out of the platform on one wallet (a credit or a debit)."""
         def work(repo: WalletRepository, now: dt.datetime):
             wallet, journal_id = self._move(repo, now, wallet_id, amount, "amount.currency_code",
-                                            lambda w: ledger.debit(w, amount, reference), ledger.DEBIT)
+                                            lambda w: make(w, amount, reference), entry_type)
             return wallet, repo.entry_of_journal(wallet_id, journal_id)
-        return await self.db.run(self._idempotent, "DebitWallet", request_id, fingerprint, work, encode)
+        return await self.db.run(self._idempotent, operation, request_id, fingerprint, work, encode)
 
     async def create_hold(self, request_id: str, fingerprint: str, wallet_id: str, amount: Money, reference: str,
                           encode: Callable[[tuple[Hold, Wallet]], bytes]) -> bytes:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import re
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.domain.money import Money, scale_of
 from services.runtime.errors import InvalidArgument
-from services.runtime.requests import fingerprint, money, request_id, resource_id
+from services.runtime.requests import fingerprint, money, request_id, resource_id, timestamp
 
 from .ledger import Hold, Wallet
 from .repository import LedgerEntry
@@ -34,24 +32,19 @@ def _pb_money(currency: str, amount) -> common_pb2.Money:
     return common_pb2.Money(currency_code=currency, amount=Money(currency, amount).text)
 
 
-def _ts(value) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
 
 def wallet_pb(w: Wallet) -> wallet_pb2.Wallet:
     return wallet_pb2.Wallet(name=w.name, owner_id=w.owner_id, currency_code=w.currency,
                              available_balance=_pb_money(w.currency, w.available),
                              held_balance=_pb_money(w.currency, w.held),
-                             create_time=_ts(w.created_at), update_time=_ts(w.updated_at))
+                             create_time=timestamp(w.created_at), update_time=timestamp(w.updated_at))
 
 
 def hold_pb(h: Hold, currency: str) -> wallet_pb2.Hold:
     return wallet_pb2.Hold(name=h.name, amount=_pb_money(currency, h.amount),
                            state=wallet_pb2.HoldState.Value(f"HOLD_STATE_{h.state}"), reference=h.reference,
                            destination_wallet=f"wallets/{h.destination_wallet_id}" if h.destination_wallet_id else "",
-                           create_time=_ts(h.created_at), update_time=_ts(h.updated_at))
+                           create_time=timestamp(h.created_at), update_time=timestamp(h.updated_at))
 
 
 def entry_pb(e: LedgerEntry, currency: str) -> wallet_pb2.LedgerEntry:
@@ -59,7 +52,7 @@ def entry_pb(e: LedgerEntry, currency: str) -> wallet_pb2.LedgerEntry:
         name=f"wallets/{e.wallet_id}/ledgerEntries/{e.id}", type=wallet_pb2.LedgerEntryType.Value(f"LEDGER_ENTRY_TYPE_{e.type}"),
         amount=_pb_money(currency, e.amount), available_balance_after=_pb_money(currency, e.available_after),
         held_balance_after=_pb_money(currency, e.held_after), reference=e.reference, journal_id=str(e.journal_id),
-        create_time=_ts(e.created_at))
+        create_time=timestamp(e.created_at))
 
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):

@@ -1,16 +1,13 @@
 """The wallet service's schema (SQLAlchemy Core). Migrations in migrations/ create it."""
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, String, Table, UniqueConstraint
 
-from services.runtime.db import ExactDecimal
+from services.runtime.db import ExactDecimal, new_metadata
 from services.runtime.idempotency import idempotency_table
 from services.runtime.messaging.store import messaging_tables
 
-metadata = MetaData(naming_convention={
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s", "pk": "pk_%(table_name)s",
-})
+metadata = new_metadata()
 
 wallets = Table(
     "wallets", metadata,

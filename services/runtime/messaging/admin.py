@@ -1,7 +1,6 @@
 """DeadLetterService: the operator's view of a producer's dead letters, and their replay."""
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Table
 
 from diboas.events.v1 import events_pb2, events_pb2_grpc
@@ -9,24 +8,17 @@ from diboas.events.v1 import events_pb2, events_pb2_grpc
 from ..db import Database
 from ..errors import InvalidArgument
 from ..idempotency import run_idempotent
-from ..requests import fingerprint, request_id
+from ..requests import fingerprint, request_id, timestamp
 from .relay import DeadLetter, Relay
 
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 500, 50
 
 
-def _ts(value) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
 
 def dead_letter_pb(d: DeadLetter) -> events_pb2.DeadLetter:
     return events_pb2.DeadLetter(id=d.id, event_id=d.event_id, topic=d.topic, subscriber=d.subscriber,
                                  attempts=d.attempts, reason=d.reason, error=d.error,
-                                 create_time=_ts(d.created_at), replay_time=_ts(d.replayed_at))
+                                 create_time=timestamp(d.created_at), replay_time=timestamp(d.replayed_at))
 
 
 class DeadLetterServicer(events_pb2_grpc.DeadLetterServiceServicer):
