@@ -1,0 +1,218 @@
+"""The provider registry of the spec: health, concurrent quotes, selection of the optimal
+healthy provider, and payment with failover. No grpc.
+
+  quotes     every healthy provider at once, each under its own timeout; a slow or failing one
+             is reported beside the others, never fails the request
+  select     lowest total cost to the user, then success rate, then latency; with the reason
+  pay        on the selected provider; on failure it is marked unhealthy and the next best one
+             is tried with the same idempotency key (no provider charges twice for one payment);
+             a circuit breaker per provider stops calls to one that keeps failing
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+
+from services.runtime.breaker import AsyncCircuitBreaker
+from services.runtime.errors import InvalidArgument, NotFound, ServiceUnavailable
+
+from .adapters import ProviderAdapter, ProviderError, Quote, QuoteRequest, Receipt
+
+log = logging.getLogger("diboas.providers")
+
+
+@dataclass
+class Health:
+    healthy: bool = True
+    consecutive_failures: int = 0
+    calls: int = 0
+    successes: int = 0
+    latency: float = 0.0                    # moving average of answered calls, seconds
+    last_check: dt.datetime | None = None
+    last_check_latency: float = 0.0
+    message: str = ""
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.calls if self.calls else 1.0
+
+    def record(self, ok: bool, seconds: float, message: str = "") -> None:
+        self.calls += 1
+        if ok:
+            self.successes += 1
+            self.consecutive_failures = 0
+            self.latency = seconds if self.calls == 1 else 0.8 * self.latency + 0.2 * seconds
+        else:
+            self.consecutive_failures += 1
+            self.message = message
+
+
+@dataclass(frozen=True)
+class Failure:
+    provider: str
+    reason: str                              # TIMEOUT, ERROR, UNHEALTHY, UNSUPPORTED, CIRCUIT_OPEN
+    message: str
+
+
+@dataclass(frozen=True)
+class Selection:
+    quote: Quote
+    candidates: list[Quote]
+    failures: list[Failure]
+    explanation: str
+
+
+@dataclass(frozen=True)
+class PaymentOutcome:
+    receipt: Receipt
+    attempts: list[tuple[str, str]]          # (provider, "ok" or what went wrong), in order
+
+
+@dataclass
+class ProviderRegistry:
+    adapters: dict[str, ProviderAdapter]
+    quote_timeout: float = 2.0
+    breaker_fail_max: int = 3
+    breaker_reset_seconds: float = 15.0
+    health: dict[str, Health] = field(default_factory=dict)
+    breakers: dict[str, AsyncCircuitBreaker] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.adapters:
+            self.health.setdefault(name, Health())
+            self.breakers.setdefault(name, AsyncCircuitBreaker(
+                f"provider {name}", self.breaker_fail_max, self.breaker_reset_seconds,
+                is_failure=lambda exc: isinstance(exc, ProviderError)))
+
+    def adapter(self, name: str) -> ProviderAdapter:
+        try:
+            return self.adapters[name]
+        except KeyError:
+            raise NotFound(f"provider providers/{name} does not exist (known: {', '.join(sorted(self.adapters))})",
+                           reason="PROVIDER_NOT_FOUND") from None
+
+    # --- health ---------------------------------------------------------------------------------
+
+    async def check(self, name: str, timeout: float | None = None) -> Health:
+        """Ask one provider now and record the answer."""
+        adapter, health = self.adapter(name), self.health[name]
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(adapter.check(), timeout or self.quote_timeout)
+        except (ProviderError, TimeoutError) as exc:
+            ok, message = False, str(exc) or "no answer in time"
+        else:
+            ok, message = True, ""
+        health.last_check, health.last_check_latency = dt.datetime.now(dt.timezone.utc), time.monotonic() - started
+        health.healthy, health.message = ok, message
+        if ok:
+            health.consecutive_failures = 0
+        else:
+            health.consecutive_failures += 1
+            log.warning("provider %s is unhealthy: %s", name, message, extra={"provider": name})
+        return health
+
+    async def watch(self, stop: asyncio.Event, interval: float = 5.0) -> None:
+        """Check every provider every `interval` seconds until `stop` is set."""
+        while not stop.is_set():
+            await asyncio.gather(*(self.check(name) for name in self.adapters))
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+
+    # --- quotes and selection -------------------------------------------------------------------
+
+    async def _quote(self, name: str, request: QuoteRequest, timeout: float) -> Quote | Failure:
+        adapter, health = self.adapters[name], self.health[name]
+        refusal = adapter.limits.refuses(request)
+        if refusal:
+            return Failure(name, "UNSUPPORTED", f"{name} {refusal}")
+        if not health.healthy:
+            return Failure(name, "UNHEALTHY", f"{name} is unhealthy: {health.message}")
+        started = time.monotonic()
+        try:
+            quote = await asyncio.wait_for(adapter.quote(request), timeout)
+        except TimeoutError:
+            health.record(False, timeout, "no quote in time")
+            return Failure(name, "TIMEOUT", f"{name} gave no quote within {timeout:g}s")
+        except ProviderError as exc:
+            health.record(False, time.monotonic() - started, str(exc))
+            return Failure(name, "ERROR", str(exc))
+        health.record(True, time.monotonic() - started)
+        return quote
+
+    async def quotes(self, request: QuoteRequest, timeout: float | None = None) -> tuple[list[Quote], list[Failure]]:
+        results = await asyncio.gather(*(self._quote(n, request, timeout or self.quote_timeout) for n in self.adapters))
+        return ([r for r in results if isinstance(r, Quote)], [r for r in results if isinstance(r, Failure)])
+
+    def _rank(self, quote: Quote):
+        health = self.health[quote.provider]
+        return (quote.total_cost.amount, -health.success_rate, health.latency, quote.provider)
+
+    async def select(self, request: QuoteRequest, exclude: frozenset[str] = frozenset(),
+                     timeout: float | None = None) -> Selection:
+        quotes, failures = await self.quotes(request, timeout)
+        candidates = sorted((q for q in quotes if q.provider not in exclude), key=self._rank)
+        if not candidates:
+            why = "; ".join(f.message for f in failures) or "no provider is configured"
+            raise ServiceUnavailable(f"no healthy provider can take {request.direction} of {request.amount}: {why}",
+                                     reason="NO_PROVIDER_AVAILABLE")
+        best = candidates[0]
+        health = self.health[best.provider]
+        explanation = (f"{best.provider}: lowest total cost {best.total_cost} (fee {best.fee}, spread "
+                       f"{best.spread * 100:.2f}%), success rate {health.success_rate:.0%}, latency "
+                       f"{health.latency * 1000:.0f} ms")
+        if len(candidates) > 1:
+            explanation += "; then " + ", ".join(f"{q.provider} {q.total_cost}" for q in candidates[1:])
+        if failures:
+            explanation += "; left out " + ", ".join(f"{f.provider} ({f.reason.lower()})" for f in failures)
+        return Selection(best, candidates, failures, explanation)
+
+    # --- payments -------------------------------------------------------------------------------
+
+    async def pay(self, request: QuoteRequest, idempotency_key: str, provider: str | None = None,
+                  timeout: float | None = None) -> PaymentOutcome:
+        """Pay on the given provider, or the best one, failing over to the next best on failure."""
+        if request.amount.amount <= 0:
+            raise InvalidArgument.field("amount.amount", "must be greater than zero")
+        attempts: list[tuple[str, str]] = []
+        tried: set[str] = set()
+        while True:
+            if provider and not tried:
+                self.adapter(provider)
+                name = provider
+            else:
+                name = (await self.select(request, exclude=frozenset(tried), timeout=timeout)).quote.provider
+            tried.add(name)
+            started = time.monotonic()
+            try:
+                receipt = await self._execute(name, request, idempotency_key, timeout or self.quote_timeout)
+            except (ProviderError, TimeoutError, ServiceUnavailable) as exc:
+                message = str(getattr(exc, "message", None) or exc) or "no answer in time"
+                attempts.append((name, message))
+                self.health[name].healthy, self.health[name].message = False, message   # failover: mark it
+                self.health[name].record(False, 0.0, message)
+                log.warning("payment %s failed on %s (%s); failing over", idempotency_key, name, message,
+                            extra={"provider": name})
+                if len(tried) >= len(self.adapters):
+                    raise ServiceUnavailable("payment failed on every provider: "
+                                             + "; ".join(f"{p}: {m}" for p, m in attempts),
+                                             reason="ALL_PROVIDERS_FAILED") from None
+                continue
+            attempts.append((name, "ok"))
+            self.health[name].record(True, time.monotonic() - started)
+            return PaymentOutcome(receipt, attempts)
+
+    async def _execute(self, name: str, request: QuoteRequest, key: str, timeout: float) -> Receipt:
+        """Execute under the provider's breaker. A timeout leaves the outcome unknown (the provider may
+        have charged): ask once more with the same idempotency key, which returns the first receipt if
+        there was a charge, before the caller fails over to another provider."""
+        async with self.breakers[name].guard():
+            try:
+                return await asyncio.wait_for(self.adapters[name].execute(request, key), timeout)
+            except TimeoutError:
+                return await asyncio.wait_for(self.adapters[name].execute(request, key), timeout)

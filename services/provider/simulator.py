@@ -1,0 +1,117 @@
+"""Simulated on/off-ramp providers: each with its own fee schedule, exchange spread, latency
+distribution, currencies and limits, and faults that can be switched on and off at run time
+(errors, timeouts, slowness, flapping). They stand in for the real providers we cannot reach
+here, and they keep books: every charge, so tests can prove nothing was charged twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from services.domain.money import EXACT, Money
+
+from .adapters import Limits, ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt, charge
+
+
+@dataclass
+class Faults:
+    error_rate: float = 0.0          # share of calls that fail
+    timeout_rate: float = 0.0        # share of calls that hang (until the caller's timeout)
+    extra_latency: float = 0.0       # seconds added to every call
+    flap_period: float = 0.0         # > 0: alternately up and down for this many seconds each
+
+    def down_now(self, clock: float) -> bool:
+        return self.flap_period > 0 and int(clock / self.flap_period) % 2 == 1
+
+
+@dataclass
+class FeeSchedule:
+    fixed: dict[str, Decimal]                  # per currency
+    percent: Decimal                            # of the amount, e.g. 0.0149
+    spread: Decimal                             # conversion spread, e.g. 0.004
+
+
+@dataclass
+class SimulatedProvider(ProviderAdapter):
+    name: str
+    display_name: str
+    limits: Limits
+    fees: FeeSchedule
+    latency: float = 0.05                       # mean seconds per call
+    latency_jitter: float = 0.02
+    faults: Faults = field(default_factory=Faults)
+    quote_ttl: dt.timedelta = dt.timedelta(seconds=30)
+    rng: random.Random = field(default_factory=random.Random)
+    charges: dict[str, Receipt] = field(default_factory=dict)   # idempotency key -> receipt: the books
+
+    async def _call(self) -> float:
+        """Behave like a remote call: latency, and the faults switched on now."""
+        started = time.monotonic()
+        if self.faults.down_now(time.time()):
+            raise ProviderError(f"{self.name} is down (flapping)")
+        if self.rng.random() < self.faults.timeout_rate:
+            await asyncio.sleep(3600)            # hangs: the caller's timeout ends it
+            raise ProviderTimeout(f"{self.name} did not answer")
+        delay = max(0.0, self.rng.gauss(self.latency, self.latency_jitter)) + self.faults.extra_latency
+        await asyncio.sleep(delay)
+        if self.rng.random() < self.faults.error_rate:
+            raise ProviderError(f"{self.name} answered with an error")
+        return time.monotonic() - started
+
+    def price(self, request: QuoteRequest) -> tuple[Money, Money, Money]:
+        """(fee, total cost, what arrives) for the request, in its currency."""
+        currency, amount = request.amount.currency, request.amount.amount
+        fee = charge(EXACT.add(self.fees.fixed.get(currency, Decimal(0)), EXACT.multiply(amount, self.fees.percent)),
+                     currency)
+        spread_cost = charge(EXACT.multiply(amount, self.fees.spread), currency)
+        total = EXACT.add(fee, spread_cost)
+        return Money(currency, fee), Money(currency, total), Money(currency, max(Decimal(0), EXACT.subtract(amount, total)))
+
+    async def quote(self, request: QuoteRequest) -> Quote:
+        refusal = self.limits.refuses(request)
+        if refusal:
+            raise ProviderError(f"{self.name} {refusal}")
+        await self._call()
+        fee, total, receive = self.price(request)
+        return Quote(self.name, fee, self.fees.spread, total, receive, dt.timedelta(seconds=self.latency),
+                     dt.datetime.now(dt.timezone.utc) + self.quote_ttl)
+
+    async def execute(self, request: QuoteRequest, idempotency_key: str) -> Receipt:
+        refusal = self.limits.refuses(request)
+        if refusal:
+            raise ProviderError(f"{self.name} {refusal}")
+        if idempotency_key in self.charges:     # a real provider dedupes on its idempotency header
+            return self.charges[idempotency_key]
+        await self._call()
+        fee, _, _ = self.price(request)
+        receipt = self.charges.setdefault(idempotency_key,
+                                          Receipt(self.name, f"{self.name}-{uuid.uuid4().hex[:12]}", fee, idempotency_key))
+        return receipt
+
+    async def check(self) -> None:
+        await self._call()
+
+
+def default_providers(seed: int | None = None) -> list[SimulatedProvider]:
+    """Three simulated providers with different prices, speeds and reach."""
+    rng = random.Random(seed)
+    usd_eur = frozenset({"USD", "EUR"})
+    return [
+        SimulatedProvider("alpha-pay", "Alpha Pay (simulated)", Limits(usd_eur | {"GBP"},
+                          minimum={"USD": Decimal("10")}, maximum={"USD": Decimal("20000")}),
+                          FeeSchedule({"USD": Decimal("0.30"), "EUR": Decimal("0.25")}, Decimal("0.0149"),
+                                      Decimal("0.0040")), latency=0.05, rng=random.Random(rng.random())),
+        SimulatedProvider("beta-ramp", "Beta Ramp (simulated)", Limits(usd_eur | {"BRL"},
+                          maximum={"USD": Decimal("50000")}),
+                          FeeSchedule({"USD": Decimal("1.00")}, Decimal("0.0099"), Decimal("0.0060")),
+                          latency=0.12, rng=random.Random(rng.random())),
+        SimulatedProvider("gamma-exchange", "Gamma Exchange (simulated)", Limits(frozenset({"USD"}),
+                          directions=frozenset({"PAY_IN", "PAY_OUT"}), minimum={"USD": Decimal("50")}),
+                          FeeSchedule({"USD": Decimal("0")}, Decimal("0.0250"), Decimal("0.0010")),
+                          latency=0.02, rng=random.Random(rng.random())),
+    ]
