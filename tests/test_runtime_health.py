@@ -177,16 +177,16 @@ async def test_reflection_lists_the_services(topology, start_server):
 
 
 async def test_unimplemented_operations_say_so(topology, start_server):
-    from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
-    from services.provider.app import build as provider_app
-    server = await start_server(topology, "provider", provider_app)
-    async with client_channel(topology, "operator", server.port, "provider") as channel:
+    from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
+    from services.blockchain.app import build as blockchain_app
+    server = await start_server(topology, "blockchain", blockchain_app)
+    async with client_channel(topology, "operator", server.port, "blockchain") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await provider_pb2_grpc.ProviderServiceStub(channel).ListProviders(
-                provider_pb2.ListProvidersRequest(), timeout=3,
-                metadata=bearer(service_token(topology, "operator", "provider")))
+            await blockchain_pb2_grpc.BlockchainServiceStub(channel).ListChains(
+                blockchain_pb2.ListChainsRequest(), timeout=3,
+                metadata=bearer(service_token(topology, "operator", "blockchain")))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "provider.ListProviders is not implemented yet" in caught.value.details()
+    assert "blockchain.ListChains is not implemented yet" in caught.value.details()
 
 
 async def test_metrics_count_calls_by_method_and_code(topology, start_server):

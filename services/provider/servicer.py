@@ -1,0 +1,133 @@
+"""ProviderService over gRPC: the registry's providers, their health, quotes, and run-time faults.
+SelectProvider, ExecutePayment and GetPayment need the payment records (persistence) that the
+rest of the provider issue brings; until then they answer UNIMPLEMENTED."""
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf.duration_pb2 import Duration
+
+from diboas.common.v1 import common_pb2
+from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
+from services.domain.money import Money
+from services.runtime.errors import InvalidArgument, Unimplemented
+from services.runtime.requests import money, request_id, resource_id, timestamp
+
+from .adapters import PAY_IN, PAY_OUT, Quote, QuoteRequest
+from .registry import Failure, ProviderRegistry
+from .simulator import Faults, SimulatedProvider
+
+PLANNED = "arrives with the payment records of the provider registry issue"
+_DIRECTIONS = {provider_pb2.PAYMENT_DIRECTION_PAY_IN: PAY_IN, provider_pb2.PAYMENT_DIRECTION_PAY_OUT: PAY_OUT}
+_BREAKER = {"closed": provider_pb2.CIRCUIT_STATE_CLOSED, "open": provider_pb2.CIRCUIT_STATE_OPEN,
+            "half-open": provider_pb2.CIRCUIT_STATE_HALF_OPEN}
+
+
+def _duration(seconds: float) -> Duration:
+    value = Duration()
+    value.FromTimedelta(dt.timedelta(seconds=seconds))
+    return value
+
+
+def _money(m: Money) -> common_pb2.Money:
+    return common_pb2.Money(currency_code=m.currency, amount=m.text)
+
+
+def quote_pb(q: Quote) -> provider_pb2.Quote:
+    return provider_pb2.Quote(provider=f"providers/{q.provider}", fee=_money(q.fee), exchange_rate="1",
+                              spread=f"{q.spread:f}", total_cost=_money(q.total_cost),
+                              receive_amount=_money(q.receive_amount),
+                              estimated_latency=_duration(q.estimated_latency.total_seconds()),
+                              expire_time=timestamp(q.expires_at))
+
+
+def failure_pb(f: Failure) -> provider_pb2.ProviderFailure:
+    return provider_pb2.ProviderFailure(provider=f"providers/{f.provider}", message=f.message,
+                                        kind=provider_pb2.ProviderFailureKind.Value(f"PROVIDER_FAILURE_KIND_{f.reason}"))
+
+
+class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
+    def __init__(self, registry: ProviderRegistry):
+        self._registry = registry
+
+    def _health_pb(self, name: str) -> provider_pb2.ProviderHealth:
+        health, breaker = self._registry.health[name], self._registry.breakers[name]
+        state = (provider_pb2.PROVIDER_HEALTH_STATE_HEALTHY if health.healthy and health.success_rate >= 0.9
+                 else provider_pb2.PROVIDER_HEALTH_STATE_DEGRADED if health.healthy
+                 else provider_pb2.PROVIDER_HEALTH_STATE_UNHEALTHY)
+        return provider_pb2.ProviderHealth(
+            provider=f"providers/{name}", state=state, circuit_state=_BREAKER.get(breaker.state, 0),
+            consecutive_failures=health.consecutive_failures, last_check_latency=_duration(health.last_check_latency),
+            last_check_time=timestamp(health.last_check), message=health.message)
+
+    def _provider_pb(self, name: str) -> provider_pb2.Provider:
+        adapter = self._registry.adapter(name)
+        faults = getattr(adapter, "faults", None)
+        return provider_pb2.Provider(
+            name=f"providers/{name}", display_name=adapter.display_name,
+            supported_currency_codes=sorted(adapter.limits.currencies),
+            supported_directions=[d for d, value in _DIRECTIONS.items() if value in adapter.limits.directions],
+            health=self._health_pb(name),
+            faults=provider_pb2.ProviderFaults(
+                error_rate_percent=round(faults.error_rate * 100), timeout_rate_percent=round(faults.timeout_rate * 100),
+                extra_latency=_duration(faults.extra_latency), flapping=faults.flap_period > 0,
+                flap_period=_duration(faults.flap_period)) if faults else None)
+
+    async def ListProviders(self, request, context):
+        if request.page_size < 0:
+            raise InvalidArgument.field("page_size", f"must not be negative, got {request.page_size}")
+        if request.page_token:
+            raise InvalidArgument.field("page_token", "is not a page token this list gave out")
+        return provider_pb2.ListProvidersResponse(providers=[self._provider_pb(n) for n in sorted(self._registry.adapters)])
+
+    async def GetProvider(self, request, context):
+        return provider_pb2.GetProviderResponse(provider=self._provider_pb(resource_id(request.name, "providers", "name")))
+
+    async def GetProviderHealth(self, request, context):
+        name = resource_id(request.provider, "providers", "provider")
+        self._registry.adapter(name)
+        await self._registry.check(name)          # synchronous: ask the provider now
+        return provider_pb2.GetProviderHealthResponse(health=self._health_pb(name))
+
+    async def GetQuotes(self, request, context):
+        direction = _DIRECTIONS.get(request.direction)
+        if direction is None:
+            raise InvalidArgument.field("direction", "is required: PAYMENT_DIRECTION_PAY_IN or PAYMENT_DIRECTION_PAY_OUT")
+        amount = money(request.amount, request.HasField("amount"), "amount")
+        if request.settlement_currency_code and request.settlement_currency_code != amount.currency:
+            raise InvalidArgument.field("settlement_currency_code", "conversion between currencies is not offered yet")
+        timeout = request.provider_timeout.ToTimedelta().total_seconds() if request.HasField("provider_timeout") else None
+        if timeout is not None and not 0 < timeout <= 30:
+            raise InvalidArgument.field("provider_timeout", "must be more than 0 and at most 30 seconds")
+        quotes, failures = await self._registry.quotes(QuoteRequest(direction, amount), timeout)
+        quotes.sort(key=lambda q: q.total_cost.amount)
+        return provider_pb2.GetQuotesResponse(quotes=[quote_pb(q) for q in quotes],
+                                              failures=[failure_pb(f) for f in failures],
+                                              partial=any(f.reason in ("TIMEOUT", "ERROR") for f in failures))
+
+    async def SetProviderFaults(self, request, context):
+        request_id(request)
+        name = resource_id(request.provider, "providers", "provider")
+        adapter = self._registry.adapter(name)
+        if not isinstance(adapter, SimulatedProvider):
+            raise InvalidArgument.field("provider", f"{name} is a real provider: faults exist only on simulators")
+        f = request.faults
+        for field, value in (("faults.error_rate_percent", f.error_rate_percent),
+                             ("faults.timeout_rate_percent", f.timeout_rate_percent)):
+            if not 0 <= value <= 100:
+                raise InvalidArgument.field(field, f"must be between 0 and 100, got {value}")
+        period = f.flap_period.ToTimedelta().total_seconds() if f.flapping else 0.0
+        if f.flapping and period <= 0:
+            raise InvalidArgument.field("faults.flap_period", "is required (more than 0) when flapping is on")
+        adapter.faults = Faults(f.error_rate_percent / 100, f.timeout_rate_percent / 100,
+                                f.extra_latency.ToTimedelta().total_seconds(), period)
+        return provider_pb2.SetProviderFaultsResponse(provider=self._provider_pb(name))
+
+    async def SelectProvider(self, request, context):
+        raise Unimplemented(f"provider.SelectProvider is not implemented yet ({PLANNED})")
+
+    async def ExecutePayment(self, request, context):
+        raise Unimplemented(f"provider.ExecutePayment is not implemented yet ({PLANNED})")
+
+    async def GetPayment(self, request, context):
+        raise Unimplemented(f"provider.GetPayment is not implemented yet ({PLANNED})")
