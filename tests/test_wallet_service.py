@@ -180,3 +180,14 @@ async def test_concurrent_transfers_keep_every_cent(wallets):
                  for i in ids), Decimal(0))
     assert total == Decimal("600.00")
     assert all(sums.get(f"wallet:{i}:held", Decimal(0)) == 0 for i in ids)
+
+
+async def test_an_unreachable_database_is_unavailable_not_internal():
+    from services.runtime.errors import ServiceUnavailable
+    db = Database("postgresql+psycopg://postgres@127.0.0.1:1/test", MIGRATIONS)   # nothing listens on port 1
+    try:
+        with pytest.raises(ServiceUnavailable) as caught:
+            await WalletService(db).get_wallet("w1")
+    finally:
+        db.close()
+    assert caught.value.reason == "DATABASE_UNAVAILABLE" and "127.0.0.1:1" in caught.value.message

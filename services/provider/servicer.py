@@ -11,7 +11,7 @@ from diboas.common.v1 import common_pb2
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.domain.money import Money
 from services.runtime.errors import InvalidArgument, Unimplemented
-from services.runtime.requests import money, request_id, resource_id, timestamp
+from services.runtime.requests import money, page_size, request_id, resource_id, timestamp
 
 from .adapters import PAY_IN, PAY_OUT, Quote, QuoteRequest
 from .registry import Failure, ProviderRegistry
@@ -74,8 +74,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 flap_period=_duration(faults.flap_period)) if faults else None)
 
     async def ListProviders(self, request, context):
-        if request.page_size < 0:
-            raise InvalidArgument.field("page_size", f"must not be negative, got {request.page_size}")
+        page_size(request.page_size)            # every provider fits in one page; the size is still checked
         if request.page_token:
             raise InvalidArgument.field("page_token", "is not a page token this list gave out")
         return provider_pb2.ListProvidersResponse(providers=[self._provider_pb(n) for n in sorted(self._registry.adapters)])

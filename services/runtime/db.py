@@ -22,10 +22,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, MetaData, Numeric, String, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
 from .config import ConfigError
+from .errors import ServiceUnavailable
 
 T = TypeVar("T")
 
@@ -156,8 +157,14 @@ class Database:
             yield connection
 
     async def run(self, fn: Callable[..., T], *args) -> T:
-        """Run blocking database work off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run blocking database work off the event loop. A database that cannot be reached (or
+        stays locked) is ServiceUnavailable for the caller, who may retry: not an internal error."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except (OperationalError, DisconnectionError) as exc:
+            shown = self.engine.url.render_as_string(hide_password=True)
+            why = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise ServiceUnavailable(f"database {shown} is unavailable: {why}", reason="DATABASE_UNAVAILABLE") from None
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -24,6 +24,16 @@ def resource_id(name: str, collection: str, field: str) -> str:
     return match.group(1)
 
 
+MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 500, 50
+
+
+def page_size(requested: int) -> int:
+    """How many items a list returns: the default for 0, at most the maximum; negative is refused."""
+    if requested < 0:
+        raise InvalidArgument.field("page_size", f"must not be negative, got {requested}")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
 def request_id(request) -> str:
     value = request.request_id
     if not value or len(value) > 128:

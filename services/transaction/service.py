@@ -19,17 +19,17 @@ from diboas.events.v1 import events_pb2
 from diboas.transaction.v1 import transaction_pb2
 from services.domain.money import Money
 from services.runtime.db import Database
-from services.runtime.errors import AlreadyExists, DeadlineExceeded, DomainError, InvalidArgument, NotFound, ServiceUnavailable
+from services.runtime.errors import DeadlineExceeded, DomainError, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.idempotency import run_idempotent, stored_response
 from services.runtime.messaging.queue import Claimed, WorkQueue
 from services.runtime.messaging.store import Outbox
+from services.runtime.requests import page_size
 
 from .domain import COMPLETED, FAILED, PENDING, TERMINAL, Transaction
 from .tables import idempotency_keys, transactions
 from .wallet_client import WalletClient
 
 log = logging.getLogger("diboas.transaction")
-MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 500, 50
 
 
 def utcnow() -> dt.datetime:
@@ -129,9 +129,7 @@ class TransactionService:
 
     async def list(self, wallet: str, size: int, token: str) -> Page:
         """Newest first, optionally of one wallet (as source or destination); keyset paging."""
-        if size < 0:
-            raise InvalidArgument.field("page_size", f"must not be negative, got {size}")
-        limit = min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        limit = page_size(size)
         after = _untoken(token) if token else None
 
         def read() -> list[Transaction]:
@@ -175,7 +173,7 @@ class TransactionService:
             hold = await self._wallet.hold(tx.source_wallet, tx.amount, tx.name, request_id=f"{tx.id}:hold")
         except (ServiceUnavailable, DeadlineExceeded):
             raise  # the wallet cannot answer now: the item is retried later
-        except (DomainError, AlreadyExists) as exc:
+        except DomainError as exc:  # the wallet said no (funds, currency, a wallet gone)
             await self.db.run(self._finish, claimed, tx.id, FAILED, "", exc.message)
             return
         await self.db.run(self._finish, claimed, tx.id, COMPLETED, hold)

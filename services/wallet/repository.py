@@ -35,6 +35,11 @@ def _wallet(row) -> Wallet:
     return Wallet(row.id, row.owner_id, row.currency, row.available, row.held, _utc(row.created_at), _utc(row.updated_at))
 
 
+def _entry(row) -> LedgerEntry:
+    return LedgerEntry(row.id, row.wallet_id, row.journal_id, row.type, row.amount, row.available_after,
+                       row.held_after, row.reference, _utc(row.created_at))
+
+
 def _hold(row) -> Hold:
     return Hold(row.id, row.wallet_id, row.amount, row.state, row.reference, row.destination_wallet_id,
                 _utc(row.created_at), _utc(row.updated_at))
@@ -115,14 +120,12 @@ class WalletRepository:
                  .order_by(ledger_entries.c.id.desc()).limit(limit))
         if before_id is not None:
             query = query.where(ledger_entries.c.id < before_id)
-        return [LedgerEntry(r.id, r.wallet_id, r.journal_id, r.type, r.amount, r.available_after, r.held_after,
-                            r.reference, _utc(r.created_at)) for r in self.c.execute(query)]
+        return [_entry(r) for r in self.c.execute(query)]
 
     def entry_of_journal(self, wallet_id: str, journal_id: int) -> LedgerEntry:
         row = self.c.execute(select(ledger_entries).where(ledger_entries.c.wallet_id == wallet_id,
                                                           ledger_entries.c.journal_id == journal_id)).one()
-        return LedgerEntry(row.id, row.wallet_id, row.journal_id, row.type, row.amount, row.available_after,
-                           row.held_after, row.reference, _utc(row.created_at))
+        return _entry(row)
 
     def account_sums(self) -> dict[str, Decimal]:
         """Every account's balance from the postings (for audits and tests)."""

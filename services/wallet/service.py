@@ -16,6 +16,7 @@ from services.domain.money import EXACT, Money
 from services.runtime.db import Database
 from services.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from services.runtime.idempotency import run_idempotent
+from services.runtime.requests import page_size
 
 from . import ledger
 from .ledger import Hold, Wallet
@@ -23,7 +24,6 @@ from .repository import LedgerEntry, WalletRepository
 from .tables import idempotency_keys
 
 T = TypeVar("T")
-MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 500, 50
 
 
 def utcnow() -> dt.datetime:
@@ -38,12 +38,6 @@ def new_id() -> str:
 class Page:
     items: list
     next_page_token: str
-
-
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument.field("page_size", f"must not be negative, got {requested}")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def _token(kind: str, value: str) -> str:

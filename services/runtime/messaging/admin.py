@@ -8,11 +8,8 @@ from diboas.events.v1 import events_pb2, events_pb2_grpc
 from ..db import Database
 from ..errors import InvalidArgument
 from ..idempotency import run_idempotent
-from ..requests import fingerprint, request_id, timestamp
+from ..requests import fingerprint, page_size, request_id, timestamp
 from .relay import DeadLetter, Relay
-
-MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 500, 50
-
 
 
 def dead_letter_pb(d: DeadLetter) -> events_pb2.DeadLetter:
@@ -26,9 +23,7 @@ class DeadLetterServicer(events_pb2_grpc.DeadLetterServiceServicer):
         self._db, self._relay, self._keys = db, relay, idempotency_keys
 
     async def ListDeadLetters(self, request, context):
-        if request.page_size < 0:
-            raise InvalidArgument.field("page_size", f"must not be negative, got {request.page_size}")
-        limit = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        limit = page_size(request.page_size)
         if request.page_token and not request.page_token.isdigit():
             raise InvalidArgument.field("page_token", "is not a page token this list gave out")
         found = await self._db.run(self._relay.dead_letters, request.include_replayed,
