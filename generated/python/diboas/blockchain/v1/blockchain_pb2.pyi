@@ -243,6 +243,7 @@ class ChainFaults(_message.Message):
     EXTRA_LATENCY_FIELD_NUMBER: _builtins.int
     FLAPPING_FIELD_NUMBER: _builtins.int
     FLAP_PERIOD_FIELD_NUMBER: _builtins.int
+    FAILING_STEPS_FIELD_NUMBER: _builtins.int
     error_rate_percent: _builtins.int
     """Percentage (0-100) of calls that fail with an error."""
     timeout_rate_percent: _builtins.int
@@ -257,6 +258,13 @@ class ChainFaults(_message.Message):
     def flap_period(self) -> _duration_pb2.Duration:
         """Half-period of flapping; defaults to 5 seconds when flapping and unset."""
 
+    @_builtins.property
+    def failing_steps(self) -> _containers.RepeatedScalarFieldContainer[Global___TransferStep.ValueType]:
+        """Steps of cross-chain transfers that always fail on this chain, whatever the rates: SOURCE and
+        BRIDGE when it is the source chain (the bridge contract lives there), TARGET when it is the
+        target. Compensations (unlock, refund) are not affected. To exercise each saga step.
+        """
+
     def __init__(
         self,
         *,
@@ -265,10 +273,11 @@ class ChainFaults(_message.Message):
         extra_latency: _duration_pb2.Duration | None = ...,
         flapping: _builtins.bool = ...,
         flap_period: _duration_pb2.Duration | None = ...,
+        failing_steps: _abc.Iterable[Global___TransferStep.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["extra_latency", b"extra_latency", "flap_period", b"flap_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_rate_percent", b"error_rate_percent", "extra_latency", b"extra_latency", "flap_period", b"flap_period", "flapping", b"flapping", "timeout_rate_percent", b"timeout_rate_percent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_rate_percent", b"error_rate_percent", "extra_latency", b"extra_latency", "failing_steps", b"failing_steps", "flap_period", b"flap_period", "flapping", b"flapping", "timeout_rate_percent", b"timeout_rate_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
