@@ -2,6 +2,7 @@
 provider, run-time faults, and bad input."""
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
@@ -76,7 +77,74 @@ async def test_faults_are_validated_and_unknown_providers_are_not_found(provider
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_payments_say_they_are_not_built_yet(providers):
+def books(topology, provider: str) -> list[dict]:
+    """A simulated provider's own record of what it charged (outside our service's database)."""
+    path = topology.state_dir / "simulators" / "providers" / f"{provider}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def pay_in(amount: str, request_id: str, **fields) -> provider_pb2.ExecutePaymentRequest:
+    fields.setdefault("wallet", "wallets/w1")
+    return provider_pb2.ExecutePaymentRequest(direction=provider_pb2.PAYMENT_DIRECTION_PAY_IN, amount=usd(amount),
+                                              request_id=request_id, **fields)
+
+
+async def test_select_explains_the_cheapest_healthy_choice_and_is_idempotent(providers):
+    ask = provider_pb2.SelectProviderRequest(direction=provider_pb2.PAYMENT_DIRECTION_PAY_IN, amount=usd("100.00"),
+                                             request_id="s1")
+    first = await providers("SelectProvider", ask)
+    costs = [float(q.total_cost.amount) for q in first.candidates]
+    assert first.provider == first.candidates[0].provider and costs == sorted(costs)
+    assert "lowest total cost" in first.explanation
+    assert await providers("SelectProvider", ask) == first
+    excluded = await providers("SelectProvider", provider_pb2.SelectProviderRequest(
+        direction=provider_pb2.PAYMENT_DIRECTION_PAY_IN, amount=usd("100.00"), request_id="s2",
+        exclude_providers=[first.provider]))
+    assert excluded.provider != first.provider
+
+
+async def test_a_payment_fails_over_once_to_the_backup_and_is_charged_once(providers, topology):
+    cheapest = (await providers("SelectProvider", provider_pb2.SelectProviderRequest(
+        direction=provider_pb2.PAYMENT_DIRECTION_PAY_IN, amount=usd("100.00"), request_id="s"))).provider
+    await providers("SetProviderFaults", provider_pb2.SetProviderFaultsRequest(
+        provider=cheapest, faults=provider_pb2.ProviderFaults(error_rate_percent=100), request_id="f"))
+    payment = (await providers("ExecutePayment", pay_in("100.00", "p1", provider=cheapest))).payment
+    assert payment.state == provider_pb2.PAYMENT_STATE_SUCCEEDED and payment.provider != cheapest
+    assert [a.provider for a in payment.attempts] == [cheapest, payment.provider]
+    assert not payment.attempts[0].succeeded and payment.attempts[1].succeeded
+    again = (await providers("ExecutePayment", pay_in("100.00", "p1", provider=cheapest))).payment
+    assert again == payment                                  # the first answer, nothing charged again
+    assert (await providers("GetPayment", provider_pb2.GetPaymentRequest(name=payment.name))).payment == payment
+    charged = books(topology, payment.provider.removeprefix("providers/"))
+    assert [(c["key"], c["amount"]) for c in charged] == [(payment.name, "100.00")]
+    assert books(topology, cheapest.removeprefix("providers/")) == []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:      # the same key for another payment
+        await providers("ExecutePayment", pay_in("5.00", "p1"))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_no_healthy_provider_is_unavailable_and_records_nothing(providers, topology):
+    for name in ("alpha-pay", "beta-ramp", "gamma-exchange"):
+        await providers("SetProviderFaults", provider_pb2.SetProviderFaultsRequest(
+            provider=f"providers/{name}", faults=provider_pb2.ProviderFaults(error_rate_percent=100),
+            request_id=f"f-{name}"))
+        await providers("GetProviderHealth", provider_pb2.GetProviderHealthRequest(provider=f"providers/{name}"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await providers("ExecutePayment", provider_pb2.ExecutePaymentRequest())
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        await providers("ExecutePayment", pay_in("100.00", "p2"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "no healthy provider" in caught.value.details()
+    assert all(books(topology, n) == [] for n in ("alpha-pay", "beta-ramp", "gamma-exchange"))
+
+
+@pytest.mark.parametrize("request_,code,field", [
+    (pay_in("100.00", ""), grpc.StatusCode.INVALID_ARGUMENT, "request_id"),
+    (pay_in("100.00", "b1", wallet="w1"), grpc.StatusCode.INVALID_ARGUMENT, "wallet"),
+    (pay_in("100.00", "b2", provider="providers/nobody"), grpc.StatusCode.NOT_FOUND, "provider"),
+    (pay_in("5.00", "b3", provider="providers/gamma-exchange"), grpc.StatusCode.INVALID_ARGUMENT, "provider"),
+    (provider_pb2.GetPaymentRequest(name="payments/none"), grpc.StatusCode.NOT_FOUND, "payment"),
+])
+async def test_bad_payment_requests_are_refused_and_change_nothing(providers, topology, request_, code, field):
+    method = "GetPayment" if isinstance(request_, provider_pb2.GetPaymentRequest) else "ExecutePayment"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await providers(method, request_)
+    assert caught.value.code() == code and field in caught.value.details()
+    assert all(books(topology, n) == [] for n in ("alpha-pay", "beta-ramp", "gamma-exchange"))

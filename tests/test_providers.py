@@ -62,7 +62,8 @@ async def test_failover_pays_once_on_the_backup_when_the_cheapest_fails():
     cheapest = (await reg.select(usd("100"))).quote.provider
     reg.adapters[cheapest].faults.error_rate = 1.0          # it breaks after it was selected
     outcome = await reg.pay(usd("100"), "pay-1", provider=cheapest)
-    assert outcome.attempts[0][0] == cheapest and outcome.attempts[-1][1] == "ok"
+    assert outcome.attempts[0].provider == cheapest and outcome.attempts[0].failure.reason == "ERROR"
+    assert outcome.attempts[-1].failure is None
     backup = outcome.receipt.provider
     assert backup != cheapest
     assert len(reg.adapters[backup].charges) == 1 and reg.adapters[cheapest].charges == {}
@@ -89,13 +90,60 @@ async def test_the_breaker_stops_calls_to_a_failing_provider_and_recovers():
     adapter = one["alpha-pay"]
     adapter.faults.error_rate = 1.0
     for n in range(2):
-        with pytest.raises(ServiceUnavailable, match="ALL_PROVIDERS_FAILED|failed on every provider"):
-            await reg.pay(usd("100"), f"p{n}", provider="alpha-pay")
+        reg.health["alpha-pay"].healthy = True              # as if a health check had just passed
+        failed = await reg.pay(usd("100"), f"p{n}", provider="alpha-pay")
+        assert failed.receipt is None and "failed on every provider" in failed.failure_reason
     assert reg.breakers["alpha-pay"].state == "open"
-    with pytest.raises(ServiceUnavailable, match="circuit breaker open"):
-        await reg.pay(usd("100"), "p3", provider="alpha-pay")
+    reg.health["alpha-pay"].healthy = True
+    refused = await reg.pay(usd("100"), "p3", provider="alpha-pay")
+    assert refused.receipt is None and refused.attempts[0].failure.reason == "CIRCUIT_OPEN"
+    assert adapter.charges == {}
     adapter.faults.error_rate = 0.0
     await reg.check("alpha-pay")
     await asyncio.sleep(0.35)
     outcome = await reg.pay(usd("100"), "p4", provider="alpha-pay")
     assert outcome.receipt.provider == "alpha-pay" and reg.breakers["alpha-pay"].state == "closed"
+
+
+# --- recorded payments (PaymentService over a real database) ---------------------------------------
+
+@pytest.fixture
+def payment_service(database_url, tmp_path):
+    from services.provider.app import MIGRATIONS
+    from services.provider.payments import PaymentService
+    from services.runtime.db import Database
+    db = Database(database_url, MIGRATIONS)
+    db.migrate()
+    providers = {p.name: p for p in default_providers(seed=5, books_dir=tmp_path / "books")}
+    yield PaymentService(db, ProviderRegistry(providers, quote_timeout=0.5))
+    db.close()
+
+
+async def test_concurrent_repeats_of_one_payment_charge_once(payment_service):
+    from services.provider.payments import SUCCEEDED
+    results = await asyncio.gather(*(payment_service.execute("k1", "fp", usd("100"), "wallets/w", "", "")
+                                     for _ in range(5)))
+    assert {r.id for r in results} == {results[0].id} and results[0].state == SUCCEEDED
+    charged = [key for p in payment_service.registry.adapters.values() for key in p.charges]
+    assert charged == [results[0].name]
+
+
+async def test_a_payment_interrupted_after_the_charge_resumes_without_charging_again(payment_service, tmp_path):
+    """The service recorded the payment, the provider charged, and the service died before it wrote
+    SUCCEEDED: the repeat of the request finds the charge by key (from the provider's own books)."""
+    from services.provider.payments import PENDING, SUCCEEDED, PaymentService
+    registry = payment_service.registry
+    from services.provider.tables import idempotency_keys
+    from services.runtime.idempotency import run_idempotent
+    payment_id = (await payment_service.db.run(
+        run_idempotent, payment_service.db, idempotency_keys, "ExecutePayment", "k2", "fp",
+        lambda c, now: payment_service._open(c, now, usd("100"), "wallets/w", "", "beta-ramp"),
+        lambda i: i.encode(), payment_service._clock)).decode()
+    assert (await payment_service.get(payment_id)).state == PENDING
+    first = await registry.adapters["beta-ramp"].execute(usd("100"), f"payments/{payment_id}")   # charged, then crash
+    # A new process: the provider's books come back from its file.
+    restarted = {p.name: p for p in default_providers(seed=6, books_dir=tmp_path / "books")}
+    service = PaymentService(payment_service.db, ProviderRegistry(restarted, quote_timeout=0.5))
+    payment = await service.execute("k2", "fp", usd("100"), "wallets/w", "", "beta-ramp")
+    assert payment.state == SUCCEEDED and payment.provider_reference == first.reference
+    assert sum(len(p.charges) for p in restarted.values()) == 1

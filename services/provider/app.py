@@ -1,13 +1,25 @@
 """Composition root of the provider service."""
+from pathlib import Path
+
 from diboas.provider.v1 import provider_pb2_grpc
+from services.runtime.db import Database
 from services.runtime.server import Registration, Runtime
 
+from .payments import PaymentService
 from .registry import ProviderRegistry
 from .servicer import ProviderServicer
 from .simulator import default_providers
 
+MIGRATIONS = Path(__file__).parent / "migrations"
+
 
 def build(runtime: Runtime) -> list[Registration]:
-    registry = ProviderRegistry({p.name: p for p in default_providers()})
+    db = Database(runtime.service.database, MIGRATIONS)
+    db.migrate()
+    runtime.on_stop.append(db.close)
+    # The simulators' books live beside our state: the simulated world outlives a restart.
+    registry = ProviderRegistry({p.name: p for p in default_providers(
+        books_dir=runtime.topology.state_dir / "simulators" / "providers")})
     runtime.background.append(registry.watch)       # health checks on an interval
-    return [Registration(provider_pb2_grpc.add_ProviderServiceServicer_to_server, ProviderServicer(registry))]
+    return [Registration(provider_pb2_grpc.add_ProviderServiceServicer_to_server,
+                         ProviderServicer(registry, PaymentService(db, registry)))]

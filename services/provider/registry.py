@@ -66,9 +66,32 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    provider: str
+    started_at: dt.datetime
+    ended_at: dt.datetime
+    failure: Failure | None = None          # None: this provider executed the payment
+
+
+@dataclass(frozen=True)
 class PaymentOutcome:
-    receipt: Receipt
-    attempts: list[tuple[str, str]]          # (provider, "ok" or what went wrong), in order
+    receipt: Receipt | None                  # None: every candidate failed, nothing was charged
+    attempts: list[Attempt]                  # in order
+
+    @property
+    def failure_reason(self) -> str:
+        if self.receipt is not None:
+            return ""
+        return "payment failed on every provider: " + "; ".join(
+            f"{a.provider}: {a.failure.message}" for a in self.attempts if a.failure)
+
+
+def _failure(name: str, exc: BaseException) -> Failure:
+    if isinstance(exc, TimeoutError):
+        return Failure(name, "TIMEOUT", f"{name} did not answer in time")
+    if isinstance(exc, ServiceUnavailable):          # its breaker is open
+        return Failure(name, "CIRCUIT_OPEN", exc.message)
+    return Failure(name, "ERROR", str(exc) or f"{name} failed")
 
 
 @dataclass
@@ -85,7 +108,7 @@ class ProviderRegistry:
             self.health.setdefault(name, Health())
             self.breakers.setdefault(name, AsyncCircuitBreaker(
                 f"provider {name}", self.breaker_fail_max, self.breaker_reset_seconds,
-                is_failure=lambda exc: isinstance(exc, ProviderError)))
+                is_failure=lambda exc: isinstance(exc, (ProviderError, TimeoutError))))
 
     def adapter(self, name: str) -> ProviderAdapter:
         try:
@@ -93,6 +116,12 @@ class ProviderRegistry:
         except KeyError:
             raise NotFound(f"provider providers/{name} does not exist (known: {', '.join(sorted(self.adapters))})",
                            reason="PROVIDER_NOT_FOUND") from None
+
+    def require_able(self, name: str, request: QuoteRequest) -> None:
+        """NOT_FOUND for an unknown provider, INVALID_ARGUMENT for one that cannot take the request."""
+        refusal = self.adapter(name).limits.refuses(request)
+        if refusal:
+            raise InvalidArgument.field("provider", f"providers/{name} {refusal}")
 
     # --- health ---------------------------------------------------------------------------------
 
@@ -176,36 +205,42 @@ class ProviderRegistry:
 
     async def pay(self, request: QuoteRequest, idempotency_key: str, provider: str | None = None,
                   timeout: float | None = None) -> PaymentOutcome:
-        """Pay on the given provider, or the best one, failing over to the next best on failure."""
+        """Pay on the given provider (when it is healthy), else on the best one, failing over to
+        the next best on failure. Every provider gets the same idempotency key. Raises
+        ServiceUnavailable NO_PROVIDER_AVAILABLE only when no provider could even be tried."""
         if request.amount.amount <= 0:
             raise InvalidArgument.field("amount.amount", "must be greater than zero")
-        attempts: list[tuple[str, str]] = []
+        if provider:
+            self.require_able(provider, request)
+        attempts: list[Attempt] = []
         tried: set[str] = set()
-        while True:
-            if provider and not tried:
-                self.adapter(provider)
+        while len(tried) < len(self.adapters):
+            if provider and not tried and self.health[provider].healthy:
                 name = provider
             else:
-                name = (await self.select(request, exclude=frozenset(tried), timeout=timeout)).quote.provider
+                try:
+                    name = (await self.select(request, exclude=frozenset(tried), timeout=timeout)).quote.provider
+                except ServiceUnavailable:
+                    if not attempts:
+                        raise
+                    break           # some failed, the rest cannot take it: the payment failed
             tried.add(name)
-            started = time.monotonic()
+            started, clock = dt.datetime.now(dt.timezone.utc), time.monotonic()
             try:
                 receipt = await self._execute(name, request, idempotency_key, timeout or self.quote_timeout)
             except (ProviderError, TimeoutError, ServiceUnavailable) as exc:
-                message = str(getattr(exc, "message", None) or exc) or "no answer in time"
-                attempts.append((name, message))
-                self.health[name].healthy, self.health[name].message = False, message   # failover: mark it
-                self.health[name].record(False, 0.0, message)
-                log.warning("payment %s failed on %s (%s); failing over", idempotency_key, name, message,
+                failure = _failure(name, exc)
+                attempts.append(Attempt(name, started, dt.datetime.now(dt.timezone.utc), failure))
+                health = self.health[name]
+                health.healthy, health.message = False, failure.message     # failover: mark it
+                health.record(False, 0.0, failure.message)
+                log.warning("payment %s failed on %s (%s); failing over", idempotency_key, name, failure.message,
                             extra={"provider": name})
-                if len(tried) >= len(self.adapters):
-                    raise ServiceUnavailable("payment failed on every provider: "
-                                             + "; ".join(f"{p}: {m}" for p, m in attempts),
-                                             reason="ALL_PROVIDERS_FAILED") from None
                 continue
-            attempts.append((name, "ok"))
-            self.health[name].record(True, time.monotonic() - started)
+            attempts.append(Attempt(name, started, dt.datetime.now(dt.timezone.utc)))
+            self.health[name].record(True, time.monotonic() - clock)
             return PaymentOutcome(receipt, attempts)
+        return PaymentOutcome(None, attempts)
 
     async def _execute(self, name: str, request: QuoteRequest, key: str, timeout: float) -> Receipt:
         """Execute under the provider's breaker. A timeout leaves the outcome unknown (the provider may

@@ -1,6 +1,5 @@
-"""ProviderService over gRPC: the registry's providers, their health, quotes, and run-time faults.
-SelectProvider, ExecutePayment and GetPayment need the payment records (persistence) that the
-rest of the provider issue brings; until then they answer UNIMPLEMENTED."""
+"""ProviderService over gRPC: the registry's providers, their health, quotes, selection,
+recorded payments with failover, and run-time faults of the simulators."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,14 +9,14 @@ from google.protobuf.duration_pb2 import Duration
 from diboas.common.v1 import common_pb2
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.domain.money import Money
-from services.runtime.errors import InvalidArgument, Unimplemented
-from services.runtime.requests import money, page_size, request_id, resource_id, timestamp
+from services.runtime.errors import InvalidArgument
+from services.runtime.requests import fingerprint, money, page_size, request_id, resource_id, timestamp
 
 from .adapters import PAY_IN, PAY_OUT, Quote, QuoteRequest
-from .registry import Failure, ProviderRegistry
+from .payments import Payment, PaymentService
+from .registry import Failure, ProviderRegistry, Selection
 from .simulator import Faults, SimulatedProvider
 
-PLANNED = "arrives with the payment records of the provider registry issue"
 _DIRECTIONS = {provider_pb2.PAYMENT_DIRECTION_PAY_IN: PAY_IN, provider_pb2.PAYMENT_DIRECTION_PAY_OUT: PAY_OUT}
 _BREAKER = {"closed": provider_pb2.CIRCUIT_STATE_CLOSED, "open": provider_pb2.CIRCUIT_STATE_OPEN,
             "half-open": provider_pb2.CIRCUIT_STATE_HALF_OPEN}
@@ -46,9 +45,40 @@ def failure_pb(f: Failure) -> provider_pb2.ProviderFailure:
                                         kind=provider_pb2.ProviderFailureKind.Value(f"PROVIDER_FAILURE_KIND_{f.reason}"))
 
 
+def selection_pb(s: Selection) -> provider_pb2.SelectProviderResponse:
+    return provider_pb2.SelectProviderResponse(
+        provider=f"providers/{s.quote.provider}", quote=quote_pb(s.quote), candidates=[quote_pb(q) for q in s.candidates],
+        failures=[failure_pb(f) for f in s.failures], explanation=s.explanation)
+
+
+def payment_pb(p: Payment) -> provider_pb2.Payment:
+    return provider_pb2.Payment(
+        name=p.name, direction=provider_pb2.PaymentDirection.Value(f"PAYMENT_DIRECTION_{p.direction}"),
+        amount=_money(p.amount), wallet=p.wallet, transaction=p.transaction,
+        state=provider_pb2.PaymentState.Value(f"PAYMENT_STATE_{p.state}"),
+        provider=f"providers/{p.provider}" if p.provider else "",
+        attempts=[provider_pb2.PaymentAttempt(provider=f"providers/{a.provider}", succeeded=a.failure is None,
+                                              failure=failure_pb(a.failure) if a.failure else None,
+                                              start_time=timestamp(a.started_at), end_time=timestamp(a.ended_at))
+                  for a in p.attempts],
+        fee=_money(p.fee) if p.fee else None, provider_reference=p.provider_reference,
+        failure_reason=p.failure_reason, create_time=timestamp(p.created_at), complete_time=timestamp(p.completed_at))
+
+
+def quote_request(request) -> QuoteRequest:
+    """Direction and amount of a GetQuotes, SelectProvider or ExecutePayment request."""
+    direction = _DIRECTIONS.get(request.direction)
+    if direction is None:
+        raise InvalidArgument.field("direction", "is required: PAYMENT_DIRECTION_PAY_IN or PAYMENT_DIRECTION_PAY_OUT")
+    amount = money(request.amount, request.HasField("amount"), "amount")
+    if getattr(request, "settlement_currency_code", "") not in ("", amount.currency):
+        raise InvalidArgument.field("settlement_currency_code", "conversion between currencies is not offered yet")
+    return QuoteRequest(direction, amount)
+
+
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
-    def __init__(self, registry: ProviderRegistry):
-        self._registry = registry
+    def __init__(self, registry: ProviderRegistry, payments: PaymentService):
+        self._registry, self._payments = registry, payments
 
     def _health_pb(self, name: str) -> provider_pb2.ProviderHealth:
         health, breaker = self._registry.health[name], self._registry.breakers[name]
@@ -89,16 +119,11 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         return provider_pb2.GetProviderHealthResponse(health=self._health_pb(name))
 
     async def GetQuotes(self, request, context):
-        direction = _DIRECTIONS.get(request.direction)
-        if direction is None:
-            raise InvalidArgument.field("direction", "is required: PAYMENT_DIRECTION_PAY_IN or PAYMENT_DIRECTION_PAY_OUT")
-        amount = money(request.amount, request.HasField("amount"), "amount")
-        if request.settlement_currency_code and request.settlement_currency_code != amount.currency:
-            raise InvalidArgument.field("settlement_currency_code", "conversion between currencies is not offered yet")
+        quote = quote_request(request)
         timeout = request.provider_timeout.ToTimedelta().total_seconds() if request.HasField("provider_timeout") else None
         if timeout is not None and not 0 < timeout <= 30:
             raise InvalidArgument.field("provider_timeout", "must be more than 0 and at most 30 seconds")
-        quotes, failures = await self._registry.quotes(QuoteRequest(direction, amount), timeout)
+        quotes, failures = await self._registry.quotes(quote, timeout)
         quotes.sort(key=lambda q: q.total_cost.amount)
         return provider_pb2.GetQuotesResponse(quotes=[quote_pb(q) for q in quotes],
                                               failures=[failure_pb(f) for f in failures],
@@ -123,10 +148,21 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         return provider_pb2.SetProviderFaultsResponse(provider=self._provider_pb(name))
 
     async def SelectProvider(self, request, context):
-        raise Unimplemented(f"provider.SelectProvider is not implemented yet ({PLANNED})")
+        rid, quote = request_id(request), quote_request(request)
+        exclude = frozenset(resource_id(p, "providers", "exclude_providers") for p in request.exclude_providers)
+        data = await self._payments.select(rid, fingerprint(request), quote, exclude,
+                                           lambda chosen: selection_pb(chosen).SerializeToString())
+        return provider_pb2.SelectProviderResponse.FromString(data)
 
     async def ExecutePayment(self, request, context):
-        raise Unimplemented(f"provider.ExecutePayment is not implemented yet ({PLANNED})")
+        rid, quote = request_id(request), quote_request(request)
+        wallet = f"wallets/{resource_id(request.wallet, 'wallets', 'wallet')}"
+        transaction = (f"transactions/{resource_id(request.transaction, 'transactions', 'transaction')}"
+                       if request.transaction else "")
+        provider = resource_id(request.provider, "providers", "provider") if request.provider else ""
+        payment = await self._payments.execute(rid, fingerprint(request), quote, wallet, transaction, provider)
+        return provider_pb2.ExecutePaymentResponse(payment=payment_pb(payment))
 
     async def GetPayment(self, request, context):
-        raise Unimplemented(f"provider.GetPayment is not implemented yet ({PLANNED})")
+        payment = await self._payments.get(resource_id(request.name, "payments", "name"))
+        return provider_pb2.GetPaymentResponse(payment=payment_pb(payment))

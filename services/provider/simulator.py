@@ -1,17 +1,22 @@
 """Simulated on/off-ramp providers: each with its own fee schedule, exchange spread, latency
 distribution, currencies and limits, and faults that can be switched on and off at run time
 (errors, timeouts, slowness, flapping). They stand in for the real providers we cannot reach
-here, and they keep books: every charge, so tests can prove nothing was charged twice.
+here, and they keep books: every charge, so tests can prove nothing was charged twice. With
+a books file, the books are the provider's own world: they outlive our service (a restarted
+provider service still cannot make it charge one key twice), and tests read them from outside.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import os
 import random
 import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 
 from services.domain.money import EXACT, Money
 
@@ -48,6 +53,27 @@ class SimulatedProvider(ProviderAdapter):
     quote_ttl: dt.timedelta = dt.timedelta(seconds=30)
     rng: random.Random = field(default_factory=random.Random)
     charges: dict[str, Receipt] = field(default_factory=dict)   # idempotency key -> receipt: the books
+    books: Path | None = None                   # where the books are kept (JSON lines), if anywhere
+
+    def __post_init__(self) -> None:
+        if self.books is None or not self.books.exists():
+            return
+        for line in self.books.read_text().splitlines():
+            entry = json.loads(line)
+            self.charges[entry["key"]] = Receipt(self.name, entry["reference"],
+                                                 Money.parse(entry["currency"], entry["fee"]), entry["key"])
+
+    def _record(self, receipt: Receipt, request: QuoteRequest) -> None:
+        if self.books is None:
+            return
+        self.books.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"key": receipt.idempotency_key, "reference": receipt.reference,
+                           "direction": request.direction, "currency": request.amount.currency,
+                           "amount": request.amount.text, "fee": receipt.fee.text})
+        with self.books.open("a") as books:      # the charge is real once it is on disk
+            books.write(line + "\n")
+            books.flush()
+            os.fsync(books.fileno())
 
     async def _call(self) -> float:
         """Behave like a remote call: latency, and the faults switched on now."""
@@ -88,20 +114,23 @@ class SimulatedProvider(ProviderAdapter):
         if idempotency_key in self.charges:     # a real provider dedupes on its idempotency header
             return self.charges[idempotency_key]
         await self._call()
+        if idempotency_key in self.charges:     # a concurrent call with the same key charged meanwhile
+            return self.charges[idempotency_key]
         fee, _, _ = self.price(request)
-        receipt = self.charges.setdefault(idempotency_key,
-                                          Receipt(self.name, f"{self.name}-{uuid.uuid4().hex[:12]}", fee, idempotency_key))
+        receipt = Receipt(self.name, f"{self.name}-{uuid.uuid4().hex[:12]}", fee, idempotency_key)
+        self._record(receipt, request)
+        self.charges[idempotency_key] = receipt
         return receipt
 
     async def check(self) -> None:
         await self._call()
 
 
-def default_providers(seed: int | None = None) -> list[SimulatedProvider]:
-    """Three simulated providers with different prices, speeds and reach."""
+def default_providers(seed: int | None = None, books_dir: Path | None = None) -> list[SimulatedProvider]:
+    """Three simulated providers with different prices, speeds and reach (books in `books_dir`)."""
     rng = random.Random(seed)
     usd_eur = frozenset({"USD", "EUR"})
-    return [
+    providers = [
         SimulatedProvider("alpha-pay", "Alpha Pay (simulated)", Limits(usd_eur | {"GBP"},
                           minimum={"USD": Decimal("10")}, maximum={"USD": Decimal("20000")}),
                           FeeSchedule({"USD": Decimal("0.30"), "EUR": Decimal("0.25")}, Decimal("0.0149"),
@@ -115,3 +144,8 @@ def default_providers(seed: int | None = None) -> list[SimulatedProvider]:
                           FeeSchedule({"USD": Decimal("0")}, Decimal("0.0250"), Decimal("0.0010")),
                           latency=0.02, rng=random.Random(rng.random())),
     ]
+    if books_dir is not None:
+        for provider in providers:
+            provider.books = books_dir / f"{provider.name}.jsonl"
+            provider.__post_init__()
+    return providers
