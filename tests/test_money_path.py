@@ -5,7 +5,6 @@ concurrency."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import subprocess
 import sys
@@ -14,83 +13,21 @@ from decimal import Decimal
 import grpc
 import pytest
 
-from diboas.common.v1 import common_pb2
-from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
-from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from services.runtime.config import Address
+from diboas.transaction.v1 import transaction_pb2
 from services.runtime.status import error_info
-from services.transaction.app import build as transaction_app
-from services.wallet.app import build as wallet_app
 
-from conftest import bearer, client_channel, service_token, with_service
+from meshkit import start_mesh
 
 COMPLETED = transaction_pb2.TRANSACTION_STATE_COMPLETED
 FAILED = transaction_pb2.TRANSACTION_STATE_FAILED
 
 
 @pytest.fixture
-async def mesh(topology, start_server, database_url, tmp_path):
+async def mesh(topology, start_server, database_url):
     # The wallet on the parametrized backend; the transaction service on its own SQLite file.
-    topology = with_service(topology, "wallet", database=database_url)
-    wallet = await start_server(topology, "wallet", wallet_app)
-    topology = with_service(topology, "wallet", address=Address("127.0.0.1", wallet.port))
-    transaction = await start_server(topology, "transaction", transaction_app)
-    cli_env = dict(os.environ, DIBOAS_CERTS_DIR=str(topology.certs_dir),
-                   DIBOAS_TRANSACTION_ADDRESS=f"127.0.0.1:{transaction.port}")
-    channels = [client_channel(topology, "operator", wallet.port, "wallet"),
-                client_channel(topology, "gateway", transaction.port, "transaction")]
-
-    class Mesh:
-        env = cli_env
-        wallets = wallet_pb2_grpc.WalletServiceStub(channels[0])
-        transactions = transaction_pb2_grpc.TransactionServiceStub(channels[1])
-        as_operator = bearer(service_token(topology, "operator", "wallet"))
-        as_gateway = bearer(service_token(topology, "gateway", "transaction"))
-
-        async def wallet(self, owner: str, funds: str) -> str:
-            name = (await self.wallets.CreateWallet(wallet_pb2.CreateWalletRequest(
-                wallet=wallet_pb2.Wallet(owner_id=owner, currency_code="USD"), request_id=f"w-{owner}"),
-                metadata=self.as_operator, timeout=10)).wallet.name
-            if funds != "0":
-                await self.wallets.CreditWallet(wallet_pb2.CreditWalletRequest(
-                    wallet=name, amount=common_pb2.Money(currency_code="USD", amount=funds),
-                    request_id=f"fund-{owner}"), metadata=self.as_operator, timeout=10)
-            return name
-
-        async def balances(self, name: str) -> tuple[Decimal, Decimal]:
-            w = (await self.wallets.GetWallet(wallet_pb2.GetWalletRequest(name=name), metadata=self.as_operator,
-                                              timeout=10)).wallet
-            return Decimal(w.available_balance.amount), Decimal(w.held_balance.amount)
-
-        async def send(self, source: str, destination: str, amount: str, request_id: str):
-            return (await self.transactions.CreateTransaction(transaction_pb2.CreateTransactionRequest(
-                transaction=transaction_pb2.Transaction(
-                    type=transaction_pb2.TRANSACTION_TYPE_SEND, source_wallet=source, destination_wallet=destination,
-                    amount=common_pb2.Money(currency_code="USD", amount=amount)), request_id=request_id),
-                metadata=self.as_gateway, timeout=10)).transaction
-
-        async def settled(self, name: str, timeout: float = 30) -> transaction_pb2.Transaction:
-            deadline = asyncio.get_running_loop().time() + timeout
-            while True:
-                tx = (await self.transactions.GetTransaction(transaction_pb2.GetTransactionRequest(name=name),
-                                                             metadata=self.as_gateway, timeout=10)).transaction
-                if tx.state in (COMPLETED, FAILED) or asyncio.get_running_loop().time() > deadline:
-                    return tx
-                await asyncio.sleep(0.05)
-
-    yield Mesh()
-    for channel in channels:
-        await channel.close()
-
-
-async def wait_until_settled(mesh, names: list[str], timeout: float = 60) -> None:
-    """Until no money is held any more: every completed SEND has been captured by the wallet."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        held = [(await mesh.balances(n))[1] for n in names]
-        if not any(held) or asyncio.get_running_loop().time() > deadline:
-            return
-        await asyncio.sleep(0.1)
+    mesh = await start_mesh(topology, start_server, ("wallet", "transaction"), wallet=database_url)
+    yield mesh
+    await mesh.close()
 
 
 async def test_a_send_moves_the_money_once(mesh):
@@ -101,7 +38,7 @@ async def test_a_send_moves_the_money_once(mesh):
     assert again.name == created.name                       # same key: the same transaction
     tx = await mesh.settled(created.name)
     assert tx.state == COMPLETED and tx.hold.startswith(f"{alice}/holds/")
-    await wait_until_settled(mesh, [alice, bob])
+    await mesh.wait_until_settled([alice, bob])
     assert await mesh.balances(alice) == (Decimal("70.00"), 0)
     assert await mesh.balances(bob) == (Decimal("30.00"), 0)
 
@@ -141,7 +78,7 @@ async def test_concurrent_sends_conserve_money(mesh):
     final = [await mesh.settled(name) for name in created]
     assert all(tx.state in (COMPLETED, FAILED) for tx in final)
     assert sum(tx.state == COMPLETED for tx in final) > 50
-    await wait_until_settled(mesh, names)
+    await mesh.wait_until_settled(names)
     balances = [await mesh.balances(n) for n in names]
     assert all(available >= 0 and held == 0 for available, held in balances)
     assert sum(available for available, _ in balances) == Decimal("500.00")
@@ -172,7 +109,7 @@ async def test_a_poisoned_event_is_dead_lettered_and_settles_after_the_fix_and_a
     monkeypatch.undo()                               # the fix is deployed
     replay = await asyncio.to_thread(diboas, mesh, "dead-letters", "replay", "--all")
     assert replay.returncode == 0 and "replayed 1 dead letter(s)" in replay.stdout, replay.stderr
-    await wait_until_settled(mesh, [alice, bob])
+    await mesh.wait_until_settled([alice, bob])
     assert await mesh.balances(alice) == (Decimal("15.00"), 0)
     assert await mesh.balances(bob) == (Decimal("5.00"), 0)
     assert "no dead letters" in (await asyncio.to_thread(diboas, mesh, "dead-letters", "list")).stdout

@@ -4,14 +4,24 @@
        │            │
        └────────────┴───────> FAILED
 
-A SEND is created PENDING and queued; processing reserves the money on the source wallet (a
-hold) and completes, or fails. DEPOSIT, WITHDRAW and BRIDGE use the same states (their sagas
-come with the provider and blockchain services).
+Every transaction is created PENDING and queued; a worker runs its saga:
+
+  SEND      hold on the source wallet ──> COMPLETED (the wallet captures the hold into the
+            destination when it hears transaction.completed)
+  DEPOSIT   provider pays in ──> COMPLETED (the wallet credits the destination on the event);
+            the provider failing on every candidate ──> FAILED, nothing moved
+  WITHDRAW  hold ──> PROCESSING ──> provider pays out ──> COMPLETED (hold captured out of the
+            platform) or FAILED (hold released)
+  BRIDGE    hold ──> PROCESSING ──> cross-chain transfer ──> COMPLETED (hold captured out) or,
+            when the transfer was compensated, FAILED (hold released)
+
+Each step is idempotent by a key derived from the transaction id, so a retried step (after
+a crash or a timeout) never does its work twice.
 """
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.domain.money import Money
 from services.runtime.errors import FailedPrecondition
@@ -35,6 +45,13 @@ class Transaction:
     created_at: dt.datetime
     updated_at: dt.datetime
     completed_at: dt.datetime | None
+    provider: str = ""                  # "providers/{id}": asked for, then the one that executed
+    provider_payment: str = ""          # "payments/{id}"
+    source_chain: str = ""              # "chains/{id}"
+    target_chain: str = ""
+    destination_address: str = ""
+    cross_chain_transfer: str = ""      # "crossChainTransfers/{id}"
+    chain_transactions: list[tuple[str, str, int]] = field(default_factory=list)   # (chain, hash, block)
 
     @property
     def name(self) -> str:

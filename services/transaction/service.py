@@ -1,12 +1,16 @@
 """Transaction use cases: create (idempotent, validated against the wallet), read, list, and
-process queued work. Every state change is written with its event (outbox) and, for queued
-work, the queue item's removal, in one database transaction: a crash anywhere leaves either
-the old state with the item still queued, or the new state with its event and no item."""
+run the queued sagas (domain.py has their steps). Every terminal state is written with its
+event (outbox) and the queue item's removal, in one database transaction: a crash anywhere
+leaves either the old state with the item still queued, or the new state with its event and
+no item. A saga step that cannot say for sure whether it happened (a timeout, an upstream
+down) is asked again later with the same idempotency key, never assumed to have failed."""
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -19,13 +23,14 @@ from diboas.events.v1 import events_pb2
 from diboas.transaction.v1 import transaction_pb2
 from services.domain.money import Money
 from services.runtime.db import Database
-from services.runtime.errors import DeadlineExceeded, DomainError, InvalidArgument, NotFound, ServiceUnavailable
+from services.runtime.errors import DeadlineExceeded, DomainError, FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.idempotency import run_idempotent, stored_response
 from services.runtime.messaging.queue import Claimed, WorkQueue
 from services.runtime.messaging.store import Outbox
 from services.runtime.requests import page_size
 
-from .domain import COMPLETED, FAILED, PENDING, TERMINAL, Transaction
+from .domain import BRIDGE, COMPLETED, DEPOSIT, FAILED, PENDING, PROCESSING, SEND, TERMINAL, WITHDRAW, Transaction
+from .partners import ChainClient, ProviderClient
 from .tables import idempotency_keys, transactions
 from .wallet_client import WalletClient
 
@@ -43,7 +48,31 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 def _row(row) -> Transaction:
     return Transaction(row.id, row.type, row.state, row.source_wallet, row.destination_wallet,
                        Money(row.currency, row.amount), row.hold, row.failure_reason, _utc(row.created_at),
-                       _utc(row.updated_at), _utc(row.completed_at))
+                       _utc(row.updated_at), _utc(row.completed_at), row.provider, row.provider_payment,
+                       row.source_chain, row.target_chain, row.destination_address, row.cross_chain_transfer,
+                       [tuple(ref) for ref in json.loads(row.chain_transactions)])
+
+
+def _saga_columns(tx: Transaction) -> dict:
+    """What the saga steps change, as columns."""
+    return dict(state=tx.state, hold=tx.hold, failure_reason=tx.failure_reason, updated_at=tx.updated_at,
+                completed_at=tx.completed_at, provider=tx.provider, provider_payment=tx.provider_payment,
+                cross_chain_transfer=tx.cross_chain_transfer, chain_transactions=json.dumps(tx.chain_transactions))
+
+
+class _Fail(Exception):
+    """The saga ends FAILED with this reason (whatever it held is released on the event)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _definitive(exc: DomainError) -> bool:
+    """An upstream refusal that says the step did not and will not happen (bad input, a missing
+    wallet, no funds, no provider able): the saga can fail. Anything else may have happened."""
+    return (isinstance(exc, (InvalidArgument, NotFound, FailedPrecondition))
+            or getattr(exc, "reason", "") == "NO_PROVIDER_AVAILABLE")
 
 
 def _money(amount: Money) -> common_pb2.Money:
@@ -85,31 +114,40 @@ class Page:
 
 class TransactionService:
     def __init__(self, db: Database, wallet: WalletClient, queue: WorkQueue, outbox: Outbox,
+                 providers: ProviderClient | None = None, chains: ChainClient | None = None,
                  clock: Callable[[], dt.datetime] = utcnow, ids: Callable[[], str] = lambda: uuid.uuid4().hex):
         self.db, self._wallet, self.queue, self._outbox = db, wallet, queue, outbox
+        self._providers, self._chains = providers, chains
         self._clock, self._ids = clock, ids
+        self._sagas = {SEND: self._send, DEPOSIT: self._deposit, WITHDRAW: self._withdraw, BRIDGE: self._bridge}
 
     # --- create ---------------------------------------------------------------------------------
 
-    async def create_send(self, request_id: str, fingerprint: str, source: str, destination: str, amount: Money,
-                          encode: Callable[[Transaction], bytes]) -> bytes:
-        """A SEND, queued for processing once the wallets agree it can happen (nothing is written
-        when they do not). A repeated request_id returns the first answer."""
+    async def create(self, request_id: str, fingerprint: str, draft: Transaction,
+                     encode: Callable[[Transaction], bytes]) -> bytes:
+        """A transaction, queued for its saga once the wallets agree it can start (nothing is
+        written when they do not). A repeated request_id returns the first answer."""
         def stored() -> bytes | None:
             with self.db.reading() as connection:
                 return stored_response(connection, idempotency_keys, "CreateTransaction", request_id, fingerprint)
         first = await self.db.run(stored)
         if first is not None:
             return first
-        await self._wallet.check_transfer(source, destination, amount)
+        if draft.type == SEND:
+            await self._wallet.check_transfer(draft.source_wallet, draft.destination_wallet, draft.amount)
+        elif draft.type == DEPOSIT:
+            await self._wallet.check_currency(draft.destination_wallet, draft.amount, "transaction.destination_wallet")
+        else:
+            await self._wallet.check_funds(draft.source_wallet, draft.amount)
 
         def work(connection: Connection, now: dt.datetime) -> Transaction:
-            tx = Transaction(self._ids(), "SEND", PENDING, source, destination, amount, "", "", now, now, None)
+            tx = dataclasses.replace(draft, id=self._ids(), state=PENDING, hold="", failure_reason="",
+                                     created_at=now, updated_at=now, completed_at=None)
             connection.execute(insert(transactions).values(
-                id=tx.id, type=tx.type, state=tx.state, source_wallet=source, destination_wallet=destination,
-                currency=amount.currency, amount=amount.amount, hold="", failure_reason="", created_at=now,
-                updated_at=now, completed_at=None))
-            self.queue.enqueue(connection, tx.id, priority=10)
+                id=tx.id, type=tx.type, source_wallet=tx.source_wallet, destination_wallet=tx.destination_wallet,
+                currency=tx.amount.currency, amount=tx.amount.amount, created_at=now, source_chain=tx.source_chain,
+                target_chain=tx.target_chain, destination_address=tx.destination_address, **_saga_columns(tx)))
+            self.queue.enqueue(connection, tx.id, priority=10 if tx.type == SEND else 5)
             return tx
         return await self.db.run(run_idempotent, self.db, idempotency_keys, "CreateTransaction", request_id,
                                  fingerprint, work, encode, self._clock)
@@ -148,35 +186,98 @@ class TransactionService:
 
     # --- processing -----------------------------------------------------------------------------
 
-    def _finish(self, claimed: Claimed, transaction_id: str, state: str, hold: str = "", reason: str = "") -> None:
+    def _save(self, tx: Transaction, claimed: Claimed | None) -> None:
+        """Write the saga's progress; a terminal state with its event and the item's removal."""
         with self.db.transaction() as connection:
-            query = select(transactions).where(transactions.c.id == transaction_id)
+            query = select(transactions.c.state).where(transactions.c.id == tx.id)
             if connection.dialect.name == "postgresql":
                 query = query.with_for_update()
-            tx = _row(connection.execute(query).one())
-            if tx.state not in TERMINAL:
-                tx.move_to(state, self._clock(), hold=hold, reason=reason)
-                connection.execute(update(transactions).where(transactions.c.id == tx.id).values(
-                    state=tx.state, hold=tx.hold, failure_reason=tx.failure_reason, updated_at=tx.updated_at,
-                    completed_at=tx.completed_at))
-                topic, event = event_for(tx)
-                self._outbox.add(connection, topic, tx.name, event)
-            self.queue.done(connection, claimed)
+            if connection.execute(query).scalar_one() not in TERMINAL:
+                connection.execute(update(transactions).where(transactions.c.id == tx.id).values(**_saga_columns(tx)))
+                if tx.state in TERMINAL:
+                    topic, event = event_for(tx)
+                    self._outbox.add(connection, topic, tx.name, event)
+            if claimed is not None:
+                self.queue.done(connection, claimed)
+
+    async def _progress(self, tx: Transaction, **changes) -> None:
+        """A step is done: PROCESSING, with what it made (a hold, a payment, a transfer)."""
+        for key, value in changes.items():
+            setattr(tx, key, value)
+        if tx.state == PENDING:
+            tx.move_to(PROCESSING, self._clock())
+        tx.updated_at = self._clock()
+        await self.db.run(self._save, tx, None)
 
     async def process(self, claimed: Claimed) -> None:
-        """One queued SEND: reserve on the source wallet, then complete (or fail)."""
+        """One queued transaction: run its saga to COMPLETED or FAILED. A step that may have
+        happened raises, and the item is retried later (each step is idempotent by key)."""
         tx = await self.db.run(self._get, claimed.item)
         if tx is None or tx.state in TERMINAL:
             await self.db.run(self._finish_gone, claimed)
             return
         try:
-            hold = await self._wallet.hold(tx.source_wallet, tx.amount, tx.name, request_id=f"{tx.id}:hold")
-        except (ServiceUnavailable, DeadlineExceeded):
-            raise  # the wallet cannot answer now: the item is retried later
-        except DomainError as exc:  # the wallet said no (funds, currency, a wallet gone)
-            await self.db.run(self._finish, claimed, tx.id, FAILED, "", exc.message)
-            return
-        await self.db.run(self._finish, claimed, tx.id, COMPLETED, hold)
+            await self._sagas[tx.type](tx)
+            state, reason = COMPLETED, ""
+        except _Fail as failed:
+            state, reason = FAILED, failed.reason
+        tx.move_to(state, self._clock(), reason=reason)
+        await self.db.run(self._save, tx, claimed)
+
+    async def _step(self, call, atomic: bool = False):
+        """Run one upstream step. A definitive refusal fails the saga; anything else is retried
+        later. For an atomic step (one database transaction upstream, like a hold) every answer
+        but unavailable or too late is definitive: it did not happen."""
+        try:
+            return await call
+        except DomainError as exc:
+            retryable = isinstance(exc, (ServiceUnavailable, DeadlineExceeded))
+            if (atomic and not retryable) or _definitive(exc):
+                raise _Fail(exc.message) from None
+            raise
+
+    async def _hold(self, tx: Transaction) -> None:
+        if not tx.hold:
+            hold = await self._step(self._wallet.hold(tx.source_wallet, tx.amount, tx.name, request_id=f"{tx.id}:hold"),
+                                   atomic=True)
+            if tx.type == SEND:
+                tx.hold = hold                   # one step: no need to record PROCESSING first
+            else:
+                await self._progress(tx, hold=hold)
+
+    async def _send(self, tx: Transaction) -> None:
+        await self._hold(tx)
+
+    async def _deposit(self, tx: Transaction) -> None:
+        await self._pay(tx, pay_in=True, wallet=tx.destination_wallet)
+
+    async def _withdraw(self, tx: Transaction) -> None:
+        await self._hold(tx)
+        await self._pay(tx, pay_in=False, wallet=tx.source_wallet)
+
+    async def _pay(self, tx: Transaction, pay_in: bool, wallet: str) -> None:
+        payment = await self._step(self._providers.pay(pay_in, tx.amount, wallet, tx.name, tx.provider,
+                                                       request_id=f"{tx.id}:payment"))
+        if payment.state == "PENDING":
+            raise ServiceUnavailable(f"{payment.name} is still pending", reason="PAYMENT_PENDING")
+        tx.provider_payment = payment.name
+        if payment.state != "SUCCEEDED":
+            raise _Fail(f"{payment.name} failed: {payment.failure_reason}")
+        tx.provider = payment.provider
+
+    async def _bridge(self, tx: Transaction) -> None:
+        await self._hold(tx)
+        transfer = await self._step(self._chains.transfer(tx.source_chain, tx.target_chain, tx.amount,
+                                                          tx.destination_address, tx.name, request_id=f"{tx.id}:bridge"))
+        tx.cross_chain_transfer, tx.chain_transactions = transfer.name, transfer.chain_transactions
+        if transfer.state == "COMPENSATED":
+            raise _Fail(f"{transfer.name} was compensated: {transfer.failure_reason}")
+        if transfer.state != "COMPLETED":
+            # In progress, or FAILED: compensation did not finish and an operator must act. The
+            # money stays held (neither lost nor spent); the item asks again later.
+            await self._progress(tx)
+            raise ServiceUnavailable(f"{transfer.name} is {transfer.state.lower()}: {transfer.failure_reason}",
+                                     reason=f"TRANSFER_{transfer.state}")
 
     def _finish_gone(self, claimed: Claimed) -> None:
         with self.db.transaction() as connection:

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 from diboas.common.v1 import common_pb2
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
-from services.runtime.errors import InvalidArgument, Unimplemented
+from services.runtime.errors import InvalidArgument
 from services.runtime.requests import fingerprint, money, request_id, resource_id, timestamp
 
-from .domain import Transaction
+from .domain import BRIDGE, DEPOSIT, SEND, WITHDRAW, Transaction
 from .service import TransactionService
-
-PLANNED = "arrives with the provider registry and multi-chain coordination"
-
 
 
 def transaction_pb(tx: Transaction) -> transaction_pb2.Transaction:
@@ -20,7 +17,54 @@ def transaction_pb(tx: Transaction) -> transaction_pb2.Transaction:
         source_wallet=tx.source_wallet, destination_wallet=tx.destination_wallet,
         amount=common_pb2.Money(currency_code=tx.amount.currency, amount=tx.amount.text),
         failure_reason=tx.failure_reason, hold=tx.hold, create_time=timestamp(tx.created_at),
-        update_time=timestamp(tx.updated_at), complete_time=timestamp(tx.completed_at))
+        update_time=timestamp(tx.updated_at), complete_time=timestamp(tx.completed_at), provider=tx.provider,
+        provider_payment=tx.provider_payment, source_chain=tx.source_chain, target_chain=tx.target_chain,
+        destination_address=tx.destination_address, cross_chain_transfer=tx.cross_chain_transfer,
+        chain_transactions=[common_pb2.ChainTransactionRef(chain=chain, transaction_hash=tx_hash, block_number=block)
+                            for chain, tx_hash, block in tx.chain_transactions])
+
+
+# Which fields each type needs (True) or must leave empty (False); others are optional.
+_FIELDS = {
+    SEND: {"source_wallet": True, "destination_wallet": True, "provider": False, "source_chain": False,
+           "target_chain": False, "destination_address": False},
+    DEPOSIT: {"source_wallet": False, "destination_wallet": True, "source_chain": False, "target_chain": False,
+              "destination_address": False},
+    WITHDRAW: {"source_wallet": True, "destination_wallet": False, "source_chain": False, "target_chain": False,
+               "destination_address": False},
+    BRIDGE: {"source_wallet": True, "destination_wallet": False, "provider": False, "source_chain": True,
+             "target_chain": True, "destination_address": True},
+}
+_COLLECTION = {"source_wallet": "wallets", "destination_wallet": "wallets", "provider": "providers",
+               "source_chain": "chains", "target_chain": "chains"}
+
+
+def draft_of(tx: transaction_pb2.Transaction) -> Transaction:
+    """The transaction a CreateTransaction asks for, each field checked against its type."""
+    if tx.type == transaction_pb2.TRANSACTION_TYPE_UNSPECIFIED:
+        raise InvalidArgument.field("transaction.type", "is required: SEND, DEPOSIT, WITHDRAW or BRIDGE")
+    kind = transaction_pb2.TransactionType.Name(tx.type).removeprefix("TRANSACTION_TYPE_")
+    values = {}
+    for field in ("source_wallet", "destination_wallet", "provider", "source_chain", "target_chain",
+                  "destination_address"):
+        value, rule = getattr(tx, field), _FIELDS[kind].get(field)      # rule None: optional
+        if rule is True and not value:
+            raise InvalidArgument.field(f"transaction.{field}", f"is required for {kind}")
+        if rule is False and value:
+            raise InvalidArgument.field(f"transaction.{field}", f"must be empty for {kind}")
+        if value and field in _COLLECTION:
+            value = f"{_COLLECTION[field]}/{resource_id(value, _COLLECTION[field], f'transaction.{field}')}"
+        values[field] = value
+    if kind == SEND and values["source_wallet"] == values["destination_wallet"]:
+        raise InvalidArgument.field("transaction.destination_wallet", "must differ from the source wallet")
+    if kind == BRIDGE and values["source_chain"] == values["target_chain"]:
+        raise InvalidArgument.field("transaction.target_chain", "must differ from the source chain")
+    if len(values["destination_address"]) > 256:
+        raise InvalidArgument.field("transaction.destination_address", "must be at most 256 characters")
+    amount = money(tx.amount, tx.HasField("amount"), "transaction.amount")
+    return Transaction("", kind, "", values["source_wallet"], values["destination_wallet"], amount, "", "", None,
+                       None, None, provider=values["provider"], source_chain=values["source_chain"],
+                       target_chain=values["target_chain"], destination_address=values["destination_address"])
 
 
 class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
@@ -29,19 +73,8 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
 
     async def CreateTransaction(self, request, context):
         rid = request_id(request)
-        tx = request.transaction
-        if tx.type != transaction_pb2.TRANSACTION_TYPE_SEND:
-            if tx.type == transaction_pb2.TRANSACTION_TYPE_UNSPECIFIED:
-                raise InvalidArgument.field("transaction.type", "is required: SEND, DEPOSIT, WITHDRAW or BRIDGE")
-            raise Unimplemented(f"{transaction_pb2.TransactionType.Name(tx.type)} transactions are not available yet "
-                                f"({PLANNED})")
-        source = resource_id(tx.source_wallet, "wallets", "transaction.source_wallet")
-        destination = resource_id(tx.destination_wallet, "wallets", "transaction.destination_wallet")
-        if source == destination:
-            raise InvalidArgument.field("transaction.destination_wallet", "must differ from the source wallet")
-        amount = money(tx.amount, tx.HasField("amount"), "transaction.amount")
-        data = await self._service.create_send(
-            rid, fingerprint(request), f"wallets/{source}", f"wallets/{destination}", amount,
+        data = await self._service.create(
+            rid, fingerprint(request), draft_of(request.transaction),
             lambda created: transaction_pb2.CreateTransactionResponse(
                 transaction=transaction_pb(created)).SerializeToString())
         return transaction_pb2.CreateTransactionResponse.FromString(data)

@@ -24,6 +24,15 @@ transactions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("completed_at", DateTime(timezone=True)),
+    # DEPOSIT and WITHDRAW: the provider asked for (empty: the provider service chooses; then the
+    # one that executed) and its payment. BRIDGE: the chains, the address and the transfer.
+    Column("provider", String(80), nullable=False, server_default=""),
+    Column("provider_payment", String(80), nullable=False, server_default=""),
+    Column("source_chain", String(80), nullable=False, server_default=""),
+    Column("target_chain", String(80), nullable=False, server_default=""),
+    Column("destination_address", String(256), nullable=False, server_default=""),
+    Column("cross_chain_transfer", String(80), nullable=False, server_default=""),
+    Column("chain_transactions", Text, nullable=False, server_default="[]"),   # JSON [{chain, hash, block}]
     Index("ix_transactions_source_wallet", "source_wallet"),
     Index("ix_transactions_destination_wallet", "destination_wallet"),
 )

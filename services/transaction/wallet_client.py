@@ -15,11 +15,18 @@ class WalletClient:
 
     async def check_transfer(self, source: str, destination: str, amount: Money) -> None:
         """Both wallets exist, hold the amount's currency, and the source has the funds now."""
+        await self.check_currency(destination, amount, "transaction.destination_wallet")
+        await self.check_funds(source, amount)
+
+    async def check_currency(self, wallet: str, amount: Money, field: str) -> None:
+        """The wallet exists and holds the amount's currency."""
+        found = (await self._wallet.GetWallet(wallet_pb2.GetWalletRequest(name=wallet))).wallet
+        if found.currency_code != amount.currency:
+            raise InvalidArgument.field(field, f"{wallet} holds {found.currency_code}, not {amount.currency}")
+
+    async def check_funds(self, source: str, amount: Money) -> None:
+        """The source wallet exists, holds the currency, and has the funds now."""
         money = common_pb2.Money(currency_code=amount.currency, amount=amount.text)
-        target = (await self._wallet.GetWallet(wallet_pb2.GetWalletRequest(name=destination))).wallet
-        if target.currency_code != amount.currency:
-            raise InvalidArgument.field("transaction.destination_wallet",
-                                        f"{destination} holds {target.currency_code}, not {amount.currency}")
         check = await self._wallet.ValidateBalance(wallet_pb2.ValidateBalanceRequest(wallet=source, amount=money))
         if not check.sufficient:
             raise FailedPrecondition(

@@ -182,6 +182,12 @@ class WalletService:
         with its inbox record)."""
         return self._settle(WalletRepository(connection), now, wallet_id, hold_id, capture, destination_id)
 
+    def credit_in(self, connection, now: dt.datetime, wallet_id: str, amount: Money, reference: str) -> None:
+        """Credit money that came into the platform (a deposit) inside a transaction the caller
+        owns (an event handler's, with its inbox record)."""
+        self._move(WalletRepository(connection), now, wallet_id, amount, "amount.currency_code",
+                   lambda w: ledger.credit(w, amount, reference), ledger.CREDIT)
+
     # --- reads ----------------------------------------------------------------------------------
 
     def _read(self, fn: Callable[[WalletRepository], T]) -> T:

@@ -1,0 +1,68 @@
+"""The provider and blockchain services, as the transaction sagas need them: adapters from
+domain values to their RPCs (errors arrive as domain errors, through the runtime's guarded
+stubs). Each call carries an idempotency key, so a retried step never pays or moves twice."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
+from diboas.common.v1 import common_pb2
+from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
+from services.domain.money import Money
+from services.runtime.client import Upstream
+
+# Failover across providers, or three chain steps with compensations, take longer than one
+# plain call: the saga waits this long before it asks again (with the same key) later.
+SAGA_STEP_TIMEOUT = 30.0
+
+
+def _money(amount: Money) -> common_pb2.Money:
+    return common_pb2.Money(currency_code=amount.currency, amount=amount.text)
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    name: str                   # "payments/{id}"
+    state: str                  # PENDING, SUCCEEDED, FAILED
+    provider: str               # "providers/{id}" that executed it; empty unless SUCCEEDED
+    failure_reason: str
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    name: str                   # "crossChainTransfers/{id}"
+    state: str                  # PENDING, IN_PROGRESS, COMPLETED, COMPENSATED, FAILED
+    chain_transactions: list[tuple[str, str, int]]    # (chain, hash, block): source, bridge, target
+    failure_reason: str
+
+
+class ProviderClient:
+    def __init__(self, upstream: Upstream):
+        self._providers = upstream.stub(provider_pb2_grpc.ProviderServiceStub)
+
+    async def pay(self, pay_in: bool, amount: Money, wallet: str, transaction: str, provider: str,
+                  request_id: str) -> PaymentResult:
+        direction = provider_pb2.PAYMENT_DIRECTION_PAY_IN if pay_in else provider_pb2.PAYMENT_DIRECTION_PAY_OUT
+        reply = await self._providers.ExecutePayment(provider_pb2.ExecutePaymentRequest(
+            direction=direction, amount=_money(amount), wallet=wallet, provider=provider, transaction=transaction,
+            request_id=request_id), timeout=SAGA_STEP_TIMEOUT)
+        p = reply.payment
+        return PaymentResult(p.name, provider_pb2.PaymentState.Name(p.state).removeprefix("PAYMENT_STATE_"),
+                             p.provider, p.failure_reason)
+
+
+class ChainClient:
+    def __init__(self, upstream: Upstream):
+        self._chains = upstream.stub(blockchain_pb2_grpc.BlockchainServiceStub)
+
+    async def transfer(self, source_chain: str, target_chain: str, amount: Money, destination_address: str,
+                       transaction: str, request_id: str) -> TransferResult:
+        reply = await self._chains.ExecuteCrossChainTransfer(blockchain_pb2.ExecuteCrossChainTransferRequest(
+            source_chain=source_chain, target_chain=target_chain, amount=_money(amount),
+            destination_address=destination_address, transaction=transaction, request_id=request_id),
+            timeout=SAGA_STEP_TIMEOUT)
+        t = reply.cross_chain_transfer
+        refs = [(r.chain, r.transaction_hash, r.block_number)
+                for r in (t.source_transaction, t.bridge_transaction, t.target_transaction) if r.transaction_hash]
+        return TransferResult(t.name, blockchain_pb2.CrossChainTransferState.Name(t.state)
+                              .removeprefix("CROSS_CHAIN_TRANSFER_STATE_"), refs, t.failure_reason)

@@ -1,0 +1,125 @@
+"""A whole mesh in the test process: every service's real composition root on a real mTLS
+port, wired to each other through the topology, and helpers that speak to it as the gateway
+and the operator would."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from decimal import Decimal
+from importlib import import_module
+
+from diboas.blockchain.v1 import blockchain_pb2_grpc
+from diboas.common.v1 import common_pb2
+from diboas.provider.v1 import provider_pb2_grpc
+from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
+from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from services.runtime.config import Address
+
+from conftest import bearer, client_channel, service_token, with_service
+
+SETTLED = (transaction_pb2.TRANSACTION_STATE_COMPLETED, transaction_pb2.TRANSACTION_STATE_FAILED)
+ORDER = ("wallet", "provider", "blockchain", "transaction")      # upstreams first
+
+
+def usd(amount: str) -> common_pb2.Money:
+    return common_pb2.Money(currency_code="USD", amount=amount)
+
+
+class Mesh:
+    def __init__(self, topology, ports: dict[str, int]):
+        self.topology, self.ports, self.channels = topology, ports, []
+        self.env = dict(os.environ, DIBOAS_CERTS_DIR=str(topology.certs_dir),
+                        **{f"DIBOAS_{n.upper()}_ADDRESS": f"127.0.0.1:{p}" for n, p in ports.items()})
+
+        def stub(service: str, identity: str, cls):
+            if service not in ports:
+                return None
+            channel = client_channel(topology, identity, ports[service], service)
+            self.channels.append(channel)
+            return cls(channel), bearer(service_token(topology, identity, service))
+        self.wallets, self.as_operator = stub("wallet", "operator", wallet_pb2_grpc.WalletServiceStub) or (None, None)
+        self.transactions, self.as_gateway = (stub("transaction", "gateway", transaction_pb2_grpc.TransactionServiceStub)
+                                              or (None, None))
+        self._providers = stub("provider", "operator", provider_pb2_grpc.ProviderServiceStub)
+        self._chains = stub("blockchain", "operator", blockchain_pb2_grpc.BlockchainServiceStub)
+
+    async def provider(self, method: str, request):
+        stub, metadata = self._providers
+        return await getattr(stub, method)(request, metadata=metadata, timeout=10)
+
+    async def chain(self, method: str, request):
+        stub, metadata = self._chains
+        return await getattr(stub, method)(request, metadata=metadata, timeout=10)
+
+    async def wallet(self, owner: str, funds: str) -> str:
+        name = (await self.wallets.CreateWallet(wallet_pb2.CreateWalletRequest(
+            wallet=wallet_pb2.Wallet(owner_id=owner, currency_code="USD"), request_id=f"w-{owner}"),
+            metadata=self.as_operator, timeout=10)).wallet.name
+        if funds != "0":
+            await self.wallets.CreditWallet(wallet_pb2.CreditWalletRequest(
+                wallet=name, amount=usd(funds), request_id=f"fund-{owner}"), metadata=self.as_operator, timeout=10)
+        return name
+
+    async def balances(self, name: str) -> tuple[Decimal, Decimal]:
+        w = (await self.wallets.GetWallet(wallet_pb2.GetWalletRequest(name=name), metadata=self.as_operator,
+                                          timeout=10)).wallet
+        return Decimal(w.available_balance.amount), Decimal(w.held_balance.amount)
+
+    async def create(self, kind: str, amount: str, request_id: str, **fields) -> transaction_pb2.Transaction:
+        return (await self.transactions.CreateTransaction(transaction_pb2.CreateTransactionRequest(
+            transaction=transaction_pb2.Transaction(type=transaction_pb2.TransactionType.Value(f"TRANSACTION_TYPE_{kind}"),
+                                                    amount=usd(amount), **fields), request_id=request_id),
+            metadata=self.as_gateway, timeout=10)).transaction
+
+    async def send(self, source: str, destination: str, amount: str, request_id: str):
+        return await self.create("SEND", amount, request_id, source_wallet=source, destination_wallet=destination)
+
+    async def settled(self, name: str, timeout: float = 30) -> transaction_pb2.Transaction:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            tx = (await self.transactions.GetTransaction(transaction_pb2.GetTransactionRequest(name=name),
+                                                         metadata=self.as_gateway, timeout=10)).transaction
+            if tx.state in SETTLED or asyncio.get_running_loop().time() > deadline:
+                return tx
+            await asyncio.sleep(0.05)
+
+    async def wait_until_settled(self, names: list[str], timeout: float = 60) -> None:
+        """Until no money is held any more: every finished transaction settled by the wallet."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            held = [(await self.balances(n))[1] for n in names]
+            if not any(held) or asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.1)
+
+    async def wait_until(self, read, expected, timeout: float = 30):
+        """Poll `await read()` until it equals `expected` (or time runs out); the last value."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (value := await read()) != expected and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        return value
+
+    def provider_books(self, provider: str) -> list[dict]:
+        """A simulated provider's own record of its charges (outside our databases)."""
+        path = self.topology.state_dir / "simulators" / "providers" / f"{provider}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+
+async def start_mesh(topology, start_server, services=ORDER, **databases) -> Mesh:
+    """Start `services` (in dependency order) with their real apps; `databases` overrides URLs."""
+    ports = {}
+    for name in ORDER:
+        if name not in services:
+            continue
+        if name in databases:
+            topology = with_service(topology, name, database=databases[name])
+        build = import_module(f"services.{name}.app").build
+        server = await start_server(topology, name, build)
+        topology = with_service(topology, name, address=Address("127.0.0.1", server.port))
+        ports[name] = server.port
+    return Mesh(topology, ports)
