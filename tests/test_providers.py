@@ -99,8 +99,8 @@ async def test_the_breaker_stops_calls_to_a_failing_provider_and_recovers():
     assert refused.receipt is None and refused.attempts[0].failure.reason == "CIRCUIT_OPEN"
     assert adapter.charges == {}
     adapter.faults.error_rate = 0.0
-    await reg.check("alpha-pay")
     await asyncio.sleep(0.35)
+    await reg.check("alpha-pay")                              # the trial call: it passes
     outcome = await reg.pay(usd("100"), "p4", provider="alpha-pay")
     assert outcome.receipt.provider == "alpha-pay" and reg.breakers["alpha-pay"].state == "closed"
 
@@ -147,3 +147,18 @@ async def test_a_payment_interrupted_after_the_charge_resumes_without_charging_a
     payment = await service.execute("k2", "fp", usd("100"), "wallets/w", "", "beta-ramp")
     assert payment.state == SUCCEEDED and payment.provider_reference == first.reference
     assert sum(len(p.charges) for p in restarted.values()) == 1
+
+
+async def test_failing_health_checks_open_the_breaker_and_a_passing_trial_closes_it():
+    one = {p.name: p for p in default_providers(seed=1) if p.name == "alpha-pay"}
+    reg = ProviderRegistry(one, quote_timeout=0.5, breaker_fail_max=2, breaker_reset_seconds=0.3)
+    one["alpha-pay"].faults.error_rate = 1.0
+    for _ in range(2):
+        assert not (await reg.check("alpha-pay")).healthy
+    assert reg.breakers["alpha-pay"].state == "open"
+    started = time.monotonic()
+    refused = await reg.check("alpha-pay")                    # not even asked while open
+    assert time.monotonic() - started < 0.05 and "circuit breaker open" in refused.message
+    one["alpha-pay"].faults.error_rate = 0.0
+    await asyncio.sleep(0.35)
+    assert (await reg.check("alpha-pay")).healthy and reg.breakers["alpha-pay"].state == "closed"

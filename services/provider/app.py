@@ -18,8 +18,10 @@ def build(runtime: Runtime) -> list[Registration]:
     db.migrate()
     runtime.on_stop.append(db.close)
     # The simulators' books live beside our state: the simulated world outlives a restart.
+    breaker = runtime.topology.defaults.breaker
     registry = ProviderRegistry({p.name: p for p in default_providers(
-        books_dir=runtime.topology.state_dir / "simulators" / "providers")})
+        books_dir=runtime.topology.state_dir / "simulators" / "providers")},
+        breaker_fail_max=breaker.fail_max, breaker_reset_seconds=breaker.reset_timeout_seconds)
     runtime.background.append(registry.watch)       # health checks on an interval
     return [Registration(provider_pb2_grpc.add_ProviderServiceServicer_to_server,
                          ProviderServicer(registry, PaymentService(db, registry)))]

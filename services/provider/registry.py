@@ -126,13 +126,16 @@ class ProviderRegistry:
     # --- health ---------------------------------------------------------------------------------
 
     async def check(self, name: str, timeout: float | None = None) -> Health:
-        """Ask one provider now and record the answer."""
+        """Ask one provider now and record the answer. The check goes through the provider's
+        breaker like a payment: failing checks open it, and once it is open the check after the
+        reset timeout is its trial call (a passing check closes it again)."""
         adapter, health = self.adapter(name), self.health[name]
         started = time.monotonic()
         try:
-            await asyncio.wait_for(adapter.check(), timeout or self.quote_timeout)
-        except (ProviderError, TimeoutError) as exc:
-            ok, message = False, str(exc) or "no answer in time"
+            async with self.breakers[name].guard():
+                await asyncio.wait_for(adapter.check(), timeout or self.quote_timeout)
+        except (ProviderError, TimeoutError, ServiceUnavailable) as exc:
+            ok, message = False, getattr(exc, "message", None) or str(exc) or "no answer in time"
         else:
             ok, message = True, ""
         health.last_check, health.last_check_latency = dt.datetime.now(dt.timezone.utc), time.monotonic() - started
