@@ -113,6 +113,16 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+def operator_calls(topology: Topology, port: int, service: str, stub_class):
+    """(call, channel): `await call("Method", request)` as the operator, with a token and a deadline."""
+    channel = client_channel(topology, "operator", port, service)
+    stub, metadata = stub_class(channel), bearer(service_token(topology, "operator", service))
+
+    async def call(method: str, request):
+        return await getattr(stub, method)(request, metadata=metadata, timeout=10)
+    return call, channel
+
+
 @pytest.fixture
 async def start_server():
     """Start MeshServers for a test and stop them all afterwards."""

@@ -6,8 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
 from decimal import Decimal
 from importlib import import_module
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from diboas.blockchain.v1 import blockchain_pb2_grpc
 from diboas.common.v1 import common_pb2
@@ -16,7 +22,7 @@ from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.config import Address
 
-from conftest import bearer, client_channel, service_token, with_service
+from conftest import bearer, client_channel, free_port, service_token, with_service
 
 SETTLED = (transaction_pb2.TRANSACTION_STATE_COMPLETED, transaction_pb2.TRANSACTION_STATE_FAILED)
 ORDER = ("wallet", "provider", "blockchain", "transaction")      # upstreams first
@@ -123,3 +129,55 @@ async def start_mesh(topology, start_server, services=ORDER, **databases) -> Mes
         topology = with_service(topology, name, address=Address("127.0.0.1", server.port))
         ports[name] = server.port
     return Mesh(topology, ports)
+
+
+# --- the services as real processes ---------------------------------------------------------------
+
+class Process:
+    """One service as `python -m services.<name>`, its output in <log_dir>/<name>.log."""
+
+    def __init__(self, name: str, env: dict, log_dir):
+        self.name, self.env, self.log_dir, self.process = name, env, log_dir, None
+
+    def start(self) -> None:
+        log = open(self.log_dir / f"{self.name}.log", "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"], env=self.env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def process_env(pki, state_dir, **overrides) -> dict:
+    """The environment of a whole mesh of processes: free ports, the test PKI, quick shutdown."""
+    env = dict(os.environ, DIBOAS_CERTS_DIR=str(pki), DIBOAS_STATE_DIR=str(state_dir), DIBOAS_UNREADY_SECONDS="0",
+               DIBOAS_DRAIN_SECONDS="2", DIBOAS_TRACING="off")
+    for name in ORDER:
+        env[f"DIBOAS_{name.upper()}_ADDRESS"] = f"127.0.0.1:{free_port()}"
+        env[f"DIBOAS_{name.upper()}_METRICS"] = f"127.0.0.1:{free_port()}"
+    env.update(overrides)
+    return env
+
+
+async def wait_serving(topology, name: str, timeout: float = 30) -> None:
+    service = topology.services[name]
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with client_channel(topology, "operator", service.address.port, name) as channel:
+        while True:
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            assert asyncio.get_running_loop().time() < deadline, f"{name} did not start"
+            await asyncio.sleep(0.1)

@@ -6,61 +6,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
-import subprocess
-import sys
 from decimal import Decimal
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from diboas.common.v1 import common_pb2
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.config import load_topology
 
-from conftest import bearer, client_channel, free_port, postgres_schema, service_token
+from conftest import bearer, client_channel, postgres_schema, service_token
+from meshkit import Process, process_env, wait_serving
 
 pytestmark = pytest.mark.slow
 WALLETS, FUNDS, SENDS = 50, "100.00", 2000
 
 
-class Process:
-    def __init__(self, name: str, env: dict, log_dir):
-        self.name, self.env, self.log_dir, self.process = name, env, log_dir, None
-
-    def start(self) -> None:
-        log = open(self.log_dir / f"{self.name}.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"], env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def mesh(request, pki, tmp_path):
-    env = dict(os.environ, DIBOAS_CERTS_DIR=str(pki), DIBOAS_STATE_DIR=str(tmp_path), DIBOAS_UNREADY_SECONDS="0",
-               DIBOAS_DRAIN_SECONDS="2", DIBOAS_TRACING="off")
+    env = process_env(pki, tmp_path)
     schemas = contextlib.ExitStack()
     if request.param == "postgres":   # each service its own database (here: its own schema)
         env["DIBOAS_WALLET_DATABASE"] = schemas.enter_context(postgres_schema())
         env["DIBOAS_TRANSACTION_DATABASE"] = schemas.enter_context(postgres_schema())
-    for name in ("wallet", "transaction", "provider", "blockchain"):
-        env[f"DIBOAS_{name.upper()}_ADDRESS"] = f"127.0.0.1:{free_port()}"
-        env[f"DIBOAS_{name.upper()}_METRICS"] = f"127.0.0.1:{free_port()}"
     topology = load_topology(env={k: v for k, v in env.items() if k.startswith("DIBOAS_")})
     processes = {name: Process(name, env, tmp_path) for name in ("wallet", "transaction")}
     for process in processes.values():
@@ -90,19 +60,8 @@ class Mesh:
         await self.wallet_channel.close()
         await self.tx_channel.close()
 
-    async def wait_serving(self, name: str, timeout: float = 30) -> None:
-        service = self.topology.services[name]
-        deadline = asyncio.get_running_loop().time() + timeout
-        async with client_channel(self.topology, "operator", service.address.port, name) as channel:
-            while True:
-                try:
-                    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                assert asyncio.get_running_loop().time() < deadline, f"{name} did not start"
-                await asyncio.sleep(0.1)
+    async def wait_serving(self, name: str) -> None:
+        await wait_serving(self.topology, name)
 
     async def restart(self, name: str, after: float) -> None:
         self.processes[name].kill()

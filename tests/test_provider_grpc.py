@@ -13,18 +13,13 @@ from diboas.common.v1 import common_pb2
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.provider.app import build as provider_app
 
-from conftest import bearer, client_channel, service_token
+from conftest import operator_calls
 
 
 @pytest.fixture
 async def providers(topology, start_server):
     server = await start_server(topology, "provider", provider_app)
-    channel = client_channel(topology, "operator", server.port, "provider")
-    stub = provider_pb2_grpc.ProviderServiceStub(channel)
-    metadata = bearer(service_token(topology, "operator", "provider"))
-
-    async def call(method: str, request):
-        return await getattr(stub, method)(request, metadata=metadata, timeout=10)
+    call, channel = operator_calls(topology, server.port, "provider", provider_pb2_grpc.ProviderServiceStub)
     yield call
     await channel.close()
 
@@ -148,3 +143,9 @@ async def test_bad_payment_requests_are_refused_and_change_nothing(providers, to
         await providers(method, request_)
     assert caught.value.code() == code and field in caught.value.details()
     assert all(books(topology, n) == [] for n in ("alpha-pay", "beta-ramp", "gamma-exchange"))
+
+
+async def test_flapping_without_a_period_uses_the_contracts_five_seconds(providers):
+    reply = await providers("SetProviderFaults", provider_pb2.SetProviderFaultsRequest(
+        provider="providers/alpha-pay", faults=provider_pb2.ProviderFaults(flapping=True), request_id="flap"))
+    assert reply.provider.faults.flapping and reply.provider.faults.flap_period.seconds == 5

@@ -176,19 +176,6 @@ async def test_reflection_lists_the_services(topology, start_server):
         assert proto.package == "diboas.wallet.v1"
 
 
-async def test_unimplemented_operations_say_so(topology, start_server):
-    from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
-    from services.blockchain.app import build as blockchain_app
-    server = await start_server(topology, "blockchain", blockchain_app)
-    async with client_channel(topology, "operator", server.port, "blockchain") as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await blockchain_pb2_grpc.BlockchainServiceStub(channel).ListChains(
-                blockchain_pb2.ListChainsRequest(), timeout=3,
-                metadata=bearer(service_token(topology, "operator", "blockchain")))
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "blockchain.ListChains is not implemented yet" in caught.value.details()
-
-
 async def test_metrics_count_calls_by_method_and_code(topology, start_server):
     from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
     topology = with_service(topology, "wallet", metrics=Address("127.0.0.1", 0))

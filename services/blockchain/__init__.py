@@ -1,1 +1,1 @@
-"""The blockchain service: registry of chains, cross-chain transfers (issue 4 builds it)."""
+"""The blockchain service: registry of chains, cross-chain transfers with compensation, status tracking."""

@@ -1,12 +1,25 @@
 """Composition root of the blockchain service."""
-from diboas.blockchain.v1 import blockchain_pb2_grpc
-from services.runtime.server import Registration, Runtime
-from services.runtime.unimplemented import unimplemented_registration
+from pathlib import Path
 
-PLANNED = "arrives with the provider registry and multi-chain issue"
+from diboas.blockchain.v1 import blockchain_pb2_grpc
+from services.runtime.db import Database
+from services.runtime.server import Registration, Runtime
+
+from .coordinator import ChainRegistry, TransferCoordinator
+from .servicer import BlockchainServicer
+from .simulator import default_chains
+
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def build(runtime: Runtime) -> list[Registration]:
-    return [
-        unimplemented_registration(blockchain_pb2_grpc, "BlockchainService", "blockchain", PLANNED),
-    ]
+    db = Database(runtime.service.database, MIGRATIONS)
+    db.migrate()
+    runtime.on_stop.append(db.close)
+    # The simulated chains' books live beside our state: the simulated world outlives a restart.
+    registry = ChainRegistry(default_chains(books_dir=runtime.topology.state_dir / "simulators" / "chains"))
+    coordinator = TransferCoordinator(db, registry)
+    # Health checks on an interval; transfers left unfinished (a crash, a mint without answer) resumed.
+    runtime.background += [registry.watch, coordinator.resume]
+    return [Registration(blockchain_pb2_grpc.add_BlockchainServiceServicer_to_server,
+                         BlockchainServicer(registry, coordinator))]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from services.runtime.breaker import AsyncCircuitBreaker
 from services.runtime.errors import InvalidArgument, NotFound, ServiceUnavailable
+from services.runtime.outcomes import CallOutcomes, check_every
 
 from .adapters import ProviderAdapter, ProviderError, Quote, QuoteRequest, Receipt
 
@@ -25,29 +26,10 @@ log = logging.getLogger("diboas.providers")
 
 
 @dataclass
-class Health:
+class Health(CallOutcomes):
     healthy: bool = True
-    consecutive_failures: int = 0
-    calls: int = 0
-    successes: int = 0
-    latency: float = 0.0                    # moving average of answered calls, seconds
     last_check: dt.datetime | None = None
     last_check_latency: float = 0.0
-    message: str = ""
-
-    @property
-    def success_rate(self) -> float:
-        return self.successes / self.calls if self.calls else 1.0
-
-    def record(self, ok: bool, seconds: float, message: str = "") -> None:
-        self.calls += 1
-        if ok:
-            self.successes += 1
-            self.consecutive_failures = 0
-            self.latency = seconds if self.calls == 1 else 0.8 * self.latency + 0.2 * seconds
-        else:
-            self.consecutive_failures += 1
-            self.message = message
 
 
 @dataclass(frozen=True)
@@ -149,12 +131,7 @@ class ProviderRegistry:
 
     async def watch(self, stop: asyncio.Event, interval: float = 5.0) -> None:
         """Check every provider every `interval` seconds until `stop` is set."""
-        while not stop.is_set():
-            await asyncio.gather(*(self.check(name) for name in self.adapters))
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
+        await check_every(interval, stop, lambda: asyncio.gather(*(self.check(name) for name in self.adapters)))
 
     # --- quotes and selection -------------------------------------------------------------------
 

@@ -11,11 +11,12 @@ from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.domain.money import Money
 from services.runtime.errors import InvalidArgument
 from services.runtime.requests import fingerprint, money, page_size, request_id, resource_id, timestamp
+from services.simulation import Faults, fault_settings
 
 from .adapters import PAY_IN, PAY_OUT, Quote, QuoteRequest
 from .payments import Payment, PaymentService
 from .registry import Failure, ProviderRegistry, Selection
-from .simulator import Faults, SimulatedProvider
+from .simulator import SimulatedProvider
 
 _DIRECTIONS = {provider_pb2.PAYMENT_DIRECTION_PAY_IN: PAY_IN, provider_pb2.PAYMENT_DIRECTION_PAY_OUT: PAY_OUT}
 _BREAKER = {"closed": provider_pb2.CIRCUIT_STATE_CLOSED, "open": provider_pb2.CIRCUIT_STATE_OPEN,
@@ -135,16 +136,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         adapter = self._registry.adapter(name)
         if not isinstance(adapter, SimulatedProvider):
             raise InvalidArgument.field("provider", f"{name} is a real provider: faults exist only on simulators")
-        f = request.faults
-        for field, value in (("faults.error_rate_percent", f.error_rate_percent),
-                             ("faults.timeout_rate_percent", f.timeout_rate_percent)):
-            if not 0 <= value <= 100:
-                raise InvalidArgument.field(field, f"must be between 0 and 100, got {value}")
-        period = f.flap_period.ToTimedelta().total_seconds() if f.flapping else 0.0
-        if f.flapping and period <= 0:
-            raise InvalidArgument.field("faults.flap_period", "is required (more than 0) when flapping is on")
-        adapter.faults = Faults(f.error_rate_percent / 100, f.timeout_rate_percent / 100,
-                                f.extra_latency.ToTimedelta().total_seconds(), period)
+        adapter.faults = Faults(*fault_settings(request.faults))
         return provider_pb2.SetProviderFaultsResponse(provider=self._provider_pb(name))
 
     async def SelectProvider(self, request, context):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-import os
 import random
 import time
 import uuid
@@ -19,19 +17,9 @@ from decimal import Decimal
 from pathlib import Path
 
 from services.domain.money import EXACT, Money
+from services.simulation import Books, Faults, keep_books
 
 from .adapters import Limits, ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt, charge
-
-
-@dataclass
-class Faults:
-    error_rate: float = 0.0          # share of calls that fail
-    timeout_rate: float = 0.0        # share of calls that hang (until the caller's timeout)
-    extra_latency: float = 0.0       # seconds added to every call
-    flap_period: float = 0.0         # > 0: alternately up and down for this many seconds each
-
-    def down_now(self, clock: float) -> bool:
-        return self.flap_period > 0 and int(clock / self.flap_period) % 2 == 1
 
 
 @dataclass
@@ -53,27 +41,20 @@ class SimulatedProvider(ProviderAdapter):
     quote_ttl: dt.timedelta = dt.timedelta(seconds=30)
     rng: random.Random = field(default_factory=random.Random)
     charges: dict[str, Receipt] = field(default_factory=dict)   # idempotency key -> receipt: the books
-    books: Path | None = None                   # where the books are kept (JSON lines), if anywhere
+    books: Books | None = None                  # where the books are kept, if anywhere
 
-    def __post_init__(self) -> None:
-        if self.books is None or not self.books.exists():
-            return
-        for line in self.books.read_text().splitlines():
-            entry = json.loads(line)
+    def open_books(self, books: Books) -> None:
+        """Keep the books there, and take back what they say was charged."""
+        self.books = books
+        for entry in books.read():
             self.charges[entry["key"]] = Receipt(self.name, entry["reference"],
                                                  Money.parse(entry["currency"], entry["fee"]), entry["key"])
 
     def _record(self, receipt: Receipt, request: QuoteRequest) -> None:
-        if self.books is None:
-            return
-        self.books.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"key": receipt.idempotency_key, "reference": receipt.reference,
-                           "direction": request.direction, "currency": request.amount.currency,
-                           "amount": request.amount.text, "fee": receipt.fee.text})
-        with self.books.open("a") as books:      # the charge is real once it is on disk
-            books.write(line + "\n")
-            books.flush()
-            os.fsync(books.fileno())
+        if self.books is not None:
+            self.books.write({"key": receipt.idempotency_key, "reference": receipt.reference,
+                              "direction": request.direction, "currency": request.amount.currency,
+                              "amount": request.amount.text, "fee": receipt.fee.text})
 
     async def _call(self) -> float:
         """Behave like a remote call: latency, and the faults switched on now."""
@@ -144,8 +125,4 @@ def default_providers(seed: int | None = None, books_dir: Path | None = None) ->
                           FeeSchedule({"USD": Decimal("0")}, Decimal("0.0250"), Decimal("0.0010")),
                           latency=0.02, rng=random.Random(rng.random())),
     ]
-    if books_dir is not None:
-        for provider in providers:
-            provider.books = books_dir / f"{provider.name}.jsonl"
-            provider.__post_init__()
-    return providers
+    return keep_books(providers, books_dir)

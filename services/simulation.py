@@ -1,0 +1,75 @@
+"""What the simulated outside worlds (payment providers, chains) share: faults that can be
+switched on and off at run time, and books kept on disk.
+
+The simulators stand in for systems we cannot reach from here. Their books are *their* world,
+not our state: JSON lines that outlive a restart of our services (as a real provider's or
+chain's records would) and that tests read to prove nothing happened twice. No grpc.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.runtime.errors import InvalidArgument
+
+DEFAULT_FLAP_PERIOD = 5.0      # seconds, when flapping is on and no period is given (the contracts' default)
+MAX_EXTRA_LATENCY = 60.0       # seconds
+
+
+@dataclass
+class Faults:
+    error_rate: float = 0.0          # share of calls that fail (before doing anything)
+    timeout_rate: float = 0.0        # share of calls that hang (until the caller's timeout)
+    extra_latency: float = 0.0       # seconds added to every call
+    flap_period: float = 0.0         # > 0: alternately up and down for this many seconds each
+
+    def down_now(self, clock: float) -> bool:
+        return self.flap_period > 0 and int(clock / self.flap_period) % 2 == 1
+
+
+def fault_settings(message) -> tuple[float, float, float, float]:
+    """(error rate, timeout rate, extra latency, flap period) of a ProviderFaults or ChainFaults
+    message (the same fields in both contracts), each checked; INVALID_ARGUMENT names the field."""
+    for field, value in (("faults.error_rate_percent", message.error_rate_percent),
+                         ("faults.timeout_rate_percent", message.timeout_rate_percent)):
+        if not 0 <= value <= 100:
+            raise InvalidArgument.field(field, f"must be between 0 and 100, got {value}")
+    latency = message.extra_latency.ToTimedelta().total_seconds()
+    if not 0 <= latency <= MAX_EXTRA_LATENCY:
+        raise InvalidArgument.field("faults.extra_latency",
+                                    f"must be between 0 and {MAX_EXTRA_LATENCY:g} seconds, got {latency:g}")
+    period = message.flap_period.ToTimedelta().total_seconds()
+    if period < 0:
+        raise InvalidArgument.field("faults.flap_period", f"must not be negative, got {period:g} seconds")
+    if not message.flapping and period:
+        raise InvalidArgument.field("faults.flap_period", "is only meaningful with flapping on")
+    if message.flapping:
+        period = period or DEFAULT_FLAP_PERIOD
+    return message.error_rate_percent / 100, message.timeout_rate_percent / 100, latency, period
+
+
+class Books:
+    """A simulated world's records: one JSON object per line, durable once written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+
+    def write(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as books:       # it happened once it is on disk
+            books.write(json.dumps(record) + "\n")
+            books.flush()
+            os.fsync(books.fileno())
+
+
+def keep_books(worlds: list, books_dir: Path | None) -> list:
+    """Give each simulator (with a `name` and an `open_books(Books)`) its books in `books_dir`."""
+    if books_dir is not None:
+        for world in worlds:
+            world.open_books(Books(books_dir / f"{world.name}.jsonl"))
+    return worlds
