@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_UP, Context, Decimal
 
 from services.domain.money import Money, scale_of
+from services.runtime.config import ConfigError
 
 PAY_IN, PAY_OUT = "PAY_IN", "PAY_OUT"
 _ROUNDING = Context(prec=60, rounding=ROUND_UP)
@@ -60,6 +61,18 @@ class Limits:
     minimum: dict[str, Decimal] = field(default_factory=dict)
     maximum: dict[str, Decimal] = field(default_factory=dict)
 
+    @classmethod
+    def from_settings(cls, settings: dict) -> "Limits":
+        """From a provider's settings: currencies, directions (default both), minimum, maximum."""
+        currencies = settings.pop("currencies", None)
+        if not isinstance(currencies, list) or not currencies:
+            raise ConfigError("currencies: must list the currency codes the provider handles, e.g. [USD]")
+        directions = settings.pop("directions", [PAY_IN, PAY_OUT])
+        if not isinstance(directions, list) or not set(directions) <= {PAY_IN, PAY_OUT} or not directions:
+            raise ConfigError(f"directions: must list PAY_IN and/or PAY_OUT, got {directions}")
+        return cls(frozenset(map(str, currencies)), frozenset(directions),
+                   decimals(settings.pop("minimum", {}), "minimum"), decimals(settings.pop("maximum", {}), "maximum"))
+
     def refuses(self, request: QuoteRequest) -> str | None:
         """Why this provider cannot serve the request, or None."""
         currency, amount = request.amount.currency, request.amount.amount
@@ -74,6 +87,16 @@ class Limits:
         return None
 
 
+def decimals(values, key: str) -> dict[str, Decimal]:
+    """{currency: exact amount} from settings, e.g. {USD: "10"}; ConfigError naming `key`."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key}: must map currency codes to amounts, e.g. {{USD: \"10\"}}")
+    try:
+        return {str(currency): Decimal(str(amount)) for currency, amount in values.items()}
+    except ArithmeticError:
+        raise ConfigError(f"{key}: {values} holds something that is not an exact decimal") from None
+
+
 class ProviderAdapter(abc.ABC):
     """One payment provider. Implementations must be safe to call concurrently, and `execute`
     must never charge twice for one idempotency key (pass it to the provider's API)."""
@@ -81,6 +104,16 @@ class ProviderAdapter(abc.ABC):
     name: str
     display_name: str
     limits: Limits
+
+    @classmethod
+    def from_settings(cls, name: str, settings: dict) -> "ProviderAdapter":
+        """The adapter of providers.yaml's entry `name` (its settings without `adapter`). By
+        default: the constructor with the name and the settings as keyword arguments. Raise
+        ConfigError("setting: why") for a bad setting."""
+        try:
+            return cls(name=name, **settings)
+        except TypeError as exc:
+            raise ConfigError(f"settings: {exc}") from None
 
     @abc.abstractmethod
     async def quote(self, request: QuoteRequest) -> Quote:

@@ -1,14 +1,15 @@
 """Composition root of the provider service."""
+import os
 from pathlib import Path
 
 from diboas.provider.v1 import provider_pb2_grpc
 from services.runtime.db import Database
 from services.runtime.server import Registration, Runtime
 
+from .catalog import load_providers, providers_file
 from .payments import PaymentService
 from .registry import ProviderRegistry
 from .servicer import ProviderServicer
-from .simulator import default_providers
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -19,8 +20,8 @@ def build(runtime: Runtime) -> list[Registration]:
     runtime.on_stop.append(db.close)
     # The simulators' books live beside our state: the simulated world outlives a restart.
     breaker = runtime.topology.defaults.breaker
-    registry = ProviderRegistry({p.name: p for p in default_providers(
-        books_dir=runtime.topology.state_dir / "simulators" / "providers")},
+    adapters = load_providers(providers_file(os.environ), runtime.topology.state_dir / "simulators" / "providers")
+    registry = ProviderRegistry({p.name: p for p in adapters},
         breaker_fail_max=breaker.fail_max, breaker_reset_seconds=breaker.reset_timeout_seconds)
     runtime.background.append(registry.watch)       # health checks on an interval
     return [Registration(provider_pb2_grpc.add_ProviderServiceServicer_to_server,

@@ -17,9 +17,10 @@ from decimal import Decimal
 from pathlib import Path
 
 from services.domain.money import EXACT, Money
-from services.simulation import Books, Faults, keep_books
+from services.runtime.config import ConfigError
+from services.simulation import Books, Faults
 
-from .adapters import Limits, ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt, charge
+from .adapters import Limits, ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt, charge, decimals
 
 
 @dataclass
@@ -55,6 +56,30 @@ class SimulatedProvider(ProviderAdapter):
             self.books.write({"key": receipt.idempotency_key, "reference": receipt.reference,
                               "direction": request.direction, "currency": request.amount.currency,
                               "amount": request.amount.text, "fee": receipt.fee.text})
+
+    @classmethod
+    def from_settings(cls, name: str, settings: dict) -> "SimulatedProvider":
+        settings = dict(settings)
+        limits = Limits.from_settings(settings)
+        fees = settings.pop("fees", None)
+        if not isinstance(fees, dict) or set(fees) - {"fixed", "percent", "spread"}:
+            raise ConfigError("fees: must be {fixed: {CUR: amount}, percent: decimal, spread: decimal}")
+        try:
+            schedule = FeeSchedule(decimals(fees.get("fixed", {}), "fees.fixed"), Decimal(str(fees.get("percent", "0"))),
+                                   Decimal(str(fees.get("spread", "0"))))
+        except ArithmeticError:
+            raise ConfigError(f"fees: percent and spread must be exact decimals, got {fees}") from None
+        latency = settings.pop("latency_seconds", 0.05)
+        jitter = settings.pop("latency_jitter_seconds", 0.02)
+        display_name = str(settings.pop("display_name", name))
+        if settings:
+            raise ConfigError(f"{sorted(settings)[0]}: is not a setting of the simulated provider (known: currencies, "
+                              "directions, minimum, maximum, fees, latency_seconds, latency_jitter_seconds, "
+                              "display_name)")
+        for key, value in (("latency_seconds", latency), ("latency_jitter_seconds", jitter)):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{key}: must be a number of seconds, at least 0, got {value!r}")
+        return cls(name, display_name, limits, schedule, latency=float(latency), latency_jitter=float(jitter))
 
     async def _call(self) -> float:
         """Behave like a remote call: latency, and the faults switched on now."""
@@ -108,21 +133,6 @@ class SimulatedProvider(ProviderAdapter):
 
 
 def default_providers(seed: int | None = None, books_dir: Path | None = None) -> list[SimulatedProvider]:
-    """Three simulated providers with different prices, speeds and reach (books in `books_dir`)."""
-    rng = random.Random(seed)
-    usd_eur = frozenset({"USD", "EUR"})
-    providers = [
-        SimulatedProvider("alpha-pay", "Alpha Pay (simulated)", Limits(usd_eur | {"GBP"},
-                          minimum={"USD": Decimal("10")}, maximum={"USD": Decimal("20000")}),
-                          FeeSchedule({"USD": Decimal("0.30"), "EUR": Decimal("0.25")}, Decimal("0.0149"),
-                                      Decimal("0.0040")), latency=0.05, rng=random.Random(rng.random())),
-        SimulatedProvider("beta-ramp", "Beta Ramp (simulated)", Limits(usd_eur | {"BRL"},
-                          maximum={"USD": Decimal("50000")}),
-                          FeeSchedule({"USD": Decimal("1.00")}, Decimal("0.0099"), Decimal("0.0060")),
-                          latency=0.12, rng=random.Random(rng.random())),
-        SimulatedProvider("gamma-exchange", "Gamma Exchange (simulated)", Limits(frozenset({"USD"}),
-                          directions=frozenset({"PAY_IN", "PAY_OUT"}), minimum={"USD": Decimal("50")}),
-                          FeeSchedule({"USD": Decimal("0")}, Decimal("0.0250"), Decimal("0.0010")),
-                          latency=0.02, rng=random.Random(rng.random())),
-    ]
-    return keep_books(providers, books_dir)
+    """The simulated providers of the repository's providers.yaml (books in `books_dir`)."""
+    from .catalog import DEFAULT_PROVIDERS_FILE, load_providers
+    return load_providers(DEFAULT_PROVIDERS_FILE, books_dir, seed)
