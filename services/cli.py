@@ -2,6 +2,7 @@
 
   diboas health                 health of every service (the spec's ServiceHealthMonitor)
   diboas token --for wallet     a service JWT for grpcurl (as the operator, by default)
+  diboas user-token alice       a development user JWT for the REST gateway
   diboas dead-letters list      events given up on; `replay ID... | --all` delivers them again
 
 Every command has --help. Exit codes: 0 ok, 1 something is unhealthy, 2 bad usage or config.
@@ -22,6 +23,7 @@ from services.monitor import health_report
 from services.runtime.auth import MAX_TOKEN_LIFETIME_SECONDS, TokenIssuer
 from services.runtime.config import ConfigError, Topology, load_topology
 from services.runtime.tls import channel_credentials, load_identity
+from services.runtime.users import issue_user_token
 
 
 def cmd_health(args, topology: Topology) -> int:
@@ -35,6 +37,14 @@ def cmd_health(args, topology: Topology) -> int:
             print(f"{r.service:<12} {r.address:<18} {r.status:<12} {r.latency_ms:>7.1f} ms{detail}")
         print("all services SERVING" if healthy else "some services are not SERVING")
     return 0 if healthy else 1
+
+
+def cmd_user_token(args, topology: Topology) -> int:
+    try:
+        print(issue_user_token(topology.certs_dir, args.user, args.roles or ["user"], ttl_seconds=args.ttl))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return 0
 
 
 def cmd_token(args, topology: Topology) -> int:
@@ -114,6 +124,16 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--as", dest="identity", default="operator", help="whose token (default: operator)")
     token.add_argument("--ttl", type=float, default=300.0, help="lifetime in seconds (default: 300)")
     token.set_defaults(run=cmd_token)
+
+    user = sub.add_parser("user-token", help="print a development user JWT (for the REST gateway)",
+                          description="Mint an external user's JWT signed with certs/out/users-jwt.key, the key "
+                                      "whose public half (jwks.json) the gateway and the services trust. A user "
+                                      "sees and moves only their own wallets; the operator role sees all.")
+    user.add_argument("user", help="the user id (the `sub` claim), e.g. alice")
+    user.add_argument("--role", dest="roles", action="append", default=None,
+                      help="a role; repeat for more (default: user; `operator` sees everything)")
+    user.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: 3600, at most 86400)")
+    user.set_defaults(run=cmd_user_token)
 
     dead = sub.add_parser("dead-letters", help="list or replay the dead letters of a service's event deliveries",
                           description="Events a subscriber failed to handle after every attempt (or rejected as "

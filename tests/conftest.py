@@ -16,6 +16,7 @@ from services.runtime.auth import TokenIssuer
 from services.runtime.config import Address, Topology, load_topology
 from services.runtime.server import MeshServer
 from services.runtime.tls import channel_credentials, load_identity
+from services.runtime.users import issue_user_token
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 LOCAL = Address("127.0.0.1", 0)
@@ -107,6 +108,11 @@ def service_token(topology: Topology, identity: str, audience_service: str) -> s
     files = load_identity(topology.certs_dir, identity)
     spiffe = topology.identities()[identity]
     return TokenIssuer(spiffe, files.key).token_for(topology.services[audience_service].identity)
+
+
+def user_token(topology: Topology, user: str = "ops", roles: tuple[str, ...] = ("operator",), **kwargs) -> str:
+    """An external user's token, as the gateway forwards it (default: a user with the operator role)."""
+    return issue_user_token(topology.certs_dir, user, list(roles), **kwargs)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

@@ -11,6 +11,7 @@ from diboas.events.v1 import events_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime import errors
+from services.runtime.context import current_user
 from services.runtime.server import Registration, Runtime
 
 
@@ -19,12 +20,14 @@ class EchoWallets(wallet_pb2_grpc.WalletServiceServicer):
 
     def __init__(self):
         self.seen_deadlines: list[float | None] = []
+        self.seen_users: list = []
         self.calls = 0
         self.fail_next_unavailable = 0
 
     async def GetWallet(self, request, context):
         self.calls += 1
         self.seen_deadlines.append(context.time_remaining())
+        self.seen_users.append(current_user())
         if self.fail_next_unavailable > 0:
             self.fail_next_unavailable -= 1
             raise errors.ServiceUnavailable("wallet is warming up", reason="WARMING_UP")

@@ -22,7 +22,7 @@ from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.config import Address
 
-from conftest import bearer, client_channel, free_port, service_token, with_service
+from conftest import bearer, client_channel, free_port, service_token, user_token, with_service
 
 SETTLED = (transaction_pb2.TRANSACTION_STATE_COMPLETED, transaction_pb2.TRANSACTION_STATE_FAILED)
 ORDER = ("wallet", "provider", "blockchain", "transaction")      # upstreams first
@@ -43,7 +43,8 @@ class Mesh:
                 return None
             channel = client_channel(topology, identity, ports[service], service)
             self.channels.append(channel)
-            return cls(channel), bearer(service_token(topology, identity, service))
+            token = user_token(topology) if identity == "gateway" else service_token(topology, identity, service)
+            return cls(channel), bearer(token)
         self.wallets, self.as_operator = stub("wallet", "operator", wallet_pb2_grpc.WalletServiceStub) or (None, None)
         self.transactions, self.as_gateway = (stub("transaction", "gateway", transaction_pb2_grpc.TransactionServiceStub)
                                               or (None, None))

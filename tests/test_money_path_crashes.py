@@ -17,7 +17,7 @@ from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.config import load_topology
 
-from conftest import bearer, client_channel, postgres_schema, service_token
+from conftest import bearer, client_channel, postgres_schema, service_token, user_token
 from meshkit import Process, process_env, wait_serving
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ class Mesh:
         self.wallets = wallet_pb2_grpc.WalletServiceStub(self.wallet_channel)
         self.transactions = transaction_pb2_grpc.TransactionServiceStub(self.tx_channel)
         self.as_operator = bearer(service_token(topology, "operator", "wallet"))
-        self.as_gateway = bearer(service_token(topology, "gateway", "transaction"))
+        self.as_gateway = bearer(user_token(topology))
 
     async def close(self):
         await self.wallet_channel.close()

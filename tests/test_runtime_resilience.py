@@ -18,7 +18,7 @@ from services.runtime import errors
 from services.runtime.config import Address, BreakerPolicy, RetryPolicy
 from services.runtime.status import error_info
 
-from conftest import bearer, client_channel, service_token, with_service
+from conftest import bearer, client_channel, service_token, user_token, with_service
 from fakes import EchoWallets, transaction_build, wallet_build
 
 
@@ -36,7 +36,7 @@ async def _get_transaction(topology, port, name, timeout=None):
     async with client_channel(topology, "gateway", port, "transaction") as channel:
         stub = transaction_pb2_grpc.TransactionServiceStub(channel)
         return await stub.GetTransaction(transaction_pb2.GetTransactionRequest(name=name), timeout=timeout,
-                                         metadata=bearer(service_token(topology, "gateway", "transaction")))
+                                         metadata=bearer(user_token(topology)))
 
 
 async def test_remaining_deadline_reaches_the_next_hop(topology, start_server):

@@ -17,7 +17,7 @@ from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.status import error_info
 from services.runtime.tls import load_identity
 
-from conftest import bearer, client_channel, service_token, with_service
+from conftest import bearer, client_channel, service_token, user_token, with_service
 from fakes import EchoWallets, wallet_build
 
 REQUEST = wallet_pb2.GetWalletRequest(name="wallets/w1")
@@ -174,11 +174,11 @@ async def test_health_needs_a_mesh_certificate_but_no_token(topology, wallet):
 
 
 async def test_a_verified_token_is_useless_over_another_identitys_connection(topology, wallet):
-    """The gateway's token, once verified (and cached) on the gateway's connection, is refused
+    """The operator's token, once verified (and cached) on the operator's connection, is refused
     over the transaction service's connection."""
     server, servicer = wallet
-    token = _sign(topology, "gateway", _claims(topology, subject="gateway"))
-    async with client_channel(topology, "gateway", server.port, "wallet") as channel:
+    token = _sign(topology, "operator", _claims(topology, subject="operator"))
+    async with client_channel(topology, "operator", server.port, "wallet") as channel:
         await get_wallet(channel, bearer(token))
     async with client_channel(topology, "transaction", server.port, "wallet") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -208,3 +208,42 @@ async def test_a_policy_naming_a_method_the_service_lacks_stops_the_start(topolo
                                                         "GetWalet": frozenset({"gateway"})})
     with pytest.raises(ConfigError, match="policy names GetWalet, which wallet does not serve"):
         await start_server(topology, "wallet", wallet_build(EchoWallets()))
+
+
+# --- external users, on the gateway's connection ------------------------------------------------
+
+async def test_the_gateway_calls_for_the_user_of_its_forwarded_token(topology, wallet):
+    server, servicer = wallet
+    async with client_channel(topology, "gateway", server.port, "wallet") as channel:
+        await get_wallet(channel, bearer(user_token(topology, "alice", ("user",))))
+    [user] = servicer.seen_users
+    assert user.id == "alice" and not user.is_operator and user.may_see("alice") and not user.may_see("bob")
+
+
+def _foreign_user_token(tmp_path) -> str:
+    """A well-formed user token signed by a key that is not in the JWKS."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from certs.pki import public_jwks
+    from services.runtime.users import AUDIENCE, ISSUER
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = int(time.time())
+    return jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "mallory", "iat": now, "exp": now + 60}, key,
+                      algorithm="ES256", headers={"kid": public_jwks(key)["keys"][0]["kid"]})
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("missing", "USER_TOKEN_MISSING"), ("service token", "USER_TOKEN_UNKNOWN_KEY"),
+    ("expired", "USER_TOKEN_EXPIRED"), ("forged", "USER_TOKEN_UNKNOWN_KEY"), ("garbage", "USER_TOKEN_INVALID"),
+])
+async def test_the_gateway_without_a_valid_user_token_is_unauthenticated(topology, wallet, tmp_path, case, reason):
+    server, servicer = wallet
+    token = {"missing": None, "service token": _sign(topology, "gateway", _claims(topology, subject="gateway")),
+             "expired": user_token(topology, "alice", now=time.time() - 7200),
+             "forged": _foreign_user_token(tmp_path), "garbage": "not-a-jwt"}[case]
+    async with client_channel(topology, "gateway", server.port, "wallet") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await get_wallet(channel, bearer(token) if token else None)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(caught.value).reason == reason, caught.value.details()
+    assert servicer.calls == 0

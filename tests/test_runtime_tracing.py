@@ -19,7 +19,7 @@ from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from services.runtime.config import Address
 from services.runtime.logs import JsonFormatter
 
-from conftest import bearer, client_channel, service_token, with_service
+from conftest import bearer, client_channel, user_token, with_service
 from fakes import EchoWallets, transaction_build, wallet_build
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -45,7 +45,7 @@ async def two_hops(topology, start_server, spans):
 
 
 async def _call(topology, port, name):
-    metadata = bearer(service_token(topology, "gateway", "transaction")) + (
+    metadata = bearer(user_token(topology)) + (
         ("traceparent", f"00-{TRACE_ID}-{PARENT_SPAN}-01"),)
     async with client_channel(topology, "gateway", port, "transaction") as channel:
         return await transaction_pb2_grpc.TransactionServiceStub(channel).GetTransaction(

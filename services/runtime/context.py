@@ -6,11 +6,12 @@ import contextvars
 
 
 class CallInfo:
-    __slots__ = ("caller", "deadline")
+    __slots__ = ("caller", "deadline", "user")
 
-    def __init__(self, caller: str, deadline: float):
+    def __init__(self, caller: str, deadline: float, user=None):
         self.caller = caller        # short name of the authenticated caller, e.g. "transaction"
         self.deadline = deadline    # absolute, on time.monotonic()'s clock
+        self.user = user            # services.runtime.users.User when the gateway calls for a user
 
 
 CURRENT_CALL: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("diboas_call", default=None)
@@ -24,3 +25,9 @@ def current_caller() -> str | None:
 def current_deadline() -> float | None:
     call = CURRENT_CALL.get()
     return call.deadline if call else None
+
+
+def current_user():
+    """The external user the call is served for (the gateway's calls), or None."""
+    call = CURRENT_CALL.get()
+    return call.user if call else None

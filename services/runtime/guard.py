@@ -32,6 +32,7 @@ from .context import CURRENT_CALL, CallInfo, current_caller
 from .metrics import MethodMetrics
 from .status import code_of, internal_status, to_rpc_status
 from .tracing import TRACE_HEADERS, RpcTracing
+from .users import UserVerifier
 
 log = logging.getLogger("diboas.rpc")
 
@@ -76,6 +77,8 @@ class ServerGuard:
         self._topology = topology
         self._service = service
         self._verifier = TokenVerifier(audience=service.identity)
+        self._gateway = topology.gateway.name
+        self._users = UserVerifier(topology.certs_dir)
         self._default_deadline = default_deadline
         self._domain = f"{service.name}.{topology.trust_domain}"
         self._tracing = tracing
@@ -127,20 +130,23 @@ class ServerGuard:
             scope.finish(context.code())
         return serve_stream
 
-    def authorize(self, method: _Method, context: grpc.aio.ServicerContext, token: str | None) -> str:
+    def authorize(self, method: _Method, context: grpc.aio.ServicerContext, token: str | None):
+        """(caller, user): who calls, and for which external user when it is the gateway."""
         identity = peer_identity(context)
         caller = self._topology.name_of(identity)
         if caller is None:
             raise errors.PermissionDenied(f"{identity} is not an identity of this mesh", reason="UNKNOWN_IDENTITY")
         if method.open:
-            return caller
+            return caller, None
         # Policy first (it needs only the certificate): callers that may not call this method
         # never get their tokens verified, or cached.
         if caller not in method.callers:
             raise errors.PermissionDenied(f"{caller} may not call {self._service.name}.{method.name}",
                                           reason="CALLER_NOT_PERMITTED", metadata={"caller": caller})
+        if caller == self._gateway:             # the gateway forwards the user's own token
+            return caller, self._users.verify(token)
         self._verifier.verify(token, identity, lambda: peer_certificate(context))
-        return caller
+        return caller, None
 
     def check_policy(self, methods: set[str]) -> None:
         """Every method the topology's policy names must exist here: a typo would otherwise fall
@@ -181,7 +187,7 @@ class _RpcScope:
                 trace_headers[key] = value
         self._span, self._span_token = guard._tracing.start_server(method.full_name, method.span_attributes,
                                                                    trace_headers)
-        caller = guard.authorize(method, context, token)
+        caller, user = guard.authorize(method, context, token)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise errors.DeadlineExceeded("the call's deadline had already passed when it arrived",
@@ -189,7 +195,7 @@ class _RpcScope:
         # Calls without a deadline get the default, enforced here and passed on to upstreams.
         self.enforce_budget = remaining is None and not method.open
         self.budget = guard._default_deadline if remaining is None else remaining
-        self._call_token = CURRENT_CALL.set(CallInfo(caller, time.monotonic() + self.budget))
+        self._call_token = CURRENT_CALL.set(CallInfo(caller, time.monotonic() + self.budget, user))
 
     def finish(self, code, message: str = "") -> None:
         if code is None:
