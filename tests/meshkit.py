@@ -48,8 +48,13 @@ class Mesh:
         self.wallets, self.as_operator = stub("wallet", "operator", wallet_pb2_grpc.WalletServiceStub) or (None, None)
         self.transactions, self.as_gateway = (stub("transaction", "gateway", transaction_pb2_grpc.TransactionServiceStub)
                                               or (None, None))
+        self.user_wallets = (stub("wallet", "gateway", wallet_pb2_grpc.WalletServiceStub) or (None,))[0]
         self._providers = stub("provider", "operator", provider_pb2_grpc.ProviderServiceStub)
         self._chains = stub("blockchain", "operator", blockchain_pb2_grpc.BlockchainServiceStub)
+
+    def as_user(self, user: str, *roles: str):
+        """Metadata of the gateway calling for `user` (a plain user unless roles are given)."""
+        return bearer(user_token(self.topology, user, roles or ("user",)))
 
     async def provider(self, method: str, request):
         stub, metadata = self._providers

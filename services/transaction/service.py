@@ -28,6 +28,7 @@ from services.runtime.idempotency import run_idempotent, stored_response
 from services.runtime.messaging.queue import Claimed, WorkQueue
 from services.runtime.messaging.store import Outbox
 from services.runtime.requests import page_size
+from services.runtime.users import User
 
 from .domain import BRIDGE, COMPLETED, DEPOSIT, FAILED, PENDING, PROCESSING, SEND, TERMINAL, WITHDRAW, Transaction
 from .partners import ChainClient, ProviderClient
@@ -58,6 +59,13 @@ def _saga_columns(tx: Transaction) -> dict:
     return dict(state=tx.state, hold=tx.hold, failure_reason=tx.failure_reason, updated_at=tx.updated_at,
                 completed_at=tx.completed_at, provider=tx.provider, provider_payment=tx.provider_payment,
                 cross_chain_transfer=tx.cross_chain_transfer, chain_transactions=json.dumps(tx.chain_transactions))
+
+
+def _visible_to(query, viewer: User | None):
+    if viewer is None or viewer.is_operator:
+        return query
+    t = transactions.c
+    return query.where(or_(t.source_owner == viewer.id, t.destination_owner == viewer.id))
 
 
 class _Fail(Exception):
@@ -124,7 +132,7 @@ class TransactionService:
     # --- create ---------------------------------------------------------------------------------
 
     async def create(self, request_id: str, fingerprint: str, draft: Transaction,
-                     encode: Callable[[Transaction], bytes]) -> bytes:
+                     encode: Callable[[Transaction], bytes], viewer: User | None = None) -> bytes:
         """A transaction, queued for its saga once the wallets agree it can start (nothing is
         written when they do not). A repeated request_id returns the first answer."""
         def stored() -> bytes | None:
@@ -133,40 +141,63 @@ class TransactionService:
         first = await self.db.run(stored)
         if first is not None:
             return first
-        if draft.type == SEND:
-            await self._wallet.check_transfer(draft.source_wallet, draft.destination_wallet, draft.amount)
-        elif draft.type == DEPOSIT:
-            await self._wallet.check_currency(draft.destination_wallet, draft.amount, "transaction.destination_wallet")
-        else:
-            await self._wallet.check_funds(draft.source_wallet, draft.amount)
+        source_owner, destination_owner = await self._check_wallets(draft, viewer)
 
         def work(connection: Connection, now: dt.datetime) -> Transaction:
             tx = dataclasses.replace(draft, id=self._ids(), state=PENDING, hold="", failure_reason="",
                                      created_at=now, updated_at=now, completed_at=None)
+            owners = dict(source_owner=source_owner, destination_owner=destination_owner)
             connection.execute(insert(transactions).values(
                 id=tx.id, type=tx.type, source_wallet=tx.source_wallet, destination_wallet=tx.destination_wallet,
                 currency=tx.amount.currency, amount=tx.amount.amount, created_at=now, source_chain=tx.source_chain,
-                target_chain=tx.target_chain, destination_address=tx.destination_address, **_saga_columns(tx)))
+                target_chain=tx.target_chain, destination_address=tx.destination_address, **owners,
+                **_saga_columns(tx)))
             self.queue.enqueue(connection, tx.id, priority=10 if tx.type == SEND else 5)
             return tx
         return await self.db.run(run_idempotent, self.db, idempotency_keys, "CreateTransaction", request_id,
                                  fingerprint, work, encode, self._clock)
 
+    async def _check_wallets(self, draft: Transaction, viewer: User | None) -> tuple[str, str]:
+        """(source owner, destination owner) once the wallets agree the transaction can start. The
+        wallet the money leaves (or, for a DEPOSIT, arrives in) must be the user's own: someone
+        else's is NOT_FOUND, before anything about it (its funds) is said."""
+        def mine(wallet: str, owner: str) -> None:
+            if viewer is not None and not viewer.may_see(owner):
+                raise NotFound(f"wallet {wallet} does not exist", reason="WALLET_NOT_FOUND")
+        source_owner = destination_owner = ""
+        if draft.type in (SEND, DEPOSIT):
+            destination_owner = await self._wallet.owner_for_deposit(draft.destination_wallet, draft.amount,
+                                                                     "transaction.destination_wallet")
+            if draft.type == DEPOSIT:
+                mine(draft.destination_wallet, destination_owner)
+        if draft.type != DEPOSIT:
+            funds = await self._wallet.funds(draft.source_wallet, draft.amount)
+            source_owner = funds.owner
+            mine(draft.source_wallet, source_owner)
+            if not funds.sufficient:
+                raise FailedPrecondition(
+                    f"insufficient funds in {draft.source_wallet}: available {funds.available} {draft.amount.currency}, "
+                    f"{draft.amount} needed", reason="INSUFFICIENT_FUNDS", metadata={"wallet": draft.source_wallet})
+        return source_owner, destination_owner
+
     # --- reads ----------------------------------------------------------------------------------
 
-    def _get(self, transaction_id: str) -> Transaction | None:
+    def _get(self, transaction_id: str, viewer: User | None = None) -> Transaction | None:
+        query = select(transactions).where(transactions.c.id == transaction_id)
         with self.db.reading() as connection:
-            row = connection.execute(select(transactions).where(transactions.c.id == transaction_id)).first()
+            row = connection.execute(_visible_to(query, viewer)).first()
         return _row(row) if row else None
 
-    async def get(self, transaction_id: str) -> Transaction:
-        tx = await self.db.run(self._get, transaction_id)
+    async def get(self, transaction_id: str, viewer: User | None = None) -> Transaction:
+        """The transaction; NOT_FOUND also when it touches none of the user's wallets."""
+        tx = await self.db.run(self._get, transaction_id, viewer)
         if tx is None:
             raise NotFound(f"transaction transactions/{transaction_id} does not exist", reason="TRANSACTION_NOT_FOUND")
         return tx
 
-    async def list(self, wallet: str, size: int, token: str) -> Page:
-        """Newest first, optionally of one wallet (as source or destination); keyset paging."""
+    async def list(self, wallet: str, size: int, token: str, viewer: User | None = None) -> Page:
+        """Newest first, optionally of one wallet (as source or destination); keyset paging. A user
+        who is not an operator sees only transactions that touch their own wallets."""
         limit = page_size(size)
         after = _untoken(token) if token else None
 
@@ -179,7 +210,7 @@ class TransactionService:
                 created, last_id = after
                 query = query.where(or_(t.created_at < created, and_(t.created_at == created, t.id < last_id)))
             with self.db.reading() as connection:
-                return [_row(r) for r in connection.execute(query)]
+                return [_row(r) for r in connection.execute(_visible_to(query, viewer))]
         found = await self.db.run(read)
         more = len(found) > limit
         return Page(found[:limit], _token(found[limit - 1]) if more else "")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from diboas.common.v1 import common_pb2
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
+from services.runtime.context import current_user
 from services.runtime.errors import InvalidArgument
 from services.runtime.requests import fingerprint, money, request_id, resource_id, timestamp
 
@@ -76,15 +77,15 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
         data = await self._service.create(
             rid, fingerprint(request), draft_of(request.transaction),
             lambda created: transaction_pb2.CreateTransactionResponse(
-                transaction=transaction_pb(created)).SerializeToString())
+                transaction=transaction_pb(created)).SerializeToString(), current_user())
         return transaction_pb2.CreateTransactionResponse.FromString(data)
 
     async def GetTransaction(self, request, context):
-        tx = await self._service.get(resource_id(request.name, "transactions", "name"))
+        tx = await self._service.get(resource_id(request.name, "transactions", "name"), current_user())
         return transaction_pb2.GetTransactionResponse(transaction=transaction_pb(tx))
 
     async def ListTransactions(self, request, context):
         wallet = f"wallets/{resource_id(request.wallet, 'wallets', 'wallet')}" if request.wallet else ""
-        page = await self._service.list(wallet, request.page_size, request.page_token)
+        page = await self._service.list(wallet, request.page_size, request.page_token, current_user())
         return transaction_pb2.ListTransactionsResponse(transactions=[transaction_pb(t) for t in page.items],
                                                         next_page_token=page.next_page_token)

@@ -33,8 +33,13 @@ transactions = Table(
     Column("destination_address", String(256), nullable=False, server_default=""),
     Column("cross_chain_transfer", String(80), nullable=False, server_default=""),
     Column("chain_transactions", Text, nullable=False, server_default="[]"),   # JSON [{chain, hash, block}]
+    # Owners of the wallets, as the wallet said at creation: who may see the transaction.
+    Column("source_owner", String(128), nullable=False, server_default=""),
+    Column("destination_owner", String(128), nullable=False, server_default=""),
     Index("ix_transactions_source_wallet", "source_wallet"),
     Index("ix_transactions_destination_wallet", "destination_wallet"),
+    Index("ix_transactions_source_owner", "source_owner"),
+    Index("ix_transactions_destination_owner", "destination_owner"),
 )
 
 idempotency_keys = idempotency_table(metadata)

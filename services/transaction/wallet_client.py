@@ -2,36 +2,38 @@
 the wallet's RPCs (errors arrive as domain errors, through the runtime's guarded stubs)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.domain.money import Money
 from services.runtime.client import Upstream
-from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class Funds:
+    owner: str
+    sufficient: bool
+    available: str
 
 
 class WalletClient:
     def __init__(self, upstream: Upstream):
         self._wallet = upstream.stub(wallet_pb2_grpc.WalletServiceStub)
 
-    async def check_transfer(self, source: str, destination: str, amount: Money) -> None:
-        """Both wallets exist, hold the amount's currency, and the source has the funds now."""
-        await self.check_currency(destination, amount, "transaction.destination_wallet")
-        await self.check_funds(source, amount)
-
-    async def check_currency(self, wallet: str, amount: Money, field: str) -> None:
-        """The wallet exists and holds the amount's currency."""
+    async def owner_for_deposit(self, wallet: str, amount: Money, field: str) -> str:
+        """The owner of a wallet that exists and holds the amount's currency."""
         found = (await self._wallet.GetWallet(wallet_pb2.GetWalletRequest(name=wallet))).wallet
         if found.currency_code != amount.currency:
             raise InvalidArgument.field(field, f"{wallet} holds {found.currency_code}, not {amount.currency}")
+        return found.owner_id
 
-    async def check_funds(self, source: str, amount: Money) -> None:
-        """The source wallet exists, holds the currency, and has the funds now."""
+    async def funds(self, source: str, amount: Money) -> Funds:
+        """Whether the source wallet (which exists and holds the currency) has the amount now."""
         money = common_pb2.Money(currency_code=amount.currency, amount=amount.text)
         check = await self._wallet.ValidateBalance(wallet_pb2.ValidateBalanceRequest(wallet=source, amount=money))
-        if not check.sufficient:
-            raise FailedPrecondition(
-                f"insufficient funds in {source}: available {check.available_balance.amount} {amount.currency}, "
-                f"{amount} needed", reason="INSUFFICIENT_FUNDS", metadata={"wallet": source})
+        return Funds(check.wallet.owner_id, check.sufficient, check.available_balance.amount)
 
     async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
         """Reserve `amount` on the source wallet; the hold's name. Idempotent by request_id."""

@@ -14,9 +14,10 @@ from typing import Callable, TypeVar
 
 from services.domain.money import EXACT, Money
 from services.runtime.db import Database
-from services.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from services.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from services.runtime.idempotency import run_idempotent
 from services.runtime.requests import page_size
+from services.runtime.users import User
 
 from . import ledger
 from .ledger import Hold, Wallet
@@ -78,7 +79,11 @@ class WalletService:
                               lambda connection, now: work(WalletRepository(connection), now), encode, self._clock)
 
     async def create_wallet(self, request_id: str, fingerprint: str, owner_id: str, currency: str,
-                            encode: Callable[[Wallet], bytes]) -> bytes:
+                            encode: Callable[[Wallet], bytes], viewer: User | None = None) -> bytes:
+        if viewer is not None and not viewer.may_see(owner_id):
+            raise PermissionDenied(f"user '{viewer.id}' may create wallets only for themselves, not for '{owner_id}'",
+                                   reason="NOT_YOUR_WALLET")
+
         def work(repo: WalletRepository, now: dt.datetime) -> Wallet:
             existing = repo.find_wallet(owner_id, currency)
             if existing is not None:
@@ -194,20 +199,27 @@ class WalletService:
         with self.db.reading() as connection:
             return fn(WalletRepository(connection))
 
-    async def get_wallet(self, wallet_id: str) -> Wallet:
+    async def get_wallet(self, wallet_id: str, viewer: User | None = None) -> Wallet:
+        """The wallet; NOT_FOUND also when it is someone else's (so ids cannot be probed)."""
         wallet = await self.db.run(self._read, lambda repo: repo.get_wallet(wallet_id))
-        if wallet is None:
+        if wallet is None or (viewer is not None and not viewer.may_see(wallet.owner_id)):
             raise NotFound(f"wallet wallets/{wallet_id} does not exist", reason="WALLET_NOT_FOUND")
         return wallet
 
-    async def list_wallets(self, owner_id: str, size: int, token: str) -> Page:
+    async def list_wallets(self, owner_id: str, size: int, token: str, viewer: User | None = None) -> Page:
+        """Wallets, optionally of one owner; a user who is not an operator sees only their own."""
+        if viewer is not None and not viewer.is_operator:
+            if owner_id and owner_id != viewer.id:
+                return Page([], "")
+            owner_id = viewer.id
         after, limit = _untoken("w", token), page_size(size)
         found = await self.db.run(self._read, lambda repo: repo.list_wallets(owner_id or None, after, limit + 1))
         more = len(found) > limit
         return Page(found[:limit], _token("w", found[limit - 1].id) if more else "")
 
-    async def validate_balance(self, wallet_id: str, amount: Money) -> tuple[Wallet, bool, Money]:
-        wallet = await self.get_wallet(wallet_id)
+    async def validate_balance(self, wallet_id: str, amount: Money,
+                               viewer: User | None = None) -> tuple[Wallet, bool, Money]:
+        wallet = await self.get_wallet(wallet_id, viewer)
         _same_currency(wallet, amount, "amount.currency_code")
         shortfall = EXACT.subtract(amount.amount, wallet.available)
         if shortfall <= 0:
@@ -220,7 +232,9 @@ class WalletService:
             raise NotFound(f"hold wallets/{wallet_id}/holds/{hold_id} does not exist", reason="HOLD_NOT_FOUND")
         return hold
 
-    async def list_entries(self, wallet_id: str, size: int, token: str) -> Page:
+    async def list_entries(self, wallet_id: str, size: int, token: str, viewer: User | None = None) -> Page:
+        if viewer is not None:
+            await self.get_wallet(wallet_id, viewer)          # NOT_FOUND unless it is theirs
         before = _untoken("e", token)
         if before is not None and not before.isdigit():
             raise InvalidArgument.field("page_token", "is not a page token this list gave out")

@@ -7,6 +7,7 @@ import re
 from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.domain.money import Money, scale_of
+from services.runtime.context import current_user
 from services.runtime.errors import InvalidArgument
 from services.runtime.requests import fingerprint, money, request_id, resource_id, timestamp
 
@@ -61,7 +62,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
     async def CreateWallet(self, request, context):
         rid = request_id(request)
-        owner = request.wallet.owner_id
+        viewer = current_user()
+        owner = request.wallet.owner_id or (viewer.id if viewer else "")    # a user's own, by default
         if not owner or len(owner) > 128:
             raise InvalidArgument.field("wallet.owner_id", "is required (up to 128 characters)")
         if not request.wallet.currency_code:
@@ -69,29 +71,30 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         scale_of(request.wallet.currency_code, "wallet.currency_code")
         data = await self._service.create_wallet(
             rid, fingerprint(request), owner, request.wallet.currency_code,
-            lambda w: wallet_pb2.CreateWalletResponse(wallet=wallet_pb(w)).SerializeToString())
+            lambda w: wallet_pb2.CreateWalletResponse(wallet=wallet_pb(w)).SerializeToString(), viewer)
         return wallet_pb2.CreateWalletResponse.FromString(data)
 
     async def GetWallet(self, request, context):
-        wallet = await self._service.get_wallet(wallet_id(request.name, "name"))
+        wallet = await self._service.get_wallet(wallet_id(request.name, "name"), current_user())
         return wallet_pb2.GetWalletResponse(wallet=wallet_pb(wallet))
 
     async def ListWallets(self, request, context):
-        page = await self._service.list_wallets(request.owner_id, request.page_size, request.page_token)
+        page = await self._service.list_wallets(request.owner_id, request.page_size, request.page_token,
+                                                current_user())
         return wallet_pb2.ListWalletsResponse(wallets=[wallet_pb(w) for w in page.items],
                                               next_page_token=page.next_page_token)
 
     async def ValidateBalance(self, request, context):
         wid = wallet_id(request.wallet, "wallet")
         amount = money(request.amount, request.HasField("amount"), "amount")
-        wallet, sufficient, shortfall = await self._service.validate_balance(wid, amount)
+        wallet, sufficient, shortfall = await self._service.validate_balance(wid, amount, current_user())
         return wallet_pb2.ValidateBalanceResponse(
             sufficient=sufficient, available_balance=_pb_money(wallet.currency, wallet.available),
-            shortfall=_pb_money(shortfall.currency, shortfall.amount))
+            shortfall=_pb_money(shortfall.currency, shortfall.amount), wallet=wallet_pb(wallet))
 
     async def ListLedgerEntries(self, request, context):
         wid = wallet_id(request.parent, "parent")
-        page = await self._service.list_entries(wid, request.page_size, request.page_token)
+        page = await self._service.list_entries(wid, request.page_size, request.page_token, current_user())
         currency = (await self._service.get_wallet(wid)).currency if page.items else ""
         return wallet_pb2.ListLedgerEntriesResponse(ledger_entries=[entry_pb(e, currency) for e in page.items],
                                                     next_page_token=page.next_page_token)

@@ -442,6 +442,7 @@ class ValidateBalanceResponse(_message.Message):
     SUFFICIENT_FIELD_NUMBER: _builtins.int
     AVAILABLE_BALANCE_FIELD_NUMBER: _builtins.int
     SHORTFALL_FIELD_NUMBER: _builtins.int
+    WALLET_FIELD_NUMBER: _builtins.int
     sufficient: _builtins.bool
     """True when the available balance is at least the amount."""
     @_builtins.property
@@ -452,16 +453,21 @@ class ValidateBalanceResponse(_message.Message):
     def shortfall(self) -> _common_pb2.Money:
         """How much is missing; zero when sufficient."""
 
+    @_builtins.property
+    def wallet(self) -> Global___Wallet:
+        """The wallet checked (its owner and currency), as of the check."""
+
     def __init__(
         self,
         *,
         sufficient: _builtins.bool = ...,
         available_balance: _common_pb2.Money | None = ...,
         shortfall: _common_pb2.Money | None = ...,
+        wallet: Global___Wallet | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["available_balance", b"available_balance", "shortfall", b"shortfall"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["available_balance", b"available_balance", "shortfall", b"shortfall", "wallet", b"wallet"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_balance", b"available_balance", "shortfall", b"shortfall", "sufficient", b"sufficient"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_balance", b"available_balance", "shortfall", b"shortfall", "sufficient", b"sufficient", "wallet", b"wallet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
