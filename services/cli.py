@@ -27,7 +27,7 @@ from services.runtime.users import issue_user_token
 
 
 def cmd_health(args, topology: Topology) -> int:
-    report = asyncio.run(health_report(topology, args.identity, args.timeout))
+    report = asyncio.run(health_report(topology, args.identity, args.timeout, gateway=not args.no_gateway))
     healthy = all(r.status == "SERVING" for r in report)
     if args.json:
         print(json.dumps({"healthy": healthy, "services": [r.as_dict() for r in report]}, indent=2))
@@ -35,7 +35,7 @@ def cmd_health(args, topology: Topology) -> int:
         for r in report:
             detail = f"  ({r.error})" if r.error else ""
             print(f"{r.service:<12} {r.address:<18} {r.status:<12} {r.latency_ms:>7.1f} ms{detail}")
-        print("all services SERVING" if healthy else "some services are not SERVING")
+        print("all SERVING" if healthy else "some are not SERVING")
     return 0 if healthy else 1
 
 
@@ -114,6 +114,7 @@ def parser() -> argparse.ArgumentParser:
     health.add_argument("--as", dest="identity", default="operator", help="client identity (default: operator)")
     health.add_argument("--timeout", type=float, default=2.0, help="seconds per service (default: 2)")
     health.add_argument("--json", action="store_true", help="machine-readable output")
+    health.add_argument("--no-gateway", action="store_true", help="only the services, not the Envoy gateway")
     health.set_defaults(run=cmd_health)
 
     token = sub.add_parser("token", help="print a service JWT (for grpcurl -H 'authorization: Bearer ...')",

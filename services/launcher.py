@@ -1,7 +1,9 @@
 """`make run`: start every service of the topology as its own process, wait until all report
-SERVING, print where they are, and stop them all cleanly on Ctrl-C or SIGTERM.
+SERVING, then the Envoy gateway in front of them (until it and its upstreams are healthy),
+print where everything is, and stop it all cleanly on Ctrl-C or SIGTERM (the gateway first).
 
-Each service logs JSON to <state_dir>/logs/<service>.log; this command prints progress.
+Each service logs JSON to <state_dir>/logs/<service>.log, the gateway to gateway.log (and its
+access log to gateway-access.jsonl); this command prints progress.
 """
 from __future__ import annotations
 
@@ -14,36 +16,43 @@ import sys
 import time
 from pathlib import Path
 
-from services.monitor import check_service
-from services.runtime.config import ConfigError, ServiceConfig, Topology, load_topology
+from services.monitor import check_gateway, check_service
+from services.runtime.config import ConfigError, Topology, load_topology
 from services.runtime.tls import channel_credentials, load_identity
+from services.runtime.users import issue_user_token
 
 OPERATOR = "operator"
+GATEWAY = "gateway"
 
 
 def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _port_free(service: ServiceConfig) -> str | None:
-    """None if the service's port can be bound, else why not."""
-    family = socket.AF_INET6 if ":" in service.address.host else socket.AF_INET
+def _port_free(host: str, port: int) -> str | None:
+    """None if the address can be bound, else why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As the servers do: a port in TIME_WAIT is free, one with a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((service.address.host, service.address.port))
+            sock.bind((host, port))
         except OSError as exc:
             return exc.strerror or str(exc)
     return None
 
 
 def _preflight(topology: Topology) -> None:
-    for name in [*topology.services, OPERATOR]:
+    for name in [*topology.services, OPERATOR, topology.gateway.name]:
         load_identity(topology.certs_dir, name)
-    for service in topology.services.values():
-        problem = _port_free(service)
+    wanted = [(s.name, s.address, f"DIBOAS_{s.name.upper()}_ADDRESS") for s in topology.services.values()]
+    wanted += [("the gateway", topology.gateway.http, "DIBOAS_GATEWAY_HTTP"),
+               ("the gateway's admin", topology.gateway.admin, "DIBOAS_GATEWAY_ADMIN")]
+    for what, address, variable in wanted:
+        problem = _port_free(address.host, address.port)
         if problem:
-            raise ConfigError(f"{service.name} cannot listen on {service.address}: {problem}. Is an earlier "
-                              f"`make run` still running? Otherwise set DIBOAS_{service.name.upper()}_ADDRESS.")
+            raise ConfigError(f"{what} cannot listen on {address}: {problem}. Is an earlier "
+                              f"`make run` still running? Otherwise set {variable}.")
 
 
 class Launcher:
@@ -52,16 +61,43 @@ class Launcher:
         self.processes: dict[str, subprocess.Popen] = {}
         self.logs_dir = topology.state_dir / "logs"
 
+    def _spawn(self, name: str, address) -> None:
+        log_path = self.logs_dir / f"{name}.log"
+        with open(log_path, "ab") as log_file:
+            # Own session: Ctrl-C reaches the launcher only, which stops the children in order.
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"], stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent)
+        _say(f"  starting {name:<12} {str(address):<18} log {log_path}")
+
     def start(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         for name, service in self.topology.services.items():
-            log_path = self.logs_dir / f"{name}.log"
-            with open(log_path, "ab") as log_file:
-                # Own session: Ctrl-C reaches the launcher only, which stops the children in order.
-                self.processes[name] = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{name}"], stdout=log_file, stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=_die_with_parent)
-            _say(f"  starting {name:<12} {str(service.address):<18} log {log_path}")
+            self._spawn(name, service.address)
+
+    async def start_gateway(self) -> bool:
+        """Envoy, once the services are SERVING; True when it and every upstream are healthy."""
+        self._spawn(GATEWAY, self.topology.gateway.http)
+        started = time.monotonic()
+        last = ""
+        while True:
+            code = self.processes[GATEWAY].poll()
+            if code is not None:
+                _say(f"  the gateway exited with code {code} while starting; last lines of its log:")
+                _say(_tail(self.logs_dir / f"{GATEWAY}.log"))
+                return False
+            status = await check_gateway(self.topology, timeout=1)
+            if status.status == "SERVING":
+                _say(f"  ready    {GATEWAY:<12} SERVING after {time.monotonic() - started:.1f}s (Envoy, "
+                     f"every upstream healthy)")
+                return True
+            if status.error != last and status.status != "UNREACHABLE":
+                _say(f"  waiting  {GATEWAY:<12} {status.error}")
+                last = status.error
+            if time.monotonic() - started > self.topology.defaults.start_timeout_seconds:
+                _say(f"  gave up on the gateway: {status.status} {status.error} (see {self.logs_dir}/gateway.log)")
+                return False
+            await asyncio.sleep(0.2)
 
     async def wait_until_serving(self) -> bool:
         creds = channel_credentials(load_identity(self.topology.certs_dir, OPERATOR))
@@ -97,7 +133,7 @@ class Launcher:
         """SIGTERM in dependency order (callers before the services they call), each batch drained
         before the next; whatever does not stop within `timeout` is killed."""
         deadline = time.monotonic() + timeout
-        for batch in stop_order(self.topology):
+        for batch in [[GATEWAY], *stop_order(self.topology)]:     # the gateway calls every service
             running = [n for n in batch if n in self.processes and self.processes[n].poll() is None]
             for name in running:
                 self.processes[name].send_signal(signal.SIGTERM)
@@ -108,7 +144,7 @@ class Launcher:
                     _say(f"  {name} did not stop within {timeout:.0f}s; killing it")
                     self.processes[name].kill()
                     self.processes[name].wait()
-        _say("  all services stopped")
+        _say("  everything stopped")
 
     def kill(self) -> None:
         for process in self.processes.values():
@@ -146,19 +182,31 @@ def _banner(topology: Topology) -> str:
     certs = os.path.relpath(topology.certs_dir)
     rows = "\n".join(f"  {s.name:<12} grpcs://{s.address}   metrics http://{s.metrics}/metrics"
                      for s in topology.services.values())
+    g = topology.gateway
+    token = issue_user_token(topology.certs_dir, "alice", ["user"], ttl_seconds=3600)
     wallet = topology.services.get("wallet") or next(iter(topology.services.values()))
     return f"""
-The diBoaS mesh is up (mTLS gRPC; data in {os.path.relpath(topology.state_dir)}/):
+The diBoaS mesh is up (data in {os.path.relpath(topology.state_dir)}/):
+  REST API     http://{g.http}   (Envoy; admin on http://{g.admin}, loopback only)
 {rows}
 
-Try it with grpcurl and the operator certificate:
-  grpcurl -cacert {certs}/ca.crt -cert {certs}/operator.crt -key {certs}/operator.key \\
-    -servername {wallet.name} {wallet.address} grpc.health.v1.Health/Check
+Try the REST API as the user "alice" (this token lasts an hour; `.venv/bin/diboas user-token NAME` makes more):
+  TOKEN={token}
+  curl -s -X POST "http://{g.http}/v1/wallets?requestId=w-$(date +%s%N)" \\
+       -H "authorization: Bearer $TOKEN" -d '{{"currencyCode": "USD"}}'
+  curl -s http://{g.http}/v1/providers -H "authorization: Bearer $TOKEN"
+  .venv/bin/diboas demo            # wallets, a deposit, a send, a bridge and a withdrawal, step by step
+
+Or gRPC directly, with grpcurl and the operator certificate:
   grpcurl -cacert {certs}/ca.crt -cert {certs}/operator.crt -key {certs}/operator.key \\
     -servername {wallet.name} {wallet.address} list
 
-Press Ctrl-C to stop everything.
+Health of everything: .venv/bin/diboas health        Press Ctrl-C to stop everything.
 """
+
+
+async def _up(launcher: Launcher) -> bool:
+    return await launcher.wait_until_serving() and await launcher.start_gateway()
 
 
 async def _main() -> int:
@@ -176,11 +224,12 @@ async def _main() -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    _say(f"Starting the diBoaS mesh ({len(topology.services)} services, topology {os.path.relpath(topology.path)})")
+    _say(f"Starting the diBoaS mesh ({len(topology.services)} services and the gateway, topology "
+         f"{os.path.relpath(topology.path)})")
     code = 0
     try:
         launcher.start()
-        ready = asyncio.ensure_future(launcher.wait_until_serving())
+        ready = asyncio.ensure_future(_up(launcher))
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():

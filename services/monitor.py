@@ -1,8 +1,11 @@
-"""The spec's ServiceHealthMonitor: ask every service for its gRPC health, concurrently."""
+"""The spec's ServiceHealthMonitor: ask every service for its gRPC health, and the gateway
+(Envoy's admin interface: ready, and every upstream cluster healthy), concurrently."""
 from __future__ import annotations
 
 import asyncio
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass
 
 import grpc
@@ -38,7 +41,34 @@ async def check_service(topology: Topology, name: str, creds: grpc.ChannelCreden
     return ServiceStatus(name, str(service.address), status, round((time.perf_counter() - started) * 1000, 1), error)
 
 
-async def health_report(topology: Topology, identity: str = "operator", timeout: float = 2.0) -> list[ServiceStatus]:
-    """One status per service; a service that does not answer is reported, not fatal."""
+def _gateway_status(topology: Topology, timeout: float) -> tuple[str, str]:
+    admin = f"http://{topology.gateway.admin}"
+    try:
+        with urllib.request.urlopen(f"{admin}/ready", timeout=timeout) as reply:
+            if reply.status != 200:
+                return "NOT_SERVING", f"Envoy is {reply.read().decode().strip()}"
+        with urllib.request.urlopen(f"{admin}/clusters", timeout=timeout) as reply:
+            flags = [line.split("::") for line in reply.read().decode().splitlines() if "::health_flags::" in line]
+    except urllib.error.HTTPError as exc:
+        return "NOT_SERVING", f"Envoy is {exc.read().decode().strip() or exc.reason}"
+    except (OSError, ValueError) as exc:
+        return "UNREACHABLE", str(getattr(exc, "reason", None) or exc)
+    unhealthy = sorted({f[0] for f in flags if f[-1] != "healthy"})
+    if unhealthy:
+        return "NOT_SERVING", f"upstreams failing their health checks: {', '.join(unhealthy)}"
+    return "SERVING", ""
+
+
+async def check_gateway(topology: Topology, timeout: float) -> ServiceStatus:
+    started = time.perf_counter()
+    status, error = await asyncio.to_thread(_gateway_status, topology, timeout)
+    return ServiceStatus("gateway", str(topology.gateway.http), status,
+                         round((time.perf_counter() - started) * 1000, 1), error)
+
+
+async def health_report(topology: Topology, identity: str = "operator", timeout: float = 2.0,
+                        gateway: bool = True) -> list[ServiceStatus]:
+    """One status per service (and the gateway); one that does not answer is reported, not fatal."""
     creds = channel_credentials(load_identity(topology.certs_dir, identity))
-    return list(await asyncio.gather(*(check_service(topology, n, creds, timeout) for n in topology.services)))
+    checks = [check_service(topology, n, creds, timeout) for n in topology.services]
+    return list(await asyncio.gather(*checks, *([check_gateway(topology, timeout)] if gateway else [])))

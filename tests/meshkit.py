@@ -170,6 +170,8 @@ def process_env(pki, state_dir, **overrides) -> dict:
     for name in ORDER:
         env[f"DIBOAS_{name.upper()}_ADDRESS"] = f"127.0.0.1:{free_port()}"
         env[f"DIBOAS_{name.upper()}_METRICS"] = f"127.0.0.1:{free_port()}"
+    for part in ("HTTP", "HTTPS", "ADMIN"):
+        env[f"DIBOAS_GATEWAY_{part}"] = f"127.0.0.1:{free_port()}"
     env.update(overrides)
     return env
 

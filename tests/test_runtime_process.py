@@ -13,7 +13,7 @@ import pytest
 
 from services.runtime.config import ConfigError, load_topology
 
-from conftest import free_port
+from meshkit import process_env
 
 SERVICES = ["wallet", "transaction", "provider", "blockchain"]
 
@@ -21,12 +21,8 @@ SERVICES = ["wallet", "transaction", "provider", "blockchain"]
 @pytest.fixture
 def env(pki, tmp_path) -> dict:
     """Environment for a mesh on free ports, the test PKI and a temporary state dir."""
-    values = dict(os.environ, DIBOAS_CERTS_DIR=str(pki), DIBOAS_STATE_DIR=str(tmp_path / "state"),
-                  DIBOAS_UNREADY_SECONDS="0.2", DIBOAS_DRAIN_SECONDS="3")
-    for name in SERVICES:
-        values[f"DIBOAS_{name.upper()}_ADDRESS"] = f"127.0.0.1:{free_port()}"
-        values[f"DIBOAS_{name.upper()}_METRICS"] = f"127.0.0.1:{free_port()}"
-    return values
+    return process_env(pki, tmp_path / "state", DIBOAS_UNREADY_SECONDS="0.2", DIBOAS_DRAIN_SECONDS="3",
+                       DIBOAS_TRACING="on")
 
 
 def run_service(name: str, env: dict, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -110,14 +106,15 @@ def test_make_run_starts_all_services_and_stops_on_ctrl_c(env):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output = _wait_for_line(process, "Press Ctrl-C to stop everything", 60)
-        for name in SERVICES:
+        for name in (*SERVICES, "gateway"):
             assert f"ready    {name}" in output
+        assert f"REST API     http://{env['DIBOAS_GATEWAY_HTTP']}" in output and "TOKEN=ey" in output
         process.send_signal(signal.SIGINT)
         output += process.communicate(timeout=30)[0]
     finally:
         process.kill()
     assert process.returncode == 0, output
-    assert "all services stopped" in output
+    assert "everything stopped" in output
     # A second run finds the ports free again.
     again = subprocess.Popen([sys.executable, "-m", "services.launcher"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -226,7 +223,7 @@ def test_services_do_not_outlive_a_killed_launcher(env):
     try:
         _wait_for_line(process, "Press Ctrl-C to stop everything", 60)
         children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == len(SERVICES)
+        assert len(children) == len(SERVICES) + 1          # and the gateway (Envoy)
         process.kill()                                  # no chance to clean up
         process.wait(timeout=10)
         deadline = time.monotonic() + 15

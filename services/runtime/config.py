@@ -97,6 +97,10 @@ class GatewayConfig:
     http: Address
     https: Address
     admin: Address
+    rate_limit_per_second: int = 200       # requests per second over the whole listener
+    rate_limit_burst: int = 400
+    max_request_bytes: int = 65536
+    request_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -250,7 +254,18 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         http=Address.parse(env.get("DIBOAS_GATEWAY_HTTP", g.get("http", "127.0.0.1:8080")), f"{where}: gateway.http"),
         https=Address.parse(env.get("DIBOAS_GATEWAY_HTTPS", g.get("https", "127.0.0.1:8443")), f"{where}: gateway.https"),
         admin=Address.parse(env.get("DIBOAS_GATEWAY_ADMIN", g.get("admin", "127.0.0.1:9901")), f"{where}: gateway.admin"),
+        rate_limit_per_second=int(_number(g, "rate_limit_per_second", f"{where}: gateway", 200, env,
+                                          "DIBOAS_GATEWAY_RATE_LIMIT", positive=True)),
+        rate_limit_burst=int(_number(g, "rate_limit_burst", f"{where}: gateway", 400, env,
+                                     "DIBOAS_GATEWAY_RATE_LIMIT_BURST", positive=True)),
+        max_request_bytes=int(_number(g, "max_request_bytes", f"{where}: gateway", 65536, env,
+                                      "DIBOAS_GATEWAY_MAX_REQUEST_BYTES", positive=True)),
+        request_timeout_seconds=_number(g, "request_timeout_seconds", f"{where}: gateway", 10.0, env,
+                                        "DIBOAS_GATEWAY_REQUEST_TIMEOUT", positive=True),
     )
+    if gateway.admin.host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(f"{where}: gateway.admin (or DIBOAS_GATEWAY_ADMIN) must be on loopback, "
+                          f"got {gateway.admin.host}: Envoy's admin interface can stop the gateway")
     clients = {n: spiffe_id(trust_domain, "client", n) for n in _names(raw.get("clients", []), f"{where}: clients")}
 
     raw_services = _section(raw, "services", where)

@@ -1,0 +1,196 @@
+"""The Envoy configuration of the API gateway, rendered from the topology (mesh.yaml) and the
+descriptor set in generated/: nothing in it is written by hand twice.
+
+  listener   the REST API on gateway.http: local rate limit (429), request size limit (413),
+             user JWTs (jwt_authn, keys from certs/out/jwks.json; 401), REST <-> gRPC
+             (grpc_json_transcoder: the google.api.http annotations are the routes; unknown
+             paths 404, unknown query parameters and malformed bodies 400; gRPC errors become
+             their HTTP status with the google.rpc.Status as JSON), JSON access logs
+  routes     one per RPC the topology's policy lets the gateway call (anything else is 404);
+             reads (GET bindings) are retried when the upstream is unavailable, writes never
+  clusters   one per service: HTTP/2 over mTLS with the gateway's certificate, the server's
+             SPIFFE id checked, gRPC health checks, outlier detection, connect timeouts
+  admin      on loopback only
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+from services.runtime.config import REPO_ROOT, Topology
+from services.runtime.users import AUDIENCE, ISSUER
+
+DESCRIPTORS = REPO_ROOT / "generated" / "descriptors" / "diboas.binpb"
+_TYPED = "type.googleapis.com/envoy.extensions"
+
+
+@dataclass(frozen=True)
+class Rpc:
+    service: str            # topology name, e.g. "wallet"
+    grpc_service: str       # e.g. "diboas.wallet.v1.WalletService"
+    method: str             # e.g. "GetWallet"
+    verb: str               # the HTTP verb of its google.api.http binding
+    template: str           # the path template, e.g. "/v1/{name=wallets/*}"
+
+    @property
+    def path(self) -> str:
+        return f"/{self.grpc_service}/{self.method}"
+
+    @property
+    def read(self) -> bool:
+        return self.verb == "get"
+
+
+def external_rpcs(topology: Topology, descriptors: Path = DESCRIPTORS) -> list[Rpc]:
+    """The RPCs with a REST binding that the topology's policy lets the gateway call."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptors.read_bytes())
+    gateway = topology.gateway.name
+    rpcs = []
+    for file in files.file:
+        parts = file.package.split(".")
+        if len(parts) != 3 or parts[0] != "diboas" or parts[1] not in topology.services:
+            continue
+        policy = topology.services[parts[1]].policy
+        for service in file.service:
+            for method in service.method:
+                rule = method.options.Extensions[annotations_pb2.http]
+                verb = rule.WhichOneof("pattern")
+                callers = policy.get(method.name, policy.get("*", frozenset()))
+                if verb and verb != "custom" and gateway in callers:
+                    rpcs.append(Rpc(parts[1], f"{file.package}.{service.name}", method.name, verb,
+                                    getattr(rule, verb)))
+    return rpcs
+
+
+def _json_reply(code: int, grpc_code: int, message: str) -> dict:
+    """A local reply of Envoy's (not the upstream's) as JSON shaped like a google.rpc.Status."""
+    return {"filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+                "default_value": code, "runtime_key": f"diboas.local_reply.{code}"}}}},
+            "body_format_override": {"json_format": {"code": grpc_code, "message": message,
+                                                     "details": []}}}
+
+
+def _cluster(topology: Topology, name: str) -> dict:
+    service, certs = topology.services[name], topology.certs_dir
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": service.address.host, "port_value": service.address.port}}}}]}]},
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": f"{_TYPED}.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": f"{_TYPED}.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": name,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],                 # gRPC servers speak HTTP/2 only
+                "tls_certificates": [{"certificate_chain": {"filename": str(certs / f"{topology.gateway.name}.crt")},
+                                      "private_key": {"filename": str(certs / f"{topology.gateway.name}.key")}}],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(certs / "ca.crt")},
+                    "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": service.identity}}]},
+            }}},
+        "health_checks": [{"timeout": "1s", "interval": "2s", "no_traffic_interval": "2s",
+                           "unhealthy_threshold": 2, "healthy_threshold": 1,
+                           "grpc_health_check": {"authority": name}}],
+        "outlier_detection": {"consecutive_5xx": 5, "consecutive_gateway_failure": 3, "interval": "2s",
+                              "base_ejection_time": "5s", "max_ejection_percent": 100},
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},   # no healthy host: 503 at once
+    }
+
+
+def _route(rpc: Rpc, timeout: float) -> dict:
+    route = {"cluster": rpc.service, "timeout": f"{timeout:g}s"}
+    if rpc.read:    # idempotent: safe to try again on another connection
+        route["retry_policy"] = {"retry_on": "connect-failure,refused-stream,unavailable,reset",
+                                 "num_retries": 2, "per_try_timeout": f"{max(timeout / 3, 1):g}s"}
+    return {"match": {"path": rpc.path}, "route": route}
+
+
+ACCESS_LOG = {
+    "time": "%START_TIME%", "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "rpc": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "grpc_status": "%GRPC_STATUS%",
+    "flags": "%RESPONSE_FLAGS%", "duration_ms": "%DURATION%", "upstream": "%UPSTREAM_CLUSTER%",
+    "request_id": "%REQ(X-REQUEST-ID)%", "traceparent": "%REQ(TRACEPARENT)%", "bytes_in": "%BYTES_RECEIVED%",
+    "bytes_out": "%BYTES_SENT%", "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+}
+
+
+def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS) -> dict:
+    """The whole Envoy bootstrap, as a dict (written out as YAML or JSON)."""
+    g, rpcs = topology.gateway, external_rpcs(topology, descriptors)
+    services = sorted({r.grpc_service for r in rpcs})
+    filters = [
+        {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+            "@type": f"{_TYPED}.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "gateway_rate_limit",
+            "token_bucket": {"max_tokens": g.rate_limit_burst, "tokens_per_fill": g.rate_limit_per_second,
+                             "fill_interval": "1s"},
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                               "runtime_key": "diboas.rate_limit_enabled"},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                                "runtime_key": "diboas.rate_limit_enforced"},
+            "response_headers_to_add": [{"append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                                         "header": {"key": "x-diboas-rate-limited", "value": "true"}}]}},
+        {"name": "envoy.filters.http.buffer", "typed_config": {
+            "@type": f"{_TYPED}.filters.http.buffer.v3.Buffer", "max_request_bytes": g.max_request_bytes}},
+        {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+            "@type": f"{_TYPED}.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"users": {
+                "issuer": ISSUER, "audiences": [AUDIENCE],
+                "local_jwks": {"filename": str(topology.certs_dir / "jwks.json")},
+                "forward": True,                 # the services verify it again and act for its user
+                "claim_to_headers": [{"header_name": "x-diboas-user", "claim_name": "sub"}]}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "users"}}]}},
+        {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": {
+            "@type": f"{_TYPED}.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+            "proto_descriptor": str(descriptors),
+            "services": services,
+            "convert_grpc_status": True,
+            "print_options": {"add_whitespace": False, "always_print_primitive_fields": True,
+                              "always_print_enums_as_ints": False, "preserve_proto_field_names": False},
+            "request_validation_options": {"reject_unknown_method": True, "reject_unknown_query_parameters": True,
+                                           "reject_binding_body_field_collisions": True},
+            "case_insensitive_enum_parsing": False}},
+        {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": f"{_TYPED}.filters.http.router.v3.Router"}},
+    ]
+    manager = {
+        "@type": f"{_TYPED}.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "gateway",
+        "codec_type": "AUTO",
+        "request_timeout": f"{g.request_timeout_seconds:g}s",
+        "common_http_protocol_options": {"idle_timeout": "60s"},
+        "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": f"{_TYPED}.access_loggers.file.v3.FileAccessLog", "path": str(access_log),
+            "log_format": {"json_format": ACCESS_LOG}}}],
+        "route_config": {"name": "rest", "virtual_hosts": [{
+            "name": "diboas", "domains": ["*"],
+            "routes": [_route(r, g.request_timeout_seconds) for r in rpcs]}]},
+        "http_filters": filters,
+        "local_reply_config": {"mappers": [
+            _json_reply(400, 3, "%LOCAL_REPLY_BODY%"),
+            _json_reply(401, 16, "%LOCAL_REPLY_BODY%"),
+            _json_reply(403, 7, "%LOCAL_REPLY_BODY%"),
+            _json_reply(404, 5, "no such REST route: %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+            _json_reply(413, 3, f"the request body is larger than {g.max_request_bytes} bytes"),
+            _json_reply(429, 8, "rate limit exceeded: slow down and retry"),
+            _json_reply(503, 14, "%LOCAL_REPLY_BODY%"),
+        ]},
+    }
+    return {
+        "node": {"id": "diboas-gateway", "cluster": "diboas"},
+        "admin": {"address": {"socket_address": {"address": g.admin.host, "port_value": g.admin.port}}},
+        "static_resources": {
+            "listeners": [{"name": "rest", "address": {"socket_address": {"address": g.http.host,
+                                                                           "port_value": g.http.port}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                           "typed_config": manager}]}]}],
+            "clusters": [_cluster(topology, name) for name in sorted({r.service for r in rpcs})],
+        },
+    }

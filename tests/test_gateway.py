@@ -1,0 +1,232 @@
+"""End to end over real HTTP through the real Envoy (from its wheel), configured from the
+topology and the descriptor set, in front of the four real services over mTLS: every REST
+route, errors and their HTTP codes, user tokens, ownership, the rate limit, and a service
+stopped behind the gateway."""
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import time
+import uuid
+
+import pytest
+
+from services.gateway.envoy_config import external_rpcs
+from services.monitor import check_gateway
+from services.runtime.config import Address, load_topology
+
+from conftest import free_port, user_token, with_service
+from meshkit import ORDER, Process, start_mesh
+
+pytestmark = pytest.mark.slow
+
+
+class Gateway:
+    """Envoy as `python -m services.gateway`, in front of the given service ports."""
+
+    def __init__(self, topology, ports: dict[str, int], log_dir, **overrides):
+        self.http, self.admin = free_port(), free_port()
+        env = {"DIBOAS_CERTS_DIR": str(topology.certs_dir), "DIBOAS_STATE_DIR": str(log_dir),
+               "DIBOAS_GATEWAY_HTTP": f"127.0.0.1:{self.http}", "DIBOAS_GATEWAY_ADMIN": f"127.0.0.1:{self.admin}",
+               "DIBOAS_LOG_LEVEL": "WARNING", **overrides,
+               **{f"DIBOAS_{n.upper()}_ADDRESS": f"127.0.0.1:{p}" for n, p in ports.items()}}
+        import os
+        self.topology = load_topology(env=env)
+        self.process = Process("gateway", dict(os.environ, **env), log_dir)
+
+    async def start(self, only_provider: bool = False) -> None:
+        """Until Envoy and every upstream are healthy (or, with only the provider running, until a
+        provider route answers 200)."""
+        self.process.start()
+        token = user_token(self.topology, "probe", ("user",))
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.process.process.poll() is None, "the gateway exited; see gateway.log"
+            if only_provider:
+                try:
+                    ready = (await self.call("GET", "/v1/providers", token))[0] == 200
+                except OSError:
+                    ready = False
+            else:
+                ready = (await check_gateway(self.topology, timeout=1)).status == "SERVING"
+            if ready:
+                return
+            assert time.monotonic() < deadline, "the gateway did not become ready; see gateway.log"
+            await asyncio.sleep(0.1)
+
+    def request(self, method: str, path: str, token: str | None = None, body=None,
+                headers: dict | None = None) -> tuple[int, dict, dict]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.http, timeout=15)
+        sent = dict(headers or {})
+        if token:
+            sent["authorization"] = f"Bearer {token}"
+        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+        connection.request(method, path, body=data, headers=sent)
+        reply = connection.getresponse()
+        raw = reply.read()
+        connection.close()
+        try:
+            parsed = json.loads(raw) if raw else {}
+        except ValueError:
+            parsed = {"raw": raw.decode(errors="replace")}
+        return reply.status, parsed, dict(reply.getheaders())
+
+    async def call(self, *args, **kwargs) -> tuple[int, dict, dict]:
+        return await asyncio.to_thread(self.request, *args, **kwargs)
+
+
+@pytest.fixture
+async def stack(topology, start_server, tmp_path):
+    mesh = await start_mesh(topology, start_server)
+    gateway = Gateway(mesh.topology, mesh.ports, tmp_path)
+    await gateway.start()
+    yield mesh, gateway
+    gateway.process.stop()
+    await mesh.close()
+
+
+def key() -> str:
+    return uuid.uuid4().hex
+
+
+async def test_every_rest_route_reaches_its_rpc(stack):
+    mesh, gw = stack
+    alice = user_token(mesh.topology, "alice", ("user",))
+    status, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
+    assert status == 200 and created["wallet"]["ownerId"] == "alice", created
+    wallet = created["wallet"]["name"]
+    status, deposit, _ = await gw.call("POST", f"/v1/transactions?requestId={key()}", alice, {
+        "type": "TRANSACTION_TYPE_DEPOSIT", "destinationWallet": wallet,
+        "amount": {"currencyCode": "USD", "amount": "100.00"}})
+    assert status == 200 and deposit["transaction"]["state"] == "TRANSACTION_STATE_PENDING", deposit
+    tx = deposit["transaction"]["name"]
+    for _ in range(200):
+        status, got, _ = await gw.call("GET", f"/v1/{tx}", alice)
+        if got["transaction"]["state"] == "TRANSACTION_STATE_COMPLETED":
+            break
+        await asyncio.sleep(0.05)
+    assert got["transaction"]["providerPayment"].startswith("payments/"), got
+    calls = {
+        "ListChains": ("GET", "/v1/chains", None),
+        "GetChain": ("GET", "/v1/chains/ethereum", None),
+        "GetTransactionStatus": ("GET", "/v1/chains:getTransactionStatus?transactionHash=0x00", None),
+        "GetCrossChainTransfer": ("GET", "/v1/crossChainTransfers/none", None),
+        "CreateTransaction": None,                                # done above
+        "GetTransaction": ("GET", f"/v1/{tx}", None),
+        "ListTransactions": ("GET", f"/v1/transactions?wallet={wallet}&pageSize=5", None),
+        "ListProviders": ("GET", "/v1/providers", None),
+        "GetProvider": ("GET", "/v1/providers/alpha-pay", None),
+        "GetProviderHealth": ("GET", "/v1/providers/alpha-pay/health", None),
+        "GetQuotes": ("POST", "/v1/providers:getQuotes", {"direction": "PAYMENT_DIRECTION_PAY_IN",
+                                                            "amount": {"currencyCode": "USD", "amount": "100.00"}}),
+        "CreateWallet": None,                                     # done above
+        "GetWallet": ("GET", f"/v1/{wallet}", None),
+        "ListWallets": ("GET", "/v1/wallets", None),
+        "ValidateBalance": ("POST", f"/v1/{wallet}:validateBalance", {"amount": {"currencyCode": "USD",
+                                                                                 "amount": "1.00"}}),
+        "ListLedgerEntries": ("GET", f"/v1/{wallet}/ledgerEntries", None),
+    }
+    assert set(calls) == {r.method for r in external_rpcs(mesh.topology)}    # the test covers every route
+    for method, call in calls.items():
+        if call is None:
+            continue
+        status, body, _ = await gw.call(call[0], call[1], alice, call[2])
+        expected = 404 if method == "GetCrossChainTransfer" else 200      # reached the service, which said so
+        assert status == expected, (method, status, body)
+        if status == 404:
+            assert body["details"][0]["reason"] == "CROSS_CHAIN_TRANSFER_NOT_FOUND"
+    _, wallets, _ = await gw.call("GET", "/v1/wallets", alice)
+    assert [w["name"] for w in wallets["wallets"]] == [wallet]
+    assert wallets["wallets"][0]["availableBalance"] == {"currencyCode": "USD", "amount": "100.00"}
+
+
+async def test_errors_are_their_http_status_with_a_json_status_body(stack):
+    mesh, gw = stack
+    alice = user_token(mesh.topology, "alice", ("user",))
+    status, body, _ = await gw.call("POST", "/v1/wallets", alice, {"currencyCode": "USD"})      # no requestId
+    assert status == 400 and body["code"] == 3
+    assert body["details"][1]["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert body["details"][1]["fieldViolations"][0]["field"] == "request_id"
+    status, body, _ = await gw.call("GET", "/v1/nowhere", alice)
+    assert status == 404 and body["code"] == 5 and "no such REST route" in body["message"]
+    status, body, _ = await gw.call("GET", "/v1/providers?colour=red", alice)
+    assert status == 400 and "colour" in body["message"]
+    status, body, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, "{not json")
+    assert status == 400 and body["code"] == 3
+    status, body, _ = await gw.call("GET", "/v1/providers/nobody", alice)
+    assert status == 404 and body["details"][0]["reason"] == "PROVIDER_NOT_FOUND"
+    same = key()
+    assert (await gw.call("POST", f"/v1/wallets?requestId={same}", alice, {"currencyCode": "USD"}))[0] == 200
+    status, body, _ = await gw.call("POST", f"/v1/wallets?requestId={same}", alice, {"currencyCode": "EUR"})
+    assert status == 409 and body["details"][0]["reason"] == "REQUEST_ID_REUSED"
+    status, body, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
+    assert status == 409 and body["details"][0]["reason"] == "WALLET_EXISTS"
+    status, body, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, "x" * 70_000)
+    assert status == 413 and body["code"] == 3
+
+
+async def test_missing_expired_and_forged_user_tokens_are_401(stack):
+    mesh, gw = stack
+    expired = user_token(mesh.topology, "alice", ("user",), now=time.time() - 7200)
+    good = user_token(mesh.topology, "alice", ("user",))
+    head, payload, signature = good.split(".")
+    import base64
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    forged_payload = base64.urlsafe_b64encode(json.dumps({**claims, "roles": ["operator"]}).encode()).decode()
+    for token in (None, expired, f"{head}.{forged_payload.rstrip('=')}.{signature}", "garbage"):
+        status, body, headers = await gw.call("GET", "/v1/providers", token)
+        assert status == 401 and body["code"] == 16, (token, body)
+        assert headers.get("www-authenticate", "").startswith("Bearer")
+
+
+async def test_another_users_wallet_is_404_and_an_operator_sees_it(stack):
+    mesh, gw = stack
+    alice, bob = (user_token(mesh.topology, u, ("user",)) for u in ("alice", "bob"))
+    _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
+    wallet = created["wallet"]["name"]
+    status, body, _ = await gw.call("GET", f"/v1/{wallet}", bob)
+    assert status == 404 and body["details"][0]["reason"] == "WALLET_NOT_FOUND"
+    assert (await gw.call("GET", f"/v1/{wallet}", user_token(mesh.topology, "ops", ("operator",))))[0] == 200
+    status, body, _ = await gw.call("POST", f"/v1/transactions?requestId={key()}", bob, {
+        "type": "TRANSACTION_TYPE_WITHDRAW", "sourceWallet": wallet, "amount": {"currencyCode": "USD", "amount": "1.00"}})
+    assert status == 404
+
+
+async def test_the_rate_limit_answers_429_with_a_json_body(topology, start_server, tmp_path):
+    mesh = await start_mesh(topology, start_server, ("provider",))
+    gw = Gateway(mesh.topology, mesh.ports, tmp_path, DIBOAS_GATEWAY_RATE_LIMIT="1", DIBOAS_GATEWAY_RATE_LIMIT_BURST="3")
+    await gw.start(only_provider=True)
+    try:
+        token = user_token(mesh.topology, "alice", ("user",))
+        await asyncio.sleep(3.5)                       # the readiness probe spent tokens: refill
+        replies = [await gw.call("GET", "/v1/providers", token) for _ in range(6)]
+        assert [r[0] for r in replies[:3]] == [200, 200, 200]
+        limited = [r for r in replies if r[0] == 429]
+        assert limited and limited[0][1]["code"] == 8 and "rate limit" in limited[0][1]["message"]
+    finally:
+        gw.process.stop()
+        await mesh.close()
+
+
+async def test_a_stopped_service_is_503_quickly_and_recovers_when_it_returns(topology, start_server, tmp_path):
+    from services.provider.app import build as provider_app
+    port = free_port()
+    topology = with_service(topology, "provider", address=Address("127.0.0.1", port))
+    provider = await start_server(topology, "provider", provider_app)
+    gw = Gateway(topology, {"provider": port, **{n: free_port() for n in ORDER if n != "provider"}}, tmp_path)
+    await gw.start(only_provider=True)
+    token = user_token(topology, "alice", ("user",))
+    try:
+        await provider.stop(grace=0)
+        started = time.monotonic()
+        status, body, _ = await gw.call("GET", "/v1/providers", token)
+        assert status == 503 and body["code"] == 14, body
+        assert time.monotonic() - started < 2.0
+        await start_server(topology, "provider", provider_app)   # back, on the same port
+        deadline = time.monotonic() + 15
+        while (status := (await gw.call("GET", "/v1/providers", token))[0]) != 200:
+            assert time.monotonic() < deadline, f"still {status}"
+            await asyncio.sleep(0.2)
+    finally:
+        gw.process.stop()
