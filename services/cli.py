@@ -4,6 +4,8 @@
   diboas token --for wallet     a service JWT for grpcurl (as the operator, by default)
   diboas user-token alice       a development user JWT for the REST gateway
   diboas dead-letters list      events given up on; `replay ID... | --all` delivers them again
+  diboas faults provider NAME   switch a simulated provider's faults (or `chain NAME`; --clear)
+  diboas demo                   wallets, a deposit, a send, a bridge and a withdrawal over REST
 
 Every command has --help. Exit codes: 0 ok, 1 something is unhealthy, 2 bad usage or config.
 """
@@ -17,8 +19,11 @@ import uuid
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
 
+from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.events.v1 import events_pb2, events_pb2_grpc
+from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.monitor import health_report
 from services.runtime.auth import MAX_TOKEN_LIFETIME_SECONDS, TokenIssuer
 from services.runtime.config import ConfigError, Topology, load_topology
@@ -60,14 +65,20 @@ def cmd_token(args, topology: Topology) -> int:
     return 0
 
 
+def _operator_channel(topology: Topology, identity: str, name: str):
+    """(channel, metadata) to a service as `identity`, with its service token."""
+    service = topology.service(name)
+    files = load_identity(topology.certs_dir, identity)
+    token = TokenIssuer(topology.identities()[identity], files.key).token_for(service.identity)
+    channel = grpc.aio.secure_channel(str(service.address), channel_credentials(files),
+                                      options=[("grpc.ssl_target_name_override", service.name)])
+    return channel, (("authorization", f"Bearer {token}"),)
+
+
 async def _dead_letters(args, topology: Topology):
-    service = topology.service(args.service)
-    files = load_identity(topology.certs_dir, args.identity)
-    token = TokenIssuer(topology.identities()[args.identity], files.key).token_for(service.identity)
-    async with grpc.aio.secure_channel(str(service.address), channel_credentials(files),
-                                       options=[("grpc.ssl_target_name_override", service.name)]) as channel:
+    channel, metadata = _operator_channel(topology, args.identity, args.service)
+    async with channel:
         stub = events_pb2_grpc.DeadLetterServiceStub(channel)
-        metadata = (("authorization", f"Bearer {token}"),)
         if args.action == "list":
             letters, page = [], ""
             while True:
@@ -102,6 +113,50 @@ def cmd_dead_letters(args, topology: Topology) -> int:
         print(f"#{d.id:<5} {d.topic:<24} {d.event_id}  to {d.subscriber:<12} {d.attempts} attempt(s)  {d.reason}"
               f"  {d.create_time.ToJsonString()}{replayed}\n       {d.error[:200]}")
     return 0
+
+
+async def _set_faults(args, topology: Topology):
+    seconds = Duration()
+    seconds.FromMilliseconds(0 if args.clear else args.latency_ms)
+    flap = Duration()
+    flap.FromMilliseconds(int(args.flap_seconds * 1000) if args.flapping and not args.clear else 0)
+    rates = dict(error_rate_percent=0 if args.clear else args.error_rate,
+                 timeout_rate_percent=0 if args.clear else args.timeout_rate,
+                 extra_latency=seconds, flapping=args.flapping and not args.clear, flap_period=flap)
+    if args.kind == "provider":
+        channel, metadata = _operator_channel(topology, args.identity, "provider")
+        request = provider_pb2.SetProviderFaultsRequest(provider=f"providers/{args.name}", request_id=uuid.uuid4().hex,
+                                                        faults=provider_pb2.ProviderFaults(**rates))
+        async with channel:
+            reply = await provider_pb2_grpc.ProviderServiceStub(channel).SetProviderFaults(
+                request, metadata=metadata, timeout=10)
+        return reply.provider.name, reply.provider.faults
+    steps = [] if args.clear else [blockchain_pb2.TransferStep.Value(f"TRANSFER_STEP_{s}") for s in args.failing_step]
+    channel, metadata = _operator_channel(topology, args.identity, "blockchain")
+    request = blockchain_pb2.SetChainFaultsRequest(chain=f"chains/{args.name}", request_id=uuid.uuid4().hex,
+                                                   faults=blockchain_pb2.ChainFaults(**rates, failing_steps=steps))
+    async with channel:
+        reply = await blockchain_pb2_grpc.BlockchainServiceStub(channel).SetChainFaults(
+            request, metadata=metadata, timeout=10)
+    return reply.chain.name, reply.chain.faults
+
+
+def cmd_faults(args, topology: Topology) -> int:
+    if args.kind == "provider" and args.failing_step:
+        raise ConfigError("--failing-step is for chains (diboas faults chain NAME --failing-step TARGET)")
+    try:
+        name, faults = asyncio.run(_set_faults(args, topology))
+    except grpc.aio.AioRpcError as exc:
+        print(f"diboas: {args.kind} {args.name}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    shown = {k: v for k, v in json_format.MessageToDict(faults).items() if v != "0s"}
+    print(f"{name} faults: {json.dumps(shown) if shown else 'none'}")
+    return 0
+
+
+def cmd_demo(args, topology: Topology) -> int:
+    from services import demo
+    return demo.run(topology)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -153,6 +208,29 @@ def parser() -> argparse.ArgumentParser:
         action.add_argument("--service", default="transaction", help="the producing service (default: transaction)")
         action.add_argument("--as", dest="identity", default="operator", help="client identity (default: operator)")
     dead.set_defaults(run=cmd_dead_letters)
+
+    faults = sub.add_parser("faults", help="switch a simulated provider's or chain's faults on or off",
+                            description="Set the faults of one simulated payment provider or chain while the mesh "
+                                        "runs (they replace its current faults; --clear removes them), to watch "
+                                        "failover, breakers and compensation happen.")
+    faults.add_argument("kind", choices=["provider", "chain"], help="what to fault")
+    faults.add_argument("name", help="e.g. alpha-pay, beta-ramp, gamma-exchange; ethereum, polygon, solana")
+    faults.add_argument("--error-rate", type=int, default=0, metavar="PERCENT", help="calls that fail (0-100)")
+    faults.add_argument("--timeout-rate", type=int, default=0, metavar="PERCENT", help="calls that hang (0-100)")
+    faults.add_argument("--latency-ms", type=int, default=0, help="latency added to every call")
+    faults.add_argument("--flapping", action="store_true", help="alternately down and up")
+    faults.add_argument("--flap-seconds", type=float, default=5.0, help="half-period of flapping (default: 5)")
+    faults.add_argument("--failing-step", action="append", default=[], choices=["SOURCE", "BRIDGE", "TARGET"],
+                        help="chains: a cross-chain transfer step that always fails here (repeatable)")
+    faults.add_argument("--clear", action="store_true", help="remove every fault")
+    faults.add_argument("--as", dest="identity", default="operator", help="client identity (default: operator)")
+    faults.set_defaults(run=cmd_faults)
+
+    demo = sub.add_parser("demo", help="walk through wallets, a deposit, a send, a bridge and a withdrawal over REST",
+                          description="Act as two new users through the Envoy gateway (REST): open wallets, get "
+                                      "quotes, deposit, send, bridge and withdraw, printing every call and what "
+                                      "came back. Needs `make run` to be running.")
+    demo.set_defaults(run=cmd_demo)
     return top
 
 

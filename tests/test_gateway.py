@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -31,7 +34,6 @@ class Gateway:
                "DIBOAS_GATEWAY_HTTP": f"127.0.0.1:{self.http}", "DIBOAS_GATEWAY_ADMIN": f"127.0.0.1:{self.admin}",
                "DIBOAS_LOG_LEVEL": "WARNING", **overrides,
                **{f"DIBOAS_{n.upper()}_ADDRESS": f"127.0.0.1:{p}" for n, p in ports.items()}}
-        import os
         self.topology = load_topology(env=env)
         self.process = Process("gateway", dict(os.environ, **env), log_dir)
 
@@ -230,3 +232,35 @@ async def test_a_stopped_service_is_503_quickly_and_recovers_when_it_returns(top
             await asyncio.sleep(0.2)
     finally:
         gw.process.stop()
+
+
+def diboas(gw: Gateway, mesh, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DIBOAS_CERTS_DIR=str(mesh.topology.certs_dir), DIBOAS_GATEWAY_HTTP=f"127.0.0.1:{gw.http}",
+               DIBOAS_GATEWAY_ADMIN=f"127.0.0.1:{gw.admin}",
+               **{f"DIBOAS_{n.upper()}_ADDRESS": f"127.0.0.1:{p}" for n, p in mesh.ports.items()})
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+async def test_the_cli_demo_walks_through_every_transaction_type_over_rest(stack):
+    mesh, gw = stack
+    done = await asyncio.to_thread(diboas, gw, mesh, "demo")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for seen in ("POST /v1/wallets", "paid in by providers/", "-> COMPLETED", "chains/polygon",
+                 "paid out by providers/", ": 45.00 USD", ": 25.00 USD", "answered 404"):
+        assert seen in done.stdout, (seen, done.stdout)
+    health = await asyncio.to_thread(diboas, gw, mesh, "health")
+    assert health.returncode == 0 and "gateway" in health.stdout and "all SERVING" in health.stdout, health.stdout
+
+
+async def test_the_cli_switches_provider_and_chain_faults(stack):
+    mesh, gw = stack
+    done = await asyncio.to_thread(diboas, gw, mesh, "faults", "provider", "beta-ramp", "--error-rate", "100")
+    assert done.returncode == 0 and '"errorRatePercent": 100' in done.stdout, done.stderr
+    _, body, _ = await gw.call("GET", "/v1/providers/beta-ramp", user_token(mesh.topology, "alice", ("user",)))
+    assert body["provider"]["faults"]["errorRatePercent"] == 100
+    done = await asyncio.to_thread(diboas, gw, mesh, "faults", "chain", "solana", "--failing-step", "TARGET")
+    assert done.returncode == 0 and "TRANSFER_STEP_TARGET" in done.stdout, done.stderr
+    assert "faults: none" in (await asyncio.to_thread(diboas, gw, mesh, "faults", "chain", "solana", "--clear")).stdout
+    refused = await asyncio.to_thread(diboas, gw, mesh, "faults", "provider", "beta-ramp", "--error-rate", "101")
+    assert refused.returncode == 1 and "faults.error_rate_percent" in refused.stderr

@@ -245,3 +245,12 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("command", [[], ["health"], ["token"], ["user-token"], ["dead-letters"],
+                                     ["dead-letters", "list"], ["dead-letters", "replay"], ["faults"], ["demo"]])
+def test_every_cli_command_has_help(command):
+    done = subprocess.run([sys.executable, "-m", "services.cli", *command, "--help"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0 and done.stdout.startswith("usage: diboas"), done.stderr
+    assert len(done.stdout.splitlines()) > 3

@@ -1,0 +1,137 @@
+"""`diboas demo`: a walk through the platform over REST, through the Envoy gateway, as a new
+user would take it: two wallets, a deposit, a send, a bridge and a withdrawal, each step
+printed with the call it makes and what came back. Needs `make run` (or the gateway) up."""
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import uuid
+from decimal import Decimal
+
+from services.runtime.config import ConfigError, Topology
+from services.runtime.users import issue_user_token
+
+SETTLED = ("TRANSACTION_STATE_COMPLETED", "TRANSACTION_STATE_FAILED")
+
+
+class DemoFailed(Exception):
+    pass
+
+
+class Rest:
+    def __init__(self, topology: Topology, out=print):
+        self.address, self.certs, self.out = topology.gateway.http, topology.certs_dir, out
+
+    def token(self, user: str) -> str:
+        return issue_user_token(self.certs, user, ["user"], ttl_seconds=900)
+
+    def call(self, method: str, path: str, token: str, body: dict | None = None, quiet: bool = False) -> dict:
+        if not quiet:
+            self.out(f"    {method} {path}" + (f"  {json.dumps(body)}" if body else ""))
+        connection = http.client.HTTPConnection(self.address.host, self.address.port, timeout=30)
+        try:
+            connection.request(method, path, body=json.dumps(body) if body else None,
+                               headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+            reply = connection.getresponse()
+            status, data = reply.status, json.loads(reply.read() or b"{}")
+        except ConnectionRefusedError:
+            raise ConfigError(f"the gateway at http://{self.address} does not answer: is `make run` running?") from None
+        finally:
+            connection.close()
+        if status != 200:
+            raise DemoFailed(f"{method} {path} answered {status}: {data.get('message', data)}")
+        return data
+
+
+def _money(amount: str) -> dict:
+    return {"currencyCode": "USD", "amount": amount}
+
+
+def _settle(rest: Rest, token: str, transaction: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        tx = rest.call("GET", f"/v1/{transaction}", token, quiet=True)["transaction"]
+        if tx["state"] in SETTLED:
+            return tx
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"{transaction} is still {tx['state']} after {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def _balance(rest: Rest, token: str, wallet: str, expected: str | None = None) -> str:
+    """The available balance once nothing is held any more (the wallet settled its events)."""
+    deadline = time.monotonic() + 30
+    while True:
+        w = rest.call("GET", f"/v1/{wallet}", token, quiet=True)["wallet"]
+        held, available = Decimal(w["heldBalance"]["amount"]), w["availableBalance"]["amount"]
+        if not held and (expected is None or available == expected) or time.monotonic() > deadline:
+            return available
+        time.sleep(0.1)
+
+
+def run(topology: Topology, out=print) -> int:
+    rest = Rest(topology, out)
+    run_id = uuid.uuid4().hex[:6]
+    alice, bob = f"alice-{run_id}", f"bob-{run_id}"
+    a_token, b_token = rest.token(alice), rest.token(bob)
+    out(f"diBoaS demo over REST at http://{rest.address} (users {alice} and {bob}, user JWTs from certs/out)")
+
+    def step(title: str) -> None:
+        out(f"\n{title}")
+
+    def transact(kind: str, amount: str, **fields) -> dict:
+        body = {"type": f"TRANSACTION_TYPE_{kind}", "amount": _money(amount), **fields}
+        created = rest.call("POST", f"/v1/transactions?requestId={uuid.uuid4()}", a_token, body)["transaction"]
+        out(f"    -> {created['name']} {created['state'].removeprefix('TRANSACTION_STATE_')}; waiting for its saga...")
+        tx = _settle(rest, a_token, created["name"])
+        out(f"    -> {tx['state'].removeprefix('TRANSACTION_STATE_')}"
+            + (f": {tx['failureReason']}" if tx["failureReason"] else ""))
+        return tx
+
+    try:
+        step(f"1. {alice} and {bob} open USD wallets")
+        a = rest.call("POST", f"/v1/wallets?requestId={uuid.uuid4()}", a_token, {"currencyCode": "USD"})["wallet"]
+        b = rest.call("POST", f"/v1/wallets?requestId={uuid.uuid4()}", b_token, {"currencyCode": "USD"})["wallet"]
+        out(f"    -> {a['name']} ({alice}), {b['name']} ({bob})")
+
+        step("2. quotes for a 100.00 USD deposit, from every payment provider at once")
+        quotes = rest.call("POST", "/v1/providers:getQuotes", a_token,
+                           {"direction": "PAYMENT_DIRECTION_PAY_IN", "amount": _money("100.00")})
+        for q in quotes.get("quotes", []):
+            out(f"    -> {q['provider']:<26} fee {q['fee']['amount']:>6}  total cost {q['totalCost']['amount']:>6}")
+
+        step(f"3. {alice} deposits 100.00 USD (the provider service picks the cheapest healthy provider)")
+        tx = transact("DEPOSIT", "100.00", destinationWallet=a["name"])
+        out(f"    -> paid in by {tx['provider']} ({tx['providerPayment']}); "
+            f"balance {_balance(rest, a_token, a['name'], '100.00')}")
+
+        step(f"4. {alice} sends 25.00 USD to {bob}")
+        transact("SEND", "25.00", sourceWallet=a["name"], destinationWallet=b["name"])
+        out(f"    -> {alice} {_balance(rest, a_token, a['name'], '75.00')}, "
+            f"{bob} {_balance(rest, b_token, b['name'], '25.00')}")
+
+        step(f"5. {alice} bridges 10.00 USD from ethereum to polygon (lock, bridge, mint; compensated on failure)")
+        tx = transact("BRIDGE", "10.00", sourceWallet=a["name"], sourceChain="chains/ethereum",
+                      targetChain="chains/polygon", destinationAddress="0x000000000000000000000000000000000000d1b0")
+        for ref in tx.get("chainTransactions", []):
+            out(f"    -> {ref['chain']:<16} {ref['transactionHash'][:18]}...  block {ref['blockNumber']}")
+
+        step(f"6. {alice} withdraws 20.00 USD (held, paid out by a provider, then captured)")
+        tx = transact("WITHDRAW", "20.00", sourceWallet=a["name"])
+        if tx["state"] == "TRANSACTION_STATE_COMPLETED":
+            out(f"    -> paid out by {tx['provider']} ({tx['providerPayment']})")
+
+        step("7. where the money is")
+        out(f"    -> {alice}: {_balance(rest, a_token, a['name'])} USD, {bob}: {_balance(rest, b_token, b['name'])} USD")
+        listed = rest.call("GET", f"/v1/transactions?wallet={a['name']}", a_token, quiet=True)["transactions"]
+        out(f"    -> {len(listed)} transactions on {alice}'s wallet; {bob} cannot see {alice}'s wallet:")
+        try:
+            rest.call("GET", f"/v1/{a['name']}", b_token)
+        except DemoFailed as refused:
+            out(f"    -> {refused}")
+    except DemoFailed as exc:
+        out(f"\ndemo failed: {exc}")
+        return 1
+    out("\nDone. Every step above went through Envoy (REST -> gRPC over mTLS) to the services.")
+    return 0
