@@ -20,7 +20,7 @@ from services.monitor import check_gateway
 from services.runtime.config import Address, load_topology
 
 from conftest import free_port, user_token, with_service
-from meshkit import ORDER, Process, start_mesh
+from meshkit import ORDER, Process, process_env, start_mesh, wait_serving
 
 pytestmark = pytest.mark.slow
 
@@ -264,3 +264,54 @@ async def test_the_cli_switches_provider_and_chain_faults(stack):
     assert "faults: none" in (await asyncio.to_thread(diboas, gw, mesh, "faults", "chain", "solana", "--clear")).stdout
     refused = await asyncio.to_thread(diboas, gw, mesh, "faults", "provider", "beta-ramp", "--error-rate", "101")
     assert refused.returncode == 1 and "faults.error_rate_percent" in refused.stderr
+
+
+async def test_one_rest_request_is_one_trace_across_the_gateway_and_every_service_it_touched(pki, tmp_path):
+    spans_file = tmp_path / "spans.jsonl"
+    env = process_env(pki, tmp_path, DIBOAS_TRACING="on", DIBOAS_TRACE_EXPORT=f"file:{spans_file}")
+    topology = load_topology(env={k: v for k, v in env.items() if k.startswith("DIBOAS_")})
+    processes = [Process(name, env, tmp_path) for name in (*ORDER, "gateway")]
+    for process in processes[:-1]:
+        process.start()
+    try:
+        for name in ORDER:
+            await wait_serving(topology, name)
+        processes[-1].start()
+        deadline = time.monotonic() + 30
+        while (await check_gateway(topology, timeout=1)).status != "SERVING":
+            assert time.monotonic() < deadline, "the gateway did not become ready"
+            await asyncio.sleep(0.1)
+        gw = Gateway.__new__(Gateway)
+        gw.http = topology.gateway.http.port
+        ops = user_token(topology, "ops", ("operator",))
+        wallets = []
+        for owner in ("alice", "bob"):
+            _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", ops,
+                                          {"ownerId": owner, "currencyCode": "USD"})
+            wallets.append(created["wallet"]["name"])
+        trace_id = uuid.uuid4().hex
+        status, body, _ = await gw.call(
+            "POST", f"/v1/transactions?requestId={key()}", ops,
+            {"type": "TRANSACTION_TYPE_SEND", "sourceWallet": wallets[0], "destinationWallet": wallets[1],
+             "amount": {"currencyCode": "USD", "amount": "1.00"}},
+            headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
+        assert status == 400 and body["details"][0]["reason"] == "INSUFFICIENT_FUNDS"   # reached the wallet
+        deadline = time.monotonic() + 15          # Envoy exports its spans every few seconds
+        while True:
+            spans = [json.loads(line) for line in spans_file.read_text().splitlines()] if spans_file.exists() else []
+            ours = [s for s in spans if s["context"]["trace_id"] == f"0x{trace_id}"]
+            services = {s["resource"]["attributes"]["service.name"] for s in ours}
+            if {"gateway", "transaction", "wallet"} <= services or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert {"gateway", "transaction", "wallet"} <= services, services
+        by_id = {s["context"]["span_id"]: s for s in ours}
+        gateway_span = next(s for s in ours if s["resource"]["attributes"]["service.name"] == "gateway")
+        transaction_span = next(s for s in ours if s["name"].endswith("TransactionService/CreateTransaction")
+                                and s["kind"] == "SpanKind.SERVER")
+        assert transaction_span["parent_id"] == gateway_span["context"]["span_id"]   # the gateway's child
+        wallet_span = next(s for s in ours if s["resource"]["attributes"]["service.name"] == "wallet")
+        assert by_id[wallet_span["parent_id"]]["resource"]["attributes"]["service.name"] == "transaction"
+    finally:
+        for process in reversed(processes):
+            process.stop()

