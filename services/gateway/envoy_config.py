@@ -113,10 +113,10 @@ def _route(rpc: Rpc, timeout: float) -> dict:
 
 
 ACCESS_LOG = {
-    "time": "%START_TIME%", "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "time": "%START_TIME%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
     "rpc": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "grpc_status": "%GRPC_STATUS%",
     "flags": "%RESPONSE_FLAGS%", "duration_ms": "%DURATION%", "upstream": "%UPSTREAM_CLUSTER%",
-    "request_id": "%REQ(X-REQUEST-ID)%", "traceparent": "%REQ(TRACEPARENT)%", "bytes_in": "%BYTES_RECEIVED%",
+    "request_id": "%REQ(X-REQUEST-ID)%", "trace_id": "%TRACE_ID%", "traceparent": "%REQ(TRACEPARENT)%", "bytes_in": "%BYTES_RECEIVED%",
     "bytes_out": "%BYTES_SENT%", "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
 }
 
