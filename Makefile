@@ -56,9 +56,10 @@ test: setup certs lint ## run every test (lint, generated check, unit, integrati
 	$(PY) -m tools.generate --check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup certs ## measure the runtime's cost (bare vs full stack) and the money path (settled SENDs/s)
+bench: setup certs ## measure the runtime's cost (bare vs full stack), the money path (settled SENDs/s) and REST via Envoy vs gRPC
 	$(PY) -m bench.runtime_overhead
 	$(PY) -m bench.money_path
+	$(PY) -m bench.gateway
 
 clean: ## remove the virtualenv, node_modules and run state (keeps certificates)
 	rm -rf $(VENV) node_modules var .pytest_cache

@@ -42,6 +42,7 @@ import grpc
 from services.runtime.config import load_topology
 
 from .client import non_negative, parse_concurrency, positive
+from .stats import cpu_model, git, median
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "runtime_overhead.json"
@@ -178,12 +179,6 @@ def _run_rounds(stacks: list[_Stack], args) -> list[dict]:
     return measurements
 
 
-def _median(values: list[float]) -> float | None:
-    values = sorted(v for v in values if v is not None)
-    if not values:
-        return None
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def _aggregate(measurements: list[dict], stacks: list[str], concurrency: list[int]) -> list[dict]:
@@ -198,12 +193,12 @@ def _aggregate(measurements: list[dict], stacks: list[str], concurrency: list[in
             runs.append({
                 "stack": name, "concurrency": c, "rounds": len(ms),
                 "calls": sum(m["calls"] for m in ms),
-                "qps": round(_median([m["qps"] for m in ms]), 1),
+                "qps": round(median([m["qps"] for m in ms]), 1),
                 "qps_min": min(m["qps"] for m in ms), "qps_max": max(m["qps"] for m in ms),
-                "p50_ms": round(_median([m["p50_ms"] for m in ms]), 4),
-                "p99_ms": round(_median([m["p99_ms"] for m in ms]), 4),
-                "client_cpu_us_per_call": _median([m["client_cpu_us_per_call"] for m in ms]),
-                "server_cpu_us_per_call": _median([m["server_cpu_us_per_call"] for m in ms]),
+                "p50_ms": round(median([m["p50_ms"] for m in ms]), 4),
+                "p99_ms": round(median([m["p99_ms"] for m in ms]), 4),
+                "client_cpu_us_per_call": median([m["client_cpu_us_per_call"] for m in ms]),
+                "server_cpu_us_per_call": median([m["server_cpu_us_per_call"] for m in ms]),
                 "errors": sum(m["errors"] for m in ms), "error_codes": codes,
             })
     return runs
@@ -214,7 +209,7 @@ def _conditions(args) -> dict:
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
@@ -226,28 +221,13 @@ def _conditions(args) -> dict:
         "rounds": args.rounds,
         "loadavg_before": _LOADAVG_BEFORE,
         "processes": "one server process and one client process per stack, on the same host (loopback)",
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "services_modified": bool(_git("status", "--porcelain", "--", "services")),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "services_modified": bool(git("status", "--porcelain", "--", "services")),
     }
 
 
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _ratios(measurements: list[dict]) -> dict:
@@ -260,7 +240,7 @@ def _ratios(measurements: list[dict]) -> dict:
             per_round = [by[(r, stack, c)] / by[(r, "bare", c)] for (r, s_, c_) in by
                          if s_ == stack and c_ == c and by.get((r, "bare", c))]
             if per_round:
-                ratios.setdefault(f"{stack}/bare", {})[str(c)] = round(_median(per_round), 3)
+                ratios.setdefault(f"{stack}/bare", {})[str(c)] = round(median(per_round), 3)
     return ratios
 
 

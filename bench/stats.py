@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import math
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -24,3 +29,32 @@ def summarize(latencies: list[float], elapsed: float) -> dict:
         "p99_ms": round(percentile(values, 99) * 1e3, 4),
         "max_ms": round(values[-1] * 1e3, 4) if n else math.nan,
     }
+
+
+def median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def git(*args: str) -> str | None:
+    """What `git ARGS` prints in the repository (a run's commit, whether it was modified)."""
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
