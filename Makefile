@@ -49,10 +49,10 @@ breaking: $(NODE_STAMP) ## buf breaking against BUF_AGAINST (default main; skipp
 certs: $(PY_STAMP) ## make (or renew) the development CA and certificates (certs/out, or DIBOAS_CERTS_DIR)
 	$(PY) -m certs.mkcerts
 
-run: setup certs ## start the four services (SQLite, no broker); Ctrl-C stops them
+run: setup certs ## start the four services and the Envoy gateway (SQLite, no broker); Ctrl-C stops them
 	$(PY) -m services.launcher
 
-test: setup certs lint ## run every test (lint, generated check, unit, integration, security)
+test: setup certs lint ## run every test (lint, generated check, unit, integration, security, end to end through Envoy)
 	$(PY) -m tools.generate --check
 	$(PY) -m pytest $(PYTEST_ARGS)
 

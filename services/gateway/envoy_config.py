@@ -156,8 +156,7 @@ def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS
                 "issuer": ISSUER, "audiences": [AUDIENCE],
                 "local_jwks": {"filename": str(topology.certs_dir / "jwks.json")},
                 "forward": True,                 # the services verify it again and act for its user
-                "jwt_cache_config": {"jwt_cache_size": 4096},   # a verified token is not verified again
-                "claim_to_headers": [{"header_name": "x-diboas-user", "claim_name": "sub"}]}},
+                "jwt_cache_config": {"jwt_cache_size": 4096}}},   # a verified token is not verified again
             "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "users"}}]}},
         {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": {
             "@type": f"{_TYPED}.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
