@@ -47,6 +47,7 @@ def _preflight(topology: Topology) -> None:
         load_identity(topology.certs_dir, name)
     wanted = [(s.name, s.address, f"DIBOAS_{s.name.upper()}_ADDRESS") for s in topology.services.values()]
     wanted += [("the gateway", topology.gateway.http, "DIBOAS_GATEWAY_HTTP"),
+               ("the gateway (HTTPS)", topology.gateway.https, "DIBOAS_GATEWAY_HTTPS"),
                ("the gateway's admin", topology.gateway.admin, "DIBOAS_GATEWAY_ADMIN")]
     for what, address, variable in wanted:
         problem = _port_free(address.host, address.port)
@@ -187,7 +188,7 @@ def _banner(topology: Topology) -> str:
     wallet = topology.services.get("wallet") or next(iter(topology.services.values()))
     return f"""
 The diBoaS mesh is up (data in {os.path.relpath(topology.state_dir)}/):
-  REST API     http://{g.http}   (Envoy; admin on http://{g.admin}, loopback only)
+  REST API     http://{g.http} and https://{g.https} (CA {certs}/ca.crt)   (Envoy; admin http://{g.admin}, loopback only)
 {rows}
 
 Try the REST API as the user "alice" (this token lasts an hour; `.venv/bin/diboas user-token NAME` makes more):

@@ -29,9 +29,10 @@ class Gateway:
     """Envoy as `python -m services.gateway`, in front of the given service ports."""
 
     def __init__(self, topology, ports: dict[str, int], log_dir, **overrides):
-        self.http, self.admin = free_port(), free_port()
+        self.http, self.https, self.admin = free_port(), free_port(), free_port()
         env = {"DIBOAS_CERTS_DIR": str(topology.certs_dir), "DIBOAS_STATE_DIR": str(log_dir),
-               "DIBOAS_GATEWAY_HTTP": f"127.0.0.1:{self.http}", "DIBOAS_GATEWAY_ADMIN": f"127.0.0.1:{self.admin}",
+               "DIBOAS_GATEWAY_HTTP": f"127.0.0.1:{self.http}", "DIBOAS_GATEWAY_HTTPS": f"127.0.0.1:{self.https}",
+               "DIBOAS_GATEWAY_ADMIN": f"127.0.0.1:{self.admin}",
                "DIBOAS_LOG_LEVEL": "WARNING", **overrides,
                **{f"DIBOAS_{n.upper()}_ADDRESS": f"127.0.0.1:{p}" for n, p in ports.items()}}
         self.topology = load_topology(env=env)
@@ -139,6 +140,25 @@ async def test_every_rest_route_reaches_its_rpc(stack):
     _, wallets, _ = await gw.call("GET", "/v1/wallets", alice)
     assert [w["name"] for w in wallets["wallets"]] == [wallet]
     assert wallets["wallets"][0]["availableBalance"] == {"currencyCode": "USD", "amount": "100.00"}
+
+
+async def test_https_with_the_gateway_certificate_trusted_through_the_mesh_ca(stack):
+    import ssl
+    mesh, gw = stack
+    context = ssl.create_default_context(cafile=str(mesh.topology.certs_dir / "ca.crt"))
+
+    def get() -> tuple[int, dict]:
+        connection = http.client.HTTPSConnection("localhost", gw.https, context=context, timeout=15)
+        connection.request("GET", "/v1/providers", headers={
+            "authorization": f"Bearer {user_token(mesh.topology, 'alice', ('user',))}"})
+        reply = connection.getresponse()
+        return reply.status, json.loads(reply.read())
+    status, body = await asyncio.to_thread(get)
+    assert status == 200 and len(body["providers"]) == 3
+    untrusted = ssl.create_default_context()                 # the system CAs do not know the mesh CA
+    with pytest.raises(ssl.SSLCertVerificationError):
+        connection = http.client.HTTPSConnection("localhost", gw.https, context=untrusted, timeout=15)
+        await asyncio.to_thread(connection.request, "GET", "/v1/providers")
 
 
 async def test_errors_are_their_http_status_with_a_json_status_body(stack):

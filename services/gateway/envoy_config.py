@@ -1,7 +1,8 @@
 """The Envoy configuration of the API gateway, rendered from the topology (mesh.yaml) and the
 descriptor set in generated/: nothing in it is written by hand twice.
 
-  listener   the REST API on gateway.http: local rate limit (429), request size limit (413),
+  listeners  the REST API on gateway.http and, with the gateway's certificate, gateway.https:
+             local rate limit (429), request size limit (413),
              user JWTs (jwt_authn, keys from certs/out/jwks.json; 401), REST <-> gRPC
              (grpc_json_transcoder: the google.api.http annotations are the routes; unknown
              paths 404, unknown query parameters and malformed bodies 400; gRPC errors become
@@ -130,6 +131,25 @@ def _collector_cluster(port: int) -> dict:
                 "explicit_http_config": {"http2_protocol_options": {}}}}}
 
 
+def _server_tls(topology: Topology) -> dict:
+    """HTTPS for external clients, with the gateway's certificate (trusted through the mesh CA)."""
+    name = topology.gateway.name
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": f"{_TYPED}.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [{"certificate_chain": {"filename": str(topology.certs_dir / f"{name}.crt")},
+                                  "private_key": {"filename": str(topology.certs_dir / f"{name}.key")}}]}}}
+
+
+def _listener(name: str, address, manager: dict, tls: dict | None = None) -> dict:
+    chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+    if tls:
+        chain["transport_socket"] = tls
+    return {"name": name, "address": {"socket_address": {"address": address.host, "port_value": address.port}},
+            "filter_chains": [chain]}
+
+
 def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS,
            collector_port: int | None = None) -> dict:
     """The whole Envoy bootstrap, as a dict (written out as JSON). With a collector port, Envoy
@@ -204,10 +224,8 @@ def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS
         "node": {"id": "diboas-gateway", "cluster": "diboas"},
         "admin": {"address": {"socket_address": {"address": g.admin.host, "port_value": g.admin.port}}},
         "static_resources": {
-            "listeners": [{"name": "rest", "address": {"socket_address": {"address": g.http.host,
-                                                                           "port_value": g.http.port}},
-                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                           "typed_config": manager}]}]}],
+            "listeners": [_listener("rest", g.http, manager),
+                          _listener("rest_tls", g.https, manager, _server_tls(topology))],
             "clusters": [_cluster(topology, name) for name in sorted({r.service for r in rpcs})]
                         + ([_collector_cluster(collector_port)] if collector_port else []),
         },

@@ -12,8 +12,9 @@ from services.domain.money import Money
 from services.runtime.client import Upstream
 
 # Failover across providers, or three chain steps with compensations, take longer than one
-# plain call: the saga waits this long before it asks again (with the same key) later.
-SAGA_STEP_TIMEOUT = 30.0
+# plain call: the saga waits this long before it asks again (with the same key) later. Less
+# than the work queue's 30 s lease, so another worker does not take the item meanwhile.
+SAGA_STEP_TIMEOUT = 20.0
 
 
 def _money(amount: Money) -> common_pb2.Money:
