@@ -8,6 +8,7 @@ access log to gateway-access.jsonl); this command prints progress.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import socket
@@ -165,11 +166,16 @@ def stop_order(topology: Topology) -> list[list[str]]:
     return batches
 
 
+# Loaded here, in the parent: a forked child (of a process with threads) must not load libraries.
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
+
+
 def die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM if the launcher dies (even by SIGKILL)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    """In the child, before exec: on Linux, get SIGTERM if the parent dies (even by SIGKILL)."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:           # the parent died before that: do not live on as an orphan
+            os._exit(1)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -83,3 +83,41 @@ async def test_a_user_moves_only_their_own_money_and_sees_only_their_transaction
     listed = await mesh.transactions.ListTransactions(transaction_pb2.ListTransactionsRequest(),
                                                       metadata=mesh.as_user("ops", "operator"), timeout=10)
     assert len(listed.transactions) == 2
+
+
+async def test_someone_elses_wallet_tells_nothing_a_missing_one_would_not(mesh):
+    alice = await create_wallet(mesh, "alice")
+    eur = (await mesh.wallets.CreateWallet(wallet_pb2.CreateWalletRequest(
+        wallet=wallet_pb2.Wallet(owner_id="alice", currency_code="EUR"), request_id="alice-eur"),
+        metadata=mesh.as_operator, timeout=10)).wallet.name
+
+    async def withdraw_as_bob(source: str) -> str:
+        error = await expect(grpc.StatusCode.NOT_FOUND, mesh.transactions.CreateTransaction(
+            transaction_pb2.CreateTransactionRequest(transaction=transaction_pb2.Transaction(
+                type=transaction_pb2.TRANSACTION_TYPE_WITHDRAW, source_wallet=source, amount=usd("1.00")),
+                request_id=f"probe-{source}"), metadata=mesh.as_user("bob"), timeout=10))
+        return error.details().replace(source, "X")
+    # The same answer for a missing wallet, Alice's USD one and Alice's EUR one (another currency).
+    assert await withdraw_as_bob(alice) == await withdraw_as_bob("wallets/missing") == await withdraw_as_bob(eur)
+
+
+async def test_a_users_request_ids_are_their_own(mesh):
+    def create(user: str):
+        return mesh.user_wallets.CreateWallet(wallet_pb2.CreateWalletRequest(
+            wallet=wallet_pb2.Wallet(currency_code="USD"), request_id="1"), metadata=mesh.as_user(user), timeout=10)
+    alices, bobs = (await create("alice")).wallet, (await create("bob")).wallet
+    assert (alices.owner_id, bobs.owner_id) == ("alice", "bob") and alices.name != bobs.name
+    assert (await create("alice")).wallet == alices                 # a repeat still gets the first answer
+
+
+@pytest.mark.parametrize("fields,field", [
+    ({"type": 99, "amount": usd("1.00")}, "transaction.type"),
+    ({"type": transaction_pb2.TRANSACTION_TYPE_BRIDGE, "amount": usd("1.00"), "source_wallet": "wallets/a",
+      "source_chain": "chains/ethereum", "target_chain": "chains/polygon", "destination_address": "0x with space"},
+     "transaction.destination_address"),
+])
+async def test_requests_the_saga_would_refuse_are_refused_up_front(mesh, fields, field):
+    error = await expect(grpc.StatusCode.INVALID_ARGUMENT, mesh.transactions.CreateTransaction(
+        transaction_pb2.CreateTransactionRequest(transaction=transaction_pb2.Transaction(**fields), request_id="bad"),
+        metadata=mesh.as_user("alice"), timeout=10))
+    assert error.details().startswith(field)

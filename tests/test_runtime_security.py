@@ -232,15 +232,28 @@ def _foreign_user_token(tmp_path) -> str:
                       algorithm="ES256", headers={"kid": public_jwks(key)["keys"][0]["kid"]})
 
 
+def _users_key_token(topology, **claims) -> str:
+    """A token signed with the real users' key (as the identity provider would), with these claims."""
+    from services.runtime.users import AUDIENCE, ISSUER
+    key = load_pem_private_key((topology.certs_dir / "users-jwt.key").read_bytes(), password=None)
+    kid = json.loads((topology.certs_dir / "jwks.json").read_text())["keys"][0]["kid"]
+    now = int(time.time())
+    return jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 60, **claims}, key,
+                      algorithm="ES256", headers={"kid": kid})
+
+
 @pytest.mark.parametrize("case,reason", [
     ("missing", "USER_TOKEN_MISSING"), ("service token", "USER_TOKEN_UNKNOWN_KEY"),
+    ("empty subject", "USER_TOKEN_INVALID"), ("wrong audience", "USER_TOKEN_INVALID"),
     ("expired", "USER_TOKEN_EXPIRED"), ("forged", "USER_TOKEN_UNKNOWN_KEY"), ("garbage", "USER_TOKEN_INVALID"),
 ])
 async def test_the_gateway_without_a_valid_user_token_is_unauthenticated(topology, wallet, tmp_path, case, reason):
     server, servicer = wallet
     token = {"missing": None, "service token": _sign(topology, "gateway", _claims(topology, subject="gateway")),
              "expired": user_token(topology, "alice", now=time.time() - 7200),
-             "forged": _foreign_user_token(tmp_path), "garbage": "not-a-jwt"}[case]
+             "forged": _foreign_user_token(tmp_path), "garbage": "not-a-jwt",
+             "empty subject": _users_key_token(topology, sub=""),
+             "wrong audience": _users_key_token(topology, sub="alice", aud="someone-else")}[case]
     async with client_channel(topology, "gateway", server.port, "wallet") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await get_wallet(channel, bearer(token) if token else None)

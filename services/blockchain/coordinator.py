@@ -25,11 +25,12 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 from sqlalchemy import Connection, insert, select, update
 
+from services.domain.chains import address_problem
 from services.domain.money import Money
 from services.runtime.breaker import CLOSED, OPEN, AsyncCircuitBreaker
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, InvalidArgument, NotFound, ServiceUnavailable
-from services.runtime.idempotency import run_idempotent
+from services.runtime.idempotency import run_idempotent, stored_response
 from services.runtime.outcomes import CallOutcomes, check_every
 
 from .adapters import (
@@ -300,10 +301,9 @@ class TransferCoordinator:
         if source_chain == target_chain:
             raise InvalidArgument.field("target_chain", f"must differ from source_chain (both are chains/{source_chain})")
         amount.require_positive("amount.amount")
-        if not destination_address:
-            raise InvalidArgument.field("destination_address", "is required: the address on the target chain that receives the money")
-        if len(destination_address) > 128 or not destination_address.isprintable() or " " in destination_address:
-            raise InvalidArgument.field("destination_address", "must be at most 128 printable characters without spaces")
+        problem = address_problem(destination_address)
+        if problem:
+            raise InvalidArgument.field("destination_address", problem)
 
     async def execute(self, request_id: str, source_chain: str, target_chain: str, amount: Money,
                       destination_address: str, transaction: str = "", *, fingerprint: str | None = None,
@@ -313,9 +313,13 @@ class TransferCoordinator:
         seconds (the drive goes on in the background)."""
         if not request_id or len(request_id) > 128:
             raise InvalidArgument.field("request_id", "is required: a unique key of up to 128 characters per request")
-        self.check_request(source_chain, target_chain, amount, destination_address)
         fingerprint = fingerprint or hashlib.sha256("|".join(
             (source_chain, target_chain, amount.currency, amount.text, destination_address, transaction)).encode()).hexdigest()
+        # A repeat finds its transfer before anything is checked again: a rule or a chain list that
+        # changed since must not refuse a transfer that exists (its steps may have happened).
+        first = await self.db.run(self._stored, request_id, fingerprint)
+        if first is None:
+            self.check_request(source_chain, target_chain, amount, destination_address)
 
         def work(connection: Connection, now: dt.datetime) -> Transfer:
             t = Transfer(self._ids(), source_chain, target_chain, amount, destination_address, transaction, PENDING,
@@ -325,8 +329,8 @@ class TransferCoordinator:
                 amount=amount.amount, destination_address=destination_address, transaction_name=transaction,
                 created_at=now, **_changes(t)))
             return t
-        stored = await self.db.run(run_idempotent, self.db, idempotency_keys, OPERATION, request_id, fingerprint,
-                                   work, lambda t: t.id.encode(), self._clock)
+        stored = first or await self.db.run(run_idempotent, self.db, idempotency_keys, OPERATION, request_id,
+                                            fingerprint, work, lambda t: t.id.encode(), self._clock)
         transfer_id = stored.decode()
         task = self._spawn(self.drive(transfer_id), transfer_id)
         if wait is not None and wait <= 0:
@@ -335,6 +339,10 @@ class TransferCoordinator:
             return await asyncio.wait_for(asyncio.shield(task), wait)
         except TimeoutError:
             return await self.get(transfer_id)
+
+    def _stored(self, request_id: str, fingerprint: str) -> bytes | None:
+        with self.db.reading() as connection:
+            return stored_response(connection, idempotency_keys, OPERATION, request_id, fingerprint)
 
     async def get(self, transfer_id: str) -> Transfer:
         transfer = await self.db.run(self._load, transfer_id)

@@ -99,8 +99,12 @@ def _cluster(topology: Topology, name: str) -> dict:
         "health_checks": [{"timeout": "1s", "interval": "2s", "no_traffic_interval": "2s",
                            "unhealthy_threshold": 2, "healthy_threshold": 1,
                            "grpc_health_check": {"authority": name}}],
-        "outlier_detection": {"consecutive_5xx": 5, "consecutive_gateway_failure": 3, "interval": "2s",
-                              "base_ejection_time": "5s", "max_ejection_percent": 100},
+        # Eject on failures of the connection (refused, reset, timed out), not on the errors a
+        # service answers: a user could otherwise get a healthy service ejected with bad requests.
+        "outlier_detection": {"split_external_local_origin_errors": True, "consecutive_local_origin_failure": 3,
+                              "enforcing_consecutive_local_origin_failure": 100, "enforcing_consecutive_5xx": 0,
+                              "enforcing_consecutive_gateway_failure": 0, "enforcing_success_rate": 0,
+                              "interval": "2s", "base_ejection_time": "5s", "max_ejection_percent": 100},
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},   # no healthy host: 503 at once
     }
 

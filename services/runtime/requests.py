@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.domain.money import Money
 
+from .context import current_user
 from .errors import InvalidArgument
 
 _ID = r"[A-Za-z0-9_-]{1,64}"
@@ -35,9 +36,15 @@ def page_size(requested: int) -> int:
 
 
 def request_id(request) -> str:
+    """The idempotency key of a request. An external user's keys are their own: the same key
+    from another user is another request (it neither gets nor blocks theirs), and cannot meet
+    the keys the services use among themselves."""
     value = request.request_id
     if not value or len(value) > 128:
         raise InvalidArgument.field("request_id", "is required: a unique key of up to 128 characters per request")
+    user = current_user()
+    if user is not None:
+        return "user:" + hashlib.sha256(f"{user.id}\0{value}".encode()).hexdigest()
     return value
 
 

@@ -13,6 +13,7 @@ MAX_USER_TOKEN_SECONDS long. Development tokens are signed with certs/out/users-
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ ALGORITHM = "ES256"
 OPERATOR_ROLE = "operator"
 MAX_USER_TOKEN_SECONDS = 24 * 3600
 JWKS_FILE, KEY_FILE = "jwks.json", "users-jwt.key"
+USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")   # what a `sub` must look like
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,9 @@ class User:
 def issue_user_token(certs_dir: Path, user_id: str, roles: list[str] | None = None, ttl_seconds: int = 3600,
                      now: float | None = None) -> str:
     """A development user token signed with the users' key of `certs_dir`."""
-    if not user_id or len(user_id) > 64:
-        raise ValueError("a user id of 1 to 64 characters is needed")
+    if not USER_ID.fullmatch(user_id or ""):
+        raise ValueError(f"'{user_id}' is not a user id: 1 to 64 letters, digits, '_', '.', '@' or '-', "
+                         "starting with a letter or digit")
     if not 0 < ttl_seconds <= MAX_USER_TOKEN_SECONDS:
         raise ValueError(f"a user token lives at most {MAX_USER_TOKEN_SECONDS}s")
     try:
@@ -92,7 +95,9 @@ class UserVerifier:
             raise Unauthenticated(f"user token rejected: {exc}", reason="USER_TOKEN_INVALID") from None
         if claims["exp"] - claims["iat"] > MAX_USER_TOKEN_SECONDS:
             raise Unauthenticated("user token lives too long", reason="USER_TOKEN_TOO_LONG_LIVED")
+        if not isinstance(claims["sub"], str) or not USER_ID.fullmatch(claims["sub"]):
+            raise Unauthenticated("user token 'sub' is not a user id", reason="USER_TOKEN_INVALID")
         roles = claims.get("roles", [])
         if not isinstance(roles, list):
             raise Unauthenticated("user token 'roles' must be a list", reason="USER_TOKEN_INVALID")
-        return User(str(claims["sub"]), frozenset(map(str, roles)))
+        return User(claims["sub"], frozenset(map(str, roles)))

@@ -160,20 +160,26 @@ class TransactionService:
     async def _check_wallets(self, draft: Transaction, viewer: User | None) -> tuple[str, str]:
         """(source owner, destination owner) once the wallets agree the transaction can start. The
         wallet the money leaves (or, for a DEPOSIT, arrives in) must be the user's own: someone
-        else's is NOT_FOUND, before anything about it (its funds) is said."""
-        def mine(wallet: str, owner: str) -> None:
-            if viewer is not None and not viewer.may_see(owner):
-                raise NotFound(f"wallet {wallet} does not exist", reason="WALLET_NOT_FOUND")
+        else's is NOT_FOUND, worded like a missing one, before anything else about it (its
+        currency, its funds) is said."""
+        async def wallet(name: str, field: str, own: bool) -> str:
+            try:
+                owner, currency = await self._wallet.describe(name)
+            except NotFound:
+                owner = currency = None
+            if owner is None or (own and viewer is not None and not viewer.may_see(owner)):
+                raise NotFound(f"wallet {name} does not exist", reason="WALLET_NOT_FOUND")
+            if currency != draft.amount.currency:
+                raise InvalidArgument.field(field, f"{name} holds {currency}, not {draft.amount.currency}")
+            return owner
         source_owner = destination_owner = ""
+        if draft.type != DEPOSIT:
+            source_owner = await wallet(draft.source_wallet, "transaction.source_wallet", own=True)
         if draft.type in (SEND, DEPOSIT):
-            destination_owner = await self._wallet.owner_for_deposit(draft.destination_wallet, draft.amount,
-                                                                     "transaction.destination_wallet")
-            if draft.type == DEPOSIT:
-                mine(draft.destination_wallet, destination_owner)
+            destination_owner = await wallet(draft.destination_wallet, "transaction.destination_wallet",
+                                             own=draft.type == DEPOSIT)
         if draft.type != DEPOSIT:
             funds = await self._wallet.funds(draft.source_wallet, draft.amount)
-            source_owner = funds.owner
-            mine(draft.source_wallet, source_owner)
             if not funds.sufficient:
                 raise FailedPrecondition(
                     f"insufficient funds in {draft.source_wallet}: available {funds.available} {draft.amount.currency}, "

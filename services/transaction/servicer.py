@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from diboas.common.v1 import common_pb2
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
+from services.domain.chains import address_problem
 from services.runtime.context import current_user
 from services.runtime.errors import InvalidArgument
 from services.runtime.requests import fingerprint, money, request_id, resource_id, timestamp
@@ -42,8 +43,8 @@ _COLLECTION = {"source_wallet": "wallets", "destination_wallet": "wallets", "pro
 
 def draft_of(tx: transaction_pb2.Transaction) -> Transaction:
     """The transaction a CreateTransaction asks for, each field checked against its type."""
-    if tx.type == transaction_pb2.TRANSACTION_TYPE_UNSPECIFIED:
-        raise InvalidArgument.field("transaction.type", "is required: SEND, DEPOSIT, WITHDRAW or BRIDGE")
+    if tx.type not in transaction_pb2.TransactionType.values() or tx.type == transaction_pb2.TRANSACTION_TYPE_UNSPECIFIED:
+        raise InvalidArgument.field("transaction.type", f"is required: SEND, DEPOSIT, WITHDRAW or BRIDGE (got {tx.type})")
     kind = transaction_pb2.TransactionType.Name(tx.type).removeprefix("TRANSACTION_TYPE_")
     values = {}
     for field in ("source_wallet", "destination_wallet", "provider", "source_chain", "target_chain",
@@ -60,8 +61,8 @@ def draft_of(tx: transaction_pb2.Transaction) -> Transaction:
         raise InvalidArgument.field("transaction.destination_wallet", "must differ from the source wallet")
     if kind == BRIDGE and values["source_chain"] == values["target_chain"]:
         raise InvalidArgument.field("transaction.target_chain", "must differ from the source chain")
-    if len(values["destination_address"]) > 256:
-        raise InvalidArgument.field("transaction.destination_address", "must be at most 256 characters")
+    if kind == BRIDGE and (problem := address_problem(values["destination_address"])):
+        raise InvalidArgument.field("transaction.destination_address", problem)
     amount = money(tx.amount, tx.HasField("amount"), "transaction.amount")
     return Transaction("", kind, "", values["source_wallet"], values["destination_wallet"], amount, "", "", None,
                        None, None, provider=values["provider"], source_chain=values["source_chain"],

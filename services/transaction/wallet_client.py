@@ -8,12 +8,10 @@ from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.domain.money import Money
 from services.runtime.client import Upstream
-from services.runtime.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
 class Funds:
-    owner: str
     sufficient: bool
     available: str
 
@@ -22,18 +20,16 @@ class WalletClient:
     def __init__(self, upstream: Upstream):
         self._wallet = upstream.stub(wallet_pb2_grpc.WalletServiceStub)
 
-    async def owner_for_deposit(self, wallet: str, amount: Money, field: str) -> str:
-        """The owner of a wallet that exists and holds the amount's currency."""
+    async def describe(self, wallet: str) -> tuple[str, str]:
+        """(owner, currency) of a wallet; NOT_FOUND when it does not exist."""
         found = (await self._wallet.GetWallet(wallet_pb2.GetWalletRequest(name=wallet))).wallet
-        if found.currency_code != amount.currency:
-            raise InvalidArgument.field(field, f"{wallet} holds {found.currency_code}, not {amount.currency}")
-        return found.owner_id
+        return found.owner_id, found.currency_code
 
     async def funds(self, source: str, amount: Money) -> Funds:
         """Whether the source wallet (which exists and holds the currency) has the amount now."""
         money = common_pb2.Money(currency_code=amount.currency, amount=amount.text)
         check = await self._wallet.ValidateBalance(wallet_pb2.ValidateBalanceRequest(wallet=source, amount=money))
-        return Funds(check.wallet.owner_id, check.sufficient, check.available_balance.amount)
+        return Funds(check.sufficient, check.available_balance.amount)
 
     async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
         """Reserve `amount` on the source wallet; the hold's name. Idempotent by request_id."""
