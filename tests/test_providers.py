@@ -162,3 +162,50 @@ async def test_failing_health_checks_open_the_breaker_and_a_passing_trial_closes
     one["alpha-pay"].faults.error_rate = 0.0
     await asyncio.sleep(0.35)
     assert (await reg.check("alpha-pay")).healthy and reg.breakers["alpha-pay"].state == "closed"
+
+
+async def test_a_provider_that_does_not_answer_keeps_the_payment_pending_and_never_fails_over(payment_service):
+    from services.provider.payments import PENDING, SUCCEEDED
+    registry = payment_service.registry
+    cheapest = (await registry.select(usd("100"))).quote.provider
+    registry.adapters[cheapest].faults.timeout_rate = 1.0          # it hangs: it may have charged
+    first = await payment_service.execute("k3", "fp", usd("100"), "wallets/w", "", cheapest)
+    assert first.state == PENDING and [a.provider for a in first.attempts] == [cheapest]
+    assert first.attempts[0].unknown                              # recorded as "may have happened"
+    assert all(not p.charges for p in registry.adapters.values())  # and no one else was asked
+    registry.adapters[cheapest].faults.timeout_rate = 0.0
+    registry.health[cheapest].healthy = True
+    again = await payment_service.execute("k3", "fp", usd("100"), "wallets/w", "", cheapest)
+    assert again.state == SUCCEEDED and again.provider == cheapest
+    assert [a.provider for a in again.attempts] == [cheapest, cheapest]
+    assert sum(len(p.charges) for p in registry.adapters.values()) == 1
+
+
+async def test_a_drive_cut_short_mid_call_asks_that_provider_first_when_resumed(payment_service, tmp_path):
+    """alpha failed for sure, then beta was asked and the process died before beta's answer was
+    written: resumed, the payment must ask beta again (it had charged), never a third provider."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from services.provider.payments import SUCCEEDED, PaymentService, _attempts_json
+    from services.provider.registry import IN_FLIGHT, Attempt, Failure
+    from services.provider.tables import idempotency_keys, payments
+    from services.runtime.idempotency import run_idempotent
+    db, now = payment_service.db, dt.datetime.now(dt.timezone.utc)
+    payment_id = (await db.run(
+        run_idempotent, db, idempotency_keys, "ExecutePayment", "k4", "fp",
+        lambda c, t: payment_service._open(c, t, usd("100"), "wallets/w", "", ""),
+        lambda i: i.encode(), payment_service._clock)).decode()
+    history = [Attempt("alpha-pay", now, now, Failure("alpha-pay", "ERROR", "declined")),
+               Attempt("beta-ramp", now, now, Failure("beta-ramp", "TIMEOUT", IN_FLIGHT))]
+    with db.transaction() as connection:
+        connection.execute(update(payments).where(payments.c.id == payment_id).values(attempts=_attempts_json(history)))
+    charged = await payment_service.registry.adapters["beta-ramp"].execute(usd("100"), f"payments/{payment_id}")
+    restarted = {p.name: p for p in default_providers(seed=7, books_dir=tmp_path / "books")}
+    payment = await PaymentService(db, ProviderRegistry(restarted, quote_timeout=0.5)).execute(
+        "k4", "fp", usd("100"), "wallets/w", "", "")
+    assert payment.state == SUCCEEDED and payment.provider == "beta-ramp"
+    assert payment.provider_reference == charged.reference
+    assert [a.provider for a in payment.attempts] == ["alpha-pay", "beta-ramp", "beta-ramp"]
+    assert sum(len(p.charges) for p in restarted.values()) == 1     # alpha and gamma never charged

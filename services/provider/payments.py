@@ -147,13 +147,26 @@ class PaymentService:
         if payment.state != PENDING:
             return payment
         request = QuoteRequest(payment.direction, payment.amount)
+
+        async def record(attempts: list[Attempt]) -> None:
+            await self.db.run(self._record, payment_id, attempts)
         try:
-            outcome = await self.registry.pay(request, payment.name, provider=payment.preferred_provider or None)
-        except ServiceUnavailable as exc:       # nothing could be tried: nothing was charged
+            outcome = await self.registry.pay(request, payment.name, provider=payment.preferred_provider or None,
+                                              history=payment.attempts, record=record)
+        except ServiceUnavailable as exc:       # nothing was ever tried: nothing was charged
             return await self.db.run(self._close, payment_id, None, [], exc.message)
+        if outcome.pending:
+            log.warning("%s is pending: a provider did not answer and may have charged; it is asked again "
+                        "with the same key when the payment is asked for again", payment.name)
+            return await self.get(payment_id)
         if outcome.receipt is None:
             log.warning("%s failed: %s", payment.name, outcome.failure_reason)
         return await self.db.run(self._close, payment_id, outcome.receipt, outcome.attempts, outcome.failure_reason)
+
+    def _record(self, payment_id: str, attempts: list[Attempt]) -> None:
+        with self.db.transaction() as connection:
+            connection.execute(update(payments).where(payments.c.id == payment_id, payments.c.state == PENDING)
+                               .values(attempts=_attempts_json(attempts)))
 
     def _close(self, payment_id: str, receipt, attempts: list[Attempt], reason: str) -> Payment:
         with self.db.transaction() as connection:

@@ -4,9 +4,12 @@ healthy provider, and payment with failover. No grpc.
   quotes     every healthy provider at once, each under its own timeout; a slow or failing one
              is reported beside the others, never fails the request
   select     lowest total cost to the user, then success rate, then latency; with the reason
-  pay        on the selected provider; on failure it is marked unhealthy and the next best one
-             is tried with the same idempotency key (no provider charges twice for one payment);
-             a circuit breaker per provider stops calls to one that keeps failing
+  pay        on the selected provider; when it fails for sure it is marked unhealthy and the next
+             best one is tried with the same idempotency key (no provider charges twice for one
+             payment). When a provider does not answer, even when asked again, the payment may
+             have happened there: no failover then, the payment waits (PENDING) and that provider
+             is asked again first next time. A circuit breaker per provider stops calls to one
+             that keeps failing
 """
 from __future__ import annotations
 
@@ -15,12 +18,13 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 from services.runtime.breaker import AsyncCircuitBreaker
 from services.runtime.errors import InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.outcomes import CallOutcomes, check_every
 
-from .adapters import ProviderAdapter, ProviderError, Quote, QuoteRequest, Receipt
+from .adapters import ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt
 
 log = logging.getLogger("diboas.providers")
 
@@ -54,11 +58,17 @@ class Attempt:
     ended_at: dt.datetime
     failure: Failure | None = None          # None: this provider executed the payment
 
+    @property
+    def unknown(self) -> bool:
+        """The provider may have charged: it never answered (or the attempt was cut short)."""
+        return self.failure is not None and self.failure.reason == "TIMEOUT"
+
 
 @dataclass(frozen=True)
 class PaymentOutcome:
-    receipt: Receipt | None                  # None: every candidate failed, nothing was charged
+    receipt: Receipt | None                  # None: not paid (see pending)
     attempts: list[Attempt]                  # in order
+    pending: bool = False                    # not paid yet, and it may have been: ask again later
 
     @property
     def failure_reason(self) -> str:
@@ -68,8 +78,11 @@ class PaymentOutcome:
             f"{a.provider}: {a.failure.message}" for a in self.attempts if a.failure)
 
 
+IN_FLIGHT = "asked; no answer yet"
+
+
 def _failure(name: str, exc: BaseException) -> Failure:
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, (TimeoutError, ProviderTimeout)):
         return Failure(name, "TIMEOUT", f"{name} did not answer in time")
     if isinstance(exc, ServiceUnavailable):          # its breaker is open
         return Failure(name, "CIRCUIT_OPEN", exc.message)
@@ -184,18 +197,55 @@ class ProviderRegistry:
     # --- payments -------------------------------------------------------------------------------
 
     async def pay(self, request: QuoteRequest, idempotency_key: str, provider: str | None = None,
-                  timeout: float | None = None) -> PaymentOutcome:
-        """Pay on the given provider (when it is healthy), else on the best one, failing over to
-        the next best on failure. Every provider gets the same idempotency key. Raises
-        ServiceUnavailable NO_PROVIDER_AVAILABLE only when no provider could even be tried."""
+                  timeout: float | None = None, history: list[Attempt] | tuple = (),
+                  record: Callable[[list[Attempt]], Awaitable[None]] | None = None) -> PaymentOutcome:
+        """Pay on the given provider (when it is healthy and able), else on the best one, failing
+        over to the next best on a certain failure; every provider gets the same idempotency key.
+        `history`: the attempts of an earlier drive of this payment (providers whose outcome is
+        unknown are asked again first); `record` is given every attempt before and after it is
+        made. Raises ServiceUnavailable NO_PROVIDER_AVAILABLE only when nothing was ever tried."""
         if request.amount.amount <= 0:
             raise InvalidArgument.field("amount.amount", "must be greater than zero")
-        if provider:
+        if provider and not history:
             self.require_able(provider, request)
-        attempts: list[Attempt] = []
-        tried: set[str] = set()
+        attempts: list[Attempt] = list(history)
+        timeout = timeout or self.quote_timeout
+
+        async def attempt(name: str) -> tuple[Attempt, Receipt | None]:
+            started = dt.datetime.now(dt.timezone.utc)
+            if record:                  # before the call: a crash now leaves "may have happened"
+                await record([*attempts, Attempt(name, started, started, Failure(name, "TIMEOUT", IN_FLIGHT))])
+            clock, receipt = time.monotonic(), None
+            try:
+                receipt = await self._execute(name, request, idempotency_key, timeout)
+                made = Attempt(name, started, dt.datetime.now(dt.timezone.utc))
+                self.health[name].record(True, time.monotonic() - clock)
+            except (ProviderError, TimeoutError, ServiceUnavailable) as exc:
+                made = Attempt(name, started, dt.datetime.now(dt.timezone.utc), _failure(name, exc))
+                health = self.health[name]
+                health.healthy, health.message = False, made.failure.message     # not offered again for now
+                health.record(False, message=made.failure.message)
+                log.warning("payment %s: %s on %s (%s)", idempotency_key,
+                            "no answer" if made.unknown else "failed", name, made.failure.message,
+                            extra={"provider": name})
+            attempts.append(made)
+            if record:
+                await record(attempts)
+            return made, receipt
+
+        for name in dict.fromkeys(a.provider for a in history if a.unknown):
+            if name in self.adapters:
+                made, receipt = await attempt(name)
+                if receipt is not None:
+                    return PaymentOutcome(receipt, attempts)
+                if made.unknown:
+                    return PaymentOutcome(None, attempts, pending=True)
+            else:                       # gone from providers.yaml: nobody can say what happened
+                return PaymentOutcome(None, attempts, pending=True)
+        tried = {a.provider for a in attempts}
         while len(tried) < len(self.adapters):
-            if provider and not tried and self.health[provider].healthy:
+            if (provider and provider not in tried and provider in self.adapters and self.health[provider].healthy
+                    and not self.adapters[provider].limits.refuses(request)):
                 name = provider
             else:
                 try:
@@ -203,23 +253,13 @@ class ProviderRegistry:
                 except ServiceUnavailable:
                     if not attempts:
                         raise
-                    break           # some failed, the rest cannot take it: the payment failed
+                    break           # the others cannot take it: failed, and nothing was charged
             tried.add(name)
-            started, clock = dt.datetime.now(dt.timezone.utc), time.monotonic()
-            try:
-                receipt = await self._execute(name, request, idempotency_key, timeout or self.quote_timeout)
-            except (ProviderError, TimeoutError, ServiceUnavailable) as exc:
-                failure = _failure(name, exc)
-                attempts.append(Attempt(name, started, dt.datetime.now(dt.timezone.utc), failure))
-                health = self.health[name]
-                health.healthy, health.message = False, failure.message     # failover: mark it
-                health.record(False, 0.0, failure.message)
-                log.warning("payment %s failed on %s (%s); failing over", idempotency_key, name, failure.message,
-                            extra={"provider": name})
-                continue
-            attempts.append(Attempt(name, started, dt.datetime.now(dt.timezone.utc)))
-            self.health[name].record(True, time.monotonic() - clock)
-            return PaymentOutcome(receipt, attempts)
+            made, receipt = await attempt(name)
+            if receipt is not None:
+                return PaymentOutcome(receipt, attempts)
+            if made.unknown:        # it may have charged: never fail over now
+                return PaymentOutcome(None, attempts, pending=True)
         return PaymentOutcome(None, attempts)
 
     async def _execute(self, name: str, request: QuoteRequest, key: str, timeout: float) -> Receipt:
@@ -229,5 +269,5 @@ class ProviderRegistry:
         async with self.breakers[name].guard():
             try:
                 return await asyncio.wait_for(self.adapters[name].execute(request, key), timeout)
-            except TimeoutError:
+            except (TimeoutError, ProviderTimeout):
                 return await asyncio.wait_for(self.adapters[name].execute(request, key), timeout)

@@ -885,7 +885,9 @@ class ExecutePaymentResponse(_message.Message):
     PAYMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def payment(self) -> Global___Payment:
-        """The payment, SUCCEEDED or FAILED."""
+        """The payment: SUCCEEDED or FAILED, or still PENDING when a provider did not answer and may have
+        charged (it is never failed over then); ask again with the same request_id to learn the outcome.
+        """
 
     def __init__(
         self,
