@@ -133,9 +133,10 @@ class Launcher:
 
     def stop(self, timeout: float) -> None:
         """SIGTERM in dependency order (callers before the services they call), each batch drained
-        before the next; whatever does not stop within `timeout` is killed."""
-        deadline = time.monotonic() + timeout
+        before the next; whatever does not stop within `timeout` of its SIGTERM is killed (each
+        batch gets the whole drain time: a slow caller must not cut its upstreams' drain short)."""
         for batch in [[GATEWAY], *stop_order(self.topology)]:     # the gateway calls every service
+            deadline = time.monotonic() + timeout
             running = [n for n in batch if n in self.processes and self.processes[n].poll() is None]
             for name in running:
                 self.processes[name].send_signal(signal.SIGTERM)
