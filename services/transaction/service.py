@@ -320,6 +320,18 @@ class TransactionService:
         with self.db.transaction() as connection:
             self.queue.done(connection, claimed)
 
+    async def _keep_lease(self, claimed: Claimed) -> None:
+        """While a saga runs, renew its item's lease, so no other worker takes it meanwhile."""
+        interval = self.queue.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self.db.run(self.queue.renew, claimed):
+                    log.warning("transactions/%s: lease lost to another worker", claimed.item)
+                    return
+            except DomainError:
+                pass            # the database is away: try again at the next beat
+
     async def work(self, stop: asyncio.Event, idle_seconds: float = 0.05) -> None:
         """One competing consumer of the queue, until `stop` is set."""
         while not stop.is_set():
@@ -334,6 +346,7 @@ class TransactionService:
                 except TimeoutError:
                     pass
                 continue
+            heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(claimed))
             try:
                 await self.process(claimed)
             except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later
@@ -342,3 +355,5 @@ class TransactionService:
                 log.log(logging.INFO if isinstance(exc, (ServiceUnavailable, DeadlineExceeded)) else logging.ERROR,
                         "transactions/%s: attempt %d failed (%s); retrying in %.1fs", claimed.item, claimed.attempts,
                         message, delay.total_seconds(), exc_info=not isinstance(exc, DomainError))
+            finally:
+                heartbeat.cancel()

@@ -87,15 +87,29 @@ class WorkQueue:
                 available_at=now + self._lease, attempts=row.attempts + 1))
             return Claimed(row.id, row.item, row.attempts + 1)
 
+    @property
+    def lease_seconds(self) -> float:
+        return self._lease.total_seconds()
+
+    def renew(self, claimed: Claimed) -> bool:
+        """Extend the lease of an item still held (a long step in progress); False when it was lost
+        (it expired and another worker claimed it)."""
+        t = self._t
+        with self._db.transaction() as connection:
+            renewed = connection.execute(update(t).where(t.c.id == claimed.id, t.c.attempts == claimed.attempts)
+                                         .values(available_at=self._clock() + self._lease))
+            return renewed.rowcount == 1
+
     def done(self, connection: Connection, claimed: Claimed) -> None:
         connection.execute(delete(self._t).where(self._t.c.id == claimed.id))
 
     def retry(self, claimed: Claimed, error: str, initial: float = 0.2, cap: float = 30.0) -> dt.timedelta:
-        """Put the item back for later; returns the delay."""
+        """Put the item back for later; returns the delay. A worker whose lease was lost (another
+        worker holds the item now) changes nothing."""
         delay = dt.timedelta(seconds=min(cap, initial * 2 ** min(claimed.attempts - 1, 30)) * (0.5 + self._rng.random() / 2))
         with self._db.transaction() as connection:
-            connection.execute(update(self._t).where(self._t.c.id == claimed.id).values(
-                available_at=self._clock() + delay, last_error=error[:2000]))
+            connection.execute(update(self._t).where(self._t.c.id == claimed.id, self._t.c.attempts == claimed.attempts)
+                               .values(available_at=self._clock() + delay, last_error=error[:2000]))
         return delay
 
     def depth(self) -> int:
