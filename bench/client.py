@@ -21,28 +21,12 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import sys
-import time
 
 import grpc
 
+from .load import closed_loop
 from .servicer import REQUEST
-from .stats import summarize
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _cpu_seconds_of(pid: int | None) -> float | None:
-    """user+system CPU seconds of another process (Linux /proc), None when unknown."""
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 async def _open(stack: str, port: int):
@@ -78,67 +62,13 @@ async def _open(stack: str, port: int):
     return upstream.stub(wallet_pb2_grpc.WalletServiceStub), upstream.channel.close
 
 
-async def _closed_loop(stub, concurrency: int, warmup: float, duration: float, server_pid: int | None) -> dict:
-    loop = asyncio.get_running_loop()
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    window: dict[str, float] = {}
-    done = asyncio.Event()
-
-    async def worker() -> None:
-        perf = time.perf_counter
-        while not done.is_set():
-            started = perf()
-            try:
-                await stub.GetWallet(REQUEST)
-            except Exception as exc:  # every failure is counted and reported, never hidden
-                code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
-                errors[code] = errors.get(code, 0) + 1
-                await asyncio.sleep(0.001)  # do not spin on a dead server
-                continue
-            finished = perf()
-            if "start" in window and started >= window["start"] and not done.is_set():
-                latencies.append(finished - started)
-
-    def open_window() -> None:
-        window["server_cpu"] = _cpu_seconds_of(server_pid)
-        window["client_cpu"] = time.process_time()
-        window["start"] = time.perf_counter()
-
-    def close_window() -> None:
-        window["end"] = time.perf_counter()
-        window["client_cpu"] = time.process_time() - window["client_cpu"]
-        server_cpu = _cpu_seconds_of(server_pid)
-        window["server_cpu"] = None if server_cpu is None or window["server_cpu"] is None \
-            else server_cpu - window["server_cpu"]
-        done.set()
-
-    loop.call_later(warmup, open_window)
-    loop.call_later(warmup + duration, close_window)
-    workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-    try:
-        # In-flight calls finish by themselves; a hung one is cut off after a grace period.
-        _done, pending = await asyncio.wait(workers, timeout=warmup + duration + 10)
-        for task in pending:
-            task.cancel()
-            errors["HUNG"] = errors.get("HUNG", 0) + 1
-    finally:
-        for task in workers:
-            task.cancel()
-    elapsed = window["end"] - window["start"]
-    calls = len(latencies)
-    result = summarize(latencies, elapsed)
-    result.update(concurrency=concurrency, errors=sum(errors.values()), error_codes=errors,
-                  client_cpu_us_per_call=round(window["client_cpu"] / calls * 1e6, 1) if calls else None,
-                  server_cpu_us_per_call=(round(window["server_cpu"] / calls * 1e6, 1)
-                                          if calls and window["server_cpu"] is not None else None))
-    return result
-
-
 async def _measure(stub, stack: str, n: int, warmup: float, duration: float, server_pid: int | None) -> dict:
     print(f"  {stack:<16} concurrency {n:>3}: warm-up {warmup:g}s, measuring {duration:g}s ...",
           file=sys.stderr, flush=True)
-    r = await _closed_loop(stub, n, warmup, duration, server_pid)
+    async def call(worker: int, n: int) -> None:
+        await stub.GetWallet(REQUEST)
+    r = await closed_loop(call, n, warmup, duration, {"server": [server_pid]} if server_pid else {})
+    r.setdefault("server_cpu_us_per_call", None)
     r["stack"] = stack
     print(f"  {stack:<16} concurrency {n:>3}: {r['qps']:>8.0f} calls/s, p50 {r['p50_ms']:.3f} ms, "
           f"p99 {r['p99_ms']:.3f} ms, errors {r['errors']}", file=sys.stderr, flush=True)

@@ -38,14 +38,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import grpc
 
 from .client import non_negative, parse_concurrency, positive
-from .stats import cpu_model, git, median, summarize
+from .load import closed_loop
+from .stats import cpu_model, git, median
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "gateway.json"
@@ -53,7 +53,6 @@ TARGET_RATIO = 0.8
 TARGET_TEXT = f"target: REST through Envoy >= {TARGET_RATIO} x direct gRPC QPS (the same read, same concurrency)"
 USER = "bench"
 UNLIMITED = "1000000000"            # the gateway's rate limit and burst for the bench: never reached
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(Exception):
@@ -67,13 +66,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of a whole process (every thread), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -94,17 +86,8 @@ def _process_tree(pid: int) -> list[int]:
     return tree
 
 
-def _tree_cpu_seconds(pids: list[int]) -> float:
-    return sum(_cpu_seconds(pid) for pid in pids)
 
 
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)   # idle + iowait
-    total = sum(values[:8])                                      # guest time is already in user
-    return total - idle, total
 
 
 # --- a minimal keep-alive HTTP/1.1 client --------------------------------------------------------
@@ -206,71 +189,11 @@ def http_request(method: str, path: str, authority: str, token: str, body: dict 
 
 # --- the closed loop --------------------------------------------------------------------------------
 
-async def closed_loop(call, concurrency: int, warmup: float, duration: float, pids: dict[str, list[int]]) -> dict:
-    """`await call(worker, n)` returns None on success or an error label. Workers loop for warmup +
-    duration seconds; calls that start and finish inside the window are recorded."""
-    loop = asyncio.get_running_loop()
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    window: dict = {}
-    done = asyncio.Event()
-
-    async def worker(k: int) -> None:
-        perf, n = time.perf_counter, 0
-        while not done.is_set():
-            n += 1
-            started = perf()
-            try:
-                error = await call(k, n)
-            except Exception as exc:   # every failure is counted and reported
-                error = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
-            finished = perf()
-            if error is not None:                 # counted in warm-up too: any failure invalidates the run
-                errors[error] = errors.get(error, 0) + 1
-                await asyncio.sleep(0.001)
-                continue
-            if "start" in window and started >= window["start"] and not done.is_set():
-                latencies.append(finished - started)
-
-    def open_window() -> None:
-        window["cpu"] = {name: _tree_cpu_seconds(tree) for name, tree in pids.items()}
-        window["client_cpu"] = time.process_time()
-        window["machine"] = _machine_ticks()
-        window["wall_start"] = time.time()
-        window["start"] = time.perf_counter()
-
-    def close_window() -> None:
-        window["end"] = time.perf_counter()
-        window["wall_end"] = time.time()
-        window["client_cpu"] = time.process_time() - window["client_cpu"]
-        window["cpu"] = {name: _tree_cpu_seconds(tree) - window["cpu"][name] for name, tree in pids.items()}
-        busy, total = _machine_ticks()
-        window["machine"] = (busy - window["machine"][0]) / max(1, total - window["machine"][1])
-        done.set()
-
-    loop.call_later(warmup, open_window)
-    loop.call_later(warmup + duration, close_window)
-    tasks = [asyncio.ensure_future(worker(k)) for k in range(concurrency)]
-    try:
-        _, pending = await asyncio.wait(tasks, timeout=warmup + duration + 15)
-        for task in pending:
-            task.cancel()
-            errors["HUNG"] = errors.get("HUNG", 0) + 1
-    finally:
-        for task in tasks:
-            task.cancel()
-    result = summarize(latencies, window["end"] - window["start"])
-    calls = max(1, result["calls"])
-    cpu = window["cpu"]
-    result.update(
-        concurrency=concurrency, errors=sum(errors.values()), error_codes=errors,
-        client_cpu_us_per_call=round(window["client_cpu"] / calls * 1e6, 1),
-        **{f"{name}_cpu_us_per_call": round(seconds / calls * 1e6, 1) for name, seconds in cpu.items()},
-        # the services not on the measured path (their background loops), and the whole machine
-        other_services_cpu_us_per_call=round(sum(v for k, v in cpu.items() if k not in ("gateway", "wallet"))
-                                             / calls * 1e6, 1),
-        machine_cpu_busy=round(window["machine"], 3),
-        window=(window["wall_start"], window["wall_end"]))
+async def _closed_loop(call, concurrency: int, warmup: float, duration: float, pids: dict[str, list[int]]) -> dict:
+    result = await closed_loop(call, concurrency, warmup, duration, pids)
+    # the services not on the measured path (their background loops)
+    result["other_services_cpu_us_per_call"] = round(sum(
+        result[f"{name}_cpu_us_per_call"] or 0 for name in pids if name not in ("gateway", "wallet")), 1)
     return result
 
 
@@ -372,7 +295,7 @@ class Bench:
                 await stub.GetWallet(request, metadata=metadata, timeout=10)
                 return None
         try:
-            result = await closed_loop(call, concurrency, args.warmup, args.duration, self.pids)
+            result = await _closed_loop(call, concurrency, args.warmup, args.duration, self.pids)
         finally:
             if transport == "rest":
                 for client in clients:
@@ -396,7 +319,7 @@ class Bench:
                  "amount": {"currencyCode": "USD", "amount": f"{rng.randint(1, 100) / 100:.2f}"}}))
             return None if status == 200 else f"HTTP {status}"
         try:
-            result = await closed_loop(call, concurrency, args.warmup, args.transfer_duration, self.pids)
+            result = await _closed_loop(call, concurrency, args.warmup, args.transfer_duration, self.pids)
         finally:
             for client in clients:
                 client.close()

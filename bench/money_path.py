@@ -26,11 +26,10 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import grpc
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, select
 
 from diboas.common.v1 import common_pb2
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
@@ -38,13 +37,16 @@ from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.launcher import Launcher
 from services.runtime.auth import TokenIssuer
 from services.runtime.config import load_topology
+from services.runtime.db import scratch_schema
 from services.runtime.tls import channel_credentials, load_identity
+from services.runtime.users import issue_user_token
 from services.transaction.tables import messaging as tx_messaging
 from services.transaction.tables import transactions
 from services.wallet.tables import journals
 from services.wallet.tables import messaging as wallet_messaging
 
 from .client import non_negative, parse_concurrency, positive
+from .load import cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "money_path.json"
@@ -57,25 +59,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _schema():
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as c:
-        c.execute(text(f'CREATE SCHEMA "{name}"'))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
-    finally:
-        with admin.begin() as c:
-            c.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -92,8 +75,8 @@ async def _run_one(backend: str, concurrency: int, args) -> dict:
             env[f"DIBOAS_{name.upper()}_ADDRESS"] = f"127.0.0.1:{_free_port()}"
             env[f"DIBOAS_{name.upper()}_METRICS"] = f"127.0.0.1:{_free_port()}"
         if backend == "postgres":
-            env["DIBOAS_WALLET_DATABASE"] = stack.enter_context(_schema())
-            env["DIBOAS_TRANSACTION_DATABASE"] = stack.enter_context(_schema())
+            env["DIBOAS_WALLET_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
+            env["DIBOAS_TRANSACTION_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
         os.environ.update(env)
         topology = load_topology()
         launcher = Launcher(topology)
@@ -110,7 +93,10 @@ async def _measure(topology, launcher, backend, concurrency, args) -> dict:
     def channel(identity: str, service: str):
         files = load_identity(topology.certs_dir, identity)
         svc = topology.services[service]
-        token = TokenIssuer(topology.identities()[identity], files.key).token_for(svc.identity)
+        # The gateway calls for an external user: its bearer is that user's JWT (an operator here,
+        # who may move every bench wallet); everyone else signs a service token.
+        token = (issue_user_token(topology.certs_dir, "bench", ["operator"]) if identity == "gateway"
+                 else TokenIssuer(topology.identities()[identity], files.key).token_for(svc.identity))
         ch = grpc.aio.secure_channel(str(svc.address), channel_credentials(files),
                                      options=[("grpc.ssl_target_name_override", service)])
         return ch, (("authorization", f"Bearer {token}"),)
@@ -160,9 +146,9 @@ async def _measure(topology, launcher, backend, concurrency, args) -> dict:
 
     async def sample_cpu():
         await asyncio.sleep(max(0.0, window[0] - time.time()))
-        cpu.update({f"{n}_start": _cpu_seconds(p) for n, p in pids.items()})
+        cpu.update({f"{n}_start": cpu_seconds(p) for n, p in pids.items()})
         await asyncio.sleep(max(0.0, window[1] - time.time()))
-        cpu.update({f"{n}_end": _cpu_seconds(p) for n, p in pids.items()})
+        cpu.update({f"{n}_end": cpu_seconds(p) for n, p in pids.items()})
 
     print(f"  {backend:<9} concurrency {concurrency:>3}: warm-up {args.warmup:g}s, measuring {args.duration:g}s ...",
           flush=True)

@@ -35,8 +35,9 @@ class Rest:
                                headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
             reply = connection.getresponse()
             status, data = reply.status, json.loads(reply.read() or b"{}")
-        except ConnectionRefusedError:
-            raise ConfigError(f"the gateway at http://{self.address} does not answer: is `make run` running?") from None
+        except OSError as exc:          # refused, reset, timed out
+            raise ConfigError(f"the gateway at http://{self.address} does not answer ({exc.strerror or exc}): "
+                              "is `make run` running?") from None
         finally:
             connection.close()
         if status != 200:

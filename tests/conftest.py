@@ -1,11 +1,9 @@
 """Shared fixtures: a throwaway PKI, topologies on ephemeral ports, real servers and clients."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import socket
-import uuid
 from pathlib import Path
 
 import grpc
@@ -14,6 +12,7 @@ import pytest
 from certs.mkcerts import ensure_certificates
 from services.runtime.auth import TokenIssuer
 from services.runtime.config import Address, Topology, load_topology
+from services.runtime.db import scratch_schema
 from services.runtime.server import MeshServer
 from services.runtime.tls import channel_credentials, load_identity
 from services.runtime.users import issue_user_token
@@ -46,21 +45,10 @@ def require_postgres() -> None:
         pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable (start it to run this test)")
 
 
-@contextlib.contextmanager
 def postgres_schema():
     """A URL of the local PostgreSQL whose search_path is a new schema, dropped afterwards."""
     require_postgres()
-    from sqlalchemy import create_engine, text
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    return scratch_schema(POSTGRES_URL, "t")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

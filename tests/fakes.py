@@ -13,6 +13,7 @@ from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime import errors
 from services.runtime.context import current_user
 from services.runtime.server import Registration, Runtime
+from services.runtime.unimplemented import unimplemented_registration
 
 
 class EchoWallets(wallet_pb2_grpc.WalletServiceServicer):
@@ -73,19 +74,3 @@ def transaction_build(holder: dict):
         return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server,
                              ForwardingTransactions(runtime))]
     return build
-
-
-def unimplemented_registration(pb2_grpc, grpc_service: str, owner: str, planned: str) -> Registration:
-    """A generated service (e.g. wallet_pb2_grpc, "WalletService") whose every RPC answers
-    UNIMPLEMENTED: a test serves it only so the topology's policy for it is satisfied."""
-    base = getattr(pb2_grpc, f"{grpc_service}Servicer")
-    namespace = {}
-    for name, value in vars(base).items():
-        if name.startswith("_") or not callable(value):
-            continue
-
-        async def method(self, request, context, _name=name):
-            raise errors.Unimplemented(f"{owner}.{_name} is not served in this test ({planned})")
-        namespace[name] = method
-    servicer = type(f"Unimplemented{base.__name__}", (base,), namespace)()
-    return Registration(getattr(pb2_grpc, f"add_{grpc_service}Servicer_to_server"), servicer)

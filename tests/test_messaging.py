@@ -22,9 +22,9 @@ from services.runtime.messaging.sink import EventSink
 from services.runtime.messaging.store import DEAD, DELIVERED, PENDING, Outbox, messaging_tables
 from services.runtime.server import Registration
 from services.runtime.tls import load_identity
+from services.runtime.unimplemented import unimplemented_registration
 
 from conftest import free_port, with_service
-from fakes import unimplemented_registration
 
 TOPIC = "transaction.completed"
 

@@ -176,6 +176,18 @@ async def test_reflection_lists_the_services(topology, start_server):
         assert proto.package == "diboas.wallet.v1"
 
 
+async def test_a_service_served_only_in_part_says_unimplemented_clearly(topology, start_server):
+    from diboas.events.v1 import events_pb2, events_pb2_grpc
+    server = await start_server(topology, "wallet", wallet_build(EchoWallets()))   # no event sink here
+    async with client_channel(topology, "transaction", server.port, "wallet") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await events_pb2_grpc.EventSinkServiceStub(channel).DeliverEvent(
+                events_pb2.DeliverEventRequest(), timeout=3,
+                metadata=bearer(service_token(topology, "transaction", "wallet")))
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert caught.value.details() == "wallet.DeliverEvent is not served here (not in these tests)"
+
+
 async def test_metrics_count_calls_by_method_and_code(topology, start_server):
     from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
     topology = with_service(topology, "wallet", metrics=Address("127.0.0.1", 0))

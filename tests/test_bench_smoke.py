@@ -1,0 +1,38 @@
+"""`make bench` keeps working: each benchmark, run very briefly against the real stack, exits 0
+(no call failed) and writes results with calls in them. Not a measurement: a guard against a
+benchmark silently broken by a change elsewhere (a new auth rule, a moved helper)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def run(module: str, output, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", f"bench.{module}", *args, "--output", str(output)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(output.read_text())
+
+
+def test_runtime_overhead_runs(tmp_path):
+    report = run("runtime_overhead", tmp_path / "r.json", "--stacks", "bare,full", "--concurrency", "2",
+                 "--warmup", "0.2", "--duration", "0.5", "--rounds", "1")
+    assert report["errors"] == 0 and all(r["qps"] > 0 for r in report["runs"])
+
+
+def test_money_path_runs(tmp_path):
+    report = run("money_path", tmp_path / "m.json", "--backends", "sqlite", "--concurrency", "4",
+                 "--warmup", "0.5", "--duration", "1", "--wallets", "10")
+    assert [r["errors"] for r in report["runs"]] == [0] and report["runs"][0]["settled_per_second"] > 0
+
+
+def test_gateway_runs(tmp_path):
+    report = run("gateway", tmp_path / "g.json", "--concurrency", "4", "--warmup", "0.2", "--duration", "0.5",
+                 "--transfer-concurrency", "4", "--transfer-duration", "0.5")
+    assert {r["transport"] for r in report["runs"]} == {"rest", "grpc"}
+    assert all(r["qps"] > 0 and r["errors"] == 0 for r in report["runs"])
