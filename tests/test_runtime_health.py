@@ -176,6 +176,34 @@ async def test_reflection_lists_the_services(topology, start_server):
         assert proto.package == "diboas.wallet.v1"
 
 
+async def test_reflection_v1_answers_like_v1alpha_and_describes_itself(topology, start_server):
+    """Current grpcurl and buf curl ask grpc.reflection.v1 first; it must answer, not UNIMPLEMENTED."""
+    server = await start_server(topology, "wallet", wallet_app)
+    async with client_channel(topology, "operator", server.port, "wallet") as channel:
+        # The v1 messages are byte-identical to v1alpha's: the v1alpha classes serve as codecs.
+        info = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+
+        async def ask(request):
+            async for reply in info(iter([request]), timeout=3):
+                return reply
+
+        listed = await ask(reflection_pb2.ServerReflectionRequest(list_services=""))
+        names = {s.name for s in listed.list_services_response.service}
+        assert {"diboas.wallet.v1.WalletService", "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection"} <= names
+        for symbol, package in (("diboas.wallet.v1.WalletService", "diboas.wallet.v1"),
+                                ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1")):
+            described = await ask(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+            assert not described.HasField("error_response"), described.error_response.error_message
+            proto = descriptor_pb2.FileDescriptorProto.FromString(
+                described.file_descriptor_response.file_descriptor_proto[0])
+            assert proto.package == package
+        v1 = next(s for s in proto.service if s.name == "ServerReflection")
+        assert v1.method[0].input_type == ".grpc.reflection.v1.ServerReflectionRequest"
+
+
 async def test_a_service_served_only_in_part_says_unimplemented_clearly(topology, start_server):
     from diboas.events.v1 import events_pb2, events_pb2_grpc
     server = await start_server(topology, "wallet", wallet_build(EchoWallets()))   # no event sink here

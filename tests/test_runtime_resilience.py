@@ -168,12 +168,17 @@ async def test_breaker_opens_fails_fast_and_recovers(topology, start_server):
     await asyncio.sleep(max(0.0, 1.1 - (time.monotonic() - reopened)))
     calls_before = REGISTRY.get_sample_value("diboas_rpc_client_calls_total",
                                              {**labels, "method": "GetWallet", "code": "OK"}) or 0
+    timed_before = REGISTRY.get_sample_value("diboas_rpc_client_latency_seconds_count",
+                                             {**labels, "method": "GetWallet"}) or 0
     reply = await stub.GetWallet(request, timeout=2)
     assert reply.wallet.name == "wallets/w1"
     assert upstream.breaker.state == "closed"
     assert REGISTRY.get_sample_value("diboas_circuit_breaker_open", labels) == 0
     assert REGISTRY.get_sample_value("diboas_rpc_client_calls_total",
                                      {**labels, "method": "GetWallet", "code": "OK"}) == calls_before + 1
+    # Every call, refused by the open breaker or answered, is timed per upstream method.
+    assert REGISTRY.get_sample_value("diboas_rpc_client_latency_seconds_count",
+                                     {**labels, "method": "GetWallet"}) == timed_before + 1
 
 
 async def test_half_open_breaker_admits_one_trial_call(topology, start_server):

@@ -5,6 +5,7 @@ import grpc
 import pytest
 
 from services.runtime.breaker import AsyncCircuitBreaker
+from services.runtime.config import ConfigError, load_topology
 from services.runtime.errors import ServiceUnavailable
 from services.runtime.guard import ServerGuard, _Method
 from services.runtime.tls import load_identity
@@ -150,3 +151,17 @@ async def test_a_call_cancelled_by_its_deadline_counts_as_a_failure():
         async with breaker.guard(deadline=time.monotonic() - 0.001):
             raise asyncio.CancelledError()
     assert breaker.state == "open"
+
+
+def test_metrics_listen_on_loopback_unless_explicitly_made_public():
+    with pytest.raises(ConfigError) as refused:
+        load_topology(env={"DIBOAS_WALLET_METRICS": "0.0.0.0:9101"})
+    assert "services.wallet.metrics (DIBOAS_WALLET_METRICS) must be on loopback, got 0.0.0.0" in str(refused.value)
+    assert "DIBOAS_PUBLIC_METRICS=on" in str(refused.value)
+    public = load_topology(env={"DIBOAS_WALLET_METRICS": "0.0.0.0:9101", "DIBOAS_PUBLIC_METRICS": "on"})
+    assert public.services["wallet"].metrics.host == "0.0.0.0"
+    assert load_topology(env={"DIBOAS_WALLET_METRICS": "[::1]:9101"}).services["wallet"].metrics.host == "::1"
+    with pytest.raises(ConfigError, match="DIBOAS_PUBLIC_METRICS\\): 'maybe' is not on/off"):
+        load_topology(env={"DIBOAS_PUBLIC_METRICS": "maybe"})
+    with pytest.raises(ConfigError, match="gateway.admin .* must be on loopback"):
+        load_topology(env={"DIBOAS_GATEWAY_ADMIN": "0.0.0.0:9901"})

@@ -9,7 +9,7 @@ method wrapped, in this order, by:
   3. this service's JWT for that upstream, and a CLIENT span whose W3C context travels along;
   4. an upstream failure turned into the matching domain error (UNAVAILABLE ->
      ServiceUnavailable ...), so callers never handle grpc types;
-  5. a metric per upstream, method and code.
+  5. metrics per upstream and method: calls by code, and a latency histogram.
 The wrapping is done once per stub, not by grpc.aio client interceptors, which add their own
 per-call machinery on the hot path (measurements in docs/benchmarks.md).
 """
@@ -27,7 +27,7 @@ from .auth import TokenIssuer
 from .breaker import OPEN, AsyncCircuitBreaker
 from .config import ConfigError, ServiceConfig, Topology
 from .context import current_deadline
-from .metrics import BREAKER_STATE, CLIENT_CALLS
+from .metrics import BREAKER_STATE, CLIENT_CALLS, CLIENT_LATENCY
 from .status import from_rpc_error
 from .tls import IdentityFiles, channel_credentials
 from .tracing import RpcTracing
@@ -103,18 +103,25 @@ class _CallPolicy:
         own = (("authorization", "Bearer " + self._issuer.token_for(self._upstream.identity)), *trace_headers.items())
         return own + tuple(metadata or ())
 
-    def _counter(self, method: str):
+    def _observer(self, method: str):
+        """observe(code, started): count the call by its code and record its latency, with the
+        label children resolved once per method rather than on every call."""
         counters = {code: CLIENT_CALLS.labels(self._caller, self._upstream.name, method, code.name)
                     for code in grpc.StatusCode}
-        return counters.__getitem__
+        latency = CLIENT_LATENCY.labels(self._caller, self._upstream.name, method)
+
+        def observe(code: grpc.StatusCode, started: float) -> None:
+            counters[code].inc()
+            latency.observe(time.perf_counter() - started)
+        return observe
 
     def unary(self, full_method: str, multicallable):
         upstream, breaker, tracing = self._upstream.name, self._breaker, self._tracing
         attributes = RpcTracing.attributes(full_method)
-        count = self._counter(full_method.rpartition("/")[2])
+        observe = self._observer(full_method.rpartition("/")[2])
 
         async def call(request, *, timeout=None, metadata=None, wait_for_ready=None):
-            code = grpc.StatusCode.UNAVAILABLE
+            code, started = grpc.StatusCode.UNAVAILABLE, time.perf_counter()
             span, headers = tracing.start_client(full_method, attributes)
             try:
                 timeout = self._timeout(timeout)
@@ -134,7 +141,7 @@ class _CallPolicy:
                 code = grpc.StatusCode.CANCELLED
                 raise
             finally:
-                count(code).inc()
+                observe(code, started)
                 tracing.end(span, code.value[0])
         return call
 
@@ -142,10 +149,10 @@ class _CallPolicy:
         """Server-streaming calls get the deadline, token and trace context (no breaker: a stream
         is long-lived, and its failures arrive while iterating)."""
         attributes = RpcTracing.attributes(full_method)
-
-        count = self._counter(full_method.rpartition("/")[2])
+        observe = self._observer(full_method.rpartition("/")[2])
 
         def call(request, *, timeout=None, metadata=None, wait_for_ready=None):
+            started = time.perf_counter()
             timeout = self._timeout(timeout)
             span, headers = self._tracing.start_client(full_method, attributes)
             try:
@@ -154,13 +161,13 @@ class _CallPolicy:
             except BaseException:
                 self._tracing.end(span, grpc.StatusCode.INTERNAL.value[0], "the call could not be started")
                 raise
-            stream.add_done_callback(lambda done: asyncio.ensure_future(self._stream_done(span, count, done)))
+            stream.add_done_callback(lambda done: asyncio.ensure_future(self._stream_done(span, observe, started, done)))
             return stream
         return call
 
-    async def _stream_done(self, span, count, stream) -> None:
+    async def _stream_done(self, span, observe, started: float, stream) -> None:
         code = await stream.code()
-        count(code).inc()
+        observe(code, started)
         self._tracing.end(span, code.value[0], await stream.details() if code != grpc.StatusCode.OK else "")
 
 

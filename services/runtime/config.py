@@ -62,6 +62,7 @@ class Observability:
     trace_export: str = "none"      # none | console | file | file:PATH
     trace_sample_ratio: float = 1.0
     log_level: str = "INFO"
+    public_metrics: bool = False    # metrics endpoints may listen beyond loopback
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,9 @@ class Topology:
         return {identity: name for name, identity in self.identities().items()}
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def spiffe_id(trust_domain: str, kind: str, name: str) -> str:
     return f"spiffe://{trust_domain}/{kind}/{name}"
 
@@ -183,6 +187,14 @@ def _number(raw: Mapping, key: str, where: str, default: float, env: Mapping[str
         need = "greater than zero" if positive else "zero or more"
         raise ConfigError(f"{where}.{key} (or {env_key}): must be a finite number {need}, got {value}")
     return number
+
+
+def _switch(raw: Mapping, key: str, where: str, default: bool, env: Mapping[str, str], env_key: str) -> bool:
+    # YAML reads a bare on/off as a boolean; the environment gives text.
+    value = str(env.get(env_key, raw.get(key, default))).strip().lower()
+    if value not in ("true", "false", "on", "off", "1", "0"):
+        raise ConfigError(f"{where}.{key} (or {env_key}): '{value}' is not on/off")
+    return value in ("true", "on", "1")
 
 
 def _names(value, where: str) -> tuple[str, ...]:
@@ -232,9 +244,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
 
     o = _section(raw, "observability", where)
     ow = f"{where}: observability"
-    tracing = str(env.get("DIBOAS_TRACING", o.get("tracing", True))).strip().lower()
-    if tracing not in ("true", "false", "on", "off", "1", "0"):
-        raise ConfigError(f"{ow}.tracing (or DIBOAS_TRACING): '{tracing}' is not on/off")
+    tracing = _switch(o, "tracing", ow, True, env, "DIBOAS_TRACING")
     export = str(env.get("DIBOAS_TRACE_EXPORT", o.get("trace_export", "none")))
     if export.partition(":")[0] not in ("none", "console", "file"):
         raise ConfigError(f"{ow}.trace_export (or DIBOAS_TRACE_EXPORT): '{export}' is not none, console, file or file:PATH")
@@ -244,7 +254,8 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
     level = str(env.get("DIBOAS_LOG_LEVEL", o.get("log_level", "INFO"))).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{ow}.log_level (or DIBOAS_LOG_LEVEL): '{level}' is not DEBUG, INFO, WARNING or ERROR")
-    observability = Observability(tracing in ("true", "on", "1"), export, ratio, level)
+    public_metrics = _switch(o, "public_metrics", ow, False, env, "DIBOAS_PUBLIC_METRICS")
+    observability = Observability(tracing, export, ratio, level, public_metrics)
 
     g = _section(raw, "gateway", where)
     gname = g.get("identity", "gateway")
@@ -263,7 +274,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         request_timeout_seconds=_number(g, "request_timeout_seconds", f"{where}: gateway", 10.0, env,
                                         "DIBOAS_GATEWAY_REQUEST_TIMEOUT", positive=True),
     )
-    if gateway.admin.host not in ("127.0.0.1", "localhost", "::1"):
+    if gateway.admin.host not in LOOPBACK:
         raise ConfigError(f"{where}: gateway.admin (or DIBOAS_GATEWAY_ADMIN) must be on loopback, "
                           f"got {gateway.admin.host}: Envoy's admin interface can stop the gateway")
     clients = {n: spiffe_id(trust_domain, "client", n) for n in _names(raw.get("clients", []), f"{where}: clients")}
@@ -283,6 +294,10 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         address = Address.parse(env.get(_env_key(name, "address"), s.get("address")), f"{sw}.address ({_env_key(name, 'address')})")
         metrics_raw = env.get(_env_key(name, "metrics"), s.get("metrics"))
         metrics = Address.parse(metrics_raw, f"{sw}.metrics ({_env_key(name, 'metrics')})") if metrics_raw else None
+        if metrics is not None and metrics.host not in LOOPBACK and not observability.public_metrics:
+            raise ConfigError(f"{sw}.metrics ({_env_key(name, 'metrics')}) must be on loopback, got {metrics.host}: "
+                              "the metrics show every method's traffic and errors to whoever asks; to serve them "
+                              "beyond this machine, set observability.public_metrics: on (or DIBOAS_PUBLIC_METRICS=on)")
         database = str(env.get(_env_key(name, "database"), s.get("database", f"sqlite:///{{state_dir}}/{name}.db")))
         database = database.replace("{state_dir}", str(state_dir))
         policy_raw = _section(s, "policy", sw)

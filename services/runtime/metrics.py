@@ -9,11 +9,14 @@ SERVER_CALLS = Counter("diboas_rpc_server_calls", "RPCs handled, by final status
                        ["service", "method", "code"])
 SERVER_ERRORS = Counter("diboas_rpc_server_errors", "RPCs that ended with a status other than OK",
                         ["service", "method", "code"])
+LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 SERVER_LATENCY = Histogram("diboas_rpc_server_latency_seconds", "Server-side RPC latency",
-                           ["service", "method"],
-                           buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+                           ["service", "method"], buckets=LATENCY_BUCKETS)
 CLIENT_CALLS = Counter("diboas_rpc_client_calls", "RPCs made to upstreams, by final status code",
                        ["service", "upstream", "method", "code"])
+CLIENT_LATENCY = Histogram("diboas_rpc_client_latency_seconds",
+                           "Client-side latency of calls to upstreams (breaker, network and upstream included)",
+                           ["service", "upstream", "method"], buckets=LATENCY_BUCKETS)
 BREAKER_STATE = Gauge("diboas_circuit_breaker_open", "1 while the circuit breaker of an upstream is open or half-open",
                       ["service", "upstream"])
 HEALTH = Gauge("diboas_service_serving", "1 while the service reports SERVING", ["service"])

@@ -18,7 +18,6 @@ from typing import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from . import tracing
 from .auth import TokenIssuer
@@ -28,6 +27,7 @@ from .guard import Registrar, ServerGuard
 from .health import DatabaseProbe, ServiceHealth
 from .logs import configure_logging
 from .metrics import serve_metrics
+from .reflection import add_reflection
 from .tls import IdentityFiles, load_identity, server_credentials
 from .tracing import RpcTracing
 
@@ -131,9 +131,7 @@ class MeshServer:
 
         self._health = ServiceHealth(service.name, grpc_services, DatabaseProbe(service.database), self._health_interval)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, registrar)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer([*grpc_services, "grpc.health.v1.Health", reflection.SERVICE_NAME]),
-            registrar)
+        add_reflection(registrar, [*grpc_services, "grpc.health.v1.Health"])
 
         self._server = server  # from here on, a failure must stop it
         self.port = _bind(server, service.address, server_credentials(files), service.name)
