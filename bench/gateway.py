@@ -43,6 +43,8 @@ from pathlib import Path
 
 import grpc
 
+from tools.ports import mesh_addresses
+
 from .client import non_negative, parse_concurrency, positive
 from .load import closed_loop
 from .stats import cpu_model, git, median
@@ -57,13 +59,6 @@ UNLIMITED = "1000000000"            # the gateway's rate limit and burst for the
 
 class BenchError(Exception):
     """The benchmark could not run; the message says why."""
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 
@@ -202,12 +197,7 @@ async def _closed_loop(call, concurrency: int, warmup: float, duration: float, p
 def _environment(state_dir: str) -> dict[str, str]:
     env = {"DIBOAS_STATE_DIR": state_dir, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING",
            "DIBOAS_GATEWAY_RATE_LIMIT": UNLIMITED, "DIBOAS_GATEWAY_RATE_LIMIT_BURST": UNLIMITED}
-    for name in ("wallet", "transaction", "provider", "blockchain"):
-        env[f"DIBOAS_{name.upper()}_ADDRESS"] = f"127.0.0.1:{_free_port()}"
-        env[f"DIBOAS_{name.upper()}_METRICS"] = f"127.0.0.1:{_free_port()}"
-    for name in ("HTTP", "HTTPS", "ADMIN"):
-        env[f"DIBOAS_GATEWAY_{name}"] = f"127.0.0.1:{_free_port()}"
-    return env
+    return {**env, **mesh_addresses()}
 
 
 class Bench:

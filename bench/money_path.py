@@ -44,6 +44,7 @@ from services.transaction.tables import messaging as tx_messaging
 from services.transaction.tables import transactions
 from services.wallet.tables import journals
 from services.wallet.tables import messaging as wallet_messaging
+from tools.ports import mesh_addresses
 
 from .client import non_negative, parse_concurrency, positive
 from .load import cpu_seconds
@@ -52,13 +53,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "money_path.json"
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET = 1000
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -70,10 +64,8 @@ def _pct(values: list[float], q: float) -> float:
 
 async def _run_one(backend: str, concurrency: int, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="diboas-bench-") as state, contextlib.ExitStack() as stack:
-        env = {"DIBOAS_STATE_DIR": state, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING"}
-        for name in ("wallet", "transaction", "provider", "blockchain"):
-            env[f"DIBOAS_{name.upper()}_ADDRESS"] = f"127.0.0.1:{_free_port()}"
-            env[f"DIBOAS_{name.upper()}_METRICS"] = f"127.0.0.1:{_free_port()}"
+        env = {"DIBOAS_STATE_DIR": state, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING",
+               **mesh_addresses(gateway=False)}
         if backend == "postgres":
             env["DIBOAS_WALLET_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
             env["DIBOAS_TRANSACTION_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))

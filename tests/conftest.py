@@ -16,6 +16,7 @@ from services.runtime.db import scratch_schema
 from services.runtime.server import MeshServer
 from services.runtime.tls import channel_credentials, load_identity
 from services.runtime.users import issue_user_token
+from tools.ports import free_ports
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 LOCAL = Address("127.0.0.1", 0)
@@ -24,9 +25,7 @@ POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def postgres_reachable() -> bool:

@@ -4,6 +4,7 @@ and the operator would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,8 +22,9 @@ from diboas.provider.v1 import provider_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.config import Address
+from tools.ports import mesh_addresses
 
-from conftest import bearer, client_channel, free_port, service_token, user_token, with_service
+from conftest import bearer, client_channel, service_token, user_token, with_service
 
 SETTLED = (transaction_pb2.TRANSACTION_STATE_COMPLETED, transaction_pb2.TRANSACTION_STATE_FAILED)
 ORDER = ("wallet", "provider", "blockchain", "transaction")      # upstreams first
@@ -163,15 +165,26 @@ class Process:
                 self.process.kill()
 
 
+@contextlib.asynccontextmanager
+async def running(processes, topology, serving=None, timeout: float = 30):
+    """Start `processes` and wait until the services named in `serving` (default: all of them)
+    are SERVING; stop every process on the way out, also when starting or waiting failed."""
+    try:
+        for process in processes:
+            process.start()
+        for name in serving if serving is not None else [p.name for p in processes]:
+            await wait_serving(topology, name, timeout)
+        yield
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
 def process_env(pki, state_dir, **overrides) -> dict:
     """The environment of a whole mesh of processes: free ports, the test PKI, quick shutdown."""
     env = dict(os.environ, DIBOAS_CERTS_DIR=str(pki), DIBOAS_STATE_DIR=str(state_dir), DIBOAS_UNREADY_SECONDS="0",
                DIBOAS_DRAIN_SECONDS="2", DIBOAS_TRACING="off")
-    for name in ORDER:
-        env[f"DIBOAS_{name.upper()}_ADDRESS"] = f"127.0.0.1:{free_port()}"
-        env[f"DIBOAS_{name.upper()}_METRICS"] = f"127.0.0.1:{free_port()}"
-    for part in ("HTTP", "HTTPS", "ADMIN"):
-        env[f"DIBOAS_GATEWAY_{part}"] = f"127.0.0.1:{free_port()}"
+    env.update(mesh_addresses(ORDER))
     env.update(overrides)
     return env
 

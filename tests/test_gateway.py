@@ -18,6 +18,7 @@ import pytest
 from services.gateway.envoy_config import external_rpcs
 from services.monitor import check_gateway
 from services.runtime.config import Address, load_topology
+from tools.ports import free_ports
 
 from conftest import free_port, user_token, with_service
 from meshkit import ORDER, Process, process_env, start_mesh, wait_serving
@@ -29,7 +30,7 @@ class Gateway:
     """Envoy as `python -m services.gateway`, in front of the given service ports."""
 
     def __init__(self, topology, ports: dict[str, int], log_dir, **overrides):
-        self.http, self.https, self.admin = free_port(), free_port(), free_port()
+        self.http, self.https, self.admin = free_ports(3)
         env = {"DIBOAS_CERTS_DIR": str(topology.certs_dir), "DIBOAS_STATE_DIR": str(log_dir),
                "DIBOAS_GATEWAY_HTTP": f"127.0.0.1:{self.http}", "DIBOAS_GATEWAY_HTTPS": f"127.0.0.1:{self.https}",
                "DIBOAS_GATEWAY_ADMIN": f"127.0.0.1:{self.admin}",

@@ -18,8 +18,9 @@ from diboas.blockchain.v1 import blockchain_pb2
 from diboas.provider.v1 import provider_pb2
 from diboas.transaction.v1 import transaction_pb2
 from services.runtime.config import load_topology
+from tools.ports import mesh_addresses
 
-from meshkit import ORDER, Mesh, Process, process_env, usd, wait_serving
+from meshkit import ORDER, Mesh, Process, process_env, running, usd
 
 pytestmark = pytest.mark.slow
 COMPLETED = transaction_pb2.TRANSACTION_STATE_COMPLETED
@@ -31,16 +32,10 @@ PROVIDERS = ("alpha-pay", "beta-ramp", "gamma-exchange")
 async def mesh(pki, tmp_path):
     env = process_env(pki, tmp_path, DIBOAS_BREAKER_FAIL_MAX="3", DIBOAS_BREAKER_RESET_TIMEOUT="1")
     topology = load_topology(env={k: v for k, v in env.items() if k.startswith("DIBOAS_")})
-    processes = [Process(name, env, tmp_path) for name in ORDER]
-    for process in processes:
-        process.start()
-    for name in ORDER:
-        await wait_serving(topology, name)
-    mesh = Mesh(topology, {name: topology.services[name].address.port for name in ORDER})
-    yield mesh
-    for process in reversed(processes):
-        process.stop()
-    await mesh.close()
+    async with running([Process(name, env, tmp_path) for name in ORDER], topology):
+        mesh = Mesh(topology, {name: topology.services[name].address.port for name in ORDER})
+        yield mesh
+        await mesh.close()
 
 
 async def provider_faults(mesh, provider: str, key: str, **faults) -> None:
@@ -241,3 +236,20 @@ async def test_the_money_invariant_holds_across_a_mixed_load_with_faults(mesh):
             assert transfer.state == blockchain_pb2.CROSS_CHAIN_TRANSFER_STATE_COMPLETED and len(t.chain_transactions) == 3
         elif transfer is not None:
             assert transfer.state == blockchain_pb2.CROSS_CHAIN_TRANSFER_STATE_COMPENSATED
+
+
+async def test_a_mesh_that_fails_to_start_leaves_no_process_behind(pki, tmp_path):
+    """A fixture whose start fails (here: a service that never answers) still stops what it started."""
+    env = process_env(pki, tmp_path)
+    topology = load_topology(env={k: v for k, v in env.items() if k.startswith("DIBOAS_")})
+    wallet = Process("wallet", env, tmp_path)
+    with pytest.raises(AssertionError, match="transaction did not start"):
+        async with running([wallet], topology, serving=["transaction"], timeout=2):
+            pytest.fail("the mesh cannot be up: the transaction service was never started")
+    assert wallet.process.poll() is not None, "the wallet process was left running"
+
+
+def test_every_listener_of_a_mesh_gets_its_own_port():
+    addresses = mesh_addresses()
+    assert len(addresses) == 4 * 2 + 3
+    assert len(set(addresses.values())) == len(addresses)

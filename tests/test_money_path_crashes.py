@@ -18,7 +18,7 @@ from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.config import load_topology
 
 from conftest import bearer, client_channel, postgres_schema, service_token, user_token
-from meshkit import Process, process_env, wait_serving
+from meshkit import Process, process_env, running, wait_serving
 
 pytestmark = pytest.mark.slow
 WALLETS, FUNDS, SENDS = 50, "100.00", 2000
@@ -33,16 +33,11 @@ async def mesh(request, pki, tmp_path):
         env["DIBOAS_TRANSACTION_DATABASE"] = schemas.enter_context(postgres_schema())
     topology = load_topology(env={k: v for k, v in env.items() if k.startswith("DIBOAS_")})
     processes = {name: Process(name, env, tmp_path) for name in ("wallet", "transaction")}
-    for process in processes.values():
-        process.start()
-    m = Mesh(topology, processes)
-    await m.wait_serving("wallet")
-    await m.wait_serving("transaction")
-    yield m
-    for process in processes.values():
-        process.stop()
-    await m.close()
-    schemas.close()
+    with schemas:
+        async with running(list(processes.values()), topology):
+            m = Mesh(topology, processes)
+            yield m
+            await m.close()
 
 
 class Mesh:
