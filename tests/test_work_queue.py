@@ -117,22 +117,6 @@ async def test_a_saga_step_longer_than_the_lease_is_run_by_one_worker_only(datab
     assert SlowWallet.holds == 1
 
 
-def test_the_transaction_migrations_make_the_schema_of_tables_py(database_url):
-    """Work items included: their trace context columns come from migration 0004."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-
-    from services.transaction.tables import metadata
-
-    db = Database(database_url, MIGRATIONS)
-    db.migrate()
-    try:
-        with db.engine.connect() as connection:
-            assert compare_metadata(MigrationContext.configure(connection), metadata) == []
-    finally:
-        db.close()
-
-
 def test_every_claim_of_an_item_returns_the_trace_context_it_was_queued_in(queue):
     q, db, clock = queue
     context = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "vendor=x"}
