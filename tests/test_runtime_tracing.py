@@ -194,22 +194,20 @@ async def test_a_queued_saga_its_retries_and_its_event_stay_in_the_trace_that_cr
         def last_error() -> str:
             with db.reading() as connection:
                 return connection.execute(select(work_items.c.last_error)).scalar_one()
+
+        async def until(condition, what: str) -> None:
+            deadline = asyncio.get_running_loop().time() + 30
+            while not await condition():
+                assert asyncio.get_running_loop().time() < deadline, what
+                await asyncio.sleep(0.02)
         worker = asyncio.create_task(service.work(stop, idle_seconds=0.01))
-        for _ in range(500):
-            if last_error():
-                break
-            await asyncio.sleep(0.01)
-        assert last_error(), "the first attempt did not fail"
+        await until(lambda: db.run(last_error), "the first attempt did not fail")
         await start_server(topology, "wallet", wallet_app, tracing_enabled=True)   # back, same port
-        for _ in range(1000):
-            if (await service.get(tx_id)).state == "COMPLETED":
-                break
-            await asyncio.sleep(0.01)
-        assert (await service.get(tx_id)).state == "COMPLETED"
-        for _ in range(200):
-            if await relay.run_once():
-                break
-            await asyncio.sleep(0.02)
+
+        async def completed() -> bool:
+            return (await service.get(tx_id)).state == "COMPLETED"
+        await until(completed, "the retried saga did not complete")
+        await until(relay.run_once, "the event was not delivered")
         assert await mesh.balances(bob) == (Decimal("1.00"), 0) and await mesh.balances(alice) == (Decimal("9.00"), 0)
     finally:
         stop.set()
