@@ -15,12 +15,14 @@ import uuid
 
 import pytest
 
+from diboas.common.v1 import common_pb2
+from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.gateway.envoy_config import external_rpcs
 from services.monitor import check_gateway
 from services.runtime.config import Address, load_topology
 from tools.ports import free_ports
 
-from conftest import free_port, user_token, with_service
+from conftest import free_port, operator_calls, user_token, with_service
 from meshkit import ORDER, Process, process_env, start_mesh, wait_serving
 
 pytestmark = pytest.mark.slow
@@ -285,7 +287,10 @@ async def test_the_cli_switches_provider_and_chain_faults(stack):
     assert refused.returncode == 1 and "faults.error_rate_percent" in refused.stderr
 
 
-async def test_one_rest_request_is_one_trace_across_the_gateway_and_every_service_it_touched(pki, tmp_path):
+async def test_a_rest_send_is_one_trace_from_the_gateway_through_the_queue_and_events_to_settlement(pki, tmp_path):
+    """One REST SEND: the gateway's span, CreateTransaction, the queued saga's hold (client and
+    server), the event's delivery (relay -> the wallet's event sink) and the wallet's settlement
+    are one trace, each span's parent in it (the gateway's: the caller's traceparent)."""
     spans_file = tmp_path / "spans.jsonl"
     env = process_env(pki, tmp_path, DIBOAS_TRACING="on", DIBOAS_TRACE_EXPORT=f"file:{spans_file}")
     topology = load_topology(env={k: v for k, v in env.items() if k.startswith("DIBOAS_")})
@@ -308,29 +313,69 @@ async def test_one_rest_request_is_one_trace_across_the_gateway_and_every_servic
             _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", ops,
                                           {"ownerId": owner, "currencyCode": "USD"})
             wallets.append(created["wallet"]["name"])
-        trace_id = uuid.uuid4().hex
+        credit, channel = operator_calls(topology, topology.services["wallet"].address.port, "wallet",
+                                         wallet_pb2_grpc.WalletServiceStub)
+        async with channel:
+            await credit("CreditWallet", wallet_pb2.CreditWalletRequest(
+                wallet=wallets[0], amount=common_pb2.Money(currency_code="USD", amount="5.00"), request_id=key()))
+        trace_id, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
         status, body, _ = await gw.call(
             "POST", f"/v1/transactions?requestId={key()}", ops,
             {"type": "TRANSACTION_TYPE_SEND", "sourceWallet": wallets[0], "destinationWallet": wallets[1],
              "amount": {"currencyCode": "USD", "amount": "1.00"}},
-            headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
-        assert status == 400 and body["details"][0]["reason"] == "INSUFFICIENT_FUNDS"   # reached the wallet
-        deadline = time.monotonic() + 15          # Envoy exports its spans every few seconds
+            headers={"traceparent": f"00-{trace_id}-{caller_span}-01"})
+        assert status == 200, body
+        deadline = time.monotonic() + 30
+        while (await gw.call("GET", f"/v1/{wallets[1]}", ops))[1]["wallet"]["availableBalance"]["amount"] != "1.00":
+            assert time.monotonic() < deadline, "the SEND was not settled into bob's wallet"
+            await asyncio.sleep(0.1)
+        expected = {("gateway", "SERVER", "ingress"),
+                    ("transaction", "SERVER", "/diboas.transaction.v1.TransactionService/CreateTransaction"),
+                    ("transaction", "CONSUMER", "process financial.transactions"),
+                    ("transaction", "CLIENT", "/diboas.wallet.v1.WalletService/CreateHold"),
+                    ("wallet", "SERVER", "/diboas.wallet.v1.WalletService/CreateHold"),
+                    ("transaction", "CLIENT", "/diboas.events.v1.EventSinkService/DeliverEvent"),
+                    ("wallet", "SERVER", "/diboas.events.v1.EventSinkService/DeliverEvent"),
+                    ("wallet", "CONSUMER", "process transaction.completed")}
+        deadline = time.monotonic() + 20          # Envoy exports its spans every few seconds
         while True:
             spans = [json.loads(line) for line in spans_file.read_text().splitlines()] if spans_file.exists() else []
             ours = [s for s in spans if s["context"]["trace_id"] == f"0x{trace_id}"]
-            services = {s["resource"]["attributes"]["service.name"] for s in ours}
-            if {"gateway", "transaction", "wallet"} <= services or time.monotonic() > deadline:
+            seen = {(s["resource"]["attributes"]["service.name"], s["kind"].removeprefix("SpanKind."), s["name"])
+                    for s in ours}
+            if expected <= seen or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        assert {"gateway", "transaction", "wallet"} <= services, services
+        assert expected <= seen, expected - seen
         by_id = {s["context"]["span_id"]: s for s in ours}
-        gateway_span = next(s for s in ours if s["resource"]["attributes"]["service.name"] == "gateway")
-        transaction_span = next(s for s in ours if s["name"].endswith("TransactionService/CreateTransaction")
-                                and s["kind"] == "SpanKind.SERVER")
-        assert transaction_span["parent_id"] == gateway_span["context"]["span_id"]   # the gateway's child
-        wallet_span = next(s for s in ours if s["resource"]["attributes"]["service.name"] == "wallet")
-        assert by_id[wallet_span["parent_id"]]["resource"]["attributes"]["service.name"] == "transaction"
+        assert {s["parent_id"] for s in ours} - set(by_id) == {f"0x{caller_span}"}       # no orphan, no other trace
+
+        def one(service: str, kind: str, name: str) -> dict:
+            [span] = [s for s in ours if (s["resource"]["attributes"]["service.name"], s["kind"], s["name"])
+                      == (service, f"SpanKind.{kind}", name)]
+            return span
+
+        def parent(span: dict, service: str, kind: str, name: str) -> dict:
+            found = by_id[span["parent_id"]]
+            assert (found["resource"]["attributes"]["service.name"], found["kind"], found["name"]) == (
+                service, f"SpanKind.{kind}", name), (span["name"], found["name"])
+            return found
+        # from the settlement up to the caller: wallet <- relay <- the saga's (last) attempt <- the request
+        settlement = one("wallet", "CONSUMER", "process transaction.completed")
+        deliver_server = parent(settlement, "wallet", "SERVER", "/diboas.events.v1.EventSinkService/DeliverEvent")
+        deliver_client = parent(deliver_server, "transaction", "CLIENT", "/diboas.events.v1.EventSinkService/DeliverEvent")
+        saga = parent(deliver_client, "transaction", "CONSUMER", "process financial.transactions")
+        create = parent(saga, "transaction", "SERVER", "/diboas.transaction.v1.TransactionService/CreateTransaction")
+        gateway_span = parent(create, "gateway", "SERVER", "ingress")
+        assert gateway_span["parent_id"] == f"0x{caller_span}"
+        hold_client = parent(one("wallet", "SERVER", "/diboas.wallet.v1.WalletService/CreateHold"),
+                             "transaction", "CLIENT", "/diboas.wallet.v1.WalletService/CreateHold")
+        assert by_id[hold_client["parent_id"]]["name"] == "process financial.transactions"
+        attempts = [s for s in ours if s["name"] == "process financial.transactions"]
+        assert {s["parent_id"] for s in attempts} == {create["context"]["span_id"]}        # a retry too
+        assert all([link["context"]["span_id"] for link in s["links"]] == [create["context"]["span_id"]]
+                   for s in attempts)
+        assert [link["context"]["span_id"] for link in settlement["links"]] == [saga["context"]["span_id"]]
     finally:
         for process in reversed(processes):
             process.stop()

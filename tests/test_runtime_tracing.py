@@ -3,9 +3,11 @@ ids in logs, and streaming RPCs (reflection, health Watch) traced too."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
+from decimal import Decimal
 
 import grpc
 import pytest
@@ -120,3 +122,174 @@ async def test_server_streaming_upstream_calls_are_traced(two_hops, spans):
     assert {s.kind for s in watch} == {trace.SpanKind.CLIENT, trace.SpanKind.SERVER}
     client = next(s for s in watch if s.kind == trace.SpanKind.CLIENT)
     assert client.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+
+
+# --- messages: work-queue items and events continue the trace that made them ----------------------
+
+def _hex(span_id: int) -> str:
+    return format(span_id, "016x")
+
+
+def _in_one_trace(finished, trace_id: int) -> list:
+    """The spans of one trace, after checking that each one's parent is in it too."""
+    ours = [s for s in finished if s.context.trace_id == trace_id]
+    ids = {s.context.span_id for s in ours}
+    orphans = [s.name for s in ours if s.parent is not None and s.parent.span_id not in ids]
+    assert not orphans, f"spans whose parent is not in the trace: {orphans}"
+    return ours
+
+
+async def test_a_queued_saga_its_retries_and_its_event_stay_in_the_trace_that_created_it(
+        topology, start_server, spans, tmp_path):
+    """The real wallet (server spans on) and the transaction service's queue, worker, outbox and
+    relay: the wallet is down at the saga's first attempt, so the item is retried. Every attempt,
+    its hold calls, the event's delivery and the wallet's settlement are in the creating trace."""
+    from sqlalchemy import select
+
+    from services.domain.money import Money
+    from services.runtime.auth import TokenIssuer
+    from services.runtime.client import Upstream
+    from services.runtime.config import BreakerPolicy
+    from services.runtime.db import Database
+    from services.runtime.messaging.queue import WorkQueue
+    from services.runtime.messaging.relay import DeliveryPolicy, MeshTransport, Relay
+    from services.runtime.messaging.secure import KeyRing
+    from services.runtime.messaging.store import Outbox
+    from services.runtime.tls import load_identity
+    from services.transaction.app import MIGRATIONS, QUEUE
+    from services.transaction.domain import SEND, Transaction
+    from services.transaction.service import TransactionService
+    from services.transaction.tables import messaging, work_items
+    from services.transaction.wallet_client import WalletClient
+    from services.wallet.app import build as wallet_app
+
+    from conftest import free_port
+    from meshkit import Mesh
+
+    topology = dataclasses.replace(topology, defaults=dataclasses.replace(
+        topology.defaults, breaker=BreakerPolicy(fail_max=1000, reset_timeout_seconds=0.1)))
+    topology = with_service(topology, "wallet", address=Address("127.0.0.1", free_port()))
+    wallet = await start_server(topology, "wallet", wallet_app, tracing_enabled=True)
+    mesh = Mesh(topology, {"wallet": wallet.port})
+    alice, bob = await mesh.wallet("alice", "10.00"), await mesh.wallet("bob", "0")
+
+    db = Database(f"sqlite:///{tmp_path}/transaction.db", MIGRATIONS)
+    db.migrate()
+    me = topology.services["transaction"]
+    files = load_identity(topology.certs_dir, "transaction")
+    upstream = Upstream(topology, "transaction", topology.services["wallet"], files, TokenIssuer(me.identity, files.key))
+    service = TransactionService(db, WalletClient(upstream), WorkQueue(db, work_items, QUEUE),
+                                 Outbox(messaging, me.identity, lambda topic: ["wallet"], KeyRing.load(topology.certs_dir)))
+    relay = Relay(db, messaging, MeshTransport({"wallet": upstream}), "transaction",
+                  DeliveryPolicy(initial_backoff=0.01, max_backoff=0.05))
+    stop = asyncio.Event()
+    worker = None
+    try:
+        spans.clear()
+        draft = Transaction("", SEND, "", alice, bob, Money.parse("USD", "1.00"), "", "", None, None, None)
+        with trace.get_tracer("test").start_as_current_span("POST /v1/transactions", kind=trace.SpanKind.SERVER) as request:
+            tx_id = (await service.create("r1", "fp", draft, lambda tx: tx.id.encode())).decode()
+        await wallet.stop(grace=0)                                   # the saga's first hold finds it down
+
+        def last_error() -> str:
+            with db.reading() as connection:
+                return connection.execute(select(work_items.c.last_error)).scalar_one()
+
+        async def until(condition, what: str) -> None:
+            deadline = asyncio.get_running_loop().time() + 30
+            while not await condition():
+                assert asyncio.get_running_loop().time() < deadline, what
+                await asyncio.sleep(0.02)
+        worker = asyncio.create_task(service.work(stop, idle_seconds=0.01))
+        await until(lambda: db.run(last_error), "the first attempt did not fail")
+        await start_server(topology, "wallet", wallet_app, tracing_enabled=True)   # back, same port
+
+        async def completed() -> bool:
+            return (await service.get(tx_id)).state == "COMPLETED"
+        await until(completed, "the retried saga did not complete")
+        await until(relay.run_once, "the event was not delivered")
+        assert await mesh.balances(bob) == (Decimal("1.00"), 0) and await mesh.balances(alice) == (Decimal("9.00"), 0)
+    finally:
+        stop.set()
+        if worker is not None:
+            await worker
+        await upstream.channel.close()
+        await mesh.close()
+        db.close()
+
+    ours = _in_one_trace(spans.get_finished_spans(), request.get_span_context().trace_id)
+    root = request.get_span_context().span_id
+    attempts = sorted((s for s in ours if s.name == f"process {QUEUE}"), key=lambda s: s.start_time)
+    assert len(attempts) >= 2                                        # a failed attempt, then the one that completed
+    assert all(s.parent.span_id == root and s.kind == trace.SpanKind.CONSUMER for s in attempts)
+    assert [s.attributes["messaging.diboas.attempt"] for s in attempts] == list(range(1, len(attempts) + 1))
+    assert all(not s.status.is_ok for s in attempts[:-1]) and attempts[-1].status.is_ok
+    assert all(link.context.span_id == root for s in attempts for link in s.links)
+    holds = [s for s in ours if s.name == "/diboas.wallet.v1.WalletService/CreateHold"]
+    clients = [s for s in holds if s.kind == trace.SpanKind.CLIENT]
+    assert {s.parent.span_id for s in clients} == {s.context.span_id for s in attempts}   # one per attempt
+    [server] = [s for s in holds if s.kind == trace.SpanKind.SERVER]
+    assert server.parent.span_id in {s.context.span_id for s in clients}
+    delivery = [s for s in ours if s.name == "/diboas.events.v1.EventSinkService/DeliverEvent"]
+    client = next(s for s in delivery if s.kind == trace.SpanKind.CLIENT)
+    server = next(s for s in delivery if s.kind == trace.SpanKind.SERVER)
+    assert client.parent.span_id == attempts[-1].context.span_id   # the relay delivers in the event's context
+    assert server.parent.span_id == client.context.span_id
+    [settle] = [s for s in ours if s.name == "process transaction.completed"]
+    assert settle.parent.span_id == server.context.span_id and settle.status.is_ok
+    assert [link.context.span_id for link in settle.links] == [attempts[-1].context.span_id]
+    assert settle.attributes["messaging.message.conversation_id"] == f"transactions/{tx_id}"
+
+
+async def test_a_work_item_or_event_without_a_trace_context_is_handled_in_a_new_trace(spans, tmp_path, pki):
+    """Items queued and events written outside any span (or with a context that does not parse)
+    work as before; their handling starts a new trace."""
+    from sqlalchemy import MetaData
+
+    from diboas.common.v1 import common_pb2
+    from diboas.events.v1 import events_pb2
+    from services.runtime.db import Database
+    from services.runtime.messaging.queue import WorkQueue
+    from services.runtime.messaging.secure import KeyRing, seal
+    from services.runtime.messaging.sink import EventSink
+    from services.runtime.messaging.store import messaging_tables
+    from services.runtime.tracing import MessageTracing
+    from services.transaction.app import MIGRATIONS
+    from services.transaction.tables import work_items
+
+    db = Database(f"sqlite:///{tmp_path}/queue.db", MIGRATIONS)
+    db.migrate()
+    queue = WorkQueue(db, work_items, "q")
+    with db.transaction() as connection:
+        queue.enqueue(connection, "untraced")
+    claimed = queue.claim()
+    assert (claimed.item, claimed.traceparent, claimed.tracestate) == ("untraced", "", "")
+    db.close()
+
+    metadata = MetaData()
+    tables = messaging_tables(metadata)
+    sink_db = Database(f"sqlite:///{tmp_path}/sink.db", migrations=None)
+    metadata.create_all(sink_db.engine)
+    handled = []
+    sink = EventSink(sink_db, tables, "wallet", KeyRing.load(pki),
+                     {"transaction.completed": lambda connection, envelope, payload, now: handled.append(envelope.id)})
+    spans.clear()
+    tracing = MessageTracing()
+    try:
+        with tracing.processing("q", str(claimed.id), claimed.traceparent, claimed.tracestate, attempt=1):
+            pass
+        for n, traceparent in enumerate(("", "00-not-a-trace-context-01")):
+            envelope = events_pb2.EventEnvelope(id=f"e{n}", source="test", spec_version="1.0",
+                                                type="transaction.completed", traceparent=traceparent)
+            envelope.time.GetCurrentTime()
+            seal(envelope, events_pb2.TransactionCompleted(amount=common_pb2.Money(currency_code="USD", amount="1")
+                                                           ).SerializeToString(), None)
+            reply = await sink.DeliverEvent(events_pb2.DeliverEventRequest(envelope=envelope, attempt=1), None)
+            assert not reply.duplicate
+    finally:
+        sink_db.close()
+    assert handled == ["e0", "e1"]
+    finished = spans.get_finished_spans()
+    assert [s.name for s in finished] == ["process q", "process transaction.completed", "process transaction.completed"]
+    assert all(s.parent is None and not s.links and s.status.is_ok for s in finished)
+    assert len({s.context.trace_id for s in finished}) == 3            # three new traces

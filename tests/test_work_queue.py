@@ -115,3 +115,16 @@ async def test_a_saga_step_longer_than_the_lease_is_run_by_one_worker_only(datab
         await asyncio.gather(*workers)
         db.close()
     assert SlowWallet.holds == 1
+
+
+def test_every_claim_of_an_item_returns_the_trace_context_it_was_queued_in(queue):
+    q, db, clock = queue
+    context = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "vendor=x"}
+    with db.transaction() as connection:
+        q.enqueue(connection, "traced", trace_context=context)
+    first = q.claim()
+    q.retry(first, "upstream down")
+    clock.advance(60)
+    again = q.claim()
+    assert again.attempts == 2
+    assert [(c.traceparent, c.tracestate) for c in (first, again)] == [(context["traceparent"], "vendor=x")] * 2

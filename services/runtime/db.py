@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -174,10 +175,13 @@ class Database:
             yield connection
 
     async def run(self, fn: Callable[..., T], *args) -> T:
-        """Run blocking database work off the event loop. A database that cannot be reached (or
+        """Run blocking database work off the event loop, in the caller's context (as
+        asyncio.to_thread does: the current span, so an event or work item written there carries
+        the caller's trace, and log lines its trace id). A database that cannot be reached (or
         stays locked) is ServiceUnavailable for the caller, who may retry: not an internal error."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, contextvars.copy_context().run, fn, *args)
         except (OperationalError, DisconnectionError) as exc:
             shown = self.engine.url.render_as_string(hide_password=True)
             why = str(getattr(exc, "orig", None) or exc).splitlines()[0]

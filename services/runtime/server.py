@@ -55,6 +55,8 @@ class Runtime:
     # Long-running work beside the server (queue workers, the event relay): each gets an event
     # that is set at shutdown, after the server has drained, and is awaited before on_stop.
     background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
+    # Whether this process traces (spans for queue items and events too: MessageTracing).
+    tracing: bool = True
 
 
 SERVER_OPTIONS = [
@@ -118,7 +120,7 @@ class MeshServer:
         files = load_identity(topology.certs_dir, service.name)
         issuer = TokenIssuer(service.identity, files.key)
         self._upstreams = Upstreams(topology, service.name, files, issuer, tracing=self._tracing)
-        self._runtime = Runtime(topology, service, files, self._upstreams)
+        self._runtime = Runtime(topology, service, files, self._upstreams, tracing=self._tracing)
         registrations = self._build(self._runtime)
 
         server = grpc.aio.server(options=SERVER_OPTIONS)

@@ -6,6 +6,10 @@ rpc.method, rpc.grpc.status_code), but they are made inside the mesh's own call 
 the instrumentation's interceptors cost about a third of a trivial RPC's throughput here
 (docs/benchmarks.md), most of it in wrapping, not in the spans.
 
+Messages that wait in a table (work-queue items, events) carry the W3C context of the span
+that made them, and the span that handles one continues that trace (MessageTracing; the
+choice of child over link is in docs/decisions.md).
+
 observability.trace_export (DIBOAS_TRACE_EXPORT) chooses where finished spans go:
   none     (default) spans are made and the context is propagated, nothing is written;
   console  one JSON object per span on stderr;
@@ -15,8 +19,9 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -24,7 +29,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .config import ConfigError
@@ -84,6 +89,81 @@ def current_trace_headers() -> dict[str, str]:
     headers: dict[str, str] = {}
     _W3C.inject(headers)
     return headers
+
+
+def _creation_context(traceparent: str, tracestate: str):
+    """The context a message carries, as an OpenTelemetry Context; None when it carries none
+    (or one that does not parse: the message is handled all the same, in a new trace)."""
+    if not traceparent:
+        return None
+    carrier = {"traceparent": traceparent, "tracestate": tracestate} if tracestate else {"traceparent": traceparent}
+    context = _W3C.extract(carrier)
+    return context if trace.get_current_span(context).get_span_context().is_valid else None
+
+
+class MessageTracing:
+    """Spans of messages that wait in a table between the span that made them and the one that
+    handles them: work-queue items and events. Both carry the W3C context of the span current
+    when they were written (`current_trace_headers()`); this continues it. Nothing is done when
+    tracing is off."""
+
+    SYSTEM = "diboas"   # messaging.system: the mesh's own queue and outbox/relay
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._tracer = trace.get_tracer("diboas.messaging")
+
+    def continuing(self, traceparent: str, tracestate: str = ""):
+        """A context manager in which the message's context is current, without a span of its
+        own: the calls made inside (the relay's delivery RPC) are children of the span that
+        wrote the message."""
+        context = _creation_context(traceparent, tracestate) if self.enabled else None
+        return nullcontext() if context is None else _attached(context)
+
+    @contextmanager
+    def processing(self, destination: str, message_id: str, traceparent: str, tracestate: str, *,
+                   attempt: int, conversation: str = "", consumer: str = "") -> Iterator[trace.Span | None]:
+        """A CONSUMER span "process <destination>", current while one message is handled (the
+        OpenTelemetry messaging conventions). Its parent is the message's creation context, or
+        the current span when that already continues the same trace (an event delivered by an
+        RPC that carried it); it also links to the creation context. A message without one
+        (or with one that does not parse) is handled in the current trace, or a new one. A
+        failure marks the span ERROR and propagates."""
+        if not self.enabled:
+            yield None
+            return
+        creation = _creation_context(traceparent, tracestate)
+        links, parent = (), None
+        if creation is not None:
+            created = trace.get_current_span(creation).get_span_context()
+            links = (Link(created),)
+            if trace.get_current_span().get_span_context().trace_id != created.trace_id:
+                parent = creation
+        attributes = {"messaging.system": self.SYSTEM, "messaging.operation.type": "process",
+                      "messaging.operation.name": "process", "messaging.destination.name": destination,
+                      "messaging.message.id": message_id, "messaging.diboas.attempt": attempt}
+        if conversation:
+            attributes["messaging.message.conversation_id"] = conversation
+        if consumer:
+            attributes["messaging.consumer.group.name"] = consumer
+        with self._tracer.start_as_current_span(f"process {destination}", context=parent, kind=SpanKind.CONSUMER,
+                                                attributes=attributes, links=links, record_exception=False,
+                                                set_status_on_exception=False) as span:
+            try:
+                yield span
+            except BaseException as exc:
+                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, getattr(exc, "message", None) or repr(exc)))
+                raise
+
+
+@contextmanager
+def _attached(context) -> Iterator[None]:
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 class JsonLinesSpanExporter(SpanExporter):

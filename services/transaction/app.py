@@ -10,6 +10,7 @@ from services.runtime.messaging.relay import MeshTransport, Relay
 from services.runtime.messaging.secure import KeyRing
 from services.runtime.messaging.store import Outbox
 from services.runtime.server import Registration, Runtime
+from services.runtime.tracing import MessageTracing
 
 from .partners import ChainClient, ProviderClient
 from .service import TransactionService
@@ -33,10 +34,13 @@ def build(runtime: Runtime) -> list[Registration]:
 
     subscribers = sorted({s for topic in me.publishes for s in subscribers_of(topic)})
     outbox = Outbox(messaging, me.identity, subscribers_of, KeyRing.load(topology.certs_dir))
-    relay = Relay(db, messaging, MeshTransport({name: runtime.upstreams[name] for name in subscribers}), me.name)
+    tracing = MessageTracing(runtime.tracing)
+    relay = Relay(db, messaging, MeshTransport({name: runtime.upstreams[name] for name in subscribers}), me.name,
+                  tracing=tracing)
     upstreams = runtime.upstreams
     service = TransactionService(db, WalletClient(upstreams["wallet"]), WorkQueue(db, work_items, QUEUE), outbox,
-                                 ProviderClient(upstreams["provider"]), ChainClient(upstreams["blockchain"]))
+                                 ProviderClient(upstreams["provider"]), ChainClient(upstreams["blockchain"]),
+                                 tracing=tracing)
     runtime.background += [service.work] * WORKERS + [relay.run]
     return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server, TransactionServicer(service)),
             Registration(events_pb2_grpc.add_DeadLetterServiceServicer_to_server,

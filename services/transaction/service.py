@@ -3,7 +3,9 @@ run the queued sagas (domain.py has their steps). Every terminal state is writte
 event (outbox) and the queue item's removal, in one database transaction: a crash anywhere
 leaves either the old state with the item still queued, or the new state with its event and
 no item. A saga step that cannot say for sure whether it happened (a timeout, an upstream
-down) is asked again later with the same idempotency key, never assumed to have failed."""
+down) is asked again later with the same idempotency key, never assumed to have failed.
+Each attempt at a saga is a span in the trace of the request that created the transaction
+(the work item carries its context), and so are its upstream calls and its event."""
 from __future__ import annotations
 
 import asyncio
@@ -28,6 +30,7 @@ from services.runtime.idempotency import run_idempotent, stored_response
 from services.runtime.messaging.queue import Claimed, WorkQueue
 from services.runtime.messaging.store import Outbox
 from services.runtime.requests import page_size
+from services.runtime.tracing import MessageTracing
 from services.runtime.users import User
 
 from .domain import BRIDGE, COMPLETED, DEPOSIT, FAILED, PENDING, PROCESSING, SEND, TERMINAL, WITHDRAW, Transaction
@@ -123,10 +126,12 @@ class Page:
 class TransactionService:
     def __init__(self, db: Database, wallet: WalletClient, queue: WorkQueue, outbox: Outbox,
                  providers: ProviderClient | None = None, chains: ChainClient | None = None,
-                 clock: Callable[[], dt.datetime] = utcnow, ids: Callable[[], str] = lambda: uuid.uuid4().hex):
+                 clock: Callable[[], dt.datetime] = utcnow, ids: Callable[[], str] = lambda: uuid.uuid4().hex,
+                 tracing: MessageTracing | None = None):
         self.db, self._wallet, self.queue, self._outbox = db, wallet, queue, outbox
         self._providers, self._chains = providers, chains
         self._clock, self._ids = clock, ids
+        self._tracing = tracing or MessageTracing()
         self._sagas = {SEND: self._send, DEPOSIT: self._deposit, WITHDRAW: self._withdraw, BRIDGE: self._bridge}
 
     # --- create ---------------------------------------------------------------------------------
@@ -348,7 +353,10 @@ class TransactionService:
                 continue
             heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(claimed))
             try:
-                await self.process(claimed)
+                with self._tracing.processing(self.queue.name, str(claimed.id), claimed.traceparent,
+                                              claimed.tracestate, attempt=claimed.attempts,
+                                              conversation=f"transactions/{claimed.item}"):
+                    await self.process(claimed)
             except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later
                 message = getattr(exc, "message", None) or repr(exc)
                 delay = await self.db.run(self.queue.retry, claimed, message)

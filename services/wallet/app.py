@@ -7,6 +7,7 @@ from services.runtime.db import Database
 from services.runtime.messaging.secure import KeyRing
 from services.runtime.messaging.sink import EventSink
 from services.runtime.server import Registration, Runtime
+from services.runtime.tracing import MessageTracing
 
 from . import events
 from .service import WalletService
@@ -21,7 +22,8 @@ def build(runtime: Runtime) -> list[Registration]:
     db.migrate()
     runtime.on_stop.append(db.close)
     service = WalletService(db)
-    sink = EventSink(db, messaging, "wallet", KeyRing.load(runtime.topology.certs_dir), events.handlers(service))
+    sink = EventSink(db, messaging, "wallet", KeyRing.load(runtime.topology.certs_dir), events.handlers(service),
+                     tracing=MessageTracing(runtime.tracing))
     return [
         Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server, WalletServicer(service)),
         Registration(events_pb2_grpc.add_EventSinkServiceServicer_to_server, sink),

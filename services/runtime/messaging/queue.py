@@ -7,6 +7,10 @@ priorities, competing consumers, leases, retries with backoff.
   done      removes the item, in the transaction that records the work's outcome
   retry     puts it back for later, with exponential backoff and jitter
 
+Each item carries the W3C trace context (traceparent, tracestate) of the span that queued it,
+and every claim of it (a retry too) returns that context: the work continues the trace of the
+request that created it.
+
 Competing consumers: on PostgreSQL, `FOR UPDATE SKIP LOCKED` lets workers in many processes
 claim different items at once; SQLite's single writer serializes the claims.
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from sqlalchemy import (
     Column,
@@ -35,6 +39,7 @@ from sqlalchemy import (
 )
 
 from ..db import Database
+from ..tracing import current_trace_headers
 
 
 def work_items_table(metadata: MetaData) -> Table:
@@ -48,6 +53,8 @@ def work_items_table(metadata: MetaData) -> Table:
         Column("attempts", Integer, nullable=False),
         Column("last_error", Text, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("traceparent", String(64), nullable=False, server_default=""),   # W3C, of the span that queued it
+        Column("tracestate", Text, nullable=False, server_default=""),
         Index("ix_work_items_queue_available_at", "queue", "available_at"),
     )
 
@@ -57,6 +64,8 @@ class Claimed:
     id: int
     item: str
     attempts: int
+    traceparent: str = ""       # the W3C context the item was queued in ("" when none)
+    tracestate: str = ""
 
 
 class WorkQueue:
@@ -66,16 +75,21 @@ class WorkQueue:
         self._db, self._t, self.name, self._lease, self._clock = db, table, name, lease, clock
         self._rng = rng or random.Random()
 
-    def enqueue(self, connection: Connection, item: str, priority: int = 0) -> None:
-        now = self._clock()
+    def enqueue(self, connection: Connection, item: str, priority: int = 0,
+                trace_context: Mapping[str, str] | None = None) -> None:
+        """Queue `item` with a W3C trace context (traceparent, tracestate): by default the
+        current span's, so the work continues the trace of the request that queued it."""
+        now, carrier = self._clock(), current_trace_headers() if trace_context is None else trace_context
         connection.execute(insert(self._t).values(queue=self.name, item=item, priority=priority, available_at=now,
-                                                  attempts=0, last_error="", created_at=now))
+                                                  attempts=0, last_error="", created_at=now,
+                                                  traceparent=carrier.get("traceparent", ""),
+                                                  tracestate=carrier.get("tracestate", "")))
 
     def claim(self) -> Claimed | None:
         """The most urgent available item, leased to the caller (None when there is none)."""
         t, now = self._t, self._clock()
         with self._db.transaction() as connection:
-            query = (select(t.c.id, t.c.item, t.c.attempts)
+            query = (select(t.c.id, t.c.item, t.c.attempts, t.c.traceparent, t.c.tracestate)
                      .where(t.c.queue == self.name, t.c.available_at <= now)
                      .order_by(t.c.priority.desc(), t.c.id).limit(1))
             if connection.dialect.name == "postgresql":
@@ -85,7 +99,7 @@ class WorkQueue:
                 return None
             connection.execute(update(t).where(t.c.id == row.id).values(
                 available_at=now + self._lease, attempts=row.attempts + 1))
-            return Claimed(row.id, row.item, row.attempts + 1)
+            return Claimed(row.id, row.item, row.attempts + 1, row.traceparent, row.tracestate)
 
     @property
     def lease_seconds(self) -> float:

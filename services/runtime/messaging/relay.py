@@ -12,6 +12,8 @@
 
 Deliveries go through an EventTransport: the embedded one calls the subscriber's
 EventSinkService over the mesh (mTLS, its own policy); a broker-backed one can replace it.
+Each delivery runs in the event's own trace context (the span that produced it), so the
+delivery call's span is in the trace of the transaction the event is about.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from diboas.events.v1 import events_pb2, events_pb2_grpc
 from .. import errors
 from ..client import Upstream
 from ..db import Database
+from ..tracing import MessageTracing
 from .store import DEAD, DELIVERED, PENDING, MessagingTables
 
 log = logging.getLogger("diboas.relay")
@@ -98,9 +101,10 @@ class Relay:
     def __init__(self, db: Database, tables: MessagingTables, transport: EventTransport, service: str,
                  policy: DeliveryPolicy = DeliveryPolicy(),
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, tracing: MessageTracing | None = None):
         self._db, self._t, self._transport, self._service = db, tables, transport, service
         self._policy, self._clock, self._rng = policy, clock, rng or random.Random()
+        self._tracing = tracing or MessageTracing()
 
     def now(self) -> dt.datetime:
         return self._clock()
@@ -147,8 +151,9 @@ class Relay:
 
     async def _try(self, row) -> Exception | None:
         try:
-            await self._transport.deliver(row.subscriber, events_pb2.EventEnvelope.FromString(row.envelope),
-                                          row.attempts + 1)
+            envelope = events_pb2.EventEnvelope.FromString(row.envelope)
+            with self._tracing.continuing(envelope.traceparent, envelope.tracestate):
+                await self._transport.deliver(row.subscriber, envelope, row.attempts + 1)
         except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
             return exc
         return None

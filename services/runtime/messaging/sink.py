@@ -2,7 +2,8 @@
 
 It opens the envelope (a tampered, stale or undecryptable one is rejected: the relay
 dead-letters it), then runs the topic's handler and records the event in the inbox in one
-database transaction, so a redelivered event changes nothing.
+database transaction, so a redelivered event changes nothing. All of it runs in a CONSUMER
+span "process <topic>" that continues the trace of the span that produced the event.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from diboas.events.v1 import events_pb2, events_pb2_grpc
 
 from .. import errors
 from ..db import Database
+from ..tracing import MessageTracing
 from .secure import KeyRing, unseal
 from .store import Inbox, MessagingTables
 
@@ -26,9 +28,11 @@ Handler = Callable[[Connection, events_pb2.EventEnvelope, bytes, dt.datetime], N
 class EventSink(events_pb2_grpc.EventSinkServiceServicer):
     def __init__(self, db: Database, tables: MessagingTables, consumer: str, ring: KeyRing,
                  handlers: dict[str, Handler], max_age: dt.timedelta = dt.timedelta(days=7),
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
-        self._db, self._inbox, self._ring = db, Inbox(tables, consumer), ring
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+                 tracing: MessageTracing | None = None):
+        self._db, self._consumer, self._inbox, self._ring = db, consumer, Inbox(tables, consumer), ring
         self._handlers, self._max_age, self._clock = handlers, max_age, clock
+        self._tracing = tracing or MessageTracing()
 
     def _handle(self, envelope: events_pb2.EventEnvelope, payload: bytes, handler: Handler) -> bool:
         """Run the handler once per event id; True when it had run before (a duplicate)."""
@@ -51,6 +55,11 @@ class EventSink(events_pb2_grpc.EventSinkServiceServicer):
         if handler is None:
             raise errors.FailedPrecondition(f"no handler for events of type '{envelope.type}'",
                                             reason="NO_HANDLER")
-        payload = unseal(envelope, self._ring, self._max_age, now=self._clock())
-        duplicate = await self._db.run(self._handle, envelope, payload, handler)
+        with self._tracing.processing(envelope.type, envelope.id, envelope.traceparent, envelope.tracestate,
+                                      attempt=request.attempt, conversation=envelope.subject,
+                                      consumer=self._consumer) as span:
+            payload = unseal(envelope, self._ring, self._max_age, now=self._clock())
+            duplicate = await self._db.run(self._handle, envelope, payload, handler)
+            if span is not None:
+                span.set_attribute("messaging.diboas.duplicate", duplicate)
         return events_pb2.DeliverEventResponse(duplicate=duplicate)
