@@ -221,6 +221,7 @@ class MoneyClient:
         self.transactions = transaction_pb2_grpc.TransactionServiceStub(self.tx_channel)
         self.as_operator = bearer(service_token(topology, "operator", "wallet"))
         self.as_gateway = bearer(user_token(topology))
+        self.answered = 0           # SENDs of `sends` answered so far (accepted or refused)
 
     async def close(self):
         await self.wallet_channel.close()
@@ -262,6 +263,7 @@ class MoneyClient:
                     await self.call(self.transactions.CreateTransaction, request, self.as_gateway)
                 except grpc.aio.AioRpcError as exc:
                     assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc.details()   # not enough money
+                self.answered += 1
         return asyncio.ensure_future(asyncio.gather(*(send(n) for n in range(count))))
 
     async def balances(self, names):
