@@ -2,6 +2,11 @@
 SERVING, then the Envoy gateway in front of them (until it and its upstreams are healthy),
 print where everything is, and stop it all cleanly on Ctrl-C or SIGTERM (the gateway first).
 
+Once everything is up, the launcher supervises: a service or the gateway that exits is started
+again after a growing delay while the rest keeps serving, and given up after a crash loop
+(`defaults.restart` in mesh.yaml; the policy is services/supervision.py). SIGUSR1 tries the
+given-up ones again.
+
 Each service logs JSON to <state_dir>/logs/<service>.log, the gateway to gateway.log (and its
 access log to gateway-access.jsonl); this command prints progress.
 """
@@ -17,10 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from services.monitor import check_gateway, check_service
+from services.monitor import ServiceStatus, check_gateway, check_service
 from services.runtime.config import ConfigError, Topology, load_topology
 from services.runtime.tls import channel_credentials, load_identity
 from services.runtime.users import issue_user_token
+from services.supervision import RestartBudget, describe_exit
 
 OPERATOR = "operator"
 GATEWAY = "gateway"
@@ -62,33 +68,48 @@ class Launcher:
         self.topology = topology
         self.processes: dict[str, subprocess.Popen] = {}
         self.logs_dir = topology.state_dir / "logs"
+        self.budgets = {name: RestartBudget(topology.defaults.restart) for name in [*topology.services, GATEWAY]}
+        self.given_up: set[str] = set()
+        self.stopping = False
+        self._restarts: dict[str, asyncio.Task] = {}   # waiting in backoff, or restarted and not yet SERVING
+        self._creds = channel_credentials(load_identity(topology.certs_dir, OPERATOR))
 
-    def _spawn(self, name: str, address) -> None:
+    def _address(self, name: str):
+        return self.topology.gateway.http if name == GATEWAY else self.topology.services[name].address
+
+    def _spawn(self, name: str, verb: str = "starting") -> None:
+        # From the event loop's thread only: the parent-death signal follows the thread that forked.
         log_path = self.logs_dir / f"{name}.log"
         with open(log_path, "ab") as log_file:
             # Own session: Ctrl-C reaches the launcher only, which stops the children in order.
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"], stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent)
-        _say(f"  starting {name:<12} {str(address):<18} log {log_path}")
+        _say(f"  {verb:<8} {name:<12} {str(self._address(name)):<18} pid {self.processes[name].pid:<7} "
+             f"log {log_path}")
+
+    async def _health(self, name: str) -> ServiceStatus:
+        if name == GATEWAY:
+            return await check_gateway(self.topology, timeout=1)
+        return await check_service(self.topology, name, self._creds, timeout=1)
 
     def start(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        for name, service in self.topology.services.items():
-            self._spawn(name, service.address)
+        for name in self.topology.services:
+            self._spawn(name)
 
     async def start_gateway(self) -> bool:
         """Envoy, once the services are SERVING; True when it and every upstream are healthy."""
-        self._spawn(GATEWAY, self.topology.gateway.http)
+        self._spawn(GATEWAY)
         started = time.monotonic()
         last = ""
         while True:
             code = self.processes[GATEWAY].poll()
             if code is not None:
-                _say(f"  the gateway exited with code {code} while starting; last lines of its log:")
+                _say(f"  the gateway exited ({describe_exit(code)}) while starting; last lines of its log:")
                 _say(_tail(self.logs_dir / f"{GATEWAY}.log"))
                 return False
-            status = await check_gateway(self.topology, timeout=1)
+            status = await self._health(GATEWAY)
             if status.status == "SERVING":
                 _say(f"  ready    {GATEWAY:<12} SERVING after {time.monotonic() - started:.1f}s (Envoy, "
                      f"every upstream healthy)")
@@ -102,17 +123,16 @@ class Launcher:
             await asyncio.sleep(0.2)
 
     async def wait_until_serving(self) -> bool:
-        creds = channel_credentials(load_identity(self.topology.certs_dir, OPERATOR))
         started = time.monotonic()
         pending = list(self.topology.services)
         while pending:
             for name in list(pending):
                 code = self.processes[name].poll()
                 if code is not None:
-                    _say(f"  {name} exited with code {code} while starting; last lines of its log:")
+                    _say(f"  {name} exited ({describe_exit(code)}) while starting; last lines of its log:")
                     _say(_tail(self.logs_dir / f"{name}.log"))
                     return False
-                status = await check_service(self.topology, name, creds, timeout=1)
+                status = await self._health(name)
                 if status.status == "SERVING":
                     _say(f"  ready    {name:<12} SERVING after {time.monotonic() - started:.1f}s")
                     pending.remove(name)
@@ -124,12 +144,83 @@ class Launcher:
             await asyncio.sleep(0.2)
         return True
 
-    def first_exited(self) -> tuple[str, int] | None:
-        for name, process in self.processes.items():
-            code = process.poll()
-            if code is not None:
-                return name, code
-        return None
+    # --- supervision, once everything is up ---------------------------------------------------
+
+    async def supervise(self) -> None:
+        """Until `halt`: restart whatever exits by itself, with backoff; give up on a crash loop."""
+        while not self.stopping:
+            for name, process in list(self.processes.items()):
+                if name not in self._restarts and name not in self.given_up and process.poll() is not None:
+                    self._exited(name, process.returncode)
+            await asyncio.sleep(0.2)
+
+    def _exited(self, name: str, code: int) -> None:
+        _say(f"\n{name} exited unexpectedly ({describe_exit(code)}); last lines of its log:")
+        _say(_tail(self.logs_dir / f"{name}.log", lines=6))
+        decision = self.budgets[name].exited()
+        policy = self.topology.defaults.restart
+        if decision.restart:
+            _say(f"  restarting {name} in {decision.delay:.1f}s (attempt {decision.attempt}; "
+                 f"{policy.crash_loop_exits} exits within {policy.crash_loop_seconds:g}s are a crash loop)")
+            self._restarts[name] = asyncio.create_task(self._restart(name, decision.delay))
+            return
+        self.given_up.add(name)
+        impact = ("the REST API is down; the services still answer gRPC" if name == GATEWAY else
+                  f"the gateway answers 503 for {name}'s routes and its callers see it UNAVAILABLE")
+        _say(f"  CRASH LOOP: giving up on {name}: it exited {decision.attempt} times within "
+             f"{policy.crash_loop_seconds:g}s. It stays down; the rest keeps running ({impact}).\n"
+             f"  To do: read {self.logs_dir / f'{name}.log'} (its last lines are above), fix the cause, then "
+             f"`kill -USR1 {os.getpid()}` to try it again (or Ctrl-C and `make run` again).")
+
+    async def _restart(self, name: str, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            try:
+                self._spawn(name, verb="restart")
+            except OSError as exc:   # counted as another exit: `supervise` still sees the old one
+                _say(f"  could not start {name}: {exc}")
+                return
+            await self._until_serving_again(name)
+        finally:
+            self._restarts.pop(name, None)
+
+    async def _until_serving_again(self, name: str) -> None:
+        """Say when a restarted process is SERVING; an exit meanwhile is left to `supervise`."""
+        process, started = self.processes[name], time.monotonic()
+        limit = self.topology.defaults.start_timeout_seconds
+        while process.poll() is None:
+            status = await self._health(name)
+            if status.status == "SERVING":
+                _say(f"  ready    {name:<12} SERVING again after {time.monotonic() - started:.1f}s")
+                return
+            if time.monotonic() - started > limit:
+                _say(f"  {name} is not SERVING {limit:.0f}s after its restart: {status.status} {status.error}")
+                return
+            await asyncio.sleep(0.2)
+
+    def retry_given_up(self) -> None:
+        """SIGUSR1: start the given-up processes again, with their exits forgotten."""
+        if self.stopping:
+            return
+        if not self.given_up:
+            _say("  SIGUSR1: nothing was given up; nothing to retry")
+        for name in sorted(self.given_up):
+            self.given_up.discard(name)
+            self.budgets[name].reset()
+            _say(f"\n  SIGUSR1: trying {name} again")
+            self._restarts[name] = asyncio.create_task(self._restart(name, 0))
+
+    def halt(self) -> None:
+        """No more restarts (an orderly stop follows): one waiting in backoff is dropped."""
+        self.stopping = True
+        for task in self._restarts.values():
+            task.cancel()
+
+    async def settle(self) -> None:
+        """After `halt`: until every dropped restart has finished."""
+        await asyncio.gather(*self._restarts.values(), return_exceptions=True)
 
     def stop(self, timeout: float) -> None:
         """SIGTERM in dependency order (callers before the services they call), each batch drained
@@ -228,10 +319,12 @@ async def _main() -> int:
         if stop.is_set():  # a second Ctrl-C: no more waiting
             _say("  killing the services")
             launcher.kill()
+        launcher.halt()    # at once: nothing waiting in backoff is restarted from now on
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGUSR1, launcher.retry_given_up)
     _say(f"Starting the diBoaS mesh ({len(topology.services)} services and the gateway, topology "
          f"{os.path.relpath(topology.path)})")
     code = 0
@@ -247,20 +340,16 @@ async def _main() -> int:
             code = 1
         else:
             _say(_banner(topology))
-            while not stop.is_set():
-                exited = launcher.first_exited()
-                if exited:
-                    _say(f"\n{exited[0]} exited unexpectedly with code {exited[1]}; last lines of its log:")
-                    _say(_tail(launcher.logs_dir / f"{exited[0]}.log"))
-                    code = 1
-                    break
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=0.5)
-                except TimeoutError:
-                    pass
-            if code == 0:
-                _say("\nStopping (draining in-flight calls; Ctrl-C again to kill)...")
+            supervision = asyncio.ensure_future(launcher.supervise())
+            await stop.wait()
+            await supervision
+            _say("\nStopping (draining in-flight calls; Ctrl-C again to kill)...")
+            if launcher.given_up:
+                _say(f"  given up earlier (crash loop): {', '.join(sorted(launcher.given_up))}")
+                code = 1
     finally:
+        launcher.halt()
+        await launcher.settle()
         # In a thread, so a second Ctrl-C is still heard while the services drain.
         await asyncio.to_thread(launcher.stop, topology.defaults.drain_seconds + topology.defaults.unready_seconds + 5)
     return code

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -189,6 +190,19 @@ def process_env(pki, state_dir, **overrides) -> dict:
     return env
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not reaped: its parent is gone, init reaps it soon) counts as stopped.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 async def wait_serving(topology, name: str, timeout: float = 30) -> None:
     service = topology.services[name]
     deadline = asyncio.get_running_loop().time() + timeout
@@ -202,3 +216,105 @@ async def wait_serving(topology, name: str, timeout: float = 30) -> None:
                 pass
             assert asyncio.get_running_loop().time() < deadline, f"{name} did not start"
             await asyncio.sleep(0.1)
+
+
+# --- money through crashes: a client of the processes that retries through outages ------------------
+
+class MoneyClient:
+    """The wallet (as the operator) and the transaction service (as the gateway, for an operator-role
+    user) of a mesh of processes, calling through outages: for tests that crash services under load
+    and then check that no money was created, lost, frozen or settled twice."""
+
+    def __init__(self, topology):
+        self.topology = topology
+        self.wallet_channel = client_channel(topology, "operator", topology.services["wallet"].address.port, "wallet")
+        self.tx_channel = client_channel(topology, "gateway", topology.services["transaction"].address.port,
+                                         "transaction")
+        self.wallets = wallet_pb2_grpc.WalletServiceStub(self.wallet_channel)
+        self.transactions = transaction_pb2_grpc.TransactionServiceStub(self.tx_channel)
+        self.as_operator = bearer(service_token(topology, "operator", "wallet"))
+        self.as_gateway = bearer(user_token(topology))
+        self.answered = 0           # SENDs of `sends` answered so far (accepted or refused)
+
+    async def close(self):
+        await self.wallet_channel.close()
+        await self.tx_channel.close()
+
+    async def call(self, fn, request, metadata, attempts: int = 200):
+        """Retry through outages (the test's own client; the mesh's clients have their own policies)."""
+        for _ in range(attempts):
+            try:
+                return await fn(request, metadata=metadata, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                await asyncio.sleep(0.1)
+        raise AssertionError("service never came back")
+
+    async def funded_wallets(self, count: int, funds: str) -> list[str]:
+        names = []
+        for i in range(count):
+            reply = await self.call(self.wallets.CreateWallet, wallet_pb2.CreateWalletRequest(
+                wallet=wallet_pb2.Wallet(owner_id=f"o{i}", currency_code="USD"), request_id=f"w{i}"), self.as_operator)
+            names.append(reply.wallet.name)
+            await self.call(self.wallets.CreditWallet, wallet_pb2.CreditWalletRequest(
+                wallet=reply.wallet.name, amount=usd(funds), request_id=f"f{i}"), self.as_operator)
+        return names
+
+    def sends(self, names: list[str], count: int, seed: int, prefix: str = "s", concurrency: int = 32):
+        """A burst of `count` concurrent SENDs among `names` (a future): each retried by its request_id
+        through outages, so at most one transaction per request; not enough money is fine."""
+        rng, gate = random.Random(seed), asyncio.Semaphore(concurrency)
+
+        async def send(n: int) -> None:
+            source, destination = rng.sample(names, 2)
+            request = transaction_pb2.CreateTransactionRequest(request_id=f"{prefix}{n}", transaction=transaction_pb2.Transaction(
+                type=transaction_pb2.TRANSACTION_TYPE_SEND, source_wallet=source, destination_wallet=destination,
+                amount=usd(f"{rng.randint(1, 3000) / 100:.2f}")))
+            async with gate:
+                try:
+                    await self.call(self.transactions.CreateTransaction, request, self.as_gateway)
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc.details()   # not enough money
+                self.answered += 1
+        return asyncio.ensure_future(asyncio.gather(*(send(n) for n in range(count))))
+
+    async def balances(self, names):
+        out = []
+        for name in names:
+            w = (await self.call(self.wallets.GetWallet, wallet_pb2.GetWalletRequest(name=name), self.as_operator)).wallet
+            out.append((Decimal(w.available_balance.amount), Decimal(w.held_balance.amount)))
+        return out
+
+    async def all_transactions(self):
+        found, token = [], ""
+        while True:
+            page = await self.call(self.transactions.ListTransactions,
+                                   transaction_pb2.ListTransactionsRequest(page_size=500, page_token=token),
+                                   self.as_gateway)
+            found += page.transactions
+            if not (token := page.next_page_token):
+                return found
+
+    async def assert_conserved(self, names: list[str], total: Decimal, most: int, timeout: float = 240) -> list:
+        """Once every transaction is COMPLETED or FAILED and nothing is held (within `timeout`): at most
+        `most` transactions, the sum of the balances is `total`, none is negative, and each completed
+        one captured its hold once, for its destination. The transactions."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            txs = await self.all_transactions()
+            balances = await self.balances(names)
+            pending = [t for t in txs if t.state not in SETTLED]
+            if not pending and not any(held for _, held in balances):
+                break
+            assert asyncio.get_running_loop().time() < deadline, f"{len(pending)} pending, still held: {balances}"
+            await asyncio.sleep(0.5)
+        assert len({t.name for t in txs}) == len(txs) <= most
+        assert sum(available for available, _ in balances) == total          # nothing created or lost
+        assert all(available >= 0 for available, _ in balances)
+        for tx in txs:                                                        # each completed one settled once
+            if tx.state == transaction_pb2.TRANSACTION_STATE_COMPLETED:
+                hold = (await self.call(self.wallets.GetHold, wallet_pb2.GetHoldRequest(name=tx.hold),
+                                        self.as_operator)).hold
+                assert hold.state == wallet_pb2.HOLD_STATE_CAPTURED and hold.destination_wallet == tx.destination_wallet
+        return txs

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 
 from services.runtime.config import ConfigError, load_topology
 
-from meshkit import process_env
+from meshkit import alive, process_env
 
 SERVICES = ["wallet", "transaction", "provider", "blockchain"]
 
@@ -184,6 +183,12 @@ def test_token_lifetime_is_capped_in_the_cli(env):
     ("DIBOAS_DEFAULT_DEADLINE", "nan", "must be a finite number greater than zero"),
     ("DIBOAS_BREAKER_FAIL_MAX", "0.5", "must be a whole number of at least 1"),
     ("DIBOAS_RETRY_MAX_BACKOFF", "0.01", "must not be below initial_backoff_seconds"),
+    ("DIBOAS_RESTART_CRASH_LOOP_EXITS", "0", "crash_loop_exits .* must be a whole number of at least 1"),
+    ("DIBOAS_RESTART_CRASH_LOOP_SECONDS", "0", "crash_loop_seconds .* must be a finite number greater than zero"),
+    ("DIBOAS_RESTART_INITIAL_DELAY", "-1", "initial_delay_seconds .* must be a finite number zero or more"),
+    ("DIBOAS_RESTART_INITIAL_DELAY", "60", "max_delay_seconds .* must not be below initial_delay_seconds"),
+    ("DIBOAS_RESTART_MULTIPLIER", "0.5", "multiplier .* must be at least 1"),
+    ("DIBOAS_RESTART_MAX_DELAY", "soon", "is not a number"),
 ])
 def test_numbers_that_would_break_the_runtime_are_refused(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -227,24 +232,11 @@ def test_services_do_not_outlive_a_killed_launcher(env):
         process.kill()                                  # no chance to clean up
         process.wait(timeout=10)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(int(pid)) for pid in children):
+        while time.monotonic() < deadline and any(alive(int(pid)) for pid in children):
             time.sleep(0.2)
-        assert not any(_alive(int(pid)) for pid in children), "services outlived the launcher"
+        assert not any(alive(int(pid)) for pid in children), "services outlived the launcher"
     finally:
         process.kill()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not reaped: its parent is gone, init reaps it soon) counts as stopped.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("command", [[], ["health"], ["token"], ["user-token"], ["dead-letters"],

@@ -57,6 +57,16 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class RestartPolicy:
+    """`make run`: how a service (or the gateway) that exits by itself is started again."""
+    initial_delay_seconds: float = 1.0   # before the first restart
+    max_delay_seconds: float = 30.0      # the delay grows by `multiplier` per exit, up to this
+    multiplier: float = 2.0
+    crash_loop_exits: int = 5            # this many exits within crash_loop_seconds: give up on it
+    crash_loop_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class Observability:
     tracing: bool = True
     trace_export: str = "none"      # none | console | file | file:PATH
@@ -73,6 +83,7 @@ class Defaults:
     start_timeout_seconds: float = 60.0  # `make run` gives up when a service is not SERVING by then
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
 
 @dataclass(frozen=True)
@@ -205,6 +216,26 @@ def _names(value, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _restart_policy(raw: Mapping, where: str, env: Mapping[str, str]) -> RestartPolicy:
+    policy = RestartPolicy(
+        initial_delay_seconds=_number(raw, "initial_delay_seconds", where, 1.0, env, "DIBOAS_RESTART_INITIAL_DELAY"),
+        max_delay_seconds=_number(raw, "max_delay_seconds", where, 30.0, env, "DIBOAS_RESTART_MAX_DELAY"),
+        multiplier=_number(raw, "multiplier", where, 2.0, env, "DIBOAS_RESTART_MULTIPLIER"),
+        crash_loop_exits=int(_number(raw, "crash_loop_exits", where, 5, env, "DIBOAS_RESTART_CRASH_LOOP_EXITS")),
+        crash_loop_seconds=_number(raw, "crash_loop_seconds", where, 60.0, env, "DIBOAS_RESTART_CRASH_LOOP_SECONDS",
+                                   positive=True),
+    )
+    if policy.max_delay_seconds < policy.initial_delay_seconds:
+        raise ConfigError(f"{where}.max_delay_seconds (or DIBOAS_RESTART_MAX_DELAY) must not be below "
+                          f"initial_delay_seconds")
+    if policy.multiplier < 1:
+        raise ConfigError(f"{where}.multiplier (or DIBOAS_RESTART_MULTIPLIER) must be at least 1, got {policy.multiplier:g}")
+    if policy.crash_loop_exits < 1:
+        raise ConfigError(f"{where}.crash_loop_exits (or DIBOAS_RESTART_CRASH_LOOP_EXITS) must be a whole number "
+                          f"of at least 1")
+    return policy
+
+
 def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
     where = str(path)
     base = path.parent
@@ -240,6 +271,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
                                           "DIBOAS_BREAKER_RESET_TIMEOUT", positive=True),
         ),
         retry=retry,
+        restart=_restart_policy(_section(d, "restart", dw), f"{dw}.restart", env),
     )
 
     o = _section(raw, "observability", where)
