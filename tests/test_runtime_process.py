@@ -183,6 +183,9 @@ def test_token_lifetime_is_capped_in_the_cli(env):
     ("DIBOAS_DEFAULT_DEADLINE", "inf", "must be a finite number greater than zero"),
     ("DIBOAS_DEFAULT_DEADLINE", "nan", "must be a finite number greater than zero"),
     ("DIBOAS_BREAKER_FAIL_MAX", "0.5", "must be a whole number of at least 1"),
+    ("DIBOAS_GATEWAY_RATE_LIMIT", "0.5", "gateway.rate_limit_per_second .* must be a whole number of at least 1"),
+    ("DIBOAS_GATEWAY_ANONYMOUS_RATE_LIMIT_BURST", "0", "must be a whole number of at least 1, got 0"),
+    ("DIBOAS_GATEWAY_RATE_LIMIT_USERS", "many", "is not a number"),
     ("DIBOAS_RETRY_MAX_BACKOFF", "0.01", "must not be below initial_backoff_seconds"),
 ])
 def test_numbers_that_would_break_the_runtime_are_refused(key, value, message):
