@@ -285,9 +285,9 @@ async def test_the_access_log_has_the_services_own_grpc_status(stack):
     assert (await gw.call("GET", "/v1/providers/nobody", alice))[0] == 404       # NOT_FOUND
     assert (await gw.call("GET", "/v1/providers/alpha-pay", alice))[0] == 200
     assert (await gw.call("GET", "/v1/providers/alpha-pay", None))[0] == 401     # Envoy's own: no RPC made
-    logged = [(line["path"], line["status"], line["grpc_status"], line["grpc_code"]) for line in access_log(gw, 5)]
-    assert logged[1:] == [(withdraw, 400, "FailedPrecondition", 9), ("/v1/providers/nobody", 404, "NotFound", 5),
-                          ("/v1/providers/alpha-pay", 200, "OK", 0), ("/v1/providers/alpha-pay", 401, None, None)], logged
+    logged = {(line["path"], line["status"], line["grpc_status"], line["grpc_code"]) for line in access_log(gw, 5)}
+    assert {(withdraw, 400, "FailedPrecondition", 9), ("/v1/providers/nobody", 404, "NotFound", 5),
+            ("/v1/providers/alpha-pay", 200, "OK", 0), ("/v1/providers/alpha-pay", 401, None, None)} <= logged, logged
 
 
 async def test_a_stopped_service_is_503_quickly_and_recovers_when_it_returns(topology, start_server, tmp_path):
