@@ -179,15 +179,14 @@ def _jwt_authn(name: str, topology: Topology, required: bool) -> dict:
                 "local_jwks": {"filename": str(topology.certs_dir / "jwks.json")},
                 "forward": True,                 # the services verify it again and act for its user
                 "jwt_cache_config": {"jwt_cache_size": 4096}}   # a verified token is not verified again
+    config = {"@type": f"{_TYPED}.filters.http.jwt_authn.v3.JwtAuthentication", "providers": {"users": provider}}
     if required:
         requires = {"provider_name": "users"}
     else:
         provider["payload_in_metadata"] = "user"
         requires = {"requires_any": {"requirements": [{"provider_name": "users"}, {"allow_missing_or_failed": {}}]}}
-    return {"name": name, "typed_config": {
-        "@type": f"{_TYPED}.filters.http.jwt_authn.v3.JwtAuthentication",
-        "providers": {"users": provider},
-        "rules": [{"match": {"prefix": "/"}, "requires": requires}]}}
+        config["stat_prefix"] = "identify."      # its counters apart: it lets everything through
+    return {"name": name, "typed_config": {**config, "rules": [{"match": {"prefix": "/"}, "requires": requires}]}}
 
 
 def _grpc_status(step: str, header: dict, remove: str | None = None) -> dict:
