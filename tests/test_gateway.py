@@ -17,7 +17,7 @@ import pytest
 
 from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from services.gateway.envoy_config import external_rpcs
+from services.gateway.envoy_config import MAX_REQUEST_HEADERS_KB, external_rpcs
 from services.monitor import check_gateway
 from services.runtime.config import Address, load_topology
 from tools.ports import free_ports
@@ -216,20 +216,80 @@ async def test_another_users_wallet_is_404_and_an_operator_sees_it(stack):
     assert status == 404
 
 
-async def test_the_rate_limit_answers_429_with_a_json_body(topology, start_server, tmp_path):
+async def test_the_rate_limit_is_per_user_and_requests_without_a_valid_token_share_a_smaller_one(
+        topology, start_server, tmp_path):
     mesh = await start_mesh(topology, start_server, ("provider",))
-    gw = Gateway(mesh.topology, mesh.ports, tmp_path, DIBOAS_GATEWAY_RATE_LIMIT="1", DIBOAS_GATEWAY_RATE_LIMIT_BURST="3")
+    gw = Gateway(mesh.topology, mesh.ports, tmp_path, DIBOAS_GATEWAY_RATE_LIMIT="1", DIBOAS_GATEWAY_RATE_LIMIT_BURST="3",
+                 DIBOAS_GATEWAY_ANONYMOUS_RATE_LIMIT="1", DIBOAS_GATEWAY_ANONYMOUS_RATE_LIMIT_BURST="2")
     await gw.start(only_provider=True)
     try:
-        token = user_token(mesh.topology, "alice", ("user",))
-        await asyncio.sleep(3.5)                       # the readiness probe spent tokens: refill
-        replies = [await gw.call("GET", "/v1/providers", token) for _ in range(6)]
-        assert [r[0] for r in replies[:3]] == [200, 200, 200]
+        alice, bob, carol = (user_token(mesh.topology, u, ("user",)) for u in ("alice", "bob", "carol"))
+        head, payload, signature = user_token(mesh.topology, "mallory", ("user",)).split(".")
+        forged = f"{head}.{payload[:-4]}AAAA.{signature}"              # its signature no longer matches
+        # A flood without a token, with garbage and with a forged one: their own budget of 2 ...
+        flood = [(await gw.call("GET", "/v1/providers", token))[0] for token in (None, "garbage", forged) * 10]
+        assert flood[:2] == [401, 401] and flood.count(429) >= 25, flood
+        # ... which leaves every user theirs: 3 at once, then 429 with a JSON body.
+        replies = [await gw.call("GET", "/v1/providers", alice) for _ in range(6)]
+        assert [r[0] for r in replies[:3]] == [200, 200, 200], [r[0] for r in replies]
         limited = [r for r in replies if r[0] == 429]
         assert limited and limited[0][1]["code"] == 8 and "rate limit" in limited[0][1]["message"]
+        assert limited[0][2].get("x-diboas-rate-limited") == "true"
+        # alice spent hers: bob and carol are served as if she had not.
+        for user in (bob, carol):
+            assert [(await gw.call("GET", "/v1/providers", user))[0] for _ in range(3)] == [200, 200, 200]
     finally:
         gw.process.stop()
         await mesh.close()
+
+
+async def test_a_url_too_long_is_431_with_a_json_body_and_one_just_under_reaches_the_service(stack):
+    mesh, gw = stack
+    alice = user_token(mesh.topology, "alice", ("user",))
+    limit = MAX_REQUEST_HEADERS_KB * 1024
+    for path in ("/v1/wallets/" + "w" * limit, "/v1/providers?pageToken=" + "t" * limit):
+        status, body, _ = await gw.call("GET", path, alice)
+        assert status == 431 and body["code"] == 3, (status, body)
+        assert f"larger than {MAX_REQUEST_HEADERS_KB} KiB" in body["message"]
+    # Just under the limit (the token and Envoy's headers take the rest): the service answers,
+    # quoting the bad value cut short, never RESOURCE_EXHAUSTED (429) nor a reset (503).
+    under = limit - 2048
+    status, body, _ = await gw.call("GET", "/v1/wallets/" + "w" * under, alice)
+    assert status == 400 and body["details"][1]["fieldViolations"][0]["field"] == "name", (status, body)
+    assert len(body["message"]) < 1024 and "more characters" in body["message"]
+    status, body, _ = await gw.call("GET", "/v1/providers?pageToken=" + "t" * under, alice)
+    assert status == 400 and "page_token" in body["message"], (status, body)
+    status, body, _ = await gw.call("POST", "/v1/providers:getQuotes", alice, {   # a long value in the body
+        "direction": "PAYMENT_DIRECTION_PAY_IN", "amount": {"currencyCode": "USD", "amount": "1" * 60_000}})
+    assert status == 400 and body["details"][1]["fieldViolations"][0]["field"] == "amount.amount", (status, body)
+
+
+def access_log(gw: Gateway, expected: int) -> list[dict]:
+    """The gateway's access log once it holds `expected` lines (Envoy writes it every second)."""
+    path = gw.topology.state_dir / "logs" / "gateway-access.jsonl"
+    deadline = time.monotonic() + 10
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= expected or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.2)
+
+
+async def test_the_access_log_has_the_services_own_grpc_status(stack):
+    mesh, gw = stack
+    alice = user_token(mesh.topology, "alice", ("user",))
+    _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
+    withdraw = f"/v1/transactions?requestId={key()}"
+    status, body, _ = await gw.call("POST", withdraw, alice, {    # FAILED_PRECONDITION is 400
+        "type": "TRANSACTION_TYPE_WITHDRAW", "sourceWallet": created["wallet"]["name"],
+        "amount": {"currencyCode": "USD", "amount": "1.00"}})
+    assert status == 400 and body["details"][0]["reason"] == "INSUFFICIENT_FUNDS", body
+    assert (await gw.call("GET", "/v1/providers/nobody", alice))[0] == 404       # NOT_FOUND
+    assert (await gw.call("GET", "/v1/providers/alpha-pay", alice))[0] == 200
+    assert (await gw.call("GET", "/v1/providers/alpha-pay", None))[0] == 401     # Envoy's own: no RPC made
+    logged = {(line["path"], line["status"], line["grpc_status"], line["grpc_code"]) for line in access_log(gw, 5)}
+    assert {(withdraw, 400, "FailedPrecondition", 9), ("/v1/providers/nobody", 404, "NotFound", 5),
+            ("/v1/providers/alpha-pay", 200, "OK", 0), ("/v1/providers/alpha-pay", 401, None, None)} <= logged, logged
 
 
 async def test_a_stopped_service_is_503_quickly_and_recovers_when_it_returns(topology, start_server, tmp_path):

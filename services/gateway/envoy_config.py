@@ -2,11 +2,14 @@
 descriptor set in generated/: nothing in it is written by hand twice.
 
   listeners  the REST API on gateway.http and, with the gateway's certificate, gateway.https:
-             local rate limit (429), request size limit (413),
-             user JWTs (jwt_authn, keys from certs/out/jwks.json; 401), REST <-> gRPC
+             URL and header size limit (431), user JWTs (jwt_authn, keys from
+             certs/out/jwks.json) read first, then a rate limit per user and a smaller one for
+             all requests without a valid token (429), then the token required (401), request
+             size limit (413), REST <-> gRPC
              (grpc_json_transcoder: the google.api.http annotations are the routes; unknown
              paths 404, unknown query parameters and malformed bodies 400; gRPC errors become
-             their HTTP status with the google.rpc.Status as JSON), JSON access logs
+             their HTTP status with the google.rpc.Status as JSON), JSON access logs with
+             the upstream's own gRPC status
   routes     one per RPC the topology's policy lets the gateway call (anything else is 404);
              reads (GET bindings) are retried when the upstream is unavailable, writes never
   clusters   one per service: HTTP/2 over mTLS with the gateway's certificate, the server's
@@ -21,11 +24,24 @@ from pathlib import Path
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from services.runtime.config import REPO_ROOT, Topology
+from services.runtime.config import REPO_ROOT, GatewayConfig, Topology
+from services.runtime.server import MAX_METADATA_BYTES
 from services.runtime.users import AUDIENCE, ISSUER
 
 DESCRIPTORS = REPO_ROOT / "generated" / "descriptors" / "diboas.binpb"
 _TYPED = "type.googleapis.com/envoy.extensions"
+_JWT_METADATA = "envoy.filters.http.jwt_authn"     # where jwt_authn puts what it verified
+
+# What a request may carry in its URL and headers (beyond: 431). The service receives them
+# all (the URL as x-envoy-original-path, the transcoder's :path being the RPC's), counted by
+# gRPC with 32 bytes more an entry, and a few short headers of Envoy's own: all within what
+# a server accepts, so none of it comes back as RESOURCE_EXHAUSTED (a misleading 429).
+MAX_HEADERS = 100
+MAX_REQUEST_HEADERS_KB = (MAX_METADATA_BYTES - MAX_HEADERS * 32 - 4096) // 1024
+# An error's gRPC status, kept aside while the transcoder turns it into an HTTP status (and drops
+# it), then put back: so the access log's %GRPC_STATUS% is the service's, not one guessed from
+# the HTTP status (404 would read UNIMPLEMENTED). An answer's trailers keep theirs anyway.
+_KEPT_GRPC_STATUS = "x-diboas-grpc-status"
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,7 @@ def _route(rpc: Rpc, timeout: float) -> dict:
 ACCESS_LOG = {
     "time": "%START_TIME%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
     "rpc": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "grpc_status": "%GRPC_STATUS%",
+    "grpc_code": "%GRPC_STATUS_NUMBER%",
     "flags": "%RESPONSE_FLAGS%", "duration_ms": "%DURATION%", "upstream": "%UPSTREAM_CLUSTER%",
     "request_id": "%REQ(X-REQUEST-ID)%", "trace_id": "%TRACE_ID%", "traceparent": "%REQ(TRACEPARENT)%", "bytes_in": "%BYTES_RECEIVED%",
     "bytes_out": "%BYTES_SENT%", "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
@@ -154,6 +171,63 @@ def _listener(name: str, address, manager: dict, tls: dict | None = None) -> dic
             "filter_chains": [chain]}
 
 
+def _jwt_authn(name: str, topology: Topology, required: bool) -> dict:
+    """User JWTs (ES256 keys from jwks.json). Required, a missing or invalid token is 401. Not
+    required (the first pass, before the rate limit), it only records a verified token's claims
+    in the dynamic metadata, where no request header can forge them."""
+    provider = {"issuer": ISSUER, "audiences": [AUDIENCE],
+                "local_jwks": {"filename": str(topology.certs_dir / "jwks.json")},
+                "forward": True,                 # the services verify it again and act for its user
+                "jwt_cache_config": {"jwt_cache_size": 4096}}   # a verified token is not verified again
+    config = {"@type": f"{_TYPED}.filters.http.jwt_authn.v3.JwtAuthentication", "providers": {"users": provider}}
+    if required:
+        requires = {"provider_name": "users"}
+    else:
+        provider["payload_in_metadata"] = "user"
+        requires = {"requires_any": {"requirements": [{"provider_name": "users"}, {"allow_missing_or_failed": {}}]}}
+        config["stat_prefix"] = "identify."      # its counters apart: it lets everything through
+    return {"name": name, "typed_config": {**config, "rules": [{"match": {"prefix": "/"}, "requires": requires}]}}
+
+
+def _grpc_status(step: str, header: dict, remove: str | None = None) -> dict:
+    """One half of carrying an error's gRPC status across the transcoder. Answers pass the
+    filters in reverse order: "keep" (after the transcoder) sees the service's answer, "restore"
+    (before it) the transcoded one. A header whose value comes out empty is not added."""
+    mutations = [{"append": {"header": header, "append_action": "ADD_IF_ABSENT"}}]
+    if remove:
+        mutations.append({"remove": remove})
+    return {"name": f"diboas.grpc_status.{step}", "typed_config": {
+        "@type": f"{_TYPED}.filters.http.header_mutation.v3.HeaderMutation",
+        "mutations": {"response_mutations": mutations}}}
+
+
+def _rate_limit(g: GatewayConfig) -> dict:
+    """A token bucket per user (the verified token's `sub`, one of the last rate_limit_users
+    users), and one shared by every request without a valid token: a flood of those, or one
+    user's, spends its own budget and nobody else's."""
+    per_user = {"max_tokens": g.rate_limit_burst, "tokens_per_fill": g.rate_limit_per_second, "fill_interval": "1s"}
+    anonymous = {"max_tokens": g.anonymous_rate_limit_burst, "tokens_per_fill": g.anonymous_rate_limit_per_second,
+                 "fill_interval": "1s"}
+    return {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+        "@type": f"{_TYPED}.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "gateway_rate_limit",
+        # The descriptor ("user", sub) exists only for a verified token; its empty value makes a
+        # bucket per distinct sub. A request without one takes the default bucket: the anonymous.
+        "rate_limits": [{"actions": [{"metadata": {
+            "descriptor_key": "user", "source": "DYNAMIC",
+            "metadata_key": {"key": _JWT_METADATA, "path": [{"key": "user"}, {"key": "sub"}]}}}]}],
+        "descriptors": [{"entries": [{"key": "user", "value": ""}], "token_bucket": per_user}],
+        "max_dynamic_descriptors": g.rate_limit_users,
+        "token_bucket": anonymous,
+        "always_consume_default_token_bucket": False,
+        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                           "runtime_key": "diboas.rate_limit_enabled"},
+        "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                            "runtime_key": "diboas.rate_limit_enforced"},
+        "response_headers_to_add": [{"append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                                     "header": {"key": "x-diboas-rate-limited", "value": "true"}}]}}
+
+
 def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS,
            collector_port: int | None = None) -> dict:
     """The whole Envoy bootstrap, as a dict (written out as JSON). With a collector port, Envoy
@@ -161,27 +235,13 @@ def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS
     g, rpcs = topology.gateway, external_rpcs(topology, descriptors)
     services = sorted({r.grpc_service for r in rpcs})
     filters = [
-        {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
-            "@type": f"{_TYPED}.filters.http.local_ratelimit.v3.LocalRateLimit",
-            "stat_prefix": "gateway_rate_limit",
-            "token_bucket": {"max_tokens": g.rate_limit_burst, "tokens_per_fill": g.rate_limit_per_second,
-                             "fill_interval": "1s"},
-            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
-                               "runtime_key": "diboas.rate_limit_enabled"},
-            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
-                                "runtime_key": "diboas.rate_limit_enforced"},
-            "response_headers_to_add": [{"append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                                         "header": {"key": "x-diboas-rate-limited", "value": "true"}}]}},
+        _jwt_authn("envoy.filters.http.jwt_authn.identify", topology, required=False),
+        _rate_limit(g),
+        _jwt_authn("envoy.filters.http.jwt_authn", topology, required=True),
         {"name": "envoy.filters.http.buffer", "typed_config": {
             "@type": f"{_TYPED}.filters.http.buffer.v3.Buffer", "max_request_bytes": g.max_request_bytes}},
-        {"name": "envoy.filters.http.jwt_authn", "typed_config": {
-            "@type": f"{_TYPED}.filters.http.jwt_authn.v3.JwtAuthentication",
-            "providers": {"users": {
-                "issuer": ISSUER, "audiences": [AUDIENCE],
-                "local_jwks": {"filename": str(topology.certs_dir / "jwks.json")},
-                "forward": True,                 # the services verify it again and act for its user
-                "jwt_cache_config": {"jwt_cache_size": 4096}}},   # a verified token is not verified again
-            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "users"}}]}},
+        _grpc_status("restore", {"key": "grpc-status", "value": f"%RESP({_KEPT_GRPC_STATUS})%"},
+                     remove=_KEPT_GRPC_STATUS),
         {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": {
             "@type": f"{_TYPED}.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
             "proto_descriptor": str(descriptors),
@@ -192,6 +252,7 @@ def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS
             "request_validation_options": {"reject_unknown_method": True, "reject_unknown_query_parameters": True,
                                            "reject_binding_body_field_collisions": True},
             "case_insensitive_enum_parsing": False}},
+        _grpc_status("keep", {"key": _KEPT_GRPC_STATUS, "value": "%RESP(grpc-status)%"}),
         {"name": "envoy.filters.http.router", "typed_config": {
             "@type": f"{_TYPED}.filters.http.router.v3.Router"}},
     ]
@@ -200,7 +261,8 @@ def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
         "request_timeout": f"{g.request_timeout_seconds:g}s",
-        "common_http_protocol_options": {"idle_timeout": "60s"},
+        "max_request_headers_kb": MAX_REQUEST_HEADERS_KB,
+        "common_http_protocol_options": {"idle_timeout": "60s", "max_headers_count": MAX_HEADERS},
         "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
             "@type": f"{_TYPED}.access_loggers.file.v3.FileAccessLog", "path": str(access_log),
             "log_format": {"json_format": ACCESS_LOG}}}],
@@ -221,6 +283,7 @@ def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS
             _json_reply(404, 5, "no such REST route: %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
             _json_reply(413, 3, f"the request body is larger than {g.max_request_bytes} bytes"),
             _json_reply(429, 8, "rate limit exceeded: slow down and retry"),
+            _json_reply(431, 3, f"the URL and headers are larger than {MAX_REQUEST_HEADERS_KB} KiB"),
             _json_reply(503, 14, "%LOCAL_REPLY_BODY%"),
         ]},
     }

@@ -109,8 +109,11 @@ class GatewayConfig:
     http: Address
     https: Address
     admin: Address
-    rate_limit_per_second: int = 200       # requests per second over the whole listener
-    rate_limit_burst: int = 400
+    rate_limit_per_second: int = 50        # requests per second of each user (the token's `sub`)
+    rate_limit_burst: int = 100
+    anonymous_rate_limit_per_second: int = 10   # of all requests without a valid token together
+    anonymous_rate_limit_burst: int = 20
+    rate_limit_users: int = 10000          # users whose budgets are kept at once (least recent dropped)
     max_request_bytes: int = 65536
     request_timeout_seconds: float = 10.0
 
@@ -207,6 +210,14 @@ def _switch(raw: Mapping, key: str, where: str, default: bool, env: Mapping[str,
         raise ConfigError(f"{where}.{key} (or {env_key}): '{value}' is not on/off")
     return value in ("true", "on", "1")
 
+def _whole(raw: Mapping, key: str, where: str, default: int, env: Mapping[str, str], env_key: str) -> int:
+    """A whole number of at least 1 (a count: requests, bytes, users)."""
+    value = env.get(env_key, raw.get(key, default))
+    number = _number(raw, key, where, default, env, env_key)
+    if number < 1 or number != int(number):
+        raise ConfigError(f"{where}.{key} (or {env_key}): must be a whole number of at least 1, got {value}")
+    return int(number)
+
 
 def _names(value, where: str) -> tuple[str, ...]:
     if value is None:
@@ -254,8 +265,6 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         max_backoff_seconds=_number(r, "max_backoff_seconds", dw + ".retry", 1.0, env, "DIBOAS_RETRY_MAX_BACKOFF", positive=True),
         backoff_multiplier=_number(r, "backoff_multiplier", dw + ".retry", 2.0, env, "DIBOAS_RETRY_BACKOFF_MULTIPLIER", positive=True),
     )
-    if int(_number(b, "fail_max", dw + ".breaker", 5, env, "DIBOAS_BREAKER_FAIL_MAX")) < 1:
-        raise ConfigError(f"{dw}.breaker.fail_max (or DIBOAS_BREAKER_FAIL_MAX) must be a whole number of at least 1")
     if retry.max_backoff_seconds < retry.initial_backoff_seconds:
         raise ConfigError(f"{dw}.retry.max_backoff_seconds must not be below initial_backoff_seconds")
     if not 2 <= retry.max_attempts <= 5:
@@ -266,7 +275,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         unready_seconds=_number(d, "unready_seconds", dw, 1.0, env, "DIBOAS_UNREADY_SECONDS"),
         start_timeout_seconds=_number(d, "start_timeout_seconds", dw, 60.0, env, "DIBOAS_START_TIMEOUT", positive=True),
         breaker=BreakerPolicy(
-            fail_max=int(_number(b, "fail_max", dw + ".breaker", 5, env, "DIBOAS_BREAKER_FAIL_MAX", positive=True)),
+            fail_max=_whole(b, "fail_max", dw + ".breaker", 5, env, "DIBOAS_BREAKER_FAIL_MAX"),
             reset_timeout_seconds=_number(b, "reset_timeout_seconds", dw + ".breaker", 10.0, env,
                                           "DIBOAS_BREAKER_RESET_TIMEOUT", positive=True),
         ),
@@ -297,12 +306,16 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         http=Address.parse(env.get("DIBOAS_GATEWAY_HTTP", g.get("http", "127.0.0.1:8080")), f"{where}: gateway.http"),
         https=Address.parse(env.get("DIBOAS_GATEWAY_HTTPS", g.get("https", "127.0.0.1:8443")), f"{where}: gateway.https"),
         admin=Address.parse(env.get("DIBOAS_GATEWAY_ADMIN", g.get("admin", "127.0.0.1:9901")), f"{where}: gateway.admin"),
-        rate_limit_per_second=int(_number(g, "rate_limit_per_second", f"{where}: gateway", 200, env,
-                                          "DIBOAS_GATEWAY_RATE_LIMIT", positive=True)),
-        rate_limit_burst=int(_number(g, "rate_limit_burst", f"{where}: gateway", 400, env,
-                                     "DIBOAS_GATEWAY_RATE_LIMIT_BURST", positive=True)),
-        max_request_bytes=int(_number(g, "max_request_bytes", f"{where}: gateway", 65536, env,
-                                      "DIBOAS_GATEWAY_MAX_REQUEST_BYTES", positive=True)),
+        rate_limit_per_second=_whole(g, "rate_limit_per_second", f"{where}: gateway", 50, env,
+                                     "DIBOAS_GATEWAY_RATE_LIMIT"),
+        rate_limit_burst=_whole(g, "rate_limit_burst", f"{where}: gateway", 100, env, "DIBOAS_GATEWAY_RATE_LIMIT_BURST"),
+        anonymous_rate_limit_per_second=_whole(g, "anonymous_rate_limit_per_second", f"{where}: gateway", 10, env,
+                                               "DIBOAS_GATEWAY_ANONYMOUS_RATE_LIMIT"),
+        anonymous_rate_limit_burst=_whole(g, "anonymous_rate_limit_burst", f"{where}: gateway", 20, env,
+                                          "DIBOAS_GATEWAY_ANONYMOUS_RATE_LIMIT_BURST"),
+        rate_limit_users=_whole(g, "rate_limit_users", f"{where}: gateway", 10000, env, "DIBOAS_GATEWAY_RATE_LIMIT_USERS"),
+        max_request_bytes=_whole(g, "max_request_bytes", f"{where}: gateway", 65536, env,
+                                 "DIBOAS_GATEWAY_MAX_REQUEST_BYTES"),
         request_timeout_seconds=_number(g, "request_timeout_seconds", f"{where}: gateway", 10.0, env,
                                         "DIBOAS_GATEWAY_REQUEST_TIMEOUT", positive=True),
     )

@@ -59,6 +59,12 @@ class Runtime:
     tracing: bool = True
 
 
+# The request metadata a server accepts, in gRPC's count (names, values and 32 bytes an entry).
+# One limit, soft and hard alike: between the two gRPC refuses a share of the calls at random.
+# The gateway sizes its header limit from this (services/gateway/envoy_config.py), so what it
+# lets through is never refused here as RESOURCE_EXHAUSTED (which REST shows as 429).
+MAX_METADATA_BYTES = 32 * 1024
+
 SERVER_OPTIONS = [
     # gRPC Python turns SO_REUSEPORT on by default: a stale server on the same port would
     # silently share the traffic. With it off, a port in use is an error at start.
@@ -66,6 +72,8 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.max_connection_idle_ms", 300_000),
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
 ]
 
 

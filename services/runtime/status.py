@@ -45,15 +45,28 @@ def _pack(message) -> any_pb2.Any:
     return packed
 
 
+# Messages quote what was wrong, and a caller's value can be as long as its request. The status
+# travels in the trailers (grpc-message, and again in grpc-status-details-bin, base64): a long
+# quote would make them larger than a peer accepts (Envoy refuses response headers beyond
+# 60 KiB and answers 503), so each text is cut to this many characters.
+MAX_TEXT = 512
+
+
+def bounded(text: str) -> str:
+    """`text`, or its first MAX_TEXT characters and how many more there were."""
+    return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}... ({len(text) - MAX_TEXT} more characters)"
+
+
 def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:
     code = code_of(error)
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))]
     if isinstance(error, errors.InvalidArgument) and error.violations:
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=bounded(v.description))
             for v in error.violations
         ])))
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=details))
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=bounded(error.message),
+                                                  details=details))
 
 
 def internal_status(message: str) -> grpc.Status:
