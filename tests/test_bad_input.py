@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FieldDescriptor
 from google.rpc import error_details_pb2
@@ -23,16 +25,20 @@ from diboas.provider.v1 import provider_pb2
 from diboas.transaction.v1 import transaction_pb2
 from diboas.wallet.v1 import wallet_pb2
 from services.blockchain.servicer import PAGES as CHAIN_PAGES
+from services.runtime.config import ConfigError, load_topology
+from services.runtime.errors import InvalidArgument
 from services.runtime.messaging.admin import PAGES as DEAD_LETTER_PAGES
-from services.runtime.requests import MAX_SEQUENCE
+from services.runtime.requests import MAX_SEQUENCE, resource_id
 from services.runtime.status import error_info
 from services.transaction.service import PAGES as TRANSACTION_PAGES
 from services.wallet.service import ENTRY_PAGES, WALLET_PAGES
+from services.wallet.servicer import hold_ids
 
 from conftest import bearer, client_channel, postgres_schema, service_token, user_token
 from meshkit import start_mesh
 
 HEALTH = "grpc.health.v1.Health"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _b64(text: str) -> str:
@@ -275,8 +281,15 @@ _VALID = {
     "chains": st.from_regex(r"[a-z0-9-]{1,64}", fullmatch=True).map(CHAIN_PAGES.write),
     "providers": st.nothing(),
 }
+# Shaped like tokens (a list's kind, a separator, a value), with values of every sort.
+_VALUES = st.one_of(st.text(max_size=30), st.integers(-2**70, 2**70).map(str),
+                    st.datetimes(timezones=st.sampled_from([dt.timezone.utc, dt.timezone(dt.timedelta(hours=-3))]))
+                    .map(dt.datetime.isoformat))
+_SHAPED = st.tuples(st.sampled_from(["e", "w", "chains", "wallets", "ledgerEntries", "transactions", "deadLetters", ""]),
+                    st.sampled_from([":", "|"]), _VALUES, st.sampled_from(["", "|", "|abc"])).map(lambda t: _b64("".join(t)))
 _ANY = st.one_of(st.text(max_size=80), st.binary(max_size=60).map(lambda b: base64.urlsafe_b64encode(b).decode()),
-                 st.text(max_size=40).map(_b64), st.sampled_from(list(TAMPERED.values())))
+                 st.text(max_size=40).map(_b64), _SHAPED, st.integers(-2**70, 2**70).map(str),
+                 st.sampled_from(list(TAMPERED.values())))
 
 
 @pytest.mark.slow
@@ -292,3 +305,73 @@ async def test_any_page_token_is_a_page_or_invalid_argument(lists, data):
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, token, error.details())
             assert _bad_request_fields(error) == ["page_token"], (name, token, error.details())
 
+
+
+NAMES = st.one_of(st.text(max_size=80), st.from_regex(r"(wallets|transactions|providers|chains)/[A-Za-z0-9_-]{0,70}\s?",
+                                                      fullmatch=True))
+
+
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_any_resource_name_is_found_not_found_or_invalid_argument(lists, data):
+    mesh, wallet, _ = lists
+    gets = {
+        "wallet": lambda n: mesh.wallets.GetWallet(wallet_pb2.GetWalletRequest(name=n), metadata=mesh.as_operator,
+                                                    timeout=10),
+        "transaction": lambda n: mesh.transactions.GetTransaction(transaction_pb2.GetTransactionRequest(name=n),
+                                                                  metadata=mesh.as_gateway, timeout=10),
+        "provider": lambda n: mesh.provider("GetProvider", provider_pb2.GetProviderRequest(name=n)),
+        "chain": lambda n: mesh.chain("GetChain", blockchain_pb2.GetChainRequest(name=n)),
+    }
+    for kind, get in gets.items():
+        name = data.draw(st.one_of(NAMES, st.sampled_from([wallet, "providers/alpha-pay", "chains/ethereum"])),
+                         label=kind)
+        try:
+            await get(name)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), (kind, name, error)
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                assert _bad_request_fields(error) == ["name"], (kind, name, error.details())
+
+
+# --- the parts, without a mesh -----------------------------------------------------------------------
+
+CODECS = [WALLET_PAGES, ENTRY_PAGES, TRANSACTION_PAGES, DEAD_LETTER_PAGES, CHAIN_PAGES]
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(CODECS), st.one_of(st.text(max_size=60), st.text(max_size=60).map(_b64),
+                                          st.binary(max_size=60).map(lambda b: base64.urlsafe_b64encode(b).decode())))
+def test_a_page_token_codec_reads_only_what_it_writes(codec, token):
+    try:
+        values = codec.read(token)
+    except InvalidArgument as exc:
+        assert [v.field for v in exc.violations] == ["page_token"]
+        return
+    assert values is None and token == "" or codec.write(*values) == token
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(["wallets", "transactions", "providers", "chains"]), NAMES)
+def test_a_resource_name_is_its_collection_and_an_id_or_invalid_argument(collection, name):
+    try:
+        found = resource_id(name, collection, "name")
+    except InvalidArgument as exc:
+        assert [v.field for v in exc.violations] == ["name"]
+        return
+    assert f"{collection}/{found}" == name and name.isascii() and name.isprintable()
+
+
+def test_a_hold_name_with_a_trailing_newline_is_refused():
+    with pytest.raises(InvalidArgument):
+        hold_ids("wallets/a/holds/b\n")
+    assert hold_ids("wallets/a/holds/b") == ("a", "b")
+
+
+def test_a_service_name_with_a_trailing_newline_is_a_configuration_error(tmp_path):
+    raw = yaml.safe_load((ROOT / "mesh.yaml").read_text())
+    raw["services"]["provider\n"] = raw["services"].pop("provider")
+    (tmp_path / "mesh.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="a service name is lower-case"):
+        load_topology(tmp_path / "mesh.yaml", env={})
