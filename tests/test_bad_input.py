@@ -234,9 +234,14 @@ async def _refused(call, *args, field="page_token", **kwargs) -> None:
 
 
 @pytest.mark.slow
-async def test_tampered_page_tokens_of_every_list_are_invalid_argument(lists):
+async def test_every_list_pages_with_its_own_tokens_and_refuses_tampered_ones(lists):
     mesh, wallet, calls = lists
     for name, call in calls.items():
+        if name not in ("providers", "dead letters"):          # one page / none here
+            pages, token = 0, ""
+            while token or not pages:
+                token, pages = (await call(token)).next_page_token, pages + 1
+            assert pages > 1, name
         for case, token in TAMPERED.items():
             if name == "chains" and case == "another list's token":
                 token = _b64("wallets|ethereum")
@@ -253,21 +258,6 @@ async def test_nul_and_control_characters_in_filters_are_invalid_argument(lists)
     await _refused(calls["transactions"], "", wallet=f"{wallet}\x00", field="wallet")
     await _refused(mesh.wallets.GetWallet, wallet_pb2.GetWalletRequest(name="wallets/\x1b[31m"),
                    metadata=mesh.as_operator, timeout=10, field="name")
-
-
-@pytest.mark.slow
-async def test_every_list_pages_through_with_its_own_tokens(lists):
-    mesh, wallet, calls = lists
-    for name, call in calls.items():
-        if name in ("providers", "dead letters"):
-            continue                              # one page / none here
-        seen, token = [], ""
-        while True:
-            reply = await call(token)
-            seen.append(reply)
-            if not (token := reply.next_page_token):
-                break
-        assert len(seen) > 1, name
 
 
 # Tokens the codecs could have written (valid pages, possibly empty) and anything else.
@@ -293,7 +283,7 @@ _ANY = st.one_of(st.text(max_size=80), st.binary(max_size=60).map(lambda b: base
 
 
 @pytest.mark.slow
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 async def test_any_page_token_is_a_page_or_invalid_argument(lists, data):
     mesh, wallet, calls = lists
@@ -340,7 +330,7 @@ async def test_any_resource_name_is_found_not_found_or_invalid_argument(lists, d
 CODECS = [WALLET_PAGES, ENTRY_PAGES, TRANSACTION_PAGES, DEAD_LETTER_PAGES, CHAIN_PAGES]
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(st.sampled_from(CODECS), st.one_of(st.text(max_size=60), st.text(max_size=60).map(_b64),
                                           st.binary(max_size=60).map(lambda b: base64.urlsafe_b64encode(b).decode())))
 def test_a_page_token_codec_reads_only_what_it_writes(codec, token):
@@ -352,7 +342,7 @@ def test_a_page_token_codec_reads_only_what_it_writes(codec, token):
     assert values is None and token == "" or codec.write(*values) == token
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(st.sampled_from(["wallets", "transactions", "providers", "chains"]), NAMES)
 def test_a_resource_name_is_its_collection_and_an_id_or_invalid_argument(collection, name):
     try:
