@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pool, struct_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from diboas.blockchain.v1 import blockchain_pb2
+from diboas.common.v1 import common_pb2
 from diboas.events.v1 import events_pb2, events_pb2_grpc
 from diboas.provider.v1 import provider_pb2
 from diboas.transaction.v1 import transaction_pb2
@@ -27,6 +28,7 @@ from diboas.wallet.v1 import wallet_pb2
 from services.blockchain.servicer import PAGES as CHAIN_PAGES
 from services.runtime.config import ConfigError, load_topology
 from services.runtime.errors import InvalidArgument
+from services.runtime.inputs import Malformed, guarded
 from services.runtime.messaging.admin import PAGES as DEAD_LETTER_PAGES
 from services.runtime.requests import MAX_SEQUENCE, resource_id
 from services.runtime.status import error_info
@@ -365,3 +367,26 @@ def test_a_service_name_with_a_trailing_newline_is_a_configuration_error(tmp_pat
     (tmp_path / "mesh.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="a service name is lower-case"):
         load_topology(tmp_path / "mesh.yaml", env={})
+
+
+def _refusal(message) -> tuple[str, list[str]]:
+    """(reason, fields) of what the request checks make of `message`'s bytes."""
+    found = guarded(type(message).FromString)(message.SerializeToString())
+    assert isinstance(found, Malformed), message
+    return found.error.reason, [v.field for v in found.error.violations]
+
+
+def test_the_request_checks_name_repeated_nested_and_map_fields():
+    select = provider_pb2.SelectProviderRequest(exclude_providers=["alpha-pay", "beta\x00"])
+    assert _refusal(select) == ("CONTROL_CHARACTER", ["exclude_providers[1]"])
+    created = transaction_pb2.CreateTransactionRequest(transaction=transaction_pb2.Transaction(
+        amount=common_pb2.Money(currency_code="USD", amount="1.00\n")))
+    assert _refusal(created) == ("CONTROL_CHARACTER", ["transaction.amount.amount"])
+    # google.protobuf.Struct: a map of a type that contains itself
+    nested = struct_pb2.Struct()
+    nested.update({"a": {"b": ["ok", "bell\x07"]}})
+    assert _refusal(nested) == ("CONTROL_CHARACTER", ["fields['a'].struct_value.fields['b'].list_value.values[1].string_value"])
+    assert _refusal(struct_pb2.Struct(fields={"key\x85": struct_pb2.Value(number_value=1)}))[1] == ["fields"]
+    fine = struct_pb2.Struct()
+    fine.update({"a": {"b": ["ok", 1, True, None]}, "é ü 漢字": "tab-free"})
+    assert guarded(struct_pb2.Struct.FromString)(fine.SerializeToString()) == fine
