@@ -439,3 +439,23 @@ async def test_a_rest_send_is_one_trace_from_the_gateway_through_the_queue_and_e
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+async def test_bytes_that_are_not_utf8_or_control_characters_in_a_path_or_query_are_400(stack):
+    mesh, gw = stack
+    alice = user_token(mesh.topology, "alice", ("user",))
+    cases = {
+        "/v1/wallets/%FF": ("name", "MALFORMED_REQUEST"),
+        "/v1/transactions/%C3%28": ("name", "MALFORMED_REQUEST"),
+        "/v1/wallets?pageToken=%FF": ("page_token", "MALFORMED_REQUEST"),
+        "/v1/transactions?wallet=wallets/a%E9": ("wallet", "MALFORMED_REQUEST"),
+        "/v1/wallets?pageToken=%00": ("page_token", "CONTROL_CHARACTER"),
+        "/v1/wallets?ownerId=alice%00": ("owner_id", "CONTROL_CHARACTER"),
+        "/v1/wallets/abc%0A": ("name", "CONTROL_CHARACTER"),
+    }
+    for path, (field, reason) in cases.items():
+        status, body, _ = await gw.call("GET", path, alice)
+        assert status == 400 and body.get("code") == 3, (path, status, body)
+        assert body["details"][0]["reason"] == reason, (path, body)
+        assert body["details"][1]["fieldViolations"][0]["field"] == field, (path, body)
+        assert "Error" not in body["message"] and "Exception" not in body["message"], (path, body)

@@ -2,6 +2,8 @@
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.domain.money import SCALES, Money
 from services.runtime.errors import InvalidArgument
@@ -26,6 +28,8 @@ def test_parse_keeps_the_exact_amount_at_the_currency_scale(currency, text, expe
     ("USD", "", "is not a decimal amount"),
     ("USD", "NaN", "is not a decimal amount"),
     ("USD", "123456789012345678901", "is not a decimal amount"),   # 21 integer digits
+    ("USD", "1.00\n", "is not a decimal amount"),                  # "$" alone would match before the newline
+    ("USD", "١٢", "is not a decimal amount"),                      # Decimal() takes other scripts' digits
 ])
 def test_bad_amounts_are_rejected_naming_the_field(currency, text, message):
     with pytest.raises(InvalidArgument) as caught:
@@ -62,3 +66,45 @@ def test_positive_check():
 
 def test_every_currency_has_a_sane_scale():
     assert all(0 <= scale <= 18 for scale in SCALES.values())
+
+
+# --- properties ------------------------------------------------------------------------------------
+
+_CURRENCIES = st.sampled_from(sorted(SCALES))
+
+
+@st.composite
+def _amounts(draw) -> Money:
+    currency = draw(_CURRENCIES)
+    units = draw(st.integers(-(10**20 - 1), 10**20 - 1))
+    fraction = draw(st.integers(0, 10**SCALES[currency] - 1))
+    sign = -1 if units < 0 else 1
+    return Money(currency, Decimal(units) + sign * Decimal(fraction).scaleb(-SCALES[currency]))
+
+
+@settings(max_examples=150)
+@given(_amounts())
+def test_the_wire_form_parses_back_to_the_same_money(money):
+    assert Money.parse(money.currency, money.text) == money
+
+
+@settings(max_examples=200)
+@given(_CURRENCIES, st.one_of(st.text(max_size=30), st.from_regex(r"-?[0-9]{1,22}(\.[0-9]{0,20})?\s?", fullmatch=True)))
+def test_any_text_is_refused_or_is_exactly_its_value(currency, text):
+    """Never an exception other than InvalidArgument; what is accepted is plain ASCII decimal
+    notation without leading zeros, and its value is kept exactly."""
+    try:
+        money = Money.parse(currency, text)
+    except InvalidArgument as exc:
+        assert exc.violations and exc.violations[0].field == "amount"
+        return
+    assert set(text) <= set("-0123456789.") and text == text.strip()
+    assert text.lstrip("-")[:1] != "0" or text.lstrip("-") == "0" or text.lstrip("-").startswith("0.")
+    assert money.amount == Decimal(text) and Money.parse(currency, money.text) == money
+
+
+@settings(max_examples=100)
+@given(_amounts(), st.sampled_from(["\n", " ", "\t", "+", "\x00", "e0", "_", "\u00a0", "٠"]), st.booleans())
+def test_a_valid_amount_with_anything_around_it_is_refused(money, extra, before):
+    with pytest.raises(InvalidArgument):
+        Money.parse(money.currency, extra + money.text if before else money.text + extra)

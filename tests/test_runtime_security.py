@@ -42,6 +42,15 @@ async def test_permitted_caller_is_served(topology, wallet):
     assert servicer.calls == 1
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer ", "bEaReR"])
+async def test_the_bearer_scheme_is_case_insensitive(topology, wallet, scheme):
+    server, servicer = wallet
+    token = service_token(topology, "transaction", "wallet")
+    async with client_channel(topology, "transaction", server.port, "wallet") as channel:
+        reply = await get_wallet(channel, (("authorization", f"{scheme} {token}"),))
+    assert reply.wallet.name == "wallets/w1"
+
+
 async def test_caller_not_in_policy_is_denied(topology, wallet):
     server, servicer = wallet
     async with client_channel(topology, "provider", server.port, "wallet") as channel:
@@ -145,12 +154,15 @@ def _bad_tokens(topology) -> dict[str, tuple[str | None, str]]:
         "too long-lived": (_sign(topology, "transaction", _claims(topology, exp=now + 3600)), "TOKEN_TOO_LONG_LIVED"),
         "issued in the future": (_sign(topology, "transaction", _claims(topology, iat=now + 600, exp=now + 700)),
                                  "TOKEN_NOT_YET_VALID"),
+        # NumericDates are JSON numbers; PyJWT alone takes numeric strings for both.
+        "times as strings": (_sign(topology, "transaction", _claims(topology, iat=str(now), exp=str(now + 60))),
+                             "TOKEN_INVALID"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing", "expired", "tampered", "alg none", "another identity",
                                   "subject mismatch", "wrong audience", "garbage", "too long-lived",
-                                  "issued in the future"])
+                                  "issued in the future", "times as strings"])
 async def test_bad_service_token_is_unauthenticated(topology, wallet, case):
     server, servicer = wallet
     token, reason = _bad_tokens(topology)[case]
@@ -159,6 +171,8 @@ async def test_bad_service_token_is_unauthenticated(topology, wallet, case):
             await get_wallet(channel, bearer(token) if token else None)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, case
     assert error_info(caught.value).reason == reason, caught.value.details()
+    if case == "times as strings":
+        assert "'iat' and 'exp' must be JSON numbers" in caught.value.details()
     assert servicer.calls == 0
 
 
@@ -246,6 +260,7 @@ def _users_key_token(topology, **claims) -> str:
     ("missing", "USER_TOKEN_MISSING"), ("service token", "USER_TOKEN_UNKNOWN_KEY"),
     ("empty subject", "USER_TOKEN_INVALID"), ("wrong audience", "USER_TOKEN_INVALID"),
     ("expired", "USER_TOKEN_EXPIRED"), ("forged", "USER_TOKEN_UNKNOWN_KEY"), ("garbage", "USER_TOKEN_INVALID"),
+    ("times as strings", "USER_TOKEN_INVALID"),
 ])
 async def test_the_gateway_without_a_valid_user_token_is_unauthenticated(topology, wallet, tmp_path, case, reason):
     server, servicer = wallet
@@ -253,10 +268,14 @@ async def test_the_gateway_without_a_valid_user_token_is_unauthenticated(topolog
              "expired": user_token(topology, "alice", now=time.time() - 7200),
              "forged": _foreign_user_token(tmp_path), "garbage": "not-a-jwt",
              "empty subject": _users_key_token(topology, sub=""),
-             "wrong audience": _users_key_token(topology, sub="alice", aud="someone-else")}[case]
+             "wrong audience": _users_key_token(topology, sub="alice", aud="someone-else"),
+             "times as strings": _users_key_token(topology, sub="alice", iat=str(int(time.time())),
+                                                  exp=str(int(time.time()) + 60))}[case]
     async with client_channel(topology, "gateway", server.port, "wallet") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await get_wallet(channel, bearer(token) if token else None)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_info(caught.value).reason == reason, caught.value.details()
+    if case == "times as strings":
+        assert "'iat' and 'exp' must be JSON numbers" in caught.value.details()
     assert servicer.calls == 0

@@ -2,7 +2,6 @@
 registry's and the coordinator's answers to responses. No rules of its own."""
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import time
 
@@ -12,7 +11,7 @@ from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.common.v1 import common_pb2
 from services.runtime.context import current_deadline
 from services.runtime.errors import InvalidArgument
-from services.runtime.requests import fingerprint, money, page_size, request_id, resource_id, timestamp
+from services.runtime.requests import KEY, PageTokens, fingerprint, money, page_size, request_id, resource_id, timestamp
 from services.simulation import fault_settings
 
 from .adapters import STEPS, ChainTx
@@ -95,19 +94,7 @@ def _remaining() -> float | None:
     return None if deadline is None else deadline - time.monotonic() - _MARGIN
 
 
-def _page_token(name: str) -> str:
-    return base64.urlsafe_b64encode(f"chains:{name}".encode()).decode().rstrip("=")
-
-
-def _after(token: str) -> str:
-    try:
-        decoded = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        decoded = ""
-    kind, _, name = decoded.partition(":")
-    if kind != "chains" or not name:
-        raise InvalidArgument.field("page_token", "is not a page token this list gave out")
-    return name
+PAGES = PageTokens("chains", KEY)        # after this chain name
 
 
 class BlockchainServicer(blockchain_pb2_grpc.BlockchainServiceServicer):
@@ -125,12 +112,12 @@ class BlockchainServicer(blockchain_pb2_grpc.BlockchainServiceServicer):
 
     async def ListChains(self, request, context):
         size = page_size(request.page_size)
-        after = _after(request.page_token) if request.page_token else ""
-        names = [n for n in self._registry.names if n > after]
+        after = PAGES.read(request.page_token)
+        names = [n for n in self._registry.names if after is None or n > after[0]]
         page, more = names[:size], len(names) > size
         await self._registry.check_unchecked(page)
         return blockchain_pb2.ListChainsResponse(chains=[self._chain_pb(n) for n in page],
-                                                 next_page_token=_page_token(page[-1]) if more else "")
+                                                 next_page_token=PAGES.write(page[-1]) if more else "")
 
     async def GetChain(self, request, context):
         name = resource_id(request.name, "chains", "name")

@@ -17,7 +17,8 @@ SCALES: dict[str, int] = {
     "BTC": 8, "ETH": 18, "SOL": 9, "USDC": 6, "USDT": 6,
 }
 # Up to 20 integer digits and 18 decimals: NUMERIC(38, 18) holds every amount.
-_AMOUNT = re.compile(r"^-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?$")
+# Matched whole (fullmatch: "$" would also match before a trailing newline).
+_AMOUNT = re.compile(r"-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?")
 # Every operation on amounts runs in this context: wide enough for any sum of them, and any
 # rounding that changes a value raises instead of happening silently (Python's default keeps 28 digits).
 EXACT = Context(prec=60, traps=[InvalidOperation, Inexact, Overflow])
@@ -49,8 +50,8 @@ class Money:
     def parse(cls, currency: str, amount: str, field: str = "amount", currency_field: str = "currency_code") -> "Money":
         """Money from its wire form; InvalidArgument naming the field when anything is off."""
         scale = scale_of(currency, currency_field)
-        if not isinstance(amount, str) or not _AMOUNT.match(amount):
-            raise InvalidArgument.field(field, f"'{amount}' is not a decimal amount like \"12.50\"")
+        if not isinstance(amount, str) or not _AMOUNT.fullmatch(amount):
+            raise InvalidArgument.field(field, f"{amount!r} is not a decimal amount like \"12.50\"")
         value = Decimal(amount)
         places = -value.as_tuple().exponent if value.as_tuple().exponent < 0 else 0
         if places > scale:

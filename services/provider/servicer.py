@@ -10,7 +10,7 @@ from diboas.common.v1 import common_pb2
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.domain.money import Money
 from services.runtime.errors import InvalidArgument
-from services.runtime.requests import fingerprint, money, page_size, request_id, resource_id, timestamp
+from services.runtime.requests import fingerprint, foreign_page_token, money, page_size, request_id, resource_id, timestamp
 from services.simulation import Faults, fault_settings
 
 from .adapters import PAY_IN, PAY_OUT, Quote, QuoteRequest
@@ -106,8 +106,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     async def ListProviders(self, request, context):
         page_size(request.page_size)            # every provider fits in one page; the size is still checked
-        if request.page_token:
-            raise InvalidArgument.field("page_token", "is not a page token this list gave out")
+        if request.page_token:                  # so no token is one it gave out
+            raise foreign_page_token()
         return provider_pb2.ListProvidersResponse(providers=[self._provider_pb(n) for n in sorted(self._registry.adapters)])
 
     async def GetProvider(self, request, context):

@@ -51,6 +51,16 @@ class TokenIssuer:
         return token
 
 
+def lifetime(claims: dict, token: str, reason: str) -> float:
+    """Seconds from a verified token's `iat` to its `exp`. PyJWT takes numeric strings ("1700000000")
+    for both; RFC 7519 NumericDates are JSON numbers, and only numbers are accepted here."""
+    times = claims["iat"], claims["exp"]
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in times):
+        raise Unauthenticated(f"{token} rejected: 'iat' and 'exp' must be JSON numbers (seconds since the epoch), "
+                              "not strings", reason=reason)
+    return times[1] - times[0]
+
+
 @lru_cache(maxsize=256)
 def _public_key(cert_pem: bytes):
     return x509.load_pem_x509_certificate(cert_pem).public_key()
@@ -96,9 +106,10 @@ class TokenVerifier:
                                   reason="TOKEN_BAD_SIGNATURE") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"service token rejected: {exc}", reason="TOKEN_INVALID") from None
-        if claims["exp"] - claims["iat"] > MAX_TOKEN_LIFETIME_SECONDS:
-            raise Unauthenticated(f"service token lives {claims['exp'] - claims['iat']}s; at most "
-                                  f"{MAX_TOKEN_LIFETIME_SECONDS}s is accepted", reason="TOKEN_TOO_LONG_LIVED")
+        lives = lifetime(claims, "service token", "TOKEN_INVALID")
+        if lives > MAX_TOKEN_LIFETIME_SECONDS:
+            raise Unauthenticated(f"service token lives {lives}s; at most {MAX_TOKEN_LIFETIME_SECONDS}s is accepted",
+                                  reason="TOKEN_TOO_LONG_LIVED")
         if claims["sub"] != peer_identity:
             raise Unauthenticated(f"service token is for {claims['sub']}, but the connection is {peer_identity}",
                                   reason="TOKEN_IDENTITY_MISMATCH")

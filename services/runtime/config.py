@@ -19,7 +19,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TOPOLOGY = REPO_ROOT / "mesh.yaml"
-_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+_NAME = re.compile(r"[a-z][a-z0-9-]*")
 
 
 class ConfigError(Exception):
@@ -330,7 +330,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
     services: dict[str, ServiceConfig] = {}
     for name, s in raw_services.items():
         sw = f"{where}: services.{name}"
-        if not _NAME.match(str(name)):
+        if not _NAME.fullmatch(str(name)):
             raise ConfigError(f"{sw}: a service name is lower-case letters, digits and '-'")
         if not isinstance(s, dict):
             raise ConfigError(f"{sw} must be a mapping")

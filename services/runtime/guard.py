@@ -8,9 +8,12 @@ metrics and logs, in one fixed order and in one place.
   4. the per-RPC policy of mesh.yaml (PERMISSION_DENIED otherwise);
   5. the deadline: a call that arrives expired is refused, one without a deadline gets the
      default; the absolute deadline is published for clients to pass on;
-  6. domain errors become canonical codes with google.rpc.Status details; anything else is
+  6. the request itself: bytes that are not the request message (a string field that is not
+     UTF-8) or a string field with a control character are INVALID_ARGUMENT naming the field
+     (services/runtime/inputs.py checks them as grpc deserializes the request);
+  7. domain errors become canonical codes with google.rpc.Status details; anything else is
      INTERNAL with a trace id (logged with its traceback, never sent);
-  7. metrics per method and a log line for every failure.
+  8. metrics per method and a log line for every failure.
 
 The handlers are wrapped once, when they are registered (`Registrar`), rather than by a
 grpc.aio server interceptor, which would re-resolve and re-wrap the handler on every call
@@ -29,6 +32,7 @@ from . import errors
 from .auth import TokenVerifier
 from .config import ConfigError, ServiceConfig, Topology
 from .context import CURRENT_CALL, CallInfo, current_caller
+from .inputs import Malformed, guarded
 from .metrics import MethodMetrics
 from .status import code_of, internal_status, to_rpc_status
 from .tracing import TRACE_HEADERS, RpcTracing
@@ -85,19 +89,21 @@ class ServerGuard:
 
     def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         method = _Method(self._service, full_method)
+        handler = handler._replace(request_deserializer=guarded(handler.request_deserializer))
         if handler.unary_unary:
             return handler._replace(unary_unary=self._unary(method, handler.unary_unary))
         if handler.stream_unary:
-            return handler._replace(stream_unary=self._unary(method, handler.stream_unary))
+            return handler._replace(stream_unary=self._unary(method, handler.stream_unary, True))
         if handler.unary_stream:
             return handler._replace(unary_stream=self._stream(method, handler.unary_stream))
-        return handler._replace(stream_stream=self._stream(method, handler.stream_stream))
+        return handler._replace(stream_stream=self._stream(method, handler.stream_stream, True))
 
-    def _unary(self, method: _Method, behavior):
+    def _unary(self, method: _Method, behavior, streams_requests: bool = False):
         async def serve(request, context):
             scope = _RpcScope(self, method, context)
             try:
                 scope.enter()
+                request = _admitted(request, streams_requests)
                 if scope.enforce_budget:
                     scope.timer = asyncio.timeout(scope.budget)
                     async with scope.timer:
@@ -111,13 +117,14 @@ class ServerGuard:
             return response
         return serve
 
-    def _stream(self, method: _Method, behavior):
+    def _stream(self, method: _Method, behavior, streams_requests: bool = False):
         # Streaming handlers stay async generators; one that writes through context.write()
         # (a coroutine) is awaited instead.
         async def serve_stream(request, context):
             scope = _RpcScope(self, method, context)
             try:
                 scope.enter()
+                request = _admitted(request, streams_requests)
                 result = behavior(request, context)
                 if hasattr(result, "__aiter__"):
                     async for item in result:
@@ -181,7 +188,8 @@ class _RpcScope:
         token = trace_headers = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
-                token = value[7:] if value.startswith("Bearer ") else value
+                # The scheme is case-insensitive (RFC 9110 section 11.1): "bearer x", "BEARER x".
+                token = value[7:].strip() if value[:7].lower() == "bearer " else value
             elif key in TRACE_HEADERS:
                 trace_headers = trace_headers or {}
                 trace_headers[key] = value
@@ -244,6 +252,21 @@ class _RpcScope:
         self.finish(code, message)
         if status is not None:
             await context.abort_with_status(status)
+
+
+def _admitted(request, streams_requests: bool):
+    """The request, or its InvalidArgument raised when inputs.py refused it (for a request
+    stream: when a refused message comes)."""
+    if request.__class__ is Malformed:
+        raise request.error
+    return _checked(request) if streams_requests else request
+
+
+async def _checked(requests):
+    async for request in requests:
+        if request.__class__ is Malformed:
+            raise request.error
+        yield request
 
 
 class Registrar:

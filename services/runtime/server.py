@@ -90,6 +90,7 @@ class MeshServer:
         self._unready_seconds = unready_seconds
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.grpc_services: list[str] = []      # full names of the gRPC services served, once started
         self._server: grpc.aio.Server | None = None
         self._health: ServiceHealth | None = None
         self._upstreams: Upstreams | None = None
@@ -143,6 +144,7 @@ class MeshServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, registrar)
         add_reflection(registrar, [*grpc_services, "grpc.health.v1.Health"])
 
+        self.grpc_services = registrar.services
         self._server = server  # from here on, a failure must stop it
         self.port = _bind(server, service.address, server_credentials(files), service.name)
         if self._serve_metrics and service.metrics is not None:

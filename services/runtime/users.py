@@ -22,6 +22,7 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from .auth import lifetime
 from .config import ConfigError
 from .errors import Unauthenticated
 
@@ -93,7 +94,7 @@ class UserVerifier:
             raise Unauthenticated("user token expired", reason="USER_TOKEN_EXPIRED") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"user token rejected: {exc}", reason="USER_TOKEN_INVALID") from None
-        if claims["exp"] - claims["iat"] > MAX_USER_TOKEN_SECONDS:
+        if lifetime(claims, "user token", "USER_TOKEN_INVALID") > MAX_USER_TOKEN_SECONDS:
             raise Unauthenticated("user token lives too long", reason="USER_TOKEN_TOO_LONG_LIVED")
         if not isinstance(claims["sub"], str) or not USER_ID.fullmatch(claims["sub"]):
             raise Unauthenticated("user token 'sub' is not a user id", reason="USER_TOKEN_INVALID")

@@ -9,7 +9,6 @@ Each attempt at a saga is a span in the trace of the request that created the tr
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import datetime as dt
 import json
@@ -29,7 +28,7 @@ from services.runtime.errors import DeadlineExceeded, DomainError, FailedPrecond
 from services.runtime.idempotency import run_idempotent, stored_response
 from services.runtime.messaging.queue import Claimed, WorkQueue
 from services.runtime.messaging.store import Outbox
-from services.runtime.requests import page_size
+from services.runtime.requests import INSTANT, KEY, PageTokens, page_size
 from services.runtime.tracing import MessageTracing
 from services.runtime.users import User
 
@@ -105,16 +104,7 @@ def event_for(tx: Transaction) -> tuple[str, events_pb2.TransactionCompleted | e
     return "transaction.failed", event
 
 
-def _token(last: Transaction) -> str:
-    return base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode().rstrip("=")
-
-
-def _untoken(token: str) -> tuple[dt.datetime, str]:
-    try:
-        created, _, last_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode().partition("|")
-        return dt.datetime.fromisoformat(created), last_id
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument.field("page_token", "is not a page token this list gave out") from None
+PAGES = PageTokens("transactions", INSTANT, KEY)     # after this (created_at, id), newest first
 
 
 @dataclass(frozen=True)
@@ -210,7 +200,7 @@ class TransactionService:
         """Newest first, optionally of one wallet (as source or destination); keyset paging. A user
         who is not an operator sees only transactions that touch their own wallets."""
         limit = page_size(size)
-        after = _untoken(token) if token else None
+        after = PAGES.read(token)
 
         def read() -> list[Transaction]:
             t = transactions.c
@@ -224,7 +214,7 @@ class TransactionService:
                 return [_row(r) for r in connection.execute(_visible_to(query, viewer))]
         found = await self.db.run(read)
         more = len(found) > limit
-        return Page(found[:limit], _token(found[limit - 1]) if more else "")
+        return Page(found[:limit], PAGES.write(found[limit - 1].created_at, found[limit - 1].id) if more else "")
 
     # --- processing -----------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ opaque bytes the caller's `encode` gives (the first answer is replayed verbatim)
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import uuid
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from services.domain.money import EXACT, Money
 from services.runtime.db import Database
 from services.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from services.runtime.idempotency import run_idempotent
-from services.runtime.requests import page_size
+from services.runtime.requests import KEY, SEQUENCE, PageTokens, page_size
 from services.runtime.users import User
 
 from . import ledger
@@ -41,21 +40,8 @@ class Page:
     next_page_token: str
 
 
-def _token(kind: str, value: str) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode().rstrip("=")
-
-
-def _untoken(kind: str, token: str) -> str | None:
-    if not token:
-        return None
-    try:
-        decoded = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        decoded = ""
-    prefix, _, value = decoded.partition(":")
-    if prefix != kind or not value:
-        raise InvalidArgument.field("page_token", "is not a page token this list gave out")
-    return value
+WALLET_PAGES = PageTokens("wallets", KEY)               # after this wallet id
+ENTRY_PAGES = PageTokens("ledgerEntries", SEQUENCE)     # before this ledger entry id
 
 
 def _same_currency(wallet: Wallet, amount: Money, field: str) -> None:
@@ -212,10 +198,11 @@ class WalletService:
             if owner_id and owner_id != viewer.id:
                 return Page([], "")
             owner_id = viewer.id
-        after, limit = _untoken("w", token), page_size(size)
-        found = await self.db.run(self._read, lambda repo: repo.list_wallets(owner_id or None, after, limit + 1))
+        after, limit = WALLET_PAGES.read(token), page_size(size)
+        found = await self.db.run(self._read, lambda repo: repo.list_wallets(owner_id or None, after and after[0],
+                                                                             limit + 1))
         more = len(found) > limit
-        return Page(found[:limit], _token("w", found[limit - 1].id) if more else "")
+        return Page(found[:limit], WALLET_PAGES.write(found[limit - 1].id) if more else "")
 
     async def validate_balance(self, wallet_id: str, amount: Money,
                                viewer: User | None = None) -> tuple[Wallet, bool, Money]:
@@ -235,15 +222,12 @@ class WalletService:
     async def list_entries(self, wallet_id: str, size: int, token: str, viewer: User | None = None) -> Page:
         if viewer is not None:
             await self.get_wallet(wallet_id, viewer)          # NOT_FOUND unless it is theirs
-        before = _untoken("e", token)
-        if before is not None and not before.isdigit():
-            raise InvalidArgument.field("page_token", "is not a page token this list gave out")
-        limit = page_size(size)
+        before, limit = ENTRY_PAGES.read(token), page_size(size)
 
         def read(repo: WalletRepository):
             if repo.get_wallet(wallet_id) is None:
                 raise NotFound(f"wallet wallets/{wallet_id} does not exist", reason="WALLET_NOT_FOUND")
-            return repo.list_entries(wallet_id, int(before) if before else None, limit + 1)
+            return repo.list_entries(wallet_id, before and before[0], limit + 1)
         found = await self.db.run(self._read, read)
         more = len(found) > limit
-        return Page(found[:limit], _token("e", str(found[limit - 1].id)) if more else "")
+        return Page(found[:limit], ENTRY_PAGES.write(found[limit - 1].id) if more else "")

@@ -15,7 +15,7 @@ from .ledger import Hold, Wallet
 from .repository import LedgerEntry
 from .service import WalletService
 
-_HOLD = re.compile(r"^wallets/([A-Za-z0-9_-]{1,64})/holds/([A-Za-z0-9_-]{1,64})$")
+_HOLD = re.compile(r"wallets/([A-Za-z0-9_-]{1,64})/holds/([A-Za-z0-9_-]{1,64})")
 
 
 def wallet_id(name: str, field: str) -> str:
@@ -23,7 +23,7 @@ def wallet_id(name: str, field: str) -> str:
 
 
 def hold_ids(name: str, field: str = "name") -> tuple[str, str]:
-    match = _HOLD.match(name)
+    match = _HOLD.fullmatch(name)
     if not match:
         raise InvalidArgument.field(field, f"'{name}' is not a hold name like \"wallets/{{wallet}}/holds/{{hold}}\"")
     return match.group(1), match.group(2)

@@ -8,7 +8,7 @@ from diboas.events.v1 import events_pb2, events_pb2_grpc
 from ..db import Database
 from ..errors import InvalidArgument
 from ..idempotency import run_idempotent
-from ..requests import fingerprint, page_size, request_id, timestamp
+from ..requests import SEQUENCE, PageTokens, fingerprint, page_size, request_id, timestamp
 from .relay import DeadLetter, Relay
 
 
@@ -18,19 +18,20 @@ def dead_letter_pb(d: DeadLetter) -> events_pb2.DeadLetter:
                                  create_time=timestamp(d.created_at), replay_time=timestamp(d.replayed_at))
 
 
+PAGES = PageTokens("deadLetters", SEQUENCE)      # after this dead letter id
+
+
 class DeadLetterServicer(events_pb2_grpc.DeadLetterServiceServicer):
     def __init__(self, db: Database, relay: Relay, idempotency_keys: Table):
         self._db, self._relay, self._keys = db, relay, idempotency_keys
 
     async def ListDeadLetters(self, request, context):
         limit = page_size(request.page_size)
-        if request.page_token and not request.page_token.isdigit():
-            raise InvalidArgument.field("page_token", "is not a page token this list gave out")
-        found = await self._db.run(self._relay.dead_letters, request.include_replayed,
-                                   int(request.page_token or 0), limit + 1)
+        after = PAGES.read(request.page_token)
+        found = await self._db.run(self._relay.dead_letters, request.include_replayed, after[0] if after else 0, limit + 1)
         more = len(found) > limit
         return events_pb2.ListDeadLettersResponse(dead_letters=[dead_letter_pb(d) for d in found[:limit]],
-                                                  next_page_token=str(found[limit - 1].id) if more else "")
+                                                  next_page_token=PAGES.write(found[limit - 1].id) if more else "")
 
     async def ReplayDeadLetters(self, request, context):
         rid = request_id(request)
