@@ -1,16 +1,25 @@
 """The work queue: priorities, leases that expire (a dead worker's item comes back), leases a
-busy worker renews, and a worker that lost its lease changing nothing."""
+busy worker renews, a worker that lost its lease changing nothing, and the retry policy:
+backoff that grows with bounded jitter, items parked as dead letters once their attempts or
+their age are spent, and replayed with a fresh attempt count."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import random
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from services.runtime.config import ConfigError, QueuePolicy, load_topology
 from services.runtime.db import Database
-from services.runtime.messaging.queue import WorkQueue
+from services.runtime.errors import NotFound
+from services.runtime.messaging.queue import MAX_AGE, MAX_ATTEMPTS, WorkQueue
 from services.transaction.app import MIGRATIONS
-from services.transaction.tables import work_items
+from services.transaction.tables import metadata, parked_work_items, work_items
 
 
 class Clock:
@@ -25,12 +34,22 @@ class Clock:
 
 
 @pytest.fixture
-def queue(database_url):
+def database(database_url):
     db = Database(database_url, MIGRATIONS)
     db.migrate()
-    clock = Clock()
-    yield WorkQueue(db, work_items, "q", lease=dt.timedelta(seconds=30), clock=clock), db, clock
+    yield db
     db.close()
+
+
+def make_queue(db, clock, name: str = "q", **policy) -> WorkQueue:
+    return WorkQueue(db, work_items, name, lease=dt.timedelta(seconds=30), clock=clock, rng=random.Random(5),
+                     parked=parked_work_items, policy=QueuePolicy(**policy), worker="worker-1")
+
+
+@pytest.fixture
+def queue(database):
+    clock = Clock()
+    return make_queue(database, clock), database, clock
 
 
 def add(db, queue, item: str, priority: int = 0) -> None:
@@ -62,7 +81,7 @@ def test_a_renewed_lease_keeps_the_item_and_a_lost_lease_changes_nothing(queue):
     theirs = q.claim()
     assert theirs is not None and theirs.attempts == mine.attempts + 1
     assert not q.renew(mine)                    # the stale worker learns it lost the item
-    q.retry(mine, "late failure")               # and its retry does not push the new holder's lease
+    assert q.retry(mine, "late failure").lost   # and its retry does not push the new holder's lease
     with db.reading() as connection:
         row = connection.execute(select(work_items)).one()
     assert row.attempts == theirs.attempts and row.last_error == ""
@@ -98,7 +117,7 @@ async def test_a_saga_step_longer_than_the_lease_is_run_by_one_worker_only(datab
 
     db = Database(database_url, MIGRATIONS)
     db.migrate()
-    queue = WorkQueue(db, work_items, "q", lease=dt.timedelta(seconds=0.2))
+    queue = WorkQueue(db, work_items, "q", lease=dt.timedelta(seconds=0.2), parked=parked_work_items)
     service = TransactionService(db, SlowWallet(), queue, Outbox(messaging, "transaction", lambda topic: [],
                                                                 KeyRing.load(pki)))
     draft = Transaction("", SEND, "", "wallets/a", "wallets/b", Money.parse("USD", "1.00"), "", "", None, None, None)
@@ -115,3 +134,148 @@ async def test_a_saga_step_longer_than_the_lease_is_run_by_one_worker_only(datab
         await asyncio.gather(*workers)
         db.close()
     assert SlowWallet.holds == 1
+
+
+# --- the retry policy -----------------------------------------------------------------------------
+
+def parked_rows(db) -> list:
+    with db.reading() as connection:
+        return list(connection.execute(select(parked_work_items).order_by(parked_work_items.c.id)))
+
+
+def fail_until_parked(q, clock, limit: int = 50) -> list:
+    """Claim and fail the one item until it is parked; each retry's outcome."""
+    outcomes = []
+    for _ in range(limit):
+        claimed = q.claim()
+        assert claimed is not None
+        outcomes.append(q.retry(claimed, f"attempt {claimed.attempts}: upstream unavailable"))
+        if outcomes[-1].parked:
+            return outcomes
+        clock.advance(outcomes[-1].delay.total_seconds())
+    raise AssertionError("never parked")
+
+
+def test_the_backoff_doubles_up_to_its_cap_with_jitter_of_at_most_half(queue):
+    _, db, clock = queue
+    q = make_queue(db, clock, max_attempts=12, initial_backoff_seconds=0.5, max_backoff_seconds=20,
+                   max_age_seconds=10 ** 6)
+    add(db, q, "saga")
+    delays = [o.delay.total_seconds() for o in fail_until_parked(q, clock)[:-1]]
+    assert len(delays) == 11
+    for attempt, delay in enumerate(delays, start=1):
+        ceiling = min(20, 0.5 * 2 ** (attempt - 1))
+        assert ceiling / 2 <= delay <= ceiling, (attempt, delay)
+    assert delays[4] > delays[0] * 4 and max(delays) <= 20       # grows, then stays under the cap
+    assert len(set(delays[6:])) == len(delays[6:])               # capped, yet not in step with each other
+
+
+def test_an_item_is_parked_after_its_attempts_with_an_audit_record_an_alert_and_a_metric(queue, caplog):
+    _, db, clock = queue
+    q = make_queue(db, clock, max_attempts=3, initial_backoff_seconds=1, max_backoff_seconds=5)
+    labels = {"queue": "q", "reason": MAX_ATTEMPTS}
+    before = REGISTRY.get_sample_value("diboas_work_items_parked_total", labels) or 0
+    add(db, q, "saga", priority=7)
+    created = clock.now
+    with caplog.at_level(logging.ERROR, logger="diboas.queue"):
+        outcomes = fail_until_parked(q, clock)
+    assert [o.delay is not None for o in outcomes] == [True, True, False]
+    (parked,) = q.dead_letters()
+    assert outcomes[-1].parked == parked
+    assert (parked.item, parked.priority, parked.attempts, parked.reason, parked.error, parked.parked_by) == \
+        ("saga", 7, 3, MAX_ATTEMPTS, "attempt 3: upstream unavailable", "worker-1")
+    assert parked.queued_at == created and parked.parked_at == clock.now and parked.replayed_at is None
+    assert q.depth() == 0
+    clock.advance(10 ** 6)
+    assert q.claim() is None                                      # never retried again
+    assert REGISTRY.get_sample_value("diboas_work_items_parked_total", labels) == before + 1
+    (alert,) = [r for r in caplog.records if getattr(r, "alert", None) == "dead_letter"]
+    assert alert.item == "saga" and alert.queue == "q" and alert.attempts == 3 and alert.dead_letter == parked.id
+
+
+def test_an_item_is_parked_once_older_than_the_max_age_whatever_its_attempts(queue):
+    _, db, clock = queue
+    q = make_queue(db, clock, max_attempts=1000, initial_backoff_seconds=1, max_backoff_seconds=10,
+                   max_age_seconds=60)
+    add(db, q, "saga")
+    first = q.retry(q.claim(), "in progress")
+    assert first.delay is not None
+    clock.advance(59)
+    assert q.retry(q.claim(), "still in progress").delay is not None
+    clock.advance(2)                                    # past its backoff (at most 2 s), 61 s old
+    parked = q.retry(q.claim(), "still in progress after a minute").parked
+    assert parked is not None and parked.reason == MAX_AGE and parked.attempts == 3
+    assert q.claim() is None and q.depth() == 0
+
+
+def test_a_worker_that_lost_its_lease_does_not_park_the_new_holders_item(queue):
+    _, db, clock = queue
+    q = make_queue(db, clock, max_attempts=2)
+    add(db, q, "saga")
+    mine = q.claim()
+    clock.advance(31)                                   # it stalled past its lease
+    theirs = q.claim()                                  # the last attempt the policy allows
+    assert theirs.attempts == 2
+    assert q.retry(mine, "late failure").lost          # spent attempts or not: not mine to park
+    assert q.dead_letters() == [] and q.depth() == 1
+    with db.reading() as connection:
+        row = connection.execute(select(work_items)).one()
+    assert (row.attempts, row.last_error) == (2, "")   # the new holder's attempt, untouched
+    assert q.retry(theirs, "their failure").parked.attempts == 2
+
+
+def test_a_lost_lease_cannot_park_even_the_item_the_worker_last_had(queue):
+    _, db, clock = queue
+    q = make_queue(db, clock, max_attempts=1)
+    add(db, q, "saga")
+    mine = q.claim()                                    # attempt 1 of 1: a failure would park it
+    clock.advance(31)
+    theirs = q.claim()
+    assert q.retry(mine, "late failure").lost and q.dead_letters() == []
+    assert q.retry(theirs, "their failure").parked.attempts == 2
+
+
+def test_a_replay_puts_the_item_back_with_fresh_attempts_once_and_keeps_the_audit(queue):
+    _, db, clock = queue
+    q = make_queue(db, clock, max_attempts=2, max_age_seconds=3600)
+    other = make_queue(db, clock, name="other", max_attempts=1)
+    add(db, q, "saga", priority=9)
+    clock.advance(7200)                                  # older than the max age, too
+    (parked,) = [o.parked for o in fail_until_parked(q, clock) if o.parked]
+    add(db, other, "elsewhere")
+    fail_until_parked(other, clock)
+    with pytest.raises(NotFound):                        # not a dead letter of this queue
+        with db.transaction() as connection:
+            q.replay_in(connection, [parked.id, 999], clock.now, "operator")
+    with db.transaction() as connection:
+        assert q.replay_in(connection, [parked.id], clock.now, "operator") == 1
+    with db.transaction() as connection:
+        assert q.replay_in(connection, None, clock.now, "operator") == 0       # nothing waits any more
+    again = q.claim()
+    assert (again.item, again.attempts) == ("saga", 1)
+    assert q.retry(again, "one more failure").delay is not None   # its age counts from the replay
+    (audit,) = q.dead_letters(include_replayed=True)
+    assert audit.replayed_at == clock.now and audit.replayed_by == "operator" and q.dead_letters() == []
+    assert len(other.dead_letters()) == 1
+
+
+def test_the_migrations_make_the_schema_of_tables_py(database):
+    with database.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), metadata) == []
+
+
+def test_the_queue_policy_comes_from_the_topology_per_queue_with_defaults(tmp_path):
+    default = load_topology(env={})
+    assert default.queue_policy("wallet", "anything") == default.defaults.queue
+    assert default.queue_policy("transaction", "financial.transactions").max_attempts >= 1
+    env = {"DIBOAS_QUEUE_MAX_ATTEMPTS": "4", "DIBOAS_TRANSACTION_QUEUE_FINANCIAL_TRANSACTIONS_MAX_AGE": "90"}
+    topology = load_topology(env=env)
+    assert topology.defaults.queue.max_attempts == 4
+    policy = topology.queue_policy("transaction", "financial.transactions")
+    assert policy.max_age_seconds == 90 and policy.max_attempts == 10           # mesh.yaml names it per queue
+    for key, value, problem in [("DIBOAS_QUEUE_MAX_ATTEMPTS", "2.5", "whole number"),
+                                ("DIBOAS_QUEUE_MAX_ATTEMPTS", "0", "greater than zero"),
+                                ("DIBOAS_QUEUE_MAX_BACKOFF", "0.1", "must not be below"),
+                                ("DIBOAS_TRANSACTION_QUEUE_FINANCIAL_TRANSACTIONS_MAX_AGE", "x", "not a number")]:
+        with pytest.raises(ConfigError, match=problem):
+            load_topology(env={key: value})
