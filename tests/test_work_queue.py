@@ -279,3 +279,65 @@ def test_the_queue_policy_comes_from_the_topology_per_queue_with_defaults(tmp_pa
                                 ("DIBOAS_TRANSACTION_QUEUE_FINANCIAL_TRANSACTIONS_MAX_AGE", "x", "not a number")]:
         with pytest.raises(ConfigError, match=problem):
             load_topology(env={key: value})
+
+
+# --- DeadLetterService over both kinds --------------------------------------------------------------
+
+async def test_dead_letters_of_both_kinds_are_listed_page_by_page_and_replayed_by_kind(queue):
+    from sqlalchemy import insert
+
+    from diboas.events.v1 import events_pb2
+    from services.runtime.errors import InvalidArgument
+    from services.runtime.messaging.admin import DeadLetterServicer
+    from services.runtime.messaging.relay import MeshTransport, Relay
+    from services.runtime.messaging.store import DEAD
+    from services.transaction.tables import idempotency_keys, messaging
+
+    _, db, clock = queue
+    q = make_queue(db, clock, max_attempts=1)
+    with db.transaction() as connection:           # two deliveries the relay gave up on
+        for n in (1, 2):
+            outbox_id = connection.execute(insert(messaging.outbox).values(
+                event_id=f"e{n}", topic="transaction.completed", envelope=b"", created_at=clock.now)).inserted_primary_key[0]
+            delivery_id = connection.execute(insert(messaging.deliveries).values(
+                outbox_id=outbox_id, subscriber="wallet", state=DEAD, attempts=3, retries=3, next_attempt_at=clock.now,
+                last_error="bug", updated_at=clock.now)).inserted_primary_key[0]
+            connection.execute(insert(messaging.dead_letters).values(
+                delivery_id=delivery_id, event_id=f"e{n}", topic="transaction.completed", subscriber="wallet",
+                attempts=3, reason="HANDLER_FAILED", error="bug", created_at=clock.now))
+    for n in (1, 2, 3):                           # three parked work items
+        add(db, q, f"saga{n}")
+        assert q.retry(q.claim(), "unavailable").parked
+    relay = Relay(db, messaging, MeshTransport({}), "transaction", clock=clock)
+    servicer = DeadLetterServicer(db, relay, idempotency_keys, q)
+
+    async def pages(kind: int = 0) -> list[list[tuple[int, str]]]:
+        found, token = [], ""
+        while True:
+            reply = await servicer.ListDeadLetters(events_pb2.ListDeadLettersRequest(
+                page_size=2, page_token=token, kind=kind), None)
+            found.append([(d.kind, d.event_id or d.item) for d in reply.dead_letters])
+            if not (token := reply.next_page_token):
+                return found
+    event, item = events_pb2.DEAD_LETTER_KIND_EVENT_DELIVERY, events_pb2.DEAD_LETTER_KIND_WORK_ITEM
+    assert await pages() == [[(event, "e1"), (event, "e2")], [(item, "saga1"), (item, "saga2")], [(item, "saga3")]]
+    assert await pages(item) == [[(item, "saga1"), (item, "saga2")], [(item, "saga3")]]
+    assert await pages(event) == [[(event, "e1"), (event, "e2")]]
+    for token in ("x", "w", "w-1"):
+        with pytest.raises(InvalidArgument):
+            await servicer.ListDeadLetters(events_pb2.ListDeadLettersRequest(page_token=token), None)
+    with pytest.raises(InvalidArgument):
+        await servicer.ListDeadLetters(events_pb2.ListDeadLettersRequest(kind=7), None)
+
+    async def replay(request_id: str, **fields) -> int:
+        return (await servicer.ReplayDeadLetters(events_pb2.ReplayDeadLettersRequest(
+            request_id=request_id, **fields), None)).replayed
+    (first_event,) = [d.id for d in relay.dead_letters() if d.event_id == "e1"]
+    assert await replay("r1", ids=[first_event]) == 1              # ids without a kind: an event's
+    assert [p.item for p in q.dead_letters()] == ["saga1", "saga2", "saga3"]
+    saga2 = [p.id for p in q.dead_letters() if p.item == "saga2"]
+    assert await replay("r2", ids=saga2, kind=item) == 1
+    assert await replay("r2", ids=saga2, kind=item) == 1           # a repeat answers the same, does nothing
+    assert [p.item for p in q.dead_letters()] == ["saga1", "saga3"] and q.depth() == 1
+    assert await replay("r3", all=True) == 3                       # every kind: e2, saga1, saga3
+    assert q.dead_letters() == [] and relay.dead_letters() == [] and q.depth() == 3
