@@ -259,6 +259,35 @@ def test_a_replay_puts_the_item_back_with_fresh_attempts_once_and_keeps_the_audi
     assert len(other.dead_letters()) == 1
 
 
+def test_two_replays_at_once_put_the_item_back_once(queue):
+    import threading
+    _, db, clock = queue
+    q = make_queue(db, clock, max_attempts=1)
+    add(db, q, "saga")
+    assert q.retry(q.claim(), "unavailable").parked
+    first_done, counts = threading.Event(), {}
+
+    def first():
+        with db.transaction() as connection:
+            counts["first"] = q.replay_in(connection, None, clock.now, "ops-1")
+            first_done.wait(5)                  # still open while the second one starts
+
+    def second():
+        with db.transaction() as connection:
+            counts["second"] = q.replay_in(connection, None, clock.now, "ops-2")
+    one = threading.Thread(target=first)
+    one.start()
+    while "first" not in counts:
+        pass
+    two = threading.Thread(target=second)
+    two.start()
+    two.join(0.5)                               # it waits for the first to commit
+    first_done.set()
+    one.join()
+    two.join()
+    assert sorted(counts.values()) == [0, 1] and q.depth() == 1
+
+
 def test_the_migrations_make_the_schema_of_tables_py(database):
     with database.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []

@@ -242,6 +242,8 @@ class WorkQueue:
         query = select(p.c.id, p.c.item, p.c.priority).where(p.c.queue == self.name, p.c.replayed_at.is_(None))
         if dead_letter_ids is not None:
             query = query.where(p.c.id.in_(dead_letter_ids))
+        if connection.dialect.name == "postgresql":
+            query = query.with_for_update()         # a concurrent replay of the same ones waits, then finds none
         rows = list(connection.execute(query.order_by(p.c.id)))
         if dead_letter_ids is not None and len(rows) != len(set(dead_letter_ids)):
             missing = sorted(set(dead_letter_ids) - {r.id for r in rows})
