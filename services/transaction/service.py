@@ -24,7 +24,7 @@ from diboas.common.v1 import common_pb2
 from diboas.events.v1 import events_pb2
 from diboas.transaction.v1 import transaction_pb2
 from services.domain.money import Money
-from services.runtime.db import Database
+from services.runtime.db import Database, as_utc
 from services.runtime.errors import DeadlineExceeded, DomainError, FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.idempotency import run_idempotent, stored_response
 from services.runtime.messaging.queue import Claimed, ParkedItem, WorkQueue
@@ -44,14 +44,10 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
 def _row(row) -> Transaction:
     return Transaction(row.id, row.type, row.state, row.source_wallet, row.destination_wallet,
-                       Money(row.currency, row.amount), row.hold, row.failure_reason, _utc(row.created_at),
-                       _utc(row.updated_at), _utc(row.completed_at), row.provider, row.provider_payment,
+                       Money(row.currency, row.amount), row.hold, row.failure_reason, as_utc(row.created_at),
+                       as_utc(row.updated_at), as_utc(row.completed_at), row.provider, row.provider_payment,
                        row.source_chain, row.target_chain, row.destination_address, row.cross_chain_transfer,
                        [tuple(ref) for ref in json.loads(row.chain_transactions)])
 

@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 
 from ..config import QueuePolicy
-from ..db import Database
+from ..db import Database, as_utc
 from ..errors import NotFound
 
 log = logging.getLogger("diboas.queue")
@@ -112,13 +112,9 @@ class Retried:
         return self.delay is None and self.parked is None
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
 def _parked(row) -> ParkedItem:
-    return ParkedItem(**{**row._asdict(), "queued_at": _utc(row.queued_at), "parked_at": _utc(row.parked_at),
-                         "replayed_at": _utc(row.replayed_at)})
+    return ParkedItem(**{**row._asdict(), "queued_at": as_utc(row.queued_at), "parked_at": as_utc(row.parked_at),
+                         "replayed_at": as_utc(row.replayed_at)})
 
 
 @dataclass(frozen=True)
@@ -194,7 +190,7 @@ class WorkQueue:
             if row is None:
                 return Retried()
             reason = (MAX_ATTEMPTS if claimed.attempts >= self.policy.max_attempts
-                      else MAX_AGE if (now - _utc(row.created_at)).total_seconds() >= self.policy.max_age_seconds
+                      else MAX_AGE if (now - as_utc(row.created_at)).total_seconds() >= self.policy.max_age_seconds
                       else None)
             if reason is None:
                 delay = self.backoff(claimed.attempts)
@@ -204,7 +200,7 @@ class WorkQueue:
             if connection.execute(delete(t).where(t.c.id == claimed.id, t.c.attempts == claimed.attempts)).rowcount != 1:
                 return Retried()
             record = dict(queue=self.name, item=row.item, priority=row.priority, attempts=claimed.attempts,
-                          reason=reason, error=error[:2000], queued_at=_utc(row.created_at), parked_at=now,
+                          reason=reason, error=error[:2000], queued_at=as_utc(row.created_at), parked_at=now,
                           parked_by=self._worker, replayed_at=None, replayed_by="")
             parked_id = connection.execute(insert(self._parked).values(**record)).inserted_primary_key[0]
         parked = ParkedItem(id=parked_id, **record)
