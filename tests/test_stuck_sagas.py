@@ -57,6 +57,9 @@ async def test_a_saga_that_cannot_finish_is_parked_holding_the_money_and_complet
         listed = await mesh.transactions.ListTransactions(transaction_pb2.ListTransactionsRequest(wallet=alice),
                                                           metadata=mesh.as_gateway, timeout=10)
         assert [t.parked.dead_letter_id for t in listed.transactions] == [tx.parked.dead_letter_id]
+        mine = (await mesh.transactions.GetTransaction(transaction_pb2.GetTransactionRequest(name=created.name),
+                                                       metadata=mesh.as_user("alice"), timeout=10)).transaction
+        assert mine.parked.attempts == 3 and mine.parked.last_error == ""   # the error is for operators
         assert await mesh.balances(alice) == (Decimal("50.00"), Decimal("30.00"))
         await asyncio.sleep(1.0)                                        # and it is not retried any more
         assert (await get(mesh, created.name)).parked == tx.parked

@@ -52,8 +52,10 @@ def _row(row) -> Transaction:
                        [tuple(ref) for ref in json.loads(row.chain_transactions)])
 
 
-def _parked(item: ParkedItem) -> Parked:
-    return Parked(item.reason, item.error, item.attempts, item.parked_at, item.id)
+def _parked(item: ParkedItem, viewer: User | None) -> Parked:
+    """What a parked saga shows: its last error only to operators (it may name our internals)."""
+    shown = viewer is None or viewer.is_operator
+    return Parked(item.reason, item.error if shown else "", item.attempts, item.parked_at, item.id)
 
 
 def _saga_columns(tx: Transaction) -> dict:
@@ -190,19 +192,20 @@ class TransactionService:
 
     # --- reads ----------------------------------------------------------------------------------
 
-    def _read(self, connection: Connection, query) -> list[Transaction]:
-        """The transactions `query` selects, each with its saga's dead letter while it is parked."""
-        found = [_row(row) for row in connection.execute(query)]
+    def _read(self, connection: Connection, query, viewer: User | None) -> list[Transaction]:
+        """The transactions `query` selects that `viewer` may see, each with its saga's dead letter
+        while it is parked."""
+        found = [_row(row) for row in connection.execute(_visible_to(query, viewer))]
         parked = self.queue.parked_in(connection, [tx.id for tx in found if tx.state not in TERMINAL])
         for tx in found:
             if tx.id in parked:
-                tx.parked = _parked(parked[tx.id])
+                tx.parked = _parked(parked[tx.id], viewer)
         return found
 
     def _get(self, transaction_id: str, viewer: User | None = None) -> Transaction | None:
         query = select(transactions).where(transactions.c.id == transaction_id)
         with self.db.reading() as connection:
-            found = self._read(connection, _visible_to(query, viewer))
+            found = self._read(connection, query, viewer)
         return found[0] if found else None
 
     async def get(self, transaction_id: str, viewer: User | None = None) -> Transaction:
@@ -227,7 +230,7 @@ class TransactionService:
                 created, last_id = after
                 query = query.where(or_(t.created_at < created, and_(t.created_at == created, t.id < last_id)))
             with self.db.reading() as connection:
-                return self._read(connection, _visible_to(query, viewer))
+                return self._read(connection, query, viewer)
         found = await self.db.run(read)
         more = len(found) > limit
         return Page(found[:limit], _token(found[limit - 1]) if more else "")

@@ -203,7 +203,7 @@ class ParkedSaga(_message.Message):
     PARK_TIME_FIELD_NUMBER: _builtins.int
     DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
     last_error: _builtins.str
-    """The last attempt's error."""
+    """The last attempt's error; empty unless the caller is an operator (it may name internal systems)."""
     attempts: _builtins.int
     """Attempts made before it was parked."""
     reason: _builtins.str
