@@ -370,3 +370,64 @@ async def test_dead_letters_of_both_kinds_are_listed_page_by_page_and_replayed_b
     assert [p.item for p in q.dead_letters()] == ["saga1", "saga3"] and q.depth() == 1
     assert await replay("r3", all=True) == 3                       # every kind: e2, saga1, saga3
     assert q.dead_letters() == [] and relay.dead_letters() == [] and q.depth() == 3
+
+
+async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_still_fails_at_once(database, pki):
+    """The wallet answers UNAVAILABLE to one SEND's hold (it may have happened: parked after the
+    policy's attempts, still PENDING, no event) and refuses the other's (FAILED at once)."""
+    import asyncio
+
+    from sqlalchemy import func
+
+    from services.domain.money import Money
+    from services.runtime.errors import FailedPrecondition, ServiceUnavailable
+    from services.runtime.messaging.secure import KeyRing
+    from services.runtime.messaging.store import Outbox
+    from services.transaction.domain import SEND, Transaction
+    from services.transaction.service import TransactionService
+    from services.transaction.tables import messaging
+    from services.transaction.wallet_client import Funds
+
+    class Wallet:
+        holds: list[str] = []
+
+        async def describe(self, wallet):
+            return "alice", "USD"
+
+        async def funds(self, source, amount):
+            return Funds(True, "100.00")
+
+        async def hold(self, source, amount, reference, request_id):
+            Wallet.holds.append(request_id)
+            if amount.text == "1.00":
+                raise ServiceUnavailable("the wallet is unreachable", reason="UPSTREAM_UNAVAILABLE")
+            raise FailedPrecondition("insufficient funds", reason="INSUFFICIENT_FUNDS")
+
+    queue = WorkQueue(database, work_items, "financial.transactions", parked=parked_work_items,
+                      policy=QueuePolicy(max_attempts=3, initial_backoff_seconds=0.01, max_backoff_seconds=0.02))
+    service = TransactionService(database, Wallet(), queue, Outbox(messaging, "transaction", lambda topic: ["wallet"],
+                                                                   KeyRing.load(pki)))
+
+    async def create(amount: str) -> str:
+        draft = Transaction("", SEND, "", "wallets/a", "wallets/b", Money.parse("USD", amount), "", "", None, None, None)
+        return (await service.create(f"r{amount}", "fp", draft, lambda tx: tx.id.encode())).decode()
+    stuck, refused = await create("1.00"), await create("2.00")
+    stop = asyncio.Event()
+    worker = asyncio.create_task(service.work(stop, idle_seconds=0.01))
+    try:
+        for _ in range(500):
+            if (await service.get(stuck)).parked and (await service.get(refused)).state == "FAILED":
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await worker
+    parked, failed = await service.get(stuck), await service.get(refused)
+    assert (parked.state, parked.failure_reason, parked.parked.attempts) == ("PENDING", "", 3)
+    assert parked.parked.last_error == "the wallet is unreachable" and parked.parked.reason == MAX_ATTEMPTS
+    assert failed.state == "FAILED" and failed.parked is None
+    assert Wallet.holds.count(f"{stuck}:hold") == 3 and Wallet.holds.count(f"{refused}:hold") == 1
+    with database.reading() as connection:
+        topics = [row.topic for row in connection.execute(select(messaging.outbox.c.topic))]
+        assert topics == ["transaction.failed"]                  # nothing for the parked one
+        assert connection.execute(select(func.count()).select_from(work_items)).scalar_one() == 0
