@@ -3,7 +3,7 @@
   diboas health                 health of every service (the spec's ServiceHealthMonitor)
   diboas token --for wallet     a service JWT for grpcurl (as the operator, by default)
   diboas user-token alice       a development user JWT for the REST gateway
-  diboas dead-letters list      events given up on; `replay ID... | --all` delivers them again
+  diboas dead-letters list      events and parked sagas given up on; `replay ID... | --all` again
   diboas faults provider NAME   switch a simulated provider's faults (or `chain NAME`; --clear)
   diboas demo                   wallets, a deposit, a send, a bridge and a withdrawal over REST
 
@@ -75,6 +75,20 @@ def _operator_channel(topology: Topology, identity: str, name: str):
     return channel, (("authorization", f"Bearer {token}"),)
 
 
+_KINDS = {None: events_pb2.DEAD_LETTER_KIND_UNSPECIFIED, "event": events_pb2.DEAD_LETTER_KIND_EVENT_DELIVERY,
+          "work-item": events_pb2.DEAD_LETTER_KIND_WORK_ITEM}
+
+
+def _dead_letter_line(d: events_pb2.DeadLetter) -> str:
+    replayed = f"  replayed {d.replay_time.ToJsonString()}" if d.HasField("replay_time") else ""
+    if d.kind == events_pb2.DEAD_LETTER_KIND_WORK_ITEM:
+        replayed += f" by {d.replayed_by}" if replayed and d.replayed_by else ""
+        return (f"work-item #{d.id:<5} {d.queue:<24} {d.item}  {d.attempts} attempt(s)  {d.reason}"
+                f"  {d.create_time.ToJsonString()}  by {d.parked_by}{replayed}\n       {d.error[:200]}")
+    return (f"event #{d.id:<5} {d.topic:<24} {d.event_id}  to {d.subscriber:<12} {d.attempts} attempt(s)  {d.reason}"
+            f"  {d.create_time.ToJsonString()}{replayed}\n       {d.error[:200]}")
+
+
 async def _dead_letters(args, topology: Topology):
     channel, metadata = _operator_channel(topology, args.identity, args.service)
     async with channel:
@@ -83,11 +97,13 @@ async def _dead_letters(args, topology: Topology):
             letters, page = [], ""
             while True:
                 reply = await stub.ListDeadLetters(events_pb2.ListDeadLettersRequest(
-                    include_replayed=args.all, page_size=500, page_token=page), metadata=metadata, timeout=10)
+                    include_replayed=args.all, page_size=500, page_token=page, kind=_KINDS[args.kind]),
+                    metadata=metadata, timeout=10)
                 letters += reply.dead_letters
                 if not (page := reply.next_page_token):
                     return letters
-        request = events_pb2.ReplayDeadLettersRequest(ids=args.ids, all=args.all, request_id=uuid.uuid4().hex)
+        request = events_pb2.ReplayDeadLettersRequest(ids=args.ids, all=args.all, request_id=uuid.uuid4().hex,
+                                                      kind=_KINDS[args.kind])
         return (await stub.ReplayDeadLetters(request, metadata=metadata, timeout=10)).replayed
 
 
@@ -100,7 +116,8 @@ def cmd_dead_letters(args, topology: Topology) -> int:
         print(f"diboas: {args.service}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     if args.action == "replay":
-        print(f"replayed {result} dead letter(s) of {args.service}; the relay delivers them again now")
+        print(f"replayed {result} dead letter(s) of {args.service}; events are delivered again now, "
+              f"work items are back on their queue")
         return 0
     if args.json:
         print(json.dumps([json_format.MessageToDict(d) for d in result], indent=2))
@@ -109,9 +126,7 @@ def cmd_dead_letters(args, topology: Topology) -> int:
         print(f"no dead letters in {args.service}" + ("" if args.all else " waiting for replay"))
         return 0
     for d in result:
-        replayed = f"  replayed {d.replay_time.ToJsonString()}" if d.HasField("replay_time") else ""
-        print(f"#{d.id:<5} {d.topic:<24} {d.event_id}  to {d.subscriber:<12} {d.attempts} attempt(s)  {d.reason}"
-              f"  {d.create_time.ToJsonString()}{replayed}\n       {d.error[:200]}")
+        print(_dead_letter_line(d))
     return 0
 
 
@@ -191,20 +206,25 @@ def parser() -> argparse.ArgumentParser:
     user.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: 3600, at most 86400)")
     user.set_defaults(run=cmd_user_token)
 
-    dead = sub.add_parser("dead-letters", help="list or replay the dead letters of a service's event deliveries",
+    dead = sub.add_parser("dead-letters", help="list or replay a service's dead letters (events, parked work items)",
                           description="Events a subscriber failed to handle after every attempt (or rejected as "
-                                      "tampered or stale) are dead-lettered by the producer's relay.")
+                                      "tampered or stale) are dead-lettered by the producer's relay; work items "
+                                      "(sagas) whose retry policy is spent are parked by the service's queue, "
+                                      "whatever they hold staying held until they are replayed.")
     actions = dead.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="the dead letters waiting for a replay",
                                  description="List dead letters, oldest first.")
     listing.add_argument("--all", action="store_true", help="include those already replayed")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     replay = actions.add_parser("replay", help="deliver dead letters again",
-                                description="Put dead letters back for delivery with a fresh attempt count "
-                                            "(after fixing what made them fail).")
-    replay.add_argument("ids", nargs="*", type=int, help="dead letter ids (from `list`)")
+                                description="Put dead letters back for delivery, or parked work items back on "
+                                            "their queue, with a fresh attempt count (after fixing what made "
+                                            "them fail).")
+    replay.add_argument("ids", nargs="*", type=int, help="dead letter ids (from `list`) of one --kind")
     replay.add_argument("--all", action="store_true", help="every dead letter waiting for a replay")
     for action in (listing, replay):
+        action.add_argument("--kind", choices=["event", "work-item"], default=None,
+                            help="only event deliveries or only work items (ids without --kind are events')")
         action.add_argument("--service", default="transaction", help="the producing service (default: transaction)")
         action.add_argument("--as", dest="identity", default="operator", help="client identity (default: operator)")
     dead.set_defaults(run=cmd_dead_letters)

@@ -29,6 +29,7 @@ from services.blockchain.servicer import PAGES as CHAIN_PAGES
 from services.runtime.config import ConfigError, load_topology
 from services.runtime.errors import InvalidArgument
 from services.runtime.inputs import Malformed, guarded
+from services.runtime.messaging.admin import EVENTS, ITEMS
 from services.runtime.messaging.admin import PAGES as DEAD_LETTER_PAGES
 from services.runtime.requests import MAX_SEQUENCE, resource_id
 from services.runtime.status import error_info
@@ -269,7 +270,8 @@ _VALID = {
     "transactions": st.tuples(st.datetimes(timezones=st.just(dt.timezone.utc)),
                               st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True))
     .map(lambda v: TRANSACTION_PAGES.write(*v)),
-    "dead letters": st.integers(0, MAX_SEQUENCE).map(DEAD_LETTER_PAGES.write),
+    "dead letters": st.tuples(st.sampled_from([EVENTS, ITEMS]), st.integers(0, MAX_SEQUENCE))
+    .map(lambda v: DEAD_LETTER_PAGES.write(*v)),
     "chains": st.from_regex(r"[a-z0-9-]{1,64}", fullmatch=True).map(CHAIN_PAGES.write),
     "providers": st.nothing(),
 }

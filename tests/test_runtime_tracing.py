@@ -159,7 +159,7 @@ async def test_a_queued_saga_its_retries_and_its_event_stay_in_the_trace_that_cr
     from services.transaction.app import MIGRATIONS, QUEUE
     from services.transaction.domain import SEND, Transaction
     from services.transaction.service import TransactionService
-    from services.transaction.tables import messaging, work_items
+    from services.transaction.tables import messaging, parked_work_items, work_items
     from services.transaction.wallet_client import WalletClient
     from services.wallet.app import build as wallet_app
 
@@ -178,7 +178,7 @@ async def test_a_queued_saga_its_retries_and_its_event_stay_in_the_trace_that_cr
     me = topology.services["transaction"]
     files = load_identity(topology.certs_dir, "transaction")
     upstream = Upstream(topology, "transaction", topology.services["wallet"], files, TokenIssuer(me.identity, files.key))
-    service = TransactionService(db, WalletClient(upstream), WorkQueue(db, work_items, QUEUE),
+    service = TransactionService(db, WalletClient(upstream), WorkQueue(db, work_items, QUEUE, parked=parked_work_items),
                                  Outbox(messaging, me.identity, lambda topic: ["wallet"], KeyRing.load(topology.certs_dir)))
     relay = Relay(db, messaging, MeshTransport({"wallet": upstream}), "transaction",
                   DeliveryPolicy(initial_backoff=0.01, max_backoff=0.05))
@@ -255,11 +255,11 @@ async def test_a_work_item_or_event_without_a_trace_context_is_handled_in_a_new_
     from services.runtime.messaging.store import messaging_tables
     from services.runtime.tracing import MessageTracing
     from services.transaction.app import MIGRATIONS
-    from services.transaction.tables import work_items
+    from services.transaction.tables import parked_work_items, work_items
 
     db = Database(f"sqlite:///{tmp_path}/queue.db", MIGRATIONS)
     db.migrate()
-    queue = WorkQueue(db, work_items, "q")
+    queue = WorkQueue(db, work_items, "q", parked=parked_work_items)
     with db.transaction() as connection:
         queue.enqueue(connection, "untraced")
     claimed = queue.claim()

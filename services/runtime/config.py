@@ -67,6 +67,17 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True)
+class QueuePolicy:
+    """How a work queue retries an item whose work failed, and when it gives up: after
+    max_attempts, or once the item is max_age_seconds old, the item is parked as a dead letter
+    (kept, not retried, until an operator replays it)."""
+    max_attempts: int = 10
+    initial_backoff_seconds: float = 0.2    # doubled per attempt, with jitter (half to all of it)
+    max_backoff_seconds: float = 30.0
+    max_age_seconds: float = 86400.0
+
+
+@dataclass(frozen=True)
 class Observability:
     tracing: bool = True
     trace_export: str = "none"      # none | console | file | file:PATH
@@ -84,6 +95,7 @@ class Defaults:
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    queue: QueuePolicy = field(default_factory=QueuePolicy)
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class ServiceConfig:
     publishes: tuple[str, ...]
     subscribes: tuple[str, ...]
     policy: Mapping[str, frozenset[str]]  # method -> caller names; "*" = default
+    queues: Mapping[str, QueuePolicy] = field(default_factory=dict)  # work queue -> its own policy
 
     def allowed_callers(self, method: str) -> frozenset[str]:
         return self.policy.get(method, self.policy.get("*", frozenset()))
@@ -136,6 +149,10 @@ class Topology:
         except KeyError:
             known = ", ".join(sorted(self.services))
             raise ConfigError(f"{self.path}: no service named '{name}' (known: {known})") from None
+
+    def queue_policy(self, service: str, queue: str) -> QueuePolicy:
+        """The retry policy of one of a service's work queues (the default one unless it has its own)."""
+        return self.service(service).queues.get(queue, self.defaults.queue)
 
     def identities(self) -> dict[str, str]:
         """Every name that gets a certificate, mapped to its SPIFFE id."""
@@ -232,7 +249,7 @@ def _restart_policy(raw: Mapping, where: str, env: Mapping[str, str]) -> Restart
         initial_delay_seconds=_number(raw, "initial_delay_seconds", where, 1.0, env, "DIBOAS_RESTART_INITIAL_DELAY"),
         max_delay_seconds=_number(raw, "max_delay_seconds", where, 30.0, env, "DIBOAS_RESTART_MAX_DELAY"),
         multiplier=_number(raw, "multiplier", where, 2.0, env, "DIBOAS_RESTART_MULTIPLIER"),
-        crash_loop_exits=int(_number(raw, "crash_loop_exits", where, 5, env, "DIBOAS_RESTART_CRASH_LOOP_EXITS")),
+        crash_loop_exits=_whole(raw, "crash_loop_exits", where, 5, env, "DIBOAS_RESTART_CRASH_LOOP_EXITS"),
         crash_loop_seconds=_number(raw, "crash_loop_seconds", where, 60.0, env, "DIBOAS_RESTART_CRASH_LOOP_SECONDS",
                                    positive=True),
     )
@@ -241,9 +258,19 @@ def _restart_policy(raw: Mapping, where: str, env: Mapping[str, str]) -> Restart
                           f"initial_delay_seconds")
     if policy.multiplier < 1:
         raise ConfigError(f"{where}.multiplier (or DIBOAS_RESTART_MULTIPLIER) must be at least 1, got {policy.multiplier:g}")
-    if policy.crash_loop_exits < 1:
-        raise ConfigError(f"{where}.crash_loop_exits (or DIBOAS_RESTART_CRASH_LOOP_EXITS) must be a whole number "
-                          f"of at least 1")
+    return policy
+
+
+def _queue_policy(raw: Mapping, where: str, base: QueuePolicy, env: Mapping[str, str], env_prefix: str) -> QueuePolicy:
+    """A work queue's retry policy: `raw` over `base`, each value overridable by <env_prefix>_<KEY>."""
+    def number(key: str, env_suffix: str) -> float:
+        return _number(raw, key, where, getattr(base, key), env, f"{env_prefix}_{env_suffix}", positive=True)
+    policy = QueuePolicy(max_attempts=_whole(raw, "max_attempts", where, base.max_attempts, env, f"{env_prefix}_MAX_ATTEMPTS"),
+                         initial_backoff_seconds=number("initial_backoff_seconds", "INITIAL_BACKOFF"),
+                         max_backoff_seconds=number("max_backoff_seconds", "MAX_BACKOFF"),
+                         max_age_seconds=number("max_age_seconds", "MAX_AGE"))
+    if policy.max_backoff_seconds < policy.initial_backoff_seconds:
+        raise ConfigError(f"{where}.max_backoff_seconds must not be below initial_backoff_seconds")
     return policy
 
 
@@ -281,6 +308,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         ),
         retry=retry,
         restart=_restart_policy(_section(d, "restart", dw), f"{dw}.restart", env),
+        queue=_queue_policy(_section(d, "queue", dw), dw + ".queue", QueuePolicy(), env, "DIBOAS_QUEUE"),
     )
 
     o = _section(raw, "observability", where)
@@ -347,6 +375,10 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         database = database.replace("{state_dir}", str(state_dir))
         policy_raw = _section(s, "policy", sw)
         policy = {str(m): frozenset(_names(callers, f"{sw}.policy.{m}")) for m, callers in policy_raw.items()}
+        queues_raw = _section(s, "queues", sw)
+        queues = {str(q): _queue_policy(_section(queues_raw, q, f"{sw}.queues"), f"{sw}.queues.{q}", defaults.queue,
+                                        env, _env_key(name, "queue", str(q).replace(".", "_")))
+                  for q in queues_raw}
         services[name] = ServiceConfig(
             name=name,
             identity=spiffe_id(trust_domain, "service", name),
@@ -357,6 +389,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
             publishes=_names(s.get("publishes"), f"{sw}.publishes"),
             subscribes=_names(s.get("subscribes"), f"{sw}.subscribes"),
             policy=policy,
+            queues=queues,
         )
 
     known = set(services) | {gateway.name} | set(clients)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import datetime as dt
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -39,6 +40,11 @@ def new_metadata() -> MetaData:
         "ix": "ix_%(table_name)s_%(column_0_N_name)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s",
         "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s", "pk": "pk_%(table_name)s",
     })
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A timestamp read back from the database, in UTC (SQLite returns it without its zone)."""
+    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 class ExactDecimal(TypeDecorator):

@@ -1,4 +1,6 @@
 """Composition root of the transaction service."""
+import os
+import socket
 from pathlib import Path
 
 from diboas.events.v1 import events_pb2_grpc
@@ -15,7 +17,7 @@ from services.runtime.tracing import MessageTracing
 from .partners import ChainClient, ProviderClient
 from .service import TransactionService
 from .servicer import TransactionServicer
-from .tables import idempotency_keys, messaging, work_items
+from .tables import idempotency_keys, messaging, parked_work_items, work_items
 from .wallet_client import WalletClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -38,10 +40,12 @@ def build(runtime: Runtime) -> list[Registration]:
     relay = Relay(db, messaging, MeshTransport({name: runtime.upstreams[name] for name in subscribers}), me.name,
                   tracing=tracing)
     upstreams = runtime.upstreams
-    service = TransactionService(db, WalletClient(upstreams["wallet"]), WorkQueue(db, work_items, QUEUE), outbox,
+    queue = WorkQueue(db, work_items, QUEUE, parked=parked_work_items, policy=topology.queue_policy(me.name, QUEUE),
+                      worker=f"{me.name}@{socket.gethostname()}:{os.getpid()}")
+    service = TransactionService(db, WalletClient(upstreams["wallet"]), queue, outbox,
                                  ProviderClient(upstreams["provider"]), ChainClient(upstreams["blockchain"]),
                                  tracing=tracing)
     runtime.background += [service.work] * WORKERS + [relay.run]
     return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server, TransactionServicer(service)),
             Registration(events_pb2_grpc.add_DeadLetterServiceServicer_to_server,
-                         DeadLetterServicer(db, relay, idempotency_keys))]
+                         DeadLetterServicer(db, relay, idempotency_keys, queue))]

@@ -32,6 +32,17 @@ TERMINAL = frozenset({COMPLETED, FAILED})
 _NEXT = {PENDING: {PROCESSING, COMPLETED, FAILED}, PROCESSING: {COMPLETED, FAILED}, COMPLETED: set(), FAILED: set()}
 
 
+@dataclass(frozen=True)
+class Parked:
+    """The saga was given up on retrying (every attempt ended without knowing whether its step
+    happened): it waits for an operator's replay, and whatever it holds stays held."""
+    reason: str                 # MAX_ATTEMPTS or MAX_AGE
+    last_error: str
+    attempts: int
+    parked_at: dt.datetime
+    dead_letter: int            # its id among the dead letters, for a replay
+
+
 @dataclass
 class Transaction:
     id: str
@@ -52,6 +63,7 @@ class Transaction:
     destination_address: str = ""
     cross_chain_transfer: str = ""      # "crossChainTransfers/{id}"
     chain_transactions: list[tuple[str, str, int]] = field(default_factory=list)   # (chain, hash, block)
+    parked: Parked | None = None        # its saga, while parked
 
     @property
     def name(self) -> str:

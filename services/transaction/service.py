@@ -3,9 +3,11 @@ run the queued sagas (domain.py has their steps). Every terminal state is writte
 event (outbox) and the queue item's removal, in one database transaction: a crash anywhere
 leaves either the old state with the item still queued, or the new state with its event and
 no item. A saga step that cannot say for sure whether it happened (a timeout, an upstream
-down) is asked again later with the same idempotency key, never assumed to have failed.
-Each attempt at a saga is a span in the trace of the request that created the transaction
-(the work item carries its context), and so are its upstream calls and its event."""
+down) is asked again later with the same idempotency key, never assumed to have failed; once
+the queue's retry policy is spent, the item is parked as a dead letter (the transaction keeps
+its state and whatever it holds, and shows why) until an operator replays it. Each attempt at
+a saga is a span in the trace of the request that created the transaction (the work item
+carries its context), and so are its upstream calls and its event."""
 from __future__ import annotations
 
 import asyncio
@@ -23,16 +25,16 @@ from diboas.common.v1 import common_pb2
 from diboas.events.v1 import events_pb2
 from diboas.transaction.v1 import transaction_pb2
 from services.domain.money import Money
-from services.runtime.db import Database
+from services.runtime.db import Database, as_utc
 from services.runtime.errors import DeadlineExceeded, DomainError, FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.idempotency import run_idempotent, stored_response
-from services.runtime.messaging.queue import Claimed, WorkQueue
+from services.runtime.messaging.queue import Claimed, ParkedItem, WorkQueue
 from services.runtime.messaging.store import Outbox
 from services.runtime.requests import INSTANT, KEY, PageTokens, page_size
 from services.runtime.tracing import MessageTracing
 from services.runtime.users import User
 
-from .domain import BRIDGE, COMPLETED, DEPOSIT, FAILED, PENDING, PROCESSING, SEND, TERMINAL, WITHDRAW, Transaction
+from .domain import BRIDGE, COMPLETED, DEPOSIT, FAILED, PENDING, PROCESSING, SEND, TERMINAL, WITHDRAW, Parked, Transaction
 from .partners import ChainClient, ProviderClient
 from .tables import idempotency_keys, transactions
 from .wallet_client import WalletClient
@@ -44,16 +46,18 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
 def _row(row) -> Transaction:
     return Transaction(row.id, row.type, row.state, row.source_wallet, row.destination_wallet,
-                       Money(row.currency, row.amount), row.hold, row.failure_reason, _utc(row.created_at),
-                       _utc(row.updated_at), _utc(row.completed_at), row.provider, row.provider_payment,
+                       Money(row.currency, row.amount), row.hold, row.failure_reason, as_utc(row.created_at),
+                       as_utc(row.updated_at), as_utc(row.completed_at), row.provider, row.provider_payment,
                        row.source_chain, row.target_chain, row.destination_address, row.cross_chain_transfer,
                        [tuple(ref) for ref in json.loads(row.chain_transactions)])
+
+
+def _parked(item: ParkedItem, viewer: User | None) -> Parked:
+    """What a parked saga shows: its last error only to operators (it may name our internals)."""
+    shown = viewer is None or viewer.is_operator
+    return Parked(item.reason, item.error if shown else "", item.attempts, item.parked_at, item.id)
 
 
 def _saga_columns(tx: Transaction) -> dict:
@@ -183,11 +187,21 @@ class TransactionService:
 
     # --- reads ----------------------------------------------------------------------------------
 
+    def _read(self, connection: Connection, query, viewer: User | None) -> list[Transaction]:
+        """The transactions `query` selects that `viewer` may see, each with its saga's dead letter
+        while it is parked."""
+        found = [_row(row) for row in connection.execute(_visible_to(query, viewer))]
+        parked = self.queue.parked_in(connection, [tx.id for tx in found if tx.state not in TERMINAL])
+        for tx in found:
+            if tx.id in parked:
+                tx.parked = _parked(parked[tx.id], viewer)
+        return found
+
     def _get(self, transaction_id: str, viewer: User | None = None) -> Transaction | None:
         query = select(transactions).where(transactions.c.id == transaction_id)
         with self.db.reading() as connection:
-            row = connection.execute(_visible_to(query, viewer)).first()
-        return _row(row) if row else None
+            found = self._read(connection, query, viewer)
+        return found[0] if found else None
 
     async def get(self, transaction_id: str, viewer: User | None = None) -> Transaction:
         """The transaction; NOT_FOUND also when it touches none of the user's wallets."""
@@ -211,7 +225,7 @@ class TransactionService:
                 created, last_id = after
                 query = query.where(or_(t.created_at < created, and_(t.created_at == created, t.id < last_id)))
             with self.db.reading() as connection:
-                return [_row(r) for r in connection.execute(_visible_to(query, viewer))]
+                return self._read(connection, query, viewer)
         found = await self.db.run(read)
         more = len(found) > limit
         return Page(found[:limit], PAGES.write(found[limit - 1].created_at, found[limit - 1].id) if more else "")
@@ -347,11 +361,14 @@ class TransactionService:
                                               claimed.tracestate, attempt=claimed.attempts,
                                               conversation=f"transactions/{claimed.item}"):
                     await self.process(claimed)
-            except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later
+            except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later (or parks it)
                 message = getattr(exc, "message", None) or repr(exc)
-                delay = await self.db.run(self.queue.retry, claimed, message)
+                retried = await self.db.run(self.queue.retry, claimed, message)
+                then = ("parked (the money stays held until a replay)" if retried.parked
+                        else "left to the worker holding it now" if retried.lost
+                        else f"retrying in {retried.delay.total_seconds():.1f}s")
                 log.log(logging.INFO if isinstance(exc, (ServiceUnavailable, DeadlineExceeded)) else logging.ERROR,
-                        "transactions/%s: attempt %d failed (%s); retrying in %.1fs", claimed.item, claimed.attempts,
-                        message, delay.total_seconds(), exc_info=not isinstance(exc, DomainError))
+                        "transactions/%s: attempt %d failed (%s); %s", claimed.item, claimed.attempts,
+                        message, then, exc_info=not isinstance(exc, DomainError))
             finally:
                 heartbeat.cancel()

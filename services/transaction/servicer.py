@@ -23,7 +23,10 @@ def transaction_pb(tx: Transaction) -> transaction_pb2.Transaction:
         provider_payment=tx.provider_payment, source_chain=tx.source_chain, target_chain=tx.target_chain,
         destination_address=tx.destination_address, cross_chain_transfer=tx.cross_chain_transfer,
         chain_transactions=[common_pb2.ChainTransactionRef(chain=chain, transaction_hash=tx_hash, block_number=block)
-                            for chain, tx_hash, block in tx.chain_transactions])
+                            for chain, tx_hash, block in tx.chain_transactions],
+        parked=transaction_pb2.ParkedSaga(last_error=p.last_error, attempts=p.attempts, reason=p.reason,
+                                          park_time=timestamp(p.parked_at), dead_letter_id=p.dead_letter)
+        if (p := tx.parked) else None)
 
 
 # Which fields each type needs (True) or must leave empty (False); others are optional.

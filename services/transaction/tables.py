@@ -5,7 +5,7 @@ from sqlalchemy import Column, DateTime, Index, String, Table, Text
 
 from services.runtime.db import ExactDecimal, new_metadata
 from services.runtime.idempotency import idempotency_table
-from services.runtime.messaging.queue import work_items_table
+from services.runtime.messaging.queue import parked_work_items_table, work_items_table
 from services.runtime.messaging.store import messaging_tables
 
 metadata = new_metadata()
@@ -44,4 +44,5 @@ transactions = Table(
 
 idempotency_keys = idempotency_table(metadata)
 work_items = work_items_table(metadata)
+parked_work_items = parked_work_items_table(metadata)
 messaging = messaging_tables(metadata)

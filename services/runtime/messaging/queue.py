@@ -1,11 +1,17 @@
 """A reliable work queue in the service's own database (the spec's `financial.transactions`):
-priorities, competing consumers, leases, retries with backoff.
+priorities, competing consumers, leases, retries with backoff, dead letters.
 
   enqueue   in the transaction that creates the work (nothing queued for work that was rolled back)
   claim     takes the most urgent available item and leases it to one worker for a while; a
-            worker that dies mid-way loses the lease and the item comes back (work resumes)
+            worker that dies mid-way loses the lease and the item comes back (work resumes); an
+            item whose every attempt so far ended with its worker gone (a crash loop) is parked
+            once its attempts are spent, instead of being run again
   done      removes the item, in the transaction that records the work's outcome
-  retry     puts it back for later, with exponential backoff and jitter
+  retry     puts it back for later, with exponential backoff and jitter; once the queue's policy
+            is spent (max attempts, or max age since the item was queued) it parks the item
+            instead: a dead letter, not retried, with an audit record, an error log line with
+            "alert": "dead_letter" and the diboas_work_items_parked_total metric
+  replay    puts parked items back on the queue with a fresh attempt count (the audit stays)
 
 Each item carries the W3C trace context (traceparent, tracestate) of the span that queued it,
 and every claim of it (a retry too) returns that context: the work continues the trace of the
@@ -17,10 +23,12 @@ claim different items at once; SQLite's single writer serializes the claims.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from prometheus_client import Counter
 from sqlalchemy import (
     Column,
     Connection,
@@ -38,8 +46,14 @@ from sqlalchemy import (
     update,
 )
 
-from ..db import Database
+from ..config import QueuePolicy
+from ..db import Database, as_utc
+from ..errors import NotFound
 from ..tracing import current_trace_headers
+
+log = logging.getLogger("diboas.queue")
+PARKED = Counter("diboas_work_items_parked", "Work items given up on and parked as dead letters", ["queue", "reason"])
+MAX_ATTEMPTS, MAX_AGE = "MAX_ATTEMPTS", "MAX_AGE"
 
 
 def work_items_table(metadata: MetaData) -> Table:
@@ -59,6 +73,63 @@ def work_items_table(metadata: MetaData) -> Table:
     )
 
 
+def parked_work_items_table(metadata: MetaData) -> Table:
+    """The audit record of every parked item (its dead letter), and of its replay."""
+    return Table(
+        "parked_work_items", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("queue", String(64), nullable=False),
+        Column("item", String(128), nullable=False),
+        Column("priority", Integer, nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("reason", String(64), nullable=False),           # MAX_ATTEMPTS or MAX_AGE
+        Column("error", Text, nullable=False),                  # the last attempt's
+        Column("queued_at", DateTime(timezone=True), nullable=False),
+        Column("parked_at", DateTime(timezone=True), nullable=False),
+        Column("parked_by", String(128), nullable=False),       # the worker that gave up
+        Column("replayed_at", DateTime(timezone=True)),
+        Column("replayed_by", String(128), nullable=False),     # who replayed it
+        Column("traceparent", String(64), nullable=False, server_default=""),   # the item's, kept for a replay
+        Column("tracestate", Text, nullable=False, server_default=""),
+        Index("ix_parked_work_items_queue_item", "queue", "item"),
+    )
+
+
+@dataclass(frozen=True)
+class ParkedItem:
+    id: int
+    queue: str
+    item: str
+    priority: int
+    attempts: int
+    reason: str
+    error: str
+    queued_at: dt.datetime
+    parked_at: dt.datetime
+    parked_by: str
+    replayed_at: dt.datetime | None
+    replayed_by: str
+    traceparent: str = ""
+    tracestate: str = ""
+
+
+@dataclass(frozen=True)
+class Retried:
+    """What retry did: rescheduled the item after `delay`, parked it, or (lost) nothing, because
+    another worker holds it now."""
+    delay: dt.timedelta | None = None
+    parked: ParkedItem | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self.delay is None and self.parked is None
+
+
+def _parked(row) -> ParkedItem:
+    return ParkedItem(**{**row._asdict(), "queued_at": as_utc(row.queued_at), "parked_at": as_utc(row.parked_at),
+                         "replayed_at": as_utc(row.replayed_at)})
+
+
 @dataclass(frozen=True)
 class Claimed:
     id: int
@@ -71,9 +142,11 @@ class Claimed:
 class WorkQueue:
     def __init__(self, db: Database, table: Table, name: str, lease: dt.timedelta = dt.timedelta(seconds=30),
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, *, parked: Table, policy: QueuePolicy = QueuePolicy(),
+                 worker: str = ""):
         self._db, self._t, self.name, self._lease, self._clock = db, table, name, lease, clock
         self._rng = rng or random.Random()
+        self._parked, self.policy, self._worker = parked, policy, worker
 
     def enqueue(self, connection: Connection, item: str, priority: int = 0,
                 trace_context: Mapping[str, str] | None = None) -> None:
@@ -86,20 +159,29 @@ class WorkQueue:
                                                   tracestate=carrier.get("tracestate", "")))
 
     def claim(self) -> Claimed | None:
-        """The most urgent available item, leased to the caller (None when there is none)."""
-        t, now = self._t, self._clock()
-        with self._db.transaction() as connection:
-            query = (select(t.c.id, t.c.item, t.c.attempts, t.c.traceparent, t.c.tracestate)
-                     .where(t.c.queue == self.name, t.c.available_at <= now)
-                     .order_by(t.c.priority.desc(), t.c.id).limit(1))
-            if connection.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            row = connection.execute(query).first()
-            if row is None:
+        """The most urgent available item, leased to the caller (None when there is none). An item
+        whose attempts are already spent got there without an outcome from its last worker (the
+        lease ran out: the worker, or its process, died on it every time); it is parked, not run
+        again, and the next item is looked at."""
+        t, now, parked = self._t, self._clock(), []
+        try:
+            with self._db.transaction() as connection:
+                query = (select(t).where(t.c.queue == self.name, t.c.available_at <= now)
+                         .order_by(t.c.priority.desc(), t.c.id).limit(1))
+                if connection.dialect.name == "postgresql":
+                    query = query.with_for_update(skip_locked=True)
+                while (row := connection.execute(query).first()) is not None:
+                    if row.attempts < self.policy.max_attempts:
+                        connection.execute(update(t).where(t.c.id == row.id).values(
+                            available_at=now + self._lease, attempts=row.attempts + 1))
+                        return Claimed(row.id, row.item, row.attempts + 1, row.traceparent, row.tracestate)
+                    error = (f"attempt {row.attempts} ended without an outcome: its worker stopped before it "
+                             f"finished (last error: {row.last_error or 'none'})")
+                    parked.append(self._park(connection, row, row.attempts, MAX_ATTEMPTS, error, now))
                 return None
-            connection.execute(update(t).where(t.c.id == row.id).values(
-                available_at=now + self._lease, attempts=row.attempts + 1))
-            return Claimed(row.id, row.item, row.attempts + 1, row.traceparent, row.tracestate)
+        finally:
+            for item in parked:
+                self._alert(item)
 
     @property
     def lease_seconds(self) -> float:
@@ -117,14 +199,100 @@ class WorkQueue:
     def done(self, connection: Connection, claimed: Claimed) -> None:
         connection.execute(delete(self._t).where(self._t.c.id == claimed.id))
 
-    def retry(self, claimed: Claimed, error: str, initial: float = 0.2, cap: float = 30.0) -> dt.timedelta:
-        """Put the item back for later; returns the delay. A worker whose lease was lost (another
-        worker holds the item now) changes nothing."""
-        delay = dt.timedelta(seconds=min(cap, initial * 2 ** min(claimed.attempts - 1, 30)) * (0.5 + self._rng.random() / 2))
+    def backoff(self, attempts: int) -> dt.timedelta:
+        """The delay after a failed attempt: exponential, capped, with "equal jitter" (half of it
+        fixed, half random), so retries of many items do not come back in step."""
+        p = self.policy
+        seconds = min(p.max_backoff_seconds, p.initial_backoff_seconds * 2 ** min(attempts - 1, 30))
+        return dt.timedelta(seconds=seconds * (0.5 + self._rng.random() / 2))
+
+    def retry(self, claimed: Claimed, error: str) -> Retried:
+        """Put the item back for later, or park it once the policy is spent (its attempts, or its
+        age since it was queued). A worker whose lease was lost (another worker holds the item
+        now) changes nothing: it neither reschedules nor parks someone else's attempt."""
+        t, now = self._t, self._clock()
         with self._db.transaction() as connection:
-            connection.execute(update(self._t).where(self._t.c.id == claimed.id, self._t.c.attempts == claimed.attempts)
-                               .values(available_at=self._clock() + delay, last_error=error[:2000]))
-        return delay
+            query = select(t).where(t.c.id == claimed.id, t.c.attempts == claimed.attempts)
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = connection.execute(query).first()
+            if row is None:
+                return Retried()
+            reason = (MAX_ATTEMPTS if claimed.attempts >= self.policy.max_attempts
+                      else MAX_AGE if (now - as_utc(row.created_at)).total_seconds() >= self.policy.max_age_seconds
+                      else None)
+            if reason is None:
+                delay = self.backoff(claimed.attempts)
+                rescheduled = connection.execute(update(t).where(t.c.id == claimed.id, t.c.attempts == claimed.attempts)
+                                                 .values(available_at=now + delay, last_error=error[:2000]))
+                return Retried(delay=delay) if rescheduled.rowcount == 1 else Retried()
+            parked = self._park(connection, row, claimed.attempts, reason, error, now)
+        self._alert(parked)
+        return Retried(parked=parked)
+
+    def _park(self, connection: Connection, row, attempts: int, reason: str, error: str,
+              now: dt.datetime) -> ParkedItem:
+        """Move the claimed item `row` out of the queue into its audit record, in `connection`."""
+        connection.execute(delete(self._t).where(self._t.c.id == row.id))
+        record = dict(queue=self.name, item=row.item, priority=row.priority, attempts=attempts, reason=reason,
+                      error=error[:2000], queued_at=as_utc(row.created_at), parked_at=now, parked_by=self._worker,
+                      replayed_at=None, replayed_by="", traceparent=row.traceparent, tracestate=row.tracestate)
+        parked_id = connection.execute(insert(self._parked).values(**record)).inserted_primary_key[0]
+        return ParkedItem(id=parked_id, **record)
+
+    def _alert(self, parked: ParkedItem) -> None:
+        """Once the park is committed: the error line operators alert on, and the metric."""
+        PARKED.labels(self.name, parked.reason).inc()
+        log.error("parked %s item %s as a dead letter after %d attempt(s) (%s): %s", self.name, parked.item,
+                  parked.attempts, parked.reason, parked.error,
+                  extra={"alert": "dead_letter", "queue": self.name, "item": parked.item, "reason": parked.reason,
+                         "attempts": parked.attempts, "dead_letter": parked.id})
+
+    def dead_letters(self, include_replayed: bool = False, after_id: int = 0, limit: int = 1000) -> list[ParkedItem]:
+        """The queue's parked items in id order (oldest first), after `after_id`."""
+        p = self._parked
+        query = select(p).where(p.c.queue == self.name, p.c.id > after_id).order_by(p.c.id).limit(limit)
+        if not include_replayed:
+            query = query.where(p.c.replayed_at.is_(None))
+        with self._db.reading() as connection:
+            return [_parked(row) for row in connection.execute(query)]
+
+    def parked_in(self, connection: Connection, items: list[str]) -> dict[str, ParkedItem]:
+        """The items among `items` that are parked now (waiting for a replay), by item."""
+        p = self._parked
+        if not items:
+            return {}
+        query = (select(p).where(p.c.queue == self.name, p.c.item.in_(items), p.c.replayed_at.is_(None))
+                 .order_by(p.c.id))
+        return {row.item: _parked(row) for row in connection.execute(query)}
+
+    def replay_in(self, connection: Connection, dead_letter_ids: list[int] | None, now: dt.datetime,
+                  by: str) -> int:
+        """Put parked items back on the queue with a fresh attempt count (all when no ids are
+        given), inside the caller's transaction; the audit record stays, marked as replayed by
+        `by`. An item already back on the queue is not queued twice. Returns how many."""
+        p, t = self._parked, self._t
+        query = (select(p.c.id, p.c.item, p.c.priority, p.c.traceparent, p.c.tracestate)
+                 .where(p.c.queue == self.name, p.c.replayed_at.is_(None)))
+        if dead_letter_ids is not None:
+            query = query.where(p.c.id.in_(dead_letter_ids))
+        if connection.dialect.name == "postgresql":
+            query = query.with_for_update()         # a concurrent replay of the same ones waits, then finds none
+        rows = list(connection.execute(query.order_by(p.c.id)))
+        if dead_letter_ids is not None and len(rows) != len(set(dead_letter_ids)):
+            missing = sorted(set(dead_letter_ids) - {r.id for r in rows})
+            raise NotFound(f"no parked work item waiting for replay with id(s) {missing}",
+                           reason="DEAD_LETTER_NOT_FOUND")
+        for row in rows:
+            queued = connection.execute(select(t.c.id).where(t.c.queue == self.name, t.c.item == row.item)).first()
+            if queued is None:          # back in the trace of the request that created the work
+                self.enqueue(connection, row.item, row.priority,
+                             trace_context={"traceparent": row.traceparent, "tracestate": row.tracestate})
+            connection.execute(update(p).where(p.c.id == row.id).values(replayed_at=now, replayed_by=by))
+        if rows:
+            log.warning("replayed %d parked %s item(s)", len(rows), self.name,
+                        extra={"queue": self.name, "dead_letters": [r.id for r in rows], "by": by})
+        return len(rows)
 
     def depth(self) -> int:
         with self._db.reading() as connection:

@@ -12,6 +12,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -22,6 +23,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DeadLetterKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeadLetterKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeadLetterKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEAD_LETTER_KIND_UNSPECIFIED: _DeadLetterKind.ValueType  # 0
+    """Not set: in a request, every kind (see each field)."""
+    DEAD_LETTER_KIND_EVENT_DELIVERY: _DeadLetterKind.ValueType  # 1
+    """An event delivery to a subscriber (event_id, topic and subscriber are set)."""
+    DEAD_LETTER_KIND_WORK_ITEM: _DeadLetterKind.ValueType  # 2
+    """An item of a work queue, e.g. a transaction's saga (queue and item are set)."""
+
+class DeadLetterKind(_DeadLetterKind, metaclass=_DeadLetterKindEnumTypeWrapper):
+    """What a dead letter is of."""
+
+DEAD_LETTER_KIND_UNSPECIFIED: DeadLetterKind.ValueType  # 0
+"""Not set: in a request, every kind (see each field)."""
+DEAD_LETTER_KIND_EVENT_DELIVERY: DeadLetterKind.ValueType  # 1
+"""An event delivery to a subscriber (event_id, topic and subscriber are set)."""
+DEAD_LETTER_KIND_WORK_ITEM: DeadLetterKind.ValueType  # 2
+"""An item of a work queue, e.g. a transaction's saga (queue and item are set)."""
+Global___DeadLetterKind: _TypeAlias = DeadLetterKind  # noqa: Y015
 
 @_typing.final
 class EventEnvelope(_message.Message):
@@ -209,7 +234,7 @@ Global___TransactionFailed: _TypeAlias = TransactionFailed  # noqa: Y015
 
 @_typing.final
 class DeadLetter(_message.Message):
-    """A delivery that was given up on, and the audit record of it."""
+    """A delivery or a work item that was given up on, and the audit record of it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -222,6 +247,11 @@ class DeadLetter(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     REPLAY_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
+    PARKED_BY_FIELD_NUMBER: _builtins.int
+    REPLAYED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Identifier of the dead letter, for ReplayDeadLetters."""
     event_id: _builtins.str
@@ -236,6 +266,16 @@ class DeadLetter(_message.Message):
     """Why it was given up on: HANDLER_FAILED, MESSAGE_TAMPERED, MESSAGE_STALE ..."""
     error: _builtins.str
     """The last error the subscriber gave."""
+    kind: Global___DeadLetterKind.ValueType
+    """What it is of; ids are unique per kind."""
+    queue: _builtins.str
+    """Work items: the queue, e.g. "financial.transactions"."""
+    item: _builtins.str
+    """Work items: the item, e.g. the transaction id."""
+    parked_by: _builtins.str
+    """Work items: the worker that gave up on it."""
+    replayed_by: _builtins.str
+    """Work items: who replayed it; empty while it waits."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was dead-lettered."""
@@ -256,10 +296,15 @@ class DeadLetter(_message.Message):
         error: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         replay_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___DeadLetterKind.ValueType = ...,
+        queue: _builtins.str = ...,
+        item: _builtins.str = ...,
+        parked_by: _builtins.str = ...,
+        replayed_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "replay_time", b"replay_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "error", b"error", "event_id", b"event_id", "id", b"id", "reason", b"reason", "replay_time", b"replay_time", "subscriber", b"subscriber", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "error", b"error", "event_id", b"event_id", "id", b"id", "item", b"item", "kind", b"kind", "parked_by", b"parked_by", "queue", b"queue", "reason", b"reason", "replay_time", b"replay_time", "replayed_by", b"replayed_by", "subscriber", b"subscriber", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -274,22 +319,26 @@ class ListDeadLettersRequest(_message.Message):
     INCLUDE_REPLAYED_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     include_replayed: _builtins.bool
     """Also list dead letters that were already replayed."""
     page_size: _builtins.int
     """Maximum number of dead letters to return (default 50, at most 500)."""
     page_token: _builtins.str
     """Token from a previous response's next_page_token; empty for the first page."""
+    kind: Global___DeadLetterKind.ValueType
+    """Only dead letters of this kind; unspecified lists every kind."""
     def __init__(
         self,
         *,
         include_replayed: _builtins.bool = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        kind: Global___DeadLetterKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_replayed", b"include_replayed", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_replayed", b"include_replayed", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -307,7 +356,7 @@ class ListDeadLettersResponse(_message.Message):
     """Token for the next page; empty when there is none."""
     @_builtins.property
     def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]:
-        """The dead letters, oldest first."""
+        """The dead letters: event deliveries then work items, each kind oldest first."""
 
     def __init__(
         self,
@@ -332,10 +381,13 @@ class ReplayDeadLettersRequest(_message.Message):
     IDS_FIELD_NUMBER: _builtins.int
     ALL_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     all: _builtins.bool
     """Replay every waiting dead letter (ids must then be empty)."""
     request_id: _builtins.str
     """Idempotency key: a repeat returns the first result; a different body with the same key is rejected."""
+    kind: Global___DeadLetterKind.ValueType
+    """The kind of dead letters replayed. Unspecified: ids are event deliveries', and all = true replays every kind."""
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Dead letters to replay; empty with all = true replays every waiting one."""
@@ -346,10 +398,11 @@ class ReplayDeadLettersRequest(_message.Message):
         ids: _abc.Iterable[_builtins.int] | None = ...,
         all: _builtins.bool = ...,
         request_id: _builtins.str = ...,
+        kind: Global___DeadLetterKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "ids", b"ids", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "ids", b"ids", "kind", b"kind", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -138,7 +138,7 @@ class DeadLetterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReplayDeadLetters(self, request, context):
-        """Delivers dead letters again with a fresh attempt count: the given ones, or all that wait.
+        """Delivers dead letters (or puts parked work items back on their queue) again with a fresh attempt count: the given ones, or all that wait.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -75,7 +75,7 @@ class DeadLetterServiceStub:
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListDeadLettersRequest, _events_pb2.ListDeadLettersResponse]
     """Lists the dead letters waiting for a replay (all of them, with include_replayed), oldest first."""
     ReplayDeadLetters: _grpc.UnaryUnaryMultiCallable[_events_pb2.ReplayDeadLettersRequest, _events_pb2.ReplayDeadLettersResponse]
-    """Delivers dead letters again with a fresh attempt count: the given ones, or all that wait."""
+    """Delivers dead letters (or puts parked work items back on their queue) again with a fresh attempt count: the given ones, or all that wait."""
 
 @_typing.type_check_only
 class DeadLetterServiceAsyncStub(DeadLetterServiceStub):
@@ -85,7 +85,7 @@ class DeadLetterServiceAsyncStub(DeadLetterServiceStub):
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_events_pb2.ListDeadLettersRequest, _events_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """Lists the dead letters waiting for a replay (all of them, with include_replayed), oldest first."""
     ReplayDeadLetters: _aio.UnaryUnaryMultiCallable[_events_pb2.ReplayDeadLettersRequest, _events_pb2.ReplayDeadLettersResponse]  # type: ignore[assignment]
-    """Delivers dead letters again with a fresh attempt count: the given ones, or all that wait."""
+    """Delivers dead letters (or puts parked work items back on their queue) again with a fresh attempt count: the given ones, or all that wait."""
 
 class DeadLetterServiceServicer(metaclass=_abc_1.ABCMeta):
     """Operator access to the dead letters of a service's event deliveries (internal; operator only)."""
@@ -104,6 +104,6 @@ class DeadLetterServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _events_pb2.ReplayDeadLettersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.ReplayDeadLettersResponse, _abc.Awaitable[_events_pb2.ReplayDeadLettersResponse]]:
-        """Delivers dead letters again with a fresh attempt count: the given ones, or all that wait."""
+        """Delivers dead letters (or puts parked work items back on their queue) again with a fresh attempt count: the given ones, or all that wait."""
 
 def add_DeadLetterServiceServicer_to_server(servicer: DeadLetterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -109,6 +109,7 @@ class Transaction(_message.Message):
     PROVIDER_PAYMENT_FIELD_NUMBER: _builtins.int
     CROSS_CHAIN_TRANSFER_FIELD_NUMBER: _builtins.int
     CHAIN_TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    PARKED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "transactions/{transaction}"."""
     type: Global___TransactionType.ValueType
@@ -155,6 +156,10 @@ class Transaction(_message.Message):
     def chain_transactions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChainTransactionRef]:
         """On-chain transactions made for this transaction (BRIDGE: source, bridge, target)."""
 
+    @_builtins.property
+    def parked(self) -> Global___ParkedSaga:
+        """Set while the saga is parked: its retries were given up on and an operator must replay it (`diboas dead-letters`); the money stays held meanwhile."""
+
     def __init__(
         self,
         *,
@@ -176,14 +181,55 @@ class Transaction(_message.Message):
         provider_payment: _builtins.str = ...,
         cross_chain_transfer: _builtins.str = ...,
         chain_transactions: _abc.Iterable[_common_pb2.ChainTransactionRef] | None = ...,
+        parked: Global___ParkedSaga | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "complete_time", b"complete_time", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "complete_time", b"complete_time", "create_time", b"create_time", "parked", b"parked", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "chain_transactions", b"chain_transactions", "complete_time", b"complete_time", "create_time", b"create_time", "cross_chain_transfer", b"cross_chain_transfer", "destination_address", b"destination_address", "destination_wallet", b"destination_wallet", "failure_reason", b"failure_reason", "hold", b"hold", "name", b"name", "provider", b"provider", "provider_payment", b"provider_payment", "source_chain", b"source_chain", "source_wallet", b"source_wallet", "state", b"state", "target_chain", b"target_chain", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "chain_transactions", b"chain_transactions", "complete_time", b"complete_time", "create_time", b"create_time", "cross_chain_transfer", b"cross_chain_transfer", "destination_address", b"destination_address", "destination_wallet", b"destination_wallet", "failure_reason", b"failure_reason", "hold", b"hold", "name", b"name", "parked", b"parked", "provider", b"provider", "provider_payment", b"provider_payment", "source_chain", b"source_chain", "source_wallet", b"source_wallet", "state", b"state", "target_chain", b"target_chain", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Transaction: _TypeAlias = Transaction  # noqa: Y015
+
+@_typing.final
+class ParkedSaga(_message.Message):
+    """Why a transaction's saga stopped being retried: each attempt ended without knowing whether its step happened."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PARK_TIME_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
+    last_error: _builtins.str
+    """The last attempt's error; empty unless the caller is an operator (it may name internal systems)."""
+    attempts: _builtins.int
+    """Attempts made before it was parked."""
+    reason: _builtins.str
+    """Why it was parked: MAX_ATTEMPTS or MAX_AGE (of the queue's retry policy)."""
+    dead_letter_id: _builtins.int
+    """The id of its dead letter, for ReplayDeadLetters (kind DEAD_LETTER_KIND_WORK_ITEM)."""
+    @_builtins.property
+    def park_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was parked."""
+
+    def __init__(
+        self,
+        *,
+        last_error: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        park_time: _timestamp_pb2.Timestamp | None = ...,
+        dead_letter_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["park_time", b"park_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "dead_letter_id", b"dead_letter_id", "last_error", b"last_error", "park_time", b"park_time", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParkedSaga: _TypeAlias = ParkedSaga  # noqa: Y015
 
 @_typing.final
 class CreateTransactionRequest(_message.Message):
