@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.domain.money import SCALES, Money
+from services.domain.currencies import DEFAULT_CURRENCIES_FILE, load_catalogue
+from services.domain.money import Money
 from services.runtime.errors import InvalidArgument
 
 
@@ -64,11 +65,14 @@ def test_positive_check():
             Money.parse("USD", text).require_positive()
 
 
-def test_every_currency_has_a_sane_scale():
-    assert all(0 <= scale <= 18 for scale in SCALES.values())
+def test_the_repository_catalogue_has_the_currencies_and_their_scales():
+    scales = {code: c.scale for code, c in load_catalogue(DEFAULT_CURRENCIES_FILE).items()}
+    assert scales == {"USD": 2, "EUR": 2, "GBP": 2, "BRL": 2, "BTC": 8, "ETH": 18, "SOL": 9, "USDC": 6, "USDT": 6}
 
 
 # --- properties ------------------------------------------------------------------------------------
+
+SCALES = {code: currency.scale for code, currency in load_catalogue(DEFAULT_CURRENCIES_FILE).items()}
 
 _CURRENCIES = st.sampled_from(sorted(SCALES))
 

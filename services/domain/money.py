@@ -1,7 +1,9 @@
 """Exact money: a currency with a fixed scale and a decimal amount. Never a float.
 
 Amounts travel as decimal strings ("12.50") and live as `decimal.Decimal`; an amount with
-more decimal places than its currency allows is an error, not something to round.
+more decimal places than its currency allows is an error, not something to round. Each
+currency's scale and limits come from the catalogue (currencies.py); the checks of the limits
+are here, for every service that takes money in.
 """
 from __future__ import annotations
 
@@ -9,13 +11,10 @@ import re
 from dataclasses import dataclass
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 
-from services.runtime.errors import FieldViolation, InvalidArgument
+from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
-# Decimal places of each supported currency (ISO 4217 minor units; tokens by their contracts).
-SCALES: dict[str, int] = {
-    "USD": 2, "EUR": 2, "GBP": 2, "BRL": 2,
-    "BTC": 8, "ETH": 18, "SOL": 9, "USDC": 6, "USDT": 6,
-}
+from .currencies import currency as currency_of
+
 # Up to 20 integer digits and 18 decimals: NUMERIC(38, 18) holds every amount.
 # Matched whole (fullmatch: "$" would also match before a trailing newline).
 _AMOUNT = re.compile(r"-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?")
@@ -25,11 +24,7 @@ EXACT = Context(prec=60, traps=[InvalidOperation, Inexact, Overflow])
 
 
 def scale_of(currency: str, field: str = "currency_code") -> int:
-    try:
-        return SCALES[currency]
-    except KeyError:
-        supported = ", ".join(sorted(SCALES))
-        raise InvalidArgument.field(field, f"'{currency}' is not a supported currency (supported: {supported})") from None
+    return currency_of(currency, field).scale
 
 
 def _quantize(value: Decimal, scale: int) -> Decimal:
@@ -99,3 +94,33 @@ class Money:
 
     def __str__(self) -> str:
         return f"{self.text} {self.currency}"
+
+
+def require_transaction_limit(amount: Money, field: str = "amount") -> Money:
+    """INVALID_ARGUMENT AMOUNT_OVER_LIMIT when one operation would move more than the currency's
+    max_transaction."""
+    limit = Money(amount.currency, currency_of(amount.currency).max_transaction)
+    if limit < amount:
+        description = f"{amount} is more than one transaction may move (max_transaction: {limit})"
+        raise InvalidArgument(f"{field}: {description}", reason="AMOUNT_OVER_LIMIT",
+                              violations=[FieldViolation(field, description)],
+                              metadata={"limit": "max_transaction", "max_transaction": limit.text,
+                                        "amount": amount.text, "currency": amount.currency})
+    return amount
+
+
+def require_balance_room(wallet: str, balance: Money, incoming: Money, amount: Money, disclose: bool = True) -> None:
+    """FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED when `amount` more, on top of the wallet's
+    balance (available + held) and what is already on its way to it, would pass the currency's
+    max_balance. `disclose`: the message may say the balance (the caller may see the wallet)."""
+    limit = Money(amount.currency, currency_of(amount.currency).max_balance)
+    after = balance + incoming + amount
+    if limit < after:
+        metadata = {"wallet": wallet, "limit": "max_balance", "max_balance": limit.text, "amount": amount.text,
+                    "currency": amount.currency}
+        why = f"it would pass the maximum balance of {limit} (max_balance)"
+        if disclose:
+            why += f": balance {balance}, {incoming} already on its way, {after} after"
+            metadata.update(balance=balance.text, incoming=incoming.text)
+        raise FailedPrecondition(f"{wallet} cannot receive {amount}: {why}", reason="BALANCE_LIMIT_EXCEEDED",
+                                 metadata=metadata)

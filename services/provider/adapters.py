@@ -9,6 +9,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from decimal import ROUND_UP, Context, Decimal
 
+from services.domain.currencies import catalogue
 from services.domain.money import Money, scale_of
 from services.runtime.config import ConfigError
 
@@ -63,15 +64,31 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings: dict) -> "Limits":
-        """From a provider's settings: currencies, directions (default both), minimum, maximum."""
+        """From a provider's settings: currencies (of the catalogue), directions (default both),
+        minimum and maximum per payment, per currency (each one of the provider's currencies)."""
         currencies = settings.pop("currencies", None)
         if not isinstance(currencies, list) or not currencies:
             raise ConfigError("currencies: must list the currency codes the provider handles, e.g. [USD]")
+        known = catalogue()
+        unknown = sorted(str(c) for c in currencies if c not in known)
+        if unknown:
+            raise ConfigError(f"currencies: {unknown[0]} is not in the catalogue of currencies "
+                              f"(known: {', '.join(sorted(known))})")
         directions = settings.pop("directions", [PAY_IN, PAY_OUT])
         if not isinstance(directions, list) or not set(directions) <= {PAY_IN, PAY_OUT} or not directions:
             raise ConfigError(f"directions: must list PAY_IN and/or PAY_OUT, got {directions}")
-        return cls(frozenset(map(str, currencies)), frozenset(directions),
-                   decimals(settings.pop("minimum", {}), "minimum"), decimals(settings.pop("maximum", {}), "maximum"))
+        limits = cls(frozenset(map(str, currencies)), frozenset(directions),
+                     decimals(settings.pop("minimum", {}), "minimum"), decimals(settings.pop("maximum", {}), "maximum"))
+        for key, amounts in (("minimum", limits.minimum), ("maximum", limits.maximum)):
+            for currency, amount in amounts.items():
+                if currency not in limits.currencies:
+                    raise ConfigError(f"{key}.{currency}: is not one of the provider's currencies")
+                if amount <= 0:
+                    raise ConfigError(f"{key}.{currency}: must be greater than zero, got {amount}")
+        for currency, low in limits.minimum.items():
+            if currency in limits.maximum and low > limits.maximum[currency]:
+                raise ConfigError(f"minimum.{currency}: {low} is more than the maximum ({limits.maximum[currency]})")
+        return limits
 
     def refuses(self, request: QuoteRequest) -> str | None:
         """Why this provider cannot serve the request, or None."""
@@ -92,9 +109,12 @@ def decimals(values, key: str) -> dict[str, Decimal]:
     if not isinstance(values, dict):
         raise ConfigError(f"{key}: must map currency codes to amounts, e.g. {{USD: \"10\"}}")
     try:
-        return {str(currency): Decimal(str(amount)) for currency, amount in values.items()}
+        amounts = {str(currency): Decimal(str(amount)) for currency, amount in values.items()}
     except ArithmeticError:
-        raise ConfigError(f"{key}: {values} holds something that is not an exact decimal") from None
+        amounts = None
+    if amounts is None or not all(amount.is_finite() for amount in amounts.values()):
+        raise ConfigError(f"{key}: {values} holds something that is not an exact decimal")
+    return amounts
 
 
 class ProviderAdapter(abc.ABC):

@@ -8,9 +8,7 @@ import random
 from pathlib import Path
 from typing import Mapping
 
-import yaml
-
-from services.runtime.config import REPO_ROOT, ConfigError
+from services.runtime.config import REPO_ROOT, ConfigError, read_yaml_file
 from services.simulation import keep_books
 
 from .adapters import ProviderAdapter
@@ -37,12 +35,7 @@ def _adapter_class(where: str, spec) -> type[ProviderAdapter]:
 
 def load_providers(path: Path, books_dir: Path | None = None, seed: int | None = None) -> list[ProviderAdapter]:
     """The adapters the file lists, in its order; simulators keep their books in `books_dir`."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"providers file {path} does not exist (set DIBOAS_PROVIDERS_FILE)") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"providers file {path} cannot be read: {exc}") from None
+    raw = read_yaml_file(path, "providers file", "DIBOAS_PROVIDERS_FILE")
     entries = raw.get("providers") if isinstance(raw, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise ConfigError(f"{path}: 'providers' must map each provider's name to its settings")

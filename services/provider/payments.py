@@ -23,7 +23,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from services.domain.money import Money
 from services.runtime.db import Database
-from services.runtime.errors import NotFound, ServiceUnavailable
+from services.runtime.errors import FailedPrecondition, NotFound, ServiceUnavailable
 from services.runtime.idempotency import run_idempotent, stored_response
 
 from .adapters import QuoteRequest
@@ -110,8 +110,9 @@ class PaymentService:
 
     async def execute(self, request_id: str, fingerprint: str, request: QuoteRequest, wallet: str, transaction: str,
                       provider: str) -> Payment:
-        """Record the payment, then pay it with failover. ServiceUnavailable NO_PROVIDER_AVAILABLE,
-        with nothing recorded, when no provider can take a new payment now."""
+        """Record the payment, then pay it with failover. With nothing recorded: FailedPrecondition
+        NO_PROVIDER_ABLE when no provider's terms allow it, ServiceUnavailable NO_PROVIDER_AVAILABLE
+        when none that could is healthy now."""
         first = await self.db.run(self._stored, "ExecutePayment", request_id, fingerprint)
         if first is None:
             if provider:
@@ -153,7 +154,7 @@ class PaymentService:
         try:
             outcome = await self.registry.pay(request, payment.name, provider=payment.preferred_provider or None,
                                               history=payment.attempts, record=record)
-        except ServiceUnavailable as exc:       # nothing was ever tried: nothing was charged
+        except (ServiceUnavailable, FailedPrecondition) as exc:     # nothing was ever tried: nothing was charged
             return await self.db.run(self._close, payment_id, None, [], exc.message)
         if outcome.pending:
             log.warning("%s is pending: a provider did not answer and may have charged; it is asked again "

@@ -3,7 +3,10 @@ healthy provider, and payment with failover. No grpc.
 
   quotes     every healthy provider at once, each under its own timeout; a slow or failing one
              is reported beside the others, never fails the request
-  select     lowest total cost to the user, then success rate, then latency; with the reason
+  select     lowest total cost to the user, then success rate, then latency; with the reason.
+             A payment that no provider's terms allow (currency, direction, minimum, maximum),
+             whatever their health, is refused as such (FAILED_PRECONDITION NO_PROVIDER_ABLE),
+             not as a provider being away
   pay        on the selected provider; when it fails for sure it is marked unhealthy and the next
              best one is tried with the same idempotency key (no provider charges twice for one
              payment). When a provider does not answer, even when asked again, the payment may
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from services.runtime.breaker import AsyncCircuitBreaker
-from services.runtime.errors import InvalidArgument, NotFound, ServiceUnavailable
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.outcomes import CallOutcomes, check_every
 
 from .adapters import ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt
@@ -118,6 +121,17 @@ class ProviderRegistry:
         if refusal:
             raise InvalidArgument.field("provider", f"providers/{name} {refusal}")
 
+    def require_some_able(self, request: QuoteRequest) -> None:
+        """FAILED_PRECONDITION NO_PROVIDER_ABLE, naming each provider's reason, when no provider's
+        terms allow the request: asking again later would not help."""
+        refusals = {name: adapter.limits.refuses(request) for name, adapter in self.adapters.items()}
+        if self.adapters and all(refusals.values()):
+            raise FailedPrecondition(
+                f"no provider takes {request.direction} of {request.amount}: "
+                + "; ".join(f"{name} {why}" for name, why in refusals.items()),
+                reason="NO_PROVIDER_ABLE", metadata={"direction": request.direction, "amount": request.amount.text,
+                                                     "currency": request.amount.currency})
+
     # --- health ---------------------------------------------------------------------------------
 
     async def check(self, name: str, timeout: float | None = None) -> Health:
@@ -177,6 +191,7 @@ class ProviderRegistry:
 
     async def select(self, request: QuoteRequest, exclude: frozenset[str] = frozenset(),
                      timeout: float | None = None) -> Selection:
+        self.require_some_able(request)
         quotes, failures = await self.quotes(request, timeout)
         candidates = sorted((q for q in quotes if q.provider not in exclude), key=self._rank)
         if not candidates:
@@ -203,11 +218,14 @@ class ProviderRegistry:
         over to the next best on a certain failure; every provider gets the same idempotency key.
         `history`: the attempts of an earlier drive of this payment (providers whose outcome is
         unknown are asked again first); `record` is given every attempt before and after it is
-        made. Raises ServiceUnavailable NO_PROVIDER_AVAILABLE only when nothing was ever tried."""
+        made. Raises ServiceUnavailable NO_PROVIDER_AVAILABLE (none able is healthy now) or
+        FailedPrecondition NO_PROVIDER_ABLE (none's terms allow it) only when nothing was ever tried."""
         if request.amount.amount <= 0:
             raise InvalidArgument.field("amount.amount", "must be greater than zero")
         if provider and not history:
             self.require_able(provider, request)
+        if not history:
+            self.require_some_able(request)
         attempts: list[Attempt] = list(history)
         timeout = timeout or self.quote_timeout
 
@@ -250,7 +268,7 @@ class ProviderRegistry:
             else:
                 try:
                     name = (await self.select(request, exclude=frozenset(tried), timeout=timeout)).quote.provider
-                except ServiceUnavailable:
+                except (ServiceUnavailable, FailedPrecondition):
                     if not attempts:
                         raise
                     break           # the others cannot take it: failed, and nothing was charged

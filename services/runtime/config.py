@@ -174,6 +174,17 @@ class Topology:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def read_yaml_file(path: Path, what: str, env_key: str):
+    """The content of a YAML catalogue file (`what`: "providers file"...); ConfigError saying
+    which file and why it cannot be read, and which variable names another one."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist (set {env_key})") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc}") from None
+
+
 def spiffe_id(trust_domain: str, kind: str, name: str) -> str:
     return f"spiffe://{trust_domain}/{kind}/{name}"
 

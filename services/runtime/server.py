@@ -19,6 +19,8 @@ from typing import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from services.domain import currencies
+
 from . import tracing
 from .auth import TokenIssuer
 from .client import Upstreams
@@ -189,6 +191,7 @@ def _bind(server: grpc.aio.Server, address: Address, credentials, name: str) -> 
 
 async def _serve(name: str, build: Callable[[Runtime], list[Registration]]) -> None:
     topology = load_topology()
+    currencies.load()           # the catalogue every amount is checked against; a mistake stops us here
     settings = topology.observability
     configure_logging(name, settings.log_level)
     if settings.tracing:

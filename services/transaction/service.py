@@ -24,7 +24,7 @@ from sqlalchemy import Connection, and_, insert, or_, select, update
 from diboas.common.v1 import common_pb2
 from diboas.events.v1 import events_pb2
 from diboas.transaction.v1 import transaction_pb2
-from services.domain.money import Money
+from services.domain.money import Money, require_balance_room, require_transaction_limit
 from services.runtime.db import Database, as_utc
 from services.runtime.errors import DeadlineExceeded, DomainError, FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.idempotency import run_idempotent, stored_response
@@ -37,7 +37,7 @@ from services.runtime.users import User
 from .domain import BRIDGE, COMPLETED, DEPOSIT, FAILED, PENDING, PROCESSING, SEND, TERMINAL, WITHDRAW, Parked, Transaction
 from .partners import ChainClient, ProviderClient
 from .tables import idempotency_keys, transactions
-from .wallet_client import WalletClient
+from .wallet_client import WalletClient, WalletFacts
 
 log = logging.getLogger("diboas.transaction")
 
@@ -160,30 +160,51 @@ class TransactionService:
         """(source owner, destination owner) once the wallets agree the transaction can start. The
         wallet the money leaves (or, for a DEPOSIT, arrives in) must be the user's own: someone
         else's is NOT_FOUND, worded like a missing one, before anything else about it (its
-        currency, its funds) is said."""
-        async def wallet(name: str, field: str, own: bool) -> str:
+        currency, its funds) is said. The amount must be within the currency's max_transaction,
+        and the destination's balance, with what is already on its way to it and the amount,
+        within its max_balance: so nothing accepted can fail to settle for a limit later."""
+        require_transaction_limit(draft.amount, "transaction.amount.amount")
+        receives = draft.type in (SEND, DEPOSIT)
+        # What is on its way is read before the balance: a transaction that settles in between
+        # is counted twice (too careful), never missed.
+        incoming = await self.db.run(self._incoming, draft.destination_wallet, draft.amount.currency) if receives else None
+
+        async def wallet(name: str, field: str, own: bool) -> WalletFacts:
             try:
-                owner, currency = await self._wallet.describe(name)
+                facts = await self._wallet.describe(name)
             except NotFound:
-                owner = currency = None
-            if owner is None or (own and viewer is not None and not viewer.may_see(owner)):
+                facts = None
+            if facts is None or (own and viewer is not None and not viewer.may_see(facts.owner)):
                 raise NotFound(f"wallet {name} does not exist", reason="WALLET_NOT_FOUND")
-            if currency != draft.amount.currency:
-                raise InvalidArgument.field(field, f"{name} holds {currency}, not {draft.amount.currency}")
-            return owner
-        source_owner = destination_owner = ""
+            if facts.currency != draft.amount.currency:
+                raise InvalidArgument.field(field, f"{name} holds {facts.currency}, not {draft.amount.currency}")
+            return facts
+        source_owner = ""
+        destination = None
         if draft.type != DEPOSIT:
-            source_owner = await wallet(draft.source_wallet, "transaction.source_wallet", own=True)
-        if draft.type in (SEND, DEPOSIT):
-            destination_owner = await wallet(draft.destination_wallet, "transaction.destination_wallet",
-                                             own=draft.type == DEPOSIT)
+            source_owner = (await wallet(draft.source_wallet, "transaction.source_wallet", own=True)).owner
+        if receives:
+            destination = await wallet(draft.destination_wallet, "transaction.destination_wallet",
+                                       own=draft.type == DEPOSIT)
         if draft.type != DEPOSIT:
             funds = await self._wallet.funds(draft.source_wallet, draft.amount)
             if not funds.sufficient:
                 raise FailedPrecondition(
                     f"insufficient funds in {draft.source_wallet}: available {funds.available} {draft.amount.currency}, "
                     f"{draft.amount} needed", reason="INSUFFICIENT_FUNDS", metadata={"wallet": draft.source_wallet})
-        return source_owner, destination_owner
+        if destination is not None:
+            require_balance_room(draft.destination_wallet, destination.balance, incoming, draft.amount,
+                                 disclose=viewer is None or viewer.may_see(destination.owner))
+        return source_owner, destination.owner if destination else ""
+
+    def _incoming(self, wallet: str, currency: str) -> Money:
+        """What transactions accepted and not finished yet bring to `wallet`."""
+        t = transactions.c
+        query = select(t.amount).where(t.destination_wallet == wallet, t.currency == currency,
+                                       t.state.in_((PENDING, PROCESSING)))
+        with self.db.reading() as connection:
+            amounts = connection.execute(query).scalars().all()
+        return sum((Money(currency, amount) for amount in amounts), Money.zero(currency))
 
     # --- reads ----------------------------------------------------------------------------------
 

@@ -3,11 +3,19 @@ the wallet's RPCs (errors arrive as domain errors, through the runtime's guarded
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from services.domain.money import Money
+from services.domain.money import EXACT, Money
 from services.runtime.client import Upstream
+
+
+@dataclass(frozen=True)
+class WalletFacts:
+    owner: str
+    currency: str
+    balance: Money              # available + held
 
 
 @dataclass(frozen=True)
@@ -20,10 +28,11 @@ class WalletClient:
     def __init__(self, upstream: Upstream):
         self._wallet = upstream.stub(wallet_pb2_grpc.WalletServiceStub)
 
-    async def describe(self, wallet: str) -> tuple[str, str]:
-        """(owner, currency) of a wallet; NOT_FOUND when it does not exist."""
+    async def describe(self, wallet: str) -> WalletFacts:
+        """Owner, currency and balance of a wallet; NOT_FOUND when it does not exist."""
         found = (await self._wallet.GetWallet(wallet_pb2.GetWalletRequest(name=wallet))).wallet
-        return found.owner_id, found.currency_code
+        balance = EXACT.add(Decimal(found.available_balance.amount or "0"), Decimal(found.held_balance.amount or "0"))
+        return WalletFacts(found.owner_id, found.currency_code, Money(found.currency_code, balance))
 
     async def funds(self, source: str, amount: Money) -> Funds:
         """Whether the source wallet (which exists and holds the currency) has the amount now."""

@@ -4,7 +4,9 @@ Every change of money is a journal whose lines sum to zero. Accounts:
   wallet:<id>:available   what the owner can spend
   wallet:<id>:held        reserved by active holds (money in flight)
   external:<currency>     the world outside the platform (deposits come from it, withdrawals go to it)
-A wallet's balances are the sums of its two accounts; they may never go below zero.
+A wallet's balances are the sums of its two accounts; they may never go below zero. New money
+asked for directly (a credit) may not take the wallet past its currency's maximum balance;
+settling what was accepted earlier (a deposit's credit, a capture) is never refused for it.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from services.domain.money import EXACT, Money
+from services.domain.money import EXACT, Money, require_balance_room
 from services.runtime.errors import FailedPrecondition
 
 AVAILABLE, HELD = "available", "held"
@@ -44,6 +46,11 @@ class Wallet:
 
     def money(self, amount: Decimal) -> Money:
         return Money(self.currency, amount)
+
+    @property
+    def balance(self) -> Money:
+        """Available and held: all the money the wallet has."""
+        return self.money(EXACT.add(self.available, self.held))
 
 
 @dataclass
@@ -129,6 +136,13 @@ def credit(wallet: Wallet, amount: Money, reference: str) -> Journal:
         Line(external_account(wallet.currency), -amount.amount),
         Line(wallet_account(wallet.id, AVAILABLE), amount.amount),
     ])
+
+
+def credit_within_limit(wallet: Wallet, amount: Money, reference: str) -> Journal:
+    """A credit asked for now: refused (BALANCE_LIMIT_EXCEEDED) when it would take the wallet
+    past its currency's maximum balance."""
+    require_balance_room(wallet.name, wallet.balance, Money.zero(wallet.currency), amount)
+    return credit(wallet, amount, reference)
 
 
 def debit(wallet: Wallet, amount: Money, reference: str) -> Journal:

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from services.domain.money import EXACT, Money
+from services.domain.money import EXACT, Money, require_transaction_limit
 from services.runtime.db import Database
 from services.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from services.runtime.idempotency import run_idempotent
@@ -94,7 +94,7 @@ class WalletService:
 
     async def credit(self, request_id: str, fingerprint: str, wallet_id: str, amount: Money, reference: str,
                      encode: Callable[[tuple[Wallet, LedgerEntry]], bytes]) -> bytes:
-        return await self._change("CreditWallet", ledger.credit, ledger.CREDIT, request_id, fingerprint, wallet_id,
+        return await self._change("CreditWallet", ledger.credit_within_limit, ledger.CREDIT, request_id, fingerprint, wallet_id,
                                   amount, reference, encode)
 
     async def debit(self, request_id: str, fingerprint: str, wallet_id: str, amount: Money, reference: str,
@@ -104,8 +104,10 @@ class WalletService:
 
     async def _change(self, operation: str, make: Callable[..., ledger.Journal], entry_type: str, request_id: str,
                       fingerprint: str, wallet_id: str, amount: Money, reference: str, encode) -> bytes:
-        """Money into or out of the platform on one wallet (a credit or a debit)."""
+        """Money into or out of the platform on one wallet (a credit or a debit), at most the
+        currency's max_transaction."""
         def work(repo: WalletRepository, now: dt.datetime):
+            require_transaction_limit(amount, "amount.amount")
             wallet, journal_id = self._move(repo, now, wallet_id, amount, "amount.currency_code",
                                             lambda w: make(w, amount, reference), entry_type)
             return wallet, repo.entry_of_journal(wallet_id, journal_id)
@@ -114,6 +116,7 @@ class WalletService:
     async def create_hold(self, request_id: str, fingerprint: str, wallet_id: str, amount: Money, reference: str,
                           encode: Callable[[tuple[Hold, Wallet]], bytes]) -> bytes:
         def work(repo: WalletRepository, now: dt.datetime):
+            require_transaction_limit(amount, "hold.amount.amount")
             wallet, _ = self._move(repo, now, wallet_id, amount, "hold.amount.currency_code",
                                    lambda w: ledger.reserve(w, amount, reference), ledger.HOLD)
             hold = Hold(self._ids(), wallet_id, amount.amount, ledger.ACTIVE, reference, None, now, now)
@@ -175,7 +178,8 @@ class WalletService:
 
     def credit_in(self, connection, now: dt.datetime, wallet_id: str, amount: Money, reference: str) -> None:
         """Credit money that came into the platform (a deposit) inside a transaction the caller
-        owns (an event handler's, with its inbox record)."""
+        owns (an event handler's, with its inbox record). Never refused for the currency's
+        limits: they were checked when the deposit was accepted."""
         self._move(WalletRepository(connection), now, wallet_id, amount, "amount.currency_code",
                    lambda w: ledger.credit(w, amount, reference), ledger.CREDIT)
 
