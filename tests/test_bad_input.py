@@ -271,7 +271,7 @@ _VALID = {
                               st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True))
     .map(lambda v: TRANSACTION_PAGES.write(*v)),
     "dead letters": st.tuples(st.sampled_from([EVENTS, ITEMS]), st.integers(0, MAX_SEQUENCE))
-    .map(lambda v: DEAD_LETTER_PAGES.write(*v)),
+    .map(lambda v: DEAD_LETTER_PAGES.write(0, False, *v)),
     "chains": st.from_regex(r"[a-z0-9-]{1,64}", fullmatch=True).map(CHAIN_PAGES.write),
     "providers": st.nothing(),
 }

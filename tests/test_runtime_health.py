@@ -250,3 +250,23 @@ async def test_metrics_count_calls_by_method_and_code(topology, start_server):
     assert delta("diboas_rpc_server_errors_total", "NOT_FOUND") == 1
     assert delta("diboas_rpc_server_errors_total", "OK") == 0
     assert delta("diboas_rpc_server_latency_seconds_count") == 3
+
+
+async def test_background_work_that_ends_before_shutdown_is_an_alert(topology, start_server, caplog):
+    """A queue worker or relay that stops by itself stops what it did, in silence unless told."""
+    async def broken(stop: asyncio.Event) -> None:
+        raise RuntimeError("the worker tripped")
+
+    async def finishes_on_stop(stop: asyncio.Event) -> None:
+        await stop.wait()
+
+    def build(runtime):
+        runtime.background += [broken, finishes_on_stop]
+        return wallet_build(EchoWallets())(runtime)
+    server = await start_server(topology, "wallet", build)
+    await asyncio.sleep(0.1)
+    alerts = [r for r in caplog.records if getattr(r, "alert", None) == "background_stopped"]
+    assert len(alerts) == 1 and "broken" in alerts[0].getMessage()
+    assert alerts[0].exc_info and "the worker tripped" in str(alerts[0].exc_info[1])
+    await server.stop(grace=0.5)                              # an orderly stop is no alert
+    assert len([r for r in caplog.records if getattr(r, "alert", None) == "background_stopped"]) == 1

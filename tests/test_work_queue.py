@@ -12,12 +12,14 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from services.runtime.config import ConfigError, QueuePolicy, load_topology
+from services.domain.money import Money
+from services.runtime.config import DEFAULT_TOPOLOGY, ConfigError, QueuePolicy, load_topology
 from services.runtime.db import Database
 from services.runtime.errors import NotFound
 from services.runtime.messaging.queue import MAX_AGE, MAX_ATTEMPTS, WorkQueue
 from services.transaction.app import MIGRATIONS
 from services.transaction.tables import parked_work_items, work_items
+from services.transaction.wallet_client import Funds, WalletFacts
 
 
 class Clock:
@@ -91,7 +93,6 @@ async def test_a_saga_step_longer_than_the_lease_is_run_by_one_worker_only(datab
     leases) does not get the same saga started by the other workers."""
     import asyncio
 
-    from services.domain.money import Money
     from services.runtime.messaging.secure import KeyRing
     from services.runtime.messaging.store import Outbox
     from services.transaction.domain import SEND, Transaction
@@ -102,10 +103,9 @@ async def test_a_saga_step_longer_than_the_lease_is_run_by_one_worker_only(datab
         holds = 0
 
         async def describe(self, wallet):
-            return "alice", "USD"
+            return WalletFacts("alice", "USD", Money.zero("USD"))
 
         async def funds(self, source, amount):
-            from services.transaction.wallet_client import Funds
             return Funds(True, "100.00")
 
         async def hold(self, source, amount, reference, request_id):
@@ -309,11 +309,12 @@ def test_two_replays_at_once_put_the_item_back_once(queue):
     q = make_queue(db, clock, max_attempts=1)
     add(db, q, "saga")
     assert q.retry(q.claim(), "unavailable").parked
-    first_done, counts = threading.Event(), {}
+    first_replayed, first_done, counts = threading.Event(), threading.Event(), {}
 
     def first():
         with db.transaction() as connection:
             counts["first"] = q.replay_in(connection, None, clock.now, "ops-1")
+            first_replayed.set()
             first_done.wait(5)                  # still open while the second one starts
 
     def second():
@@ -321,8 +322,7 @@ def test_two_replays_at_once_put_the_item_back_once(queue):
             counts["second"] = q.replay_in(connection, None, clock.now, "ops-2")
     one = threading.Thread(target=first)
     one.start()
-    while "first" not in counts:
-        pass
+    assert first_replayed.wait(5)
     two = threading.Thread(target=second)
     two.start()
     two.join(0.5)                               # it waits for the first to commit
@@ -340,7 +340,11 @@ def test_the_queue_policy_comes_from_the_topology_per_queue_with_defaults(tmp_pa
     topology = load_topology(env=env)
     assert topology.defaults.queue.max_attempts == 4
     policy = topology.queue_policy("transaction", "financial.transactions")
-    assert policy.max_age_seconds == 90 and policy.max_attempts == 10           # mesh.yaml names it per queue
+    assert policy.max_age_seconds == 90 and policy.max_attempts == 4            # the default's variable applies
+    own = tmp_path / "mesh.yaml"
+    own.write_text(DEFAULT_TOPOLOGY.read_text().replace("financial.transactions: {}",
+                                                        "financial.transactions: {max_attempts: 6}"))
+    assert load_topology(own, env=env).queue_policy("transaction", "financial.transactions").max_attempts == 6
     for key, value, problem in [("DIBOAS_QUEUE_MAX_ATTEMPTS", "2.5", "whole number"),
                                 ("DIBOAS_QUEUE_MAX_ATTEMPTS", "0", "whole number of at least 1"),
                                 ("DIBOAS_QUEUE_MAX_BACKOFF", "0.1", "must not be below"),
@@ -396,6 +400,18 @@ async def test_dead_letters_of_both_kinds_are_listed_page_by_page_and_replayed_b
             await servicer.ListDeadLetters(events_pb2.ListDeadLettersRequest(page_token=token), None)
     with pytest.raises(InvalidArgument):
         await servicer.ListDeadLetters(events_pb2.ListDeadLettersRequest(kind=7), None)
+    # A token resumes only the list it came from: with other filters it is refused, not misread.
+    token = (await servicer.ListDeadLetters(events_pb2.ListDeadLettersRequest(page_size=2, kind=item), None)).next_page_token
+    for other in (dict(kind=0), dict(kind=event), dict(kind=item, include_replayed=True)):
+        with pytest.raises(InvalidArgument) as refused:
+            await servicer.ListDeadLetters(events_pb2.ListDeadLettersRequest(page_size=2, page_token=token, **other),
+                                           None)
+        assert [v.field for v in refused.value.violations] == ["page_token"]
+    # Replay ids are ids this service could have given out (an Integer column), a bounded number at once.
+    for ids in ([2**31], [0], [-5], list(range(1, 1002))):
+        with pytest.raises(InvalidArgument) as refused:
+            await servicer.ReplayDeadLetters(events_pb2.ReplayDeadLettersRequest(request_id="bad", ids=ids), None)
+        assert [v.field for v in refused.value.violations] == ["ids"]
 
     async def replay(request_id: str, **fields) -> int:
         return (await servicer.ReplayDeadLetters(events_pb2.ReplayDeadLettersRequest(
@@ -418,20 +434,18 @@ async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_sti
 
     from sqlalchemy import func
 
-    from services.domain.money import Money
     from services.runtime.errors import FailedPrecondition, ServiceUnavailable
     from services.runtime.messaging.secure import KeyRing
     from services.runtime.messaging.store import Outbox
     from services.transaction.domain import SEND, Transaction
     from services.transaction.service import TransactionService
     from services.transaction.tables import messaging
-    from services.transaction.wallet_client import Funds
 
     class Wallet:
         holds: list[str] = []
 
         async def describe(self, wallet):
-            return "alice", "USD"
+            return WalletFacts("alice", "USD", Money.zero("USD"))
 
         async def funds(self, source, amount):
             return Funds(True, "100.00")
@@ -470,3 +484,65 @@ async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_sti
         topics = [row.topic for row in connection.execute(select(messaging.outbox.c.topic))]
         assert topics == ["transaction.failed"]                  # nothing for the parked one
         assert connection.execute(select(func.count()).select_from(work_items)).scalar_one() == 0
+
+
+async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(database, pki):
+    """An attempt fails and its reschedule fails too (the database is away): the worker goes on
+    with the next item, and the first comes back once its lease runs out."""
+    import asyncio
+
+    from services.runtime.errors import ServiceUnavailable
+    from services.runtime.messaging.secure import KeyRing
+    from services.runtime.messaging.store import Outbox
+    from services.transaction.domain import SEND, Transaction
+    from services.transaction.service import TransactionService
+    from services.transaction.tables import messaging
+
+    class Wallet:
+        refused_once = False
+
+        async def describe(self, wallet):
+            return WalletFacts("alice", "USD", Money.zero("USD"))
+
+        async def funds(self, source, amount):
+            return Funds(True, "100.00")
+
+        async def hold(self, source, amount, reference, request_id):
+            if amount.text == "1.00" and not Wallet.refused_once:
+                Wallet.refused_once = True
+                raise ServiceUnavailable("the wallet is unreachable", reason="UPSTREAM_UNAVAILABLE")
+            return f"{source}/holds/{request_id}"
+
+    queue = WorkQueue(database, work_items, "financial.transactions", lease=dt.timedelta(seconds=0.5),
+                      parked=parked_work_items)
+    reschedules = []
+    real_retry = queue.retry
+
+    def retry(claimed, error):
+        reschedules.append(claimed.item)
+        if len(reschedules) == 1:
+            raise ServiceUnavailable("database is unavailable", reason="DATABASE_UNAVAILABLE")
+        return real_retry(claimed, error)
+    queue.retry = retry
+    service = TransactionService(database, Wallet(), queue, Outbox(messaging, "transaction", lambda topic: ["wallet"],
+                                                                   KeyRing.load(pki)))
+
+    async def create(amount: str) -> str:
+        draft = Transaction("", SEND, "", "wallets/a", "wallets/b", Money.parse("USD", amount), "", "", None, None, None)
+        return (await service.create(f"r{amount}", "fp", draft, lambda tx: tx.id.encode())).decode()
+    first = await create("1.00")
+    stop = asyncio.Event()
+    worker = asyncio.create_task(service.work(stop, idle_seconds=0.01))
+    try:
+        await asyncio.sleep(0.2)                       # the first attempt failed, and so did its reschedule
+        second = await create("2.00")
+        for _ in range(300):
+            if {(await service.get(t)).state for t in (first, second)} == {"COMPLETED"}:
+                break
+            await asyncio.sleep(0.01)
+        assert not worker.done(), "the worker ended"
+    finally:
+        stop.set()
+        await worker
+    assert [(await service.get(t)).state for t in (first, second)] == ["COMPLETED", "COMPLETED"]
+    assert reschedules == [first]

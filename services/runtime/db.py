@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import contextvars
 import datetime as dt
+import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -32,6 +33,7 @@ from .config import ConfigError
 from .errors import ServiceUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger("diboas.db")
 
 
 def new_metadata() -> MetaData:
@@ -189,9 +191,13 @@ class Database:
             return await asyncio.get_running_loop().run_in_executor(
                 self._executor, contextvars.copy_context().run, fn, *args)
         except (OperationalError, DisconnectionError) as exc:
+            # Where the database is and what the driver said stay in the log: callers learn only
+            # that it is away and that they may retry.
             shown = self.engine.url.render_as_string(hide_password=True)
             why = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            raise ServiceUnavailable(f"database {shown} is unavailable: {why}", reason="DATABASE_UNAVAILABLE") from None
+            log.warning("database %s is unavailable: %s", shown, why, extra={"reason": "DATABASE_UNAVAILABLE"})
+            raise ServiceUnavailable("the service's database is unavailable; retry shortly",
+                                     reason="DATABASE_UNAVAILABLE") from None
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -157,9 +157,19 @@ class MeshServer:
         await server.start()
         self._tasks = [asyncio.create_task(work(self._stop_background), name=f"{service.name}-background")
                        for work in self._runtime.background]
+        for task in self._tasks:
+            task.add_done_callback(self._background_ended)
         log.info("%s listening on %s:%s (mTLS)%s", service.name, service.address.host, self.port,
                  f", metrics on :{self.metrics_port}/metrics" if self.metrics_port else "",
                  extra={"port": self.port, "metrics_port": self.metrics_port})
+
+    def _background_ended(self, task: asyncio.Task) -> None:
+        """Background work (a queue worker, the relay) runs until shutdown; one that ends before
+        is an alert, never silent: what it did (sagas, deliveries) has stopped in this process."""
+        if self._stop_background.is_set() or task.cancelled():
+            return
+        log.error("%s: background work %s stopped before shutdown", self.service.name, task.get_coro().__qualname__,
+                  exc_info=task.exception(), extra={"alert": "background_stopped"})
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first (so probes and the gateway stop sending), then drain and stop."""

@@ -165,8 +165,9 @@ class TransactionService:
         within its max_balance: so nothing accepted can fail to settle for a limit later."""
         require_transaction_limit(draft.amount, "transaction.amount.amount")
         receives = draft.type in (SEND, DEPOSIT)
-        # What is on its way is read before the balance: a transaction that settles in between
-        # is counted twice (too careful), never missed.
+        # What is on its way is read before the balance, so one that the wallet settles in between
+        # is counted twice (too careful) rather than missed. Not counted: a transaction COMPLETED
+        # whose event the wallet has not handled yet; decision 24 bounds what that can add.
         incoming = await self.db.run(self._incoming, draft.destination_wallet, draft.amount.currency) if receives else None
 
         async def wallet(name: str, field: str, own: bool) -> WalletFacts:
@@ -383,13 +384,24 @@ class TransactionService:
                                               conversation=f"transactions/{claimed.item}"):
                     await self.process(claimed)
             except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later (or parks it)
-                message = getattr(exc, "message", None) or repr(exc)
-                retried = await self.db.run(self.queue.retry, claimed, message)
-                then = ("parked (the money stays held until a replay)" if retried.parked
-                        else "left to the worker holding it now" if retried.lost
-                        else f"retrying in {retried.delay.total_seconds():.1f}s")
-                log.log(logging.INFO if isinstance(exc, (ServiceUnavailable, DeadlineExceeded)) else logging.ERROR,
-                        "transactions/%s: attempt %d failed (%s); %s", claimed.item, claimed.attempts,
-                        message, then, exc_info=not isinstance(exc, DomainError))
+                await self._failed(claimed, exc)
             finally:
                 heartbeat.cancel()
+
+    async def _failed(self, claimed: Claimed, exc: Exception) -> None:
+        """An attempt failed: reschedule or park its item, and say which. When that cannot be
+        written either (the database is away too), the item comes back by itself once its lease
+        runs out; the worker goes on."""
+        message = getattr(exc, "message", None) or repr(exc)
+        try:
+            retried = await self.db.run(self.queue.retry, claimed, message)
+        except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
+            log.warning("transactions/%s: attempt %d failed (%s) and could not be rescheduled; it comes back "
+                        "when its lease runs out", claimed.item, claimed.attempts, message, exc_info=True)
+            return
+        then = ("parked (the money stays held until a replay)" if retried.parked
+                else "no longer ours: another worker holds it, or it was parked" if retried.lost
+                else f"retrying in {retried.delay.total_seconds():.1f}s")
+        log.log(logging.INFO if isinstance(exc, (ServiceUnavailable, DeadlineExceeded)) else logging.ERROR,
+                "transactions/%s: attempt %d failed (%s); %s", claimed.item, claimed.attempts,
+                message, then, exc_info=not isinstance(exc, DomainError))

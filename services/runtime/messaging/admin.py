@@ -10,14 +10,17 @@ from ..context import current_caller
 from ..db import Database
 from ..errors import InvalidArgument
 from ..idempotency import run_idempotent
-from ..requests import SEQUENCE, PageTokens, TokenPart, fingerprint, page_size, request_id, timestamp
+from ..requests import MAX_SEQUENCE, SEQUENCE, PageTokens, TokenPart, fingerprint, foreign_page_token, page_size, request_id, timestamp
 from .queue import ParkedItem, WorkQueue
 from .relay import DeadLetter, Relay
 
 EVENTS, ITEMS = events_pb2.DEAD_LETTER_KIND_EVENT_DELIVERY, events_pb2.DEAD_LETTER_KIND_WORK_ITEM
-# The list runs through event deliveries, then work items: a page resumes after (kind, id).
-_KIND = TokenPart(str, lambda text: {str(EVENTS): EVENTS, str(ITEMS): ITEMS}.get(text))
-PAGES = PageTokens("deadLetters", _KIND, SEQUENCE)
+# The list runs through event deliveries, then work items: a page resumes after (kind, id) of
+# a list asked for with the same filters (kind, include_replayed); a token of others is refused.
+_WANTED = TokenPart(str, lambda text: {str(k): k for k in (0, EVENTS, ITEMS)}.get(text))
+_REPLAYED = TokenPart(lambda flag: "1" if flag else "0", {"0": False, "1": True}.get)
+_PART = TokenPart(str, lambda text: {str(EVENTS): EVENTS, str(ITEMS): ITEMS}.get(text))
+PAGES = PageTokens("deadLetters", _WANTED, _REPLAYED, _PART, SEQUENCE)
 
 
 def dead_letter_pb(d: DeadLetter) -> events_pb2.DeadLetter:
@@ -34,6 +37,20 @@ def parked_item_pb(p: ParkedItem) -> events_pb2.DeadLetter:
                                  replayed_by=p.replayed_by)
 
 
+MAX_REPLAY_IDS = 1000
+
+
+def _ids(ids) -> list[int]:
+    """The dead letter ids of a replay: ids this service could have given out, and not too many at once."""
+    if len(ids) > MAX_REPLAY_IDS:
+        raise InvalidArgument.field("ids", f"at most {MAX_REPLAY_IDS} ids at once, got {len(ids)}; use all = true "
+                                           "to replay everything that waits")
+    wrong = next((i for i in ids if not 1 <= i <= MAX_SEQUENCE), None)
+    if wrong is not None:
+        raise InvalidArgument.field("ids", f"{wrong} is not a dead letter id (ids run from 1 to {MAX_SEQUENCE})")
+    return list(ids)
+
+
 class DeadLetterServicer(events_pb2_grpc.DeadLetterServiceServicer):
     def __init__(self, db: Database, relay: Relay, idempotency_keys: Table, queue: WorkQueue | None = None):
         self._db, self._relay, self._keys, self._queue = db, relay, idempotency_keys, queue
@@ -46,7 +63,11 @@ class DeadLetterServicer(events_pb2_grpc.DeadLetterServiceServicer):
     async def ListDeadLetters(self, request, context):
         limit = page_size(request.page_size)
         wanted = self._kind(request.kind)
-        kind, after = PAGES.read(request.page_token) or (EVENTS, 0)
+        resume = PAGES.read(request.page_token)
+        if resume is not None and resume[:2] != (wanted, request.include_replayed):
+            raise foreign_page_token()
+        kind, after = resume[2:] if resume else (EVENTS, 0)
+        filters = (wanted, request.include_replayed)
         letters: list[events_pb2.DeadLetter] = []
         if kind == EVENTS:
             if wanted in (EVENTS, 0):
@@ -54,7 +75,7 @@ class DeadLetterServicer(events_pb2_grpc.DeadLetterServiceServicer):
                 if len(found) > limit:
                     return events_pb2.ListDeadLettersResponse(
                         dead_letters=[dead_letter_pb(d) for d in found[:limit]],
-                        next_page_token=PAGES.write(EVENTS, found[limit - 1].id))
+                        next_page_token=PAGES.write(*filters, EVENTS, found[limit - 1].id))
                 letters = [dead_letter_pb(d) for d in found]
             after = 0                                   # the work items' part starts at its beginning
         if self._queue is not None and wanted in (ITEMS, 0):
@@ -64,7 +85,7 @@ class DeadLetterServicer(events_pb2_grpc.DeadLetterServiceServicer):
             if len(found) > room:
                 last = found[room - 1].id if room else after
                 return events_pb2.ListDeadLettersResponse(dead_letters=letters,
-                                                          next_page_token=PAGES.write(ITEMS, last))
+                                                          next_page_token=PAGES.write(*filters, ITEMS, last))
         return events_pb2.ListDeadLettersResponse(dead_letters=letters)
 
     async def ReplayDeadLetters(self, request, context):
@@ -74,7 +95,7 @@ class DeadLetterServicer(events_pb2_grpc.DeadLetterServiceServicer):
         kind = self._kind(request.kind)
         if kind == ITEMS and self._queue is None:
             raise InvalidArgument.field("kind", "this service has no work queue")
-        ids = None if request.all else list(request.ids)
+        ids = None if request.all else _ids(request.ids)
         by = current_caller() or ""
 
         def replay(connection, now) -> int:

@@ -146,7 +146,7 @@ class WorkQueue:
                  worker: str = ""):
         self._db, self._t, self.name, self._lease, self._clock = db, table, name, lease, clock
         self._rng = rng or random.Random()
-        self._parked, self.policy, self._worker = parked, policy, worker
+        self._parked, self.policy, self._worker = parked, policy, worker[:128]   # parked_by's width
 
     def enqueue(self, connection: Connection, item: str, priority: int = 0,
                 trace_context: Mapping[str, str] | None = None) -> None:
@@ -175,8 +175,8 @@ class WorkQueue:
                         connection.execute(update(t).where(t.c.id == row.id).values(
                             available_at=now + self._lease, attempts=row.attempts + 1))
                         return Claimed(row.id, row.item, row.attempts + 1, row.traceparent, row.tracestate)
-                    error = (f"attempt {row.attempts} ended without an outcome: its worker stopped before it "
-                             f"finished (last error: {row.last_error or 'none'})")
+                    error = (f"attempt {row.attempts} ended without an outcome: its lease ran out (its worker "
+                             f"stopped, or lost the database) (last error: {row.last_error or 'none'})")
                     parked.append(self._park(connection, row, row.attempts, MAX_ATTEMPTS, error, now))
                 return None
         finally:
