@@ -203,6 +203,16 @@ async def test_missing_expired_and_forged_user_tokens_are_401(stack):
         assert headers.get("www-authenticate", "").startswith("Bearer")
 
 
+async def test_the_bearer_scheme_is_read_in_any_case(stack):
+    mesh, gw = stack
+    alice = user_token(mesh.topology, "alice", ("user",))
+    for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
+        status, body, _ = await gw.call("GET", "/v1/wallets", headers={"authorization": f"{scheme} {alice}"})
+        assert status == 200, (scheme, body)
+    status, body, _ = await gw.call("GET", "/v1/wallets", headers={"authorization": f"Basic {alice}"})
+    assert status == 401 and body["message"] == "Jwt is missing"
+
+
 async def test_another_users_wallet_is_404_and_an_operator_sees_it(stack):
     mesh, gw = stack
     alice, bob = (user_token(mesh.topology, u, ("user",)) for u in ("alice", "bob"))

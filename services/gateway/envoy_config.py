@@ -18,6 +18,7 @@ descriptor set in generated/: nothing in it is written by hand twice.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,11 @@ MAX_REQUEST_HEADERS_KB = (MAX_METADATA_BYTES - MAX_HEADERS * 32 - 4096) // 1024
 # it), then put back: so the access log's %GRPC_STATUS% is the service's, not one guessed from
 # the HTTP status (404 would read UNIMPLEMENTED). An answer's trailers keep theirs anyway.
 _KEPT_GRPC_STATUS = "x-diboas-grpc-status"
+# Where jwt_authn finds the token: `authorization: Bearer <token>`, the scheme in any case (an
+# HTTP auth scheme is case-insensitive; jwt_authn compares its prefix exactly, so every spelling
+# of "bearer" is listed: 64 of them).
+BEARER_HEADERS = [{"name": "authorization", "value_prefix": "".join(spelling) + " "}
+                  for spelling in itertools.product(*({c, c.upper()} for c in "bearer"))]
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,7 @@ def _jwt_authn(name: str, topology: Topology, required: bool) -> dict:
     in the dynamic metadata, where no request header can forge them."""
     provider = {"issuer": ISSUER, "audiences": [AUDIENCE],
                 "local_jwks": {"filename": str(topology.certs_dir / "jwks.json")},
+                "from_headers": BEARER_HEADERS,
                 "forward": True,                 # the services verify it again and act for its user
                 "jwt_cache_config": {"jwt_cache_size": 4096}}   # a verified token is not verified again
     config = {"@type": f"{_TYPED}.filters.http.jwt_authn.v3.JwtAuthentication", "providers": {"users": provider}}
