@@ -426,7 +426,7 @@ def _conditions(topology, args, loadavg: str) -> dict:
         "python": platform.python_version(), "grpcio": grpc.__version__, "envoy": _envoy_version(),
         "tracing": topology.observability.tracing, "trace_sample_ratio": topology.observability.trace_sample_ratio,
         "trace_export": topology.observability.trace_export,
-        # services/gateway: Envoy records spans only with tracing on and an export configured
+        # gateway/: Envoy records spans only with tracing on and an export configured
         "gateway_spans": topology.observability.tracing and topology.observability.trace_export != "none",
         "log_level": topology.observability.log_level, "envoy_access_log": "on (JSON, one line per request)",
         "gateway_rate_limit_per_second": topology.gateway.rate_limit_per_second,

@@ -13,7 +13,6 @@ access log to gateway-access.jsonl); this command prints progress.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import socket
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from services.monitor import ServiceStatus, check_gateway, check_service
 from services.runtime.config import ConfigError, Topology, load_topology
+from services.runtime.processes import die_with_parent, entry_module
 from services.runtime.tls import channel_credentials, load_identity
 from services.runtime.users import issue_user_token
 from services.supervision import RestartBudget, describe_exit
@@ -83,7 +83,7 @@ class Launcher:
         with open(log_path, "ab") as log_file:
             # Own session: Ctrl-C reaches the launcher only, which stops the children in order.
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"], stdout=log_file, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", entry_module(name, GATEWAY)], stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent)
         _say(f"  {verb:<8} {name:<12} {str(self._address(name)):<18} pid {self.processes[name].pid:<7} "
              f"log {log_path}")
@@ -256,18 +256,6 @@ def stop_order(topology: Topology) -> list[list[str]]:
         batches.append(batch)
         remaining = [name for name in remaining if name not in batch]
     return batches
-
-
-# Loaded here, in the parent: a forked child (of a process with threads) must not load libraries.
-_LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM if the parent dies (even by SIGKILL)."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:           # the parent died before that: do not live on as an orphan
-            os._exit(1)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

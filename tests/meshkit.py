@@ -23,6 +23,7 @@ from diboas.provider.v1 import provider_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.config import Address
+from services.runtime.processes import entry_module
 from tools.ports import mesh_addresses
 
 from conftest import bearer, client_channel, service_token, user_token, with_service
@@ -143,14 +144,15 @@ async def start_mesh(topology, start_server, services=ORDER, **databases) -> Mes
 # --- the services as real processes ---------------------------------------------------------------
 
 class Process:
-    """One service as `python -m services.<name>`, its output in <log_dir>/<name>.log."""
+    """One process of the mesh (`python -m services.<name>`, or `python -m gateway`), its output in
+    <log_dir>/<name>.log."""
 
     def __init__(self, name: str, env: dict, log_dir):
         self.name, self.env, self.log_dir, self.process = name, env, log_dir, None
 
     def start(self) -> None:
         log = open(self.log_dir / f"{self.name}.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"], env=self.env,
+        self.process = subprocess.Popen([sys.executable, "-m", entry_module(self.name)], env=self.env,
                                         stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:

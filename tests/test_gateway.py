@@ -17,7 +17,7 @@ import pytest
 
 from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from services.gateway.envoy_config import MAX_REQUEST_HEADERS_KB, external_rpcs
+from gateway.envoy_config import MAX_REQUEST_HEADERS_KB, external_rpcs
 from services.monitor import check_gateway
 from services.runtime.config import Address, load_topology
 from tools.ports import free_ports
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 
 class Gateway:
-    """Envoy as `python -m services.gateway`, in front of the given service ports."""
+    """Envoy as `python -m gateway`, in front of the given service ports."""
 
     def __init__(self, topology, ports: dict[str, int], log_dir, **overrides):
         self.http, self.https, self.admin = free_ports(3)

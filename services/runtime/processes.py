@@ -1,0 +1,27 @@
+"""Starting the mesh's processes: which module runs each one, and the tie that ends a child
+with its parent. Used by the launcher, the gateway (for Envoy) and the tests' process meshes."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+GATEWAY_MODULE = "gateway"      # the top-level gateway/ package: Envoy, its config, its span receiver
+
+
+def entry_module(name: str, gateway: str = "gateway") -> str:
+    """What `python -m` runs for a process of the topology: the gateway, or services.<name>."""
+    return GATEWAY_MODULE if name == gateway else f"services.{name}"
+
+
+# Loaded here, in the parent: a forked child (of a process with threads) must not load libraries.
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM if the parent dies (even by SIGKILL)."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:           # the parent died before that: do not live on as an orphan
+            os._exit(1)
