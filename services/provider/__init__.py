@@ -1,1 +1,1 @@
-"""The provider service: registry of payment providers with failover (issue 4 builds it)."""
+"""The provider service: the registry of payment providers, quotes, selection, and payments with failover."""

@@ -72,7 +72,8 @@ class DeadlineExceeded(DomainError):
 
 
 class Unimplemented(DomainError):
-    """The operation is in the contract but not built yet; the message says which issue brings it."""
+    """The operation is in the contract but not served by this server; the message says which
+    operation and why."""
 
     reason = "NOT_IMPLEMENTED_YET"
 

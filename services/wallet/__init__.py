@@ -1,1 +1,1 @@
-"""The wallet service: wallets, balances from a double-entry ledger, holds (issue 3 builds them)."""
+"""The wallet service: wallets, balances from a double-entry ledger, holds."""

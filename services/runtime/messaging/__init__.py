@@ -1,2 +1,2 @@
-"""Messaging shared by the services: event envelopes, their protection, and (next) the outbox,
-inbox, relay and transports."""
+"""Messaging shared by the services: sealed event envelopes, the outbox, inbox, relay and event
+sink, the work queue, and dead letters."""
