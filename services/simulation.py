@@ -1,5 +1,6 @@
 """What the simulated outside worlds (payment providers, chains) share: faults that can be
-switched on and off at run time, and books kept on disk.
+switched on and off at run time (FaultSwitch: what an adapter that supports them is), their
+latency settings, and books kept on disk.
 
 The simulators stand in for systems we cannot reach from here. Their books are *their* world,
 not our state: JSON lines that outlive a restart of our services (as a real provider's or
@@ -7,12 +8,14 @@ chain's records would) and that tests read to prove nothing happened twice. No g
 """
 from __future__ import annotations
 
+import abc
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.runtime.errors import InvalidArgument
+from services.runtime.config import ConfigError
+from services.runtime.errors import FailedPrecondition, InvalidArgument
 
 DEFAULT_FLAP_PERIOD = 5.0      # seconds, when flapping is on and no period is given (the contracts' default)
 MAX_EXTRA_LATENCY = 60.0       # seconds
@@ -27,6 +30,39 @@ class Faults:
 
     def down_now(self, clock: float) -> bool:
         return self.flap_period > 0 and int(clock / self.flap_period) % 2 == 1
+
+
+class FaultSwitch(abc.ABC):
+    """An adapter whose faults can be switched on and off at run time (the simulators are; a
+    real provider or chain is not). Assigning `faults` switches them."""
+
+    faults: Faults
+
+
+def faults_of(adapter) -> Faults | None:
+    """The faults switched on at `adapter` now; None when it does not support faults."""
+    return adapter.faults if isinstance(adapter, FaultSwitch) else None
+
+
+def fault_switch(adapter, resource: str) -> FaultSwitch:
+    """`adapter` as a FaultSwitch; FAILED_PRECONDITION naming `resource` ("chains/x") when it
+    does not support faults."""
+    if not isinstance(adapter, FaultSwitch):
+        raise FailedPrecondition(f"{resource} does not support faults: they can be switched on simulators only, "
+                                 f"and {resource} is served by {type(adapter).__name__}",
+                                 reason="FAULTS_NOT_SUPPORTED")
+    return adapter
+
+
+def latency_settings(settings: dict, latency: float, jitter: float) -> tuple[float, float]:
+    """(mean, jitter) seconds per call of a simulator, taken out of its catalogue settings
+    `latency_seconds` and `latency_jitter_seconds` (these defaults when absent); ConfigError
+    naming the setting."""
+    values = settings.pop("latency_seconds", latency), settings.pop("latency_jitter_seconds", jitter)
+    for key, value in zip(("latency_seconds", "latency_jitter_seconds"), values, strict=True):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{key}: must be a number of seconds, at least 0, got {value!r}")
+    return float(values[0]), float(values[1])
 
 
 def fault_settings(message) -> tuple[float, float, float, float]:

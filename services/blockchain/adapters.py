@@ -1,5 +1,5 @@
 """Blockchains behind one interface. A real chain is one class: subclass ChainAdapter, implement
-its seven methods, and register it in app.py (see docs/chains.md). No grpc here: the blockchain
+its seven methods, and list it in chains.yaml (see docs/chains.md). No grpc here: the blockchain
 service's transport wraps the coordinator, which wraps this.
 
 A cross-chain transfer is three steps, each one call here, each idempotent by its key:
@@ -18,6 +18,7 @@ import abc
 from dataclasses import dataclass
 
 from services.domain.money import Money
+from services.runtime.catalog import Configurable
 
 SOURCE, BRIDGE, TARGET = "SOURCE", "BRIDGE", "TARGET"
 STEPS = (SOURCE, BRIDGE, TARGET)
@@ -67,10 +68,12 @@ class ChainRejected(ChainError):
         self.transaction = transaction
 
 
-class ChainAdapter(abc.ABC):
+class ChainAdapter(Configurable, abc.ABC):
     """One blockchain. Implementations must be safe to call concurrently, and every mutating
     method must be idempotent by key: the same key returns the first transaction and changes
-    nothing more (send it as the contract call's nonce/salt, or look it up before sending)."""
+    nothing more (send it as the contract call's nonce/salt, or look it up before sending).
+    Built from its chains.yaml entry by `from_settings` (by default: the constructor, keyword
+    arguments)."""
 
     name: str                       # lower case, used in resource names: "chains/{name}"
     display_name: str

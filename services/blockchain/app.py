@@ -1,13 +1,14 @@
 """Composition root of the blockchain service."""
+import os
 from pathlib import Path
 
 from diboas.blockchain.v1 import blockchain_pb2_grpc
 from services.runtime.db import Database
 from services.runtime.server import Registration, Runtime
 
+from .catalog import chains_file, load_chains
 from .coordinator import ChainRegistry, TransferCoordinator
 from .servicer import BlockchainServicer
-from .simulator import default_chains
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -17,7 +18,7 @@ def build(runtime: Runtime) -> list[Registration]:
     db.migrate()
     runtime.on_stop.append(db.close)
     # The simulated chains' books live beside our state: the simulated world outlives a restart.
-    registry = ChainRegistry(default_chains(books_dir=runtime.topology.state_dir / "simulators" / "chains"))
+    registry = ChainRegistry(load_chains(chains_file(os.environ), runtime.topology.state_dir / "simulators" / "chains"))
     coordinator = TransferCoordinator(db, registry)
     # Health checks on an interval; transfers left unfinished (a crash, a mint without answer) resumed.
     runtime.background += [registry.watch, coordinator.resume]

@@ -32,6 +32,7 @@ from services.runtime.db import Database
 from services.runtime.errors import DomainError, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.idempotency import run_idempotent, stored_response
 from services.runtime.outcomes import CallOutcomes, check_every
+from services.simulation import Faults, fault_switch
 
 from .adapters import (
     BRIDGE,
@@ -46,7 +47,6 @@ from .adapters import (
     ChainTx,
     TxStatus,
 )
-from .simulator import Faults, SimulatedChain
 from .tables import cross_chain_transfers, idempotency_keys
 from .transfers import COMPENSATED, COMPLETED, FAILED, IN_PROGRESS, NO_STEP, PENDING, TERMINAL, Compensation, Transfer
 
@@ -355,12 +355,10 @@ class TransferCoordinator:
                          encode: Callable[[str], bytes]) -> bytes:
         """Replace a simulated chain's faults (idempotent by request_id: a repeat changes nothing
         and gets the first answer); `encode(chain)` makes the answer."""
-        adapter = self.registry.adapter(chain)
-        if not isinstance(adapter, SimulatedChain):
-            raise InvalidArgument.field("chain", f"chains/{chain} is a real chain: faults exist only on simulated chains")
+        switch = fault_switch(self.registry.adapter(chain), f"chains/{chain}")
 
         def work(connection: Connection, now: dt.datetime) -> str:
-            adapter.faults = faults
+            switch.faults = faults
             log.warning("chains/%s: simulated faults are now %s", chain, faults, extra={"chain": chain})
             return chain
         return await self.db.run(run_idempotent, self.db, idempotency_keys, "SetChainFaults", request_id, fingerprint,

@@ -12,11 +12,11 @@ from diboas.common.v1 import common_pb2
 from services.runtime.context import current_deadline
 from services.runtime.errors import InvalidArgument
 from services.runtime.requests import KEY, PageTokens, fingerprint, money, page_size, request_id, resource_id, timestamp
-from services.simulation import fault_settings
+from services.simulation import fault_settings, faults_of
 
 from .adapters import STEPS, ChainTx
 from .coordinator import ChainRegistry, StatusReport, TransferCoordinator
-from .simulator import Faults, SimulatedChain
+from .simulator import Faults
 from .transfers import Transfer
 
 _MARGIN = 0.25                     # seconds kept from the caller's deadline to answer in time
@@ -108,7 +108,7 @@ class BlockchainServicer(blockchain_pb2_grpc.BlockchainServiceServicer):
             required_confirmations=adapter.required_confirmations, block_time=_duration(adapter.block_time),
             latest_block_number=health.latest_block,
             health_state=blockchain_pb2.ChainHealthState.Value(f"CHAIN_HEALTH_STATE_{self._registry.state(name)}"),
-            faults=faults_pb(adapter.faults) if isinstance(adapter, SimulatedChain) else None)
+            faults=faults_pb(faults) if (faults := faults_of(adapter)) is not None else None)
 
     async def ListChains(self, request, context):
         size = page_size(request.page_size)

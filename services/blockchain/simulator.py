@@ -27,6 +27,8 @@ from typing import Callable, TypeVar
 
 from services import simulation
 from services.domain.money import Money
+from services.runtime.catalog import refuse_unknown
+from services.runtime.config import ConfigError
 
 from .adapters import (
     BRIDGE,
@@ -75,7 +77,7 @@ class Entry:
 
 
 @dataclass
-class SimulatedChain(ChainAdapter):
+class SimulatedChain(ChainAdapter, simulation.FaultSwitch):
     name: str
     display_name: str
     native_currency: str
@@ -92,6 +94,34 @@ class SimulatedChain(ChainAdapter):
     by_hash: dict[str, Entry] = field(default_factory=dict)
     voided: set[tuple[str, str]] = field(default_factory=set)   # (op, key) refused for good
     journal: list[tuple[str, str]] = field(default_factory=list)   # every (op, key) done, in order
+
+    @classmethod
+    def from_settings(cls, name: str, settings: dict) -> "SimulatedChain":
+        settings = dict(settings)
+        display_name = str(settings.pop("display_name", name))
+        native = settings.pop("native_currency", None)
+        if not isinstance(native, str) or not native.isalnum() or not native.isupper():
+            raise ConfigError(f"native_currency: must be the code of the chain's native asset, e.g. ETH, got {native!r}")
+        confirmations = settings.pop("required_confirmations", None)
+        if isinstance(confirmations, bool) or not isinstance(confirmations, int) or confirmations < 1:
+            raise ConfigError(f"required_confirmations: must be a whole number, at least 1, got {confirmations!r}")
+        block_time = settings.pop("block_time_seconds", None)
+        if isinstance(block_time, bool) or not isinstance(block_time, (int, float)) or not block_time > 0:
+            raise ConfigError(f"block_time_seconds: must be a number of seconds, more than 0, got {block_time!r}")
+        text = settings.pop("fee", None)
+        try:
+            fee = Decimal(text) if isinstance(text, str) else None
+        except ArithmeticError:
+            fee = None
+        if fee is None or not fee.is_finite() or fee < 0:
+            raise ConfigError("fee: must be an exact decimal string, at least 0, in the native currency "
+                              f"(e.g. \"0.00042\"), got {text!r}")
+        latency, jitter = simulation.latency_settings(settings, 0.03, 0.01)
+        refuse_unknown(settings, "the simulated chain", ["display_name", "native_currency", "required_confirmations",
+                                                        "block_time_seconds", "fee", "latency_seconds",
+                                                        "latency_jitter_seconds"])
+        return cls(name, display_name, native, confirmations, float(block_time), fee, latency=latency,
+                   latency_jitter=jitter)
 
     def open_books(self, books: simulation.Books) -> None:
         """Keep the books there, and take back what they say happened."""
@@ -239,14 +269,6 @@ class SimulatedChain(ChainAdapter):
 
 
 def default_chains(seed: int | None = None, books_dir: Path | None = None) -> list[SimulatedChain]:
-    """Three simulated chains with different block times, finality, fees and speeds (books in `books_dir`)."""
-    rng = random.Random(seed)
-    chains = [
-        SimulatedChain("ethereum", "Ethereum (simulated)", "ETH", 12, 2.0, Decimal("0.00042"), latency=0.04,
-                       rng=random.Random(rng.random())),
-        SimulatedChain("polygon", "Polygon (simulated)", "MATIC", 64, 0.5, Decimal("0.002"), latency=0.02,
-                       rng=random.Random(rng.random())),
-        SimulatedChain("solana", "Solana (simulated)", "SOL", 32, 0.4, Decimal("0.000005"), latency=0.01,
-                       latency_jitter=0.005, rng=random.Random(rng.random())),
-    ]
-    return simulation.keep_books(chains, books_dir)
+    """The simulated chains of the repository's chains.yaml (books in `books_dir`)."""
+    from .catalog import DEFAULT_CHAINS_FILE, load_chains
+    return load_chains(DEFAULT_CHAINS_FILE, books_dir, seed)

@@ -11,6 +11,7 @@ from decimal import ROUND_UP, Context, Decimal
 
 from services.domain.currencies import catalogue
 from services.domain.money import Money, scale_of
+from services.runtime.catalog import Configurable
 from services.runtime.config import ConfigError
 
 PAY_IN, PAY_OUT = "PAY_IN", "PAY_OUT"
@@ -117,23 +118,14 @@ def decimals(values, key: str) -> dict[str, Decimal]:
     return amounts
 
 
-class ProviderAdapter(abc.ABC):
+class ProviderAdapter(Configurable, abc.ABC):
     """One payment provider. Implementations must be safe to call concurrently, and `execute`
-    must never charge twice for one idempotency key (pass it to the provider's API)."""
+    must never charge twice for one idempotency key (pass it to the provider's API). Built from
+    its providers.yaml entry by `from_settings` (by default: the constructor, keyword arguments)."""
 
     name: str
     display_name: str
     limits: Limits
-
-    @classmethod
-    def from_settings(cls, name: str, settings: dict) -> "ProviderAdapter":
-        """The adapter of providers.yaml's entry `name` (its settings without `adapter`). By
-        default: the constructor with the name and the settings as keyword arguments. Raise
-        ConfigError("setting: why") for a bad setting."""
-        try:
-            return cls(name=name, **settings)
-        except TypeError as exc:
-            raise ConfigError(f"settings: {exc}") from None
 
     @abc.abstractmethod
     async def quote(self, request: QuoteRequest) -> Quote:

@@ -11,12 +11,11 @@ from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.domain.money import Money
 from services.runtime.errors import InvalidArgument
 from services.runtime.requests import fingerprint, foreign_page_token, money, page_size, request_id, resource_id, timestamp
-from services.simulation import Faults, fault_settings
+from services.simulation import Faults, fault_settings, fault_switch, faults_of
 
 from .adapters import PAY_IN, PAY_OUT, Quote, QuoteRequest
 from .payments import Payment, PaymentService
 from .registry import Failure, ProviderRegistry, Selection
-from .simulator import SimulatedProvider
 
 _DIRECTIONS = {provider_pb2.PAYMENT_DIRECTION_PAY_IN: PAY_IN, provider_pb2.PAYMENT_DIRECTION_PAY_OUT: PAY_OUT}
 _BREAKER = {"closed": provider_pb2.CIRCUIT_STATE_CLOSED, "open": provider_pb2.CIRCUIT_STATE_OPEN,
@@ -93,7 +92,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     def _provider_pb(self, name: str) -> provider_pb2.Provider:
         adapter = self._registry.adapter(name)
-        faults = getattr(adapter, "faults", None)
+        faults = faults_of(adapter)
         return provider_pb2.Provider(
             name=f"providers/{name}", display_name=adapter.display_name,
             supported_currency_codes=sorted(adapter.limits.currencies),
@@ -133,10 +132,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     async def SetProviderFaults(self, request, context):
         request_id(request)
         name = resource_id(request.provider, "providers", "provider")
-        adapter = self._registry.adapter(name)
-        if not isinstance(adapter, SimulatedProvider):
-            raise InvalidArgument.field("provider", f"{name} is a real provider: faults exist only on simulators")
-        adapter.faults = Faults(*fault_settings(request.faults))
+        switch = fault_switch(self._registry.adapter(name), f"providers/{name}")
+        switch.faults = Faults(*fault_settings(request.faults))
         return provider_pb2.SetProviderFaultsResponse(provider=self._provider_pb(name))
 
     async def SelectProvider(self, request, context):

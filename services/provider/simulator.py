@@ -17,8 +17,9 @@ from decimal import Decimal
 from pathlib import Path
 
 from services.domain.money import EXACT, Money
+from services.runtime.catalog import refuse_unknown
 from services.runtime.config import ConfigError
-from services.simulation import Books, Faults
+from services.simulation import Books, Faults, FaultSwitch, latency_settings
 
 from .adapters import Limits, ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt, charge, decimals
 
@@ -31,7 +32,7 @@ class FeeSchedule:
 
 
 @dataclass
-class SimulatedProvider(ProviderAdapter):
+class SimulatedProvider(ProviderAdapter, FaultSwitch):
     name: str
     display_name: str
     limits: Limits
@@ -69,17 +70,11 @@ class SimulatedProvider(ProviderAdapter):
                                    Decimal(str(fees.get("spread", "0"))))
         except ArithmeticError:
             raise ConfigError(f"fees: percent and spread must be exact decimals, got {fees}") from None
-        latency = settings.pop("latency_seconds", 0.05)
-        jitter = settings.pop("latency_jitter_seconds", 0.02)
         display_name = str(settings.pop("display_name", name))
-        if settings:
-            raise ConfigError(f"{sorted(settings)[0]}: is not a setting of the simulated provider (known: currencies, "
-                              "directions, minimum, maximum, fees, latency_seconds, latency_jitter_seconds, "
-                              "display_name)")
-        for key, value in (("latency_seconds", latency), ("latency_jitter_seconds", jitter)):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{key}: must be a number of seconds, at least 0, got {value!r}")
-        return cls(name, display_name, limits, schedule, latency=float(latency), latency_jitter=float(jitter))
+        latency, jitter = latency_settings(settings, 0.05, 0.02)
+        refuse_unknown(settings, "the simulated provider", ["currencies", "directions", "minimum", "maximum", "fees",
+                                                            "latency_seconds", "latency_jitter_seconds", "display_name"])
+        return cls(name, display_name, limits, schedule, latency=latency, latency_jitter=jitter)
 
     async def _call(self) -> float:
         """Behave like a remote call: latency, and the faults switched on now."""
