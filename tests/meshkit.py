@@ -192,6 +192,16 @@ def process_env(pki, state_dir, **overrides) -> dict:
     return env
 
 
+def refused_start(pki, state_dir, service: str, **overrides) -> str:
+    """Start `python -m services.<service>` with these settings, expect it to refuse (exit 2,
+    no traceback) and return what it wrote on stderr."""
+    done = subprocess.run([sys.executable, "-m", f"services.{service}"], env=process_env(pki, state_dir, **overrides),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stderr
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

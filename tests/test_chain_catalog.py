@@ -3,9 +3,6 @@ three simulated chains by default, and a clear error naming the file, the chain 
 for every mistake."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from decimal import Decimal
 
 import pytest
@@ -14,6 +11,8 @@ from services.blockchain.adapters import NOT_FOUND, ChainAdapter, ChainTx, TxSta
 from services.blockchain.catalog import DEFAULT_CHAINS_FILE, chains_file, load_chains
 from services.blockchain.simulator import SimulatedChain, default_chains
 from services.runtime.config import ConfigError
+
+from meshkit import refused_start
 
 SIMULATED = "adapter: services.blockchain.simulator:SimulatedChain"
 GOOD = f"{SIMULATED}\n    native_currency: ETH\n    required_confirmations: 12\n    block_time_seconds: 2\n    fee: '0.1'"
@@ -124,10 +123,6 @@ def test_a_missing_or_unreadable_file_is_named(tmp_path):
 
 def test_the_service_refuses_to_start_on_a_bad_file_with_one_line(pki, tmp_path):
     bad = write(tmp_path, f"chains:\n  ethereum:\n    {GOOD.replace('confirmations: 12', 'confirmations: many')}\n")
-    env = dict(os.environ, DIBOAS_CERTS_DIR=str(pki), DIBOAS_STATE_DIR=str(tmp_path), DIBOAS_CHAINS_FILE=str(bad),
-               DIBOAS_BLOCKCHAIN_ADDRESS="127.0.0.1:0", DIBOAS_BLOCKCHAIN_METRICS="127.0.0.1:0")
-    done = subprocess.run([sys.executable, "-m", "services.blockchain"], env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 2, done.stderr
-    assert "chains.yaml: chains.ethereum.required_confirmations: must be a whole number" in done.stderr
-    assert "Traceback" not in done.stderr
+    stderr = refused_start(pki, tmp_path / "state", "blockchain", DIBOAS_CHAINS_FILE=str(bad))
+    assert ("blockchain: configuration error: chains.yaml: chains.ethereum.required_confirmations: "
+            "must be a whole number, at least 1, got 'many'\n") in stderr

@@ -38,44 +38,45 @@ def test_the_simulators_are_fault_switches_and_real_adapters_are_not():
                                         f"simulators only, and things/{real.name} is served by {type(real).__name__}")
 
 
-async def test_a_real_chain_refuses_faults_with_failed_precondition(topology, start_server, tmp_path, monkeypatch):
-    catalogue = tmp_path / "chains.yaml"
-    catalogue.write_text("chains:\n  ethereum:\n    adapter: services.blockchain.simulator:SimulatedChain\n"
-                         "    native_currency: ETH\n    required_confirmations: 12\n    block_time_seconds: 2\n"
-                         "    fee: '0.00042'\n"
-                         "  ledger:\n    adapter: test_chain_catalog:LedgerChain\n    rpc_url: https://rpc.example\n")
-    monkeypatch.setenv("DIBOAS_CHAINS_FILE", str(catalogue))
-    server = await start_server(topology, "blockchain", blockchain_app)
-    call, channel = operator_calls(topology, server.port, "blockchain", blockchain_pb2_grpc.BlockchainServiceStub)
-    try:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call("SetChainFaults", chain_pb.SetChainFaultsRequest(
-                chain="chains/ledger", faults=chain_pb.ChainFaults(error_rate_percent=50), request_id="f1"))
-        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
-        assert caught.value.details().startswith("chains/ledger does not support faults")
-        ledger = (await call("GetChain", chain_pb.GetChainRequest(name="chains/ledger"))).chain
-        assert (ledger.latest_block_number, ledger.HasField("faults")) == (7, False)
-        switched = await call("SetChainFaults", chain_pb.SetChainFaultsRequest(
-            chain="chains/ethereum", faults=chain_pb.ChainFaults(error_rate_percent=50), request_id="f2"))
-        assert switched.chain.faults.error_rate_percent == 50
-    finally:
-        await channel.close()
+CHAINS = """chains:
+  ethereum: {adapter: "services.blockchain.simulator:SimulatedChain", native_currency: ETH,
+             required_confirmations: 12, block_time_seconds: 2, fee: "0.00042"}
+  ledger: {adapter: "test_chain_catalog:LedgerChain", rpc_url: "https://rpc.example"}
+"""
+PROVIDERS = """providers:
+  alpha-pay: {adapter: "services.provider.simulator:SimulatedProvider", currencies: [USD], fees: {}}
+  acme: {adapter: "test_provider_catalog:AcmePay", api_url: "https://api.acme.example", currencies: [USD]}
+"""
+SERVICES = {   # the service, its catalogue, and how to switch and read the faults of a resource there
+    "blockchain": (blockchain_app, blockchain_pb2_grpc.BlockchainServiceStub, "DIBOAS_CHAINS_FILE", CHAINS,
+                   lambda name, rid: ("SetChainFaults", chain_pb.SetChainFaultsRequest(
+                       chain=name, faults=chain_pb.ChainFaults(error_rate_percent=50), request_id=rid)),
+                   lambda name: ("GetChain", chain_pb.GetChainRequest(name=name)), "chains/ethereum", "chains/ledger"),
+    "provider": (provider_app, provider_pb2_grpc.ProviderServiceStub, "DIBOAS_PROVIDERS_FILE", PROVIDERS,
+                 lambda name, rid: ("SetProviderFaults", provider_pb2.SetProviderFaultsRequest(
+                     provider=name, faults=provider_pb2.ProviderFaults(error_rate_percent=50), request_id=rid)),
+                 lambda name: ("GetProvider", provider_pb2.GetProviderRequest(name=name)), "providers/alpha-pay",
+                 "providers/acme"),
+}
 
 
-async def test_a_real_provider_refuses_faults_with_failed_precondition(topology, start_server, tmp_path, monkeypatch):
-    catalogue = tmp_path / "providers.yaml"
-    catalogue.write_text("providers:\n  acme:\n    adapter: test_provider_catalog:AcmePay\n"
-                         "    api_url: https://api.acme.example\n    currencies: [USD]\n")
-    monkeypatch.setenv("DIBOAS_PROVIDERS_FILE", str(catalogue))
-    server = await start_server(topology, "provider", provider_app)
-    call, channel = operator_calls(topology, server.port, "provider", provider_pb2_grpc.ProviderServiceStub)
+@pytest.mark.parametrize("service", sorted(SERVICES))
+async def test_a_real_adapter_refuses_faults_with_failed_precondition_beside_a_simulator(
+        service, topology, start_server, tmp_path, monkeypatch):
+    app, stub, env_key, text, set_faults, get, simulated, real = SERVICES[service]
+    catalogue = tmp_path / "catalogue.yaml"
+    catalogue.write_text(text)
+    monkeypatch.setenv(env_key, str(catalogue))
+    server = await start_server(topology, service, app)
+    call, channel = operator_calls(topology, server.port, service, stub)
     try:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call("SetProviderFaults", provider_pb2.SetProviderFaultsRequest(
-                provider="providers/acme", faults=provider_pb2.ProviderFaults(error_rate_percent=50), request_id="f1"))
+            await call(*set_faults(real, "f1"))
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
-        assert caught.value.details().startswith("providers/acme does not support faults")
-        acme = (await call("GetProvider", provider_pb2.GetProviderRequest(name="providers/acme"))).provider
-        assert not acme.HasField("faults")
+        assert caught.value.details().startswith(f"{real} does not support faults")
+        [shown] = [field for _, field in (await call(*get(real))).ListFields()]
+        assert not shown.HasField("faults")
+        [switched] = [field for _, field in (await call(*set_faults(simulated, "f2"))).ListFields()]
+        assert switched.faults.error_rate_percent == 50
     finally:
         await channel.close()

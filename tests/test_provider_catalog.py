@@ -2,9 +2,6 @@
 error naming the file, the provider and the setting for every mistake."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from decimal import Decimal
 
 import pytest
@@ -13,6 +10,8 @@ from services.provider.adapters import Limits, ProviderAdapter, Quote, QuoteRequ
 from services.provider.catalog import DEFAULT_PROVIDERS_FILE, load_providers
 from services.provider.simulator import SimulatedProvider
 from services.runtime.config import ConfigError
+
+from meshkit import refused_start
 
 
 class AcmePay(ProviderAdapter):
@@ -88,10 +87,5 @@ def test_a_missing_file_is_named(tmp_path):
 
 def test_the_service_refuses_to_start_on_a_bad_file_with_one_line(pki, tmp_path):
     bad = write(tmp_path, "providers: {}\n")
-    env = dict(os.environ, DIBOAS_CERTS_DIR=str(pki), DIBOAS_STATE_DIR=str(tmp_path), DIBOAS_PROVIDERS_FILE=str(bad),
-               DIBOAS_PROVIDER_ADDRESS="127.0.0.1:0", DIBOAS_PROVIDER_METRICS="127.0.0.1:0")
-    done = subprocess.run([sys.executable, "-m", "services.provider"], env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 2, done.stderr
-    assert "'providers' must map each provider's name to its settings" in done.stderr
-    assert "Traceback" not in done.stderr
+    stderr = refused_start(pki, tmp_path / "state", "provider", DIBOAS_PROVIDERS_FILE=str(bad))
+    assert "'providers' must map each provider's name to its settings" in stderr
