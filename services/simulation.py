@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.runtime.errors import InvalidArgument
+from services.domain.errors import InvalidArgument
 
 DEFAULT_FLAP_PERIOD = 5.0      # seconds, when flapping is on and no period is given (the contracts' default)
 MAX_EXTRA_LATENCY = 60.0       # seconds

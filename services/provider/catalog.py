@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 from typing import Mapping
 
-from services.runtime.config import REPO_ROOT, ConfigError, read_yaml_file
+from services.config_files import REPO_ROOT, ConfigError, read_yaml_file
 from services.simulation import keep_books
 
 from .adapters import ProviderAdapter

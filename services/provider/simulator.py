@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from services.config_files import ConfigError
 from services.domain.money import EXACT, Money
-from services.runtime.config import ConfigError
 from services.simulation import Books, Faults
 
 from .adapters import Limits, ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt, charge, decimals
