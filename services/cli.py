@@ -24,9 +24,10 @@ from google.protobuf.duration_pb2 import Duration
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.events.v1 import events_pb2, events_pb2_grpc
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
+from services.config_files import ConfigError
 from services.monitor import health_report
 from services.runtime.auth import MAX_TOKEN_LIFETIME_SECONDS, TokenIssuer
-from services.runtime.config import ConfigError, Topology, load_topology
+from services.runtime.config import Topology, load_topology
 from services.runtime.tls import channel_credentials, load_identity
 from services.runtime.users import issue_user_token
 

@@ -9,7 +9,8 @@ import time
 import uuid
 from decimal import Decimal
 
-from services.runtime.config import ConfigError, Topology
+from services.config_files import ConfigError
+from services.runtime.config import Topology
 from services.runtime.users import issue_user_token
 
 SETTLED = ("TRANSACTION_STATE_COMPLETED", "TRANSACTION_STATE_FAILED")

@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from services.config_files import ConfigError
 from services.monitor import ServiceStatus, check_gateway, check_service
-from services.runtime.config import ConfigError, Topology, load_topology
+from services.runtime.config import Topology, load_topology
 from services.runtime.processes import die_with_parent, entry_module
 from services.runtime.tls import channel_credentials, load_identity
 from services.runtime.users import issue_user_token

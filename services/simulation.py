@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.runtime.config import ConfigError
-from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.config_files import ConfigError
+from services.domain.errors import FailedPrecondition, InvalidArgument
 
 DEFAULT_FLAP_PERIOD = 5.0      # seconds, when flapping is on and no period is given (the contracts' default)
 MAX_EXTRA_LATENCY = 60.0       # seconds

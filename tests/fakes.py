@@ -10,7 +10,7 @@ import asyncio
 from diboas.events.v1 import events_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from services.runtime import errors
+from services.domain import errors
 from services.runtime.context import current_user
 from services.runtime.server import Registration, Runtime
 from services.runtime.unimplemented import unimplemented_registration

@@ -26,8 +26,9 @@ from diboas.provider.v1 import provider_pb2
 from diboas.transaction.v1 import transaction_pb2
 from diboas.wallet.v1 import wallet_pb2
 from services.blockchain.servicer import PAGES as CHAIN_PAGES
-from services.runtime.config import ConfigError, load_topology
-from services.runtime.errors import InvalidArgument
+from services.config_files import ConfigError
+from services.domain.errors import InvalidArgument
+from services.runtime.config import load_topology
 from services.runtime.inputs import Malformed, guarded
 from services.runtime.messaging.admin import EVENTS, ITEMS
 from services.runtime.messaging.admin import PAGES as DEAD_LETTER_PAGES

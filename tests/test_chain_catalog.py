@@ -10,7 +10,7 @@ import pytest
 from services.blockchain.adapters import NOT_FOUND, ChainAdapter, ChainTx, TxStatus
 from services.blockchain.catalog import DEFAULT_CHAINS_FILE, chains_file, load_chains
 from services.blockchain.simulator import SimulatedChain, default_chains
-from services.runtime.config import ConfigError
+from services.config_files import ConfigError
 
 from meshkit import refused_start
 

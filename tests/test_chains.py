@@ -18,9 +18,9 @@ from services.blockchain.coordinator import DEGRADED, HEALTHY, UNAVAILABLE, UNKN
 from services.blockchain.simulator import SimulatedChain, default_chains
 from services.blockchain.tables import cross_chain_transfers
 from services.blockchain.transfers import COMPENSATED, COMPLETED, FAILED, IN_PROGRESS
+from services.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from services.domain.money import Money
 from services.runtime.db import Database
-from services.runtime.errors import AlreadyExists, InvalidArgument, NotFound
 
 HASH = re.compile(r"0x[0-9a-f]{64}")
 

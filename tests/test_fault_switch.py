@@ -15,9 +15,9 @@ from diboas.blockchain.v1 import blockchain_pb2_grpc
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.blockchain.app import build as blockchain_app
 from services.blockchain.simulator import default_chains
+from services.domain.errors import FailedPrecondition
 from services.provider.app import build as provider_app
 from services.provider.simulator import default_providers
-from services.runtime.errors import FailedPrecondition
 from services.simulation import FaultSwitch, fault_switch, faults_of
 
 from conftest import operator_calls

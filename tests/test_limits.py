@@ -16,16 +16,16 @@ from sqlalchemy import func, select, update
 from diboas.provider.v1 import provider_pb2
 from diboas.transaction.v1 import transaction_pb2
 from diboas.wallet.v1 import wallet_pb2
+from services.config_files import ConfigError
 from services.domain import currencies
 from services.domain.currencies import DEFAULT_CURRENCIES_FILE, IN_FLIGHT_MARGIN, STORAGE_LIMIT, load_catalogue
+from services.domain.errors import FailedPrecondition
 from services.domain.money import Money
 from services.provider.adapters import PAY_IN, QuoteRequest
 from services.provider.catalog import load_providers
 from services.provider.registry import ProviderRegistry
 from services.provider.simulator import default_providers
-from services.runtime.config import ConfigError
 from services.runtime.db import Database
-from services.runtime.errors import FailedPrecondition
 from services.runtime.status import error_info
 from services.transaction.tables import messaging, transactions
 from services.wallet.tables import holds, wallets

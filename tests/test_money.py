@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.domain.currencies import DEFAULT_CURRENCIES_FILE, load_catalogue
+from services.domain.errors import InvalidArgument
 from services.domain.money import Money
-from services.runtime.errors import InvalidArgument
 
 
 @pytest.mark.parametrize("currency,text,expected", [

@@ -6,10 +6,10 @@ from decimal import Decimal
 
 import pytest
 
+from services.config_files import ConfigError
 from services.provider.adapters import Limits, ProviderAdapter, Quote, QuoteRequest, Receipt
 from services.provider.catalog import DEFAULT_PROVIDERS_FILE, load_providers
 from services.provider.simulator import SimulatedProvider
-from services.runtime.config import ConfigError
 
 from meshkit import refused_start
 

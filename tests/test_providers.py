@@ -7,11 +7,11 @@ from decimal import Decimal
 
 import pytest
 
+from services.domain.errors import ServiceUnavailable
 from services.domain.money import Money
 from services.provider.adapters import PAY_IN, QuoteRequest
 from services.provider.registry import ProviderRegistry
 from services.provider.simulator import default_providers
-from services.runtime.errors import ServiceUnavailable
 
 
 def registry(**kwargs) -> ProviderRegistry:

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from services.runtime.config import ConfigError, load_topology
+from services.config_files import ConfigError
+from services.runtime.config import load_topology
 
 from meshkit import alive, process_env
 

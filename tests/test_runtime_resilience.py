@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from services.runtime import errors
+from services.domain import errors
 from services.runtime.config import Address, BreakerPolicy, RetryPolicy
 from services.runtime.status import error_info
 

@@ -217,7 +217,7 @@ async def test_an_identity_outside_the_topology_is_denied(topology, wallet, tmp_
 
 
 async def test_a_policy_naming_a_method_the_service_lacks_stops_the_start(topology, start_server):
-    from services.runtime.config import ConfigError
+    from services.config_files import ConfigError
     topology = with_service(topology, "wallet", policy={**topology.services["wallet"].policy,
                                                         "GetWalet": frozenset({"gateway"})})
     with pytest.raises(ConfigError, match="policy names GetWalet, which wallet does not serve"):

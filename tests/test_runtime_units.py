@@ -4,9 +4,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from services.config_files import ConfigError
+from services.domain.errors import ServiceUnavailable
 from services.runtime.breaker import AsyncCircuitBreaker
-from services.runtime.config import ConfigError, load_topology
-from services.runtime.errors import ServiceUnavailable
+from services.runtime.config import load_topology
 from services.runtime.guard import ServerGuard, _Method
 from services.runtime.tls import load_identity
 from services.runtime.tracing import RpcTracing

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from diboas.events.v1 import events_pb2
-from services.runtime.config import ConfigError
+from services.config_files import ConfigError
 from services.runtime.messaging.secure import KEY_FILE, KeyRing, MessageRejected, seal, unseal
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.timezone.utc)

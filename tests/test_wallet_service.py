@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from services.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.domain.money import Money
 from services.runtime.db import Database
-from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.wallet.repository import WalletRepository
 from services.wallet.service import WalletService
 from services.wallet.tables import idempotency_keys
@@ -183,7 +183,7 @@ async def test_concurrent_transfers_keep_every_cent(wallets):
 
 
 async def test_an_unreachable_database_is_unavailable_not_internal(caplog):
-    from services.runtime.errors import ServiceUnavailable
+    from services.domain.errors import ServiceUnavailable
     db = Database("postgresql+psycopg://postgres@127.0.0.1:1/test", MIGRATIONS)   # nothing listens on port 1
     try:
         with pytest.raises(ServiceUnavailable) as caught:

@@ -12,10 +12,11 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from services.config_files import ConfigError
+from services.domain.errors import NotFound
 from services.domain.money import Money
-from services.runtime.config import DEFAULT_TOPOLOGY, ConfigError, QueuePolicy, load_topology
+from services.runtime.config import DEFAULT_TOPOLOGY, QueuePolicy, load_topology
 from services.runtime.db import Database
-from services.runtime.errors import NotFound
 from services.runtime.messaging.queue import MAX_AGE, MAX_ATTEMPTS, WorkQueue
 from services.transaction.app import MIGRATIONS
 from services.transaction.tables import parked_work_items, work_items
@@ -359,7 +360,7 @@ async def test_dead_letters_of_both_kinds_are_listed_page_by_page_and_replayed_b
     from sqlalchemy import insert
 
     from diboas.events.v1 import events_pb2
-    from services.runtime.errors import InvalidArgument
+    from services.domain.errors import InvalidArgument
     from services.runtime.messaging.admin import DeadLetterServicer
     from services.runtime.messaging.relay import MeshTransport, Relay
     from services.runtime.messaging.store import DEAD
@@ -434,7 +435,7 @@ async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_sti
 
     from sqlalchemy import func
 
-    from services.runtime.errors import FailedPrecondition, ServiceUnavailable
+    from services.domain.errors import FailedPrecondition, ServiceUnavailable
     from services.runtime.messaging.secure import KeyRing
     from services.runtime.messaging.store import Outbox
     from services.transaction.domain import SEND, Transaction
@@ -491,7 +492,7 @@ async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(data
     with the next item, and the first comes back once its lease runs out."""
     import asyncio
 
-    from services.runtime.errors import ServiceUnavailable
+    from services.domain.errors import ServiceUnavailable
     from services.runtime.messaging.secure import KeyRing
     from services.runtime.messaging.store import Outbox
     from services.transaction.domain import SEND, Transaction

@@ -26,10 +26,10 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 from sqlalchemy import Connection, insert, select, update
 
 from services.domain.chains import address_problem
+from services.domain.errors import DomainError, InvalidArgument, NotFound, ServiceUnavailable
 from services.domain.money import Money
 from services.runtime.breaker import CLOSED, OPEN, AsyncCircuitBreaker
 from services.runtime.db import Database
-from services.runtime.errors import DomainError, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.idempotency import run_idempotent, stored_response
 from services.runtime.outcomes import CallOutcomes, check_every
 from services.simulation import Faults, fault_switch

@@ -9,8 +9,8 @@ from google.protobuf.duration_pb2 import Duration
 
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.common.v1 import common_pb2
+from services.domain.errors import InvalidArgument
 from services.runtime.context import current_deadline
-from services.runtime.errors import InvalidArgument
 from services.runtime.requests import KEY, PageTokens, fingerprint, money, page_size, request_id, resource_id, timestamp
 from services.simulation import fault_settings, faults_of
 

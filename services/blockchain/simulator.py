@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from services import simulation
+from services.config_files import ConfigError
 from services.domain.money import Money
 from services.runtime.catalog import refuse_unknown
-from services.runtime.config import ConfigError
 
 from .adapters import (
     BRIDGE,

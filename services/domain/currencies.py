@@ -17,8 +17,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Mapping
 
-from services.runtime.config import REPO_ROOT, ConfigError, read_yaml_file
-from services.runtime.errors import InvalidArgument
+from services.config_files import REPO_ROOT, ConfigError, read_yaml_file
+
+from .errors import InvalidArgument
 
 DEFAULT_CURRENCIES_FILE = REPO_ROOT / "currencies.yaml"
 STORAGE_LIMIT = Decimal(10) ** 20        # NUMERIC(38, 18): 20 integer digits

@@ -11,9 +11,8 @@ import re
 from dataclasses import dataclass
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 
-from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
-
 from .currencies import currency as currency_of
+from .errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 # Up to 20 integer digits and 18 decimals: NUMERIC(38, 18) holds every amount.
 # Matched whole (fullmatch: "$" would also match before a trailing newline).

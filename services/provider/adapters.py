@@ -9,10 +9,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from decimal import ROUND_UP, Context, Decimal
 
+from services.config_files import ConfigError
 from services.domain.currencies import catalogue
 from services.domain.money import Money, scale_of
 from services.runtime.catalog import Configurable
-from services.runtime.config import ConfigError
 
 PAY_IN, PAY_OUT = "PAY_IN", "PAY_OUT"
 _ROUNDING = Context(prec=60, rounding=ROUND_UP)

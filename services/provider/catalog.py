@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+from services.config_files import REPO_ROOT
 from services.runtime.catalog import load_catalogue
-from services.runtime.config import REPO_ROOT
 
 from .adapters import ProviderAdapter
 

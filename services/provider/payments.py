@@ -21,9 +21,9 @@ from typing import Callable
 
 from sqlalchemy import Connection, insert, select, update
 
+from services.domain.errors import FailedPrecondition, NotFound, ServiceUnavailable
 from services.domain.money import Money
 from services.runtime.db import Database
-from services.runtime.errors import FailedPrecondition, NotFound, ServiceUnavailable
 from services.runtime.idempotency import run_idempotent, stored_response
 
 from .adapters import QuoteRequest

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from services.domain.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.breaker import AsyncCircuitBreaker
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.outcomes import CallOutcomes, check_every
 
 from .adapters import ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt

@@ -8,8 +8,8 @@ from google.protobuf.duration_pb2 import Duration
 
 from diboas.common.v1 import common_pb2
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
+from services.domain.errors import InvalidArgument
 from services.domain.money import Money
-from services.runtime.errors import InvalidArgument
 from services.runtime.requests import fingerprint, foreign_page_token, money, page_size, request_id, resource_id, timestamp
 from services.simulation import Faults, fault_settings, fault_switch, faults_of
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from services.config_files import ConfigError
 from services.domain.money import EXACT, Money
 from services.runtime.catalog import refuse_unknown
-from services.runtime.config import ConfigError
 from services.simulation import Books, Faults, FaultSwitch, latency_settings
 
 from .adapters import Limits, ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt, charge, decimals

@@ -22,7 +22,7 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from .errors import Unauthenticated
+from services.domain.errors import Unauthenticated
 
 ALGORITHM = "ES256"
 # Tokens are short-lived by rule, not by the issuer's goodwill: a longer one is refused.

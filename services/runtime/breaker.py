@@ -16,7 +16,7 @@ from typing import Callable
 
 import pybreaker
 
-from .errors import ServiceUnavailable
+from services.domain.errors import ServiceUnavailable
 
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
 

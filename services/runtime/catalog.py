@@ -8,9 +8,8 @@ import random
 from pathlib import Path
 from typing import TypeVar
 
+from services.config_files import ConfigError, read_yaml_file
 from services.simulation import keep_books
-
-from .config import ConfigError, read_yaml_file
 
 
 class Configurable:

@@ -22,10 +22,12 @@ import time
 
 import grpc
 
-from . import errors
+from services.config_files import ConfigError
+from services.domain import errors
+
 from .auth import TokenIssuer
 from .breaker import OPEN, AsyncCircuitBreaker
-from .config import ConfigError, ServiceConfig, Topology
+from .config import ServiceConfig, Topology
 from .context import current_deadline
 from .metrics import BREAKER_STATE, CLIENT_CALLS, CLIENT_LATENCY
 from .status import from_rpc_error

@@ -17,13 +17,10 @@ from typing import Mapping
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from services.config_files import REPO_ROOT, ConfigError
+
 DEFAULT_TOPOLOGY = REPO_ROOT / "mesh.yaml"
 _NAME = re.compile(r"[a-z][a-z0-9-]*")
-
-
-class ConfigError(Exception):
-    """The topology or an override is wrong; the message says where and how."""
 
 
 @dataclass(frozen=True)
@@ -172,17 +169,6 @@ class Topology:
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def read_yaml_file(path: Path, what: str, env_key: str):
-    """The content of a YAML catalogue file (`what`: "providers file"...); ConfigError saying
-    which file and why it cannot be read, and which variable names another one."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist (set {env_key})") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{what} {path} cannot be read: {exc}") from None
 
 
 def spiffe_id(trust_domain: str, kind: str, name: str) -> str:

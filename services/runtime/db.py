@@ -29,8 +29,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
-from .config import ConfigError
-from .errors import ServiceUnavailable
+from services.config_files import ConfigError
+from services.domain.errors import ServiceUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("diboas.db")

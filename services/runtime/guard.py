@@ -28,9 +28,11 @@ import time
 import grpc
 from opentelemetry import trace
 
-from . import errors
+from services.config_files import ConfigError
+from services.domain import errors
+
 from .auth import TokenVerifier
-from .config import ConfigError, ServiceConfig, Topology
+from .config import ServiceConfig, Topology
 from .context import CURRENT_CALL, CallInfo, current_caller
 from .inputs import Malformed, guarded
 from .metrics import MethodMetrics

@@ -12,8 +12,9 @@ from typing import Callable, TypeVar
 from sqlalchemy import Column, Connection, DateTime, LargeBinary, MetaData, String, Table, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from services.domain.errors import AlreadyExists
+
 from .db import Database
-from .errors import AlreadyExists
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from .errors import InvalidArgument
+from services.domain.errors import InvalidArgument
 
 MALFORMED = "MALFORMED_REQUEST"
 CONTROL_CHARACTER = "CONTROL_CHARACTER"

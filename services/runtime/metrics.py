@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from .config import Address, ConfigError
+from services.config_files import ConfigError
+
+from .config import Address
 
 SERVER_CALLS = Counter("diboas_rpc_server_calls", "RPCs handled, by final status code",
                        ["service", "method", "code"])

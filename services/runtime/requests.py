@@ -12,10 +12,10 @@ from typing import Any, Callable, NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.domain.errors import InvalidArgument
 from services.domain.money import Money
 
 from .context import current_user
-from .errors import InvalidArgument
 
 _ID = r"[A-Za-z0-9_-]{1,64}"
 

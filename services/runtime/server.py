@@ -19,12 +19,13 @@ from typing import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from services.config_files import ConfigError
 from services.domain import currencies
 
 from . import tracing
 from .auth import TokenIssuer
 from .client import Upstreams
-from .config import Address, ConfigError, ServiceConfig, Topology, load_topology
+from .config import Address, ServiceConfig, Topology, load_topology
 from .guard import Registrar, ServerGuard
 from .health import DatabaseProbe, ServiceHealth
 from .logs import configure_logging

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 
-from .config import ConfigError
+from services.config_files import ConfigError
 
 
 @dataclass(frozen=True)

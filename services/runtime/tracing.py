@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .config import ConfigError
+from services.config_files import ConfigError
 
 _W3C = TraceContextTextMapPropagator()
 TRACE_HEADERS = frozenset(_W3C.fields)  # traceparent, tracestate

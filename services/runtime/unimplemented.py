@@ -7,7 +7,8 @@ server would report as INTERNAL; these raise our Unimplemented error naming the 
 """
 from __future__ import annotations
 
-from .errors import Unimplemented
+from services.domain.errors import Unimplemented
+
 from .server import Registration
 
 

@@ -22,9 +22,10 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from services.config_files import ConfigError
+from services.domain.errors import Unauthenticated
+
 from .auth import lifetime
-from .config import ConfigError
-from .errors import Unauthenticated
 
 ISSUER = "https://users.diboas.local"
 AUDIENCE = "diboas-api"

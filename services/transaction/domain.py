@@ -23,8 +23,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from services.domain.errors import FailedPrecondition
 from services.domain.money import Money
-from services.runtime.errors import FailedPrecondition
 
 SEND, DEPOSIT, WITHDRAW, BRIDGE = "SEND", "DEPOSIT", "WITHDRAW", "BRIDGE"
 PENDING, PROCESSING, COMPLETED, FAILED = "PENDING", "PROCESSING", "COMPLETED", "FAILED"

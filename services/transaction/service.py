@@ -24,9 +24,9 @@ from sqlalchemy import Connection, and_, insert, or_, select, update
 from diboas.common.v1 import common_pb2
 from diboas.events.v1 import events_pb2
 from diboas.transaction.v1 import transaction_pb2
+from services.domain.errors import DeadlineExceeded, DomainError, FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.domain.money import Money, require_balance_room, require_transaction_limit
 from services.runtime.db import Database, as_utc
-from services.runtime.errors import DeadlineExceeded, DomainError, FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.idempotency import run_idempotent, stored_response
 from services.runtime.messaging.queue import Claimed, ParkedItem, WorkQueue
 from services.runtime.messaging.store import Outbox

@@ -4,8 +4,8 @@ from __future__ import annotations
 from diboas.common.v1 import common_pb2
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from services.domain.chains import address_problem
+from services.domain.errors import InvalidArgument
 from services.runtime.context import current_user
-from services.runtime.errors import InvalidArgument
 from services.runtime.requests import fingerprint, money, request_id, resource_id, timestamp
 
 from .domain import BRIDGE, DEPOSIT, SEND, WITHDRAW, Transaction

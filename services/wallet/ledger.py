@@ -14,8 +14,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from services.domain.errors import FailedPrecondition
 from services.domain.money import EXACT, Money, require_balance_room
-from services.runtime.errors import FailedPrecondition
 
 AVAILABLE, HELD = "available", "held"
 ACTIVE, CAPTURED, RELEASED = "ACTIVE", "CAPTURED", "RELEASED"

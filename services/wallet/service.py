@@ -11,9 +11,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+from services.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from services.domain.money import EXACT, Money, require_transaction_limit
 from services.runtime.db import Database
-from services.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from services.runtime.idempotency import run_idempotent
 from services.runtime.requests import KEY, SEQUENCE, PageTokens, page_size
 from services.runtime.users import User

@@ -6,9 +6,9 @@ import re
 
 from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from services.domain.errors import InvalidArgument
 from services.domain.money import Money, scale_of
 from services.runtime.context import current_user
-from services.runtime.errors import InvalidArgument
 from services.runtime.requests import fingerprint, money, request_id, resource_id, timestamp
 
 from .ledger import Hold, Wallet

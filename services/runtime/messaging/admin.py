@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy import Table
 
 from diboas.events.v1 import events_pb2, events_pb2_grpc
+from services.domain.errors import InvalidArgument
 
 from ..context import current_caller
 from ..db import Database
-from ..errors import InvalidArgument
 from ..idempotency import run_idempotent
 from ..requests import MAX_SEQUENCE, SEQUENCE, PageTokens, TokenPart, fingerprint, foreign_page_token, page_size, request_id, timestamp
 from .queue import ParkedItem, WorkQueue

@@ -46,9 +46,10 @@ from sqlalchemy import (
     update,
 )
 
+from services.domain.errors import NotFound
+
 from ..config import QueuePolicy
 from ..db import Database, as_utc
-from ..errors import NotFound
 from ..tracing import current_trace_headers
 
 log = logging.getLogger("diboas.queue")

@@ -28,8 +28,8 @@ from prometheus_client import Counter
 from sqlalchemy import Connection, insert, select, update
 
 from diboas.events.v1 import events_pb2, events_pb2_grpc
+from services.domain import errors
 
-from .. import errors
 from ..client import Upstream
 from ..db import Database
 from ..tracing import MessageTracing

@@ -29,9 +29,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from diboas.events.v1 import events_pb2
-
-from ..config import ConfigError
-from ..errors import InvalidArgument
+from services.config_files import ConfigError
+from services.domain.errors import InvalidArgument
 
 KEY_FILE = "events-keys.json"
 NONCE_BYTES = 12

@@ -14,8 +14,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from diboas.events.v1 import events_pb2, events_pb2_grpc
+from services.domain import errors
 
-from .. import errors
 from ..db import Database
 from ..tracing import MessageTracing
 from .secure import KeyRing, unseal

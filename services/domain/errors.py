@@ -1,8 +1,9 @@
 """Domain errors: what went wrong, in words a caller can act on.
 
-Domain and service-layer code raises these; it never imports grpc. The transport maps each
-class to its canonical gRPC code (services/runtime/status.py), with a stable UPPER_SNAKE
-reason (google.rpc.ErrorInfo) and, for bad input, the offending fields (BadRequest).
+Domain, service-layer and runtime code all raise these; this module is pure Python (no grpc,
+no protobuf, no SQL), so the domain needs nothing from the runtime to raise them. The transport
+maps each class to its canonical gRPC code (services/runtime/status.py), with a stable
+UPPER_SNAKE reason (google.rpc.ErrorInfo) and, for bad input, the offending fields (BadRequest).
 """
 from __future__ import annotations
 
