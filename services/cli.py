@@ -19,7 +19,6 @@ import uuid
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.duration_pb2 import Duration
 
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.events.v1 import events_pb2, events_pb2_grpc
@@ -30,6 +29,7 @@ from services.runtime.auth import MAX_TOKEN_LIFETIME_SECONDS, TokenIssuer
 from services.runtime.config import Topology, load_topology
 from services.runtime.tls import channel_credentials, load_identity
 from services.runtime.users import issue_user_token
+from services.runtime.wire import duration, timestamp_text
 
 
 def cmd_health(args, topology: Topology) -> int:
@@ -81,13 +81,13 @@ _KINDS = {None: events_pb2.DEAD_LETTER_KIND_UNSPECIFIED, "event": events_pb2.DEA
 
 
 def _dead_letter_line(d: events_pb2.DeadLetter) -> str:
-    replayed = f"  replayed {d.replay_time.ToJsonString()}" if d.HasField("replay_time") else ""
+    replayed = f"  replayed {timestamp_text(d.replay_time)}" if d.HasField("replay_time") else ""
     if d.kind == events_pb2.DEAD_LETTER_KIND_WORK_ITEM:
         replayed += f" by {d.replayed_by}" if replayed and d.replayed_by else ""
         return (f"work-item #{d.id:<5} {d.queue:<24} {d.item}  {d.attempts} attempt(s)  {d.reason}"
-                f"  {d.create_time.ToJsonString()}  by {d.parked_by}{replayed}\n       {d.error[:200]}")
+                f"  {timestamp_text(d.create_time)}  by {d.parked_by}{replayed}\n       {d.error[:200]}")
     return (f"event #{d.id:<5} {d.topic:<24} {d.event_id}  to {d.subscriber:<12} {d.attempts} attempt(s)  {d.reason}"
-            f"  {d.create_time.ToJsonString()}{replayed}\n       {d.error[:200]}")
+            f"  {timestamp_text(d.create_time)}{replayed}\n       {d.error[:200]}")
 
 
 async def _dead_letters(args, topology: Topology):
@@ -132,10 +132,8 @@ def cmd_dead_letters(args, topology: Topology) -> int:
 
 
 async def _set_faults(args, topology: Topology):
-    seconds = Duration()
-    seconds.FromMilliseconds(0 if args.clear else args.latency_ms)
-    flap = Duration()
-    flap.FromMilliseconds(int(args.flap_seconds * 1000) if args.flapping and not args.clear else 0)
+    seconds = duration((0 if args.clear else args.latency_ms) / 1000)
+    flap = duration((int(args.flap_seconds * 1000) if args.flapping and not args.clear else 0) / 1000)
     rates = dict(error_rate_percent=0 if args.clear else args.error_rate,
                  timeout_rate_percent=0 if args.clear else args.timeout_rate,
                  extra_latency=seconds, flapping=args.flapping and not args.clear, flap_period=flap)

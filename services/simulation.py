@@ -16,6 +16,7 @@ from pathlib import Path
 
 from services.config_files import ConfigError
 from services.domain.errors import FailedPrecondition, InvalidArgument
+from services.runtime.wire import seconds_of
 
 DEFAULT_FLAP_PERIOD = 5.0      # seconds, when flapping is on and no period is given (the contracts' default)
 MAX_EXTRA_LATENCY = 60.0       # seconds
@@ -72,11 +73,11 @@ def fault_settings(message) -> tuple[float, float, float, float]:
                          ("faults.timeout_rate_percent", message.timeout_rate_percent)):
         if not 0 <= value <= 100:
             raise InvalidArgument.field(field, f"must be between 0 and 100, got {value}")
-    latency = message.extra_latency.ToTimedelta().total_seconds()
+    latency = seconds_of(message.extra_latency)
     if not 0 <= latency <= MAX_EXTRA_LATENCY:
         raise InvalidArgument.field("faults.extra_latency",
                                     f"must be between 0 and {MAX_EXTRA_LATENCY:g} seconds, got {latency:g}")
-    period = message.flap_period.ToTimedelta().total_seconds()
+    period = seconds_of(message.flap_period)
     if period < 0:
         raise InvalidArgument.field("faults.flap_period", f"must not be negative, got {period:g} seconds")
     if not message.flapping and period:

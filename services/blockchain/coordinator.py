@@ -26,10 +26,11 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 from sqlalchemy import Connection, insert, select, update
 
 from services.domain.chains import address_problem
+from services.domain.clock import utcnow
 from services.domain.errors import DomainError, InvalidArgument, NotFound, ServiceUnavailable
 from services.domain.money import Money
 from services.runtime.breaker import CLOSED, OPEN, AsyncCircuitBreaker
-from services.runtime.db import Database
+from services.runtime.db import Database, as_utc
 from services.runtime.idempotency import run_idempotent, stored_response
 from services.runtime.outcomes import CallOutcomes, check_every
 from services.simulation import Faults, fault_switch
@@ -57,10 +58,6 @@ T = TypeVar("T")
 UNCHECKED, HEALTHY, DEGRADED, UNAVAILABLE = "UNSPECIFIED", "HEALTHY", "DEGRADED", "UNAVAILABLE"
 UNKNOWN = "UNKNOWN"
 OPERATION = "ExecuteCrossChainTransfer"
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -224,10 +221,6 @@ class ChainRegistry:
 
 # --- persistence -------------------------------------------------------------------------------
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
 def _tx(chain: str, tx_hash: str | None, block: int | None) -> ChainTx | None:
     return None if tx_hash is None else ChainTx(chain, tx_hash, block or 0)
 
@@ -247,8 +240,8 @@ def _row(row) -> Transfer:
     return Transfer(
         id=row.id, source_chain=row.source_chain, target_chain=row.target_chain, amount=Money(row.currency, row.amount),
         destination_address=row.destination_address, transaction=row.transaction_name, state=row.state,
-        current_step=row.current_step, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
-        completed_at=_utc(row.completed_at), source_tx=_tx(row.source_chain, row.source_tx_hash, row.source_tx_block),
+        current_step=row.current_step, created_at=as_utc(row.created_at), updated_at=as_utc(row.updated_at),
+        completed_at=as_utc(row.completed_at), source_tx=_tx(row.source_chain, row.source_tx_hash, row.source_tx_block),
         bridge_tx=_tx(row.source_chain, row.bridge_tx_hash, row.bridge_tx_block),
         target_tx=_tx(row.target_chain, row.target_tx_hash, row.target_tx_block),
         compensations=_compensations(row.compensations), failure_reason=row.failure_reason,

@@ -2,16 +2,14 @@
 registry's and the coordinator's answers to responses. No rules of its own."""
 from __future__ import annotations
 
-import datetime as dt
 import time
-
-from google.protobuf.duration_pb2 import Duration
 
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.common.v1 import common_pb2
 from services.domain.errors import InvalidArgument
 from services.runtime.context import current_deadline
-from services.runtime.requests import KEY, PageTokens, fingerprint, money, page_size, request_id, resource_id, timestamp
+from services.runtime.requests import KEY, PageTokens, fingerprint, money, page_size, request_id, resource_id
+from services.runtime.wire import duration, money_pb, timestamp
 from services.simulation import fault_settings, faults_of
 
 from .adapters import STEPS, ChainTx
@@ -20,12 +18,6 @@ from .simulator import Faults
 from .transfers import Transfer
 
 _MARGIN = 0.25                     # seconds kept from the caller's deadline to answer in time
-
-
-def _duration(seconds: float) -> Duration:
-    value = Duration()
-    value.FromTimedelta(dt.timedelta(seconds=seconds))
-    return value
 
 
 def _step_pb(step: str) -> int:
@@ -41,7 +33,7 @@ def _ref(tx: ChainTx | None) -> common_pb2.ChainTransactionRef | None:
 def transfer_pb(t: Transfer) -> blockchain_pb2.CrossChainTransfer:
     return blockchain_pb2.CrossChainTransfer(
         name=t.name, source_chain=f"chains/{t.source_chain}", target_chain=f"chains/{t.target_chain}",
-        amount=common_pb2.Money(currency_code=t.amount.currency, amount=t.amount.text),
+        amount=money_pb(t.amount),
         destination_address=t.destination_address, transaction=t.transaction,
         state=blockchain_pb2.CrossChainTransferState.Value(f"CROSS_CHAIN_TRANSFER_STATE_{t.state}"),
         current_step=_step_pb(t.current_step), source_transaction=_ref(t.source_tx),
@@ -83,8 +75,8 @@ def faults_from_pb(f: blockchain_pb2.ChainFaults) -> Faults:
 def faults_pb(faults: Faults) -> blockchain_pb2.ChainFaults:
     return blockchain_pb2.ChainFaults(
         error_rate_percent=round(faults.error_rate * 100), timeout_rate_percent=round(faults.timeout_rate * 100),
-        extra_latency=_duration(faults.extra_latency), flapping=faults.flap_period > 0,
-        flap_period=_duration(faults.flap_period) if faults.flap_period > 0 else None,
+        extra_latency=duration(faults.extra_latency), flapping=faults.flap_period > 0,
+        flap_period=duration(faults.flap_period) if faults.flap_period > 0 else None,
         failing_steps=[_step_pb(s) for s in STEPS if s in faults.failing_steps])
 
 
@@ -105,7 +97,7 @@ class BlockchainServicer(blockchain_pb2_grpc.BlockchainServiceServicer):
         adapter, health = self._registry.adapter(name), self._registry.health[name]
         return blockchain_pb2.Chain(
             name=f"chains/{name}", display_name=adapter.display_name, native_currency_code=adapter.native_currency,
-            required_confirmations=adapter.required_confirmations, block_time=_duration(adapter.block_time),
+            required_confirmations=adapter.required_confirmations, block_time=duration(adapter.block_time),
             latest_block_number=health.latest_block,
             health_state=blockchain_pb2.ChainHealthState.Value(f"CHAIN_HEALTH_STATE_{self._registry.state(name)}"),
             faults=faults_pb(faults) if (faults := faults_of(adapter)) is not None else None)

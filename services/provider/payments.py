@@ -21,9 +21,10 @@ from typing import Callable
 
 from sqlalchemy import Connection, insert, select, update
 
+from services.domain.clock import utcnow
 from services.domain.errors import FailedPrecondition, NotFound, ServiceUnavailable
 from services.domain.money import Money
-from services.runtime.db import Database
+from services.runtime.db import Database, as_utc
 from services.runtime.idempotency import run_idempotent, stored_response
 
 from .adapters import QuoteRequest
@@ -33,14 +34,6 @@ from .tables import idempotency_keys, payments
 log = logging.getLogger("diboas.payments")
 
 PENDING, SUCCEEDED, FAILED = "PENDING", "SUCCEEDED", "FAILED"
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -79,7 +72,7 @@ def _row(row) -> Payment:
     return Payment(row.id, row.direction, Money(row.currency, row.amount), row.wallet, row.transaction,
                    row.preferred_provider, row.state, row.provider,
                    Money(row.currency, row.fee) if row.fee is not None else None, row.provider_reference,
-                   _attempts(row.attempts), row.failure_reason, _utc(row.created_at), _utc(row.completed_at))
+                   _attempts(row.attempts), row.failure_reason, as_utc(row.created_at), as_utc(row.completed_at))
 
 
 class PaymentService:

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from services.domain.clock import utcnow
 from services.domain.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.breaker import AsyncCircuitBreaker
 from services.runtime.outcomes import CallOutcomes, check_every
@@ -147,7 +148,7 @@ class ProviderRegistry:
             ok, message = False, getattr(exc, "message", None) or str(exc) or "no answer in time"
         else:
             ok, message = True, ""
-        health.last_check, health.last_check_latency = dt.datetime.now(dt.timezone.utc), time.monotonic() - started
+        health.last_check, health.last_check_latency = utcnow(), time.monotonic() - started
         health.healthy, health.message = ok, message
         if ok:
             health.consecutive_failures = 0
@@ -230,16 +231,16 @@ class ProviderRegistry:
         timeout = timeout or self.quote_timeout
 
         async def attempt(name: str) -> tuple[Attempt, Receipt | None]:
-            started = dt.datetime.now(dt.timezone.utc)
+            started = utcnow()
             if record:                  # before the call: a crash now leaves "may have happened"
                 await record([*attempts, Attempt(name, started, started, Failure(name, "TIMEOUT", IN_FLIGHT))])
             clock, receipt = time.monotonic(), None
             try:
                 receipt = await self._execute(name, request, idempotency_key, timeout)
-                made = Attempt(name, started, dt.datetime.now(dt.timezone.utc))
+                made = Attempt(name, started, utcnow())
                 self.health[name].record(True, time.monotonic() - clock)
             except (ProviderError, TimeoutError, ServiceUnavailable) as exc:
-                made = Attempt(name, started, dt.datetime.now(dt.timezone.utc), _failure(name, exc))
+                made = Attempt(name, started, utcnow(), _failure(name, exc))
                 health = self.health[name]
                 health.healthy, health.message = False, made.failure.message     # not offered again for now
                 health.record(False, message=made.failure.message)

@@ -2,15 +2,10 @@
 recorded payments with failover, and run-time faults of the simulators."""
 from __future__ import annotations
 
-import datetime as dt
-
-from google.protobuf.duration_pb2 import Duration
-
-from diboas.common.v1 import common_pb2
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.domain.errors import InvalidArgument
-from services.domain.money import Money
-from services.runtime.requests import fingerprint, foreign_page_token, money, page_size, request_id, resource_id, timestamp
+from services.runtime.requests import fingerprint, foreign_page_token, money, page_size, request_id, resource_id
+from services.runtime.wire import duration, money_pb, seconds_of, timestamp
 from services.simulation import Faults, fault_settings, fault_switch, faults_of
 
 from .adapters import PAY_IN, PAY_OUT, Quote, QuoteRequest
@@ -22,21 +17,11 @@ _BREAKER = {"closed": provider_pb2.CIRCUIT_STATE_CLOSED, "open": provider_pb2.CI
             "half-open": provider_pb2.CIRCUIT_STATE_HALF_OPEN}
 
 
-def _duration(seconds: float) -> Duration:
-    value = Duration()
-    value.FromTimedelta(dt.timedelta(seconds=seconds))
-    return value
-
-
-def _money(m: Money) -> common_pb2.Money:
-    return common_pb2.Money(currency_code=m.currency, amount=m.text)
-
-
 def quote_pb(q: Quote) -> provider_pb2.Quote:
-    return provider_pb2.Quote(provider=f"providers/{q.provider}", fee=_money(q.fee), exchange_rate="1",
-                              spread=f"{q.spread:f}", total_cost=_money(q.total_cost),
-                              receive_amount=_money(q.receive_amount),
-                              estimated_latency=_duration(q.estimated_latency.total_seconds()),
+    return provider_pb2.Quote(provider=f"providers/{q.provider}", fee=money_pb(q.fee), exchange_rate="1",
+                              spread=f"{q.spread:f}", total_cost=money_pb(q.total_cost),
+                              receive_amount=money_pb(q.receive_amount),
+                              estimated_latency=duration(q.estimated_latency.total_seconds()),
                               expire_time=timestamp(q.expires_at))
 
 
@@ -54,14 +39,14 @@ def selection_pb(s: Selection) -> provider_pb2.SelectProviderResponse:
 def payment_pb(p: Payment) -> provider_pb2.Payment:
     return provider_pb2.Payment(
         name=p.name, direction=provider_pb2.PaymentDirection.Value(f"PAYMENT_DIRECTION_{p.direction}"),
-        amount=_money(p.amount), wallet=p.wallet, transaction=p.transaction,
+        amount=money_pb(p.amount), wallet=p.wallet, transaction=p.transaction,
         state=provider_pb2.PaymentState.Value(f"PAYMENT_STATE_{p.state}"),
         provider=f"providers/{p.provider}" if p.provider else "",
         attempts=[provider_pb2.PaymentAttempt(provider=f"providers/{a.provider}", succeeded=a.failure is None,
                                               failure=failure_pb(a.failure) if a.failure else None,
                                               start_time=timestamp(a.started_at), end_time=timestamp(a.ended_at))
                   for a in p.attempts],
-        fee=_money(p.fee) if p.fee else None, provider_reference=p.provider_reference,
+        fee=money_pb(p.fee) if p.fee else None, provider_reference=p.provider_reference,
         failure_reason=p.failure_reason, create_time=timestamp(p.created_at), complete_time=timestamp(p.completed_at))
 
 
@@ -87,7 +72,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                  else provider_pb2.PROVIDER_HEALTH_STATE_UNHEALTHY)
         return provider_pb2.ProviderHealth(
             provider=f"providers/{name}", state=state, circuit_state=_BREAKER.get(breaker.state, 0),
-            consecutive_failures=health.consecutive_failures, last_check_latency=_duration(health.last_check_latency),
+            consecutive_failures=health.consecutive_failures, last_check_latency=duration(health.last_check_latency),
             last_check_time=timestamp(health.last_check), message=health.message)
 
     def _provider_pb(self, name: str) -> provider_pb2.Provider:
@@ -100,8 +85,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             health=self._health_pb(name),
             faults=provider_pb2.ProviderFaults(
                 error_rate_percent=round(faults.error_rate * 100), timeout_rate_percent=round(faults.timeout_rate * 100),
-                extra_latency=_duration(faults.extra_latency), flapping=faults.flap_period > 0,
-                flap_period=_duration(faults.flap_period)) if faults else None)
+                extra_latency=duration(faults.extra_latency), flapping=faults.flap_period > 0,
+                flap_period=duration(faults.flap_period)) if faults else None)
 
     async def ListProviders(self, request, context):
         page_size(request.page_size)            # every provider fits in one page; the size is still checked
@@ -120,7 +105,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     async def GetQuotes(self, request, context):
         quote = quote_request(request)
-        timeout = request.provider_timeout.ToTimedelta().total_seconds() if request.HasField("provider_timeout") else None
+        timeout = seconds_of(request.provider_timeout) if request.HasField("provider_timeout") else None
         if timeout is not None and not 0 < timeout <= 30:
             raise InvalidArgument.field("provider_timeout", "must be more than 0 and at most 30 seconds")
         quotes, failures = await self._registry.quotes(quote, timeout)

@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from services.config_files import ConfigError
+from services.domain.clock import utcnow
 from services.domain.money import EXACT, Money
 from services.runtime.catalog import refuse_unknown
 from services.simulation import Books, Faults, FaultSwitch, latency_settings
@@ -106,7 +107,7 @@ class SimulatedProvider(ProviderAdapter, FaultSwitch):
         await self._call()
         fee, total, receive = self.price(request)
         return Quote(self.name, fee, self.fees.spread, total, receive, dt.timedelta(seconds=self.latency),
-                     dt.datetime.now(dt.timezone.utc) + self.quote_ttl)
+                     utcnow() + self.quote_ttl)
 
     async def execute(self, request: QuoteRequest, idempotency_key: str) -> Receipt:
         refusal = self.limits.refuses(request)

@@ -16,6 +16,7 @@ from typing import Callable
 
 import pybreaker
 
+from services.domain.clock import utcnow
 from services.domain.errors import ServiceUnavailable
 
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
@@ -52,7 +53,7 @@ class AsyncCircuitBreaker:
         if opened_at is None:
             return 0.0
         due = opened_at + dt.timedelta(seconds=self._breaker.reset_timeout)
-        return max(0.0, (due - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        return max(0.0, (due - utcnow()).total_seconds())
 
     def _unavailable(self, why: str) -> ServiceUnavailable:
         return ServiceUnavailable(f"{self.name} is unavailable: {why}", reason="CIRCUIT_OPEN",

@@ -1,6 +1,6 @@
 """The transport edge: reading requests (resource names, page tokens, idempotency keys, money,
-the fingerprint a repeated request is compared by; every problem names its field) and the small
-conversions responses share."""
+the fingerprint a repeated request is compared by; every problem names its field). The wire
+forms of shared types (Money, Timestamp, Duration) are in services.runtime.wire."""
 from __future__ import annotations
 
 import base64
@@ -10,12 +10,11 @@ import hashlib
 import re
 from typing import Any, Callable, NamedTuple
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from services.domain.errors import InvalidArgument
 from services.domain.money import Money
 
 from .context import current_user
+from .wire import money_of
 
 _ID = r"[A-Za-z0-9_-]{1,64}"
 
@@ -137,14 +136,4 @@ def money(message, present: bool, field: str) -> Money:
     """A positive amount from a diboas.common.v1.Money field."""
     if not present:
         raise InvalidArgument.field(field, "is required")
-    return Money.parse(message.currency_code, message.amount, field=f"{field}.amount",
-                       currency_field=f"{field}.currency_code").require_positive(f"{field}.amount")
-
-
-def timestamp(value: dt.datetime | None) -> Timestamp | None:
-    """A protobuf Timestamp (None stays None: the field is left unset)."""
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    return money_of(message, field).require_positive(f"{field}.amount")

@@ -1,7 +1,6 @@
 """Loading an identity's certificate material and turning it into gRPC credentials."""
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import grpc
 from cryptography import x509
 
 from services.config_files import ConfigError
+from services.domain.clock import utcnow
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def load_identity(certs_dir: Path, name: str) -> IdentityFiles:
             raise ConfigError(f"{path} is missing: run `make certs` (or set DIBOAS_CERTS_DIR)") from None
         except PermissionError:
             raise ConfigError(f"{path} is not readable by this user") from None
-    now = dt.datetime.now(dt.timezone.utc)
+    now = utcnow()
     for kind in ("ca", "cert"):
         try:
             cert = x509.load_pem_x509_certificate(data[kind])

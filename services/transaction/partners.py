@@ -6,19 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
-from diboas.common.v1 import common_pb2
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.domain.money import Money
 from services.runtime.client import Upstream
+from services.runtime.wire import money_pb
 
 # Failover across providers, or three chain steps with compensations, take longer than one
 # plain call: the saga waits this long before it asks again (with the same key) later. Less
 # than the work queue's 30 s lease, so another worker does not take the item meanwhile.
 SAGA_STEP_TIMEOUT = 20.0
-
-
-def _money(amount: Money) -> common_pb2.Money:
-    return common_pb2.Money(currency_code=amount.currency, amount=amount.text)
 
 
 @dataclass(frozen=True)
@@ -45,7 +41,7 @@ class ProviderClient:
                   request_id: str) -> PaymentResult:
         direction = provider_pb2.PAYMENT_DIRECTION_PAY_IN if pay_in else provider_pb2.PAYMENT_DIRECTION_PAY_OUT
         reply = await self._providers.ExecutePayment(provider_pb2.ExecutePaymentRequest(
-            direction=direction, amount=_money(amount), wallet=wallet, provider=provider, transaction=transaction,
+            direction=direction, amount=money_pb(amount), wallet=wallet, provider=provider, transaction=transaction,
             request_id=request_id), timeout=SAGA_STEP_TIMEOUT)
         p = reply.payment
         return PaymentResult(p.name, provider_pb2.PaymentState.Name(p.state).removeprefix("PAYMENT_STATE_"),
@@ -59,7 +55,7 @@ class ChainClient:
     async def transfer(self, source_chain: str, target_chain: str, amount: Money, destination_address: str,
                        transaction: str, request_id: str) -> TransferResult:
         reply = await self._chains.ExecuteCrossChainTransfer(blockchain_pb2.ExecuteCrossChainTransferRequest(
-            source_chain=source_chain, target_chain=target_chain, amount=_money(amount),
+            source_chain=source_chain, target_chain=target_chain, amount=money_pb(amount),
             destination_address=destination_address, transaction=transaction, request_id=request_id),
             timeout=SAGA_STEP_TIMEOUT)
         t = reply.cross_chain_transfer

@@ -21,9 +21,9 @@ from typing import Callable
 
 from sqlalchemy import Connection, and_, insert, or_, select, update
 
-from diboas.common.v1 import common_pb2
 from diboas.events.v1 import events_pb2
 from diboas.transaction.v1 import transaction_pb2
+from services.domain.clock import utcnow
 from services.domain.errors import DeadlineExceeded, DomainError, FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.domain.money import Money, require_balance_room, require_transaction_limit
 from services.runtime.db import Database, as_utc
@@ -33,6 +33,7 @@ from services.runtime.messaging.store import Outbox
 from services.runtime.requests import INSTANT, KEY, PageTokens, page_size
 from services.runtime.tracing import MessageTracing
 from services.runtime.users import User
+from services.runtime.wire import money_pb, timestamp
 
 from .domain import BRIDGE, COMPLETED, DEPOSIT, FAILED, PENDING, PROCESSING, SEND, TERMINAL, WITHDRAW, Parked, Transaction
 from .partners import ChainClient, ProviderClient
@@ -40,10 +41,6 @@ from .tables import idempotency_keys, transactions
 from .wallet_client import WalletClient, WalletFacts
 
 log = logging.getLogger("diboas.transaction")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def _row(row) -> Transaction:
@@ -89,22 +86,18 @@ def _definitive(exc: DomainError) -> bool:
             or getattr(exc, "reason", "") == "NO_PROVIDER_AVAILABLE")
 
 
-def _money(amount: Money) -> common_pb2.Money:
-    return common_pb2.Money(currency_code=amount.currency, amount=amount.text)
-
-
 def event_for(tx: Transaction) -> tuple[str, events_pb2.TransactionCompleted | events_pb2.TransactionFailed]:
     kind = transaction_pb2.TransactionType.Value(f"TRANSACTION_TYPE_{tx.type}")
     if tx.state == COMPLETED:
         event = events_pb2.TransactionCompleted(transaction=tx.name, type=kind, source_wallet=tx.source_wallet,
-                                                destination_wallet=tx.destination_wallet, amount=_money(tx.amount),
+                                                destination_wallet=tx.destination_wallet, amount=money_pb(tx.amount),
                                                 hold=tx.hold)
-        event.complete_time.FromDatetime(tx.completed_at)
+        event.complete_time.CopyFrom(timestamp(tx.completed_at))
         return "transaction.completed", event
     event = events_pb2.TransactionFailed(transaction=tx.name, type=kind, source_wallet=tx.source_wallet,
-                                         destination_wallet=tx.destination_wallet, amount=_money(tx.amount),
+                                         destination_wallet=tx.destination_wallet, amount=money_pb(tx.amount),
                                          hold=tx.hold, reason=tx.failure_reason)
-    event.fail_time.FromDatetime(tx.completed_at)
+    event.fail_time.CopyFrom(timestamp(tx.completed_at))
     return "transaction.failed", event
 
 

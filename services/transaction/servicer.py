@@ -6,7 +6,8 @@ from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from services.domain.chains import address_problem
 from services.domain.errors import InvalidArgument
 from services.runtime.context import current_user
-from services.runtime.requests import fingerprint, money, request_id, resource_id, timestamp
+from services.runtime.requests import fingerprint, money, request_id, resource_id
+from services.runtime.wire import money_pb, timestamp
 
 from .domain import BRIDGE, DEPOSIT, SEND, WITHDRAW, Transaction
 from .service import TransactionService
@@ -17,7 +18,7 @@ def transaction_pb(tx: Transaction) -> transaction_pb2.Transaction:
         name=tx.name, type=transaction_pb2.TransactionType.Value(f"TRANSACTION_TYPE_{tx.type}"),
         state=transaction_pb2.TransactionState.Value(f"TRANSACTION_STATE_{tx.state}"),
         source_wallet=tx.source_wallet, destination_wallet=tx.destination_wallet,
-        amount=common_pb2.Money(currency_code=tx.amount.currency, amount=tx.amount.text),
+        amount=money_pb(tx.amount),
         failure_reason=tx.failure_reason, hold=tx.hold, create_time=timestamp(tx.created_at),
         update_time=timestamp(tx.updated_at), complete_time=timestamp(tx.completed_at), provider=tx.provider,
         provider_payment=tx.provider_payment, source_chain=tx.source_chain, target_chain=tx.target_chain,

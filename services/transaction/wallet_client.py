@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.domain.money import EXACT, Money
 from services.runtime.client import Upstream
+from services.runtime.wire import money_pb
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,13 @@ class WalletClient:
 
     async def funds(self, source: str, amount: Money) -> Funds:
         """Whether the source wallet (which exists and holds the currency) has the amount now."""
-        money = common_pb2.Money(currency_code=amount.currency, amount=amount.text)
-        check = await self._wallet.ValidateBalance(wallet_pb2.ValidateBalanceRequest(wallet=source, amount=money))
+        check = await self._wallet.ValidateBalance(wallet_pb2.ValidateBalanceRequest(wallet=source, amount=money_pb(amount)))
         return Funds(check.sufficient, check.available_balance.amount)
 
     async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
         """Reserve `amount` on the source wallet; the hold's name. Idempotent by request_id."""
         reply = await self._wallet.CreateHold(wallet_pb2.CreateHoldRequest(
             parent=source, request_id=request_id,
-            hold=wallet_pb2.Hold(amount=common_pb2.Money(currency_code=amount.currency, amount=amount.text),
+            hold=wallet_pb2.Hold(amount=money_pb(amount),
                                  reference=reference)))
         return reply.hold.name

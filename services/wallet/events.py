@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from diboas.events.v1 import events_pb2
 from diboas.transaction.v1 import transaction_pb2
-from services.domain.money import Money
+from services.runtime.wire import money_of
 
 from .service import WalletService
 from .servicer import hold_ids, wallet_id
@@ -24,7 +24,7 @@ def handlers(service: WalletService) -> dict:
     def completed(connection: Connection, envelope, payload: bytes, now: dt.datetime) -> None:
         event = events_pb2.TransactionCompleted.FromString(payload)
         if event.type == transaction_pb2.TRANSACTION_TYPE_DEPOSIT:
-            amount = Money.parse(event.amount.currency_code, event.amount.amount)
+            amount = money_of(event.amount, "amount")
             service.credit_in(connection, now, wallet_id(event.destination_wallet, "destination_wallet"), amount,
                               event.transaction)
             return

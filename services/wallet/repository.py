@@ -8,6 +8,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, insert, select, update
 
 from services.domain.money import EXACT
+from services.runtime.db import as_utc
 
 from .ledger import Hold, Journal, Wallet
 from .tables import holds, journals, ledger_entries, postings, wallets
@@ -26,23 +27,18 @@ class LedgerEntry:
     created_at: dt.datetime
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    # SQLite gives naive datetimes back; everything we store is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
 def _wallet(row) -> Wallet:
-    return Wallet(row.id, row.owner_id, row.currency, row.available, row.held, _utc(row.created_at), _utc(row.updated_at))
+    return Wallet(row.id, row.owner_id, row.currency, row.available, row.held, as_utc(row.created_at), as_utc(row.updated_at))
 
 
 def _entry(row) -> LedgerEntry:
     return LedgerEntry(row.id, row.wallet_id, row.journal_id, row.type, row.amount, row.available_after,
-                       row.held_after, row.reference, _utc(row.created_at))
+                       row.held_after, row.reference, as_utc(row.created_at))
 
 
 def _hold(row) -> Hold:
     return Hold(row.id, row.wallet_id, row.amount, row.state, row.reference, row.destination_wallet_id,
-                _utc(row.created_at), _utc(row.updated_at))
+                as_utc(row.created_at), as_utc(row.updated_at))
 
 
 class WalletRepository:

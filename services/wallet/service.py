@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+from services.domain.clock import utcnow
 from services.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from services.domain.money import EXACT, Money, require_transaction_limit
 from services.runtime.db import Database
@@ -24,10 +25,6 @@ from .repository import LedgerEntry, WalletRepository
 from .tables import idempotency_keys
 
 T = TypeVar("T")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def new_id() -> str:

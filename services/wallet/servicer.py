@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.domain.errors import InvalidArgument
 from services.domain.money import Money, scale_of
 from services.runtime.context import current_user
-from services.runtime.requests import fingerprint, money, request_id, resource_id, timestamp
+from services.runtime.requests import fingerprint, money, request_id, resource_id
+from services.runtime.wire import money_pb, timestamp
 
 from .ledger import Hold, Wallet
 from .repository import LedgerEntry
@@ -29,20 +29,15 @@ def hold_ids(name: str, field: str = "name") -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
-def _pb_money(currency: str, amount) -> common_pb2.Money:
-    return common_pb2.Money(currency_code=currency, amount=Money(currency, amount).text)
-
-
-
 def wallet_pb(w: Wallet) -> wallet_pb2.Wallet:
     return wallet_pb2.Wallet(name=w.name, owner_id=w.owner_id, currency_code=w.currency,
-                             available_balance=_pb_money(w.currency, w.available),
-                             held_balance=_pb_money(w.currency, w.held),
+                             available_balance=money_pb(w.money(w.available)),
+                             held_balance=money_pb(w.money(w.held)),
                              create_time=timestamp(w.created_at), update_time=timestamp(w.updated_at))
 
 
 def hold_pb(h: Hold, currency: str) -> wallet_pb2.Hold:
-    return wallet_pb2.Hold(name=h.name, amount=_pb_money(currency, h.amount),
+    return wallet_pb2.Hold(name=h.name, amount=money_pb(Money(currency, h.amount)),
                            state=wallet_pb2.HoldState.Value(f"HOLD_STATE_{h.state}"), reference=h.reference,
                            destination_wallet=f"wallets/{h.destination_wallet_id}" if h.destination_wallet_id else "",
                            create_time=timestamp(h.created_at), update_time=timestamp(h.updated_at))
@@ -51,8 +46,8 @@ def hold_pb(h: Hold, currency: str) -> wallet_pb2.Hold:
 def entry_pb(e: LedgerEntry, currency: str) -> wallet_pb2.LedgerEntry:
     return wallet_pb2.LedgerEntry(
         name=f"wallets/{e.wallet_id}/ledgerEntries/{e.id}", type=wallet_pb2.LedgerEntryType.Value(f"LEDGER_ENTRY_TYPE_{e.type}"),
-        amount=_pb_money(currency, e.amount), available_balance_after=_pb_money(currency, e.available_after),
-        held_balance_after=_pb_money(currency, e.held_after), reference=e.reference, journal_id=str(e.journal_id),
+        amount=money_pb(Money(currency, e.amount)), available_balance_after=money_pb(Money(currency, e.available_after)),
+        held_balance_after=money_pb(Money(currency, e.held_after)), reference=e.reference, journal_id=str(e.journal_id),
         create_time=timestamp(e.created_at))
 
 
@@ -89,8 +84,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         amount = money(request.amount, request.HasField("amount"), "amount")
         wallet, sufficient, shortfall = await self._service.validate_balance(wid, amount, current_user())
         return wallet_pb2.ValidateBalanceResponse(
-            sufficient=sufficient, available_balance=_pb_money(wallet.currency, wallet.available),
-            shortfall=_pb_money(shortfall.currency, shortfall.amount), wallet=wallet_pb(wallet))
+            sufficient=sufficient, available_balance=money_pb(wallet.money(wallet.available)),
+            shortfall=money_pb(shortfall), wallet=wallet_pb(wallet))
 
     async def ListLedgerEntries(self, request, context):
         wid = wallet_id(request.parent, "parent")

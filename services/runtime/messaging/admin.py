@@ -10,7 +10,8 @@ from services.domain.errors import InvalidArgument
 from ..context import current_caller
 from ..db import Database
 from ..idempotency import run_idempotent
-from ..requests import MAX_SEQUENCE, SEQUENCE, PageTokens, TokenPart, fingerprint, foreign_page_token, page_size, request_id, timestamp
+from ..requests import MAX_SEQUENCE, SEQUENCE, PageTokens, TokenPart, fingerprint, foreign_page_token, page_size, request_id
+from ..wire import timestamp
 from .queue import ParkedItem, WorkQueue
 from .relay import DeadLetter, Relay
 

@@ -46,6 +46,7 @@ from sqlalchemy import (
     update,
 )
 
+from services.domain.clock import utcnow
 from services.domain.errors import NotFound
 
 from ..config import QueuePolicy
@@ -142,7 +143,7 @@ class Claimed:
 
 class WorkQueue:
     def __init__(self, db: Database, table: Table, name: str, lease: dt.timedelta = dt.timedelta(seconds=30),
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+                 clock: Callable[[], dt.datetime] = utcnow,
                  rng: random.Random | None = None, *, parked: Table, policy: QueuePolicy = QueuePolicy(),
                  worker: str = ""):
         self._db, self._t, self.name, self._lease, self._clock = db, table, name, lease, clock

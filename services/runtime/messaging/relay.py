@@ -29,6 +29,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from diboas.events.v1 import events_pb2, events_pb2_grpc
 from services.domain import errors
+from services.domain.clock import utcnow
 
 from ..client import Upstream
 from ..db import Database
@@ -100,7 +101,7 @@ def _rejected(exc: BaseException) -> bool:
 class Relay:
     def __init__(self, db: Database, tables: MessagingTables, transport: EventTransport, service: str,
                  policy: DeliveryPolicy = DeliveryPolicy(),
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+                 clock: Callable[[], dt.datetime] = utcnow,
                  rng: random.Random | None = None, tracing: MessageTracing | None = None):
         self._db, self._t, self._transport, self._service = db, tables, transport, service
         self._policy, self._clock, self._rng = policy, clock, rng or random.Random()

@@ -30,7 +30,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from diboas.events.v1 import events_pb2
 from services.config_files import ConfigError
+from services.domain.clock import utcnow
 from services.domain.errors import InvalidArgument
+
+from ..wire import datetime_of, timestamp_text
 
 KEY_FILE = "events-keys.json"
 NONCE_BYTES = 12
@@ -66,7 +69,7 @@ def checksum(data: bytes) -> str:
 
 
 def _associated_data(envelope: events_pb2.EventEnvelope) -> bytes:
-    stamp = envelope.time.ToJsonString() if envelope.HasField("time") else ""
+    stamp = timestamp_text(envelope.time) if envelope.HasField("time") else ""
     return "\n".join((envelope.id, envelope.source, envelope.type, envelope.subject, stamp)).encode()
 
 
@@ -91,8 +94,8 @@ def unseal(envelope: events_pb2.EventEnvelope, ring: KeyRing | None, max_age: dt
         raise MessageRejected(f"event {envelope.id}: checksum mismatch, the data was altered", reason="MESSAGE_TAMPERED")
     if not envelope.HasField("time"):
         raise MessageRejected(f"event {envelope.id}: no timestamp", reason="MESSAGE_UNDATED")
-    now = now or dt.datetime.now(dt.timezone.utc)
-    sent = envelope.time.ToDatetime(tzinfo=dt.timezone.utc)
+    now = now or utcnow()
+    sent = datetime_of(envelope.time)
     if now - sent > max_age:
         raise MessageRejected(f"event {envelope.id}: stale, sent {sent:%Y-%m-%dT%H:%M:%SZ}, older than {max_age}",
                               reason="MESSAGE_STALE")

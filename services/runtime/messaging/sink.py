@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from diboas.events.v1 import events_pb2, events_pb2_grpc
 from services.domain import errors
+from services.domain.clock import utcnow
 
 from ..db import Database
 from ..tracing import MessageTracing
@@ -28,7 +29,7 @@ Handler = Callable[[Connection, events_pb2.EventEnvelope, bytes, dt.datetime], N
 class EventSink(events_pb2_grpc.EventSinkServiceServicer):
     def __init__(self, db: Database, tables: MessagingTables, consumer: str, ring: KeyRing,
                  handlers: dict[str, Handler], max_age: dt.timedelta = dt.timedelta(days=7),
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+                 clock: Callable[[], dt.datetime] = utcnow,
                  tracing: MessageTracing | None = None):
         self._db, self._consumer, self._inbox, self._ring = db, consumer, Inbox(tables, consumer), ring
         self._handlers, self._max_age, self._clock = handlers, max_age, clock

@@ -32,8 +32,10 @@ from sqlalchemy import (
 )
 
 from diboas.events.v1 import events_pb2
+from services.domain.clock import utcnow
 
 from ..tracing import current_trace_headers
+from ..wire import timestamp
 from .secure import KeyRing, seal
 
 PENDING, DELIVERED, DEAD = "PENDING", "DELIVERED", "DEAD"
@@ -97,7 +99,7 @@ class Outbox:
     """Writes events into the producer's outbox, in the transaction of the change they report."""
 
     def __init__(self, tables: MessagingTables, source: str, subscribers_of: Callable[[str], Sequence[str]],
-                 ring: KeyRing | None, clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+                 ring: KeyRing | None, clock: Callable[[], dt.datetime] = utcnow):
         self._t = tables
         self._source = source
         self._subscribers_of = subscribers_of
@@ -111,7 +113,7 @@ class Outbox:
         envelope = events_pb2.EventEnvelope(
             id=uuid.uuid4().hex, source=self._source, spec_version="1.0", type=topic, subject=subject,
             data_content_type="application/protobuf", data_schema=event.DESCRIPTOR.full_name)
-        envelope.time.FromDatetime(now)
+        envelope.time.CopyFrom(timestamp(now))
         carrier = current_trace_headers()
         envelope.traceparent, envelope.tracestate = carrier.get("traceparent", ""), carrier.get("tracestate", "")
         seal(envelope, event.SerializeToString(), self._ring if sensitive else None)
