@@ -68,6 +68,13 @@ def pki(tmp_path_factory) -> Path:
     return out
 
 
+def catalogue_file(tmp_path: Path, name: str, text: str) -> Path:
+    """A catalogue (providers.yaml, chains.yaml, currencies.yaml ...) with `text`, for one test."""
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
 def with_service(topology: Topology, name: str, **changes) -> Topology:
     service = dataclasses.replace(topology.services[name], **changes)
     return dataclasses.replace(topology, services={**topology.services, name: service})

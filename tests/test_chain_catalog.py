@@ -12,6 +12,7 @@ from services.blockchain.catalog import DEFAULT_CHAINS_FILE, chains_file, load_c
 from services.blockchain.simulator import SimulatedChain, default_chains
 from services.config_files import ConfigError
 
+from conftest import catalogue_file
 from meshkit import refused_start
 
 SIMULATED = "adapter: services.blockchain.simulator:SimulatedChain"
@@ -19,7 +20,8 @@ GOOD = f"{SIMULATED}\n    native_currency: ETH\n    required_confirmations: 12\n
 
 
 class LedgerChain(ChainAdapter):
-    """A "real" chain as a user would add one: built from its settings by the default."""
+    """A "real" chain as a user would add one: built from its settings by the default.
+    These tests only load it from a catalogue; its money operations are never called."""
 
     display_name = "Ledger"
     native_currency = "LDG"
@@ -52,9 +54,7 @@ class LedgerChain(ChainAdapter):
 
 
 def write(tmp_path, text: str):
-    path = tmp_path / "chains.yaml"
-    path.write_text(text)
-    return path
+    return catalogue_file(tmp_path, "chains.yaml", text)
 
 
 def test_the_repository_file_gives_the_three_simulated_chains_with_their_own_numbers():

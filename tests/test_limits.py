@@ -5,8 +5,6 @@ accepted can later fail to settle because of it. On PostgreSQL a balance can nev
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from decimal import Decimal
 
 import grpc
@@ -30,8 +28,8 @@ from services.runtime.status import error_info
 from services.transaction.tables import messaging, transactions
 from services.wallet.tables import holds, wallets
 
-from conftest import postgres_schema
-from meshkit import ORDER, process_env, start_mesh, usd
+from conftest import catalogue_file, postgres_schema
+from meshkit import ORDER, refused_start, start_mesh, usd
 
 COMPLETED = transaction_pb2.TRANSACTION_STATE_COMPLETED
 FAILED = transaction_pb2.TRANSACTION_STATE_FAILED
@@ -75,8 +73,7 @@ def test_the_repository_catalogue_leaves_room_below_the_storage_limit():
     ('USD: {scale: 2, max_transaction: "1", max_balance: "99999999999999999999"}', "could reach 10^20"),
 ])
 def test_every_catalogue_mistake_names_the_file_the_currency_and_the_setting(tmp_path, entry, message):
-    path = tmp_path / "currencies.yaml"
-    path.write_text(f"currencies:\n  {entry}\n")
+    path = catalogue_file(tmp_path, "currencies.yaml", f"currencies:\n  {entry}\n")
     with pytest.raises(ConfigError) as caught:
         load_catalogue(path)
     assert message in str(caught.value)
@@ -91,21 +88,17 @@ def test_a_missing_catalogue_says_which_variable_names_another(tmp_path):
 
 
 def test_a_service_with_a_bad_catalogue_stops_with_one_line(pki, tmp_path):
-    path = tmp_path / "currencies.yaml"
-    path.write_text('currencies:\n  USD: {scale: 2, max_transaction: "1", max_balance: "99999999999999999999"}\n')
-    env = process_env(pki, tmp_path / "state", DIBOAS_CURRENCIES_FILE=str(path))
-    result = subprocess.run([sys.executable, "-m", "services.wallet"], env=env, capture_output=True, text=True,
-                            timeout=30)
-    assert result.returncode == 2, result.stderr
-    assert "wallet: configuration error: currencies.yaml: currencies.USD.max_balance:" in result.stderr
-    assert "could reach 10^20" in result.stderr and "Traceback" not in result.stderr
+    path = catalogue_file(tmp_path, "currencies.yaml",
+                          'currencies:\n  USD: {scale: 2, max_transaction: "1", max_balance: "99999999999999999999"}\n')
+    stderr = refused_start(pki, tmp_path / "state", "wallet", DIBOAS_CURRENCIES_FILE=str(path))
+    assert "wallet: configuration error: currencies.yaml: currencies.USD.max_balance:" in stderr
+    assert "could reach 10^20" in stderr
 
 
 @pytest.fixture
 def small_limits(tmp_path, monkeypatch):
     """USD (and the providers' other currencies) at most 1000.00 a transaction and 2000.00 a balance."""
-    path = tmp_path / "small-currencies.yaml"
-    path.write_text(SMALL)
+    path = catalogue_file(tmp_path, "small-currencies.yaml", SMALL)
     monkeypatch.setenv("DIBOAS_CURRENCIES_FILE", str(path))
     currencies.install(None)          # read again from the file now named
     yield
@@ -321,9 +314,8 @@ async def test_a_payment_no_provider_takes_is_refused_as_such_whatever_their_hea
     ("currencies: [XYZ]", "providers.p.currencies: XYZ is not in the catalogue of currencies"),
 ])
 def test_provider_limits_are_checked_when_the_file_is_read(tmp_path, limits, message):
-    path = tmp_path / "providers.yaml"
-    path.write_text("providers:\n  p:\n    adapter: services.provider.simulator:SimulatedProvider\n"
-                    f"    fees: {{}}\n    {limits}\n")
+    path = catalogue_file(tmp_path, "providers.yaml", "providers:\n  p:\n    adapter: services.provider.simulator:SimulatedProvider\n"
+                          f"    fees: {{}}\n    {limits}\n")
     with pytest.raises(ConfigError) as caught:
         load_providers(path)
     assert message in str(caught.value)

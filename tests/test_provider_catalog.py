@@ -11,11 +11,13 @@ from services.provider.adapters import Limits, ProviderAdapter, Quote, QuoteRequ
 from services.provider.catalog import DEFAULT_PROVIDERS_FILE, load_providers
 from services.provider.simulator import SimulatedProvider
 
+from conftest import catalogue_file
 from meshkit import refused_start
 
 
 class AcmePay(ProviderAdapter):
-    """A "real" provider as a user would add one: built from its settings by the default."""
+    """A "real" provider as a user would add one: built from its settings by the default.
+    These tests only load it from a catalogue; its money operations are never called."""
 
     display_name = "Acme Pay"
 
@@ -33,9 +35,7 @@ class AcmePay(ProviderAdapter):
 
 
 def write(tmp_path, text: str):
-    path = tmp_path / "providers.yaml"
-    path.write_text(text)
-    return path
+    return catalogue_file(tmp_path, "providers.yaml", text)
 
 
 def test_the_repository_file_lists_three_simulated_providers_with_their_own_terms():
