@@ -11,7 +11,7 @@ NODE_STAMP  := node_modules/.installed
 # Compare protos against this git ref in `make breaking` (CI sets it to the previous commit).
 BUF_AGAINST ?= main
 
-.PHONY: help setup generate check-generated lint breaking certs run test bench clean
+.PHONY: help setup generate check-generated lint breaking certs run test test-unit test-integration test-e2e bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,9 +52,18 @@ certs: $(PY_STAMP) ## make (or renew) the development CA and certificates (certs
 run: setup certs ## start the four services and the Envoy gateway (SQLite, no broker); Ctrl-C stops them
 	$(PY) -m services.launcher
 
-test: setup certs lint ## run every test (lint, generated check, unit, integration, security, end to end through Envoy)
+test: setup certs lint ## run every test: lint, the generated check, then the unit, integration and e2e tiers
 	$(PY) -m tools.generate --check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup certs ## the unit tier (tests/unit): use cases, sagas and servicers on fakes, no network
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup certs ## the integration tier (tests/integration): real databases, real mTLS servers in one process
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: setup certs ## the end-to-end tier (tests/e2e): real processes in every shape, the real Envoy
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 bench: setup certs ## measure the runtime's cost (bare vs full stack), the money path (settled SENDs/s) and REST via Envoy vs gRPC
 	$(PY) -m bench.runtime_overhead

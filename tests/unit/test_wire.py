@@ -18,7 +18,7 @@ from services.domain.errors import InvalidArgument
 from services.domain.money import Money
 from services.runtime.wire import datetime_of, duration, money_of, money_pb, seconds_of, timestamp, timestamp_text
 
-SERVICES = Path(__file__).resolve().parents[1] / "services"
+SERVICES = Path(__file__).resolve().parents[2] / "services"
 
 
 @pytest.mark.parametrize("currency,text,wire", [

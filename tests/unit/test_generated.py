@@ -11,7 +11,7 @@ from google.protobuf import descriptor_pb2
 
 from tools import generate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DESCRIPTOR_SET = ROOT / "generated" / "descriptors" / "diboas.binpb"
 
 EXPECTED_RPCS = {

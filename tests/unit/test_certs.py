@@ -27,7 +27,7 @@ from certs.pki import (
 )
 from services.runtime.config import load_topology
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IDS = load_topology(REPO / "mesh.yaml", env={}).identities()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("services.runtime", "services.generated", "grpc", "grpc_status", "google.protobuf", "google.rpc",
              "sqlalchemy", "alembic")
 

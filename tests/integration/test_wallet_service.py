@@ -18,7 +18,7 @@ from services.wallet.repository import WalletRepository
 from services.wallet.service import WalletService
 from services.wallet.tables import idempotency_keys
 
-MIGRATIONS = Path(__file__).resolve().parents[1] / "services" / "wallet" / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "wallet" / "migrations"
 
 
 def usd(text: str) -> Money:

@@ -42,7 +42,7 @@ from conftest import bearer, client_channel, postgres_schema, service_token, use
 from meshkit import start_mesh
 
 HEALTH = "grpc.health.v1.Health"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _b64(text: str) -> str:
