@@ -1,13 +1,14 @@
-"""`make run`: start every service of the topology as its own process, wait until all report
-SERVING, then the Envoy gateway in front of them (until it and its upstreams are healthy),
-print where everything is, and stop it all cleanly on Ctrl-C or SIGTERM (the gateway first).
+"""`make run`: start the processes of the topology's shape (by default each service in its own;
+`make run MODE=monolith` all four in one), wait until every service reports SERVING, then the
+Envoy gateway in front of them (until it and its upstreams are healthy), print where everything
+is, and stop it all cleanly on Ctrl-C or SIGTERM (the gateway first).
 
-Once everything is up, the launcher supervises: a service or the gateway that exits is started
+Once everything is up, the launcher supervises: a process or the gateway that exits is started
 again after a growing delay while the rest keeps serving, and given up after a crash loop
 (`defaults.restart` in mesh.yaml; the policy is services/supervision.py). SIGUSR1 tries the
 given-up ones again.
 
-Each service logs JSON to <state_dir>/logs/<service>.log, the gateway to gateway.log (and its
+Each process logs JSON to <state_dir>/logs/<process>.log, the gateway to gateway.log (and its
 access log to gateway-access.jsonl); this command prints progress.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from services.config_files import ConfigError
 from services.monitor import ServiceStatus, check_gateway, check_service
 from services.runtime.config import Topology, load_topology
-from services.runtime.processes import die_with_parent, entry_module
+from services.runtime.processes import die_with_parent, entry_command
 from services.runtime.tls import channel_credentials, load_identity
 from services.runtime.users import issue_user_token
 from services.supervision import RestartBudget, describe_exit
@@ -69,14 +70,23 @@ class Launcher:
         self.topology = topology
         self.processes: dict[str, subprocess.Popen] = {}
         self.logs_dir = topology.state_dir / "logs"
-        self.budgets = {name: RestartBudget(topology.defaults.restart) for name in [*topology.services, GATEWAY]}
+        self.budgets = {name: RestartBudget(topology.defaults.restart) for name in [*topology.processes, GATEWAY]}
         self.given_up: set[str] = set()
         self.stopping = False
         self._restarts: dict[str, asyncio.Task] = {}   # waiting in backoff, or restarted and not yet SERVING
         self._creds = channel_credentials(load_identity(topology.certs_dir, OPERATOR))
 
-    def _address(self, name: str):
-        return self.topology.gateway.http if name == GATEWAY else self.topology.services[name].address
+    def _members(self, name: str) -> tuple[str, ...]:
+        """The services a process serves (none for the gateway)."""
+        return () if name == GATEWAY else self.topology.processes[name]
+
+    def _addresses(self, name: str) -> str:
+        if name == GATEWAY:
+            return str(self.topology.gateway.http)
+        members = self._members(name)
+        if members == (name,):
+            return str(self.topology.services[name].address)
+        return ", ".join(members)
 
     def _spawn(self, name: str, verb: str = "starting") -> None:
         # From the event loop's thread only: the parent-death signal follows the thread that forked.
@@ -84,19 +94,23 @@ class Launcher:
         with open(log_path, "ab") as log_file:
             # Own session: Ctrl-C reaches the launcher only, which stops the children in order.
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", entry_module(name, GATEWAY)], stdout=log_file, stderr=subprocess.STDOUT,
+                entry_command(name, GATEWAY), stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent)
-        _say(f"  {verb:<8} {name:<12} {str(self._address(name)):<18} pid {self.processes[name].pid:<7} "
+        _say(f"  {verb:<8} {name:<12} {self._addresses(name):<18} pid {self.processes[name].pid:<7} "
              f"log {log_path}")
 
     async def _health(self, name: str) -> ServiceStatus:
+        """The gateway's health, a service's, or a process's: SERVING once each of its services is."""
         if name == GATEWAY:
             return await check_gateway(self.topology, timeout=1)
-        return await check_service(self.topology, name, self._creds, timeout=1)
+        if name in self.topology.services:
+            return await check_service(self.topology, name, self._creds, timeout=1)
+        statuses = await asyncio.gather(*(self._health(member) for member in self._members(name)))
+        return next((status for status in statuses if status.status != "SERVING"), statuses[0])
 
     def start(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        for name in self.topology.services:
+        for name in self.topology.processes:
             self._spawn(name)
 
     async def start_gateway(self) -> bool:
@@ -128,10 +142,12 @@ class Launcher:
         pending = list(self.topology.services)
         while pending:
             for name in list(pending):
-                code = self.processes[name].poll()
+                process = self.topology.process_of(name)
+                code = self.processes[process].poll()
                 if code is not None:
-                    _say(f"  {name} exited ({describe_exit(code)}) while starting; last lines of its log:")
-                    _say(_tail(self.logs_dir / f"{name}.log"))
+                    what = name if process == name else f"{name}'s process {process}"
+                    _say(f"  {what} exited ({describe_exit(code)}) while starting; last lines of its log:")
+                    _say(_tail(self.logs_dir / f"{process}.log"))
                     return False
                 status = await self._health(name)
                 if status.status == "SERVING":
@@ -166,8 +182,9 @@ class Launcher:
             self._restarts[name] = asyncio.create_task(self._restart(name, decision.delay))
             return
         self.given_up.add(name)
+        services = ", ".join(self._members(name))
         impact = ("the REST API is down; the services still answer gRPC" if name == GATEWAY else
-                  f"the gateway answers 503 for {name}'s routes and its callers see it UNAVAILABLE")
+                  f"the gateway answers 503 for the routes of {services} and their callers see them UNAVAILABLE")
         _say(f"  CRASH LOOP: giving up on {name}: it exited {decision.attempt} times within "
              f"{policy.crash_loop_seconds:g}s. It stays down; the rest keeps running ({impact}).\n"
              f"  To do: read {self.logs_dir / f'{name}.log'} (its last lines are above), fix the cause, then "
@@ -248,11 +265,15 @@ class Launcher:
 
 
 def stop_order(topology: Topology) -> list[list[str]]:
-    """Batches of services to stop: first those no remaining service calls, then their upstreams."""
-    remaining = list(topology.services)
+    """Batches of processes to stop: first those no remaining process calls, then their upstreams."""
+    remaining = list(topology.processes)
+
+    def calls(process: str) -> set[str]:
+        return {topology.process_of(up) for member in topology.processes[process]
+                for up in topology.services[member].upstreams} - {process}
     batches = []
     while remaining:
-        called = {up for name in remaining for up in topology.services[name].upstreams if up != name}
+        called = {up for name in remaining for up in calls(name)}
         batch = [name for name in remaining if name not in called] or remaining[:]  # a cycle: all at once
         batches.append(batch)
         remaining = [name for name in remaining if name not in batch]
@@ -314,7 +335,9 @@ async def _main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGUSR1, launcher.retry_given_up)
-    _say(f"Starting the diBoaS mesh ({len(topology.services)} services and the gateway, topology "
+    processes = len(topology.processes)
+    _say(f"Starting the diBoaS mesh ({len(topology.services)} services in {processes} "
+         f"process{'es' if processes > 1 else ''}, shape '{topology.mode}', and the gateway; topology "
          f"{os.path.relpath(topology.path)})")
     code = 0
     try:

@@ -138,5 +138,5 @@ async def start_server():
         return server
 
     yield start
-    for server in servers:
+    for server in reversed(servers):       # callers before the services they call
         await server.stop(grace=0.5)

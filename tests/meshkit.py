@@ -23,7 +23,7 @@ from diboas.provider.v1 import provider_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.config import Address
-from services.runtime.processes import entry_module
+from services.runtime.processes import entry_command
 from tools.ports import mesh_addresses
 
 from conftest import bearer, client_channel, service_token, user_token, with_service
@@ -126,16 +126,18 @@ class Mesh:
             await channel.close()
 
 
-async def start_mesh(topology, start_server, services=ORDER, **databases) -> Mesh:
-    """Start `services` (in dependency order) with their real apps; `databases` overrides URLs."""
+async def start_mesh(topology, start_server, services=ORDER, *, one_process: bool = False, **databases) -> Mesh:
+    """Start `services` (in dependency order) with their real apps; `databases` overrides URLs.
+    `one_process`: as the monolith runs them, calling each other directly (each still serves gRPC)."""
     ports = {}
+    neighbours = {} if one_process else None
     for name in ORDER:
         if name not in services:
             continue
         if name in databases:
             topology = with_service(topology, name, database=databases[name])
         build = import_module(f"services.{name}.app").build
-        server = await start_server(topology, name, build)
+        server = await start_server(topology, name, build, neighbours=neighbours)
         topology = with_service(topology, name, address=Address("127.0.0.1", server.port))
         ports[name] = server.port
     return Mesh(topology, ports)
@@ -144,7 +146,7 @@ async def start_mesh(topology, start_server, services=ORDER, **databases) -> Mes
 # --- the services as real processes ---------------------------------------------------------------
 
 class Process:
-    """One process of the mesh (`python -m services.<name>`, or `python -m gateway`), its output in
+    """One process of the mesh (`python -m services <name>`, or `python -m gateway`), its output in
     <log_dir>/<name>.log."""
 
     def __init__(self, name: str, env: dict, log_dir):
@@ -152,7 +154,7 @@ class Process:
 
     def start(self) -> None:
         log = open(self.log_dir / f"{self.name}.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", entry_module(self.name)], env=self.env,
+        self.process = subprocess.Popen(entry_command(self.name), env=self.env,
                                         stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:

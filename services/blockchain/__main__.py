@@ -1,5 +1,4 @@
-"""python -m services.blockchain: serve the blockchain service as configured in the topology."""
-from services.blockchain.app import build
+"""python -m services.blockchain: serve the blockchain service alone, as configured in the topology."""
 from services.runtime.server import run
 
-run("blockchain", build)
+run("blockchain", ("blockchain",))

@@ -1,5 +1,4 @@
-"""python -m services.provider: serve the provider service as configured in the topology."""
-from services.provider.app import build
+"""python -m services.provider: serve the provider service alone, as configured in the topology."""
 from services.runtime.server import run
 
-run("provider", build)
+run("provider", ("provider",))

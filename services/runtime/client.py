@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 
 import grpc
@@ -26,10 +25,11 @@ from services.config_files import ConfigError
 from services.domain import errors
 
 from .auth import TokenIssuer
-from .breaker import OPEN, AsyncCircuitBreaker
+from .breaker import AsyncCircuitBreaker
+from .calls import call_observer, call_timeout, service_descriptor
 from .config import ServiceConfig, Topology
-from .context import current_deadline
-from .metrics import BREAKER_STATE, CLIENT_CALLS, CLIENT_LATENCY
+from .local import LocalUpstream, Neighbours
+from .metrics import BREAKER_STATE
 from .status import from_rpc_error
 from .tls import IdentityFiles, channel_credentials
 from .tracing import RpcTracing
@@ -90,32 +90,14 @@ class _CallPolicy:
         self._tracing = tracing
 
     def _timeout(self, timeout: float | None) -> float:
-        deadline = current_deadline()
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise errors.DeadlineExceeded(f"no time left to call {self._upstream.name}: the deadline has passed")
-            # A little less than what is left, so the upstream's DEADLINE_EXCEEDED reaches us (and
-            # our caller gets an answer) before our own deadline cancels the work.
-            remaining -= min(0.02, remaining / 10)
-            return remaining if timeout is None else min(timeout, remaining)
-        return self._default_deadline if timeout is None else timeout
+        return call_timeout(timeout, self._default_deadline, self._upstream.name)
 
     def _metadata(self, metadata, trace_headers: dict) -> tuple:
         own = (("authorization", "Bearer " + self._issuer.token_for(self._upstream.identity)), *trace_headers.items())
         return own + tuple(metadata or ())
 
     def _observer(self, method: str):
-        """observe(code, started): count the call by its code and record its latency, with the
-        label children resolved once per method rather than on every call."""
-        counters = {code: CLIENT_CALLS.labels(self._caller, self._upstream.name, method, code.name)
-                    for code in grpc.StatusCode}
-        latency = CLIENT_LATENCY.labels(self._caller, self._upstream.name, method)
-
-        def observe(code: grpc.StatusCode, started: float) -> None:
-            counters[code].inc()
-            latency.observe(time.perf_counter() - started)
-        return observe
+        return call_observer(self._caller, self._upstream.name, method)
 
     def unary(self, full_method: str, multicallable):
         upstream, breaker, tracing = self._upstream.name, self._breaker, self._tracing
@@ -187,12 +169,6 @@ class _GuardedStub:
                 raise TypeError(f"{grpc_service}.{name}: only unary and server-streaming calls are supported")
 
 
-def _grpc_service_of(stub_class: type) -> str:
-    """'diboas.wallet.v1.WalletService' for WalletServiceStub, from its generated module."""
-    pb2 = sys.modules[stub_class.__module__.removesuffix("_grpc")]
-    return pb2.DESCRIPTOR.services_by_name[stub_class.__name__.removesuffix("Stub")].full_name
-
-
 class Upstream:
     """One upstream service: its channel, breaker and stubs."""
 
@@ -215,23 +191,26 @@ class Upstream:
         method guarded; `await stub.GetWallet(request)` returns the response or raises a DomainError."""
         stub = self._stubs.get(stub_class)
         if stub is None:
-            stub = self._stubs[stub_class] = _GuardedStub(stub_class(self.channel), _grpc_service_of(stub_class),
+            stub = self._stubs[stub_class] = _GuardedStub(stub_class(self.channel), service_descriptor(stub_class).full_name,
                                                           self._policy)
         return stub
 
-    @property
-    def open(self) -> bool:
-        return self.breaker.state == OPEN
+    async def close(self) -> None:
+        await self.channel.close()
 
 
 class Upstreams:
     """The upstreams of one service, as named in its `upstreams:` list in the topology."""
 
     def __init__(self, topology: Topology, service: str, files: IdentityFiles, issuer: TokenIssuer,
-                 *, tracing: bool = True):
+                 *, tracing: bool = True, neighbours: Neighbours | None = None):
         me = topology.service(service) if service in topology.services else None
         names = me.upstreams if me else ()
-        self._upstreams = {n: Upstream(topology, service, topology.service(n), files, issuer, tracing=tracing)
+        neighbours = neighbours or {}
+        # An upstream served in this same process is called directly (services/runtime/local.py).
+        self._upstreams = {n: LocalUpstream(topology, service, topology.service(n), neighbours[n], tracing=tracing)
+                           if n in neighbours else Upstream(topology, service, topology.service(n), files, issuer,
+                                                            tracing=tracing)
                            for n in names}
 
     def __getitem__(self, name: str) -> Upstream:
@@ -246,4 +225,4 @@ class Upstreams:
 
     async def close(self) -> None:
         for upstream in self._upstreams.values():
-            await upstream.channel.close()
+            await upstream.close()

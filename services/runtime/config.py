@@ -139,6 +139,10 @@ class Topology:
     gateway: GatewayConfig
     clients: Mapping[str, str]  # client name -> SPIFFE id
     services: Mapping[str, ServiceConfig]
+    # The shape: which services share a process. Process name -> its services, in the order they
+    # start (a service's upstreams before it). Every service is in exactly one process.
+    mode: str = "services"
+    processes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def service(self, name: str) -> ServiceConfig:
         try:
@@ -146,6 +150,10 @@ class Topology:
         except KeyError:
             known = ", ".join(sorted(self.services))
             raise ConfigError(f"{self.path}: no service named '{name}' (known: {known})") from None
+
+    def process_of(self, service: str) -> str:
+        """The name of the process that runs `service` in this shape."""
+        return next(name for name, members in self.processes.items() if service in members)
 
     def queue_policy(self, service: str, queue: str) -> QueuePolicy:
         """The retry policy of one of a service's work queues (the default one unless it has its own)."""
@@ -400,4 +408,61 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
             unknown = sorted(callers - known)
             if unknown:
                 raise ConfigError(f"{where}: services.{svc.name}.policy.{method} names unknown callers {unknown}")
-    return Topology(path, trust_domain, certs_dir, state_dir, defaults, observability, gateway, clients, services)
+    mode, processes = _shape(raw, where, services, known, env)
+    return Topology(path, trust_domain, certs_dir, state_dir, defaults, observability, gateway, clients, services,
+                    mode, processes)
+
+
+SERVICES_MODE = "services"      # the shape every topology has: each service in a process of its own
+
+
+def _shape(raw: Mapping, where: str, services: Mapping[str, ServiceConfig], names: set[str],
+           env: Mapping[str, str]) -> tuple[str, dict[str, tuple[str, ...]]]:
+    """The mode (DIBOAS_MODE, or `mode:`) and its processes. A shape under `shapes:` groups
+    services into named processes; a service no group of the shape names runs on its own."""
+    shapes = _section(raw, "shapes", where)
+    mode = str(env.get("DIBOAS_MODE") or raw.get("mode", SERVICES_MODE)).strip()
+    known = sorted({SERVICES_MODE, *shapes})
+    if mode != SERVICES_MODE and mode not in shapes:
+        raise ConfigError(f"{where}: mode (or DIBOAS_MODE) '{mode}' is not a shape of this topology "
+                          f"(known: {', '.join(known)})")
+    groups = {} if mode == SERVICES_MODE else _section(shapes, mode, f"{where}: shapes")
+    sw = f"{where}: shapes.{mode}"
+    placed: dict[str, str] = {}
+    processes: dict[str, tuple[str, ...]] = {}
+    for process, members in groups.items():
+        members = _names(members, f"{sw}.{process}")
+        if not _NAME.fullmatch(str(process)):
+            raise ConfigError(f"{sw}: a process name is lower-case letters, digits and '-', got '{process}'")
+        if not members:
+            raise ConfigError(f"{sw}.{process}: names no service")
+        if process in names and tuple(members) != (process,):
+            raise ConfigError(f"{sw}.{process}: a process may take the name of a service, the gateway or a "
+                              f"client only when it runs just that service")
+        for member in members:
+            if member not in services:
+                raise ConfigError(f"{sw}.{process} names '{member}', which is not a service "
+                                  f"(services: {', '.join(services)})")
+            if member in placed:
+                raise ConfigError(f"{sw}: '{member}' is in two processes, {placed[member]} and {process}")
+            placed[member] = str(process)
+        processes[str(process)] = tuple(members)
+    for name in services:
+        if name not in placed:
+            if name in processes:
+                raise ConfigError(f"{sw}: the process '{name}' must run the service '{name}' (or take another name)")
+            processes[name] = (name,)
+    return mode, {process: _start_order(members, services) for process, members in processes.items()}
+
+
+def _start_order(members: tuple[str, ...], services: Mapping[str, ServiceConfig]) -> tuple[str, ...]:
+    """The members with each one's upstreams (within the process) before it: a service's callers
+    in the same process find it built. A cycle keeps the topology's order for what is left."""
+    ordered: list[str] = []
+    remaining = list(members)
+    while remaining:
+        ready = [m for m in remaining if all(up in ordered or up not in members or up == m
+                                             for up in services[m].upstreams)] or remaining[:1]
+        ordered += ready
+        remaining = [m for m in remaining if m not in ready]
+    return tuple(ordered)

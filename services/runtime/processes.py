@@ -10,9 +10,10 @@ import sys
 GATEWAY_MODULE = "gateway"      # the top-level gateway/ package: Envoy, its config, its span receiver
 
 
-def entry_module(name: str, gateway: str = "gateway") -> str:
-    """What `python -m` runs for a process of the topology: the gateway, or services.<name>."""
-    return GATEWAY_MODULE if name == gateway else f"services.{name}"
+def entry_command(name: str, gateway: str = "gateway") -> list[str]:
+    """The command line of a process of the topology: the gateway, or `python -m services NAME`,
+    which serves the services the topology's shape puts in the process NAME."""
+    return [sys.executable, "-m", GATEWAY_MODULE] if name == gateway else [sys.executable, "-m", "services", name]
 
 
 # Loaded here, in the parent: a forked child (of a process with threads) must not load libraries.

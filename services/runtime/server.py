@@ -5,11 +5,13 @@ metrics endpoint, database probe and graceful shutdown, built from the topology.
     await server.start()                              # binds; server.port is the real port
     await server.stop()                               # NOT_SERVING, drain in-flight calls, stop
 
-`run(name, build)` is the process entry point used by `python -m services.<name>`.
+`run(process)` is the process entry point: `python -m services <process>` serves the services the
+topology's shape puts in that process (each on its own address), `python -m services.<name>` one.
 """
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import sys
@@ -83,7 +85,7 @@ SERVER_OPTIONS = [
 class MeshServer:
     def __init__(self, topology: Topology, name: str, build: Callable[[Runtime], list[Registration]], *,
                  tracing_enabled: bool = True, health_interval: float = 2.0, serve_metrics_endpoint: bool = True,
-                 unready_seconds: float = 1.0):
+                 unready_seconds: float = 1.0, neighbours: dict[str, dict[str, object]] | None = None):
         self.topology = topology
         self.service = topology.service(name)
         self._build = build
@@ -91,6 +93,9 @@ class MeshServer:
         self._health_interval = health_interval
         self._serve_metrics = serve_metrics_endpoint
         self._unready_seconds = unready_seconds
+        # The services already serving in this process: their servicers are called directly
+        # (local.py), and this one's are added once it serves.
+        self._neighbours = neighbours
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.grpc_services: list[str] = []      # full names of the gRPC services served, once started
@@ -131,15 +136,19 @@ class MeshServer:
         topology, service = self.topology, self.service
         files = load_identity(topology.certs_dir, service.name)
         issuer = TokenIssuer(service.identity, files.key)
-        self._upstreams = Upstreams(topology, service.name, files, issuer, tracing=self._tracing)
+        self._upstreams = Upstreams(topology, service.name, files, issuer, tracing=self._tracing,
+                                    neighbours=self._neighbours)
         self._runtime = Runtime(topology, service, files, self._upstreams, tracing=self._tracing)
         registrations = self._build(self._runtime)
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
         guard = ServerGuard(topology, service, topology.defaults.deadline_seconds, RpcTracing(self._tracing))
         registrar = Registrar(server, guard)
+        servicers: dict[str, object] = {}
         for reg in registrations:
+            known = len(registrar.services)
             reg.add_to_server(reg.servicer, registrar)
+            servicers.update(dict.fromkeys(registrar.services[known:], reg.servicer))
         grpc_services = list(registrar.services)
         guard.check_policy(registrar.methods)
 
@@ -160,6 +169,8 @@ class MeshServer:
                        for work in self._runtime.background]
         for task in self._tasks:
             task.add_done_callback(self._background_ended)
+        if self._neighbours is not None:
+            self._neighbours[service.name] = servicers
         log.info("%s listening on %s:%s (mTLS)%s", service.name, service.address.host, self.port,
                  f", metrics on :{self.metrics_port}/metrics" if self.metrics_port else "",
                  extra={"port": self.port, "metrics_port": self.metrics_port})
@@ -172,15 +183,22 @@ class MeshServer:
         log.error("%s: background work %s stopped before shutdown", self.service.name, task.get_coro().__qualname__,
                   exc_info=task.exception(), extra={"alert": "background_stopped"})
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING first (so probes and the gateway stop sending), then drain and stop."""
+    async def unready(self) -> None:
+        """NOT_SERVING: probes and the gateway stop sending new calls."""
+        if self._health is not None:
+            await self._health.shutdown()
+
+    async def stop(self, grace: float | None = None, *, announced: bool = False) -> None:
+        """NOT_SERVING first (so probes and the gateway stop sending; `announced`: `unready` did
+        that already, and its wait is over), then drain and stop."""
         if self._server is None or self._stopped.is_set():
             return
         grace = self.topology.defaults.drain_seconds if grace is None else grace
         log.info("%s shutting down: NOT_SERVING, draining for up to %ss", self.service.name, grace)
-        await self._health.shutdown()
-        if self._unready_seconds:
-            await asyncio.sleep(self._unready_seconds)
+        if not announced:
+            await self.unready()
+            if self._unready_seconds:
+                await asyncio.sleep(self._unready_seconds)
         await self._server.stop(grace)
         await self._release()
         self._stopped.set()
@@ -200,37 +218,66 @@ def _bind(server: grpc.aio.Server, address: Address, credentials, name: str) -> 
     return port
 
 
-async def _serve(name: str, build: Callable[[Runtime], list[Registration]]) -> None:
+def service_build(name: str) -> Callable[[Runtime], list[Registration]]:
+    """The composition root of a service: `build` in services/<name>/app.py."""
+    try:
+        module = importlib.import_module(f"services.{name}.app")
+    except ModuleNotFoundError:
+        raise ConfigError(f"no service package services/{name} (a service of the topology needs one, "
+                          "with app.py and its build function)") from None
+    return module.build
+
+
+async def _serve(process: str, members: tuple[str, ...] | None) -> None:
     topology = load_topology()
+    if members is None:
+        if process not in topology.processes:
+            raise ConfigError(f"'{process}' is not a process of the shape '{topology.mode}' (its processes: "
+                              f"{', '.join(topology.processes)}; the shape comes from DIBOAS_MODE or `mode:`)")
+        members = topology.processes[process]
     currencies.load()           # the catalogue every amount is checked against; a mistake stops us here
     settings = topology.observability
-    configure_logging(name, settings.log_level)
+    configure_logging(process, settings.log_level)
     if settings.tracing:
-        tracing.install(tracing.make_tracer_provider(name, settings.trace_export, topology.state_dir,
+        tracing.install(tracing.make_tracer_provider(process, settings.trace_export, topology.state_dir,
                                                      settings.trace_sample_ratio))
-    server = MeshServer(topology, name, build, tracing_enabled=settings.tracing,
-                        unready_seconds=topology.defaults.unready_seconds)
-    # Handlers first: a SIGTERM that arrives while starting still stops the service cleanly.
+    # The members start in the topology's start order (a service's upstreams first), so each
+    # finds the neighbours it calls already serving; they stop the other way round.
+    neighbours: dict[str, dict[str, object]] = {}
+    servers = [MeshServer(topology, name, service_build(name), tracing_enabled=settings.tracing,
+                          unready_seconds=topology.defaults.unready_seconds, neighbours=neighbours)
+               for name in members]
+    # Handlers first: a SIGTERM that arrives while starting still stops the process cleanly.
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
-    await server.start()
-    await stop_requested.wait()
-    await server.stop()
-    if settings.tracing:
-        from opentelemetry import trace
-        trace.get_tracer_provider().shutdown()
-
-
-def run(name: str, build: Callable[[Runtime], list[Registration]]) -> None:
-    """Process entry point: serve until SIGTERM/SIGINT; configuration errors exit 2 with one line."""
-    configure_logging(name)
+    started: list[MeshServer] = []
     try:
-        asyncio.run(_serve(name, build))
+        for server in servers:
+            await server.start()
+            started.append(server)
+        await stop_requested.wait()
+    finally:
+        await asyncio.gather(*(server.unready() for server in started))
+        if started and topology.defaults.unready_seconds:
+            await asyncio.sleep(topology.defaults.unready_seconds)
+        for server in reversed(started):
+            await server.stop(announced=True)
+        if settings.tracing:
+            from opentelemetry import trace
+            trace.get_tracer_provider().shutdown()
+
+
+def run(process: str, members: tuple[str, ...] | None = None) -> None:
+    """Process entry point: serve `members` (by default, the services the topology's shape puts in
+    the process named `process`) until SIGTERM/SIGINT; configuration errors exit 2 with one line."""
+    configure_logging(process)
+    try:
+        asyncio.run(_serve(process, members))
     except ConfigError as exc:
         logging.getLogger("diboas.server").error("%s", exc)
-        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        print(f"{process}: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         pass

@@ -91,17 +91,22 @@ _REFUSALS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSI
 
 def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> errors.DomainError:
     """The domain error an upstream's failure stands for (UNAVAILABLE -> ServiceUnavailable ...)."""
-    code = error.code()
     info = error_info(error)
+    return upstream_error(error.code(), error.details(), info.reason if info else None, upstream)
+
+
+def upstream_error(code: grpc.StatusCode, details: str | None, reason: str | None, upstream: str) -> errors.DomainError:
+    """What a caller sees of an upstream's failure with `code`, whether the upstream answered over
+    the network or in the same process (services/runtime/local.py): the same class, message and
+    reason either way."""
     if code in _REFUSALS:
-        log.error("%s refused our call: %s %s (reason %s)", upstream, code.name, error.details(),
-                  info.reason if info else "-")
+        log.error("%s refused our call: %s %s (reason %s)", upstream, code.name, details, reason or "-")
         result: errors.DomainError = errors.Internal(f"an internal call to {upstream} was refused",
                                                      reason="UPSTREAM_REFUSED")
     else:
         cls = _ERRORS_BY_CODE.get(code)
-        reason = info.reason if info else code.name
-        message = f"{upstream}: {error.details() or code.name}"
+        reason = reason or code.name
+        message = f"{upstream}: {details or code.name}"
         if cls is None or cls is errors.Internal:
             # INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED ...: the upstream failed; to our caller it is unavailable.
             cls, reason = errors.ServiceUnavailable, f"UPSTREAM_{code.name}"

@@ -22,10 +22,12 @@ COMPLETED = transaction_pb2.TRANSACTION_STATE_COMPLETED
 FAILED = transaction_pb2.TRANSACTION_STATE_FAILED
 
 
-@pytest.fixture
-async def mesh(topology, start_server, database_url):
+@pytest.fixture(params=["apart", "one process"])
+async def mesh(request, topology, start_server, database_url):
     # The wallet on the parametrized backend; the transaction service on its own SQLite file.
-    mesh = await start_mesh(topology, start_server, ("wallet", "transaction"), wallet=database_url)
+    # Apart, they call each other over mTLS; in one process (the monolith), directly.
+    mesh = await start_mesh(topology, start_server, ("wallet", "transaction"), wallet=database_url,
+                            one_process=request.param == "one process")
     yield mesh
     await mesh.close()
 
