@@ -1,17 +1,17 @@
 """The money path under load: SENDs per second from request to settled balances.
 
-    .venv/bin/python -m bench.money_path [--backends sqlite,postgres] [--concurrency 16,64]
-                                          [--duration 10] [--warmup 2] [--wallets 100]
+    .venv/bin/python -m bench.money_path [--modes services,monolith] [--backends sqlite,postgres]
+                                          [--concurrency 16,64] [--duration 10] [--warmup 2] [--wallets 100]
 
-For each backend and concurrency a fresh mesh (wallet and transaction services as their own
-processes, default configuration: mTLS, tokens, tracing on) is started by the same launcher as
-`make run`. This process is the client: N workers in a closed loop create SENDs between random
+For each shape, backend and concurrency a fresh mesh (the four services in the shape's processes:
+a process each, or all in one for the monolith; default configuration: mTLS, tokens, tracing on)
+is started by the same launcher as `make run`. This process is the client: N workers in a closed loop create SENDs between random
 wallets for warm-up + duration seconds. Then it waits until everything is settled and reads the
 two services' databases for the timings:
   settled/s         captures (HOLD_CAPTURE journals in the wallet) inside the measured window
   request->settled  from the client's request to the wallet's capture, for requests in the window
   event latency     from the outbox row (transaction service commit) to the inbox row (wallet handled)
-and each service process's CPU time per settled transfer. Results: bench/results/money_path.json.
+and each process's CPU time per settled transfer (and their sum). Results: bench/results/money_path.json.
 """
 from __future__ import annotations
 
@@ -62,10 +62,10 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _run_one(backend: str, concurrency: int, args) -> dict:
+async def _run_one(mode: str, backend: str, concurrency: int, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="diboas-bench-") as state, contextlib.ExitStack() as stack:
         env = {"DIBOAS_STATE_DIR": state, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING",
-               **mesh_addresses(gateway=False)}
+               "DIBOAS_MODE": mode, **mesh_addresses(gateway=False)}
         if backend == "postgres":
             env["DIBOAS_WALLET_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
             env["DIBOAS_TRANSACTION_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
@@ -75,13 +75,13 @@ async def _run_one(backend: str, concurrency: int, args) -> dict:
         launcher.start()
         try:
             if not await launcher.wait_until_serving():
-                raise SystemExit(f"bench: the mesh did not start ({backend})")
-            return await _measure(topology, launcher, backend, concurrency, args)
+                raise SystemExit(f"bench: the mesh did not start ({mode}, {backend})")
+            return await _measure(topology, launcher, mode, backend, concurrency, args)
         finally:
             launcher.stop(timeout=15)
 
 
-async def _measure(topology, launcher, backend, concurrency, args) -> dict:
+async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict:
     def channel(identity: str, service: str):
         files = load_identity(topology.certs_dir, identity)
         svc = topology.services[service]
@@ -113,7 +113,7 @@ async def _measure(topology, launcher, backend, concurrency, args) -> dict:
     errors = 0
     t0 = time.time()
     window = (t0 + args.warmup, t0 + args.warmup + args.duration)
-    pids = {name: launcher.processes[name].pid for name in ("wallet", "transaction")}
+    pids = {name: process.pid for name, process in launcher.processes.items()}
     cpu: dict[str, float] = {}
 
     async def worker(k: int):
@@ -142,7 +142,7 @@ async def _measure(topology, launcher, backend, concurrency, args) -> dict:
         await asyncio.sleep(max(0.0, window[1] - time.time()))
         cpu.update({f"{n}_end": cpu_seconds(p) for n, p in pids.items()})
 
-    print(f"  {backend:<9} concurrency {concurrency:>3}: warm-up {args.warmup:g}s, measuring {args.duration:g}s ...",
+    print(f"  {mode:<9} {backend:<9} concurrency {concurrency:>3}: warm-up {args.warmup:g}s, measuring {args.duration:g}s ...",
           flush=True)
     await asyncio.gather(sample_cpu(), *(worker(k) for k in range(concurrency)))
     for ch in (wallet_ch, tx_ch):
@@ -180,8 +180,9 @@ async def _measure(topology, launcher, backend, concurrency, args) -> dict:
                  if name in captured and window[0] <= begin < window[1]]
     delivery = [handled[e] - t for e, t in sent.items() if e in handled and window[0] <= t < window[1]]
     settled = len(settled_in_window)
+    cpu_ms = {name: round((cpu[f"{name}_end"] - cpu[f"{name}_start"]) / max(settled, 1) * 1000, 3) for name in pids}
     result = {
-        "backend": backend, "concurrency": concurrency,
+        "mode": mode, "backend": backend, "concurrency": concurrency,
         "settled_per_second": round(settled / args.duration, 1),
         "created": len(started), "errors": errors,
         "request_p50_ms": round(_pct(request_latency, 0.5) * 1000, 2),
@@ -190,12 +191,11 @@ async def _measure(topology, launcher, backend, concurrency, args) -> dict:
         "settled_p99_ms": round(_pct(to_settle, 0.99) * 1000, 2),
         "event_p50_ms": round(_pct(delivery, 0.5) * 1000, 2),
         "event_p99_ms": round(_pct(delivery, 0.99) * 1000, 2),
-        "wallet_cpu_ms_per_transfer": round((cpu["wallet_end"] - cpu["wallet_start"]) / max(settled, 1) * 1000, 3),
-        "transaction_cpu_ms_per_transfer": round(
-            (cpu["transaction_end"] - cpu["transaction_start"]) / max(settled, 1) * 1000, 3),
+        "cpu_ms_per_transfer": round(sum(cpu_ms.values()), 3),
+        "cpu_ms_per_transfer_by_process": cpu_ms,
         "mean_settled_ms": round(statistics.fmean(to_settle) * 1000, 2) if to_settle else None,
     }
-    print(f"  {backend:<9} concurrency {concurrency:>3}: {result['settled_per_second']:>7.1f} settled/s, "
+    print(f"  {mode:<9} {backend:<9} concurrency {concurrency:>3}: {result['settled_per_second']:>7.1f} settled/s, "
           f"request p50 {result['request_p50_ms']} ms, settled p50 {result['settled_p50_ms']} ms "
           f"p99 {result['settled_p99_ms']} ms, event p50 {result['event_p50_ms']} ms, errors {errors}", flush=True)
     return result
@@ -203,6 +203,8 @@ async def _measure(topology, launcher, backend, concurrency, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.money_path", description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default="services,monolith",
+                        help="comma-separated shapes of mesh.yaml: services, monolith, hybrid")
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--concurrency", type=parse_concurrency, default=[16, 64])
     parser.add_argument("--duration", type=positive, default=10.0)
@@ -214,24 +216,31 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(backends) - {"sqlite", "postgres"}
     if unknown:
         parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
-    print(f"money path: {', '.join(backends)} x concurrency {args.concurrency}; {args.warmup:g}s warm-up + "
-          f"{args.duration:g}s each; {args.wallets} wallets", flush=True)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    known = set(load_topology().modes)
+    if set(modes) - known:
+        parser.error(f"unknown shape(s): {', '.join(sorted(set(modes) - known))} (known: {', '.join(sorted(known))})")
+    print(f"money path: {', '.join(modes)} x {', '.join(backends)} x concurrency {args.concurrency}; "
+          f"{args.warmup:g}s warm-up + {args.duration:g}s each; {args.wallets} wallets", flush=True)
     runs = []
-    for backend in backends:
-        for concurrency in args.concurrency:
-            runs.append(asyncio.run(_run_one(backend, concurrency, args)))
-    print(f"\n{'backend':<9} {'conc':>4} {'settled/s':>9} {'req p50':>8} {'req p99':>8} {'settle p50':>10} "
-          f"{'settle p99':>10} {'event p50':>9} {'event p99':>9} {'wallet CPU':>10} {'tx CPU':>8}")
+    for mode in modes:
+        for backend in backends:
+            for concurrency in args.concurrency:
+                runs.append(asyncio.run(_run_one(mode, backend, concurrency, args)))
+    print(f"\n{'shape':<9} {'backend':<9} {'conc':>4} {'settled/s':>9} {'req p50':>8} {'req p99':>8} {'settle p50':>10} "
+          f"{'settle p99':>10} {'event p50':>9} {'event p99':>9} {'CPU/transfer':>12}  by process")
     for r in runs:
-        print(f"{r['backend']:<9} {r['concurrency']:>4} {r['settled_per_second']:>9.1f} {r['request_p50_ms']:>6.1f}ms "
-              f"{r['request_p99_ms']:>6.1f}ms {r['settled_p50_ms']:>8.1f}ms {r['settled_p99_ms']:>8.1f}ms "
-              f"{r['event_p50_ms']:>7.1f}ms {r['event_p99_ms']:>7.1f}ms {r['wallet_cpu_ms_per_transfer']:>8.2f}ms "
-              f"{r['transaction_cpu_ms_per_transfer']:>6.2f}ms")
+        by_process = ", ".join(f"{name} {ms:.2f}" for name, ms in r["cpu_ms_per_transfer_by_process"].items())
+        print(f"{r['mode']:<9} {r['backend']:<9} {r['concurrency']:>4} {r['settled_per_second']:>9.1f} "
+              f"{r['request_p50_ms']:>6.1f}ms {r['request_p99_ms']:>6.1f}ms {r['settled_p50_ms']:>8.1f}ms "
+              f"{r['settled_p99_ms']:>8.1f}ms {r['event_p50_ms']:>7.1f}ms {r['event_p99_ms']:>7.1f}ms "
+              f"{r['cpu_ms_per_transfer']:>10.2f}ms  {by_process}")
     print(f"target: {TARGET} settled transfers per second on {os.cpu_count()} CPUs")
     conditions = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpus": os.cpu_count(),
                   "python": sys.version.split()[0], "duration_seconds": args.duration, "warmup_seconds": args.warmup,
                   "wallets": args.wallets, "client": "this process (asyncio), closed loop",
-                  "services": "wallet and transaction as processes, default configuration (tracing on)"}
+                  "services": "the four services in each shape's processes (services: one each; monolith: one "
+                              "for all), default configuration (mTLS, tokens, tracing on)"}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"benchmark": "money_path", "conditions": conditions, "runs": runs,
                                        "target_settled_per_second": TARGET}, indent=2) + "\n")

@@ -22,7 +22,7 @@ from diboas.common.v1 import common_pb2
 from diboas.provider.v1 import provider_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from services.runtime.config import Address
+from services.runtime.config import Address, load_topology
 from services.runtime.processes import entry_command
 from tools.ports import mesh_addresses
 
@@ -183,6 +183,24 @@ async def running(processes, topology, serving=None, timeout: float = 30):
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+# The shapes every end-to-end fixture runs in: each service a process, and the monolith.
+SHAPES = ("services", "monolith")
+ALL_SHAPES = (*SHAPES, "hybrid")
+
+
+@contextlib.asynccontextmanager
+async def mesh_processes(pki, state_dir, mode: str = "services", services=ORDER, **overrides):
+    """The processes of `mode`'s shape that serve `services` (a process serves all its members),
+    started and SERVING: yields (topology, {process name: Process}); stops them on the way out."""
+    env = process_env(pki, state_dir, DIBOAS_MODE=mode, **overrides)
+    topology = load_topology(env={k: v for k, v in env.items() if k.startswith("DIBOAS_")})
+    processes = {name: Process(name, env, state_dir) for name, members in topology.processes.items()
+                 if set(members) & set(services)}
+    serving = [member for name in processes for member in topology.processes[name]]
+    async with running(list(processes.values()), topology, serving):
+        yield topology, processes
 
 
 def process_env(pki, state_dir, **overrides) -> dict:

@@ -143,6 +143,7 @@ class Topology:
     # start (a service's upstreams before it). Every service is in exactly one process.
     mode: str = "services"
     processes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    modes: tuple[str, ...] = ("services",)      # every shape the topology knows
 
     def service(self, name: str) -> ServiceConfig:
         try:
@@ -410,7 +411,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
                 raise ConfigError(f"{where}: services.{svc.name}.policy.{method} names unknown callers {unknown}")
     mode, processes = _shape(raw, where, services, known, env)
     return Topology(path, trust_domain, certs_dir, state_dir, defaults, observability, gateway, clients, services,
-                    mode, processes)
+                    mode, processes, tuple(sorted({SERVICES_MODE, *_section(raw, "shapes", where)})))
 
 
 SERVICES_MODE = "services"      # the shape every topology has: each service in a process of its own

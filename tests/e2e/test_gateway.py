@@ -23,7 +23,7 @@ from services.runtime.config import Address, load_topology
 from tools.ports import free_ports
 
 from conftest import free_port, operator_calls, user_token, with_service
-from meshkit import ORDER, Process, process_env, start_mesh, wait_serving
+from meshkit import ALL_SHAPES, ORDER, SHAPES, Mesh, Process, mesh_processes, process_env, start_mesh, wait_serving
 
 pytestmark = pytest.mark.slow
 
@@ -82,14 +82,19 @@ class Gateway:
         return await asyncio.to_thread(self.request, *args, **kwargs)
 
 
-@pytest.fixture
-async def stack(topology, start_server, tmp_path):
-    mesh = await start_mesh(topology, start_server)
-    gateway = Gateway(mesh.topology, mesh.ports, tmp_path)
-    await gateway.start()
-    yield mesh, gateway
-    gateway.process.stop()
-    await mesh.close()
+@pytest.fixture(params=SHAPES)
+async def stack(request, pki, tmp_path):
+    """The four services as real processes in a shape (a process each, or the monolith), and Envoy."""
+    async with mesh_processes(pki, tmp_path, request.param) as (topology, _):
+        ports = {name: topology.services[name].address.port for name in ORDER}
+        mesh = Mesh(topology, ports)
+        gateway = Gateway(topology, ports, tmp_path)
+        try:
+            await gateway.start()
+            yield mesh, gateway
+        finally:
+            gateway.process.stop()
+            await mesh.close()
 
 
 def key() -> str:
@@ -333,6 +338,7 @@ def diboas(gw: Gateway, mesh, *args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.parametrize("stack", ALL_SHAPES, indirect=True)
 async def test_the_cli_demo_walks_through_every_transaction_type_over_rest(stack):
     mesh, gw = stack
     done = await asyncio.to_thread(diboas, gw, mesh, "demo")

@@ -1,4 +1,5 @@
-"""The provider and blockchain integrations with every service a real process over mTLS:
+"""The provider and blockchain integrations with the services as real processes, in each shape
+(a process per service over mTLS, and the monolith):
 failover mid-payment, the breaker opening and recovering, quotes with a hanging provider, no
 provider healthy, a bridge failing at each of its steps, status with a chain down, and the
 money invariant across a mixed load of all four transaction types with faults switched on."""
@@ -20,7 +21,7 @@ from diboas.transaction.v1 import transaction_pb2
 from services.runtime.config import load_topology
 from tools.ports import mesh_addresses
 
-from meshkit import ORDER, Mesh, Process, process_env, running, usd
+from meshkit import ORDER, SHAPES, Mesh, Process, mesh_processes, process_env, running, usd
 
 pytestmark = pytest.mark.slow
 COMPLETED = transaction_pb2.TRANSACTION_STATE_COMPLETED
@@ -28,11 +29,10 @@ FAILED = transaction_pb2.TRANSACTION_STATE_FAILED
 PROVIDERS = ("alpha-pay", "beta-ramp", "gamma-exchange")
 
 
-@pytest.fixture
-async def mesh(pki, tmp_path):
-    env = process_env(pki, tmp_path, DIBOAS_BREAKER_FAIL_MAX="3", DIBOAS_BREAKER_RESET_TIMEOUT="1")
-    topology = load_topology(env={k: v for k, v in env.items() if k.startswith("DIBOAS_")})
-    async with running([Process(name, env, tmp_path) for name in ORDER], topology):
+@pytest.fixture(params=SHAPES)
+async def mesh(request, pki, tmp_path):
+    async with mesh_processes(pki, tmp_path, request.param, DIBOAS_BREAKER_FAIL_MAX="3",
+                              DIBOAS_BREAKER_RESET_TIMEOUT="1") as (topology, _):
         mesh = Mesh(topology, {name: topology.services[name].address.port for name in ORDER})
         yield mesh
         await mesh.close()
