@@ -102,34 +102,43 @@ def test_a_bridge_carries_its_chains_and_address_and_a_deposit_its_provider(serv
     assert (deposit.type, deposit.source_wallet, deposit.provider) == ("DEPOSIT", "", "providers/stripe")
 
 
+SEND = dict(type=T.TRANSACTION_TYPE_SEND, source_wallet="wallets/a", destination_wallet="wallets/b", amount=usd("1"))
+BRIDGE = dict(type=T.TRANSACTION_TYPE_BRIDGE, source_wallet="wallets/a", source_chain="chains/ethereum",
+              target_chain="chains/polygon", destination_address=ADDRESS, amount=usd("1"))
+
+
 def test_each_bad_field_is_named(served):
-    send = dict(type=T.TRANSACTION_TYPE_SEND, source_wallet="wallets/a", destination_wallet="wallets/b",
-                amount=usd("1"))
-    bridge = dict(type=T.TRANSACTION_TYPE_BRIDGE, source_wallet="wallets/a", source_chain="chains/ethereum",
-                  target_chain="chains/polygon", destination_address=ADDRESS, amount=usd("1"))
-    no_amount = {k: v for k, v in send.items() if k != "amount"}
+    no_amount = {k: v for k, v in SEND.items() if k != "amount"}
     assert served.misnamed({
-        "no request id": ("CreateTransaction", T.CreateTransactionRequest(transaction=T.Transaction(**send)),
+        "no request id": ("CreateTransaction", T.CreateTransactionRequest(transaction=T.Transaction(**SEND)),
                           "request_id"),
-        "no type": ("CreateTransaction", create(**{**send, "type": 0}), "transaction.type"),
-        "a send without a destination": ("CreateTransaction", create(**{**send, "destination_wallet": ""}),
-                                         "transaction.destination_wallet"),
-        "a send to its own wallet": ("CreateTransaction", create(**{**send, "destination_wallet": "wallets/a"}),
-                                     "transaction.destination_wallet"),
-        "a send with a provider": ("CreateTransaction", create(**send, provider="providers/stripe"),
-                                   "transaction.provider"),
-        "a deposit from a wallet": ("CreateTransaction", create(**{**send, "type": T.TRANSACTION_TYPE_DEPOSIT}),
-                                    "transaction.source_wallet"),
-        "a source that is no wallet": ("CreateTransaction", create(**{**send, "source_wallet": "a"}),
+        "a source that is no wallet": ("CreateTransaction", create(**{**SEND, "source_wallet": "a"}),
                                        "transaction.source_wallet"),
+        "a provider that is no provider": ("CreateTransaction", create(
+            type=T.TRANSACTION_TYPE_DEPOSIT, destination_wallet="wallets/b", provider="stripe", amount=usd("1")),
+            "transaction.provider"),
         "no amount": ("CreateTransaction", create(**no_amount), "transaction.amount"),
-        "a zero amount": ("CreateTransaction", create(**{**send, "amount": usd("0")}), "transaction.amount.amount"),
-        "a bridge to its own chain": ("CreateTransaction", create(**{**bridge, "target_chain": "chains/ethereum"}),
-                                      "transaction.target_chain"),
-        "a bridge to no address": ("CreateTransaction", create(**{**bridge, "destination_address": "no where"}),
-                                   "transaction.destination_address"),
+        "a zero amount": ("CreateTransaction", create(**{**SEND, "amount": usd("0")}), "transaction.amount.amount"),
         "a name of another collection": ("GetTransaction", T.GetTransactionRequest(name="wallets/t1"), "name"),
         "a wallet filter that is no wallet": ("ListTransactions", T.ListTransactionsRequest(wallet="a"), "wallet"),
+    }) == {}
+
+
+def test_the_fields_each_type_takes_are_checked_by_name(served):
+    assert served.misnamed({
+        "no type": ("CreateTransaction", create(**{**SEND, "type": 0}), "transaction.type"),
+        "a send without a destination": ("CreateTransaction", create(**{**SEND, "destination_wallet": ""}),
+                                         "transaction.destination_wallet"),
+        "a send to its own wallet": ("CreateTransaction", create(**{**SEND, "destination_wallet": "wallets/a"}),
+                                     "transaction.destination_wallet"),
+        "a send with a provider": ("CreateTransaction", create(**SEND, provider="providers/stripe"),
+                                   "transaction.provider"),
+        "a deposit from a wallet": ("CreateTransaction", create(**{**SEND, "type": T.TRANSACTION_TYPE_DEPOSIT}),
+                                    "transaction.source_wallet"),
+        "a bridge to its own chain": ("CreateTransaction", create(**{**BRIDGE, "target_chain": "chains/ethereum"}),
+                                      "transaction.target_chain"),
+        "a bridge to no address": ("CreateTransaction", create(**{**BRIDGE, "destination_address": "no where"}),
+                                   "transaction.destination_address"),
     }) == {}
 
 
