@@ -182,9 +182,14 @@ class Launcher:
             self._restarts[name] = asyncio.create_task(self._restart(name, decision.delay))
             return
         self.given_up.add(name)
-        services = ", ".join(self._members(name))
-        impact = ("the REST API is down; the services still answer gRPC" if name == GATEWAY else
-                  f"the gateway answers 503 for the routes of {services} and their callers see them UNAVAILABLE")
+        members = self._members(name)
+        if name == GATEWAY:
+            impact = "the REST API is down; the services still answer gRPC"
+        elif len(members) == 1:
+            impact = f"the gateway answers 503 for {members[0]}'s routes and its callers see it UNAVAILABLE"
+        else:
+            impact = (f"the gateway answers 503 for the routes of {', '.join(members)} and their callers see "
+                      "them UNAVAILABLE")
         _say(f"  CRASH LOOP: giving up on {name}: it exited {decision.attempt} times within "
              f"{policy.crash_loop_seconds:g}s. It stays down; the rest keeps running ({impact}).\n"
              f"  To do: read {self.logs_dir / f'{name}.log'} (its last lines are above), fix the cause, then "
