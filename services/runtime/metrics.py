@@ -1,7 +1,7 @@
 """Prometheus metrics per service and method, served on each service's metrics address."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Metric, start_http_server
 
 from services.config_files import ConfigError
 
@@ -44,10 +44,30 @@ class MethodMetrics:
         self._latency.observe(seconds)
 
 
+class _ServiceView:
+    """The process's metrics as one of its services shows them. Several services can share a
+    process (the monolith) and so one registry: a series labelled with another service is left
+    out, so that scraping every service's endpoint counts each call once. Series without a
+    service label (the process's own, a queue's) are shown by each."""
+
+    def __init__(self, service: str):
+        self._service = service
+
+    def collect(self):
+        for family in REGISTRY.collect():
+            samples = [s for s in family.samples if s.labels.get("service", self._service) == self._service]
+            if samples:
+                view = Metric(family.name, family.documentation, family.type, family.unit)
+                view.samples = samples
+                yield view
+
+
 def serve_metrics(address: Address, service: str) -> int:
-    """Start the /metrics HTTP endpoint; returns the bound port (address port 0 picks one)."""
+    """Start the /metrics HTTP endpoint of `service`; returns the bound port (address port 0 picks one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ServiceView(service))
     try:
-        server, _thread = start_http_server(address.port, addr=address.host)
+        server, _thread = start_http_server(address.port, addr=address.host, registry=registry)
     except OSError as exc:
         raise ConfigError(f"{service}: cannot serve metrics on {address}: {exc.strerror or exc}"
                           f" (set DIBOAS_{service.upper()}_METRICS)") from None
