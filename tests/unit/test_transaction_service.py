@@ -206,3 +206,13 @@ async def test_an_outcome_is_not_written_over_one_already_recorded(s):
     s.wallet.hold_script.answers = [lambda: s.units.state.transactions[tx_id][0].move_to(FAILED, T0, reason="x")]
     await s.work_until_idle()
     assert s.stored(tx_id).state == FAILED and s.units.state.published == [] and s.units.state.queued == {}
+
+
+def test_every_transaction_type_of_the_contract_has_one_saga_whose_name_fits_the_table():
+    from diboas.transaction.v1 import transaction_pb2
+    from services.transaction.sagas import SAGAS
+    from services.transaction.tables import transactions
+
+    contract = [name.removeprefix("TRANSACTION_TYPE_") for name in transaction_pb2.TransactionType.keys()]
+    assert sorted(SAGAS.types) == sorted(set(contract) - {"UNSPECIFIED"})
+    assert all(len(kind) <= transactions.c.type.type.length for kind in SAGAS.types)
