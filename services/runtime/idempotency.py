@@ -42,24 +42,35 @@ def stored_response(connection: Connection, table: Table, operation: str, reques
     return bytes(row.response)
 
 
+def respond_once(connection: Connection, table: Table, operation: str, request_id: str, fingerprint: str,
+                 now: dt.datetime, respond: Callable[[], bytes]) -> bytes:
+    """Inside the caller's transaction: the stored response of `request_id`, or else `respond()`'s,
+    stored with the fingerprint (so it commits with the effect, or not at all)."""
+    stored = stored_response(connection, table, operation, request_id, fingerprint)
+    if stored is not None:
+        return stored
+    response = respond()
+    connection.execute(insert(table).values(request_id=request_id, operation=operation, fingerprint=fingerprint,
+                                            response=response, created_at=now))
+    return response
+
+
+def again_on_conflict(attempt: Callable[[], T]) -> T:
+    """Run a transaction `attempt`; once more if a concurrent one committed first (same
+    request_id, or another unique key), to see what it left."""
+    try:
+        return attempt()
+    except IntegrityError:
+        return attempt()
+
+
 def run_idempotent(db: Database, table: Table, operation: str, request_id: str, fingerprint: str,
                    work: Callable[[Connection, dt.datetime], T], encode: Callable[[T], bytes],
                    clock: Callable[[], dt.datetime]) -> bytes:
     """Run `work` in one transaction unless `request_id` was seen; the (stored) response bytes."""
-    for attempt in (1, 2):
-        try:
-            with db.transaction() as connection:
-                stored = stored_response(connection, table, operation, request_id, fingerprint)
-                if stored is not None:
-                    return stored
-                now = clock()
-                response = encode(work(connection, now))
-                connection.execute(insert(table).values(request_id=request_id, operation=operation,
-                                                        fingerprint=fingerprint, response=response, created_at=now))
-                return response
-        except IntegrityError:
-            # A concurrent call committed first (same request_id, or another unique key): run
-            # again, and see what it left.
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    def attempt() -> bytes:
+        with db.transaction() as connection:
+            now = clock()
+            return respond_once(connection, table, operation, request_id, fingerprint, now,
+                                lambda: encode(work(connection, now)))
+    return again_on_conflict(attempt)

@@ -4,19 +4,10 @@
        │            │
        └────────────┴───────> FAILED
 
-Every transaction is created PENDING and queued; a worker runs its saga:
-
-  SEND      hold on the source wallet ──> COMPLETED (the wallet captures the hold into the
-            destination when it hears transaction.completed)
-  DEPOSIT   provider pays in ──> COMPLETED (the wallet credits the destination on the event);
-            the provider failing on every candidate ──> FAILED, nothing moved
-  WITHDRAW  hold ──> PROCESSING ──> provider pays out ──> COMPLETED (hold captured out of the
-            platform) or FAILED (hold released)
-  BRIDGE    hold ──> PROCESSING ──> cross-chain transfer ──> COMPLETED (hold captured out) or,
-            when the transfer was compensated, FAILED (hold released)
-
-Each step is idempotent by a key derived from the transaction id, so a retried step (after
-a crash or a timeout) never does its work twice.
+Every transaction is created PENDING and queued; a worker runs the saga of its type (one
+module each in sagas/: send.py, deposit.py, withdraw.py, bridge.py). Each step is idempotent
+by a key derived from the transaction id, so a retried step (after a crash or a timeout) never
+does its work twice.
 """
 from __future__ import annotations
 

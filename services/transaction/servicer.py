@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from diboas.common.v1 import common_pb2
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
-from services.domain.chains import address_problem
-from services.domain.errors import InvalidArgument
 from services.runtime.context import current_user
 from services.runtime.requests import fingerprint, money, request_id, resource_id
 from services.runtime.wire import money_pb, timestamp
 
-from .domain import BRIDGE, DEPOSIT, SEND, WITHDRAW, Transaction
+from .domain import Transaction
+from .sagas.saga import FIELDS
 from .service import TransactionService
 
 
@@ -30,43 +29,22 @@ def transaction_pb(tx: Transaction) -> transaction_pb2.Transaction:
         if (p := tx.parked) else None)
 
 
-# Which fields each type needs (True) or must leave empty (False); others are optional.
-_FIELDS = {
-    SEND: {"source_wallet": True, "destination_wallet": True, "provider": False, "source_chain": False,
-           "target_chain": False, "destination_address": False},
-    DEPOSIT: {"source_wallet": False, "destination_wallet": True, "source_chain": False, "target_chain": False,
-              "destination_address": False},
-    WITHDRAW: {"source_wallet": True, "destination_wallet": False, "source_chain": False, "target_chain": False,
-               "destination_address": False},
-    BRIDGE: {"source_wallet": True, "destination_wallet": False, "provider": False, "source_chain": True,
-             "target_chain": True, "destination_address": True},
-}
+# The collection of each field that names a resource (read as "collection/{id}").
 _COLLECTION = {"source_wallet": "wallets", "destination_wallet": "wallets", "provider": "providers",
                "source_chain": "chains", "target_chain": "chains"}
 
 
 def draft_of(tx: transaction_pb2.Transaction) -> Transaction:
-    """The transaction a CreateTransaction asks for, each field checked against its type."""
-    if tx.type not in transaction_pb2.TransactionType.values() or tx.type == transaction_pb2.TRANSACTION_TYPE_UNSPECIFIED:
-        raise InvalidArgument.field("transaction.type", f"is required: SEND, DEPOSIT, WITHDRAW or BRIDGE (got {tx.type})")
-    kind = transaction_pb2.TransactionType.Name(tx.type).removeprefix("TRANSACTION_TYPE_")
+    """The transaction a CreateTransaction asks for, its names read; which fields its type needs,
+    and their checks, are the saga's (TransactionService.create)."""
+    known = tx.type in transaction_pb2.TransactionType.values()
+    kind = transaction_pb2.TransactionType.Name(tx.type).removeprefix("TRANSACTION_TYPE_") if known else str(tx.type)
     values = {}
-    for field in ("source_wallet", "destination_wallet", "provider", "source_chain", "target_chain",
-                  "destination_address"):
-        value, rule = getattr(tx, field), _FIELDS[kind].get(field)      # rule None: optional
-        if rule is True and not value:
-            raise InvalidArgument.field(f"transaction.{field}", f"is required for {kind}")
-        if rule is False and value:
-            raise InvalidArgument.field(f"transaction.{field}", f"must be empty for {kind}")
+    for field in FIELDS:
+        value = getattr(tx, field)
         if value and field in _COLLECTION:
             value = f"{_COLLECTION[field]}/{resource_id(value, _COLLECTION[field], f'transaction.{field}')}"
         values[field] = value
-    if kind == SEND and values["source_wallet"] == values["destination_wallet"]:
-        raise InvalidArgument.field("transaction.destination_wallet", "must differ from the source wallet")
-    if kind == BRIDGE and values["source_chain"] == values["target_chain"]:
-        raise InvalidArgument.field("transaction.target_chain", "must differ from the source chain")
-    if kind == BRIDGE and (problem := address_problem(values["destination_address"])):
-        raise InvalidArgument.field("transaction.destination_address", problem)
     amount = money(tx.amount, tx.HasField("amount"), "transaction.amount")
     return Transaction("", kind, "", values["source_wallet"], values["destination_wallet"], amount, "", "", None,
                        None, None, provider=values["provider"], source_chain=values["source_chain"],

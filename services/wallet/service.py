@@ -1,7 +1,8 @@
 """Wallet use cases: each one a database transaction, idempotent by request_id where it changes money.
 
-Plain synchronous functions over a WalletRepository; `WalletService` runs them off the event
-loop. Nothing here knows about grpc: responses of idempotent operations are stored as the
+Plain synchronous functions over a WalletRepository, each in a unit of work (the repository
+and the idempotency record on one database transaction); `WalletService` runs them off the
+event loop. Nothing here knows about grpc: responses of idempotent operations are stored as the
 opaque bytes the caller's `encode` gives (the first answer is replayed verbatim).
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ from services.domain.clock import utcnow
 from services.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from services.domain.money import EXACT, Money, require_transaction_limit
 from services.runtime.db import Database
-from services.runtime.idempotency import run_idempotent
 from services.runtime.requests import KEY, SEQUENCE, PageTokens, page_size
+from services.runtime.unit_of_work import UnitsOfWork
 from services.runtime.users import User
 
 from . import ledger
@@ -51,15 +52,15 @@ def _same_currency(wallet: Wallet, amount: Money, field: str) -> None:
 class WalletService:
     def __init__(self, db: Database, clock: Callable[[], dt.datetime] = utcnow, ids: Callable[[], str] = new_id):
         self.db = db
-        self._clock = clock
+        self.units = UnitsOfWork(db, WalletRepository, idempotency=idempotency_keys, clock=clock)
         self._ids = ids
 
     # --- idempotent, money-changing operations -------------------------------------------------
 
     def _idempotent(self, operation: str, request_id: str, fingerprint: str,
                     work: Callable[[WalletRepository, dt.datetime], T], encode: Callable[[T], bytes]) -> bytes:
-        return run_idempotent(self.db, idempotency_keys, operation, request_id, fingerprint,
-                              lambda connection, now: work(WalletRepository(connection), now), encode, self._clock)
+        return self.units.idempotent(operation, request_id, fingerprint, lambda unit: work(unit.repo, unit.now),
+                                     encode)
 
     async def create_wallet(self, request_id: str, fingerprint: str, owner_id: str, currency: str,
                             encode: Callable[[Wallet], bytes], viewer: User | None = None) -> bytes:
@@ -183,8 +184,8 @@ class WalletService:
     # --- reads ----------------------------------------------------------------------------------
 
     def _read(self, fn: Callable[[WalletRepository], T]) -> T:
-        with self.db.reading() as connection:
-            return fn(WalletRepository(connection))
+        with self.units.reading() as unit:
+            return fn(unit.repo)
 
     async def get_wallet(self, wallet_id: str, viewer: User | None = None) -> Wallet:
         """The wallet; NOT_FOUND also when it is someone else's (so ids cannot be probed)."""

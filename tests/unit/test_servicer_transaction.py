@@ -124,24 +124,6 @@ def test_each_bad_field_is_named(served):
     }) == {}
 
 
-def test_the_fields_each_type_takes_are_checked_by_name(served):
-    assert served.misnamed({
-        "no type": ("CreateTransaction", create(**{**SEND, "type": 0}), "transaction.type"),
-        "a send without a destination": ("CreateTransaction", create(**{**SEND, "destination_wallet": ""}),
-                                         "transaction.destination_wallet"),
-        "a send to its own wallet": ("CreateTransaction", create(**{**SEND, "destination_wallet": "wallets/a"}),
-                                     "transaction.destination_wallet"),
-        "a send with a provider": ("CreateTransaction", create(**SEND, provider="providers/stripe"),
-                                   "transaction.provider"),
-        "a deposit from a wallet": ("CreateTransaction", create(**{**SEND, "type": T.TRANSACTION_TYPE_DEPOSIT}),
-                                    "transaction.source_wallet"),
-        "a bridge to its own chain": ("CreateTransaction", create(**{**BRIDGE, "target_chain": "chains/ethereum"}),
-                                      "transaction.target_chain"),
-        "a bridge to no address": ("CreateTransaction", create(**{**BRIDGE, "destination_address": "no where"}),
-                                   "transaction.destination_address"),
-    }) == {}
-
-
 def test_get_writes_back_a_parked_saga_and_its_chain_transactions(served, service):
     service.found = Transaction(
         "t1", "BRIDGE", "PROCESSING", "wallets/a", "", Money("USD", Decimal("3")), "wallets/a/holds/h1", "", NOW, NOW,

@@ -1,0 +1,87 @@
+"""Reading and writing the transactions table, inside a transaction the caller owns (a unit of
+work): rows to domain Transactions and back."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from sqlalchemy import Connection, and_, insert, or_, select, update
+
+from services.domain.money import Money
+from services.runtime.db import as_utc
+from services.runtime.users import User
+
+from .domain import PENDING, PROCESSING, TERMINAL, Transaction
+from .tables import transactions
+
+t = transactions.c
+
+
+def _transaction(row) -> Transaction:
+    return Transaction(row.id, row.type, row.state, row.source_wallet, row.destination_wallet,
+                       Money(row.currency, row.amount), row.hold, row.failure_reason, as_utc(row.created_at),
+                       as_utc(row.updated_at), as_utc(row.completed_at), row.provider, row.provider_payment,
+                       row.source_chain, row.target_chain, row.destination_address, row.cross_chain_transfer,
+                       [tuple(ref) for ref in json.loads(row.chain_transactions)])
+
+
+def _saga_columns(tx: Transaction) -> dict:
+    """What the saga steps change, as columns."""
+    return dict(state=tx.state, hold=tx.hold, failure_reason=tx.failure_reason, updated_at=tx.updated_at,
+                completed_at=tx.completed_at, provider=tx.provider, provider_payment=tx.provider_payment,
+                cross_chain_transfer=tx.cross_chain_transfer, chain_transactions=json.dumps(tx.chain_transactions))
+
+
+class TransactionRepository:
+    def __init__(self, connection: Connection):
+        self.c = connection
+        # SELECT ... FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers.
+        self._lock = connection.dialect.name == "postgresql"
+
+    def add(self, tx: Transaction, source_owner: str, destination_owner: str) -> None:
+        """A new transaction, with the owners of its wallets (who may see it)."""
+        self.c.execute(insert(transactions).values(
+            id=tx.id, type=tx.type, source_wallet=tx.source_wallet, destination_wallet=tx.destination_wallet,
+            currency=tx.amount.currency, amount=tx.amount.amount, created_at=tx.created_at,
+            source_chain=tx.source_chain, target_chain=tx.target_chain, destination_address=tx.destination_address,
+            source_owner=source_owner, destination_owner=destination_owner, **_saga_columns(tx)))
+
+    def save_progress(self, tx: Transaction) -> bool:
+        """Write what the saga changed, unless the stored transaction has already ended (locked
+        until the caller's transaction ends); False when it had."""
+        query = select(t.state).where(t.id == tx.id)
+        if self._lock:
+            query = query.with_for_update()
+        if self.c.execute(query).scalar_one() in TERMINAL:
+            return False
+        self.c.execute(update(transactions).where(t.id == tx.id).values(**_saga_columns(tx)))
+        return True
+
+    def get(self, transaction_id: str, viewer: User | None = None) -> Transaction | None:
+        """The transaction, if `viewer` may see it (None: anyone)."""
+        found = self._select(select(transactions).where(t.id == transaction_id), viewer)
+        return found[0] if found else None
+
+    def newest(self, wallet: str, after: tuple[dt.datetime, str] | None, limit: int,
+               viewer: User | None = None) -> list[Transaction]:
+        """Newest first, after the (created_at, id) given, optionally of one wallet (as source or
+        destination), those `viewer` may see."""
+        query = select(transactions).order_by(t.created_at.desc(), t.id.desc()).limit(limit)
+        if wallet:
+            query = query.where(or_(t.source_wallet == wallet, t.destination_wallet == wallet))
+        if after is not None:
+            created, last_id = after
+            query = query.where(or_(t.created_at < created, and_(t.created_at == created, t.id < last_id)))
+        return self._select(query, viewer)
+
+    def incoming(self, wallet: str, currency: str) -> Money:
+        """What transactions accepted and not finished yet bring to `wallet`."""
+        query = select(t.amount).where(t.destination_wallet == wallet, t.currency == currency,
+                                       t.state.in_((PENDING, PROCESSING)))
+        amounts = self.c.execute(query).scalars().all()
+        return sum((Money(currency, amount) for amount in amounts), Money.zero(currency))
+
+    def _select(self, query, viewer: User | None) -> list[Transaction]:
+        if viewer is not None and not viewer.is_operator:
+            query = query.where(or_(t.source_owner == viewer.id, t.destination_owner == viewer.id))
+        return [_transaction(row) for row in self.c.execute(query)]

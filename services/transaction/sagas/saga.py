@@ -1,0 +1,146 @@
+"""What every transaction type's saga is made of, and what it may call.
+
+A `Saga` is one object per transaction type: which request fields the type needs (`fields`)
+and its own checks of them (`check_values`), its creation-time checks against the wallets
+(`admit`, built from `Admission`'s checks), its queue priority, and its steps (`run`, over
+the upstream ports in `SagaContext`). `run` returns when the saga has COMPLETED; it raises
+`Fail` when it has definitively failed, and anything else when a step may have happened (the
+worker asks again later, and every step is idempotent by a key made of the transaction id).
+No grpc and no SQL here: the ports are the service's clients, or fakes in the unit tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from services.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.domain.money import Money, require_balance_room
+
+from ..domain import PENDING, PROCESSING, Transaction
+
+if TYPE_CHECKING:
+    from services.runtime.users import User
+
+    from ..partners import ChainClient, ProviderClient
+    from ..wallet_client import WalletClient, WalletFacts
+
+# A field's rule in `Saga.fields`: the type needs it, or it must be left empty; a field the
+# type does not name is optional.
+REQUIRED, EMPTY = "required", "empty"
+FIELDS = ("source_wallet", "destination_wallet", "provider", "source_chain", "target_chain", "destination_address")
+
+
+class Fail(Exception):
+    """The saga ends FAILED with this reason (whatever it held is released on the event)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class SagaContext:
+    """What a saga's steps call, and how they record their progress."""
+    wallet: WalletClient
+    providers: ProviderClient | None
+    chains: ChainClient | None
+    clock: Callable[[], dt.datetime]
+    save: Callable[[Transaction], Awaitable[None]]      # writes the transaction's progress now
+
+    async def progress(self, tx: Transaction, **changes) -> None:
+        """A step is done: PROCESSING, with what it made (a hold, a payment, a transfer), written."""
+        for key, value in changes.items():
+            setattr(tx, key, value)
+        if tx.state == PENDING:
+            tx.move_to(PROCESSING, self.clock())
+        tx.updated_at = self.clock()
+        await self.save(tx)
+
+
+class Admission:
+    """The creation-time checks a saga's `admit` is made of, for one draft and one viewer: the
+    wallets exist (someone else's own wallet is NOT_FOUND, worded like a missing one, before
+    anything else about it is said), hold the draft's currency, the source has the funds, and the
+    destination has room below its currency's max_balance."""
+
+    def __init__(self, draft: Transaction, viewer: User | None, wallet: WalletClient,
+                 incoming: Callable[[str, str], Awaitable[Money]]):
+        self._draft, self._viewer, self._wallet, self._incoming = draft, viewer, wallet, incoming
+        self._on_its_way: Money | None = None
+
+    async def _facts(self, name: str, field: str, own: bool) -> WalletFacts:
+        try:
+            facts = await self._wallet.describe(name)
+        except NotFound:
+            facts = None
+        if facts is None or (own and self._viewer is not None and not self._viewer.may_see(facts.owner)):
+            raise NotFound(f"wallet {name} does not exist", reason="WALLET_NOT_FOUND")
+        currency = self._draft.amount.currency
+        if facts.currency != currency:
+            raise InvalidArgument.field(field, f"{name} holds {facts.currency}, not {currency}")
+        return facts
+
+    async def source(self) -> WalletFacts:
+        """The wallet the money leaves: the user's own."""
+        return await self._facts(self._draft.source_wallet, "transaction.source_wallet", own=True)
+
+    async def destination(self, own: bool) -> WalletFacts:
+        """The wallet the money arrives in (`own`: it must be the user's)."""
+        # What is on its way is read before the balance, so one that the wallet settles in
+        # between is counted twice (too careful) rather than missed. Not counted: a transaction
+        # COMPLETED whose event the wallet has not handled yet; decision 24 bounds what that adds.
+        self._on_its_way = await self._incoming(self._draft.destination_wallet, self._draft.amount.currency)
+        return await self._facts(self._draft.destination_wallet, "transaction.destination_wallet", own)
+
+    async def funds(self) -> None:
+        """The source wallet has the amount available now."""
+        draft = self._draft
+        funds = await self._wallet.funds(draft.source_wallet, draft.amount)
+        if not funds.sufficient:
+            raise FailedPrecondition(
+                f"insufficient funds in {draft.source_wallet}: available {funds.available} {draft.amount.currency}, "
+                f"{draft.amount} needed", reason="INSUFFICIENT_FUNDS", metadata={"wallet": draft.source_wallet})
+
+    async def out_of_the_platform(self) -> tuple[str, str]:
+        """The checks of a type whose money leaves the platform from the user's own wallet: the
+        source is theirs and has the funds. (source owner, no destination owner)."""
+        source = await self.source()
+        await self.funds()
+        return source.owner, ""
+
+    def room(self, destination: WalletFacts) -> None:
+        """The destination's balance, what is already on its way to it and the amount stay within
+        its max_balance: nothing accepted can fail to settle for a limit later."""
+        viewer = self._viewer
+        require_balance_room(self._draft.destination_wallet, destination.balance, self._on_its_way, self._draft.amount,
+                             disclose=viewer is None or viewer.may_see(destination.owner))
+
+
+class Saga:
+    """One transaction type. Subclasses set `type`, `fields`, `priority`, and write `admit` and `run`."""
+    type: str
+    fields: dict[str, str] = {}
+    priority: int = 5               # on the work queue; higher first
+
+    def check(self, draft: Transaction) -> None:
+        """The draft's fields for this type: each one the type needs is there, each one it leaves
+        empty is empty, then the type's own checks."""
+        for field in FIELDS:
+            rule, value = self.fields.get(field), getattr(draft, field)
+            if rule == REQUIRED and not value:
+                raise InvalidArgument.field(f"transaction.{field}", f"is required for {self.type}")
+            if rule == EMPTY and value:
+                raise InvalidArgument.field(f"transaction.{field}", f"must be empty for {self.type}")
+        self.check_values(draft)
+
+    def check_values(self, draft: Transaction) -> None:
+        """The type's own checks of the draft's values (INVALID_ARGUMENT naming the field)."""
+
+    async def admit(self, draft: Transaction, wallets: Admission) -> tuple[str, str]:
+        """The creation-time checks against the wallets; (source owner, destination owner)."""
+        raise NotImplementedError
+
+    async def run(self, tx: Transaction, context: SagaContext) -> None:
+        """The steps, from wherever the transaction is (a retry finds what earlier attempts made)."""
+        raise NotImplementedError

@@ -1,0 +1,130 @@
+"""The queue workers: each claims a transaction from the work queue, keeps its lease while the
+saga of the transaction's type runs, and writes the outcome. Every terminal state is written
+with its event (outbox) and the queue item's removal, in one unit of work: a crash anywhere
+leaves either the old state with the item still queued, or the new state with its event and
+no item. A saga step that cannot say for sure whether it happened (a timeout, an upstream
+down) is asked again later with the same idempotency key, never assumed to have failed; once
+the queue's retry policy is spent, the item is parked as a dead letter (the transaction keeps
+its state and whatever it holds, and shows why) until an operator replays it. Each attempt at
+a saga is a span in the trace of the request that created the transaction (the work item
+carries its context), and so are its upstream calls and its event."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Callable
+
+from services.domain.errors import DeadlineExceeded, DomainError, ServiceUnavailable
+from services.runtime.messaging.queue import Claimed, WorkQueue
+from services.runtime.tracing import MessageTracing
+from services.runtime.unit_of_work import UnitsOfWork
+
+from .domain import COMPLETED, FAILED, TERMINAL, Transaction
+from .events import event_for
+from .partners import ChainClient, ProviderClient
+from .repository import TransactionRepository
+from .sagas import Sagas
+from .sagas.saga import Fail, SagaContext
+from .wallet_client import WalletClient
+
+log = logging.getLogger("diboas.transaction")
+
+
+class Worker:
+    def __init__(self, units: UnitsOfWork[TransactionRepository], queue: WorkQueue, sagas: Sagas,
+                 wallet: WalletClient, providers: ProviderClient | None, chains: ChainClient | None,
+                 clock: Callable[[], dt.datetime], tracing: MessageTracing):
+        self._units, self._queue, self._sagas, self._clock, self._tracing = units, queue, sagas, clock, tracing
+        self._context = SagaContext(wallet, providers, chains, clock, self._save_progress)
+
+    def _save(self, tx: Transaction, claimed: Claimed | None) -> None:
+        """Write the saga's progress; a terminal state with its event and the item's removal."""
+        with self._units.begin() as unit:
+            if unit.repo.save_progress(tx) and tx.state in TERMINAL:
+                topic, event = event_for(tx)
+                unit.publish(topic, tx.name, event)
+            if claimed is not None:
+                unit.done(claimed)
+
+    async def _save_progress(self, tx: Transaction) -> None:
+        await self._units.run(self._save, tx, None)
+
+    def _get(self, transaction_id: str) -> Transaction | None:
+        with self._units.reading() as unit:
+            return unit.repo.get(transaction_id)
+
+    async def process(self, claimed: Claimed) -> None:
+        """One queued transaction: run its saga to COMPLETED or FAILED. A step that may have
+        happened raises, and the item is retried later (each step is idempotent by key)."""
+        tx = await self._units.run(self._get, claimed.item)
+        if tx is None or tx.state in TERMINAL:
+            await self._units.run(self._drop, claimed)
+            return
+        try:
+            await self._sagas.of(tx.type).run(tx, self._context)
+            state, reason = COMPLETED, ""
+        except Fail as failed:
+            state, reason = FAILED, failed.reason
+        tx.move_to(state, self._clock(), reason=reason)
+        await self._units.run(self._save, tx, claimed)
+
+    def _drop(self, claimed: Claimed) -> None:
+        """The item of a transaction that has ended (or is gone) leaves the queue."""
+        with self._units.begin() as unit:
+            unit.done(claimed)
+
+    async def _keep_lease(self, claimed: Claimed) -> None:
+        """While a saga runs, renew its item's lease, so no other worker takes it meanwhile."""
+        interval = self._queue.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self._units.run(self._queue.renew, claimed):
+                    log.warning("transactions/%s: lease lost to another worker", claimed.item)
+                    return
+            except DomainError:
+                pass            # the database is away: try again at the next beat
+
+    async def work(self, stop: asyncio.Event, idle_seconds: float = 0.05) -> None:
+        """One competing consumer of the queue, until `stop` is set."""
+        while not stop.is_set():
+            try:
+                claimed = await self._units.run(self._queue.claim)
+            except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
+                log.exception("could not claim work")
+                claimed = None
+            if claimed is None:
+                try:
+                    await asyncio.wait_for(stop.wait(), idle_seconds)
+                except TimeoutError:
+                    pass
+                continue
+            heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(claimed))
+            try:
+                with self._tracing.processing(self._queue.name, str(claimed.id), claimed.traceparent,
+                                              claimed.tracestate, attempt=claimed.attempts,
+                                              conversation=f"transactions/{claimed.item}"):
+                    await self.process(claimed)
+            except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later (or parks it)
+                await self._failed(claimed, exc)
+            finally:
+                heartbeat.cancel()
+
+    async def _failed(self, claimed: Claimed, exc: Exception) -> None:
+        """An attempt failed: reschedule or park its item, and say which. When that cannot be
+        written either (the database is away too), the item comes back by itself once its lease
+        runs out; the worker goes on."""
+        message = getattr(exc, "message", None) or repr(exc)
+        try:
+            retried = await self._units.run(self._queue.retry, claimed, message)
+        except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
+            log.warning("transactions/%s: attempt %d failed (%s) and could not be rescheduled; it comes back "
+                        "when its lease runs out", claimed.item, claimed.attempts, message, exc_info=True)
+            return
+        then = ("parked (the money stays held until a replay)" if retried.parked
+                else "no longer ours: another worker holds it, or it was parked" if retried.lost
+                else f"retrying in {retried.delay.total_seconds():.1f}s")
+        log.log(logging.INFO if isinstance(exc, (ServiceUnavailable, DeadlineExceeded)) else logging.ERROR,
+                "transactions/%s: attempt %d failed (%s); %s", claimed.item, claimed.attempts,
+                message, then, exc_info=not isinstance(exc, DomainError))

@@ -1,0 +1,220 @@
+"""The transaction use cases (create, get, list) and the queue workers, over fakes of the wallet,
+provider and chain clients, of the units of work and of the queue, with a fake clock."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from transaction_fakes import T0, Clock, FakeChains, FakeProviders, FakeQueue, FakeUnits, FakeWallet, payment, usd
+
+from services.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
+from services.runtime.messaging.queue import Claimed
+from services.runtime.users import OPERATOR_ROLE, User
+from services.transaction.domain import COMPLETED, DEPOSIT, FAILED, PENDING, PROCESSING, SEND, WITHDRAW, Transaction
+from services.transaction.service import TransactionService
+
+ALICE, BOB = User("alice", frozenset()), User("bob", frozenset())
+OPERATOR = User("ops", frozenset({OPERATOR_ROLE}))
+
+
+class Service:
+    """A TransactionService over fakes, and the fakes."""
+
+    def __init__(self):
+        self.clock = Clock()
+        self.wallet = FakeWallet(a=("alice", "USD", "100.00", "100.00"), b=("bob", "USD", "0", "0"),
+                                 e=("erin", "EUR", "0", "0"), full=("bob", "USD", "999999995.00", "999999995.00"))
+        self.providers, self.chains = FakeProviders(), FakeChains()
+        self.units = FakeUnits(self.clock)
+        self.queue = FakeQueue(self.units)
+        ids = iter(f"t{n}" for n in range(1, 100))
+        self.service = TransactionService(None, self.wallet, self.queue, None, self.providers, self.chains,
+                                          clock=self.clock, ids=lambda: next(ids), units=self.units)
+
+    async def create(self, kind: str, amount: str = "10.00", request_id: str = "r1", viewer: User | None = ALICE,
+                     fingerprint: str = "fp", **fields) -> str:
+        draft = Transaction("", kind, "", fields.pop("source_wallet", ""), fields.pop("destination_wallet", ""),
+                            usd(amount), "", "", None, None, None, **fields)
+        return (await self.service.create(request_id, fingerprint, draft, lambda tx: tx.id.encode(), viewer)).decode()
+
+    async def send(self, amount: str = "10.00", request_id: str = "r1", **fields) -> str:
+        fields = {"source_wallet": "wallets/a", "destination_wallet": "wallets/b", **fields}
+        return await self.create(SEND, amount, request_id, **fields)
+
+    def stored(self, tx_id: str) -> Transaction:
+        return self.units.state.transactions[tx_id][0]
+
+    async def work_until_idle(self) -> None:
+        """Run one worker until the queue is empty (every retry comes back at once)."""
+        stop = asyncio.Event()
+        worker = asyncio.create_task(self.service.work(stop, idle_seconds=0.001))
+        for _ in range(200):
+            if not self.units.state.queued:
+                break
+            await asyncio.sleep(0.001)
+        stop.set()
+        await worker
+
+
+@pytest.fixture
+def s() -> Service:
+    return Service()
+
+
+# --- create -------------------------------------------------------------------------------------
+
+async def test_a_created_send_is_pending_queued_first_and_owned_by_both_wallets_owners(s):
+    tx_id = await s.send()
+    tx, source_owner, destination_owner = s.units.state.transactions[tx_id]
+    assert (tx.state, tx.created_at, tx.hold, source_owner, destination_owner) == (PENDING, T0, "", "alice", "bob")
+    assert s.units.state.queued == {tx_id: 10}
+    deposit = await s.create(DEPOSIT, request_id="r2", destination_wallet="wallets/a")
+    assert s.units.state.queued[deposit] == 5
+
+
+async def test_a_repeated_request_returns_the_first_answer_and_writes_nothing_more(s):
+    first = await s.send()
+    assert await s.send() == first
+    assert list(s.units.state.transactions) == [first] and s.units.units == 1
+    with pytest.raises(AlreadyExists):
+        await s.create(SEND, source_wallet="wallets/a", destination_wallet="wallets/b", fingerprint="other")
+
+
+@pytest.mark.parametrize("kind,fields,field", [
+    (SEND, {"source_wallet": "wallets/a", "destination_wallet": "wallets/a"}, "transaction.destination_wallet"),
+    (SEND, {"source_wallet": "wallets/a"}, "transaction.destination_wallet"),
+    (DEPOSIT, {"destination_wallet": "wallets/a", "source_wallet": "wallets/b"}, "transaction.source_wallet"),
+    (WITHDRAW, {"source_wallet": "wallets/a", "destination_wallet": "wallets/b"}, "transaction.destination_wallet"),
+    ("BRIDGE", {"source_wallet": "wallets/a", "source_chain": "chains/x", "target_chain": "chains/x",
+                "destination_address": "0x" + "ab" * 20}, "transaction.target_chain"),
+    ("BRIDGE", {"source_wallet": "wallets/a", "source_chain": "chains/x", "target_chain": "chains/y",
+                "destination_address": "not an address"}, "transaction.destination_address"),
+    (SEND, {"source_wallet": "wallets/a", "destination_wallet": "wallets/b", "provider": "providers/stripe"},
+     "transaction.provider"),
+    ("UNSPECIFIED", {}, "transaction.type"),
+])
+async def test_a_draft_its_saga_refuses_names_the_field_and_asks_the_wallet_nothing(s, kind, fields, field):
+    calls = []
+    s.wallet.describe = lambda name: calls.append(name)
+    with pytest.raises(InvalidArgument) as refused:
+        await s.create(kind, **fields)
+    assert [v.field for v in refused.value.violations] == [field]
+    assert calls == [] and s.units.state.transactions == {}
+
+
+@pytest.mark.parametrize("fields,error,reason", [
+    ({"amount": "100.01"}, FailedPrecondition, "INSUFFICIENT_FUNDS"),
+    ({"amount": "1000000.01"}, InvalidArgument, "AMOUNT_OVER_LIMIT"),
+    ({"destination_wallet": "wallets/missing"}, NotFound, "WALLET_NOT_FOUND"),
+    ({"destination_wallet": "wallets/e"}, InvalidArgument, "INVALID_ARGUMENT"),
+    ({"source_wallet": "wallets/b", "destination_wallet": "wallets/a"}, NotFound, "WALLET_NOT_FOUND"),   # bob's
+    ({"destination_wallet": "wallets/full"}, FailedPrecondition, "BALANCE_LIMIT_EXCEEDED"),
+])
+async def test_a_send_the_wallets_refuse_writes_nothing(s, fields, error, reason):
+    amount = fields.pop("amount", "10.00")
+    with pytest.raises(error) as refused:
+        await s.send(amount, **fields)
+    assert refused.value.reason == reason
+    assert s.units.state.transactions == {} and s.units.state.queued == {}
+
+
+async def test_the_room_below_max_balance_counts_what_is_already_on_its_way(s):
+    s.wallet.wallets["wallets/full"] = ("bob", "USD", "999999980.00", "999999980.00")
+    await s.send("10.00", "r1", destination_wallet="wallets/full")
+    await s.send("10.00", "r2", destination_wallet="wallets/full")      # 999,999,990 + 10: still room
+    with pytest.raises(FailedPrecondition) as refused:
+        await s.send("10.00", "r3", destination_wallet="wallets/full")
+    assert refused.value.reason == "BALANCE_LIMIT_EXCEEDED"
+
+
+async def test_a_deposit_into_someone_elses_wallet_is_not_found(s):
+    with pytest.raises(NotFound):
+        await s.create(DEPOSIT, destination_wallet="wallets/b", viewer=ALICE)
+    assert await s.create(DEPOSIT, destination_wallet="wallets/b", viewer=OPERATOR)
+
+
+# --- reads --------------------------------------------------------------------------------------
+
+async def test_a_user_gets_and_lists_only_the_transactions_of_their_own_wallets(s):
+    sent = await s.send()
+    s.clock.advance(1)
+    deposit = await s.create(DEPOSIT, request_id="r2", destination_wallet="wallets/a")
+    assert (await s.service.get(sent, BOB)).id == sent
+    with pytest.raises(NotFound):
+        await s.service.get(deposit, BOB)
+    assert [tx.id for tx in (await s.service.list("", 0, "", ALICE)).items] == [deposit, sent]
+    assert [tx.id for tx in (await s.service.list("", 0, "", BOB)).items] == [sent]
+    first = await s.service.list("wallets/a", 1, "", OPERATOR)
+    assert [tx.id for tx in first.items] == [deposit] and first.next_page_token
+    assert [tx.id for tx in (await s.service.list("wallets/a", 1, first.next_page_token, OPERATOR)).items] == [sent]
+
+
+# --- the workers --------------------------------------------------------------------------------
+
+async def test_a_send_completes_with_its_event_and_leaves_the_queue(s):
+    tx_id = await s.send()
+    s.clock.advance(5)
+    await s.work_until_idle()
+    tx = s.stored(tx_id)
+    assert (tx.state, tx.hold, tx.completed_at) == (COMPLETED, "wallets/a/holds/h1", s.clock())
+    [(topic, subject, event)] = s.units.state.published
+    assert (topic, subject, event.hold, event.amount.amount) == ("transaction.completed", f"transactions/{tx_id}",
+                                                                  "wallets/a/holds/h1", "10.00")
+    assert s.units.state.queued == {}
+
+
+async def test_a_failed_withdrawal_publishes_its_hold_for_release(s):
+    s.providers.script.answers = [payment("FAILED", "bank closed")]
+    tx_id = await s.create(WITHDRAW, source_wallet="wallets/a")
+    await s.work_until_idle()
+    tx = s.stored(tx_id)
+    assert (tx.state, tx.failure_reason) == (FAILED, "payments/p1 failed: bank closed")
+    [(topic, _, event)] = s.units.state.published
+    assert (topic, event.hold, event.reason) == ("transaction.failed", "wallets/a/holds/h1", tx.failure_reason)
+
+
+async def test_an_attempt_that_may_have_happened_is_retried_with_the_same_keys_then_completes(s):
+    s.providers.script.answers = [ServiceUnavailable("provider down", reason="UPSTREAM_UNAVAILABLE")]
+    tx_id = await s.create(WITHDRAW, source_wallet="wallets/a")
+    await s.work_until_idle()
+    assert s.queue.errors == [(tx_id, "provider down")]
+    assert len(s.wallet.hold_calls) == 1                     # the hold was recorded: not asked again
+    assert [call[5] for call in s.providers.calls] == [f"{tx_id}:payment"] * 2
+    assert s.stored(tx_id).state == COMPLETED and len(s.units.state.published) == 1
+
+
+async def test_a_saga_given_up_on_is_parked_with_its_money_held_and_shows_why_to_operators_only(s):
+    s.providers.script.default = ServiceUnavailable("provider down", reason="UPSTREAM_UNAVAILABLE")
+    tx_id = await s.create(WITHDRAW, source_wallet="wallets/a")
+    await s.work_until_idle()
+    assert len(s.queue.errors) == s.queue.max_attempts
+    tx = await s.service.get(tx_id, OPERATOR)
+    assert (tx.state, tx.hold, tx.parked.attempts, tx.parked.last_error) == (PROCESSING, "wallets/a/holds/h1", 3,
+                                                                             "provider down")
+    assert (await s.service.get(tx_id, ALICE)).parked.last_error == ""
+    assert s.units.state.published == []                      # no event: nothing released, nothing captured
+
+
+async def test_an_item_of_a_transaction_that_has_ended_is_dropped_without_running_its_saga(s):
+    tx_id = await s.send()
+    await s.work_until_idle()
+    s.units.state.queued[tx_id] = 10                         # a second delivery of the same item
+    await s.service.process(Claimed(9, tx_id, 1))
+    assert s.units.state.queued == {} and len(s.wallet.hold_calls) == 1 and len(s.units.state.published) == 1
+
+
+async def test_an_outcome_is_not_written_over_one_already_recorded(s):
+    tx_id = await s.send()
+    s.wallet.hold_script.answers = [lambda: s.units.state.transactions[tx_id][0].move_to(FAILED, T0, reason="x")]
+    await s.work_until_idle()
+    assert s.stored(tx_id).state == FAILED and s.units.state.published == [] and s.units.state.queued == {}
+
+
+def test_every_transaction_type_of_the_contract_has_one_saga_whose_name_fits_the_table():
+    from diboas.transaction.v1 import transaction_pb2
+    from services.transaction.sagas import SAGAS
+    from services.transaction.tables import transactions
+
+    contract = [name.removeprefix("TRANSACTION_TYPE_") for name in transaction_pb2.TransactionType.keys()]
+    assert sorted(SAGAS.types) == sorted(set(contract) - {"UNSPECIFIED"})
+    assert all(len(kind) <= transactions.c.type.type.length for kind in SAGAS.types)

@@ -1,0 +1,246 @@
+"""Hand-written fakes of the transaction service's ports, for the unit tests of its sagas and
+use cases: the wallet, provider and chain clients (each answers from a script and records
+every call), the repository and units of work (in memory, rolled back when the block raises),
+the work queue, and a clock that moves only when told."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime as dt
+
+from services.domain.errors import AlreadyExists, NotFound
+from services.domain.money import Money
+from services.runtime.messaging.queue import MAX_ATTEMPTS, Claimed, ParkedItem, Retried
+from services.transaction.domain import PENDING, PROCESSING, TERMINAL, Transaction
+from services.transaction.partners import PaymentResult, TransferResult
+from services.transaction.wallet_client import Funds, WalletFacts
+
+T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def usd(amount: str) -> Money:
+    return Money.parse("USD", amount)
+
+
+class Clock:
+    def __init__(self, now: dt.datetime = T0):
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+class Script:
+    """Answers popped in order (an exception is raised); once spent, `default` answers."""
+
+    def __init__(self, default=None):
+        self.answers: list = []
+        self.default = default
+
+    def next(self, *args):
+        answer = self.answers.pop(0) if self.answers else self.default
+        if isinstance(answer, Exception):
+            raise answer
+        return answer(*args) if callable(answer) else answer
+
+
+class FakeWallet:
+    """Wallets by name: (owner, currency, balance, available); holds made by request_id, as the
+    wallet service makes them (the same key, the same hold)."""
+
+    def __init__(self, **wallets: tuple[str, str, str, str]):
+        self.wallets = {f"wallets/{name}": facts for name, facts in wallets.items()}
+        self.hold_calls: list[tuple[str, Money, str]] = []     # (source, amount, request_id)
+        self.holds: dict[str, str] = {}                        # request_id -> hold name
+        self.hold_script = Script()
+
+    async def describe(self, wallet: str) -> WalletFacts:
+        if wallet not in self.wallets:
+            raise NotFound(f"wallet {wallet} does not exist", reason="WALLET_NOT_FOUND")
+        owner, currency, balance, _ = self.wallets[wallet]
+        return WalletFacts(owner, currency, Money.parse(currency, balance))
+
+    async def funds(self, source: str, amount: Money) -> Funds:
+        available = Money.parse(amount.currency, self.wallets[source][3])
+        return Funds(not available < amount, available.text)
+
+    async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
+        self.hold_calls.append((source, amount, request_id))
+        self.hold_script.next()
+        return self.holds.setdefault(request_id, f"{source}/holds/h{len(self.holds) + 1}")
+
+
+class FakeProviders:
+    """Payments: each call answers the next scripted PaymentResult (or raises), by default SUCCEEDED."""
+
+    def __init__(self):
+        self.calls: list[tuple[bool, Money, str, str, str, str]] = []
+        self.script = Script(lambda request_id: PaymentResult(f"payments/{request_id}", "SUCCEEDED",
+                                                              "providers/alpha-pay", ""))
+
+    async def pay(self, pay_in: bool, amount: Money, wallet: str, transaction: str, provider: str,
+                  request_id: str) -> PaymentResult:
+        self.calls.append((pay_in, amount, wallet, transaction, provider, request_id))
+        return self.script.next(request_id)
+
+
+def payment(state: str, reason: str = "") -> PaymentResult:
+    return PaymentResult("payments/p1", state, "providers/beta-ramp" if state == "SUCCEEDED" else "", reason)
+
+
+class FakeChains:
+    """Cross-chain transfers: each call answers the next scripted TransferResult, by default COMPLETED."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str, Money, str, str, str]] = []
+        self.script = Script(lambda request_id: transfer("COMPLETED"))
+
+    async def transfer(self, source_chain: str, target_chain: str, amount: Money, destination_address: str,
+                       transaction: str, request_id: str) -> TransferResult:
+        self.calls.append((source_chain, target_chain, amount, destination_address, transaction, request_id))
+        return self.script.next(request_id)
+
+
+def transfer(state: str, reason: str = "") -> TransferResult:
+    refs = [("chains/ethereum", "0xsource", 1), ("chains/polygon", "0xtarget", 2)] if state == "COMPLETED" else []
+    return TransferResult("crossChainTransfers/x1", state, refs, reason)
+
+
+@dataclasses.dataclass
+class State:
+    """What the fake database holds."""
+    transactions: dict[str, tuple[Transaction, str, str]] = dataclasses.field(default_factory=dict)  # owners too
+    responses: dict[str, tuple[str, str, bytes]] = dataclasses.field(default_factory=dict)
+    published: list[tuple[str, str, object]] = dataclasses.field(default_factory=list)
+    queued: dict[str, int] = dataclasses.field(default_factory=dict)          # item -> priority
+    parked: dict[str, ParkedItem] = dataclasses.field(default_factory=dict)
+
+
+class FakeRepository:
+    """The TransactionRepository's interface over `State`; it hands out copies, as rows would."""
+
+    def __init__(self, state: State):
+        self._state = state
+
+    def add(self, tx: Transaction, source_owner: str, destination_owner: str) -> None:
+        assert tx.id not in self._state.transactions
+        self._state.transactions[tx.id] = (copy.deepcopy(tx), source_owner, destination_owner)
+
+    def save_progress(self, tx: Transaction) -> bool:
+        stored, *owners = self._state.transactions[tx.id]
+        if stored.state in TERMINAL:
+            return False
+        self._state.transactions[tx.id] = (dataclasses.replace(copy.deepcopy(tx), parked=None), *owners)
+        return True
+
+    def _visible(self, viewer) -> list[Transaction]:
+        return [copy.deepcopy(tx) for tx, source, destination in self._state.transactions.values()
+                if viewer is None or viewer.is_operator or viewer.id in (source, destination)]
+
+    def get(self, transaction_id: str, viewer=None) -> Transaction | None:
+        return next((tx for tx in self._visible(viewer) if tx.id == transaction_id), None)
+
+    def newest(self, wallet: str, after, limit: int, viewer=None) -> list[Transaction]:
+        found = sorted(self._visible(viewer), key=lambda tx: (tx.created_at, tx.id), reverse=True)
+        found = [tx for tx in found if not wallet or wallet in (tx.source_wallet, tx.destination_wallet)]
+        return [tx for tx in found if after is None or (tx.created_at, tx.id) < after][:limit]
+
+    def incoming(self, wallet: str, currency: str) -> Money:
+        return sum((tx.amount for tx, *_ in self._state.transactions.values()
+                    if tx.destination_wallet == wallet and tx.state in (PENDING, PROCESSING)), Money.zero(currency))
+
+
+class FakeUnit:
+    def __init__(self, state: State, now: dt.datetime):
+        self.repo, self.now, self._state = FakeRepository(state), now, state
+
+    def publish(self, topic: str, subject: str, event) -> str:
+        self._state.published.append((topic, subject, event))
+        return f"event-{len(self._state.published)}"
+
+    def enqueue(self, item: str, priority: int = 0) -> None:
+        self._state.queued[item] = priority
+
+    def done(self, claimed: Claimed) -> None:
+        self._state.queued.pop(claimed.item, None)
+
+    def parked_in(self, items: list[str]) -> dict[str, ParkedItem]:
+        return {item: self._state.parked[item] for item in items if item in self._state.parked}
+
+
+class FakeUnits:
+    """UnitsOfWork over `State`: a unit whose block raises leaves the state as it was."""
+
+    def __init__(self, clock: Clock):
+        self.state, self._clock = State(), clock
+        self.units = 0                  # how many write units were committed
+
+    @contextlib.contextmanager
+    def begin(self):
+        before = copy.deepcopy(self.state)
+        try:
+            yield FakeUnit(self.state, self._clock())
+        except BaseException:
+            self.state.__dict__.update(before.__dict__)
+            raise
+        self.units += 1
+
+    @contextlib.contextmanager
+    def reading(self):
+        yield FakeUnit(copy.deepcopy(self.state), self._clock())
+
+    def stored(self, operation: str, request_id: str, fingerprint: str) -> bytes | None:
+        if request_id not in self.state.responses:
+            return None
+        if self.state.responses[request_id][:2] != (operation, fingerprint):
+            raise AlreadyExists(f"request_id '{request_id}' was already used", reason="REQUEST_ID_REUSED")
+        return self.state.responses[request_id][2]
+
+    def idempotent(self, operation, request_id, fingerprint, work, encode) -> bytes:
+        with self.begin() as unit:
+            stored = self.stored(operation, request_id, fingerprint)
+            if stored is not None:
+                return stored
+            response = encode(work(unit))
+            self.state.responses[request_id] = (operation, fingerprint, response)
+            return response
+
+    async def run(self, fn, *args):
+        return fn(*args)
+
+
+class FakeQueue:
+    """The WorkQueue's interface for the workers, over the same `State`: claims in priority
+    order, retries right away, parks after `max_attempts`."""
+    name = "financial.transactions"
+    lease_seconds = 3600.0
+
+    def __init__(self, units: FakeUnits, max_attempts: int = 3):
+        self._units, self.max_attempts = units, max_attempts
+        self.attempts: dict[str, int] = {}
+        self.errors: list[tuple[str, str]] = []        # (item, error) of each failed attempt
+
+    def claim(self) -> Claimed | None:
+        queued = self._units.state.queued
+        if not queued:
+            return None
+        item = max(queued, key=lambda i: queued[i])
+        self.attempts[item] = self.attempts.get(item, 0) + 1
+        return Claimed(len(self.errors) + 1, item, self.attempts[item])
+
+    def renew(self, claimed: Claimed) -> bool:
+        return True
+
+    def retry(self, claimed: Claimed, error: str) -> Retried:
+        self.errors.append((claimed.item, error))
+        if claimed.attempts < self.max_attempts:
+            return Retried(delay=dt.timedelta(0))
+        state = self._units.state
+        state.queued.pop(claimed.item)
+        state.parked[claimed.item] = ParkedItem(7, self.name, claimed.item, 5, claimed.attempts, MAX_ATTEMPTS, error,
+                                                T0, T0, "worker", None, "")
+        return Retried(parked=state.parked[claimed.item])
