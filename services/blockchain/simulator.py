@@ -31,14 +31,11 @@ from services.domain.money import Money
 from services.runtime.catalog import refuse_unknown
 
 from .adapters import (
-    BRIDGE,
     CONFIRMING,
     FAILED,
     FINALIZED,
     NOT_FOUND,
     PENDING,
-    SOURCE,
-    TARGET,
     ChainAdapter,
     ChainRejected,
     ChainTimeout,
@@ -46,6 +43,7 @@ from .adapters import (
     ChainUnavailable,
     TxStatus,
 )
+from .transfers import BRIDGE, SOURCE, TARGET
 
 T = TypeVar("T")
 GENESIS_EPOCH = 1_577_836_800.0          # 2020-01-01T00:00:00Z

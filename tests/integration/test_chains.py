@@ -12,12 +12,13 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from services.blockchain.adapters import BRIDGE, SOURCE, TARGET, ChainRejected
+from services.blockchain.adapters import ChainRejected
 from services.blockchain.app import MIGRATIONS
-from services.blockchain.coordinator import DEGRADED, HEALTHY, UNAVAILABLE, UNKNOWN, ChainRegistry, TransferCoordinator
+from services.blockchain.coordinator import TransferCoordinator
+from services.blockchain.registry import DEGRADED, HEALTHY, UNAVAILABLE, UNKNOWN, ChainRegistry
 from services.blockchain.simulator import SimulatedChain, default_chains
 from services.blockchain.tables import cross_chain_transfers
-from services.blockchain.transfers import COMPENSATED, COMPLETED, FAILED, IN_PROGRESS
+from services.blockchain.transfers import BRIDGE, COMPENSATED, COMPLETED, FAILED, IN_PROGRESS, SOURCE, TARGET
 from services.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from services.domain.money import Money
 from services.runtime.db import Database
@@ -69,7 +70,7 @@ async def world(database_url):
     registry = ChainRegistry(chains.values(), call_timeout=0.3)
     coordinator = TransferCoordinator(db, registry, step_timeout=0.2, compensation_backoff=0.01)
     yield World(chains, registry, coordinator, db)
-    await coordinator.close(grace=0)
+    await coordinator.driver.close(grace=0)
     db.close()
 
 
@@ -155,7 +156,7 @@ async def test_a_mint_that_never_answers_is_not_refunded_but_asked_again_later(w
     assert "asked again later" in t.last_error
     assert world.eth.locked() and world.polygon.minted() and world.eth.refunded() == {}
     world.polygon.faults.timeout_rate = 0.0
-    assert await world.coordinator.resume_once() == 1
+    assert await world.coordinator.driver.resume_once() == 1
     t = await world.coordinator.get(t.id)
     assert t.state == COMPLETED and t.last_error == ""
     assert world.polygon.journal == [("mint", t.key(TARGET))] and world.eth.refunded() == {}
@@ -215,18 +216,18 @@ async def test_a_drive_killed_mid_step_resumes_without_repeating_what_was_done(w
     world.eth.relay = hang_once
     running = asyncio.create_task(transfer(world))
     await hung.wait()
-    await world.coordinator.close(grace=0)       # the process dies: its drive is cancelled mid-step
+    await world.coordinator.driver.close(grace=0)       # the process dies: its drive is cancelled mid-step
     with pytest.raises(asyncio.CancelledError):
         await running
     (key,) = world.eth.locked()
     transfer_id = key.split(":")[0]
     assert (await world.coordinator.get(transfer_id)).state == IN_PROGRESS
     restarted = TransferCoordinator(world.db, world.registry, step_timeout=0.2)
-    assert await restarted.resume_once() == 1
+    assert await restarted.driver.resume_once() == 1
     t = await restarted.get(transfer_id)
     assert t.state == COMPLETED
     assert world.eth.journal == [("lock", t.key(SOURCE)), ("relay", t.key(BRIDGE))]   # the lock was not repeated
-    assert await restarted.resume_once() == 0
+    assert await restarted.driver.resume_once() == 0
 
 
 async def test_bad_requests_are_refused_and_change_nothing(world):
