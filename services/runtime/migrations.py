@@ -157,3 +157,35 @@ def drop_parked_work_items(op: Operations) -> None:
     with op.batch_alter_table('parked_work_items', schema=None) as batch_op:
         batch_op.drop_index('ix_parked_work_items_queue_item')
     op.drop_table('parked_work_items')
+
+
+# The 64-bit ids (db.BigId) of the shared tables, and the columns that refer to them.
+MESSAGING_IDS = (("outbox", "id"), ("deliveries", "id"), ("deliveries", "outbox_id"),
+                 ("dead_letters", "id"), ("dead_letters", "delivery_id"))
+WORK_QUEUE_IDS = (("work_items", "id"), ("parked_work_items", "id"))
+
+
+def _serial_sequence(op: Operations, table: str, column: str, type_: str) -> None:
+    op.execute(f"DO $$ BEGIN EXECUTE format('ALTER SEQUENCE %s AS {type_}', "
+               f"pg_get_serial_sequence('{table}', '{column}')); END $$")
+
+
+def widen_ids(op: Operations, columns: tuple[tuple[str, str], ...]) -> None:
+    """Make integer ids, and the columns referring to them, BIGINT on PostgreSQL, with the
+    sequences that number the ids. SQLite's INTEGER is 64-bit already: nothing to do there."""
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    for table, column in columns:
+        op.alter_column(table, column, type_=sa.BigInteger(), existing_type=sa.Integer(), existing_nullable=False)
+        if column == "id":
+            _serial_sequence(op, table, column, "bigint")
+
+
+def narrow_ids(op: Operations, columns: tuple[tuple[str, str], ...]) -> None:
+    """Undo widen_ids (fails on PostgreSQL once an id is past the 32-bit range)."""
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    for table, column in reversed(columns):
+        if column == "id":
+            _serial_sequence(op, table, column, "integer")
+        op.alter_column(table, column, type_=sa.Integer(), existing_type=sa.BigInteger(), existing_nullable=False)
