@@ -25,7 +25,7 @@ from services.config_files import ConfigError
 from services.monitor import ServiceStatus, check_gateway, check_service
 from services.runtime.config import Topology, load_topology
 from services.runtime.processes import die_with_parent, entry_module
-from services.runtime.tls import channel_credentials, load_identity
+from services.runtime.tls import load_identity
 from services.runtime.users import issue_user_token
 from services.supervision import RestartBudget, describe_exit
 
@@ -73,7 +73,7 @@ class Launcher:
         self.given_up: set[str] = set()
         self.stopping = False
         self._restarts: dict[str, asyncio.Task] = {}   # waiting in backoff, or restarted and not yet SERVING
-        self._creds = channel_credentials(load_identity(topology.certs_dir, OPERATOR))
+        self._operator = load_identity(topology.certs_dir, OPERATOR)
 
     def _address(self, name: str):
         return self.topology.gateway.http if name == GATEWAY else self.topology.services[name].address
@@ -92,7 +92,7 @@ class Launcher:
     async def _health(self, name: str) -> ServiceStatus:
         if name == GATEWAY:
             return await check_gateway(self.topology, timeout=1)
-        return await check_service(self.topology, name, self._creds, timeout=1)
+        return await check_service(self.topology, name, self._operator, timeout=1)
 
     def start(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ class TransferCoordinator:
         self.driver = TransferDriver(self._transfers, saga, resume_concurrency=resume_concurrency)
         self._ids = ids
 
-    def check_request(self, source_chain: str, target_chain: str, amount: Money, destination_address: str) -> None:
+    def _check_request(self, source_chain: str, target_chain: str, amount: Money, destination_address: str) -> None:
         """INVALID_ARGUMENT or NOT_FOUND naming what is wrong; nothing is written before this passes."""
         self.registry.adapter(source_chain)
         self.registry.adapter(target_chain)
@@ -67,7 +67,7 @@ class TransferCoordinator:
         if first is not None:
             transfer_id = first.decode()
         else:
-            self.check_request(source_chain, target_chain, amount, destination_address)
+            self._check_request(source_chain, target_chain, amount, destination_address)
             transfer_id = await self._transfers.create(OPERATION, request_id, fingerprint, lambda now: Transfer(
                 self._ids(), source_chain, target_chain, amount, destination_address, transaction, PENDING, NO_STEP,
                 now, now))

@@ -51,7 +51,8 @@ class MessagingTables:
 
 
 def messaging_tables(metadata: MetaData) -> MessagingTables:
-    """Add the messaging tables to a service's schema (its migrations create them)."""
+    """Add the messaging tables to a service's schema (its migrations create them with
+    services/runtime/migrations.py)."""
     outbox = Table(
         "outbox", metadata,
         Column("id", BigId, primary_key=True, autoincrement=True),
