@@ -7,7 +7,7 @@ for `warmup` seconds (not recorded) and then `duration` seconds (recorded). A ca
 the window when it both started and finished inside it. The client for each stack is what
 a caller of that stack really runs:
   bare             grpc.aio.insecure_channel, the generated stub, nothing else;
-  bare-tls         grpc.aio.secure_channel with the "transaction" certificate, nothing else;
+  bare-tls         an mTLS channel (services.runtime.tls.mesh_channel) with the "transaction" certificate, nothing else;
   full             services.runtime.client.Upstream as the "transaction" identity: mTLS with
                    its own certificate, service JWT, circuit breaker, deadline, retry policy,
                    the OpenTelemetry client interceptor and an SDK TracerProvider;
@@ -37,10 +37,8 @@ async def _open(stack: str, port: int):
         return wallet_pb2_grpc.WalletServiceStub(channel), channel.close
     if stack == "bare-tls":
         from services.runtime.config import load_topology
-        from services.runtime.tls import channel_credentials, load_identity
-        files = load_identity(load_topology().certs_dir, "transaction")
-        channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(files),
-                                          options=[("grpc.ssl_target_name_override", "wallet")])
+        from services.runtime.tls import load_identity, mesh_channel
+        channel = mesh_channel(f"127.0.0.1:{port}", load_identity(load_topology().certs_dir, "transaction"), "wallet")
         return wallet_pb2_grpc.WalletServiceStub(channel), channel.close
 
     from services.runtime import tracing

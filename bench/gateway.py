@@ -217,10 +217,9 @@ class Bench:
         self.pids = {name: _process_tree(process.pid) for name, process in launcher.processes.items()}
 
     def _channel(self, identity: str, service: str) -> grpc.aio.Channel:
-        from services.runtime.tls import channel_credentials, load_identity
-        files = load_identity(self.topology.certs_dir, identity)
-        return grpc.aio.secure_channel(str(self.topology.services[service].address), channel_credentials(files),
-                                       options=[("grpc.ssl_target_name_override", service)])
+        from services.runtime.tls import load_identity, mesh_channel
+        return mesh_channel(str(self.topology.services[service].address),
+                            load_identity(self.topology.certs_dir, identity), service)
 
     async def setup(self) -> None:
         """The user's wallets, created over REST and credited by the operator over gRPC; then one read

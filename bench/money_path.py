@@ -38,7 +38,7 @@ from services.launcher import Launcher
 from services.runtime.auth import TokenIssuer
 from services.runtime.config import load_topology
 from services.runtime.db import scratch_schema
-from services.runtime.tls import channel_credentials, load_identity
+from services.runtime.tls import load_identity, mesh_channel
 from services.runtime.users import issue_user_token
 from services.transaction.tables import messaging as tx_messaging
 from services.transaction.tables import transactions
@@ -89,8 +89,7 @@ async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict
         # who may move every bench wallet); everyone else signs a service token.
         token = (issue_user_token(topology.certs_dir, "bench", ["operator"]) if identity == "gateway"
                  else TokenIssuer(topology.identities()[identity], files.key).token_for(svc.identity))
-        ch = grpc.aio.secure_channel(str(svc.address), channel_credentials(files),
-                                     options=[("grpc.ssl_target_name_override", service)])
+        ch = mesh_channel(str(svc.address), files, service)
         return ch, (("authorization", f"Bearer {token}"),)
 
     wallet_ch, as_operator = channel("operator", "wallet")

@@ -27,7 +27,7 @@ from services.config_files import ConfigError
 from services.monitor import health_report
 from services.runtime.auth import MAX_TOKEN_LIFETIME_SECONDS, TokenIssuer
 from services.runtime.config import Topology, load_topology
-from services.runtime.tls import channel_credentials, load_identity
+from services.runtime.tls import load_identity, mesh_channel
 from services.runtime.users import issue_user_token
 from services.runtime.wire import duration, timestamp_text
 
@@ -71,8 +71,7 @@ def _operator_channel(topology: Topology, identity: str, name: str):
     service = topology.service(name)
     files = load_identity(topology.certs_dir, identity)
     token = TokenIssuer(topology.identities()[identity], files.key).token_for(service.identity)
-    channel = grpc.aio.secure_channel(str(service.address), channel_credentials(files),
-                                      options=[("grpc.ssl_target_name_override", service.name)])
+    channel = mesh_channel(str(service.address), files, service.name)
     return channel, (("authorization", f"Bearer {token}"),)
 
 

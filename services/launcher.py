@@ -26,7 +26,7 @@ from services.config_files import ConfigError
 from services.monitor import ServiceStatus, check_gateway, check_service
 from services.runtime.config import Topology, load_topology
 from services.runtime.processes import die_with_parent, entry_command
-from services.runtime.tls import channel_credentials, load_identity
+from services.runtime.tls import load_identity
 from services.runtime.users import issue_user_token
 from services.supervision import RestartBudget, describe_exit
 
@@ -74,7 +74,7 @@ class Launcher:
         self.given_up: set[str] = set()
         self.stopping = False
         self._restarts: dict[str, asyncio.Task] = {}   # waiting in backoff, or restarted and not yet SERVING
-        self._creds = channel_credentials(load_identity(topology.certs_dir, OPERATOR))
+        self._operator = load_identity(topology.certs_dir, OPERATOR)
 
     def _members(self, name: str) -> tuple[str, ...]:
         """The services a process serves (none for the gateway)."""
@@ -104,7 +104,7 @@ class Launcher:
         if name == GATEWAY:
             return await check_gateway(self.topology, timeout=1)
         if name in self.topology.services:
-            return await check_service(self.topology, name, self._creds, timeout=1)
+            return await check_service(self.topology, name, self._operator, timeout=1)
         statuses = await asyncio.gather(*(self._health(member) for member in self._members(name)))
         return next((status for status in statuses if status.status != "SERVING"), statuses[0])
 

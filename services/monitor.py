@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.runtime.config import Topology
-from services.runtime.tls import channel_credentials, load_identity
+from services.runtime.tls import IdentityFiles, load_identity, mesh_channel
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,10 @@ class ServiceStatus:
         return asdict(self)
 
 
-async def check_service(topology: Topology, name: str, creds: grpc.ChannelCredentials,
-                        timeout: float) -> ServiceStatus:
+async def check_service(topology: Topology, name: str, files: IdentityFiles, timeout: float) -> ServiceStatus:
     service = topology.services[name]
     started = time.perf_counter()
-    async with grpc.aio.secure_channel(str(service.address), creds,
-                                       options=[("grpc.ssl_target_name_override", name)]) as channel:
+    async with mesh_channel(str(service.address), files, name) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
             status, error = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status), ""
@@ -69,6 +67,6 @@ async def check_gateway(topology: Topology, timeout: float) -> ServiceStatus:
 async def health_report(topology: Topology, identity: str = "operator", timeout: float = 2.0,
                         gateway: bool = True) -> list[ServiceStatus]:
     """One status per service (and the gateway); one that does not answer is reported, not fatal."""
-    creds = channel_credentials(load_identity(topology.certs_dir, identity))
-    checks = [check_service(topology, n, creds, timeout) for n in topology.services]
+    files = load_identity(topology.certs_dir, identity)
+    checks = [check_service(topology, n, files, timeout) for n in topology.services]
     return list(await asyncio.gather(*checks, *([check_gateway(topology, timeout)] if gateway else [])))

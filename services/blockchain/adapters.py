@@ -1,8 +1,8 @@
-"""Blockchains behind one interface. A real chain is one class: subclass ChainAdapter, implement
-its seven methods, and list it in chains.yaml (see docs/chains.md). No grpc here: the blockchain
-service's transport wraps the coordinator, which wraps this.
+"""Blockchains behind one interface (the port the saga and the registry call). A real chain is one
+class: subclass ChainAdapter, implement its seven methods, and list it in chains.yaml (see
+docs/chains.md). No grpc here.
 
-A cross-chain transfer is three steps, each one call here, each idempotent by its key:
+A cross-chain transfer (transfers.py) is three steps, each one call here, each idempotent by its key:
 
     SOURCE  lock(amount, key)                         on the source chain (lock or burn)
     BRIDGE  relay(amount, key, target)                by the bridge contract on the source chain
@@ -20,20 +20,10 @@ from dataclasses import dataclass
 from services.domain.money import Money
 from services.runtime.catalog import Configurable
 
-SOURCE, BRIDGE, TARGET = "SOURCE", "BRIDGE", "TARGET"
-STEPS = (SOURCE, BRIDGE, TARGET)
+from .transfers import ChainTx
 
 # What a chain says about one transaction hash (TxStatus.status).
 NOT_FOUND, PENDING, CONFIRMING, FINALIZED, FAILED = "NOT_FOUND", "PENDING", "CONFIRMING", "FINALIZED", "FAILED"
-
-
-@dataclass(frozen=True)
-class ChainTx:
-    """A transaction on a chain (diboas.common.v1.ChainTransactionRef without the transport)."""
-
-    chain: str          # the chain's name, e.g. "ethereum"
-    hash: str           # chain-specific format; the simulators use "0x" + 64 hex digits
-    block: int          # block that includes it (or will, within one block time); 0 if unknown
 
 
 @dataclass(frozen=True)
@@ -46,7 +36,7 @@ class TxStatus:
 
 class ChainError(Exception):
     """The call failed and did not take effect (an adapter that cannot tell must let the call
-    time out, or raise ChainTimeout, instead: the coordinator treats that as "may have happened")."""
+    time out, or raise ChainTimeout, instead: the saga treats that as "may have happened")."""
 
 
 class ChainUnavailable(ChainError):

@@ -7,7 +7,8 @@ from services.runtime.db import Database
 from services.runtime.server import Registration, Runtime
 
 from .catalog import chains_file, load_chains
-from .coordinator import ChainRegistry, TransferCoordinator
+from .coordinator import TransferCoordinator
+from .registry import ChainRegistry
 from .servicer import BlockchainServicer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -21,6 +22,6 @@ def build(runtime: Runtime) -> list[Registration]:
     registry = ChainRegistry(load_chains(chains_file(os.environ), runtime.topology.state_dir / "simulators" / "chains"))
     coordinator = TransferCoordinator(db, registry)
     # Health checks on an interval; transfers left unfinished (a crash, a mint without answer) resumed.
-    runtime.background += [registry.watch, coordinator.resume]
+    runtime.background += [registry.watch, coordinator.driver.resume]
     return [Registration(blockchain_pb2_grpc.add_BlockchainServiceServicer_to_server,
                          BlockchainServicer(registry, coordinator))]

@@ -12,10 +12,10 @@ from services.runtime.requests import KEY, PageTokens, fingerprint, money, page_
 from services.runtime.wire import duration, money_pb, timestamp
 from services.simulation import fault_settings, faults_of
 
-from .adapters import STEPS, ChainTx
-from .coordinator import ChainRegistry, StatusReport, TransferCoordinator
+from .coordinator import TransferCoordinator
+from .registry import ChainRegistry, StatusReport
 from .simulator import Faults
-from .transfers import Transfer
+from .transfers import STEPS, ChainTx, Transfer
 
 _MARGIN = 0.25                     # seconds kept from the caller's deadline to answer in time
 

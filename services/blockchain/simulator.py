@@ -31,14 +31,11 @@ from services.domain.money import Money
 from services.runtime.catalog import refuse_unknown
 
 from .adapters import (
-    BRIDGE,
     CONFIRMING,
     FAILED,
     FINALIZED,
     NOT_FOUND,
     PENDING,
-    SOURCE,
-    TARGET,
     ChainAdapter,
     ChainRejected,
     ChainTimeout,
@@ -46,6 +43,7 @@ from .adapters import (
     ChainUnavailable,
     TxStatus,
 )
+from .transfers import BRIDGE, SOURCE, TARGET
 
 T = TypeVar("T")
 GENESIS_EPOCH = 1_577_836_800.0          # 2020-01-01T00:00:00Z
@@ -89,7 +87,7 @@ class SimulatedChain(ChainAdapter, simulation.FaultSwitch):
     faults: Faults = field(default_factory=Faults)
     rng: random.Random = field(default_factory=random.Random)
     books: simulation.Books | None = None  # where the books are kept (JSON lines), if anywhere
-    skew: float = 0.0                          # seconds added to the clock (tests: advance())
+    skew: float = 0.0                          # seconds added to the clock
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)   # (op, key) -> entry: the books
     by_hash: dict[str, Entry] = field(default_factory=dict)
     voided: set[tuple[str, str]] = field(default_factory=set)   # (op, key) refused for good
@@ -139,10 +137,6 @@ class SimulatedChain(ChainAdapter, simulation.FaultSwitch):
     def height(self) -> int:
         """The latest block now."""
         return int((time.time() + self.skew - GENESIS_EPOCH) / self.block_time)
-
-    def advance(self, seconds: float) -> None:
-        """Let `seconds` of chain time pass at once (blocks, confirmations)."""
-        self.skew += seconds
 
     def _write(self, record: dict) -> None:
         if self.books is not None:
@@ -241,31 +235,6 @@ class SimulatedChain(ChainAdapter, simulation.FaultSwitch):
         status = (FAILED if entry.reverted else FINALIZED if confirmations >= self.required_confirmations
                   else CONFIRMING)
         return TxStatus(True, status, entry.tx.block, confirmations)
-
-    # --- the books, for tests and operators -----------------------------------------------------
-
-    def _open(self, op: str, undo: str) -> dict[str, Money]:
-        return {key: e.amount for (kind, key), e in self.entries.items()
-                if kind == op and not e.reverted and (undo, key) not in self.entries}
-
-    def locked(self) -> dict[str, Money]:
-        """Locks not refunded, by key: money that left a user on this chain."""
-        return self._open(LOCK, UNLOCK)
-
-    def relayed(self) -> dict[str, Money]:
-        """Bridge messages not cancelled, by key."""
-        return self._open(RELAY, REVERT_RELAY)
-
-    def minted(self) -> dict[str, Money]:
-        """Mints, by key: money that arrived on this chain."""
-        return {key: e.amount for (kind, key), e in self.entries.items() if kind == MINT and not e.reverted}
-
-    def refunded(self) -> dict[str, Money]:
-        """Refunded locks, by key."""
-        return {key: e.amount for (kind, key), e in self.entries.items() if kind == UNLOCK}
-
-    def fees_paid(self) -> Decimal:
-        return sum((e.fee for e in self.entries.values()), Decimal(0))
 
 
 def default_chains(seed: int | None = None, books_dir: Path | None = None) -> list[SimulatedChain]:

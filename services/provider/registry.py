@@ -26,7 +26,8 @@ from typing import Awaitable, Callable
 from services.domain.clock import utcnow
 from services.domain.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
 from services.runtime.breaker import AsyncCircuitBreaker
-from services.runtime.outcomes import CallOutcomes, check_every
+from services.runtime.loops import repeat
+from services.runtime.outcomes import CallOutcomes
 
 from .adapters import ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt
 
@@ -159,7 +160,8 @@ class ProviderRegistry:
 
     async def watch(self, stop: asyncio.Event, interval: float = 5.0) -> None:
         """Check every provider every `interval` seconds until `stop` is set."""
-        await check_every(interval, stop, lambda: asyncio.gather(*(self.check(name) for name in self.adapters)))
+        await repeat(stop, interval, lambda: asyncio.gather(*(self.check(name) for name in self.adapters)),
+                     failure="could not check the providers", logger=log)
 
     # --- quotes and selection -------------------------------------------------------------------
 

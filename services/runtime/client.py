@@ -31,7 +31,7 @@ from .config import ServiceConfig, Topology
 from .local import LocalUpstream, Neighbours
 from .metrics import BREAKER_STATE
 from .status import from_rpc_error
-from .tls import IdentityFiles, channel_credentials
+from .tls import IdentityFiles, mesh_channel
 from .tracing import RpcTracing
 
 # Codes that mean "the upstream is not working", as opposed to "the upstream said no".
@@ -59,12 +59,10 @@ def service_config(topology: Topology) -> str:
     })
 
 
-def channel_options(topology: Topology, upstream: ServiceConfig) -> list[tuple[str, object]]:
+def channel_options(topology: Topology) -> list[tuple[str, object]]:
     return [
         ("grpc.enable_retries", 1),
         ("grpc.service_config", service_config(topology)),
-        # The upstream's certificate must carry its service name (DNS SAN): we check who answers.
-        ("grpc.ssl_target_name_override", upstream.name),
         # Reconnect quickly once an upstream is back: gRPC's default backoff grows to 120 s,
         # far past the breaker's reset timeout, so a trial call would find the channel still waiting.
         ("grpc.initial_reconnect_backoff_ms", 200),
@@ -182,8 +180,7 @@ class Upstream:
         )
         self._policy = _CallPolicy(caller, upstream, issuer, self.breaker, topology.defaults.deadline_seconds,
                                    RpcTracing(tracing))
-        self.channel = grpc.aio.secure_channel(str(upstream.address), channel_credentials(files),
-                                               options=channel_options(topology, upstream))
+        self.channel = mesh_channel(str(upstream.address), files, upstream.name, channel_options(topology))
         self._stubs: dict[type, _GuardedStub] = {}
 
     def stub(self, stub_class):

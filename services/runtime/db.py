@@ -24,7 +24,7 @@ from typing import Callable, Iterator, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, MetaData, Numeric, String, create_engine, event
+from sqlalchemy import BigInteger, Connection, Engine, Integer, MetaData, Numeric, String, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
@@ -47,6 +47,11 @@ def new_metadata() -> MetaData:
 def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     """A timestamp read back from the database, in UTC (SQLite returns it without its zone)."""
     return value if value is None or value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+# Ids that count rows (ledger entries, events, work items): 64-bit. BIGINT on PostgreSQL; on SQLite,
+# INTEGER, which is 64-bit there and must stay the type of an autoincrementing key (the rowid).
+BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
 class ExactDecimal(TypeDecorator):

@@ -2,10 +2,8 @@
 registries rank and report by. No grpc."""
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 WINDOW = 20      # calls the success rate looks back over
 
@@ -30,13 +28,3 @@ class CallOutcomes:
             self.consecutive_failures += 1
             self.message = message
 
-
-async def check_every(interval: float, stop: asyncio.Event, check_all: Callable[[], Awaitable]) -> None:
-    """Run `check_all()` now and every `interval` seconds until `stop` is set (a registry's
-    background health checks)."""
-    while not stop.is_set():
-        await check_all()
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass

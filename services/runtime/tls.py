@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import grpc
 from cryptography import x509
@@ -50,3 +51,12 @@ def server_credentials(files: IdentityFiles) -> grpc.ServerCredentials:
 
 def channel_credentials(files: IdentityFiles) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=files.ca, private_key=files.key, certificate_chain=files.cert)
+
+
+def mesh_channel(address: str, files: IdentityFiles, server_name: str,
+                 options: Sequence[tuple[str, object]] = ()) -> grpc.aio.Channel:
+    """An mTLS channel to `address` as the identity of `files`: the server's certificate must be
+    signed by the mesh CA and name `server_name` (a service's name, its DNS SAN): we check who
+    answers."""
+    return grpc.aio.secure_channel(address, channel_credentials(files),
+                                   options=[("grpc.ssl_target_name_override", server_name), *options])

@@ -16,6 +16,7 @@ import logging
 from typing import Callable
 
 from services.domain.errors import DeadlineExceeded, DomainError, ServiceUnavailable
+from services.runtime.loops import repeat
 from services.runtime.messaging.queue import Claimed, WorkQueue
 from services.runtime.tracing import MessageTracing
 from services.runtime.unit_of_work import UnitsOfWork
@@ -87,29 +88,27 @@ class Worker:
                 pass            # the database is away: try again at the next beat
 
     async def work(self, stop: asyncio.Event, idle_seconds: float = 0.05) -> None:
-        """One competing consumer of the queue, until `stop` is set."""
-        while not stop.is_set():
-            try:
-                claimed = await self._units.run(self._queue.claim)
-            except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
-                log.exception("could not claim work")
-                claimed = None
-            if claimed is None:
-                try:
-                    await asyncio.wait_for(stop.wait(), idle_seconds)
-                except TimeoutError:
-                    pass
-                continue
-            heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(claimed))
-            try:
-                with self._tracing.processing(self._queue.name, str(claimed.id), claimed.traceparent,
-                                              claimed.tracestate, attempt=claimed.attempts,
-                                              conversation=f"transactions/{claimed.item}"):
-                    await self.process(claimed)
-            except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later (or parks it)
-                await self._failed(claimed, exc)
-            finally:
-                heartbeat.cancel()
+        """One competing consumer of the queue, until `stop` is set: the next item at once after
+        one was run, a pause of `idle_seconds` when there was none (or it could not be claimed)."""
+        await repeat(stop, idle_seconds, self._work_one, failure="could not claim work", wait_only_when_idle=True,
+                     logger=log)
+
+    async def _work_one(self) -> bool:
+        """Claim one item and run its saga; False when there was none."""
+        claimed = await self._units.run(self._queue.claim)
+        if claimed is None:
+            return False
+        heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(claimed))
+        try:
+            with self._tracing.processing(self._queue.name, str(claimed.id), claimed.traceparent,
+                                          claimed.tracestate, attempt=claimed.attempts,
+                                          conversation=f"transactions/{claimed.item}"):
+                await self.process(claimed)
+        except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later (or parks it)
+            await self._failed(claimed, exc)
+        finally:
+            heartbeat.cancel()
+        return True
 
     async def _failed(self, claimed: Claimed, exc: Exception) -> None:
         """An attempt failed: reschedule or park its item, and say which. When that cannot be

@@ -1,9 +1,9 @@
 """The wallet service's schema (SQLAlchemy Core). Migrations in migrations/ create it."""
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, String, Table, UniqueConstraint
+from sqlalchemy import Column, DateTime, ForeignKey, Index, String, Table, UniqueConstraint
 
-from services.runtime.db import ExactDecimal, new_metadata
+from services.runtime.db import BigId, ExactDecimal, new_metadata
 from services.runtime.idempotency import idempotency_table
 from services.runtime.messaging.store import messaging_tables
 
@@ -38,7 +38,7 @@ holds = Table(
 # Double entry: every journal's postings sum to zero, per currency.
 journals = Table(
     "journals", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", BigId, primary_key=True, autoincrement=True),
     Column("type", String(16), nullable=False),
     Column("reference", String(256), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -46,8 +46,8 @@ journals = Table(
 
 postings = Table(
     "postings", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("journal_id", Integer, ForeignKey("journals.id"), nullable=False, index=True),
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("journal_id", BigId, ForeignKey("journals.id"), nullable=False, index=True),
     # "wallet:<id>:available", "wallet:<id>:held" or "external:<currency>" (money entering or
     # leaving the platform).
     Column("account", String(80), nullable=False, index=True),
@@ -58,9 +58,9 @@ postings = Table(
 # What a wallet's owner sees: one line per journal that touched the wallet, with the balances after it.
 ledger_entries = Table(
     "ledger_entries", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", BigId, primary_key=True, autoincrement=True),
     Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False),
-    Column("journal_id", Integer, ForeignKey("journals.id"), nullable=False),
+    Column("journal_id", BigId, ForeignKey("journals.id"), nullable=False),
     Column("type", String(16), nullable=False),
     Column("amount", ExactDecimal, nullable=False),
     Column("available_after", ExactDecimal, nullable=False),

@@ -24,7 +24,7 @@ import pytest
 from services.launcher import GATEWAY, OPERATOR
 from services.monitor import check_gateway, check_service
 from services.runtime.config import load_topology
-from services.runtime.tls import channel_credentials, load_identity
+from services.runtime.tls import load_identity
 
 from conftest import user_token
 from meshkit import MoneyClient, alive, process_env
@@ -107,8 +107,7 @@ def rest_get(topology, path: str) -> tuple[int, dict]:
 async def health(topology, name: str) -> str:
     if name == GATEWAY:
         return (await check_gateway(topology, timeout=2)).status
-    creds = channel_credentials(load_identity(topology.certs_dir, OPERATOR))
-    return (await check_service(topology, name, creds, timeout=2)).status
+    return (await check_service(topology, name, load_identity(topology.certs_dir, OPERATOR), timeout=2)).status
 
 
 WALLETS, FUNDS, SENDS = 20, "100.00", 150

@@ -12,12 +12,13 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from services.blockchain.adapters import BRIDGE, SOURCE, TARGET, ChainRejected
+from services.blockchain.adapters import ChainRejected
 from services.blockchain.app import MIGRATIONS
-from services.blockchain.coordinator import DEGRADED, HEALTHY, UNAVAILABLE, UNKNOWN, ChainRegistry, TransferCoordinator
+from services.blockchain.coordinator import TransferCoordinator
+from services.blockchain.registry import DEGRADED, HEALTHY, UNAVAILABLE, UNKNOWN, ChainRegistry
 from services.blockchain.simulator import SimulatedChain, default_chains
 from services.blockchain.tables import cross_chain_transfers
-from services.blockchain.transfers import COMPENSATED, COMPLETED, FAILED, IN_PROGRESS
+from services.blockchain.transfers import BRIDGE, COMPENSATED, COMPLETED, FAILED, IN_PROGRESS, SOURCE, TARGET
 from services.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from services.domain.money import Money
 from services.runtime.db import Database
@@ -34,6 +35,36 @@ def make_chains() -> dict[str, SimulatedChain]:
     for chain in chains.values():
         chain.latency, chain.latency_jitter = 0.005, 0.0
     return chains
+
+
+# The simulated chains' books, by key.
+
+def _open(chain: SimulatedChain, op: str, undo: str) -> dict[str, Money]:
+    return {key: e.amount for (kind, key), e in chain.entries.items()
+            if kind == op and not e.reverted and (undo, key) not in chain.entries}
+
+
+def locked(chain: SimulatedChain) -> dict[str, Money]:
+    """Locks not refunded: money that left a user on this chain."""
+    return _open(chain, "lock", "unlock")
+
+
+def relayed(chain: SimulatedChain) -> dict[str, Money]:
+    """Bridge messages not cancelled."""
+    return _open(chain, "relay", "revert_relay")
+
+
+def minted(chain: SimulatedChain) -> dict[str, Money]:
+    """Mints: money that arrived on this chain."""
+    return {key: e.amount for (kind, key), e in chain.entries.items() if kind == "mint" and not e.reverted}
+
+
+def refunded(chain: SimulatedChain) -> dict[str, Money]:
+    return {key: e.amount for (kind, key), e in chain.entries.items() if kind == "unlock"}
+
+
+def fees_paid(chain: SimulatedChain) -> Decimal:
+    return sum((e.fee for e in chain.entries.values()), Decimal(0))
 
 
 @dataclass
@@ -58,7 +89,7 @@ class World:
     def assert_balanced(self) -> None:
         """Nothing left locked, no bridge message open, nothing minted: no money moved."""
         for chain in self.chains.values():
-            assert (chain.locked(), chain.relayed(), chain.minted()) == ({}, {}, {}), chain.name
+            assert (locked(chain), relayed(chain), minted(chain)) == ({}, {}, {}), chain.name
 
 
 @pytest.fixture
@@ -69,7 +100,7 @@ async def world(database_url):
     registry = ChainRegistry(chains.values(), call_timeout=0.3)
     coordinator = TransferCoordinator(db, registry, step_timeout=0.2, compensation_backoff=0.01)
     yield World(chains, registry, coordinator, db)
-    await coordinator.close(grace=0)
+    await coordinator.driver.close(grace=0)
     db.close()
 
 
@@ -96,8 +127,8 @@ async def test_a_transfer_locks_relays_and_mints_once_with_three_references(worl
     assert t.completed_at is not None and t.name == f"crossChainTransfers/{t.id}"
     assert world.eth.journal == [("lock", t.key(SOURCE)), ("relay", t.key(BRIDGE))]
     assert world.polygon.journal == [("mint", t.key(TARGET))]
-    assert world.polygon.minted() == {t.key(TARGET): usdc("25.00")}
-    assert world.eth.locked() == {t.key(SOURCE): usdc("25.00")}
+    assert minted(world.polygon) == {t.key(TARGET): usdc("25.00")}
+    assert locked(world.eth) == {t.key(SOURCE): usdc("25.00")}
     stored = await world.coordinator.get(t.id)
     assert (stored.state, stored.source_tx, stored.bridge_tx, stored.target_tx) == (COMPLETED, t.source_tx, t.bridge_tx,
                                                                                     t.target_tx)
@@ -116,9 +147,9 @@ async def test_a_failing_step_is_compensated_and_no_money_moves(world, step, cha
     assert [c.step for c in t.compensations] == undone
     assert all(c.transaction.chain == "ethereum" and c.reason == t.failure_reason for c in t.compensations)
     world.assert_balanced()
-    assert world.eth.refunded() == ({t.key(SOURCE): usdc("25.00")} if undone else {})
+    assert refunded(world.eth) == ({t.key(SOURCE): usdc("25.00")} if undone else {})
     # the reverted transaction is on its chain: FAILED once its block is there
-    world.chains[chain].advance(world.chains[chain].block_time)
+    world.chains[chain].skew += world.chains[chain].block_time
     reverted = await world.registry.transaction_status(HASH.search(t.failure_reason).group())
     assert (reverted.status, reverted.chain) == ("FAILED", chain)
     assert (await world.coordinator.get(t.id)).compensations == t.compensations
@@ -140,10 +171,10 @@ async def test_a_repeated_request_returns_the_same_transfer_and_does_nothing_twi
 async def test_a_mint_whose_answer_was_lost_is_asked_again_and_completes_once(world):
     world.polygon.faults.timeout_rate = 1.0
     running = asyncio.create_task(transfer(world))
-    await until(lambda: world.polygon.minted())          # the mint landed; its answer will never come
+    await until(lambda: minted(world.polygon))          # the mint landed; its answer will never come
     world.polygon.faults.timeout_rate = 0.0
     t = await running
-    assert t.state == COMPLETED and world.eth.refunded() == {}
+    assert t.state == COMPLETED and refunded(world.eth) == {}
     assert world.polygon.journal == [("mint", t.key(TARGET))]
 
 
@@ -153,12 +184,12 @@ async def test_a_mint_that_never_answers_is_not_refunded_but_asked_again_later(w
     # it may have happened (it did): refunding the lock could pay twice, so the transfer waits
     assert (t.state, t.current_step, t.compensations, t.failure_reason) == (IN_PROGRESS, TARGET, [], "")
     assert "asked again later" in t.last_error
-    assert world.eth.locked() and world.polygon.minted() and world.eth.refunded() == {}
+    assert locked(world.eth) and minted(world.polygon) and refunded(world.eth) == {}
     world.polygon.faults.timeout_rate = 0.0
-    assert await world.coordinator.resume_once() == 1
+    assert await world.coordinator.driver.resume_once() == 1
     t = await world.coordinator.get(t.id)
     assert t.state == COMPLETED and t.last_error == ""
-    assert world.polygon.journal == [("mint", t.key(TARGET))] and world.eth.refunded() == {}
+    assert world.polygon.journal == [("mint", t.key(TARGET))] and refunded(world.eth) == {}
 
 
 async def test_a_lock_whose_answer_never_comes_is_refunded(world):
@@ -201,8 +232,8 @@ async def test_a_compensation_that_cannot_finish_leaves_the_transfer_failed_for_
     t = await transfer(world)
     assert (t.state, t.current_step, t.compensations) == (FAILED, BRIDGE, [])
     assert "refunding the lock" in t.failure_reason and "an operator must finish" in t.failure_reason
-    assert world.eth.locked() == {t.key(SOURCE): usdc("25.00")}   # what the operator has to refund
-    assert world.polygon.minted() == {}
+    assert locked(world.eth) == {t.key(SOURCE): usdc("25.00")}   # what the operator has to refund
+    assert minted(world.polygon) == {}
 
 
 async def test_a_drive_killed_mid_step_resumes_without_repeating_what_was_done(world):
@@ -215,18 +246,18 @@ async def test_a_drive_killed_mid_step_resumes_without_repeating_what_was_done(w
     world.eth.relay = hang_once
     running = asyncio.create_task(transfer(world))
     await hung.wait()
-    await world.coordinator.close(grace=0)       # the process dies: its drive is cancelled mid-step
+    await world.coordinator.driver.close(grace=0)       # the process dies: its drive is cancelled mid-step
     with pytest.raises(asyncio.CancelledError):
         await running
-    (key,) = world.eth.locked()
+    (key,) = locked(world.eth)
     transfer_id = key.split(":")[0]
     assert (await world.coordinator.get(transfer_id)).state == IN_PROGRESS
     restarted = TransferCoordinator(world.db, world.registry, step_timeout=0.2)
-    assert await restarted.resume_once() == 1
+    assert await restarted.driver.resume_once() == 1
     t = await restarted.get(transfer_id)
     assert t.state == COMPLETED
     assert world.eth.journal == [("lock", t.key(SOURCE)), ("relay", t.key(BRIDGE))]   # the lock was not repeated
-    assert await restarted.resume_once() == 0
+    assert await restarted.driver.resume_once() == 0
 
 
 async def test_bad_requests_are_refused_and_change_nothing(world):
@@ -262,11 +293,11 @@ async def test_a_transaction_is_found_on_its_chain_and_final_after_enough_confir
         "PENDING", "ethereum", 0, False, False)
     assert [(a.chain, a.answered, a.status.found) for a in report.answers] == [
         ("ethereum", True, True), ("polygon", True, False), ("solana", True, False)]
-    eth.advance(2.0)                         # one block: in it
+    eth.skew += 2.0                         # one block: in it
     report = await registry.transaction_status(tx.hash)
     assert (report.status, report.confirmations, report.required_confirmations, report.finalized) == (
         "CONFIRMING", 1, 12, False)
-    eth.advance(11 * 2.0)                    # 11 more: 12 confirmations, final
+    eth.skew += 11 * 2.0                    # 11 more: 12 confirmations, final
     report = await registry.transaction_status(tx.hash)
     assert (report.status, report.confirmations, report.finalized) == ("FINALIZED", 12, True)
 
@@ -335,14 +366,14 @@ async def test_simulated_transactions_are_idempotent_by_key_and_unique_per_chain
     other = await sol.lock(usdc("5.00"), "k")
     assert other.hash != first.hash and other.chain == "solana"
     assert first.block == eth.height() + 1 or first.block == eth.height()   # included in the next block
-    assert await eth.unlock("k") == await eth.unlock("k") and eth.locked() == {}
+    assert await eth.unlock("k") == await eth.unlock("k") and locked(eth) == {}
     assert await eth.revert_relay("never") is None
     with pytest.raises(ChainRejected, match="cancelled"):
         await eth.relay(usdc("5.00"), "never", "solana")
     before = sol.height()
-    sol.advance(2.0)
+    sol.skew += 2.0
     assert sol.height() - before in (5, 6)                         # 0.4 s blocks
-    assert eth.fees_paid() == Decimal("0.00042") * 2
+    assert fees_paid(eth) == Decimal("0.00042") * 2
 
 
 async def test_simulated_books_outlive_a_restart(tmp_path):
@@ -350,5 +381,5 @@ async def test_simulated_books_outlive_a_restart(tmp_path):
     tx = await eth.lock(usdc("5.00"), "k")
     await eth.unlock("missing")
     again = default_chains(seed=1, books_dir=tmp_path)[0]
-    assert again.locked() == {"k": usdc("5.00")} and ("lock", "missing") in again.voided
+    assert locked(again) == {"k": usdc("5.00")} and ("lock", "missing") in again.voided
     assert await again.lock(usdc("5.00"), "k") == tx and again.journal == [("lock", "k")]

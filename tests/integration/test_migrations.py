@@ -5,10 +5,15 @@ from __future__ import annotations
 from importlib import import_module
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
 
 from services.runtime.db import Database
+
+from conftest import postgres_schema
 
 
 @pytest.mark.parametrize("service", ["wallet", "transaction", "provider", "blockchain"])
@@ -21,3 +26,29 @@ def test_the_migrations_make_the_schema_of_tables_py(service, database_url):
                                     import_module(f"services.{service}.tables").metadata) == []
     finally:
         db.close()
+
+
+@pytest.mark.postgres
+def test_an_existing_database_keeps_its_rows_and_counts_past_32_bits_after_the_bigint_revision():
+    """A wallet database of before the 64-bit ids (revision 0002), with an event in its outbox,
+    upgraded: the row is kept and the next ids go past 2**31."""
+    migrations = import_module("services.wallet.app").MIGRATIONS
+    with postgres_schema() as url:
+        db = Database(url, migrations)
+        config = Config()
+        config.set_main_option("script_location", str(migrations))
+        with db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0002")
+            connection.execute(text("INSERT INTO outbox (event_id, topic, envelope, created_at) "
+                                    "VALUES ('e1', 't', '', now())"))
+        db.migrate()
+        try:
+            with db.engine.begin() as connection:
+                connection.execute(text("SELECT setval(pg_get_serial_sequence('outbox', 'id'), 3000000000)"))
+                new_id = connection.execute(text("INSERT INTO outbox (event_id, topic, envelope, created_at) "
+                                                 "VALUES ('e2', 't', '', now()) RETURNING id")).scalar_one()
+                kept = connection.execute(text("SELECT id FROM outbox WHERE event_id = 'e1'")).scalar_one()
+            assert (kept, new_id) == (1, 3000000001)
+        finally:
+            db.close()

@@ -15,7 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from diboas.blockchain.v1 import blockchain_pb2
 from diboas.common.v1 import common_pb2
 from services.blockchain.adapters import TxStatus
-from services.blockchain.coordinator import ChainAnswer, StatusReport
+from services.blockchain.registry import ChainAnswer, StatusReport
 from services.blockchain.servicer import PAGES, BlockchainServicer
 from services.blockchain.simulator import Faults
 from services.blockchain.transfers import ChainTx, Compensation, Transfer

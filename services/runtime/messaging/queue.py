@@ -50,7 +50,7 @@ from services.domain.clock import utcnow
 from services.domain.errors import NotFound
 
 from ..config import QueuePolicy
-from ..db import Database, as_utc
+from ..db import BigId, Database, as_utc
 from ..tracing import current_trace_headers
 
 log = logging.getLogger("diboas.queue")
@@ -61,7 +61,7 @@ MAX_ATTEMPTS, MAX_AGE = "MAX_ATTEMPTS", "MAX_AGE"
 def work_items_table(metadata: MetaData) -> Table:
     return Table(
         "work_items", metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("id", BigId, primary_key=True, autoincrement=True),
         Column("queue", String(64), nullable=False),
         Column("item", String(128), nullable=False),
         Column("priority", Integer, nullable=False),          # higher first
@@ -79,7 +79,7 @@ def parked_work_items_table(metadata: MetaData) -> Table:
     """The audit record of every parked item (its dead letter), and of its replay."""
     return Table(
         "parked_work_items", metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("id", BigId, primary_key=True, autoincrement=True),
         Column("queue", String(64), nullable=False),
         Column("item", String(128), nullable=False),
         Column("priority", Integer, nullable=False),

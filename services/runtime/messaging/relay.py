@@ -33,6 +33,7 @@ from services.domain.clock import utcnow
 
 from ..client import Upstream
 from ..db import Database
+from ..loops import repeat
 from ..tracing import MessageTracing
 from .store import DEAD, DELIVERED, PENDING, MessagingTables
 
@@ -204,17 +205,8 @@ class Relay:
 
     async def run(self, stop: asyncio.Event, idle_seconds: float = 0.1) -> None:
         """Deliver until `stop` is set; sleep `idle_seconds` between rounds that found nothing."""
-        while not stop.is_set():
-            try:
-                delivered = await self.run_once()
-            except Exception:  # noqa: BLE001 - the relay must outlive a bad round (e.g. a database hiccup)
-                log.exception("relay round failed; trying again")
-                delivered = 0
-            if not delivered:
-                try:
-                    await asyncio.wait_for(stop.wait(), idle_seconds)
-                except TimeoutError:
-                    pass
+        await repeat(stop, idle_seconds, self.run_once, failure="relay round failed", wait_only_when_idle=True,
+                     logger=log)
 
     # --- dead letters ---------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from sqlalchemy import (
 from diboas.events.v1 import events_pb2
 from services.domain.clock import utcnow
 
+from ..db import BigId
 from ..tracing import current_trace_headers
 from ..wire import timestamp
 from .secure import KeyRing, seal
@@ -50,10 +51,11 @@ class MessagingTables:
 
 
 def messaging_tables(metadata: MetaData) -> MessagingTables:
-    """Add the messaging tables to a service's schema (its migrations create them)."""
+    """Add the messaging tables to a service's schema (its migrations create them with
+    services/runtime/migrations.py)."""
     outbox = Table(
         "outbox", metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("id", BigId, primary_key=True, autoincrement=True),
         Column("event_id", String(64), nullable=False, unique=True),
         Column("topic", String(128), nullable=False),
         Column("envelope", LargeBinary, nullable=False),
@@ -61,8 +63,8 @@ def messaging_tables(metadata: MetaData) -> MessagingTables:
     )
     deliveries = Table(
         "deliveries", metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("outbox_id", Integer, ForeignKey("outbox.id"), nullable=False),
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("outbox_id", BigId, ForeignKey("outbox.id"), nullable=False),
         Column("subscriber", String(64), nullable=False),
         Column("state", String(16), nullable=False),
         Column("attempts", Integer, nullable=False),       # handler failures, counted against the policy
@@ -81,8 +83,8 @@ def messaging_tables(metadata: MetaData) -> MessagingTables:
     )
     dead_letters = Table(
         "dead_letters", metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("delivery_id", Integer, ForeignKey("deliveries.id"), nullable=False),
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("delivery_id", BigId, ForeignKey("deliveries.id"), nullable=False),
         Column("event_id", String(64), nullable=False),
         Column("topic", String(128), nullable=False),
         Column("subscriber", String(64), nullable=False),

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import services.runtime.db
+from services.runtime.migrations import create_idempotency_keys, drop_idempotency_keys
 
 revision = '0001'
 down_revision = None
@@ -46,18 +47,11 @@ def upgrade() -> None:
     with op.batch_alter_table('cross_chain_transfers', schema=None) as batch_op:
         batch_op.create_index('ix_cross_chain_transfers_state', ['state'], unique=False)
 
-    op.create_table('idempotency_keys',
-    sa.Column('request_id', sa.String(length=128), nullable=False),
-    sa.Column('operation', sa.String(length=64), nullable=False),
-    sa.Column('fingerprint', sa.String(length=64), nullable=False),
-    sa.Column('response', sa.LargeBinary(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('request_id', name=op.f('pk_idempotency_keys'))
-    )
+    create_idempotency_keys(op)
 
 
 def downgrade() -> None:
-    op.drop_table('idempotency_keys')
+    drop_idempotency_keys(op)
     with op.batch_alter_table('cross_chain_transfers', schema=None) as batch_op:
         batch_op.drop_index('ix_cross_chain_transfers_state')
 

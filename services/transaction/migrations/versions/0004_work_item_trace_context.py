@@ -4,8 +4,9 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-02
 """
-import sqlalchemy as sa
 from alembic import op
+
+from services.runtime.migrations import add_work_item_trace_context, drop_work_item_trace_context
 
 revision = '0004'
 down_revision = '0003'
@@ -14,12 +15,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('work_items', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('traceparent', sa.String(length=64), server_default='', nullable=False))
-        batch_op.add_column(sa.Column('tracestate', sa.Text(), server_default='', nullable=False))
+    add_work_item_trace_context(op)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('work_items', schema=None) as batch_op:
-        batch_op.drop_column('tracestate')
-        batch_op.drop_column('traceparent')
+    drop_work_item_trace_context(op)

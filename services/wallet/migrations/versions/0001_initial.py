@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import services.runtime.db
+from services.runtime.migrations import create_idempotency_keys, drop_idempotency_keys
 
 revision = '0001'
 down_revision = None
@@ -16,14 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table('idempotency_keys',
-    sa.Column('request_id', sa.String(length=128), nullable=False),
-    sa.Column('operation', sa.String(length=64), nullable=False),
-    sa.Column('fingerprint', sa.String(length=64), nullable=False),
-    sa.Column('response', sa.LargeBinary(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('request_id', name=op.f('pk_idempotency_keys'))
-    )
+    create_idempotency_keys(op)
     op.create_table('journals',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('type', sa.String(length=16), nullable=False),
@@ -106,4 +100,4 @@ def downgrade() -> None:
     op.drop_table('holds')
     op.drop_table('wallets')
     op.drop_table('journals')
-    op.drop_table('idempotency_keys')
+    drop_idempotency_keys(op)
