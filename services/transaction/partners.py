@@ -3,34 +3,18 @@ domain values to their RPCs (errors arrive as domain errors, through the runtime
 stubs). Each call carries an idempotency key, so a retried step never pays or moves twice."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.domain.money import Money
 from services.runtime.client import Upstream
 from services.runtime.wire import money_pb
 
+from .ports import PaymentResult, TransferResult
+
 # Failover across providers, or three chain steps with compensations, take longer than one
 # plain call: the saga waits this long before it asks again (with the same key) later. Less
 # than the work queue's 30 s lease, so another worker does not take the item meanwhile.
 SAGA_STEP_TIMEOUT = 20.0
-
-
-@dataclass(frozen=True)
-class PaymentResult:
-    name: str                   # "payments/{id}"
-    state: str                  # PENDING, SUCCEEDED, FAILED
-    provider: str               # "providers/{id}" that executed it; empty unless SUCCEEDED
-    failure_reason: str
-
-
-@dataclass(frozen=True)
-class TransferResult:
-    name: str                   # "crossChainTransfers/{id}"
-    state: str                  # PENDING, IN_PROGRESS, COMPLETED, COMPENSATED, FAILED
-    chain_transactions: list[tuple[str, str, int]]    # (chain, hash, block): source, bridge, target
-    failure_reason: str
 
 
 class ProviderClient:

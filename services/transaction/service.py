@@ -24,12 +24,11 @@ from services.runtime.unit_of_work import UnitOfWork, UnitsOfWork
 from services.runtime.users import User
 
 from .domain import PENDING, TERMINAL, Parked, Transaction
-from .partners import ChainClient, ProviderClient
+from .ports import ChainPort, ProviderPort, WalletPort
 from .repository import TransactionRepository
 from .sagas import SAGAS, Sagas
 from .sagas.saga import Admission
 from .tables import idempotency_keys
-from .wallet_client import WalletClient
 from .worker import Worker
 
 PAGES = PageTokens("transactions", INSTANT, KEY)     # after this (created_at, id), newest first
@@ -62,8 +61,8 @@ class TransactionService:
     """`units`: the units of work to use instead of ones over `db`, `outbox` and `queue` (the
     unit tests pass fakes, and None for those three)."""
 
-    def __init__(self, db: Database | None, wallet: WalletClient, queue: WorkQueue, outbox: Outbox | None,
-                 providers: ProviderClient | None = None, chains: ChainClient | None = None,
+    def __init__(self, db: Database | None, wallet: WalletPort, queue: WorkQueue, outbox: Outbox | None,
+                 providers: ProviderPort | None = None, chains: ChainPort | None = None,
                  clock: Callable[[], dt.datetime] = utcnow, ids: Callable[[], str] = lambda: uuid.uuid4().hex,
                  tracing: MessageTracing | None = None, *, sagas: Sagas = SAGAS,
                  units: UnitsOfWork[TransactionRepository] | None = None):

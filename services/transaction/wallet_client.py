@@ -2,7 +2,6 @@
 the wallet's RPCs (errors arrive as domain errors, through the runtime's guarded stubs)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -10,21 +9,12 @@ from services.domain.money import EXACT, Money
 from services.runtime.client import Upstream
 from services.runtime.wire import money_pb
 
-
-@dataclass(frozen=True)
-class WalletFacts:
-    owner: str
-    currency: str
-    balance: Money              # available + held
-
-
-@dataclass(frozen=True)
-class Funds:
-    sufficient: bool
-    available: str
+from .ports import Funds, WalletFacts
 
 
 class WalletClient:
+    """The wallet port (ports.WalletPort) over the wallet's RPCs."""
+
     def __init__(self, upstream: Upstream):
         self._wallet = upstream.stub(wallet_pb2_grpc.WalletServiceStub)
 

@@ -23,18 +23,17 @@ from services.runtime.unit_of_work import UnitsOfWork
 
 from .domain import COMPLETED, FAILED, TERMINAL, Transaction
 from .events import event_for
-from .partners import ChainClient, ProviderClient
+from .ports import ChainPort, ProviderPort, WalletPort
 from .repository import TransactionRepository
 from .sagas import Sagas
 from .sagas.saga import Fail, SagaContext
-from .wallet_client import WalletClient
 
 log = logging.getLogger("diboas.transaction")
 
 
 class Worker:
     def __init__(self, units: UnitsOfWork[TransactionRepository], queue: WorkQueue, sagas: Sagas,
-                 wallet: WalletClient, providers: ProviderClient | None, chains: ChainClient | None,
+                 wallet: WalletPort, providers: ProviderPort | None, chains: ChainPort | None,
                  clock: Callable[[], dt.datetime], tracing: MessageTracing):
         self._units, self._queue, self._sagas, self._clock, self._tracing = units, queue, sagas, clock, tracing
         self._context = SagaContext(wallet, providers, chains, clock, self._save_progress)

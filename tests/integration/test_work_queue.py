@@ -19,8 +19,8 @@ from services.runtime.config import DEFAULT_TOPOLOGY, QueuePolicy, load_topology
 from services.runtime.db import Database
 from services.runtime.messaging.queue import MAX_AGE, MAX_ATTEMPTS, WorkQueue
 from services.transaction.app import MIGRATIONS
+from services.transaction.ports import Funds, WalletFacts
 from services.transaction.tables import parked_work_items, work_items
-from services.transaction.wallet_client import Funds, WalletFacts
 
 
 class Clock:

@@ -13,8 +13,7 @@ from services.domain.errors import AlreadyExists, NotFound
 from services.domain.money import Money
 from services.runtime.messaging.queue import MAX_ATTEMPTS, Claimed, ParkedItem, Retried
 from services.transaction.domain import PENDING, PROCESSING, TERMINAL, Transaction
-from services.transaction.partners import PaymentResult, TransferResult
-from services.transaction.wallet_client import Funds, WalletFacts
+from services.transaction.ports import Funds, PaymentResult, TransferResult, WalletFacts
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 

@@ -20,10 +20,7 @@ from services.domain.money import Money, require_balance_room
 from ..domain import PENDING, PROCESSING, Transaction
 
 if TYPE_CHECKING:
-    from services.runtime.users import User
-
-    from ..partners import ChainClient, ProviderClient
-    from ..wallet_client import WalletClient, WalletFacts
+    from ..ports import ChainPort, ProviderPort, Viewer, WalletFacts, WalletPort
 
 # A field's rule in `Saga.fields`: the type needs it, or it must be left empty; a field the
 # type does not name is optional.
@@ -42,9 +39,9 @@ class Fail(Exception):
 @dataclasses.dataclass(frozen=True)
 class SagaContext:
     """What a saga's steps call, and how they record their progress."""
-    wallet: WalletClient
-    providers: ProviderClient | None
-    chains: ChainClient | None
+    wallet: WalletPort
+    providers: ProviderPort | None
+    chains: ChainPort | None
     clock: Callable[[], dt.datetime]
     save: Callable[[Transaction], Awaitable[None]]      # writes the transaction's progress now
 
@@ -64,7 +61,7 @@ class Admission:
     anything else about it is said), hold the draft's currency, the source has the funds, and the
     destination has room below its currency's max_balance."""
 
-    def __init__(self, draft: Transaction, viewer: User | None, wallet: WalletClient,
+    def __init__(self, draft: Transaction, viewer: Viewer | None, wallet: WalletPort,
                  incoming: Callable[[str, str], Awaitable[Money]]):
         self._draft, self._viewer, self._wallet, self._incoming = draft, viewer, wallet, incoming
         self._on_its_way: Money | None = None

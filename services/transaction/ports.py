@@ -1,0 +1,70 @@
+"""What the transaction service's use cases and sagas need from the other services, as domain
+values: the wallet, the provider and the blockchain ports. `wallet_client.py` and `partners.py`
+implement them over the mesh (their upstreams are a channel, or in the same process the other
+service's servicer); the unit tests implement them with fakes. No grpc, no protobuf, no SQL."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.domain.money import Money
+
+
+@dataclass(frozen=True)
+class WalletFacts:
+    owner: str
+    currency: str
+    balance: Money              # available + held
+
+
+@dataclass(frozen=True)
+class Funds:
+    sufficient: bool
+    available: str
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    name: str                   # "payments/{id}"
+    state: str                  # PENDING, SUCCEEDED, FAILED
+    provider: str               # "providers/{id}" that executed it; empty unless SUCCEEDED
+    failure_reason: str
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    name: str                   # "crossChainTransfers/{id}"
+    state: str                  # PENDING, IN_PROGRESS, COMPLETED, COMPENSATED, FAILED
+    chain_transactions: list[tuple[str, str, int]]    # (chain, hash, block): source, bridge, target
+    failure_reason: str
+
+
+class Viewer(Protocol):
+    """The external user a request is served for (services/runtime/users.py: User)."""
+    id: str
+
+    def may_see(self, owner: str) -> bool: ...
+
+
+class WalletPort(Protocol):
+    async def describe(self, wallet: str) -> WalletFacts:
+        """Owner, currency and balance of a wallet; NotFound when it does not exist."""
+
+    async def funds(self, source: str, amount: Money) -> Funds:
+        """Whether the source wallet (which exists and holds the currency) has the amount now."""
+
+    async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
+        """Reserve `amount` on the source wallet; the hold's name. Idempotent by request_id."""
+
+
+class ProviderPort(Protocol):
+    async def pay(self, pay_in: bool, amount: Money, wallet: str, transaction: str, provider: str,
+                  request_id: str) -> PaymentResult:
+        """A pay-in to or pay-out from `wallet` through a provider. Idempotent by request_id."""
+
+
+class ChainPort(Protocol):
+    async def transfer(self, source_chain: str, target_chain: str, amount: Money, destination_address: str,
+                       transaction: str, request_id: str) -> TransferResult:
+        """A cross-chain transfer, compensated by the blockchain service when a step fails.
+        Idempotent by request_id."""
