@@ -20,10 +20,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]   # a 2,000-SEND burst
 WALLETS, FUNDS, SENDS = 50, "100.00", 2000
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def databases(request) -> dict:
+@contextlib.contextmanager
+def databases(backend: str):
     """The wallet's and the transaction service's databases: each its own (PostgreSQL: its own schema)."""
-    if request.param == "sqlite":
+    if backend == "sqlite":
         yield {}
         return
     with contextlib.ExitStack() as schemas:
@@ -68,12 +68,19 @@ async def _burst(mesh: Mesh, victim: str | None) -> None:
     assert len(completed) > SENDS // 4
 
 
-@pytest.mark.parametrize("mode, victim", [
-    ("services", None), ("services", "wallet"), ("services", "transaction"),
-    ("monolith", "monolith"),          # every service at once, outbox and inbox alike
-    ("hybrid", "core"),                # wallet and transaction together
+POSTGRES = pytest.mark.postgres
+
+
+@pytest.mark.parametrize("backend, mode, victim", [
+    ("sqlite", "services", "wallet"), ("sqlite", "services", "transaction"),
+    ("sqlite", "monolith", "monolith"),        # every service at once, outbox and inbox alike
+    ("sqlite", "hybrid", "core"),              # wallet and transaction together
+    pytest.param("postgres", "services", "wallet", marks=POSTGRES),
+    pytest.param("postgres", "services", "transaction", marks=POSTGRES),
+    pytest.param("postgres", "monolith", "monolith", marks=POSTGRES),
 ])
-async def test_money_is_conserved_under_load_and_crashes(pki, tmp_path, databases, mode, victim):
-    """2,000 concurrent SENDs among 50 wallets; with a process killed and restarted mid-way, or not."""
-    async with money_mesh(pki, tmp_path, mode, databases) as mesh:
-        await _burst(mesh, victim)
+async def test_money_is_conserved_under_load_and_a_crash(pki, tmp_path, backend, mode, victim):
+    """2,000 concurrent SENDs among 50 wallets, with a process killed (SIGKILL) and restarted mid-way."""
+    with databases(backend) as urls:
+        async with money_mesh(pki, tmp_path, mode, urls) as mesh:
+            await _burst(mesh, victim)
