@@ -152,6 +152,11 @@ class Topology:
             known = ", ".join(sorted(self.services))
             raise ConfigError(f"{self.path}: no service named '{name}' (known: {known})") from None
 
+    @property
+    def start_order(self) -> tuple[str, ...]:
+        """Every service, each one's upstreams before it (as one process would start them all)."""
+        return _start_order(tuple(self.services), self.services)
+
     def process_of(self, service: str) -> str:
         """The name of the process that runs `service` in this shape."""
         return next(name for name, members in self.processes.items() if service in members)
