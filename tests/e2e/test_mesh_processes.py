@@ -254,7 +254,7 @@ def test_every_listener_of_a_mesh_gets_its_own_port(tmp_path, monkeypatch):
     assert len(addresses) == len(load_topology(env={}).services) * 2 + 3
     assert len(set(addresses.values())) == len(addresses)
     # A service added to the topology gets its ports too, not its usual ones (other meshes' too).
-    monkeypatch.setenv("DIBOAS_TOPOLOGY", str(topology_with_a_service(tmp_path, "notes")))
+    monkeypatch.setenv("DIBOAS_TOPOLOGY", str(topology_with_a_service(tmp_path, "extra")))
     grown = mesh_addresses()
-    assert {"DIBOAS_NOTES_ADDRESS", "DIBOAS_NOTES_METRICS"} <= set(grown) and len(grown) == len(addresses) + 2
+    assert {"DIBOAS_EXTRA_ADDRESS", "DIBOAS_EXTRA_METRICS"} <= set(grown) and len(grown) == len(addresses) + 2
     assert len(set(grown.values())) == len(grown)

@@ -78,7 +78,7 @@ def test_the_start_order_is_every_service_upstreams_first(tmp_path):
     assert sorted(shipped.start_order) == sorted(shipped.services)
     assert shipped.start_order.index("transaction") > max(shipped.start_order.index(u)
                                                           for u in shipped.services["transaction"].upstreams)
-    # A new service, first in the file but calling the transaction service, starts after it.
-    grown = load_topology(topology_with_a_service(tmp_path, "notes", upstreams=["transaction"]), env={})
-    assert sorted(grown.start_order) == sorted([*shipped.services, "notes"])
-    assert grown.start_order.index("notes") > grown.start_order.index("transaction")
+    # A service added first in the file but calling the transaction service starts after it.
+    grown = load_topology(topology_with_a_service(tmp_path, "extra", upstreams=["transaction"]), env={})
+    assert sorted(grown.start_order) == sorted([*shipped.services, "extra"])
+    assert grown.start_order.index("extra") > grown.start_order.index("transaction")
