@@ -11,7 +11,7 @@ NODE_STAMP  := node_modules/.installed
 # Compare protos against this git ref in `make breaking` (CI sets it to the previous commit).
 BUF_AGAINST ?= main
 
-.PHONY: help setup generate check-generated lint breaking certs run test test-unit test-integration test-e2e bench clean
+.PHONY: help setup generate migration check-generated lint breaking certs run test test-unit test-integration test-e2e bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,10 @@ $(NODE_STAMP): package.json package-lock.json
 
 generate: $(PY_STAMP) ## regenerate generated/ (Python stubs, type stubs, descriptor set) from protos/
 	$(PY) -m tools.generate
+
+migration: $(PY_STAMP) ## write a service's next Alembic migration from its tables.py (SERVICE=name MESSAGE="what changes")
+	@test -n "$(SERVICE)" -a -n "$(MESSAGE)" || { echo 'usage: make migration SERVICE=name MESSAGE="what changes"'; exit 2; }
+	$(PY) -m tools.migration "$(SERVICE)" "$(MESSAGE)"
 
 check-generated: $(PY_STAMP) ## fail when generated/ differs from what protos/ produce
 	$(PY) -m tools.generate --check

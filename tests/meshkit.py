@@ -13,8 +13,10 @@ import subprocess
 import sys
 from decimal import Decimal
 from importlib import import_module
+from pathlib import Path
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from diboas.blockchain.v1 import blockchain_pb2_grpc
@@ -22,14 +24,26 @@ from diboas.common.v1 import common_pb2
 from diboas.provider.v1 import provider_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from services.runtime.config import Address, load_topology
+from services.runtime.config import DEFAULT_TOPOLOGY, Address, load_topology
 from services.runtime.processes import entry_command
 from tools.ports import mesh_addresses
 
 from conftest import bearer, client_channel, service_token, user_token, with_service
 
 SETTLED = (transaction_pb2.TRANSACTION_STATE_COMPLETED, transaction_pb2.TRANSACTION_STATE_FAILED)
-ORDER = ("wallet", "provider", "blockchain", "transaction")      # upstreams first
+ORDER = load_topology(env={}).start_order      # every service of mesh.yaml, upstreams first
+
+
+def topology_with_a_service(tmp_path, name: str, upstreams=()) -> Path:
+    """A topology file: the shipped one with one more service (listed first), as
+    docs/adding-a-service.md adds one; its path."""
+    raw = yaml.safe_load(DEFAULT_TOPOLOGY.read_text())
+    raw["services"] = {name: {"address": "127.0.0.1:50099", "metrics": "127.0.0.1:9199",
+                              "database": f"sqlite:///{{state_dir}}/{name}.db", "upstreams": list(upstreams),
+                              "policy": {"*": ["operator"]}}, **raw["services"]}
+    path = tmp_path / "mesh.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def usd(amount: str) -> common_pb2.Money:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Iterable
 
-SERVICES = ("wallet", "transaction", "provider", "blockchain")
+from services.runtime.config import load_topology
+
 GATEWAY_LISTENERS = ("HTTP", "HTTPS", "ADMIN")
 
 
@@ -22,10 +24,13 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
-def mesh_addresses(services=SERVICES, gateway: bool = True) -> dict[str, str]:
+def mesh_addresses(services: Iterable[str] | None = None, gateway: bool = True) -> dict[str, str]:
     """DIBOAS_* overrides that put every listener of a mesh (each service's gRPC and metrics ports,
-    and the gateway's) on its own free loopback port."""
-    keys = [f"DIBOAS_{name.upper()}_{kind}" for name in services for kind in ("ADDRESS", "METRICS")]
+    and the gateway's) on its own free loopback port. `services` defaults to every service of the
+    topology (mesh.yaml, or DIBOAS_TOPOLOGY): a service left out would listen on its usual port."""
+    if services is None:
+        services = load_topology().services
+    keys = [f"DIBOAS_{name.upper().replace('-', '_')}_{kind}" for name in services for kind in ("ADDRESS", "METRICS")]
     if gateway:
         keys += [f"DIBOAS_GATEWAY_{listener}" for listener in GATEWAY_LISTENERS]
     return {key: f"127.0.0.1:{port}" for key, port in zip(keys, free_ports(len(keys)), strict=True)}

@@ -152,6 +152,11 @@ class Topology:
             known = ", ".join(sorted(self.services))
             raise ConfigError(f"{self.path}: no service named '{name}' (known: {known})") from None
 
+    @property
+    def start_order(self) -> tuple[str, ...]:
+        """Every service, each one's upstreams before it (as one process would start them all)."""
+        return _start_order(tuple(self.services), self.services)
+
     def process_of(self, service: str) -> str:
         """The name of the process that runs `service` in this shape."""
         return next(name for name, members in self.processes.items() if service in members)
@@ -409,9 +414,23 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
             unknown = sorted(callers - known)
             if unknown:
                 raise ConfigError(f"{where}: services.{svc.name}.policy.{method} names unknown callers {unknown}")
+        _check_deliveries(where, svc, services)
     mode, processes = _shape(raw, where, services, known, env)
     return Topology(path, trust_domain, certs_dir, state_dir, defaults, observability, gateway, clients, services,
                     mode, processes, tuple(sorted({SERVICES_MODE, *_section(raw, "shapes", where)})))
+
+
+def _check_deliveries(where: str, publisher: ServiceConfig, services: Mapping[str, ServiceConfig]) -> None:
+    """The publisher's relay delivers each event to every subscriber of its topic by calling the
+    subscriber's DeliverEvent: the subscriber must be an upstream of the publisher, and let it call."""
+    for topic in publisher.publishes:
+        for subscriber in (s for s in services.values() if topic in s.subscribes):
+            if subscriber.name not in publisher.upstreams:
+                raise ConfigError(f"{where}: services.{publisher.name} publishes {topic}, to which {subscriber.name} "
+                                  f"subscribes: add {subscriber.name} to services.{publisher.name}.upstreams")
+            if publisher.name not in subscriber.allowed_callers("DeliverEvent"):
+                raise ConfigError(f"{where}: services.{subscriber.name} subscribes to {topic}, which {publisher.name} "
+                                  f"publishes: services.{subscriber.name}.policy.DeliverEvent must name {publisher.name}")
 
 
 SERVICES_MODE = "services"      # the shape every topology has: each service in a process of its own

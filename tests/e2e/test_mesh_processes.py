@@ -21,7 +21,7 @@ from diboas.transaction.v1 import transaction_pb2
 from services.runtime.config import load_topology
 from tools.ports import mesh_addresses
 
-from meshkit import ORDER, SHAPES, Mesh, Process, mesh_processes, process_env, running, usd
+from meshkit import ORDER, SHAPES, Mesh, Process, mesh_processes, process_env, running, topology_with_a_service, usd
 
 pytestmark = pytest.mark.slow
 COMPLETED = transaction_pb2.TRANSACTION_STATE_COMPLETED
@@ -249,7 +249,12 @@ async def test_a_mesh_that_fails_to_start_leaves_no_process_behind(pki, tmp_path
     assert wallet.process.poll() is not None, "the wallet process was left running"
 
 
-def test_every_listener_of_a_mesh_gets_its_own_port():
+def test_every_listener_of_a_mesh_gets_its_own_port(tmp_path, monkeypatch):
     addresses = mesh_addresses()
-    assert len(addresses) == 4 * 2 + 3
+    assert len(addresses) == len(load_topology(env={}).services) * 2 + 3
     assert len(set(addresses.values())) == len(addresses)
+    # A service added to the topology gets its ports too, not its usual ones (other meshes' too).
+    monkeypatch.setenv("DIBOAS_TOPOLOGY", str(topology_with_a_service(tmp_path, "extra")))
+    grown = mesh_addresses()
+    assert {"DIBOAS_EXTRA_ADDRESS", "DIBOAS_EXTRA_METRICS"} <= set(grown) and len(grown) == len(addresses) + 2
+    assert len(set(grown.values())) == len(grown)

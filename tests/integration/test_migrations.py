@@ -2,6 +2,9 @@
 backends (a column added to a shared table, like the work queue's, needs its migration)."""
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from importlib import import_module
 
 import pytest
@@ -11,12 +14,14 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
+from services.runtime.config import load_topology
 from services.runtime.db import Database
+from tools.migration import ROOT, new_migration
 
 from conftest import postgres_schema
 
 
-@pytest.mark.parametrize("service", ["wallet", "transaction", "provider", "blockchain"])
+@pytest.mark.parametrize("service", list(load_topology(env={}).services))
 def test_the_migrations_make_the_schema_of_tables_py(service, database_url):
     db = Database(database_url, import_module(f"services.{service}.app").MIGRATIONS)
     db.migrate()
@@ -52,3 +57,17 @@ def test_an_existing_database_keeps_its_rows_and_counts_past_32_bits_after_the_b
             assert (kept, new_id) == (1, 3000000001)
         finally:
             db.close()
+
+
+def test_the_migration_tool_writes_the_next_revision_lint_clean(tmp_path):
+    """tools/migration.py on a copy of the wallet's migrations: the next number, and (tables.py
+    and the migrations agreeing) nothing to do; the file passes the project's lint."""
+    shutil.copytree(ROOT / "services" / "wallet" / "migrations", tmp_path / "services" / "wallet" / "migrations",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    path = new_migration("wallet", "nothing new", root=tmp_path)
+    assert path.name == "0004_nothing_new.py"
+    written = path.read_text()
+    assert "down_revision = '0003'" in written and "op." not in written.split("def upgrade")[1].split("def downgrade")[0]
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(ROOT / "pyproject.toml"), str(path)],
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout

@@ -9,6 +9,8 @@ from services.config_files import ConfigError
 from services.launcher import stop_order
 from services.runtime.config import DEFAULT_TOPOLOGY, load_topology
 
+from meshkit import topology_with_a_service
+
 
 def topology_with(tmp_path, env=None, **changes):
     raw = yaml.safe_load(DEFAULT_TOPOLOGY.read_text())
@@ -69,3 +71,14 @@ def test_a_shape_from_the_file_and_the_environment_overriding_it(tmp_path):
     assert topology.mode == "services"
     assert topology_with(tmp_path, mode="monolith").processes == {
         "monolith": load_topology(env={"DIBOAS_MODE": "monolith"}).processes["monolith"]}
+
+
+def test_the_start_order_is_every_service_upstreams_first(tmp_path):
+    shipped = load_topology(env={})
+    assert sorted(shipped.start_order) == sorted(shipped.services)
+    assert shipped.start_order.index("transaction") > max(shipped.start_order.index(u)
+                                                          for u in shipped.services["transaction"].upstreams)
+    # A service added first in the file but calling the transaction service starts after it.
+    grown = load_topology(topology_with_a_service(tmp_path, "extra", upstreams=["transaction"]), env={})
+    assert sorted(grown.start_order) == sorted([*shipped.services, "extra"])
+    assert grown.start_order.index("extra") > grown.start_order.index("transaction")
