@@ -1,5 +1,5 @@
 """The transaction types: one saga object each, registered here. A new type is its proto enum
-value (and fields), one module in this package, and one line in `SAGAS` (docs/guides.md)."""
+value (and fields), one module in this package, and one line in `SAGAS` (docs/adding-a-transaction-type.md)."""
 from __future__ import annotations
 
 from services.domain.errors import InvalidArgument
