@@ -35,6 +35,7 @@ from .auth import TokenVerifier
 from .config import ServiceConfig, Topology
 from .context import CURRENT_CALL, CallInfo, current_caller
 from .inputs import Malformed, guarded
+from .logs import SERVICE
 from .metrics import MethodMetrics
 from .status import code_of, internal_status, to_rpc_status
 from .tracing import TRACE_HEADERS, RpcTracing
@@ -178,11 +179,11 @@ class _RpcScope:
     Plain methods, not an async context manager: the success path never awaits."""
 
     __slots__ = ("_guard", "_method", "_context", "_started", "_span", "_span_token", "_call_token",
-                 "budget", "enforce_budget", "timer")
+                 "_service_token", "budget", "enforce_budget", "timer")
 
     def __init__(self, guard: ServerGuard, method: _Method, context: grpc.aio.ServicerContext):
         self._guard, self._method, self._context = guard, method, context
-        self._span = self._span_token = self._call_token = self.timer = None
+        self._span = self._span_token = self._call_token = self._service_token = self.timer = None
 
     def enter(self) -> None:
         self._started = time.perf_counter()
@@ -206,6 +207,7 @@ class _RpcScope:
         self.enforce_budget = remaining is None and not method.open
         self.budget = guard._default_deadline if remaining is None else remaining
         self._call_token = CURRENT_CALL.set(CallInfo(caller, time.monotonic() + self.budget, user))
+        self._service_token = SERVICE.set(guard._service.name)
 
     def finish(self, code, message: str = "") -> None:
         if code is None:
@@ -217,6 +219,7 @@ class _RpcScope:
         try:
             if self._call_token is not None:
                 CURRENT_CALL.reset(self._call_token)
+                SERVICE.reset(self._service_token)
             RpcTracing.detach(self._span_token)
         except ValueError:
             pass  # a streaming handler finalised in another context: nothing of ours is set there

@@ -28,6 +28,7 @@ from services.domain import errors
 from .calls import call_observer, call_timeout, service_descriptor
 from .config import ServiceConfig, Topology
 from .context import CURRENT_CALL, CallInfo
+from .logs import SERVICE
 from .metrics import MethodMetrics
 from .status import bounded, code_of, upstream_error
 from .tracing import RpcTracing
@@ -95,6 +96,7 @@ class LocalUpstream:
                                          upstream)
                 budget = call_timeout(timeout, default_deadline, upstream)
                 token = CURRENT_CALL.set(CallInfo(caller, time.monotonic() + budget, None))
+                serving = SERVICE.set(upstream)
                 timer = asyncio.timeout(budget)
                 try:
                     async with timer:
@@ -123,6 +125,7 @@ class LocalUpstream:
             finally:
                 if token is not None:
                     CURRENT_CALL.reset(token)
+                    SERVICE.reset(serving)
                 observe(code, started)
                 served.observe(code.name, time.perf_counter() - started)
                 RpcTracing.end(span, code.value[0])

@@ -30,7 +30,7 @@ from .client import Upstreams
 from .config import Address, ServiceConfig, Topology, load_topology
 from .guard import Registrar, ServerGuard
 from .health import DatabaseProbe, ServiceHealth
-from .logs import configure_logging
+from .logs import SERVICE, configure_logging
 from .metrics import serve_metrics
 from .reflection import add_reflection
 from .tls import IdentityFiles, load_identity, server_credentials
@@ -108,6 +108,8 @@ class MeshServer:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
+        # What this service logs while it starts, and its background tasks (which inherit it), say so.
+        serving = SERVICE.set(self.service.name)
         try:
             await self._start()
         except BaseException:
@@ -119,6 +121,8 @@ class MeshServer:
             await self._release()
             self._stopped.set()
             raise
+        finally:
+            SERVICE.reset(serving)
 
     async def _release(self) -> None:
         self._stop_background.set()

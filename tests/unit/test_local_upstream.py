@@ -117,3 +117,23 @@ async def test_a_grpc_service_the_upstream_does_not_serve_here_is_a_clear_error(
     from diboas.events.v1 import events_pb2_grpc
     with pytest.raises(LookupError, match="wallet serves no diboas.events.v1.EventSinkService"):
         upstream(topology, FakeWalletServicer()).stub(events_pb2_grpc.EventSinkServiceStub)
+
+
+async def test_what_the_upstream_logs_on_a_direct_call_names_it_and_the_process(topology):
+    import json
+    import logging
+
+    from services.runtime.logs import JsonFormatter
+    lines = []
+
+    class Logging(FakeWalletServicer):
+        async def GetWallet(self, request, context):
+            lines.append(JsonFormatter("monolith").format(logging.LogRecord("diboas", logging.INFO, "", 0, "hi", (), None)))
+            return await super().GetWallet(request, context)
+
+    stub = upstream(topology, Logging()).stub(wallet_pb2_grpc.WalletServiceStub)
+    await stub.GetWallet(wallet_pb2.GetWalletRequest(name="wallets/w1"))
+    after = json.loads(JsonFormatter("monolith").format(logging.LogRecord("diboas", logging.INFO, "", 0, "x", (), None)))
+    entry = json.loads(lines[0])
+    assert (entry["service"], entry["process"]) == ("wallet", "monolith")
+    assert after["service"] == "monolith" and "process" not in after      # the caller's context again
