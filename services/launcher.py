@@ -311,9 +311,10 @@ Try the REST API as the user "alice" (this token lasts an hour; `.venv/bin/diboa
   curl -s http://{g.http}/v1/providers -H "authorization: Bearer $TOKEN"
   .venv/bin/diboas demo            # wallets, a deposit, a send, a bridge and a withdrawal, step by step
 
-Or gRPC directly, with grpcurl and the operator certificate:
-  grpcurl -cacert {certs}/ca.crt -cert {certs}/operator.crt -key {certs}/operator.key \\
-    -servername {wallet.name} {wallet.address} list
+Or gRPC directly, with buf curl (installed by `make setup`; grpcurl takes the same files) and the
+operator certificate:
+  node_modules/.bin/buf curl --protocol grpc --cacert {certs}/ca.crt --cert {certs}/operator.crt \\
+    --key {certs}/operator.key --servername {wallet.name} --list-services https://{wallet.address}
 
 Health of everything: .venv/bin/diboas health        Press Ctrl-C to stop everything.
 """

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from services.domain.errors import AlreadyExists
 
 from .db import Database
+from .requests import USER_KEYS
 
 T = TypeVar("T")
 
@@ -37,7 +38,9 @@ def stored_response(connection: Connection, table: Table, operation: str, reques
     if row is None:
         return None
     if (row.operation, row.fingerprint) != (operation, fingerprint):
-        raise AlreadyExists(f"request_id '{request_id}' was already used for a different request "
+        # A user's key is stored hashed with their id: quoting it would show an internal value.
+        shown = "this request_id" if request_id.startswith(USER_KEYS) else f"request_id '{request_id}'"
+        raise AlreadyExists(f"{shown} was already used for a different request "
                             f"({row.operation}); use a new request_id for a new request", reason="REQUEST_ID_REUSED")
     return bytes(row.response)
 

@@ -111,6 +111,9 @@ class PageTokens:
         return values
 
 
+USER_KEYS = "user:"     # the prefix of an external user's keys, as stored (never shown)
+
+
 def request_id(request) -> str:
     """The idempotency key of a request. An external user's keys are their own: the same key
     from another user is another request (it neither gets nor blocks theirs), and cannot meet
@@ -120,7 +123,7 @@ def request_id(request) -> str:
         raise InvalidArgument.field("request_id", "is required: a unique key of up to 128 characters per request")
     user = current_user()
     if user is not None:
-        return "user:" + hashlib.sha256(f"{user.id}\0{value}".encode()).hexdigest()
+        return USER_KEYS + hashlib.sha256(f"{user.id}\0{value}".encode()).hexdigest()
     return value
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from services.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.domain.money import Money
 from services.runtime.db import Database
+from services.runtime.requests import USER_KEYS
 from services.wallet.repository import WalletRepository
 from services.wallet.service import WalletService
 from services.wallet.tables import idempotency_keys
@@ -118,6 +119,16 @@ async def test_same_request_id_with_another_body_is_rejected(wallets):
     with pytest.raises(AlreadyExists, match="already used"):
         await wallets.credit("same", "fp-1", a, usd("1.00"), "", encode_pair)   # another operation
     assert (await wallets.get_wallet(a)).available == Decimal("9.00")
+
+
+async def test_a_users_reused_request_id_is_refused_without_showing_how_it_is_stored(wallets):
+    a = await new_wallet(wallets, "alice", funds="10.00")
+    stored = USER_KEYS + "5568" * 16            # as requests.request_id keeps a user's key
+    await wallets.debit(stored, "fp-1", a, usd("1.00"), "", encode_pair)
+    with pytest.raises(AlreadyExists) as refused:
+        await wallets.debit(stored, "fp-2", a, usd("2.00"), "", encode_pair)
+    assert refused.value.message.startswith("this request_id was already used for a different request")
+    assert "5568" not in refused.value.message and refused.value.reason == "REQUEST_ID_REUSED"
 
 
 async def test_bad_input_changes_nothing(wallets):
