@@ -30,6 +30,7 @@ from services.runtime.loops import repeat
 from services.runtime.outcomes import CallOutcomes
 
 from .adapters import ProviderAdapter, ProviderError, ProviderTimeout, Quote, QuoteRequest, Receipt
+from .payment import Attempt, Failure
 
 log = logging.getLogger("diboas.providers")
 
@@ -42,31 +43,11 @@ class Health(CallOutcomes):
 
 
 @dataclass(frozen=True)
-class Failure:
-    provider: str
-    reason: str                              # TIMEOUT, ERROR, UNHEALTHY, UNSUPPORTED, CIRCUIT_OPEN
-    message: str
-
-
-@dataclass(frozen=True)
 class Selection:
     quote: Quote
     candidates: list[Quote]
     failures: list[Failure]
     explanation: str
-
-
-@dataclass(frozen=True)
-class Attempt:
-    provider: str
-    started_at: dt.datetime
-    ended_at: dt.datetime
-    failure: Failure | None = None          # None: this provider executed the payment
-
-    @property
-    def unknown(self) -> bool:
-        """The provider may have charged: it never answered (or the attempt was cut short)."""
-        return self.failure is not None and self.failure.reason == "TIMEOUT"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -119,8 +120,21 @@ def payment_service(database_url, tmp_path):
     db.close()
 
 
+async def _recorded(service, request_id: str, provider: str) -> str:
+    """A payment of 100 USD recorded PENDING under `request_id`, as ExecutePayment records it
+    before any provider is asked; its id."""
+    from services.provider.payment import Payment
+
+    def open_payment(unit) -> str:
+        payment = Payment.open(uuid.uuid4().hex, PAY_IN, usd("100").amount, "wallets/w", "", provider, unit.now)
+        unit.repo.add(payment)
+        return payment.id
+    units = service.units
+    return (await units.run(units.idempotent, "ExecutePayment", request_id, "fp", open_payment, str.encode)).decode()
+
+
 async def test_concurrent_repeats_of_one_payment_charge_once(payment_service):
-    from services.provider.payments import SUCCEEDED
+    from services.provider.payment import SUCCEEDED
     results = await asyncio.gather(*(payment_service.execute("k1", "fp", usd("100"), "wallets/w", "", "")
                                      for _ in range(5)))
     assert {r.id for r in results} == {results[0].id} and results[0].state == SUCCEEDED
@@ -131,19 +145,15 @@ async def test_concurrent_repeats_of_one_payment_charge_once(payment_service):
 async def test_a_payment_interrupted_after_the_charge_resumes_without_charging_again(payment_service, tmp_path):
     """The service recorded the payment, the provider charged, and the service died before it wrote
     SUCCEEDED: the repeat of the request finds the charge by key (from the provider's own books)."""
-    from services.provider.payments import PENDING, SUCCEEDED, PaymentService
+    from services.provider.payment import PENDING, SUCCEEDED
+    from services.provider.payments import PaymentService
     registry = payment_service.registry
-    from services.provider.tables import idempotency_keys
-    from services.runtime.idempotency import run_idempotent
-    payment_id = (await payment_service.db.run(
-        run_idempotent, payment_service.db, idempotency_keys, "ExecutePayment", "k2", "fp",
-        lambda c, now: payment_service._open(c, now, usd("100"), "wallets/w", "", "beta-ramp"),
-        lambda i: i.encode(), payment_service._clock)).decode()
+    payment_id = await _recorded(payment_service, "k2", "beta-ramp")
     assert (await payment_service.get(payment_id)).state == PENDING
     first = await registry.adapters["beta-ramp"].execute(usd("100"), f"payments/{payment_id}")   # charged, then crash
     # A new process: the provider's books come back from its file.
     restarted = {p.name: p for p in default_providers(seed=6, books_dir=tmp_path / "books")}
-    service = PaymentService(payment_service.db, ProviderRegistry(restarted, quote_timeout=0.5))
+    service = PaymentService(payment_service.units.db, ProviderRegistry(restarted, quote_timeout=0.5))
     payment = await service.execute("k2", "fp", usd("100"), "wallets/w", "", "beta-ramp")
     assert payment.state == SUCCEEDED and payment.provider_reference == first.reference
     assert sum(len(p.charges) for p in restarted.values()) == 1
@@ -165,7 +175,7 @@ async def test_failing_health_checks_open_the_breaker_and_a_passing_trial_closes
 
 
 async def test_a_provider_that_does_not_answer_keeps_the_payment_pending_and_never_fails_over(payment_service):
-    from services.provider.payments import PENDING, SUCCEEDED
+    from services.provider.payment import PENDING, SUCCEEDED
     registry = payment_service.registry
     cheapest = (await registry.select(usd("100"))).quote.provider
     registry.adapters[cheapest].faults.timeout_rate = 1.0          # it hangs: it may have charged
@@ -188,15 +198,13 @@ async def test_a_drive_cut_short_mid_call_asks_that_provider_first_when_resumed(
 
     from sqlalchemy import update
 
-    from services.provider.payments import SUCCEEDED, PaymentService, _attempts_json
-    from services.provider.registry import IN_FLIGHT, Attempt, Failure
-    from services.provider.tables import idempotency_keys, payments
-    from services.runtime.idempotency import run_idempotent
-    db, now = payment_service.db, dt.datetime.now(dt.timezone.utc)
-    payment_id = (await db.run(
-        run_idempotent, db, idempotency_keys, "ExecutePayment", "k4", "fp",
-        lambda c, t: payment_service._open(c, t, usd("100"), "wallets/w", "", ""),
-        lambda i: i.encode(), payment_service._clock)).decode()
+    from services.provider.payment import SUCCEEDED, Attempt, Failure
+    from services.provider.payments import PaymentService
+    from services.provider.registry import IN_FLIGHT
+    from services.provider.repository import _attempts_json
+    from services.provider.tables import payments
+    db, now = payment_service.units.db, dt.datetime.now(dt.timezone.utc)
+    payment_id = await _recorded(payment_service, "k4", "")
     history = [Attempt("alpha-pay", now, now, Failure("alpha-pay", "ERROR", "declined")),
                Attempt("beta-ramp", now, now, Failure("beta-ramp", "TIMEOUT", IN_FLIGHT))]
     with db.transaction() as connection:

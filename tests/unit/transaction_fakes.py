@@ -178,11 +178,15 @@ class FakeUnits:
         self.state, self._clock = State(), clock
         self.units = 0                  # how many write units were committed
 
+    def _unit(self, state) -> FakeUnit:
+        """A unit over `state` (another service's fakes give their own repository)."""
+        return FakeUnit(state, self._clock())
+
     @contextlib.contextmanager
     def begin(self):
         before = copy.deepcopy(self.state)
         try:
-            yield FakeUnit(self.state, self._clock())
+            yield self._unit(self.state)
         except BaseException:
             self.state.__dict__.update(before.__dict__)
             raise
@@ -190,7 +194,7 @@ class FakeUnits:
 
     @contextlib.contextmanager
     def reading(self):
-        yield FakeUnit(copy.deepcopy(self.state), self._clock())
+        yield self._unit(copy.deepcopy(self.state))
 
     def stored(self, operation: str, request_id: str, fingerprint: str) -> bytes | None:
         if request_id not in self.state.responses:
