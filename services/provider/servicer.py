@@ -9,8 +9,9 @@ from services.runtime.wire import duration, money_pb, seconds_of, timestamp
 from services.simulation import Faults, fault_settings, fault_switch, faults_of
 
 from .adapters import PAY_IN, PAY_OUT, Quote, QuoteRequest
+from .payment import Failure
 from .payments import Payment, PaymentService
-from .registry import Failure, ProviderRegistry, Selection
+from .registry import ProviderRegistry, Selection
 
 _DIRECTIONS = {provider_pb2.PAYMENT_DIRECTION_PAY_IN: PAY_IN, provider_pb2.PAYMENT_DIRECTION_PAY_OUT: PAY_OUT}
 _BREAKER = {"closed": provider_pb2.CIRCUIT_STATE_CLOSED, "open": provider_pb2.CIRCUIT_STATE_OPEN,

@@ -16,8 +16,9 @@ from diboas.provider.v1 import provider_pb2
 from services.domain.errors import NotFound
 from services.domain.money import Money
 from services.provider.adapters import PAY_IN, PAY_OUT, Limits, Quote, QuoteRequest
+from services.provider.payment import Attempt, Failure
 from services.provider.payments import Payment
-from services.provider.registry import Attempt, Failure, Health, Selection
+from services.provider.registry import Health, Selection
 from services.provider.servicer import ProviderServicer
 from services.simulation import Faults, FaultSwitch
 
