@@ -69,16 +69,25 @@ async def _run_one(mode: str, backend: str, concurrency: int, args) -> dict:
         if backend == "postgres":
             env["DIBOAS_WALLET_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
             env["DIBOAS_TRANSACTION_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
+        # The launcher's children read their settings from the environment: this run's only.
+        saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
-        topology = load_topology()
-        launcher = Launcher(topology)
-        launcher.start()
         try:
-            if not await launcher.wait_until_serving():
-                raise SystemExit(f"bench: the mesh did not start ({mode}, {backend})")
-            return await _measure(topology, launcher, mode, backend, concurrency, args)
+            topology = load_topology()
+            launcher = Launcher(topology)
+            launcher.start()
+            try:
+                if not await launcher.wait_until_serving():
+                    raise SystemExit(f"bench: the mesh did not start ({mode}, {backend})")
+                return await _measure(topology, launcher, mode, backend, concurrency, args)
+            finally:
+                launcher.stop(timeout=15)
         finally:
-            launcher.stop(timeout=15)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict:
