@@ -10,6 +10,7 @@ No grpc and no SQL here: the ports are the service's clients, or fakes in the un
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import datetime as dt
 from typing import TYPE_CHECKING, Awaitable, Callable
@@ -114,7 +115,7 @@ class Admission:
                              disclose=viewer is None or viewer.may_see(destination.owner))
 
 
-class Saga:
+class Saga(abc.ABC):
     """One transaction type. Subclasses set `type`, `fields`, `priority`, and write `admit` and `run`."""
     type: str
     fields: dict[str, str] = {}
@@ -132,12 +133,13 @@ class Saga:
         self.check_values(draft)
 
     def check_values(self, draft: Transaction) -> None:
-        """The type's own checks of the draft's values (INVALID_ARGUMENT naming the field)."""
+        """The type's own checks of the draft's values (INVALID_ARGUMENT naming the field); none by default."""
+        return None
 
+    @abc.abstractmethod
     async def admit(self, draft: Transaction, wallets: Admission) -> tuple[str, str]:
         """The creation-time checks against the wallets; (source owner, destination owner)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def run(self, tx: Transaction, context: SagaContext) -> None:
         """The steps, from wherever the transaction is (a retry finds what earlier attempts made)."""
-        raise NotImplementedError
