@@ -16,6 +16,7 @@ from services.runtime.db import scratch_schema
 from services.runtime.server import MeshServer
 from services.runtime.tls import channel_credentials, load_identity
 from services.runtime.users import issue_user_token
+from tools import rabbitmq
 from tools.ports import free_ports
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -48,6 +49,22 @@ def postgres_schema():
     """A URL of the local PostgreSQL whose search_path is a new schema, dropped afterwards."""
     require_postgres()
     return scratch_schema(POSTGRES_URL, "t")
+
+
+def require_rabbitmq() -> None:
+    """Skip (on a developer machine) or fail (in CI) when RabbitMQ is not there."""
+    if not rabbitmq.reachable():
+        if IN_CI:
+            pytest.fail(f"RabbitMQ at {rabbitmq.HOST}:{rabbitmq.PORT} is unreachable, and CI requires it")
+        pytest.skip(f"RabbitMQ at {rabbitmq.HOST}:{rabbitmq.PORT} is unreachable (start it to run this test)")
+
+
+@pytest.fixture
+def rabbitmq_url():
+    """The AMQP URL of a virtual host of the local RabbitMQ private to the test, deleted afterwards."""
+    require_rabbitmq()
+    with rabbitmq.scratch_vhost() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -84,6 +85,22 @@ class Observability:
 
 
 @dataclass(frozen=True)
+class Messaging:
+    """How events and queued work travel: `embedded` (the services' own databases and calls over
+    the mesh: nothing else to run) or `rabbitmq` (a broker: services/runtime/messaging/rabbit.py)."""
+    transport: str = "embedded"
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    prefix: str = "diboas"          # every exchange and queue name starts with it
+
+    @property
+    def brokered(self) -> bool:
+        return self.transport == RABBITMQ
+
+
+EMBEDDED, RABBITMQ = "embedded", "rabbitmq"
+
+
+@dataclass(frozen=True)
 class Defaults:
     deadline_seconds: float = 5.0
     drain_seconds: float = 10.0
@@ -144,6 +161,7 @@ class Topology:
     mode: str = "services"
     processes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     modes: tuple[str, ...] = ("services",)      # every shape the topology knows
+    messaging: Messaging = field(default_factory=Messaging)
 
     def service(self, name: str) -> ServiceConfig:
         try:
@@ -336,6 +354,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         raise ConfigError(f"{ow}.log_level (or DIBOAS_LOG_LEVEL): '{level}' is not DEBUG, INFO, WARNING or ERROR")
     public_metrics = _switch(o, "public_metrics", ow, False, env, "DIBOAS_PUBLIC_METRICS")
     observability = Observability(tracing, export, ratio, level, public_metrics)
+    messaging = _messaging(_section(raw, "messaging", where), f"{where}: messaging", env)
 
     g = _section(raw, "gateway", where)
     gname = g.get("identity", "gateway")
@@ -414,10 +433,36 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
             unknown = sorted(callers - known)
             if unknown:
                 raise ConfigError(f"{where}: services.{svc.name}.policy.{method} names unknown callers {unknown}")
-        _check_deliveries(where, svc, services)
+        if not messaging.brokered:
+            _check_deliveries(where, svc, services)
     mode, processes = _shape(raw, where, services, known, env)
     return Topology(path, trust_domain, certs_dir, state_dir, defaults, observability, gateway, clients, services,
-                    mode, processes, tuple(sorted({SERVICES_MODE, *_section(raw, "shapes", where)})))
+                    mode, processes, tuple(sorted({SERVICES_MODE, *_section(raw, "shapes", where)})), messaging)
+
+
+_PREFIX = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+def _messaging(raw: Mapping, where: str, env: Mapping[str, str]) -> Messaging:
+    transport = str(env.get("DIBOAS_MESSAGING_TRANSPORT", raw.get("transport", EMBEDDED))).lower()
+    if transport not in (EMBEDDED, RABBITMQ):
+        raise ConfigError(f"{where}.transport (or DIBOAS_MESSAGING_TRANSPORT): '{transport}' is not {EMBEDDED} or {RABBITMQ}")
+    url = str(env.get("DIBOAS_RABBITMQ_URL", raw.get("rabbitmq_url", Messaging.rabbitmq_url)))
+    if urlsplit(url).scheme not in ("amqp", "amqps") or not urlsplit(url).hostname:
+        raise ConfigError(f"{where}.rabbitmq_url (or DIBOAS_RABBITMQ_URL): '{_hide_password(url)}' is not an "
+                          "amqp:// or amqps:// URL with a host")
+    prefix = str(env.get("DIBOAS_RABBITMQ_PREFIX", raw.get("prefix", Messaging.prefix)))
+    if not _PREFIX.fullmatch(prefix):
+        raise ConfigError(f"{where}.prefix (or DIBOAS_RABBITMQ_PREFIX): '{prefix}' is not 1-64 lower-case letters, "
+                          "digits, '_', '.' or '-'")
+    return Messaging(transport, url, prefix)
+
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def _check_deliveries(where: str, publisher: ServiceConfig, services: Mapping[str, ServiceConfig]) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -31,6 +33,7 @@ from .config import Address, ServiceConfig, Topology, load_topology
 from .guard import Registrar, ServerGuard
 from .health import DatabaseProbe, ServiceHealth
 from .logs import SERVICE, configure_logging
+from .messaging.rabbit import Broker
 from .metrics import serve_metrics
 from .reflection import add_reflection
 from .tls import IdentityFiles, load_identity, server_credentials
@@ -62,6 +65,8 @@ class Runtime:
     background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
     # Whether this process traces (spans for queue items and events too: MessageTracing).
     tracing: bool = True
+    # The RabbitMQ connection, when the topology's messaging transport is rabbitmq.
+    broker: Broker | None = None
 
 
 # The request metadata a server accepts, in gRPC's count (names, values and 32 bytes an entry).
@@ -133,6 +138,8 @@ class MeshServer:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._upstreams is not None:
             await self._upstreams.close()
+        if self._runtime is not None and self._runtime.broker is not None:
+            await self._runtime.broker.close()
         for close in self._runtime.on_stop if self._runtime else ():
             close()
 
@@ -142,7 +149,9 @@ class MeshServer:
         issuer = TokenIssuer(service.identity, files.key)
         self._upstreams = Upstreams(topology, service.name, files, issuer, tracing=self._tracing,
                                     neighbours=self._neighbours)
-        self._runtime = Runtime(topology, service, files, self._upstreams, tracing=self._tracing)
+        broker = (Broker(topology.messaging, f"{service.name}@{socket.gethostname()}:{os.getpid()}")
+                  if topology.messaging.brokered else None)
+        self._runtime = Runtime(topology, service, files, self._upstreams, tracing=self._tracing, broker=broker)
         registrations = self._build(self._runtime)
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -156,7 +165,9 @@ class MeshServer:
         grpc_services = list(registrar.services)
         guard.check_policy(registrar.methods)
 
-        self._health = ServiceHealth(service.name, grpc_services, DatabaseProbe(service.database), self._health_interval)
+        dependencies = {"rabbitmq": broker.problem} if broker is not None else {}
+        self._health = ServiceHealth(service.name, grpc_services, DatabaseProbe(service.database), self._health_interval,
+                                     dependencies)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, registrar)
         add_reflection(registrar, [*grpc_services, "grpc.health.v1.Health"])
 

@@ -1,0 +1,101 @@
+"""The RabbitMQ connection of a service (messaging.transport: rabbitmq), and the names of the
+broker objects the mesh declares.
+
+One robust connection per service: aio-pika reconnects it by itself, and re-declares what was
+declared through it, once the broker is back. The first connection is made on first use, not
+at start: a service starts and serves while the broker is away, its relay and consumers wait,
+and its health names the missing dependency (`problem`). Every channel asks for publisher
+confirms: a publish returns only once the broker has taken the message.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit
+
+import aio_pika
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError
+
+from services.domain.errors import ServiceUnavailable
+
+from ..config import Messaging
+
+log = logging.getLogger("diboas.rabbitmq")
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+class BrokerNames:
+    """Every exchange and queue name, in one place, each starting with the topology's prefix."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    @property
+    def events_exchange(self) -> str:
+        """The durable topic exchange every event is published to."""
+        return f"{self.prefix}.events"
+
+    def event_queue(self, subscriber: str) -> str:
+        """A subscribing service's own durable queue, shared by all its instances."""
+        return f"{self.prefix}.events.{subscriber}"
+
+    def work_queue(self, queue: str) -> str:
+        return f"{self.prefix}.work.{queue}"
+
+    def dead_letter_queue(self, queue_name: str) -> str:
+        """The dead-letter queue of a queue named by one of the methods above."""
+        return f"{queue_name}.dead"
+
+    def delay_queue(self, queue_name: str, level: int) -> str:
+        """A retry's waiting room: messages sit there for a while, then go back to `queue_name`."""
+        return f"{queue_name}.delay.{level}"
+
+
+class Broker:
+    def __init__(self, settings: Messaging, client: str):
+        self.names = BrokerNames(settings.prefix)
+        self._url = settings.rabbitmq_url
+        self._client = client
+        self._connection: AbstractRobustConnection | None = None
+        self._connecting = asyncio.Lock()
+        self._problem: str | None = "not connected yet"
+        parts = urlsplit(self._url)
+        self.where = f"{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}{parts.path or '/'}"
+
+    def problem(self) -> str | None:
+        """None while connected to the broker, else why not (for health)."""
+        if self._connection is not None and not self._connection.is_closed:
+            return None
+        return f"RabbitMQ at {self.where}: {self._problem or 'connection lost, reconnecting'}"
+
+    async def connection(self) -> AbstractRobustConnection:
+        """The service's connection, made on first use; ServiceUnavailable while the broker is away."""
+        if self._connection is not None:
+            return self._connection
+        async with self._connecting:
+            if self._connection is None:
+                try:
+                    self._connection = await aio_pika.connect_robust(
+                        self._url, timeout=CONNECT_TIMEOUT_SECONDS, client_properties={"connection_name": self._client})
+                except (OSError, asyncio.TimeoutError, AMQPError) as exc:
+                    self._problem = str(exc) or type(exc).__name__
+                    raise ServiceUnavailable(f"RabbitMQ at {self.where} is unreachable: {self._problem}",
+                                             reason="BROKER_UNAVAILABLE") from None
+                self._problem = None
+                log.info("connected to RabbitMQ at %s", self.where)
+        return self._connection
+
+    async def channel(self, prefetch: int | None = None) -> AbstractRobustChannel:
+        """A new channel with publisher confirms (and, for a consumer, at most `prefetch`
+        unacknowledged messages at once)."""
+        channel = await (await self.connection()).channel(publisher_confirms=True)
+        if prefetch is not None:
+            await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+            self._problem = "closed"

@@ -1,0 +1,35 @@
+"""The topology's messaging section: the transport, the broker URL and the name prefix."""
+from __future__ import annotations
+
+import pytest
+
+from services.config_files import ConfigError
+from services.runtime.config import load_topology
+
+
+def test_embedded_is_the_default():
+    messaging = load_topology(env={}).messaging
+    assert (messaging.transport, messaging.brokered, messaging.prefix) == ("embedded", False, "diboas")
+
+
+def test_the_environment_chooses_rabbitmq():
+    messaging = load_topology(env={"DIBOAS_MESSAGING_TRANSPORT": "RabbitMQ",
+                                   "DIBOAS_RABBITMQ_URL": "amqps://u:p@broker.example:5671/prod",
+                                   "DIBOAS_RABBITMQ_PREFIX": "prod-1"}).messaging
+    assert messaging.brokered
+    assert messaging.rabbitmq_url == "amqps://u:p@broker.example:5671/prod"
+    assert messaging.prefix == "prod-1"
+
+
+@pytest.mark.parametrize("env, names", [
+    ({"DIBOAS_MESSAGING_TRANSPORT": "kafka"}, "DIBOAS_MESSAGING_TRANSPORT"),
+    ({"DIBOAS_RABBITMQ_URL": "http://u:secret@host/"}, "DIBOAS_RABBITMQ_URL"),
+    ({"DIBOAS_RABBITMQ_URL": "amqp:///vhost"}, "DIBOAS_RABBITMQ_URL"),
+    ({"DIBOAS_RABBITMQ_PREFIX": "Has Spaces"}, "DIBOAS_RABBITMQ_PREFIX"),
+])
+def test_bad_settings_are_refused_with_one_line(env, names):
+    with pytest.raises(ConfigError) as raised:
+        load_topology(env=env)
+    text = str(raised.value)
+    assert names in text and "\n" not in text
+    assert "secret" not in text            # a password in a bad URL is not repeated
