@@ -8,6 +8,7 @@ from diboas.transaction.v1 import transaction_pb2_grpc
 from services.runtime.db import Database
 from services.runtime.messaging.admin import DeadLetterServicer
 from services.runtime.messaging.queue import WorkQueue
+from services.runtime.messaging.rabbit_events import RabbitTransport
 from services.runtime.messaging.relay import MeshTransport, Relay
 from services.runtime.messaging.secure import KeyRing
 from services.runtime.messaging.store import Outbox
@@ -37,8 +38,12 @@ def build(runtime: Runtime) -> list[Registration]:
     subscribers = sorted({s for topic in me.publishes for s in subscribers_of(topic)})
     outbox = Outbox(messaging, me.identity, subscribers_of, KeyRing.load(topology.certs_dir))
     tracing = MessageTracing(runtime.tracing)
-    relay = Relay(db, messaging, MeshTransport({name: runtime.upstreams[name] for name in subscribers}), me.name,
-                  tracing=tracing)
+    if runtime.broker is not None:
+        transport = RabbitTransport(runtime.broker, {name: [t for t in me.publishes if t in topology.service(name).subscribes]
+                                                     for name in subscribers})
+    else:
+        transport = MeshTransport({name: runtime.upstreams[name] for name in subscribers})
+    relay = Relay(db, messaging, transport, me.name, tracing=tracing)
     upstreams = runtime.upstreams
     queue = WorkQueue(db, work_items, QUEUE, parked=parked_work_items, policy=topology.queue_policy(me.name, QUEUE),
                       worker=f"{me.name}@{socket.gethostname()}:{os.getpid()}")

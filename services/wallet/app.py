@@ -4,6 +4,7 @@ from pathlib import Path
 from diboas.events.v1 import events_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2_grpc
 from services.runtime.db import Database
+from services.runtime.messaging.rabbit_events import EventConsumer
 from services.runtime.messaging.secure import KeyRing
 from services.runtime.messaging.sink import EventSink
 from services.runtime.server import Registration, Runtime
@@ -24,6 +25,8 @@ def build(runtime: Runtime) -> list[Registration]:
     service = WalletService(db)
     sink = EventSink(db, messaging, "wallet", KeyRing.load(runtime.topology.certs_dir), events.handlers(service),
                      tracing=MessageTracing(runtime.tracing))
+    if runtime.broker is not None:
+        runtime.background.append(EventConsumer(runtime.broker, sink, "wallet", "wallet").run)
     return [
         Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server, WalletServicer(service)),
         Registration(events_pb2_grpc.add_EventSinkServiceServicer_to_server, sink),

@@ -50,17 +50,27 @@ class EventSink(events_pb2_grpc.EventSinkServiceServicer):
                     raise
         raise AssertionError("unreachable")
 
-    async def DeliverEvent(self, request, context):
-        envelope = request.envelope
+    async def handle(self, envelope: events_pb2.EventEnvelope, attempt: int) -> bool:
+        """Open the envelope, then run its handler and record it in the inbox in one transaction;
+        True when the event had been handled before (a duplicate, which changes nothing). Both
+        transports end here: DeliverEvent (embedded) and the broker's consumer (rabbit_events.py)."""
         handler = self._handlers.get(envelope.type)
         if handler is None:
             raise errors.FailedPrecondition(f"no handler for events of type '{envelope.type}'",
                                             reason="NO_HANDLER")
         with self._tracing.processing(envelope.type, envelope.id, envelope.traceparent, envelope.tracestate,
-                                      attempt=request.attempt, conversation=envelope.subject,
+                                      attempt=attempt, conversation=envelope.subject,
                                       consumer=self._consumer) as span:
             payload = unseal(envelope, self._ring, self._max_age, now=self._clock())
             duplicate = await self._db.run(self._handle, envelope, payload, handler)
             if span is not None:
                 span.set_attribute("messaging.diboas.duplicate", duplicate)
+        return duplicate
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted(self._handlers)
+
+    async def DeliverEvent(self, request, context):
+        duplicate = await self.handle(request.envelope, request.attempt)
         return events_pb2.DeliverEventResponse(duplicate=duplicate)
