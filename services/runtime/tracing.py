@@ -14,10 +14,18 @@ observability.trace_export (DIBOAS_TRACE_EXPORT) chooses where finished spans go
   none     (default) spans are made and the context is propagated, nothing is written;
   console  one JSON object per span on stderr;
   file     one JSON line per span in <state_dir>/traces/<service>.jsonl (or file:/some/path.jsonl).
+
+Beside it, the standard OpenTelemetry variables send spans to a collector over OTLP/gRPC:
+OTEL_TRACES_EXPORTER=otlp, or an OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+(unless OTEL_TRACES_EXPORTER says none), with the exporter's own variables (headers, certificate,
+timeout). OTEL_SERVICE_NAME names the spans' service instead of the process name, and
+OTEL_RESOURCE_ATTRIBUTES adds to the resource. OTEL_TRACES_SAMPLER (and its _ARG), when set,
+replaces observability.trace_sample_ratio.
 """
 from __future__ import annotations
 
 import json
+import os
 import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -25,16 +33,18 @@ from typing import Iterator, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased, _get_from_env_or_default
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.config_files import ConfigError
 
 _W3C = TraceContextTextMapPropagator()
+OTLP_TIMEOUT_SECONDS = 3
 TRACE_HEADERS = frozenset(_W3C.fields)  # traceparent, tracestate
 
 
@@ -184,9 +194,39 @@ class JsonLinesSpanExporter(SpanExporter):
         self._file.close()
 
 
-def make_tracer_provider(service: str, export: str, state_dir: Path, sample_ratio: float = 1.0) -> TracerProvider:
-    provider = TracerProvider(resource=Resource.create({"service.name": service}),
-                              sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
+def _sampler(sample_ratio: float, env) -> Sampler:
+    if env.get("OTEL_TRACES_SAMPLER"):
+        return _get_from_env_or_default()       # the SDK reads OTEL_TRACES_SAMPLER and its _ARG
+    return ParentBased(TraceIdRatioBased(sample_ratio))
+
+
+def _otlp_wanted(env) -> bool:
+    exporters = {e.strip() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()}
+    if "otlp" in exporters:
+        return True
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return bool(endpoint) and "none" not in exporters
+
+
+def _otlp_exporter(env) -> SpanExporter:
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    if protocol != "grpc":
+        raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: '{protocol}' is not supported here; use grpc")
+    # Endpoint, TLS and headers come from the OTEL_EXPORTER_OTLP_* variables. The timeout too when
+    # one is set; else a short one, so a collector that is away holds a stopping service back
+    # by seconds, not the exporter's default ten.
+    timeout = env.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or env.get("OTEL_EXPORTER_OTLP_TIMEOUT")
+    return OTLPSpanExporter() if timeout else OTLPSpanExporter(timeout=OTLP_TIMEOUT_SECONDS)
+
+
+def make_tracer_provider(service: str, export: str, state_dir: Path, sample_ratio: float = 1.0,
+                         env=os.environ) -> TracerProvider:
+    # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; an explicit
+    # OTEL_SERVICE_NAME wins over the process name.
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service})
+    provider = TracerProvider(resource=resource, sampler=_sampler(sample_ratio, env))
+    if _otlp_wanted(env):
+        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(env)))
     kind, _, target = export.partition(":")
     if kind == "none":
         pass
