@@ -11,7 +11,6 @@ from decimal import Decimal
 import aio_pika
 import pytest
 from sqlalchemy import create_engine, select
-from test_messaging import Subscriber
 
 from diboas.events.v1 import events_pb2
 from diboas.transaction.v1 import transaction_pb2
@@ -30,6 +29,7 @@ from tools.rabbitmq import rabbitmqctl
 
 from conftest import free_port
 from meshkit import start_mesh
+from test_messaging import Subscriber
 
 pytestmark = pytest.mark.rabbitmq
 COMPLETED = transaction_pb2.TRANSACTION_STATE_COMPLETED
