@@ -22,6 +22,8 @@ class ServiceStatus:
     status: str          # SERVING, NOT_SERVING, UNKNOWN, or UNREACHABLE
     latency_ms: float
     error: str = ""
+    # Dependencies the service can do without for a while (the message broker) that are away now
+    missing: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -30,13 +32,22 @@ class ServiceStatus:
 async def check_service(topology: Topology, name: str, files: IdentityFiles, timeout: float) -> ServiceStatus:
     service = topology.services[name]
     started = time.perf_counter()
+    missing: list[str] = []
     async with mesh_channel(str(service.address), files, name) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
             status, error = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status), ""
+            for dependency in (["rabbitmq"] if topology.messaging.brokered else []):
+                state = await stub.Check(health_pb2.HealthCheckRequest(service=dependency), timeout=timeout)
+                if state.status != health_pb2.HealthCheckResponse.SERVING:
+                    missing.append(dependency)
         except grpc.aio.AioRpcError as exc:
             status, error = "UNREACHABLE", exc.details() or exc.code().name
-    return ServiceStatus(name, str(service.address), status, round((time.perf_counter() - started) * 1000, 1), error)
+    if missing:
+        error = f"serving, but {', '.join(missing)} is away: events and queued work wait until it is back"
+    return ServiceStatus(name, str(service.address), status, round((time.perf_counter() - started) * 1000, 1), error,
+                         tuple(missing))
 
 
 def _gateway_status(topology: Topology, timeout: float) -> tuple[str, str]:

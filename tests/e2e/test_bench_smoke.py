@@ -26,8 +26,8 @@ def test_runtime_overhead_runs(tmp_path):
 
 
 def test_money_path_runs(tmp_path):
-    report = run("money_path", tmp_path / "m.json", "--backends", "sqlite", "--concurrency", "4",
-                 "--warmup", "0.5", "--duration", "1", "--wallets", "10")
+    report = run("money_path", tmp_path / "m.json", "--backends", "sqlite", "--transports", "embedded",
+                 "--concurrency", "4", "--warmup", "0.5", "--duration", "1", "--wallets", "10")
     # Created and settled, with no error; a one-second window on a busy machine may see no capture
     # inside it, so settled/s is not asserted here.
     assert [(r["mode"], r["errors"]) for r in report["runs"]] == [("services", 0), ("monolith", 0)]

@@ -9,11 +9,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.domain.errors import ServiceUnavailable
-from services.runtime.config import Messaging
+from services.monitor import check_service
+from services.runtime.config import Address, Messaging
 from services.runtime.messaging.rabbit import Broker
+from services.runtime.tls import load_identity
 from services.wallet.app import build as wallet_app
 
-from conftest import client_channel, free_port
+from conftest import client_channel, free_port, with_service
 
 pytestmark = pytest.mark.rabbitmq
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -55,3 +57,8 @@ async def test_health_names_a_missing_broker_and_the_service_keeps_serving(topol
         broker = await stub.Check(health_pb2.HealthCheckRequest(service="rabbitmq"), timeout=3)
     assert overall.status == SERVING
     assert broker.status == NOT_SERVING
+    # `diboas health` says so: serving, and what is away
+    topology = with_service(topology, "wallet", address=Address("127.0.0.1", server.port))
+    report = await check_service(topology, "wallet", load_identity(topology.certs_dir, "operator"), 3)
+    assert (report.status, report.missing) == ("SERVING", ("rabbitmq",))
+    assert "rabbitmq is away" in report.error
