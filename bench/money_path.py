@@ -1,11 +1,14 @@
 """The money path under load: SENDs per second from request to settled balances.
 
     .venv/bin/python -m bench.money_path [--modes services,monolith] [--backends sqlite,postgres]
+                                          [--transports embedded,rabbitmq]
                                           [--concurrency 16,64] [--duration 10] [--warmup 2] [--wallets 100]
 
 For each shape, backend and concurrency a fresh mesh (the four services in the shape's processes:
 a process each, or all in one for the monolith; default configuration: mTLS, tokens, tracing on)
-is started by the same launcher as `make run`. This process is the client: N workers in a closed loop create SENDs between random
+is started by the same launcher as `make run`, with events over each transport (embedded: the
+relay calls the wallet over the mesh; rabbitmq: through the local broker, in a virtual host of
+its own made for the run and deleted after). This process is the client: N workers in a closed loop create SENDs between random
 wallets for warm-up + duration seconds. Then it waits until everything is settled and reads the
 two services' databases for the timings:
   settled/s         captures (HOLD_CAPTURE journals in the wallet) inside the measured window
@@ -44,6 +47,7 @@ from services.transaction.tables import messaging as tx_messaging
 from services.transaction.tables import transactions
 from services.wallet.tables import journals
 from services.wallet.tables import messaging as wallet_messaging
+from tools import rabbitmq
 from tools.ports import mesh_addresses
 
 from .client import non_negative, parse_concurrency, positive
@@ -62,10 +66,12 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _run_one(mode: str, backend: str, concurrency: int, args) -> dict:
+async def _run_one(mode: str, backend: str, transport: str, concurrency: int, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="diboas-bench-") as state, contextlib.ExitStack() as stack:
         env = {"DIBOAS_STATE_DIR": state, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING",
-               "DIBOAS_MODE": mode, **mesh_addresses(gateway=False)}
+               "DIBOAS_MODE": mode, "DIBOAS_MESSAGING_TRANSPORT": transport, **mesh_addresses(gateway=False)}
+        if transport == "rabbitmq":
+            env["DIBOAS_RABBITMQ_URL"] = stack.enter_context(rabbitmq.scratch_vhost("diboas-bench"))
         if backend == "postgres":
             env["DIBOAS_WALLET_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
             env["DIBOAS_TRANSACTION_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
@@ -78,8 +84,8 @@ async def _run_one(mode: str, backend: str, concurrency: int, args) -> dict:
             launcher.start()
             try:
                 if not await launcher.wait_until_serving():
-                    raise SystemExit(f"bench: the mesh did not start ({mode}, {backend})")
-                return await _measure(topology, launcher, mode, backend, concurrency, args)
+                    raise SystemExit(f"bench: the mesh did not start ({mode}, {backend}, {transport})")
+                return {"transport": transport, **await _measure(topology, launcher, mode, backend, concurrency, args)}
             finally:
                 launcher.stop(timeout=15)
         finally:
@@ -150,8 +156,8 @@ async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict
         await asyncio.sleep(max(0.0, window[1] - time.time()))
         cpu.update({f"{n}_end": cpu_seconds(p) for n, p in pids.items()})
 
-    print(f"  {mode:<9} {backend:<9} concurrency {concurrency:>3}: warm-up {args.warmup:g}s, measuring {args.duration:g}s ...",
-          flush=True)
+    run = f"{mode:<9} {backend:<9} {topology.messaging.transport:<9} concurrency {concurrency:>3}"
+    print(f"  {run}: warm-up {args.warmup:g}s, measuring {args.duration:g}s ...", flush=True)
     await asyncio.gather(sample_cpu(), *(worker(k) for k in range(concurrency)))
     for ch in (wallet_ch, tx_ch):
         await ch.close()
@@ -203,7 +209,7 @@ async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict
         "cpu_ms_per_transfer_by_process": cpu_ms,
         "mean_settled_ms": round(statistics.fmean(to_settle) * 1000, 2) if to_settle else None,
     }
-    print(f"  {mode:<9} {backend:<9} concurrency {concurrency:>3}: {result['settled_per_second']:>7.1f} settled/s, "
+    print(f"  {run}: {result['settled_per_second']:>7.1f} settled/s, "
           f"request p50 {result['request_p50_ms']} ms, settled p50 {result['settled_p50_ms']} ms "
           f"p99 {result['settled_p99_ms']} ms, event p50 {result['event_p50_ms']} ms, errors {errors}", flush=True)
     return result
@@ -214,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="services,monolith",
                         help="comma-separated shapes of mesh.yaml: services, monolith, hybrid")
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--transports", default="embedded,rabbitmq",
+                        help="comma-separated: embedded, rabbitmq (the local broker at 127.0.0.1:5672, as root)")
     parser.add_argument("--concurrency", type=parse_concurrency, default=[16, 64])
     parser.add_argument("--duration", type=positive, default=10.0)
     parser.add_argument("--warmup", type=non_negative, default=2.0)
@@ -224,22 +232,30 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(backends) - {"sqlite", "postgres"}
     if unknown:
         parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    if set(transports) - {"embedded", "rabbitmq"}:
+        parser.error(f"unknown transport(s): {', '.join(sorted(set(transports) - {'embedded', 'rabbitmq'}))}")
+    if "rabbitmq" in transports and not rabbitmq.reachable():
+        parser.error(f"--transports rabbitmq: RabbitMQ at {rabbitmq.HOST}:{rabbitmq.PORT} is unreachable "
+                     "(start it, or leave rabbitmq out)")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     known = set(load_topology().modes)
     if set(modes) - known:
         parser.error(f"unknown shape(s): {', '.join(sorted(set(modes) - known))} (known: {', '.join(sorted(known))})")
-    print(f"money path: {', '.join(modes)} x {', '.join(backends)} x concurrency {args.concurrency}; "
+    print(f"money path: {', '.join(modes)} x {', '.join(backends)} x {', '.join(transports)} x concurrency "
+          f"{args.concurrency}; "
           f"{args.warmup:g}s warm-up + {args.duration:g}s each; {args.wallets} wallets", flush=True)
     runs = []
     for mode in modes:
         for backend in backends:
-            for concurrency in args.concurrency:
-                runs.append(asyncio.run(_run_one(mode, backend, concurrency, args)))
-    print(f"\n{'shape':<9} {'backend':<9} {'conc':>4} {'settled/s':>9} {'req p50':>8} {'req p99':>8} {'settle p50':>10} "
-          f"{'settle p99':>10} {'event p50':>9} {'event p99':>9} {'CPU/transfer':>12}  by process")
+            for transport in transports:
+                for concurrency in args.concurrency:
+                    runs.append(asyncio.run(_run_one(mode, backend, transport, concurrency, args)))
+    print(f"\n{'shape':<9} {'backend':<9} {'transport':<9} {'conc':>4} {'settled/s':>9} {'req p50':>8} {'req p99':>8} "
+          f"{'settle p50':>10} {'settle p99':>10} {'event p50':>9} {'event p99':>9} {'CPU/transfer':>12}  by process")
     for r in runs:
         by_process = ", ".join(f"{name} {ms:.2f}" for name, ms in r["cpu_ms_per_transfer_by_process"].items())
-        print(f"{r['mode']:<9} {r['backend']:<9} {r['concurrency']:>4} {r['settled_per_second']:>9.1f} "
+        print(f"{r['mode']:<9} {r['backend']:<9} {r['transport']:<9} {r['concurrency']:>4} {r['settled_per_second']:>9.1f} "
               f"{r['request_p50_ms']:>6.1f}ms {r['request_p99_ms']:>6.1f}ms {r['settled_p50_ms']:>8.1f}ms "
               f"{r['settled_p99_ms']:>8.1f}ms {r['event_p50_ms']:>7.1f}ms {r['event_p99_ms']:>7.1f}ms "
               f"{r['cpu_ms_per_transfer']:>10.2f}ms  {by_process}")
@@ -248,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                   "python": sys.version.split()[0], "duration_seconds": args.duration, "warmup_seconds": args.warmup,
                   "wallets": args.wallets, "client": "this process (asyncio), closed loop",
                   "services": "the four services in each shape's processes (services: one each; monolith: one "
-                              "for all), default configuration (mTLS, tokens, tracing on)"}
+                              "for all), default configuration (mTLS, tokens, tracing on)",
+                  "broker": "transport rabbitmq: the local RabbitMQ (one node, this machine); its CPU is not in "
+                            "cpu_ms_per_transfer, which counts the mesh's processes only"}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"benchmark": "money_path", "conditions": conditions, "runs": runs,
                                        "target_settled_per_second": TARGET}, indent=2) + "\n")
