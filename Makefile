@@ -53,8 +53,8 @@ breaking: $(NODE_STAMP) ## buf breaking against BUF_AGAINST (default main; skipp
 certs: $(PY_STAMP) ## make (or renew) the development CA and certificates (certs/out, or DIBOAS_CERTS_DIR)
 	$(PY) -m certs.mkcerts
 
-run: setup certs ## start the four services and the Envoy gateway (SQLite, no broker; MODE=monolith: one process); Ctrl-C stops them
-	$(if $(MODE),DIBOAS_MODE=$(MODE) )$(PY) -m services.launcher
+run: setup certs ## start the four services and the Envoy gateway (SQLite, no broker; MODE=monolith: one process; INSTANCES=2: two of each); Ctrl-C stops them
+	$(if $(MODE),DIBOAS_MODE=$(MODE) )$(if $(INSTANCES),DIBOAS_INSTANCES=$(INSTANCES) )$(PY) -m services.launcher
 
 test: setup certs lint ## run every test: lint, the generated check, then the unit, integration and e2e tiers
 	$(PY) -m tools.generate --check

@@ -48,6 +48,7 @@ from services.transaction.tables import transactions
 from services.wallet.tables import journals
 from services.wallet.tables import messaging as wallet_messaging
 from tools import rabbitmq
+from tools.environment import overridden
 from tools.ports import mesh_addresses
 
 from .client import non_negative, parse_concurrency, positive
@@ -76,9 +77,7 @@ async def _run_one(mode: str, backend: str, transport: str, concurrency: int, ar
             env["DIBOAS_WALLET_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
             env["DIBOAS_TRANSACTION_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
         # The launcher's children read their settings from the environment: this run's only.
-        saved = {key: os.environ.get(key) for key in env}
-        os.environ.update(env)
-        try:
+        with overridden(env):
             topology = load_topology()
             launcher = Launcher(topology)
             launcher.start()
@@ -88,12 +87,6 @@ async def _run_one(mode: str, backend: str, transport: str, concurrency: int, ar
                 return {"transport": transport, **await _measure(topology, launcher, mode, backend, concurrency, args)}
             finally:
                 launcher.stop(timeout=15)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict:

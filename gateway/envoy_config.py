@@ -103,8 +103,10 @@ def _cluster(topology: Topology, name: str) -> dict:
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-            "socket_address": {"address": service.address.host, "port_value": service.address.port}}}}]}]},
+        # Every instance of the service; the health checks below leave out those not SERVING.
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": a.host, "port_value": a.port}}}}
+            for a in service.endpoints]}]},
         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": f"{_TYPED}.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": {"http2_protocol_options": {}}}},

@@ -54,7 +54,8 @@ def _port_free(host: str, port: int) -> str | None:
 def _preflight(topology: Topology) -> None:
     for name in [*topology.services, OPERATOR, topology.gateway.name]:
         load_identity(topology.certs_dir, name)
-    wanted = [(s.name, s.address, f"DIBOAS_{s.name.upper()}_ADDRESS") for s in topology.services.values()]
+    wanted = [(instance_name(s.name, k), a, f"DIBOAS_{s.name.upper()}_ADDRESS")
+              for s in topology.services.values() for k, a in enumerate(s.endpoints)]
     wanted += [("the gateway", topology.gateway.http, "DIBOAS_GATEWAY_HTTP"),
                ("the gateway (HTTPS)", topology.gateway.https, "DIBOAS_GATEWAY_HTTPS"),
                ("the gateway's admin", topology.gateway.admin, "DIBOAS_GATEWAY_ADMIN")]
@@ -65,12 +66,20 @@ def _preflight(topology: Topology) -> None:
                               f"`make run` still running? Otherwise set {variable}.")
 
 
+def instance_name(process: str, k: int) -> str:
+    """The launcher's name of instance k of a process: `transaction`, `transaction#1`, ..."""
+    return process if k == 0 else f"{process}#{k}"
+
+
 class Launcher:
     def __init__(self, topology: Topology):
         self.topology = topology
+        # Every process of the shape, as many times as its services' instances: name -> (process, k)
+        self.units = {instance_name(process, k): (process, k) for process, members in topology.processes.items()
+                      for k in range(topology.services[members[0]].instances)}
         self.processes: dict[str, subprocess.Popen] = {}
         self.logs_dir = topology.state_dir / "logs"
-        self.budgets = {name: RestartBudget(topology.defaults.restart) for name in [*topology.processes, GATEWAY]}
+        self.budgets = {name: RestartBudget(topology.defaults.restart) for name in [*self.units, GATEWAY]}
         self.given_up: set[str] = set()
         self.stopping = False
         self._restarts: dict[str, asyncio.Task] = {}   # waiting in backoff, or restarted and not yet SERVING
@@ -78,14 +87,14 @@ class Launcher:
 
     def _members(self, name: str) -> tuple[str, ...]:
         """The services a process serves (none for the gateway)."""
-        return () if name == GATEWAY else self.topology.processes[name]
+        return () if name == GATEWAY else self.topology.processes[self.units[name][0]]
 
     def _addresses(self, name: str) -> str:
         if name == GATEWAY:
             return str(self.topology.gateway.http)
-        members = self._members(name)
-        if members == (name,):
-            return str(self.topology.services[name].address)
+        (process, k), members = self.units[name], self._members(name)
+        if members == (process,):
+            return str(self.topology.services[process].instance_address(k))
         return ", ".join(members)
 
     def _spawn(self, name: str, verb: str = "starting") -> None:
@@ -93,9 +102,10 @@ class Launcher:
         log_path = self.logs_dir / f"{name}.log"
         with open(log_path, "ab") as log_file:
             # Own session: Ctrl-C reaches the launcher only, which stops the children in order.
+            process, k = self.units.get(name, (name, 0))
             self.processes[name] = subprocess.Popen(
-                entry_command(name, GATEWAY), stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=die_with_parent)
+                entry_command(process, GATEWAY), stdout=log_file, stderr=subprocess.STDOUT,
+                env={**os.environ, "DIBOAS_INSTANCE": str(k)}, start_new_session=True, preexec_fn=die_with_parent)
         _say(f"  {verb:<8} {name:<12} {self._addresses(name):<18} pid {self.processes[name].pid:<7} "
              f"log {log_path}")
 
@@ -103,14 +113,14 @@ class Launcher:
         """The gateway's health, a service's, or a process's: SERVING once each of its services is."""
         if name == GATEWAY:
             return await check_gateway(self.topology, timeout=1)
-        if name in self.topology.services:
-            return await check_service(self.topology, name, self._operator, timeout=1)
-        statuses = await asyncio.gather(*(self._health(member) for member in self._members(name)))
+        k = self.units[name][1]
+        statuses = await asyncio.gather(*(check_service(self.topology, member, self._operator, timeout=1, instance=k)
+                                          for member in self._members(name)))
         return next((status for status in statuses if status.status != "SERVING"), statuses[0])
 
     def start(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        for name in self.topology.processes:
+        for name in self.units:
             self._spawn(name)
 
     async def start_gateway(self) -> bool:
@@ -139,17 +149,19 @@ class Launcher:
 
     async def wait_until_serving(self) -> bool:
         started = time.monotonic()
-        pending = list(self.topology.services)
+        pending = [instance_name(service, k) for service, svc in self.topology.services.items()
+                   for k in range(svc.instances)]
         while pending:
             for name in list(pending):
-                process = self.topology.process_of(name)
+                service, _, k = name.partition("#")
+                process = instance_name(self.topology.process_of(service), int(k or 0))
                 code = self.processes[process].poll()
                 if code is not None:
                     what = name if process == name else f"{name}'s process {process}"
                     _say(f"  {what} exited ({describe_exit(code)}) while starting; last lines of its log:")
                     _say(_tail(self.logs_dir / f"{process}.log"))
                     return False
-                status = await self._health(name)
+                status = await check_service(self.topology, service, self._operator, timeout=1, instance=int(k or 0))
                 if status.status == "SERVING":
                     _say(f"  ready    {name:<12} SERVING after {time.monotonic() - started:.1f}s")
                     pending.remove(name)
@@ -249,7 +261,8 @@ class Launcher:
         """SIGTERM in dependency order (callers before the services they call), each batch drained
         before the next; whatever does not stop within `timeout` of its SIGTERM is killed (each
         batch gets the whole drain time: a slow caller must not cut its upstreams' drain short)."""
-        for batch in [[GATEWAY], *stop_order(self.topology)]:     # the gateway calls every service
+        for processes in [[GATEWAY], *stop_order(self.topology)]:     # the gateway calls every service
+            batch = [name for name in self.processes if self.units.get(name, (name, 0))[0] in processes]
             deadline = time.monotonic() + timeout
             running = [n for n in batch if n in self.processes and self.processes[n].poll() is None]
             for name in running:

@@ -29,11 +29,13 @@ class ServiceStatus:
         return asdict(self)
 
 
-async def check_service(topology: Topology, name: str, files: IdentityFiles, timeout: float) -> ServiceStatus:
+async def check_service(topology: Topology, name: str, files: IdentityFiles, timeout: float,
+                        instance: int = 0) -> ServiceStatus:
     service = topology.services[name]
+    address = service.instance_address(instance)
     started = time.perf_counter()
     missing: list[str] = []
-    async with mesh_channel(str(service.address), files, name) as channel:
+    async with mesh_channel(str(address), files, name) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
@@ -46,7 +48,8 @@ async def check_service(topology: Topology, name: str, files: IdentityFiles, tim
             status, error = "UNREACHABLE", exc.details() or exc.code().name
     if missing:
         error = f"serving, but {', '.join(missing)} is away: events and queued work wait until it is back"
-    return ServiceStatus(name, str(service.address), status, round((time.perf_counter() - started) * 1000, 1), error,
+    label = name if instance == 0 else f"{name}#{instance}"
+    return ServiceStatus(label, str(address), status, round((time.perf_counter() - started) * 1000, 1), error,
                          tuple(missing))
 
 
@@ -79,5 +82,5 @@ async def health_report(topology: Topology, identity: str = "operator", timeout:
                         gateway: bool = True) -> list[ServiceStatus]:
     """One status per service (and the gateway); one that does not answer is reported, not fatal."""
     files = load_identity(topology.certs_dir, identity)
-    checks = [check_service(topology, n, files, timeout) for n in topology.services]
+    checks = [check_service(topology, n, files, timeout, k) for n, s in topology.services.items() for k in range(s.instances)]
     return list(await asyncio.gather(*checks, *([check_gateway(topology, timeout)] if gateway else [])))

@@ -43,9 +43,16 @@ def _counts_as_failure(exc: BaseException) -> bool:
     return getattr(exc, "upstream_code", None) in BREAKER_CODES
 
 
-def service_config(topology: Topology) -> str:
+def service_config(topology: Topology, upstream: ServiceConfig | None = None) -> str:
+    """Retries of UNAVAILABLE; calls spread over the upstream's instances in turn (round_robin),
+    and, where it has several, only over those whose gRPC health says SERVING: an instance that
+    stops or is draining is left out until it serves again."""
     retry = topology.defaults.retry
+    balancing: dict = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if upstream is not None and upstream.instances > 1:
+        balancing["healthCheckConfig"] = {"serviceName": ""}
     return json.dumps({
+        **balancing,
         "methodConfig": [{
             "name": [{}],  # every method of the upstream
             "retryPolicy": {
@@ -59,10 +66,10 @@ def service_config(topology: Topology) -> str:
     })
 
 
-def channel_options(topology: Topology) -> list[tuple[str, object]]:
+def channel_options(topology: Topology, upstream: ServiceConfig | None = None) -> list[tuple[str, object]]:
     return [
         ("grpc.enable_retries", 1),
-        ("grpc.service_config", service_config(topology)),
+        ("grpc.service_config", service_config(topology, upstream)),
         # Reconnect quickly once an upstream is back: gRPC's default backoff grows to 120 s,
         # far past the breaker's reset timeout, so a trial call would find the channel still waiting.
         ("grpc.initial_reconnect_backoff_ms", 200),
@@ -180,7 +187,7 @@ class Upstream:
         )
         self._policy = _CallPolicy(caller, upstream, issuer, self.breaker, topology.defaults.deadline_seconds,
                                    RpcTracing(tracing))
-        self.channel = mesh_channel(str(upstream.address), files, upstream.name, channel_options(topology))
+        self.channel = mesh_channel(upstream.target, files, upstream.name, channel_options(topology, upstream))
         self._stubs: dict[type, _GuardedStub] = {}
 
     def stub(self, stub_class):

@@ -40,6 +40,14 @@ class Address:
         return cls(host.strip("[]"), int(port))
 
 
+INSTANCE_PORT_STEP = 100
+MAX_INSTANCES = 8
+
+
+def _shifted(address: Address, k: int) -> Address:
+    return address if k == 0 or address.port == 0 else Address(address.host, address.port + k * INSTANCE_PORT_STEP)
+
+
 @dataclass(frozen=True)
 class BreakerPolicy:
     fail_max: int = 5
@@ -124,6 +132,27 @@ class ServiceConfig:
     subscribes: tuple[str, ...]
     policy: Mapping[str, frozenset[str]]  # method -> caller names; "*" = default
     queues: Mapping[str, QueuePolicy] = field(default_factory=dict)  # work queue -> its own policy
+    # Copies of the service, each its own process, sharing its database and queues. On one
+    # machine instance k listens on the configured ports + k * INSTANCE_PORT_STEP.
+    instances: int = 1
+
+    def instance_address(self, k: int) -> Address:
+        return _shifted(self.address, k)
+
+    def instance_metrics(self, k: int) -> Address | None:
+        return None if self.metrics is None else _shifted(self.metrics, k)
+
+    @property
+    def endpoints(self) -> tuple[Address, ...]:
+        return tuple(self.instance_address(k) for k in range(self.instances))
+
+    @property
+    def target(self) -> str:
+        """The gRPC target of every instance: one address (which DNS may resolve to several,
+        as a Kubernetes headless service does), or the list of all of them."""
+        if self.instances == 1:
+            return str(self.address)
+        return "ipv4:" + ",".join(str(a) for a in self.endpoints)
 
     def allowed_callers(self, method: str) -> frozenset[str]:
         return self.policy.get(method, self.policy.get("*", frozenset()))
@@ -162,6 +191,7 @@ class Topology:
     processes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     modes: tuple[str, ...] = ("services",)      # every shape the topology knows
     messaging: Messaging = field(default_factory=Messaging)
+    instance: int = 0           # which instance this process is (DIBOAS_INSTANCE), 0-based
 
     def service(self, name: str) -> ServiceConfig:
         try:
@@ -263,6 +293,17 @@ def _whole(raw: Mapping, key: str, where: str, default: int, env: Mapping[str, s
     if number < 1 or number != int(number):
         raise ConfigError(f"{where}.{key} (or {env_key}): must be a whole number of at least 1, got {value}")
     return int(number)
+
+
+def _instances(raw: Mapping, where: str, name: str, env: Mapping[str, str]) -> int:
+    """How many instances of a service: DIBOAS_<SERVICE>_INSTANCES, else DIBOAS_INSTANCES (`make run
+    INSTANCES=N`), else its `instances:`, else 1."""
+    key = _env_key(name, "instances")
+    source = key if env.get(key) else "DIBOAS_INSTANCES" if env.get("DIBOAS_INSTANCES") else f"{where}.instances"
+    text = str(env.get(key) or env.get("DIBOAS_INSTANCES") or raw.get("instances", 1)).strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_INSTANCES:
+        raise ConfigError(f"{source}: the number of instances is a whole number from 1 to {MAX_INSTANCES}, got '{text}'")
+    return int(text)
 
 
 def _names(value, where: str) -> tuple[str, ...]:
@@ -409,6 +450,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         queues = {str(q): _queue_policy(_section(queues_raw, q, f"{sw}.queues"), f"{sw}.queues.{q}", defaults.queue,
                                         env, _env_key(name, "queue", str(q).replace(".", "_")))
                   for q in queues_raw}
+        instances = _instances(s, sw, name, env)
         services[name] = ServiceConfig(
             name=name,
             identity=spiffe_id(trust_domain, "service", name),
@@ -420,6 +462,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
             subscribes=_names(s.get("subscribes"), f"{sw}.subscribes"),
             policy=policy,
             queues=queues,
+            instances=instances,
         )
 
     known = set(services) | {gateway.name} | set(clients)
@@ -436,8 +479,37 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         if not messaging.brokered:
             _check_deliveries(where, svc, services)
     mode, processes = _shape(raw, where, services, known, env)
+    _check_instances(where, services, processes, gateway)
+    instance = str(env.get("DIBOAS_INSTANCE", "0")).strip()
+    if not instance.isdigit():
+        raise ConfigError(f"DIBOAS_INSTANCE: '{instance}' is not an instance number (0, 1, ...)")
     return Topology(path, trust_domain, certs_dir, state_dir, defaults, observability, gateway, clients, services,
-                    mode, processes, tuple(sorted({SERVICES_MODE, *_section(raw, "shapes", where)})), messaging)
+                    mode, processes, tuple(sorted({SERVICES_MODE, *_section(raw, "shapes", where)})), messaging,
+                    int(instance))
+
+
+def _check_instances(where: str, services: Mapping[str, ServiceConfig], processes: Mapping[str, tuple[str, ...]],
+                     gateway: "GatewayConfig") -> None:
+    """The services of one process run as many instances as each other (a process is one unit), and
+    no two instances' ports meet each other or the gateway's."""
+    for process, members in processes.items():
+        counts = {services[m].instances for m in members}
+        if len(counts) > 1:
+            listed = ", ".join(f"{m} {services[m].instances}" for m in members)
+            raise ConfigError(f"{where}: the services of process '{process}' run together, so as many instances each "
+                              f"(instances: {listed})")
+    taken: dict[Address, str] = {a: f"gateway.{n}" for n, a in
+                                 (("http", gateway.http), ("https", gateway.https), ("admin", gateway.admin))}
+    for svc in services.values():
+        for k in range(svc.instances):
+            for kind, address in (("address", svc.instance_address(k)), ("metrics", svc.instance_metrics(k))):
+                if address is None or address.port == 0:
+                    continue
+                owner = f"services.{svc.name}.{kind} (instance {k})"
+                if address in taken:
+                    raise ConfigError(f"{where}: {owner} would listen on {address}, as {taken[address]} does "
+                                      f"(instance k listens on the configured port + {INSTANCE_PORT_STEP} * k)")
+                taken[address] = owner
 
 
 _PREFIX = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")

@@ -131,11 +131,20 @@ def make_engine(url: str, pool_size: int = 8, writer: bool = True) -> Engine:
                   connect_args={"connect_timeout": 5})
 
 
+# PostgreSQL advisory lock key held while a schema is migrated (any 64-bit number of our own).
+MIGRATION_LOCK = 0x6469626F6173
+
+
 def migrate(engine: Engine, migrations: Path) -> None:
-    """Bring the schema to the newest revision of `migrations` (an Alembic script folder)."""
+    """Bring the schema to the newest revision of `migrations` (an Alembic script folder). Several
+    instances starting at once migrate one after the other: the others then find the schema at
+    its newest revision (PostgreSQL: an advisory lock for the transaction; SQLite: its writer's
+    lock, taken when the transaction begins)."""
     config = Config()
     config.set_main_option("script_location", str(migrations))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

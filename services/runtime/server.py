@@ -173,9 +173,13 @@ class MeshServer:
 
         self.grpc_services = registrar.services
         self._server = server  # from here on, a failure must stop it
-        self.port = _bind(server, service.address, server_credentials(files), service.name)
+        instance = topology.instance
+        if instance >= service.instances:
+            raise ConfigError(f"{service.name}: DIBOAS_INSTANCE={instance}, but the topology runs {service.instances} "
+                              f"instance(s) of it (0 to {service.instances - 1})")
+        self.port = _bind(server, service.instance_address(instance), server_credentials(files), service.name)
         if self._serve_metrics and service.metrics is not None:
-            self.metrics_port = serve_metrics(service.metrics, service.name)
+            self.metrics_port = serve_metrics(service.instance_metrics(instance), service.name)
         # The first database check runs before the port opens: a service never says SERVING
         # (grpc's health servicer starts out SERVING) while its database is unreachable.
         await self._health.start()

@@ -71,12 +71,11 @@ async def stop_the_broker(mesh) -> None:
         await asyncio.sleep(3)
 
 
+# (Two instances of each, one SIGKILLed, over the broker on PostgreSQL: tests/e2e/test_instances.py.)
 @pytest.mark.parametrize("backend, disruption", [
     ("sqlite", kill("wallet")), ("sqlite", kill("transaction")), ("sqlite", stop_the_broker),
-    pytest.param("postgres", kill("wallet"), marks=pytest.mark.postgres),
     pytest.param("postgres", stop_the_broker, marks=pytest.mark.postgres),
-], ids=["sqlite-kill-wallet", "sqlite-kill-transaction", "sqlite-broker-stopped", "postgres-kill-wallet",
-        "postgres-broker-stopped"])
+], ids=["sqlite-kill-wallet", "sqlite-kill-transaction", "sqlite-broker-stopped", "postgres-broker-stopped"])
 async def test_money_is_conserved_over_the_broker(pki, tmp_path, rabbitmq_url, backend, disruption):
     async with brokered_mesh(pki, tmp_path, backend, rabbitmq_url) as mesh:
         await _burst(mesh, disruption)
