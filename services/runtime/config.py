@@ -94,8 +94,9 @@ class Observability:
 
 @dataclass(frozen=True)
 class Messaging:
-    """How events and queued work travel: `embedded` (the services' own databases and calls over
-    the mesh: nothing else to run) or `rabbitmq` (a broker: services/runtime/messaging/rabbit.py)."""
+    """How events travel: `embedded` (the producer's outbox relay calls each subscriber over the
+    mesh: nothing else to run) or `rabbitmq` (through a broker: messaging/rabbit_events.py). The
+    work queue stays in the producer's database either way."""
     transport: str = "embedded"
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     prefix: str = "diboas"          # every exchange and queue name starts with it

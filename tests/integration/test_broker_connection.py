@@ -27,7 +27,7 @@ async def test_a_channel_publishes_with_confirms(rabbitmq_url):
     assert "not connected yet" in broker.problem()
     try:
         channel = await broker.channel()
-        queue = await channel.declare_queue(broker.names.work_queue("probe"), durable=True)
+        queue = await channel.declare_queue(broker.names.event_queue("probe"), durable=True)
         await channel.default_exchange.publish(aio_pika.Message(b"hello"), routing_key=queue.name)
         assert broker.problem() is None
         message = await queue.get(timeout=5)

@@ -40,16 +40,9 @@ class BrokerNames:
         """A subscribing service's own durable queue, shared by all its instances."""
         return f"{self.prefix}.events.{subscriber}"
 
-    def work_queue(self, queue: str) -> str:
-        return f"{self.prefix}.work.{queue}"
-
     def dead_letter_queue(self, queue_name: str) -> str:
         """The dead-letter queue of a queue named by one of the methods above."""
         return f"{queue_name}.dead"
-
-    def delay_queue(self, queue_name: str, level: int) -> str:
-        """A retry's waiting room: messages sit there for a while, then go back to `queue_name`."""
-        return f"{queue_name}.delay.{level}"
 
 
 class Broker:
