@@ -4,8 +4,8 @@ A service is SERVING only while its database answers. The probe runs `SELECT 1` 
 connection every few seconds (a pooled connection could hide a lost database); while it
 fails, every status is NOT_SERVING. During shutdown everything is NOT_SERVING for good.
 
-A dependency the service can work without for a while (the message broker: events and queued
-work wait in the database) has a status of its own under its name (`rabbitmq`): NOT_SERVING
+A dependency the service can work without for a while (the message broker: events
+wait in the outbox) has a status of its own under its name (`rabbitmq`): NOT_SERVING
 while it is away, with a warning naming it, while the service stays SERVING.
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ class ServiceHealth:
         self._missing[name] = problem
         await self.servicer.set(name, SERVING if problem is None else NOT_SERVING)
         if problem is not None:
-            log.warning("%s: dependency %s is missing (events and queued work wait): %s", self._service, name, problem,
+            log.warning("%s: dependency %s is missing (events wait in the outbox): %s", self._service, name, problem,
                         extra={"dependency": name})
         elif was_missing:
             log.info("%s: dependency %s is back", self._service, name, extra={"dependency": name})
