@@ -71,7 +71,7 @@ async def stop_the_broker(mesh) -> None:
         await asyncio.sleep(3)
 
 
-# (Two instances of each, one SIGKILLed, over the broker on PostgreSQL: tests/e2e/test_instances.py.)
+# (Two instances of each, one SIGKILLed, over the broker on PostgreSQL: tests/e2e/test_instances_under_load.py.)
 @pytest.mark.parametrize("backend, disruption", [
     ("sqlite", kill("wallet")), ("sqlite", kill("transaction")), ("sqlite", stop_the_broker),
     pytest.param("postgres", stop_the_broker, marks=pytest.mark.postgres),
