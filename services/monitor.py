@@ -47,7 +47,7 @@ async def check_service(topology: Topology, name: str, files: IdentityFiles, tim
         except grpc.aio.AioRpcError as exc:
             status, error = "UNREACHABLE", exc.details() or exc.code().name
     if missing:
-        error = f"serving, but {', '.join(missing)} is away: its events wait in the outbox until it is back"
+        error = f"serving, but {', '.join(missing)} is away: its events and queued work wait in the database until it is back"
     label = name if instance == 0 else f"{name}#{instance}"
     return ServiceStatus(label, str(address), status, round((time.perf_counter() - started) * 1000, 1), error,
                          tuple(missing))

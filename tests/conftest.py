@@ -13,10 +13,11 @@ import pytest
 from certs.mkcerts import ensure_certificates
 from services.runtime.auth import TokenIssuer
 from services.runtime.config import Address, Topology, load_topology
-from services.runtime.db import scratch_schema
+from services.runtime.db import Database, scratch_schema
 from services.runtime.server import MeshServer
 from services.runtime.tls import channel_credentials, load_identity
 from services.runtime.users import issue_user_token
+from services.transaction.app import MIGRATIONS as TRANSACTION_MIGRATIONS
 from tools import rabbitmq
 from tools.ports import free_ports
 
@@ -83,6 +84,15 @@ def database_url(request, tmp_path):
         return
     with postgres_schema() as url:
         yield url
+
+
+@pytest.fixture
+def transaction_database(database_url):
+    """The transaction service's schema (its work queue, outbox ...) on each backend, migrated."""
+    db = Database(database_url, TRANSACTION_MIGRATIONS)
+    db.migrate()
+    yield db
+    db.close()
 
 
 @pytest.fixture(scope="session")

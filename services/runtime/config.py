@@ -94,9 +94,9 @@ class Observability:
 
 @dataclass(frozen=True)
 class Messaging:
-    """How events travel: `embedded` (the producer's outbox relay calls each subscriber over the
-    mesh: nothing else to run) or `rabbitmq` (through a broker: messaging/rabbit_events.py). The
-    work queue stays in the producer's database either way."""
+    """How events and queued work travel: `embedded` (the producer's outbox relay calls each
+    subscriber over the mesh, workers poll the work queue's table: nothing else to run) or
+    `rabbitmq` (through a broker: messaging/rabbit_events.py and rabbit_work.py)."""
     transport: str = "embedded"
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     prefix: str = "diboas"          # every exchange and queue name starts with it

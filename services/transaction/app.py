@@ -9,6 +9,7 @@ from services.runtime.db import Database
 from services.runtime.messaging.admin import DeadLetterServicer
 from services.runtime.messaging.queue import WorkQueue
 from services.runtime.messaging.rabbit_events import RabbitTransport
+from services.runtime.messaging.rabbit_work import WorkConsumer, WorkDispatcher, WorkPublisher
 from services.runtime.messaging.relay import MeshTransport, Relay
 from services.runtime.messaging.secure import KeyRing
 from services.runtime.messaging.store import Outbox
@@ -23,7 +24,7 @@ from .wallet_client import WalletClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 QUEUE = "financial.transactions"
-WORKERS = 8  # competing consumers of the queue in this process
+WORKERS = 8  # sagas this process runs at once (competing consumers of the queue)
 
 
 def build(runtime: Runtime) -> list[Registration]:
@@ -50,7 +51,13 @@ def build(runtime: Runtime) -> list[Registration]:
     service = TransactionService(db, WalletClient(upstreams["wallet"]), queue, outbox,
                                  ProviderClient(upstreams["provider"]), ChainClient(upstreams["blockchain"]),
                                  tracing=tracing)
-    runtime.background += [service.work] * WORKERS + [relay.run]
+    if runtime.broker is not None:
+        publisher = WorkPublisher(runtime.broker, queue)
+        runtime.background += [WorkDispatcher(db, queue, publisher).run,
+                               WorkConsumer(runtime.broker, db, queue, publisher, service.attempt, WORKERS).run]
+    else:
+        runtime.background += [service.work] * WORKERS
+    runtime.background.append(relay.run)
     return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server, TransactionServicer(service)),
             Registration(events_pb2_grpc.add_DeadLetterServiceServicer_to_server,
                          DeadLetterServicer(db, relay, idempotency_keys, queue))]

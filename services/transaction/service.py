@@ -16,7 +16,7 @@ from services.domain.clock import utcnow
 from services.domain.errors import NotFound
 from services.domain.money import Money, require_transaction_limit
 from services.runtime.db import Database
-from services.runtime.messaging.queue import Claimed, ParkedItem, WorkQueue
+from services.runtime.messaging.queue import Claimed, ParkedItem, Retried, WorkQueue
 from services.runtime.messaging.store import Outbox
 from services.runtime.requests import INSTANT, KEY, PageTokens, page_size
 from services.runtime.tracing import MessageTracing
@@ -132,6 +132,10 @@ class TransactionService:
     async def process(self, claimed: Claimed) -> None:
         """Run the saga of one claimed item (see Worker.process)."""
         await self._worker.process(claimed)
+
+    async def attempt(self, claimed: Claimed) -> Retried | None:
+        """One attempt at a claimed item's saga (see Worker.attempt): what the broker's consumers run."""
+        return await self._worker.attempt(claimed)
 
     async def work(self, stop: asyncio.Event, idle_seconds: float = 0.05) -> None:
         """One competing consumer of the queue, until `stop` is set."""

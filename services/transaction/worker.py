@@ -17,7 +17,7 @@ from typing import Callable
 
 from services.domain.errors import DeadlineExceeded, DomainError, ServiceUnavailable
 from services.runtime.loops import repeat
-from services.runtime.messaging.queue import Claimed, WorkQueue
+from services.runtime.messaging.queue import Claimed, Retried, WorkQueue
 from services.runtime.tracing import MessageTracing
 from services.runtime.unit_of_work import UnitsOfWork
 
@@ -97,32 +97,40 @@ class Worker:
         claimed = await self._units.run(self._queue.claim)
         if claimed is None:
             return False
+        await self.attempt(claimed)
+        return True
+
+    async def attempt(self, claimed: Claimed) -> Retried | None:
+        """Run a claimed item's saga, keeping its lease meanwhile. None when its outcome was
+        written; else what became of the item (rescheduled after a delay, parked, or lost to
+        another worker)."""
         heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(claimed))
         try:
             with self._tracing.processing(self._queue.name, str(claimed.id), claimed.traceparent,
                                           claimed.tracestate, attempt=claimed.attempts,
                                           conversation=f"transactions/{claimed.item}"):
                 await self.process(claimed)
+            return None
         except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later (or parks it)
-            await self._failed(claimed, exc)
+            return await self._failed(claimed, exc)
         finally:
             heartbeat.cancel()
-        return True
 
-    async def _failed(self, claimed: Claimed, exc: Exception) -> None:
+    async def _failed(self, claimed: Claimed, exc: Exception) -> Retried:
         """An attempt failed: reschedule or park its item, and say which. When that cannot be
         written either (the database is away too), the item comes back by itself once its lease
-        runs out; the worker goes on."""
+        runs out (the Retried says so); the worker goes on."""
         message = getattr(exc, "message", None) or repr(exc)
         try:
             retried = await self._units.run(self._queue.retry, claimed, message)
         except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
             log.warning("transactions/%s: attempt %d failed (%s) and could not be rescheduled; it comes back "
                         "when its lease runs out", claimed.item, claimed.attempts, message, exc_info=True)
-            return
+            return Retried(delay=dt.timedelta(seconds=self._queue.lease_seconds))
         then = ("parked (the money stays held until a replay)" if retried.parked
                 else "no longer ours: another worker holds it, or it was parked" if retried.lost
                 else f"retrying in {retried.delay.total_seconds():.1f}s")
         log.log(logging.INFO if isinstance(exc, (ServiceUnavailable, DeadlineExceeded)) else logging.ERROR,
                 "transactions/%s: attempt %d failed (%s); %s", claimed.item, claimed.attempts,
                 message, then, exc_info=not isinstance(exc, DomainError))
+        return retried

@@ -34,23 +34,15 @@ class Clock:
         self.now += dt.timedelta(seconds=seconds)
 
 
-@pytest.fixture
-def database(database_url):
-    db = Database(database_url, MIGRATIONS)
-    db.migrate()
-    yield db
-    db.close()
-
-
 def make_queue(db, clock, name: str = "q", **policy) -> WorkQueue:
     return WorkQueue(db, work_items, name, lease=dt.timedelta(seconds=30), clock=clock, rng=random.Random(5),
                      parked=parked_work_items, policy=QueuePolicy(**policy), worker="worker-1")
 
 
 @pytest.fixture
-def queue(database):
+def queue(transaction_database):
     clock = Clock()
-    return make_queue(database, clock), database, clock
+    return make_queue(transaction_database, clock), transaction_database, clock
 
 
 def add(db, queue, item: str, priority: int = 0) -> None:
@@ -428,7 +420,7 @@ async def test_dead_letters_of_both_kinds_are_listed_page_by_page_and_replayed_b
     assert q.dead_letters() == [] and relay.dead_letters() == [] and q.depth() == 3
 
 
-async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_still_fails_at_once(database, pki):
+async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_still_fails_at_once(transaction_database, pki):
     """The wallet answers UNAVAILABLE to one SEND's hold (it may have happened: parked after the
     policy's attempts, still PENDING, no event) and refuses the other's (FAILED at once)."""
     import asyncio
@@ -457,9 +449,9 @@ async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_sti
                 raise ServiceUnavailable("the wallet is unreachable", reason="UPSTREAM_UNAVAILABLE")
             raise FailedPrecondition("insufficient funds", reason="INSUFFICIENT_FUNDS")
 
-    queue = WorkQueue(database, work_items, "financial.transactions", parked=parked_work_items,
+    queue = WorkQueue(transaction_database, work_items, "financial.transactions", parked=parked_work_items,
                       policy=QueuePolicy(max_attempts=3, initial_backoff_seconds=0.01, max_backoff_seconds=0.02))
-    service = TransactionService(database, Wallet(), queue, Outbox(messaging, "transaction", lambda topic: ["wallet"],
+    service = TransactionService(transaction_database, Wallet(), queue, Outbox(messaging, "transaction", lambda topic: ["wallet"],
                                                                    KeyRing.load(pki)))
 
     async def create(amount: str) -> str:
@@ -481,14 +473,14 @@ async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_sti
     assert parked.parked.last_error == "the wallet is unreachable" and parked.parked.reason == MAX_ATTEMPTS
     assert failed.state == "FAILED" and failed.parked is None
     assert Wallet.holds.count(f"{stuck}:hold") == 3 and Wallet.holds.count(f"{refused}:hold") == 1
-    with database.reading() as connection:
+    with transaction_database.reading() as connection:
         topics = [row.topic for row in connection.execute(select(messaging.outbox.c.topic))]
         assert topics == ["transaction.failed"]                  # nothing for the parked one
         assert connection.execute(select(func.count()).select_from(work_items)).scalar_one() == 0
 
 
-async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(database, pki):
-    """An attempt fails and its reschedule fails too (the database is away): the worker goes on
+async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(transaction_database, pki):
+    """An attempt fails and its reschedule fails too (the transaction_database is away): the worker goes on
     with the next item, and the first comes back once its lease runs out."""
     import asyncio
 
@@ -514,7 +506,7 @@ async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(data
                 raise ServiceUnavailable("the wallet is unreachable", reason="UPSTREAM_UNAVAILABLE")
             return f"{source}/holds/{request_id}"
 
-    queue = WorkQueue(database, work_items, "financial.transactions", lease=dt.timedelta(seconds=0.5),
+    queue = WorkQueue(transaction_database, work_items, "financial.transactions", lease=dt.timedelta(seconds=0.5),
                       parked=parked_work_items)
     reschedules = []
     real_retry = queue.retry
@@ -522,10 +514,10 @@ async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(data
     def retry(claimed, error):
         reschedules.append(claimed.item)
         if len(reschedules) == 1:
-            raise ServiceUnavailable("database is unavailable", reason="DATABASE_UNAVAILABLE")
+            raise ServiceUnavailable("transaction_database is unavailable", reason="DATABASE_UNAVAILABLE")
         return real_retry(claimed, error)
     queue.retry = retry
-    service = TransactionService(database, Wallet(), queue, Outbox(messaging, "transaction", lambda topic: ["wallet"],
+    service = TransactionService(transaction_database, Wallet(), queue, Outbox(messaging, "transaction", lambda topic: ["wallet"],
                                                                    KeyRing.load(pki)))
 
     async def create(amount: str) -> str:

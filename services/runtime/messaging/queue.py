@@ -19,6 +19,11 @@ request that created it.
 
 Competing consumers: on PostgreSQL, `FOR UPDATE SKIP LOCKED` lets workers in many processes
 claim different items at once; SQLite's single writer serializes the claims.
+
+Over RabbitMQ (messaging.transport: rabbitmq, rabbit_work.py) the rows stay the truth and the
+broker brings the wake-ups: `undispatched` and `mark_dispatched` let a dispatcher publish each
+new item once, and `claim_item` claims the one item a message names (the same lease, attempt
+count and crash-loop parking as `claim`).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from typing import Callable, Mapping
 
 from prometheus_client import Counter
 from sqlalchemy import (
+    Boolean,
     Column,
     Connection,
     DateTime,
@@ -40,9 +46,11 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    false,
     func,
     insert,
     select,
+    true,
     update,
 )
 
@@ -71,6 +79,8 @@ def work_items_table(metadata: MetaData) -> Table:
         Column("created_at", DateTime(timezone=True), nullable=False),
         Column("traceparent", String(64), nullable=False, server_default=""),   # W3C, of the span that queued it
         Column("tracestate", Text, nullable=False, server_default=""),
+        # A broker message carries the item (messaging.transport: rabbitmq); unused by the embedded queue.
+        Column("dispatched", Boolean, nullable=False, server_default=false()),
         Index("ix_work_items_queue_available_at", "queue", "available_at"),
     )
 
@@ -139,6 +149,16 @@ class Claimed:
     attempts: int
     traceparent: str = ""       # the W3C context the item was queued in ("" when none)
     tracestate: str = ""
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Undispatched:
+    """An item to publish to the broker: its message names `id` and `item`."""
+    id: int
+    item: str
+    priority: int
+    available_at: dt.datetime
 
 
 class WorkQueue:
@@ -173,17 +193,57 @@ class WorkQueue:
                 if connection.dialect.name == "postgresql":
                     query = query.with_for_update(skip_locked=True)
                 while (row := connection.execute(query).first()) is not None:
-                    if row.attempts < self.policy.max_attempts:
-                        connection.execute(update(t).where(t.c.id == row.id).values(
-                            available_at=now + self._lease, attempts=row.attempts + 1))
-                        return Claimed(row.id, row.item, row.attempts + 1, row.traceparent, row.tracestate)
-                    error = (f"attempt {row.attempts} ended without an outcome: its lease ran out (its worker "
-                             f"stopped, or lost the database) (last error: {row.last_error or 'none'})")
-                    parked.append(self._park(connection, row, row.attempts, MAX_ATTEMPTS, error, now))
+                    if (claimed := self._lease_or_park(connection, row, now, parked)) is not None:
+                        return claimed
                 return None
         finally:
             for item in parked:
                 self._alert(item)
+
+    def claim_item(self, item_id: int, item: str) -> Claimed | dt.datetime | None:
+        """Claim the one item a broker message names: Claimed; or, while it is not available yet
+        (leased to a worker, or waiting out a backoff), the time it will be; or None when there is
+        no such item any more (its work ended, or it was parked)."""
+        t, now, parked = self._t, self._clock(), []
+        try:
+            with self._db.transaction() as connection:
+                query = select(t).where(t.c.id == item_id, t.c.queue == self.name, t.c.item == item)
+                if connection.dialect.name == "postgresql":
+                    query = query.with_for_update()
+                row = connection.execute(query).first()
+                if row is None:
+                    return None
+                if as_utc(row.available_at) > now:
+                    return as_utc(row.available_at)
+                return self._lease_or_park(connection, row, now, parked)
+        finally:
+            for item_parked in parked:
+                self._alert(item_parked)
+
+    def _lease_or_park(self, connection: Connection, row, now: dt.datetime, parked: list) -> Claimed | None:
+        """Lease the available `row` for one more attempt, or park it when its attempts are spent."""
+        t = self._t
+        if row.attempts < self.policy.max_attempts:
+            connection.execute(update(t).where(t.c.id == row.id).values(
+                available_at=now + self._lease, attempts=row.attempts + 1))
+            return Claimed(row.id, row.item, row.attempts + 1, row.traceparent, row.tracestate, row.priority)
+        error = (f"attempt {row.attempts} ended without an outcome: its lease ran out (its worker "
+                 f"stopped, or lost the database) (last error: {row.last_error or 'none'})")
+        parked.append(self._park(connection, row, row.attempts, MAX_ATTEMPTS, error, now))
+        return None
+
+    def undispatched(self, limit: int = 100) -> list[Undispatched]:
+        """Items no broker message carries yet (new, or replayed), oldest first."""
+        t = self._t
+        query = (select(t.c.id, t.c.item, t.c.priority, t.c.available_at)
+                 .where(t.c.queue == self.name, t.c.dispatched == false()).order_by(t.c.id).limit(limit))
+        with self._db.reading() as connection:
+            return [Undispatched(r.id, r.item, r.priority, as_utc(r.available_at)) for r in connection.execute(query)]
+
+    def mark_dispatched(self, item_ids: list[int]) -> None:
+        """Once the broker confirmed their messages."""
+        with self._db.transaction() as connection:
+            connection.execute(update(self._t).where(self._t.c.id.in_(item_ids)).values(dispatched=true()))
 
     @property
     def lease_seconds(self) -> float:

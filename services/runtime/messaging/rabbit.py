@@ -10,19 +10,29 @@ confirms: a publish returns only once the broker has taken the message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import aio_pika
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 from aio_pika.exceptions import AMQPError
 
 from services.domain.errors import ServiceUnavailable
 
 from ..config import Messaging
+from ..loops import pause
 
 log = logging.getLogger("diboas.rabbitmq")
 CONNECT_TIMEOUT_SECONDS = 5.0
+CLOSE_TIMEOUT_SECONDS = 2.0
 
 
 class BrokerNames:
@@ -39,6 +49,16 @@ class BrokerNames:
     def event_queue(self, subscriber: str) -> str:
         """A subscribing service's own durable queue, shared by all its instances."""
         return f"{self.prefix}.events.{subscriber}"
+
+    def work_queue(self, queue: str) -> str:
+        """A work queue's priority queue (queue: its topology name, financial.transactions),
+        shared by the competing consumers of every instance."""
+        return f"{self.prefix}.work.{queue}"
+
+    def delay_queue(self, queue_name: str, milliseconds: int) -> str:
+        """A delay queue of a work queue named by `work_queue`: its messages go back to that
+        queue after `milliseconds`."""
+        return f"{queue_name}.delay.{milliseconds}ms"
 
     def dead_letter_queue(self, queue_name: str) -> str:
         """The dead-letter queue of a queue named by one of the methods above."""
@@ -92,3 +112,31 @@ class Broker:
             await self._connection.close()
             self._connection = None
             self._problem = "closed"
+
+
+async def consume(broker: Broker, stop: asyncio.Event, prefetch: int,
+                  declare: Callable[[AbstractChannel], Awaitable[AbstractQueue]],
+                  on_message: Callable[[AbstractIncomingMessage], Awaitable[Any]], what: str,
+                  retry_seconds: float = 1.0) -> None:
+    """Consume the queue that `declare` declares on a new channel, with `on_message`, until
+    `stop` is set; while the broker is away, wait and try again (said once, as is its return)."""
+    away = False
+    while not stop.is_set():
+        try:
+            channel = await broker.channel(prefetch=prefetch)
+            queue = await declare(channel)
+            await queue.consume(on_message)
+        except Exception as exc:  # noqa: BLE001 - the broker is away: wait, then try again
+            if not away:
+                log.warning("%s: cannot consume from RabbitMQ at %s (%s); waiting for it", what, broker.where, exc)
+            away = True
+            await pause(stop, retry_seconds)
+            continue
+        if away:
+            log.info("%s: consuming from RabbitMQ at %s again", what, broker.where)
+        away = False
+        # The robust channel reconnects and consumes again by itself after an outage.
+        await stop.wait()
+        # Closing the channel ends the consumer; what it held unacknowledged goes back to the queue.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_SECONDS)

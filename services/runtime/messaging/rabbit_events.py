@@ -23,7 +23,6 @@ idempotently), so an event published before its subscriber first started waits i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Mapping, Sequence
 
@@ -34,15 +33,13 @@ from google.protobuf.message import DecodeError
 from diboas.events.v1 import events_pb2
 from services.domain import errors
 
-from ..loops import pause
-from .rabbit import Broker, BrokerNames
+from .rabbit import Broker, BrokerNames, consume
 from .relay import DEAD_LETTERS, DeliveryPolicy
 from .secure import MessageRejected
 from .sink import EventSink
 
 log = logging.getLogger("diboas.rabbitmq")
 PUBLISH_TIMEOUT_SECONDS = 10.0
-CLOSE_TIMEOUT_SECONDS = 2.0
 PREFETCH = 32                    # messages a consumer holds unacknowledged at once
 
 
@@ -115,27 +112,10 @@ class EventConsumer:
         self._policy, self._retry_seconds = policy, retry_seconds
 
     async def run(self, stop: asyncio.Event) -> None:
-        away = False
-        while not stop.is_set():
-            try:
-                channel = await self._broker.channel(prefetch=PREFETCH)
-                _, queue = await declare_subscription(channel, self._broker.names, self._subscriber, self._sink.topics)
-                await queue.consume(self._on_message)
-            except Exception as exc:  # noqa: BLE001 - the broker is away: wait, then try again
-                if not away:
-                    log.warning("%s: cannot consume events from RabbitMQ at %s (%s); waiting for it", self._subscriber,
-                                self._broker.where, exc)
-                away = True
-                await pause(stop, self._retry_seconds)
-                continue
-            if away:
-                log.info("%s: consuming events from RabbitMQ at %s again", self._subscriber, self._broker.where)
-            away = False
-            # The robust channel reconnects and consumes again by itself after an outage.
-            await stop.wait()
-            # Closing the channel ends the consumer; what it held unacknowledged goes back to the queue.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_SECONDS)
+        async def declare(channel: AbstractChannel) -> AbstractQueue:
+            return (await declare_subscription(channel, self._broker.names, self._subscriber, self._sink.topics))[1]
+        await consume(self._broker, stop, PREFETCH, declare, self._on_message, f"{self._subscriber} events",
+                      self._retry_seconds)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         attempt = int((message.headers or {}).get("x-delivery-count") or 0) + 1
