@@ -480,7 +480,7 @@ async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_sti
 
 
 async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(transaction_database, pki):
-    """An attempt fails and its reschedule fails too (the transaction_database is away): the worker goes on
+    """An attempt fails and its reschedule fails too (the database is away): the worker goes on
     with the next item, and the first comes back once its lease runs out."""
     import asyncio
 
@@ -514,7 +514,7 @@ async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(tran
     def retry(claimed, error):
         reschedules.append(claimed.item)
         if len(reschedules) == 1:
-            raise ServiceUnavailable("transaction_database is unavailable", reason="DATABASE_UNAVAILABLE")
+            raise ServiceUnavailable("database is unavailable", reason="DATABASE_UNAVAILABLE")
         return real_retry(claimed, error)
     queue.retry = retry
     service = TransactionService(transaction_database, Wallet(), queue, Outbox(messaging, "transaction", lambda topic: ["wallet"],
