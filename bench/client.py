@@ -104,7 +104,7 @@ def parse_concurrency(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
     if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError("concurrency values must be positive integers")
+        raise argparse.ArgumentTypeError("the values must be positive integers")
     return values
 
 

@@ -1,16 +1,19 @@
 """The money path under load: SENDs per second from request to settled balances.
 
     .venv/bin/python -m bench.money_path [--modes services,monolith] [--backends sqlite,postgres]
-                                          [--transports embedded,rabbitmq]
+                                          [--transports embedded,rabbitmq] [--instances 1,2]
                                           [--concurrency 16,64] [--duration 10] [--warmup 2] [--wallets 100]
 
 For each shape, backend and concurrency a fresh mesh (the four services in the shape's processes:
 a process each, or all in one for the monolith; default configuration: mTLS, tokens, tracing on)
 is started by the same launcher as `make run`, with events over each transport (embedded: the
-relay calls the wallet over the mesh; rabbitmq: through the local broker, in a virtual host of
-its own made for the run and deleted after). This process is the client: N workers in a closed loop create SENDs between random
-wallets for warm-up + duration seconds. Then it waits until everything is settled and reads the
-two services' databases for the timings:
+relay calls the wallet over the mesh, workers poll the work queue; rabbitmq: events and the work
+queue through the local broker, in a virtual host of its own made for the run and deleted after).
+Two instances of every service are measured in the scaled-out configuration only: a process per
+service, over RabbitMQ (the client balances over both transaction instances). This process is
+the client: N workers in a closed loop create SENDs between random wallets for warm-up + duration
+seconds. Then it waits until everything is settled and reads the two services' databases for the
+timings:
   settled/s         captures (HOLD_CAPTURE journals in the wallet) inside the measured window
   request->settled  from the client's request to the wallet's capture, for requests in the window
   event latency     from the outbox row (transaction service commit) to the inbox row (wallet handled)
@@ -39,6 +42,7 @@ from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.launcher import Launcher
 from services.runtime.auth import TokenIssuer
+from services.runtime.client import channel_options
 from services.runtime.config import load_topology
 from services.runtime.db import scratch_schema
 from services.runtime.tls import load_identity, mesh_channel
@@ -67,10 +71,11 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _run_one(mode: str, backend: str, transport: str, concurrency: int, args) -> dict:
+async def _run_one(mode: str, backend: str, transport: str, instances: int, concurrency: int, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="diboas-bench-") as state, contextlib.ExitStack() as stack:
         env = {"DIBOAS_STATE_DIR": state, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING",
-               "DIBOAS_MODE": mode, "DIBOAS_MESSAGING_TRANSPORT": transport, **mesh_addresses(gateway=False)}
+               "DIBOAS_MODE": mode, "DIBOAS_MESSAGING_TRANSPORT": transport, "DIBOAS_INSTANCES": str(instances),
+               **mesh_addresses(gateway=False)}
         if transport == "rabbitmq":
             env["DIBOAS_RABBITMQ_URL"] = stack.enter_context(rabbitmq.scratch_vhost("diboas-bench"))
         if backend == "postgres":
@@ -84,7 +89,8 @@ async def _run_one(mode: str, backend: str, transport: str, concurrency: int, ar
             try:
                 if not await launcher.wait_until_serving():
                     raise SystemExit(f"bench: the mesh did not start ({mode}, {backend}, {transport})")
-                return {"transport": transport, **await _measure(topology, launcher, mode, backend, concurrency, args)}
+                return {"transport": transport, "instances": instances,
+                        **await _measure(topology, launcher, mode, backend, concurrency, args)}
             finally:
                 launcher.stop(timeout=15)
 
@@ -97,7 +103,7 @@ async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict
         # who may move every bench wallet); everyone else signs a service token.
         token = (issue_user_token(topology.certs_dir, "bench", ["operator"]) if identity == "gateway"
                  else TokenIssuer(topology.identities()[identity], files.key).token_for(svc.identity))
-        ch = mesh_channel(str(svc.address), files, service)
+        ch = mesh_channel(svc.target, files, service, channel_options(topology, svc))
         return ch, (("authorization", f"Bearer {token}"),)
 
     wallet_ch, as_operator = channel("operator", "wallet")
@@ -149,7 +155,8 @@ async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict
         await asyncio.sleep(max(0.0, window[1] - time.time()))
         cpu.update({f"{n}_end": cpu_seconds(p) for n, p in pids.items()})
 
-    run = f"{mode:<9} {backend:<9} {topology.messaging.transport:<9} concurrency {concurrency:>3}"
+    shape = mode if topology.services["transaction"].instances == 1 else f"{mode}x{topology.services['transaction'].instances}"
+    run = f"{shape:<11} {backend:<9} {topology.messaging.transport:<9} concurrency {concurrency:>3}"
     print(f"  {run}: warm-up {args.warmup:g}s, measuring {args.duration:g}s ...", flush=True)
     await asyncio.gather(sample_cpu(), *(worker(k) for k in range(concurrency)))
     for ch in (wallet_ch, tx_ch):
@@ -215,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--transports", default="embedded,rabbitmq",
                         help="comma-separated: embedded, rabbitmq (the local broker at 127.0.0.1:5672, as root)")
+    parser.add_argument("--instances", type=parse_concurrency, default=[1, 2],
+                        help="instances of every service; more than one only in the services shape over rabbitmq")
     parser.add_argument("--concurrency", type=parse_concurrency, default=[16, 64])
     parser.add_argument("--duration", type=positive, default=10.0)
     parser.add_argument("--warmup", type=non_negative, default=2.0)
@@ -235,20 +244,25 @@ def main(argv: list[str] | None = None) -> int:
     known = set(load_topology().modes)
     if set(modes) - known:
         parser.error(f"unknown shape(s): {', '.join(sorted(set(modes) - known))} (known: {', '.join(sorted(known))})")
-    print(f"money path: {', '.join(modes)} x {', '.join(backends)} x {', '.join(transports)} x concurrency "
+    print(f"money path: {', '.join(modes)} x {', '.join(backends)} x {', '.join(transports)} x instances "
+          f"{args.instances} (more than one: services over rabbitmq only) x concurrency "
           f"{args.concurrency}; "
           f"{args.warmup:g}s warm-up + {args.duration:g}s each; {args.wallets} wallets", flush=True)
     runs = []
     for mode in modes:
         for backend in backends:
             for transport in transports:
-                for concurrency in args.concurrency:
-                    runs.append(asyncio.run(_run_one(mode, backend, transport, concurrency, args)))
-    print(f"\n{'shape':<9} {'backend':<9} {'transport':<9} {'conc':>4} {'settled/s':>9} {'req p50':>8} {'req p99':>8} "
+                for instances in args.instances:
+                    if instances > 1 and (mode, transport) != ("services", "rabbitmq"):
+                        continue
+                    for concurrency in args.concurrency:
+                        runs.append(asyncio.run(_run_one(mode, backend, transport, instances, concurrency, args)))
+    print(f"\n{'shape':<11} {'backend':<9} {'transport':<9} {'conc':>4} {'settled/s':>9} {'req p50':>8} {'req p99':>8} "
           f"{'settle p50':>10} {'settle p99':>10} {'event p50':>9} {'event p99':>9} {'CPU/transfer':>12}  by process")
     for r in runs:
         by_process = ", ".join(f"{name} {ms:.2f}" for name, ms in r["cpu_ms_per_transfer_by_process"].items())
-        print(f"{r['mode']:<9} {r['backend']:<9} {r['transport']:<9} {r['concurrency']:>4} {r['settled_per_second']:>9.1f} "
+        shape = r["mode"] if r["instances"] == 1 else f"{r['mode']}x{r['instances']}"
+        print(f"{shape:<11} {r['backend']:<9} {r['transport']:<9} {r['concurrency']:>4} {r['settled_per_second']:>9.1f} "
               f"{r['request_p50_ms']:>6.1f}ms {r['request_p99_ms']:>6.1f}ms {r['settled_p50_ms']:>8.1f}ms "
               f"{r['settled_p99_ms']:>8.1f}ms {r['event_p50_ms']:>7.1f}ms {r['event_p99_ms']:>7.1f}ms "
               f"{r['cpu_ms_per_transfer']:>10.2f}ms  {by_process}")
