@@ -11,7 +11,7 @@ NODE_STAMP  := node_modules/.installed
 # Compare protos against this git ref in `make breaking` (CI sets it to the previous commit).
 BUF_AGAINST ?= main
 
-.PHONY: help setup generate migration check-generated lint breaking certs run test test-unit test-integration test-e2e bench clean
+.PHONY: help setup generate migration check-generated lint breaking certs run test test-unit test-integration test-e2e bench kubernetes clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -73,6 +73,9 @@ bench: setup certs ## measure the runtime's cost (bare vs full stack), the money
 	$(PY) -m bench.runtime_overhead
 	$(PY) -m bench.money_path
 	$(PY) -m bench.gateway
+
+kubernetes: $(PY_STAMP) ## render deploy/kubernetes/base from mesh.yaml (committed; the unit tests fail when it is stale)
+	$(PY) -m tools.kubernetes
 
 clean: ## remove the virtualenv, node_modules and run state (keeps certificates)
 	rm -rf $(VENV) node_modules var .pytest_cache

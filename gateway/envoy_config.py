@@ -26,7 +26,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from services.config_files import REPO_ROOT
-from services.runtime.config import GatewayConfig, Topology
+from services.runtime.config import GatewayConfig, Topology, is_ip
 from services.runtime.server import MAX_METADATA_BYTES
 from services.runtime.users import AUDIENCE, ISSUER
 
@@ -46,9 +46,9 @@ MAX_REQUEST_HEADERS_KB = (MAX_METADATA_BYTES - MAX_HEADERS * 32 - 4096) // 1024
 _KEPT_GRPC_STATUS = "x-diboas-grpc-status"
 # Where jwt_authn finds the token: `authorization: Bearer <token>`, the scheme in any case (an
 # HTTP auth scheme is case-insensitive; jwt_authn compares its prefix exactly, so every spelling
-# of "bearer" is listed: 64 of them).
+# of "bearer" is listed: 64 of them, always in the same order).
 BEARER_HEADERS = [{"name": "authorization", "value_prefix": "".join(spelling) + " "}
-                  for spelling in itertools.product(*({c, c.upper()} for c in "bearer"))]
+                  for spelling in itertools.product(*((c, c.upper()) for c in "bearer"))]
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,9 @@ def _cluster(topology: Topology, name: str) -> dict:
     service, certs = topology.services[name], topology.certs_dir
     return {
         "name": name,
-        "type": "STATIC",
+        # A DNS name (a Kubernetes headless Service) stands for every address it resolves to.
+        "type": "STATIC" if all(is_ip(a.host) for a in service.endpoints) else "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": "1s",
         # Every instance of the service; the health checks below leave out those not SERVING.
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [

@@ -1,6 +1,7 @@
 """`diboas`: the operator's command line for the mesh.
 
   diboas health                 health of every service (the spec's ServiceHealthMonitor)
+  diboas probe wallet           is this machine's wallet SERVING (a Kubernetes exec probe; --live)
   diboas token --for wallet     a service JWT for grpcurl (as the operator, by default)
   diboas user-token alice       a development user JWT for the REST gateway
   diboas dead-letters list      events and parked sagas given up on; `replay ID... | --all` again
@@ -24,7 +25,7 @@ from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.events.v1 import events_pb2, events_pb2_grpc
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.config_files import ConfigError
-from services.monitor import health_report
+from services.monitor import health_report, probe
 from services.runtime.auth import MAX_TOKEN_LIFETIME_SECONDS, TokenIssuer
 from services.runtime.config import Topology, load_topology
 from services.runtime.tls import load_identity, mesh_channel
@@ -43,6 +44,15 @@ def cmd_health(args, topology: Topology) -> int:
             print(f"{r.service:<12} {r.address:<18} {r.status:<12} {r.latency_ms:>7.1f} ms{detail}")
         print("all SERVING" if healthy else "some are not SERVING")
     return 0 if healthy else 1
+
+
+def cmd_probe(args, topology: Topology) -> int:
+    name = topology.service(args.service).name
+    result = asyncio.run(probe(topology, name, args.timeout))
+    # Alive is answering at all: NOT_SERVING (a database away, a drain) is the readiness' business.
+    ok = result.status in ("SERVING", "NOT_SERVING") if args.live else result.status == "SERVING"
+    print(f"{name}: {result.status}{f' ({result.error})' if result.error else ''}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def cmd_user_token(args, topology: Topology) -> int:
@@ -184,6 +194,15 @@ def parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true", help="machine-readable output")
     health.add_argument("--no-gateway", action="store_true", help="only the services, not the Envoy gateway")
     health.set_defaults(run=cmd_health)
+
+    probing = sub.add_parser("probe", help="is this machine's instance of a service SERVING (a Kubernetes probe)",
+                             description="Ask the local instance of SERVICE (DIBOAS_INSTANCE, on 127.0.0.1 at "
+                                         "the port it listens on) for its gRPC health over mTLS, as the service "
+                                         "itself. Exit 0 when SERVING (with --live: when it answers at all), else 1.")
+    probing.add_argument("service", help="the service whose local instance to ask")
+    probing.add_argument("--live", action="store_true", help="succeed on any answer, NOT_SERVING included")
+    probing.add_argument("--timeout", type=float, default=2.0, help="seconds (default: 2)")
+    probing.set_defaults(run=cmd_probe)
 
     token = sub.add_parser("token", help="print a service JWT (for grpcurl -H 'authorization: Bearer ...')",
                            description="Mint a short-lived service JWT signed with an identity's mesh key. "

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.runtime.config import Topology
+from services.runtime.config import Address, Topology
 from services.runtime.tls import IdentityFiles, load_identity, mesh_channel
 
 
@@ -30,9 +30,10 @@ class ServiceStatus:
 
 
 async def check_service(topology: Topology, name: str, files: IdentityFiles, timeout: float,
-                        instance: int = 0) -> ServiceStatus:
+                        instance: int = 0, address: Address | None = None) -> ServiceStatus:
+    """One instance's health, at `address` when given (else where callers reach that instance)."""
     service = topology.services[name]
-    address = service.instance_address(instance)
+    address = address or service.instance_address(instance)
     started = time.perf_counter()
     missing: list[str] = []
     async with mesh_channel(str(address), files, name) as channel:
@@ -76,6 +77,16 @@ async def check_gateway(topology: Topology, timeout: float) -> ServiceStatus:
     status, error = await asyncio.to_thread(_gateway_status, topology, timeout)
     return ServiceStatus("gateway", str(topology.gateway.http), status,
                          round((time.perf_counter() - started) * 1000, 1), error)
+
+
+async def probe(topology: Topology, name: str, timeout: float) -> ServiceStatus:
+    """This machine's instance of `name` (DIBOAS_INSTANCE), asked on loopback as the service itself:
+    what a Kubernetes exec probe runs in the service's pod, with the pod's own certificate (the
+    kubelet's gRPC probe cannot present one, and the server requires it)."""
+    service = topology.services[name]
+    listen = service.instance_listen(topology.instance)
+    return await check_service(topology, name, load_identity(topology.certs_dir, name), timeout,
+                               topology.instance, Address("127.0.0.1", listen.port))
 
 
 async def health_report(topology: Topology, identity: str = "operator", timeout: float = 2.0,

@@ -45,11 +45,11 @@ def _counts_as_failure(exc: BaseException) -> bool:
 
 def service_config(topology: Topology, upstream: ServiceConfig | None = None) -> str:
     """Retries of UNAVAILABLE; calls spread over the upstream's instances in turn (round_robin),
-    and, where it has several, only over those whose gRPC health says SERVING: an instance that
-    stops or is draining is left out until it serves again."""
+    and, where it may have several, only over those whose gRPC health says SERVING: an instance
+    that stops or is draining is left out until it serves again."""
     retry = topology.defaults.retry
     balancing: dict = {"loadBalancingConfig": [{"round_robin": {}}]}
-    if upstream is not None and upstream.instances > 1:
+    if upstream is not None and upstream.balanced:
         balancing["healthCheckConfig"] = {"serviceName": ""}
     return json.dumps({
         **balancing,

@@ -7,6 +7,7 @@ CI and a deployment. Errors name the file, the key and what is wrong: never a tr
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -41,6 +42,15 @@ class Address:
 
 
 INSTANCE_PORT_STEP = 100
+
+
+def is_ip(host: str) -> bool:
+    """An IP address, not a name to resolve."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 MAX_INSTANCES = 8
 
 
@@ -136,9 +146,22 @@ class ServiceConfig:
     # Copies of the service, each its own process, sharing its database and queues. On one
     # machine instance k listens on the configured ports + k * INSTANCE_PORT_STEP.
     instances: int = 1
+    # Where the server binds when callers reach it by another name (`address` a DNS name of every
+    # instance, as a Kubernetes headless Service; `listen` 0.0.0.0:port in each pod). None: `address`.
+    listen: Address | None = None
 
     def instance_address(self, k: int) -> Address:
         return _shifted(self.address, k)
+
+    def instance_listen(self, k: int) -> Address:
+        """Where instance k's server binds."""
+        return _shifted(self.listen, k) if self.listen is not None else self.instance_address(k)
+
+    @property
+    def balanced(self) -> bool:
+        """Whether callers may find several instances behind the target: more than one configured,
+        or a DNS name (which may resolve to many, as a Kubernetes headless Service does)."""
+        return self.instances > 1 or not (is_ip(self.address.host) or self.address.host == "localhost")
 
     def instance_metrics(self, k: int) -> Address | None:
         return None if self.metrics is None else _shifted(self.metrics, k)
@@ -452,6 +475,8 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
                                         env, _env_key(name, "queue", str(q).replace(".", "_")))
                   for q in queues_raw}
         instances = _instances(s, sw, name, env)
+        listen_raw = env.get(_env_key(name, "listen"), s.get("listen"))
+        listen = Address.parse(listen_raw, f"{sw}.listen ({_env_key(name, 'listen')})") if listen_raw else None
         services[name] = ServiceConfig(
             name=name,
             identity=spiffe_id(trust_domain, "service", name),
@@ -464,6 +489,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
             policy=policy,
             queues=queues,
             instances=instances,
+            listen=listen,
         )
 
     known = set(services) | {gateway.name} | set(clients)

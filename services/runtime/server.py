@@ -177,7 +177,7 @@ class MeshServer:
         if instance >= service.instances:
             raise ConfigError(f"{service.name}: DIBOAS_INSTANCE={instance}, but the topology runs {service.instances} "
                               f"instance(s) of it (0 to {service.instances - 1})")
-        self.port = _bind(server, service.instance_address(instance), server_credentials(files), service.name)
+        self.port = _bind(server, service.instance_listen(instance), server_credentials(files), service.name)
         if self._serve_metrics and service.metrics is not None:
             self.metrics_port = serve_metrics(service.instance_metrics(instance), service.name)
         # The first database check runs before the port opens: a service never says SERVING

@@ -1,6 +1,8 @@
 """Instances in the topology: how many, where each listens, and what is refused."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from services.config_files import ConfigError
@@ -55,3 +57,10 @@ def test_make_run_starts_every_instance_of_every_process(pki):
                      "provider": ("provider", 0), "blockchain": ("blockchain", 0)}
     monolith = Launcher(load_topology(env={**certs, "DIBOAS_MODE": "monolith", "DIBOAS_INSTANCES": "2"})).units
     assert monolith == {"monolith": ("monolith", 0), "monolith#1": ("monolith", 1)}
+
+
+def test_a_dns_name_is_balanced_and_an_ip_is_not(topology):
+    wallet = topology.services["wallet"]
+    assert not wallet.balanced
+    assert dataclasses.replace(wallet, address=Address("wallet.diboas.svc.cluster.local", 50051)).balanced
+    assert dataclasses.replace(wallet, instances=2).balanced
