@@ -307,8 +307,12 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def _banner(topology: Topology) -> str:
     certs = os.path.relpath(topology.certs_dir)
-    rows = "\n".join(f"  {s.name:<12} grpcs://{s.address}   metrics http://{s.metrics}/metrics"
-                     for s in topology.services.values())
+    rows = "\n".join(f"  {s.name if k == 0 else f'{s.name}#{k}':<12} grpcs://{s.instance_address(k)}   "
+                     f"metrics http://{s.instance_metrics(k)}/metrics"
+                     for s in topology.services.values() for k in range(s.instances))
+    # `diboas health` reads the topology from its own environment: the settings that change what it asks.
+    settings = " ".join(f"{key}={value}" for key, value in sorted(os.environ.items())
+                        if key == "DIBOAS_MESSAGING_TRANSPORT" or (key.startswith("DIBOAS_") and key.endswith("_INSTANCES")))
     g = topology.gateway
     token = issue_user_token(topology.certs_dir, "alice", ["user"], ttl_seconds=3600)
     wallet = topology.services.get("wallet") or next(iter(topology.services.values()))
@@ -329,7 +333,7 @@ operator certificate:
   node_modules/.bin/buf curl --protocol grpc --cacert {certs}/ca.crt --cert {certs}/operator.crt \\
     --key {certs}/operator.key --servername {wallet.name} --list-services https://{wallet.address}
 
-Health of everything: .venv/bin/diboas health        Press Ctrl-C to stop everything.
+Health of everything: {settings + " " if settings else ""}.venv/bin/diboas health        Press Ctrl-C to stop everything.
 """
 
 

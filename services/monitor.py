@@ -41,7 +41,7 @@ async def check_service(topology: Topology, name: str, files: IdentityFiles, tim
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
             status, error = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status), ""
-            for dependency in (["rabbitmq"] if topology.messaging.brokered else []):
+            for dependency in (["rabbitmq"] if topology.uses_broker(name) else []):
                 state = await stub.Check(health_pb2.HealthCheckRequest(service=dependency), timeout=timeout)
                 if state.status != health_pb2.HealthCheckResponse.SERVING:
                     missing.append(dependency)

@@ -109,9 +109,10 @@ def service_documents(topology: Topology, service: ServiceConfig, namespace: str
         # Starting includes the database migrations: up to a minute before the first SERVING.
         "startupProbe": {**_probe(name, live=True, period=2), "failureThreshold": 30},
         # Ready only while SERVING: not while its database is away, nor once SIGTERM began the drain.
-        "readinessProbe": _probe(name, live=False, period=5),
+        # (The callers' own gRPC health watch sees NOT_SERVING at once; these keep DNS and restarts right.)
+        "readinessProbe": _probe(name, live=False, period=10),
         # Alive while it answers at all (NOT_SERVING included): restarting cannot bring a database back.
-        "livenessProbe": _probe(name, live=True, period=10),
+        "livenessProbe": _probe(name, live=True, period=20),
         "resources": RESOURCES,
         "securityContext": _security(),
         "volumeMounts": [{"name": "certs", "mountPath": CERTS, "readOnly": True},

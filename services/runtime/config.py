@@ -217,6 +217,12 @@ class Topology:
     messaging: Messaging = field(default_factory=Messaging)
     instance: int = 0           # which instance this process is (DIBOAS_INSTANCE), 0-based
 
+    def uses_broker(self, name: str) -> bool:
+        """Whether the service talks to the broker: with messaging over RabbitMQ, a service that
+        publishes, subscribes or has a work queue (the others never connect to it)."""
+        s = self.services[name]
+        return self.messaging.brokered and bool(s.publishes or s.subscribes or s.queues)
+
     def service(self, name: str) -> ServiceConfig:
         try:
             return self.services[name]

@@ -150,7 +150,7 @@ class MeshServer:
         self._upstreams = Upstreams(topology, service.name, files, issuer, tracing=self._tracing,
                                     neighbours=self._neighbours)
         broker = (Broker(topology.messaging, f"{service.name}@{socket.gethostname()}:{os.getpid()}")
-                  if topology.messaging.brokered else None)
+                  if topology.uses_broker(service.name) else None)
         self._runtime = Runtime(topology, service, files, self._upstreams, tracing=self._tracing, broker=broker)
         registrations = self._build(self._runtime)
 

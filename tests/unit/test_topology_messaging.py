@@ -33,3 +33,10 @@ def test_bad_settings_are_refused_with_one_line(env, names):
     text = str(raised.value)
     assert names in text and "\n" not in text
     assert "secret" not in text            # a password in a bad URL is not repeated
+
+
+def test_only_the_services_that_publish_subscribe_or_queue_use_the_broker():
+    brokered = load_topology(env={"DIBOAS_MESSAGING_TRANSPORT": "rabbitmq"})
+    assert {n for n in brokered.services if brokered.uses_broker(n)} == {"wallet", "transaction"}
+    embedded = load_topology(env={})
+    assert not any(embedded.uses_broker(n) for n in embedded.services)
