@@ -346,17 +346,21 @@ class MoneyClient:
         """Once every transaction is COMPLETED or FAILED and nothing is held (within `timeout`): at most
         `most` transactions, the sum of the balances is `total`, none is negative, and each completed
         one captured its hold once, for its destination. The transactions."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline, previous = asyncio.get_running_loop().time() + timeout, None
         while True:
             txs = await self.all_transactions()
             balances = await self.balances(names)
             pending = [t for t in txs if t.state not in SETTLED]
-            if not pending and not any(held for _, held in balances):
+            # The wallets are read one by one: a capture committed mid-read shows its source settled
+            # and its destination not yet credited. Only two equal reads in a row are a snapshot.
+            if not pending and not any(held for _, held in balances) and balances == previous:
                 break
             assert asyncio.get_running_loop().time() < deadline, f"{len(pending)} pending, still held: {balances}"
+            previous = balances
             await asyncio.sleep(0.5)
         assert len({t.name for t in txs}) == len(txs) <= most
-        assert sum(available for available, _ in balances) == total          # nothing created or lost
+        assert sum(available for available, _ in balances) == total, \
+            f"the balances add up to {sum(available for available, _ in balances)}, not {total}"   # nothing created or lost
         assert all(available >= 0 for available, _ in balances)
         for tx in txs:                                                        # each completed one settled once
             if tx.state == transaction_pb2.TRANSACTION_STATE_COMPLETED:
