@@ -167,10 +167,16 @@ def gateway_documents(topology: Topology, namespace: str, image: str) -> list[di
     labels = {"app.kubernetes.io/name": g.name}
     ready = ("import sys, urllib.request; "
              f"sys.exit(urllib.request.urlopen('http://{g.admin}/ready', timeout=3).status != 200)")
+    drain = math.ceil(topology.defaults.drain_seconds)
+    # Envoy stops at once on SIGTERM: before it, its listeners drain (new connections refused,
+    # open ones closed as their requests finish) for the drain time.
+    drain_first = ("import time, urllib.request; urllib.request.urlopen(urllib.request.Request("
+                   f"'http://{g.admin}/drain_listeners?graceful', method='POST'), timeout=3); time.sleep({drain})")
     container = {
         "name": "envoy", "image": image,
-        "args": ["envoy", "-c", f"{ENVOY_CONFIG}/envoy.json", "--drain-time-s", str(math.ceil(topology.defaults.drain_seconds)),
-                 "--parent-shutdown-time-s", str(math.ceil(topology.defaults.drain_seconds) + 2)],
+        "args": ["envoy", "-c", f"{ENVOY_CONFIG}/envoy.json", "--drain-time-s", str(drain),
+                 "--parent-shutdown-time-s", str(drain + 2)],
+        "lifecycle": {"preStop": {"exec": {"command": ["python", "-c", drain_first]}}},
         "ports": [{"name": "http", "containerPort": g.http.port}, {"name": "https", "containerPort": g.https.port}],
         "readinessProbe": {"exec": {"command": ["python", "-c", ready]}, "periodSeconds": 5, "timeoutSeconds": 5},
         "livenessProbe": {"exec": {"command": ["python", "-c", ready]}, "periodSeconds": 10, "timeoutSeconds": 5,

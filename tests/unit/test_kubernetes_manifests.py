@@ -158,3 +158,11 @@ def test_the_rendering_settings_reach_the_pods_but_not_what_is_this_machines():
     assert by_kind(files, "Deployment")["wallet"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 36
     assert "DIBOAS_WALLET_DATABASE" not in env and env["DIBOAS_STATE_DIR"] == kubernetes.STATE
     assert env["DIBOAS_WALLET_ADDRESS"] == "wallet.diboas.svc.cluster.local:6051"
+
+
+def test_the_gateway_drains_its_listeners_before_envoy_gets_sigterm(files):
+    gateway = by_kind(files, "Deployment")["gateway"]["spec"]["template"]["spec"]
+    (envoy,) = gateway["containers"]
+    command = envoy["lifecycle"]["preStop"]["exec"]["command"][-1]
+    assert "drain_listeners?graceful" in command and "time.sleep(10)" in command
+    assert gateway["terminationGracePeriodSeconds"] > 10
