@@ -194,8 +194,9 @@ def gateway_documents(topology: Topology, namespace: str, image: str) -> list[di
                   "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                   "template": {"metadata": {"labels": {**labels, **PART_OF}}, "spec": {
                       "terminationGracePeriodSeconds": grace_seconds(topology),
+                      # fsGroup: the mounted certificates and keys are readable by the group only.
                       "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                                          "seccompProfile": {"type": "RuntimeDefault"}},
+                                          "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
                       "containers": [container],
                       "volumes": [_certs_volume(g.name, [("diboas-users-jwks", JWKS)]),
                                   {"name": "envoy-config", "configMap": {"name": "gateway-envoy"}}]}}}},

@@ -182,9 +182,12 @@ async def test_a_consumer_that_dies_gives_its_item_back_and_the_redelivery_is_th
         held.set()
         await asyncio.Event().wait()                                 # never ends: the worker is stuck, then gone
 
-    setup.consumer(hangs, stop=dying)
+    gone = setup.consumer(hangs, stop=dying)
     await asyncio.wait_for(held.wait(), 10)
-    dying.set()                                                      # its channel closes, unacknowledged
+    dying.set()                                                      # it stops taking messages...
+    await asyncio.sleep(0.2)
+    gone.cancel()                                                    # ...its drain is cut short: the channel closes
+
     ran: list[Claimed] = []
 
     async def works(claimed: Claimed) -> None:
@@ -221,3 +224,54 @@ async def test_duplicate_messages_never_run_an_item_twice_nor_at_once(setup, tra
     assert ran == [1] and most == 1
     assert await queue_depth(setup.url, WORK) == 0 and await queue_depth(setup.url, DEAD) == 0
 
+
+
+async def test_an_item_whose_message_was_lost_is_dispatched_again(setup, caplog):
+    setup.add("tx-1")
+    assert await setup.dispatcher.dispatch() == 1
+    connection = await aio_pika.connect(setup.url)
+    async with connection:                                           # the message is lost: a purge
+        channel = await connection.channel()
+        await (await channel.declare_queue(WORK, passive=True)).purge()
+    ran: list[Claimed] = []
+
+    async def attempt(claimed: Claimed) -> None:
+        ran.append(claimed)
+        await setup.db.run(setup.done, claimed)
+
+    setup.consumer(attempt)
+    await asyncio.sleep(0.5)
+    assert ran == [] and [r.dispatched for r in setup.items()] == [True]    # nothing brings it...
+    sweeping = WorkDispatcher(setup.db, setup.queue, setup.publisher, overdue=dt.timedelta(seconds=0.3),
+                              sweep_seconds=0.2)
+    with caplog.at_level(logging.WARNING, logger="diboas.rabbitmq"):
+        setup.tasks.append(asyncio.create_task(sweeping.run(setup.stop)))
+        await until(lambda: [c.item for c in ran] == ["tx-1"] and not setup.items(), what="the item to run")
+    assert "never claimed (their message was lost)" in caplog.text       # ...until the sweep, which says so
+
+
+async def test_a_publish_that_no_queue_takes_is_not_taken_for_confirmed(setup):
+    channel = await setup.broker.channel()
+    with pytest.raises(aio_pika.exceptions.DeliveryError):
+        await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key="t.nobody", mandatory=True)
+
+
+async def test_a_stopping_consumer_takes_no_more_and_finishes_the_sagas_in_hand(setup):
+    for n in range(3):
+        setup.add(f"tx-{n}")
+    started, ran = asyncio.Event(), []
+
+    async def slow(claimed: Claimed) -> None:
+        started.set()
+        await asyncio.sleep(0.5)                                     # a saga step under way
+        ran.append(claimed.item)
+        await setup.db.run(setup.done, claimed)
+
+    stopping = asyncio.Event()
+    consumer = setup.consumer(slow, workers=1, stop=stopping)
+    setup.start_dispatching()
+    await asyncio.wait_for(started.wait(), 10)
+    stopping.set()
+    await asyncio.wait_for(consumer, 10)
+    assert len(ran) == 1 and len(setup.items()) == 2                 # the one in hand finished, no more taken
+    await until_depth(setup.url, WORK, 2)                            # the first acknowledged, the others waiting

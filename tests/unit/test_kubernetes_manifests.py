@@ -87,6 +87,7 @@ def test_each_service_is_a_deployment_a_headless_service_and_a_budget_as_the_top
         assert headless["clusterIP"] == "None" and headless["ports"][0]["port"] == service.address.port
         assert budgets[name]["spec"] == {"selector": {"matchLabels": {"app.kubernetes.io/name": name}},
                                          **({"minAvailable": 1} if service.instances > 1 else {"maxUnavailable": 1})}
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]     # may read its keys
         secrets = {s["secret"]["name"] for s in pod["volumes"][0]["projected"]["sources"]}
         assert f"diboas-{name}-tls" in secrets
         assert ("diboas-event-keys" in secrets) == bool(service.publishes or service.subscribes)
@@ -166,3 +167,4 @@ def test_the_gateway_drains_its_listeners_before_envoy_gets_sigterm(files):
     command = envoy["lifecycle"]["preStop"]["exec"]["command"][-1]
     assert "drain_listeners?graceful" in command and "time.sleep(10)" in command
     assert gateway["terminationGracePeriodSeconds"] > 10
+    assert gateway["securityContext"]["fsGroup"] == gateway["securityContext"]["runAsUser"]   # may read its key

@@ -15,9 +15,11 @@ def test_a_work_message_names_an_item_and_decodes_to_it():
 @pytest.mark.parametrize("body", [b"", b"\xff", b"null", b"[7, \"tx\"]", b'{"id": 7}', b'{"id": true, "item": "x"}',
                                   b'{"id": 7.0, "item": "x"}', b'{"id": 0, "item": "x"}', b'{"id": 7, "item": ""}',
                                   b'{"id": 9223372036854775808, "item": "x"}', b'{"id": 7, "item": 5}',
-                                  b'{"id": 7, "item": "x", "priority": 9}'])
+                                  b'{"id": 7, "item": "x", "priority": 9}', b"[" * 200_000,
+                                  b'{"id": 7, "item": "\\ud800"}', b'{"id": 7, "item": "a b"}',
+                                  b'{"id": 7, "item": "' + b"x" * 129 + b'"}'])
 def test_anything_else_is_refused_with_the_reason(body):
-    with pytest.raises(ValueError, match="not JSON|not {"):
+    with pytest.raises(ValueError, match="not JSON|not {|more than a work message's 512"):
         decode(body)
 
 

@@ -240,6 +240,16 @@ class WorkQueue:
         with self._db.reading() as connection:
             return [Undispatched(r.id, r.item, r.priority, as_utc(r.available_at)) for r in connection.execute(query)]
 
+    def redispatch_overdue(self, overdue: dt.timedelta) -> int:
+        """Items a message should have brought long ago (available for longer than `overdue`,
+        unclaimed): their message was lost (a queue purged, a broker's disk gone). They become
+        undispatched again, so the dispatcher sends them anew; how many."""
+        t, now = self._t, self._clock()
+        with self._db.transaction() as connection:
+            return connection.execute(update(t).where(
+                t.c.queue == self.name, t.c.dispatched == true(), t.c.available_at < now - overdue,
+            ).values(dispatched=false(), available_at=now)).rowcount
+
     def mark_dispatched(self, item_ids: list[int]) -> None:
         """Once the broker confirmed their messages."""
         with self._db.transaction() as connection:

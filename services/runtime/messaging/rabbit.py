@@ -100,9 +100,10 @@ class Broker:
         return self._connection
 
     async def channel(self, prefetch: int | None = None) -> AbstractRobustChannel:
-        """A new channel with publisher confirms (and, for a consumer, at most `prefetch`
-        unacknowledged messages at once)."""
-        channel = await (await self.connection()).channel(publisher_confirms=True)
+        """A new channel with publisher confirms (a `mandatory` publish that no queue took raises,
+        instead of passing for confirmed) and, for a consumer, at most `prefetch` unacknowledged
+        messages at once."""
+        channel = await (await self.connection()).channel(publisher_confirms=True, on_return_raises=True)
         if prefetch is not None:
             await channel.set_qos(prefetch_count=prefetch)
         return channel
@@ -117,15 +118,17 @@ class Broker:
 async def consume(broker: Broker, stop: asyncio.Event, prefetch: int,
                   declare: Callable[[AbstractChannel], Awaitable[AbstractQueue]],
                   on_message: Callable[[AbstractIncomingMessage], Awaitable[Any]], what: str,
-                  retry_seconds: float = 1.0) -> None:
+                  retry_seconds: float = 1.0, drain: Callable[[], Awaitable[None]] | None = None) -> None:
     """Consume the queue that `declare` declares on a new channel, with `on_message`, until
-    `stop` is set; while the broker is away, wait and try again (said once, as is its return)."""
+    `stop` is set; while the broker is away, wait and try again (said once, as is its return).
+    With `drain`, a stop first cancels the consumer (no new deliveries), then awaits `drain()`
+    (the messages in hand), and only then closes the channel."""
     away = False
     while not stop.is_set():
         try:
             channel = await broker.channel(prefetch=prefetch)
             queue = await declare(channel)
-            await queue.consume(on_message)
+            tag = await queue.consume(on_message)
         except Exception as exc:  # noqa: BLE001 - the broker is away: wait, then try again
             if not away:
                 log.warning("%s: cannot consume from RabbitMQ at %s (%s); waiting for it", what, broker.where, exc)
@@ -137,6 +140,13 @@ async def consume(broker: Broker, stop: asyncio.Event, prefetch: int,
         away = False
         # The robust channel reconnects and consumes again by itself after an outage.
         await stop.wait()
-        # Closing the channel ends the consumer; what it held unacknowledged goes back to the queue.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_SECONDS)
+        try:
+            if drain is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(queue.cancel(tag), CLOSE_TIMEOUT_SECONDS)
+                await drain()
+        finally:
+            # Closing the channel ends the consumer (a drain cut short too); what it held
+            # unacknowledged goes back to the queue.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_SECONDS)

@@ -5,30 +5,39 @@
             says "look at item N": one naming an item that is gone (its work ended, or it was
             parked) is acknowledged and forgotten, so a duplicate changes nothing, and nothing
             else in a message is trusted.
-  dispatch  WorkDispatcher publishes each new (or replayed) item once to the queue's priority
-            queue (persistent, the item's priority, publisher confirms) and marks it dispatched
-            once the broker confirmed.
+  dispatch  WorkDispatcher publishes each new (or replayed) item to the queue's priority queue
+            (persistent, the item's priority, publisher confirms; a publish no queue took
+            raises) and marks it dispatched once the broker confirmed: once per dispatcher that
+            sees it first (each instance runs one; a duplicate changes nothing). An item still
+            unclaimed OVERDUE after it became available lost its message (a queue purged, a
+            broker's disk gone): it is dispatched again, with a warning.
   consume   WorkConsumer: competing consumers in every instance. For each message it claims
             the item named (WorkQueue.claim_item): the lease keeps a saga to one instance at a
             time, and a message for an item leased elsewhere waits out the lease. A message is
             acknowledged only once the item's outcome is written, or another message for it
             was confirmed: a consumer that dies gives its messages back to the broker, and the
             redelivery is the next attempt (a crash loop is parked at claim, as in queue.py).
+            A saga runs in a task of its own: a channel that closes under it (the broker
+            restarting) does not cancel it. On stop the consumer takes no more messages and
+            lets the sagas in hand finish (the server gives background work the drain time).
   backoff   a retried item's next message goes through delay queues: one per power of two of
             milliseconds from 125 ms, each holding its messages that long (a per-queue TTL)
             before dead-lettering them into the priority queue. A delay is spent in the
             largest tier it fills; what remains is spent the same way on arrival.
-  dead      a parked item gets the audit record, alert and metric of queue.py, and a copy in the
-            queue's dead-letter queue (the newest DEAD_LETTERS_KEPT) for the broker's tools; a
-            message that is not a work message goes there at once. `diboas dead-letters`
-            replays from the audit record.
+  dead      a parked item gets the audit record, alert and metric of queue.py; one parked after
+            a failed attempt also gets a copy in the queue's dead-letter queue (the newest
+            DEAD_LETTERS_KEPT) for the broker's tools. A message that is not a work message
+            (bigger than MAX_BODY, not the JSON of an id and an item name) goes there at once.
+            `diboas dead-letters` replays from the audit record.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
+import re
 from typing import Awaitable, Callable
 
 import aio_pika
@@ -48,6 +57,10 @@ MAX_PRIORITY = 10                   # RabbitMQ advises at most 10 levels; higher
 FIRST_TIER_MS = 125
 DEAD_LETTERS_KEPT = 10_000
 DISPATCH_BATCH = 100
+MAX_BODY = 512                      # bytes: a work message is an id and an item name
+ITEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+OVERDUE = dt.timedelta(minutes=5)   # available and unclaimed this long: its message was lost
+SWEEP_SECONDS = 30.0
 
 
 def delay_tiers(longest_seconds: float) -> list[int]:
@@ -70,13 +83,15 @@ def encode(item_id: int, item: str) -> bytes:
 
 def decode(body: bytes) -> tuple[int, str]:
     """The item a work message names; ValueError when the body is not a work message."""
+    if len(body) > MAX_BODY:
+        raise ValueError(f"the body is {len(body)} bytes, more than a work message's {MAX_BODY}")
     try:
         fields = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):         # not UTF-8, not JSON, or nested past the parser's depth
         raise ValueError("the body is not JSON") from None
     if (not isinstance(fields, dict) or set(fields) != {"id", "item"} or type(fields["id"]) is not int
-            or not isinstance(fields["item"], str) or not 0 < fields["id"] < 2 ** 63 or not 0 < len(fields["item"]) <= 128):
-        raise ValueError('the body is not {"id": <item id>, "item": "<item>"}')
+            or not 0 < fields["id"] < 2 ** 63 or not isinstance(fields["item"], str) or not ITEM.fullmatch(fields["item"])):
+        raise ValueError('the body is not {"id": <item id>, "item": "<item name>"}')
     return fields["id"], fields["item"]
 
 
@@ -140,31 +155,34 @@ class WorkPublisher:
 
 class WorkDispatcher:
     """Publishes every item no message carries yet, then marks it dispatched; while the broker
-    is away it waits (the items wait in the database) and says so once."""
+    (or the database) is away it waits (the items wait in the database) and says so once. Every
+    SWEEP_SECONDS it also sends again the items whose message was lost (`overdue`)."""
 
     def __init__(self, db: Database, queue: WorkQueue, publisher: WorkPublisher, idle_seconds: float = 0.05,
-                 retry_seconds: float = 1.0):
+                 retry_seconds: float = 1.0, overdue: dt.timedelta = OVERDUE, sweep_seconds: float = SWEEP_SECONDS):
         self._db, self._queue, self._publisher = db, queue, publisher
         self._idle_seconds, self._retry_seconds = idle_seconds, retry_seconds
+        self._overdue, self._sweep_seconds = overdue, sweep_seconds
 
     async def run(self, stop: asyncio.Event) -> None:
-        away = False
+        problem: str | None = None
+        next_sweep = asyncio.get_running_loop().time()
         while not stop.is_set():
             try:
+                if asyncio.get_running_loop().time() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = asyncio.get_running_loop().time() + self._sweep_seconds
                 sent = await self.dispatch()
-            except ServiceUnavailable as exc:
-                if not away:
-                    log.warning("%s: cannot dispatch work (%s); it waits in the database", self._queue.name, exc.message)
-                away = True
+            except Exception as exc:  # noqa: BLE001 - the broker or the database is away: wait, try again
+                text = getattr(exc, "message", None) or repr(exc)
+                if problem is None:
+                    log.warning("%s: cannot dispatch work (%s); it waits in the database", self._queue.name, text)
+                problem = text
                 await pause(stop, self._retry_seconds)
                 continue
-            except Exception:  # noqa: BLE001 - a database hiccup: the next round tries again
-                log.exception("%s: could not dispatch work; trying again", self._queue.name)
-                await pause(stop, self._retry_seconds)
-                continue
-            if away:
-                log.info("%s: dispatching work to RabbitMQ again", self._queue.name)
-            away = False
+            if problem is not None:
+                log.info("%s: dispatching work again", self._queue.name)
+            problem = None
             if not sent:
                 await pause(stop, self._idle_seconds)
 
@@ -177,6 +195,15 @@ class WorkDispatcher:
         await self._db.run(self._queue.mark_dispatched, [i.id for i in items])
         return len(items)
 
+    async def sweep(self) -> int:
+        """Make the items whose message was lost undispatched again; how many."""
+        lost = await self._db.run(self._queue.redispatch_overdue, self._overdue)
+        if lost:
+            log.warning("%s: %d item(s) available for over %s were never claimed (their message was lost): "
+                        "dispatching them again", self._queue.name, lost, self._overdue,
+                        extra={"queue": self._queue.name, "items": lost})
+        return lost
+
 
 class WorkConsumer:
     """One instance's competing consumers of a work queue: up to `workers` sagas at once."""
@@ -186,16 +213,28 @@ class WorkConsumer:
                  retry_seconds: float = 1.0, clock: Callable[[], dt.datetime] = utcnow):
         self._broker, self._db, self._queue, self._publisher = broker, db, queue, publisher
         self._attempt, self._workers, self._retry_seconds, self._clock = attempt, workers, retry_seconds, clock
+        self._in_hand: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         await consume(self._broker, stop, self._workers, self._publisher.declare, self._on_message,
-                      f"{self._queue.name} work", self._retry_seconds)
+                      f"{self._queue.name} work", self._retry_seconds, drain=self._drain)
+
+    async def _drain(self) -> None:
+        if self._in_hand:
+            await asyncio.wait(set(self._in_hand))
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # The channel's consumer task is cancelled when the channel closes; the saga must not be.
+        task = asyncio.get_running_loop().create_task(self._handle(message))
+        self._in_hand.add(task)
+        task.add_done_callback(self._in_hand.discard)
+        await asyncio.shield(task)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
             item_id, item = decode(message.body)
         except ValueError as exc:
-            await message.reject(requeue=False)        # to the dead-letter queue
+            await _settle(message.reject(requeue=False))        # to the dead-letter queue
             log.error("dead-lettered a message of %s that is not a work message: %s", self._publisher.name, exc,
                       extra={"alert": "dead_letter", "queue": self._queue.name, "reason": "MESSAGE_UNDECODABLE"})
             return
@@ -210,12 +249,9 @@ class WorkConsumer:
             log.warning("%s: item %d (%s) goes back to the queue: %s", self._queue.name, item_id, item,
                         getattr(exc, "message", None) or repr(exc))
             await asyncio.sleep(self._retry_seconds)
-            try:
-                await message.nack(requeue=True)
-            except Exception:  # noqa: BLE001 - the channel is gone: the broker gives it back by itself
-                pass
+            await _settle(message.nack(requeue=True))
             return
-        await message.ack()
+        await _settle(message.ack())
 
     async def _after(self, claimed: Claimed, retried: Retried | None) -> None:
         """The next message for an item whose attempt did not end its work."""
@@ -227,6 +263,13 @@ class WorkConsumer:
             return
         wait = retried.delay if retried.delay is not None else dt.timedelta(seconds=self._queue.lease_seconds)
         await self._publisher.at(claimed.id, claimed.item, claimed.priority, self._clock() + wait)
+
+
+async def _settle(outcome: Awaitable) -> None:
+    """Ack, nack or reject: on a channel that has closed meanwhile it cannot be, and need not
+    be; the broker gives the message back, and the item's row decides what its redelivery does."""
+    with contextlib.suppress(Exception):
+        await outcome
 
 
 def _dead_letter_headers(parked: ParkedItem) -> dict:
