@@ -17,6 +17,14 @@ class CallInfo:
 CURRENT_CALL: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("diboas_call", default=None)
 
 
+def outside_the_call() -> contextvars.Context:
+    """The current context without the call being served: for work a request starts that goes on
+    after it has answered (it keeps neither the call's deadline nor its caller)."""
+    context = contextvars.copy_context()
+    context.run(CURRENT_CALL.set, None)
+    return context
+
+
 def current_caller() -> str | None:
     call = CURRENT_CALL.get()
     return call.caller if call else None

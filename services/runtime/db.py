@@ -6,8 +6,12 @@ this module; repositories do.
 
 Database work is synchronous SQLAlchemy run in a small thread pool (`Database.run`), so the
 asyncio loop that serves gRPC never blocks on I/O and service-layer code stays plain
-functions. Write transactions on SQLite start with BEGIN IMMEDIATE, so two writers queue for
-the lock instead of failing half-way with "database is locked".
+functions. On SQLite, which has one writer at a time anyway, the write transactions of a
+process are group-committed (`GroupCommit`): they take turns on one connection, each in a
+savepoint of a shared transaction that commits once nobody else is waiting, and each
+caller returns only after that commit. Write transactions start with BEGIN IMMEDIATE, so a
+writer in another process queues for the lock instead of failing half-way with "database
+is locked".
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ import asyncio
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import logging
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -24,9 +30,33 @@ from typing import Callable, Iterator, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import BigInteger, Connection, Engine, Integer, MetaData, Numeric, String, create_engine, event
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Insert,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+)
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeDecorator
 
 from services.config_files import ConfigError
@@ -47,6 +77,21 @@ def new_metadata() -> MetaData:
 def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     """A timestamp read back from the database, in UTC (SQLite returns it without its zone)."""
     return value if value is None or value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+# Statements on the hot paths are built once and run with their values each time: building a
+# statement (and its cache key) per call costs SQLAlchemy two to four times what executing it
+# does (docs/benchmarks.md, "Where the time goes").
+def param(column: Column, name: str | None = None) -> BindParameter:
+    """A named placeholder typed as `column`, for a statement built once: '<table>_<column>' by
+    default (a name that never collides with the column's own in an UPDATE's SET)."""
+    return bindparam(name or f"{column.table.name}_{column.name}", type_=column.type)
+
+
+@functools.cache
+def insert_into(table: Table) -> Insert:
+    """INSERT INTO `table`, built once; run it with a dict of column values (or a list of them)."""
+    return insert(table)
 
 
 # Ids that count rows (ledger entries, events, work items): 64-bit. BIGINT on PostgreSQL; on SQLite,
@@ -165,6 +210,135 @@ def scratch_schema(server_url: str, prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
+class _Group:
+    """One shared write transaction and the units that ran in it."""
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+        self.transaction = connection.begin()
+        self.units = 0
+        self.broken: BaseException | None = None     # the transaction cannot commit: why
+        self.error: BaseException | None = None      # it did not commit: why
+        self.ended = threading.Event()
+
+    def wait(self) -> None:
+        """Until the group has committed; raises what ended it otherwise."""
+        self.ended.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class GroupCommit:
+    """Write transactions of one process on one SQLite database, group-committed.
+
+    SQLite lets one connection write at a time; writers on separate connections wait for its
+    lock by sleeping and polling (a millisecond, then more), which under load costs more than
+    the writes. Here the process's writers take turns on one connection instead: each
+    `transaction()` runs in a SAVEPOINT of a shared transaction (so one that raises undoes only
+    its own writes), and the writer that finds nobody waiting for a turn, or a group of
+    `max_units`, commits for all of them. A caller's block returns only once that commit is
+    done, so what it wrote is durable when it goes on, exactly as with a transaction of its own;
+    if the commit fails, every unit of the group raises and none of their writes remain. A unit
+    whose failure may have broken the shared transaction (a database error other than a
+    constraint) ends the group: the others roll back with it and raise the same error."""
+
+    def __init__(self, engine: Engine, max_units: int = 64):
+        self._engine, self._max_units = engine, max_units
+        self._turn = threading.Lock()          # the shared connection: one unit at a time
+        self._count = threading.Lock()
+        self._waiting = 0                      # threads waiting for their turn
+        self._group: _Group | None = None
+        self._holder: int | None = None        # the thread whose turn it is
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        if self._holder == threading.get_ident():
+            raise RuntimeError("a write transaction cannot open another one (use the connection it gives)")
+        with self._count:
+            self._waiting += 1
+        self._turn.acquire()
+        with self._count:
+            self._waiting -= 1
+        self._holder = threading.get_ident()
+        try:
+            group = self._group = self._group or self._open()
+        except BaseException:
+            self._holder = None
+            self._turn.release()
+            raise
+        try:
+            savepoint = self._savepoint(group)
+            try:
+                yield group.connection
+            except BaseException as exc:
+                if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
+                    group.broken = exc
+                else:
+                    self._undo(group, savepoint)
+                raise
+            self._release(group, savepoint)
+        finally:
+            self._end_turn(group)
+        group.wait()
+
+    @staticmethod
+    def _savepoint(group: _Group):
+        try:
+            return group.connection.begin_nested()
+        except BaseException as exc:
+            group.broken = exc
+            raise
+
+    @staticmethod
+    def _undo(group: _Group, savepoint) -> None:
+        """Roll a unit back to its savepoint; if even that fails, the group is broken."""
+        try:
+            savepoint.rollback()
+        except BaseException as exc:  # noqa: BLE001 - the unit raises its own error; the group ends
+            group.broken = exc
+
+    @staticmethod
+    def _release(group: _Group, savepoint) -> None:
+        try:
+            savepoint.commit()
+        except BaseException as exc:
+            group.broken = exc
+            raise
+        group.units += 1
+
+    def _open(self) -> _Group:
+        connection = self._engine.connect()
+        try:
+            return _Group(connection)
+        except BaseException:
+            connection.close()
+            raise
+
+    def _end_turn(self, group: _Group) -> None:
+        """Commit (or, broken, roll back) the group if nobody is waiting or it is full; next turn."""
+        try:
+            with self._count:
+                last = self._waiting == 0
+            if group.broken is not None or last or group.units >= self._max_units:
+                self._group = None
+                try:
+                    if group.broken is not None:
+                        group.error = group.broken
+                        group.transaction.rollback()
+                    else:
+                        group.transaction.commit()
+                except BaseException as exc:  # noqa: BLE001 - handed to every unit of the group
+                    group.error = group.error or exc
+                    # Whatever state the failure left the connection in, it is not used again.
+                    group.connection.invalidate()
+                finally:
+                    group.connection.close()
+                    group.ended.set()
+        finally:
+            self._holder = None
+            self._turn.release()
+
+
 class Database:
     """One service's database: an engine, its migrations, and a thread pool to use it from asyncio."""
 
@@ -175,6 +349,7 @@ class Database:
         sqlite = self.engine.dialect.name == "sqlite"
         self._reader = make_engine(url, pool_size=workers, writer=False) if sqlite else self.engine
         self._migrations = migrations
+        self._group_commit = GroupCommit(self.engine) if sqlite else None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
 
     def migrate(self) -> None:
@@ -186,9 +361,14 @@ class Database:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A connection inside one transaction: committed when the block ends, rolled back if it raises."""
-        with self.engine.begin() as connection:
-            yield connection
+        """A connection inside one transaction: committed when the block ends, rolled back if it
+        raises (on SQLite, group-committed with the process's other writers: see GroupCommit)."""
+        if self._group_commit is not None:
+            with self._group_commit.transaction() as connection:
+                yield connection
+        else:
+            with self.engine.begin() as connection:
+                yield connection
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:

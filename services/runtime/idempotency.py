@@ -7,14 +7,15 @@ another request (or operation) is ALREADY_EXISTS. Failed requests are not stored
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Callable, TypeVar
 
-from sqlalchemy import Column, Connection, DateTime, LargeBinary, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Connection, DateTime, LargeBinary, MetaData, String, Table, select
 from sqlalchemy.exc import IntegrityError
 
 from services.domain.errors import AlreadyExists
 
-from .db import Database
+from .db import Database, insert_into, param
 from .requests import USER_KEYS
 
 T = TypeVar("T")
@@ -31,10 +32,15 @@ def idempotency_table(metadata: MetaData) -> Table:
     )
 
 
+@functools.cache
+def _lookup(table: Table):
+    return select(table).where(table.c.request_id == param(table.c.request_id, "request_id"))
+
+
 def stored_response(connection: Connection, table: Table, operation: str, request_id: str,
                     fingerprint: str) -> bytes | None:
     """The first response of `request_id`, if there was one; ALREADY_EXISTS if it was for another request."""
-    row = connection.execute(select(table).where(table.c.request_id == request_id)).first()
+    row = connection.execute(_lookup(table), {"request_id": request_id}).first()
     if row is None:
         return None
     if (row.operation, row.fingerprint) != (operation, fingerprint):
@@ -53,8 +59,8 @@ def respond_once(connection: Connection, table: Table, operation: str, request_i
     if stored is not None:
         return stored
     response = respond()
-    connection.execute(insert(table).values(request_id=request_id, operation=operation, fingerprint=fingerprint,
-                                            response=response, created_at=now))
+    connection.execute(insert_into(table), {"request_id": request_id, "operation": operation,
+                                            "fingerprint": fingerprint, "response": response, "created_at": now})
     return response
 
 

@@ -36,9 +36,10 @@ class UnitOfWork(Generic[R]):
         """Record `event` (a protobuf message) in the outbox; the relay delivers it once committed."""
         return self._outbox.add(self.connection, topic, subject, event)
 
-    def enqueue(self, item: str, priority: int = 0) -> None:
-        """Queue `item` for the service's workers, once committed."""
-        self._queue.enqueue(self.connection, item, priority)
+    def enqueue(self, item: str, priority: int = 0, *, leased: bool = False) -> Claimed | None:
+        """Queue `item` for the service's workers, once committed; `leased`: already claimed by
+        the caller for its first attempt (WorkQueue.enqueue), and that claim."""
+        return self._queue.enqueue(self.connection, item, priority, leased=leased)
 
     def done(self, claimed: Claimed) -> None:
         """Remove a claimed item from the queue, with the outcome this transaction records."""

@@ -25,6 +25,7 @@ from .wallet_client import WalletClient
 MIGRATIONS = Path(__file__).parent / "migrations"
 QUEUE = "financial.transactions"
 WORKERS = 8  # sagas this process runs at once (competing consumers of the queue)
+STARTED_AT_ONCE = 64  # sagas run at once by the requests that created them, before the workers take over
 
 
 def build(runtime: Runtime) -> list[Registration]:
@@ -50,14 +51,14 @@ def build(runtime: Runtime) -> list[Registration]:
                       worker=f"{me.name}@{socket.gethostname()}:{os.getpid()}")
     service = TransactionService(db, WalletClient(upstreams["wallet"]), queue, outbox,
                                  ProviderClient(upstreams["provider"]), ChainClient(upstreams["blockchain"]),
-                                 tracing=tracing)
+                                 tracing=tracing, started_at_once=STARTED_AT_ONCE)
     if runtime.broker is not None:
         publisher = WorkPublisher(runtime.broker, queue)
         runtime.background += [WorkDispatcher(db, queue, publisher).run,
                                WorkConsumer(runtime.broker, db, queue, publisher, service.attempt, WORKERS).run]
     else:
         runtime.background += [service.work] * WORKERS
-    runtime.background.append(relay.run)
+    runtime.background += [relay.run, service.finish_started]
     return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server, TransactionServicer(service)),
             Registration(events_pb2_grpc.add_DeadLetterServiceServicer_to_server,
                          DeadLetterServicer(db, relay, idempotency_keys, queue))]

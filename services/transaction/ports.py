@@ -15,12 +15,7 @@ class WalletFacts:
     owner: str
     currency: str
     balance: Money              # available + held
-
-
-@dataclass(frozen=True)
-class Funds:
-    sufficient: bool
-    available: str
+    available: Money            # what can be spent now
 
 
 @dataclass(frozen=True)
@@ -48,10 +43,7 @@ class Viewer(Protocol):
 
 class WalletPort(Protocol):
     async def describe(self, wallet: str) -> WalletFacts:
-        """Owner, currency and balance of a wallet; NotFound when it does not exist."""
-
-    async def funds(self, source: str, amount: Money) -> Funds:
-        """Whether the source wallet (which exists and holds the currency) has the amount now."""
+        """Owner, currency and balances of a wallet; NotFound when it does not exist."""
 
     async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
         """Reserve `amount` on the source wallet; the hold's name. Idempotent by request_id."""

@@ -3,18 +3,29 @@ work): rows to domain Transactions and back."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 
 from services.domain.money import Money
-from services.runtime.db import as_utc
+from services.runtime.db import as_utc, insert_into, param
 from services.runtime.users import User
 
 from .domain import PENDING, PROCESSING, TERMINAL, Transaction
 from .tables import transactions
 
 t = transactions.c
+STATE_OF = select(t.state).where(t.id == param(t.id))
+GET = select(transactions).where(t.id == param(t.id))
+INCOMING = select(t.amount).where(t.destination_wallet == param(t.destination_wallet),
+                                  t.currency == param(t.currency), t.state.in_((PENDING, PROCESSING)))
+
+
+@functools.cache
+def _save(columns: tuple[str, ...]):
+    """UPDATE of these columns of one transaction, built once."""
+    return update(transactions).where(t.id == param(t.id)).values({name: param(t[name]) for name in columns})
 
 
 def _transaction(row) -> Transaction:
@@ -40,7 +51,7 @@ class TransactionRepository:
 
     def add(self, tx: Transaction, source_owner: str, destination_owner: str) -> None:
         """A new transaction, with the owners of its wallets (who may see it)."""
-        self.c.execute(insert(transactions).values(
+        self.c.execute(insert_into(transactions), dict(
             id=tx.id, type=tx.type, source_wallet=tx.source_wallet, destination_wallet=tx.destination_wallet,
             currency=tx.amount.currency, amount=tx.amount.amount, created_at=tx.created_at,
             source_chain=tx.source_chain, target_chain=tx.target_chain, destination_address=tx.destination_address,
@@ -49,17 +60,17 @@ class TransactionRepository:
     def save_progress(self, tx: Transaction) -> bool:
         """Write what the saga changed, unless the stored transaction has already ended (locked
         until the caller's transaction ends); False when it had."""
-        query = select(t.state).where(t.id == tx.id)
-        if self._lock:
-            query = query.with_for_update()
-        if self.c.execute(query).scalar_one() in TERMINAL:
+        query = STATE_OF.with_for_update() if self._lock else STATE_OF
+        if self.c.execute(query, {"transactions_id": tx.id}).scalar_one() in TERMINAL:
             return False
-        self.c.execute(update(transactions).where(t.id == tx.id).values(**_saga_columns(tx)))
+        columns = _saga_columns(tx)
+        self.c.execute(_save(tuple(columns)), {"transactions_id": tx.id,
+                                               **{f"transactions_{name}": value for name, value in columns.items()}})
         return True
 
     def get(self, transaction_id: str, viewer: User | None = None) -> Transaction | None:
         """The transaction, if `viewer` may see it (None: anyone)."""
-        found = self._select(select(transactions).where(t.id == transaction_id), viewer)
+        found = self._select(GET, viewer, {"transactions_id": transaction_id})
         return found[0] if found else None
 
     def newest(self, wallet: str, after: tuple[dt.datetime, str] | None, limit: int,
@@ -76,12 +87,11 @@ class TransactionRepository:
 
     def incoming(self, wallet: str, currency: str) -> Money:
         """What transactions accepted and not finished yet bring to `wallet`."""
-        query = select(t.amount).where(t.destination_wallet == wallet, t.currency == currency,
-                                       t.state.in_((PENDING, PROCESSING)))
-        amounts = self.c.execute(query).scalars().all()
+        amounts = self.c.execute(INCOMING, {"transactions_destination_wallet": wallet,
+                                            "transactions_currency": currency}).scalars().all()
         return sum((Money(currency, amount) for amount in amounts), Money.zero(currency))
 
-    def _select(self, query, viewer: User | None) -> list[Transaction]:
+    def _select(self, query, viewer: User | None, values: dict | None = None) -> list[Transaction]:
         if viewer is not None and not viewer.is_operator:
             query = query.where(or_(t.source_owner == viewer.id, t.destination_owner == viewer.id))
-        return [_transaction(row) for row in self.c.execute(query)]
+        return [_transaction(row) for row in self.c.execute(query, values)]

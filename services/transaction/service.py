@@ -65,12 +65,13 @@ class TransactionService:
                  providers: ProviderPort | None = None, chains: ChainPort | None = None,
                  clock: Callable[[], dt.datetime] = utcnow, ids: Callable[[], str] = lambda: uuid.uuid4().hex,
                  tracing: MessageTracing | None = None, *, sagas: Sagas = SAGAS,
-                 units: UnitsOfWork[TransactionRepository] | None = None):
+                 units: UnitsOfWork[TransactionRepository] | None = None, started_at_once: int = 0):
         self.db, self.queue = db, queue
         self.units = units or UnitsOfWork(db, TransactionRepository, outbox=outbox, queue=queue,
                                           idempotency=idempotency_keys, clock=clock)
         self._wallet, self._sagas, self._clock, self._ids = wallet, sagas, clock, ids
-        self._worker = Worker(self.units, queue, sagas, wallet, providers, chains, clock, tracing or MessageTracing())
+        self._worker = Worker(self.units, queue, sagas, wallet, providers, chains, clock, tracing or MessageTracing(),
+                              started_at_once)
 
     # --- create ---------------------------------------------------------------------------------
 
@@ -78,7 +79,10 @@ class TransactionService:
                      encode: Callable[[Transaction], bytes], viewer: User | None = None) -> bytes:
         """A transaction, queued for its saga once the saga's checks pass and the wallets agree it
         can start (nothing is written when they do not). The amount must be within the
-        currency's max_transaction. A repeated request_id returns the first answer."""
+        currency's max_transaction. A repeated request_id returns the first answer. While fewer
+        than `started_at_once` sagas started this way run, the new one is queued already
+        claimed and its first attempt starts as soon as the transaction is committed (no wait
+        for a worker); beyond that, the workers take it from the queue."""
         saga = self._sagas.of(draft.type)
         saga.check(draft)
         first = await self.units.run(self.units.stored, CREATE, request_id, fingerprint)
@@ -87,13 +91,27 @@ class TransactionService:
         require_transaction_limit(draft.amount, "transaction.amount.amount")
         source_owner, destination_owner = await saga.admit(draft, Admission(draft, viewer, self._wallet, self._incoming))
 
+        claims: dict[str, Claimed | None] = {}           # by transaction id, of every attempt
+        answers: dict[bytes, Claimed | None] = {}        # by the answer each attempt encoded
+
         def work(unit: UnitOfWork[TransactionRepository]) -> Transaction:
             tx = dataclasses.replace(draft, id=self._ids(), state=PENDING, hold="", failure_reason="",
                                      created_at=unit.now, updated_at=unit.now, completed_at=None)
             unit.repo.add(tx, source_owner, destination_owner)
-            unit.enqueue(tx.id, priority=saga.priority)
+            claims[tx.id] = unit.enqueue(tx.id, priority=saga.priority, leased=self._worker.may_start())
             return tx
-        return await self.units.run(self.units.idempotent, CREATE, request_id, fingerprint, work, encode)
+
+        def answer(tx: Transaction) -> bytes:
+            encoded = encode(tx)
+            answers[encoded] = claims[tx.id]
+            return encoded
+        response = await self.units.run(self.units.idempotent, CREATE, request_id, fingerprint, work, answer)
+        # Only the attempt whose answer is returned committed (an earlier one may have been
+        # rolled back and retried, or the answer may be a concurrent request's).
+        claimed = answers.get(response)
+        if claimed is not None:
+            self._worker.start(claimed)
+        return response
 
     async def _incoming(self, wallet: str, currency: str) -> Money:
         def read() -> Money:
@@ -136,6 +154,10 @@ class TransactionService:
     async def attempt(self, claimed: Claimed) -> Retried | None:
         """One attempt at a claimed item's saga (see Worker.attempt): what the broker's consumers run."""
         return await self._worker.attempt(claimed)
+
+    async def finish_started(self, stop: asyncio.Event) -> None:
+        """Background work: on stop, wait for the sagas that requests started (Worker.finish_started)."""
+        await self._worker.finish_started(stop)
 
     async def work(self, stop: asyncio.Event, idle_seconds: float = 0.05) -> None:
         """One competing consumer of the queue, until `stop` is set."""

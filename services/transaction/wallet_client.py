@@ -9,7 +9,7 @@ from services.domain.money import EXACT, Money
 from services.runtime.client import Upstream
 from services.runtime.wire import money_pb
 
-from .ports import Funds, WalletFacts
+from .ports import WalletFacts
 
 
 class WalletClient:
@@ -19,15 +19,12 @@ class WalletClient:
         self._wallet = upstream.stub(wallet_pb2_grpc.WalletServiceStub)
 
     async def describe(self, wallet: str) -> WalletFacts:
-        """Owner, currency and balance of a wallet; NOT_FOUND when it does not exist."""
+        """Owner, currency and balances of a wallet; NOT_FOUND when it does not exist."""
         found = (await self._wallet.GetWallet(wallet_pb2.GetWalletRequest(name=wallet))).wallet
-        balance = EXACT.add(Decimal(found.available_balance.amount or "0"), Decimal(found.held_balance.amount or "0"))
-        return WalletFacts(found.owner_id, found.currency_code, Money(found.currency_code, balance))
-
-    async def funds(self, source: str, amount: Money) -> Funds:
-        """Whether the source wallet (which exists and holds the currency) has the amount now."""
-        check = await self._wallet.ValidateBalance(wallet_pb2.ValidateBalanceRequest(wallet=source, amount=money_pb(amount)))
-        return Funds(check.sufficient, check.available_balance.amount)
+        available = Decimal(found.available_balance.amount or "0")
+        balance = EXACT.add(available, Decimal(found.held_balance.amount or "0"))
+        return WalletFacts(found.owner_id, found.currency_code, Money(found.currency_code, balance),
+                           Money(found.currency_code, available))
 
     async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
         """Reserve `amount` on the source wallet; the hold's name. Idempotent by request_id."""

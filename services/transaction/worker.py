@@ -16,6 +16,7 @@ import logging
 from typing import Callable
 
 from services.domain.errors import DeadlineExceeded, DomainError, ServiceUnavailable
+from services.runtime.context import outside_the_call
 from services.runtime.loops import repeat
 from services.runtime.messaging.queue import Claimed, Retried, WorkQueue
 from services.runtime.tracing import MessageTracing
@@ -34,9 +35,38 @@ log = logging.getLogger("diboas.transaction")
 class Worker:
     def __init__(self, units: UnitsOfWork[TransactionRepository], queue: WorkQueue, sagas: Sagas,
                  wallet: WalletPort, providers: ProviderPort | None, chains: ChainPort | None,
-                 clock: Callable[[], dt.datetime], tracing: MessageTracing):
+                 clock: Callable[[], dt.datetime], tracing: MessageTracing, started_limit: int = 0):
         self._units, self._queue, self._sagas, self._clock, self._tracing = units, queue, sagas, clock, tracing
         self._context = SagaContext(wallet, providers, chains, clock, self._save_progress)
+        self._started: set[asyncio.Task] = set()
+        self._started_limit = started_limit
+
+    # --- sagas started by the request that created them -----------------------------------------
+
+    def may_start(self) -> bool:
+        """Whether a new item's first attempt may start at once (`start`), rather than wait for a
+        worker: while fewer than `started_limit` such attempts run."""
+        return len(self._started) < self._started_limit
+
+    def start(self, claimed: Claimed) -> None:
+        """Run the first attempt of an item queued already claimed (WorkQueue.enqueue, leased), in a
+        task of its own that outlives the request: what fails is retried by the workers as usual,
+        and if this process dies meanwhile, the lease brings the item back to them."""
+        task = asyncio.get_running_loop().create_task(self.attempt(claimed), context=outside_the_call())
+        self._started.add(task)
+        task.add_done_callback(self._started.discard)
+
+    async def finish_started(self, stop: asyncio.Event) -> None:
+        """Background work: once `stop` is set, wait for the attempts `start` began (the server
+        gives them its drain time, then cancels this, and they are cancelled too)."""
+        await stop.wait()
+        try:
+            while self._started:
+                await asyncio.wait(set(self._started))
+        except asyncio.CancelledError:
+            for task in self._started:
+                task.cancel()
+            raise
 
     def _save(self, tx: Transaction, claimed: Claimed | None) -> None:
         """Write the saga's progress; a terminal state with its event and the item's removal."""

@@ -5,10 +5,10 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from services.domain.money import EXACT
-from services.runtime.db import as_utc
+from services.runtime.db import as_utc, insert_into, param
 
 from .ledger import Hold, Journal, Wallet
 from .tables import holds, journals, ledger_entries, postings, wallets
@@ -25,6 +25,16 @@ class LedgerEntry:
     held_after: Decimal
     reference: str
     created_at: dt.datetime
+
+
+w, h = wallets.c, holds.c
+GET_WALLET = select(wallets).where(w.id == param(w.id))
+LOCK_WALLETS = select(wallets).where(w.id.in_(bindparam("ids", expanding=True))).order_by(w.id)
+SAVE_BALANCES = update(wallets).where(w.id == param(w.id)).values(
+    available=param(w.available), held=param(w.held), updated_at=param(w.updated_at))
+GET_HOLD = select(holds).where(h.id == param(h.id), h.wallet_id == param(h.wallet_id))
+SAVE_HOLD = update(holds).where(h.id == param(h.id)).values(
+    state=param(h.state), destination_wallet_id=param(h.destination_wallet_id), updated_at=param(h.updated_at))
 
 
 def _wallet(row) -> Wallet:
@@ -49,23 +59,19 @@ class WalletRepository:
 
     # wallets
     def add_wallet(self, wallet: Wallet) -> None:
-        self.c.execute(insert(wallets).values(
+        self.c.execute(insert_into(wallets), dict(
             id=wallet.id, owner_id=wallet.owner_id, currency=wallet.currency, available=wallet.available,
             held=wallet.held, created_at=wallet.created_at, updated_at=wallet.updated_at))
 
     def get_wallet(self, wallet_id: str, for_update: bool = False) -> Wallet | None:
-        query = select(wallets).where(wallets.c.id == wallet_id)
-        if for_update and self._lock:
-            query = query.with_for_update()
-        row = self.c.execute(query).first()
+        query = GET_WALLET.with_for_update() if for_update and self._lock else GET_WALLET
+        row = self.c.execute(query, {"wallets_id": wallet_id}).first()
         return _wallet(row) if row else None
 
     def lock_wallets(self, wallet_ids: list[str]) -> dict[str, Wallet]:
         """The wallets, locked for this transaction in id order (so two transfers cannot deadlock)."""
-        query = select(wallets).where(wallets.c.id.in_(sorted(set(wallet_ids)))).order_by(wallets.c.id)
-        if self._lock:
-            query = query.with_for_update()
-        return {row.id: _wallet(row) for row in self.c.execute(query)}
+        query = LOCK_WALLETS.with_for_update() if self._lock else LOCK_WALLETS
+        return {row.id: _wallet(row) for row in self.c.execute(query, {"ids": sorted(set(wallet_ids))})}
 
     def find_wallet(self, owner_id: str, currency: str) -> Wallet | None:
         row = self.c.execute(select(wallets).where(wallets.c.owner_id == owner_id,
@@ -81,31 +87,32 @@ class WalletRepository:
         return [_wallet(row) for row in self.c.execute(query)]
 
     def save_balances(self, wallet: Wallet) -> None:
-        self.c.execute(update(wallets).where(wallets.c.id == wallet.id).values(
-            available=wallet.available, held=wallet.held, updated_at=wallet.updated_at))
+        self.c.execute(SAVE_BALANCES, {"wallets_id": wallet.id, "wallets_available": wallet.available,
+                                       "wallets_held": wallet.held, "wallets_updated_at": wallet.updated_at})
 
     # holds
     def add_hold(self, hold: Hold) -> None:
-        self.c.execute(insert(holds).values(
+        self.c.execute(insert_into(holds), dict(
             id=hold.id, wallet_id=hold.wallet_id, amount=hold.amount, state=hold.state, reference=hold.reference,
             destination_wallet_id=hold.destination_wallet_id, created_at=hold.created_at, updated_at=hold.updated_at))
 
     def get_hold(self, wallet_id: str, hold_id: str) -> Hold | None:
-        row = self.c.execute(select(holds).where(holds.c.id == hold_id, holds.c.wallet_id == wallet_id)).first()
+        row = self.c.execute(GET_HOLD, {"holds_id": hold_id, "holds_wallet_id": wallet_id}).first()
         return _hold(row) if row else None
 
     def save_hold(self, hold: Hold) -> None:
-        self.c.execute(update(holds).where(holds.c.id == hold.id).values(
-            state=hold.state, destination_wallet_id=hold.destination_wallet_id, updated_at=hold.updated_at))
+        self.c.execute(SAVE_HOLD, {"holds_id": hold.id, "holds_state": hold.state,
+                                   "holds_destination_wallet_id": hold.destination_wallet_id,
+                                   "holds_updated_at": hold.updated_at})
 
     # the ledger
     def add_journal(self, journal: Journal, now: dt.datetime) -> int:
-        journal_id = self.c.execute(insert(journals).values(
+        journal_id = self.c.execute(insert_into(journals), dict(
             type=journal.type, reference=journal.reference, created_at=now)).inserted_primary_key[0]
-        self.c.execute(insert(postings), [
+        self.c.execute(insert_into(postings), [
             {"journal_id": journal_id, "account": line.account, "currency": journal.currency, "amount": line.amount}
             for line in journal.lines])
-        self.c.execute(insert(ledger_entries), [
+        self.c.execute(insert_into(ledger_entries), [
             {"wallet_id": e.wallet_id, "journal_id": journal_id, "type": e.type, "amount": e.amount,
              "available_after": e.available_after, "held_after": e.held_after, "reference": journal.reference,
              "created_at": now} for e in journal.effects])

@@ -19,7 +19,7 @@ from services.runtime.config import DEFAULT_TOPOLOGY, QueuePolicy, load_topology
 from services.runtime.db import Database
 from services.runtime.messaging.queue import MAX_AGE, MAX_ATTEMPTS, WorkQueue
 from services.transaction.app import MIGRATIONS
-from services.transaction.ports import Funds, WalletFacts
+from services.transaction.ports import WalletFacts
 from services.transaction.tables import parked_work_items, work_items
 
 
@@ -62,6 +62,23 @@ def test_the_most_urgent_item_first_and_a_dead_workers_item_comes_back(queue):
     assert again.item == "high" and again.attempts == 2
 
 
+def test_an_item_queued_already_claimed_is_nobody_elses_until_its_lease_runs_out(queue):
+    """The first attempt a request starts at once: queued leased to it; if its process dies
+    before writing an outcome, the item comes back to the workers as its second attempt."""
+    q, db, clock = queue
+    with db.transaction() as connection:
+        mine = q.enqueue(connection, "saga", 10, leased=True)
+    assert mine.item == "saga" and mine.attempts == 1 and mine.priority == 10
+    assert q.claim() is None
+    assert q.renew(mine)
+    clock.advance(31)
+    again = q.claim()
+    assert again.id == mine.id and again.attempts == 2
+    with db.transaction() as connection:
+        q.done(connection, again)
+    assert q.depth() == 0
+
+
 def test_a_renewed_lease_keeps_the_item_and_a_lost_lease_changes_nothing(queue):
     q, db, clock = queue
     add(db, q, "saga")
@@ -97,10 +114,7 @@ async def test_a_saga_step_longer_than_the_lease_is_run_by_one_worker_only(datab
         holds = 0
 
         async def describe(self, wallet):
-            return WalletFacts("alice", "USD", Money.zero("USD"))
-
-        async def funds(self, source, amount):
-            return Funds(True, "100.00")
+            return WalletFacts("alice", "USD", Money.zero("USD"), Money.parse("USD", "100.00"))
 
         async def hold(self, source, amount, reference, request_id):
             SlowWallet.holds += 1
@@ -439,10 +453,7 @@ async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_sti
         holds: list[str] = []
 
         async def describe(self, wallet):
-            return WalletFacts("alice", "USD", Money.zero("USD"))
-
-        async def funds(self, source, amount):
-            return Funds(True, "100.00")
+            return WalletFacts("alice", "USD", Money.zero("USD"), Money.parse("USD", "100.00"))
 
         async def hold(self, source, amount, reference, request_id):
             Wallet.holds.append(request_id)
@@ -496,10 +507,7 @@ async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(tran
         refused_once = False
 
         async def describe(self, wallet):
-            return WalletFacts("alice", "USD", Money.zero("USD"))
-
-        async def funds(self, source, amount):
-            return Funds(True, "100.00")
+            return WalletFacts("alice", "USD", Money.zero("USD"), Money.parse("USD", "100.00"))
 
         async def hold(self, source, amount, reference, request_id):
             if amount.text == "1.00" and not Wallet.refused_once:

@@ -164,10 +164,12 @@ class _Connection:
     def __init__(self, db: FakeDatabase):
         self._db = db
 
-    def execute(self, statement, *rows):
+    def execute(self, statement, values=None):
         if statement.is_select:
             return _Result(self._db.found)
-        self._db.written.append(statement)
+        # A statement built once is run with its values: kept with them bound, as if built per call.
+        self._db.written.append(statement.values(**values) if isinstance(values, dict) and statement.is_insert
+                                else statement)
         return _Result(None)
 
 

@@ -20,7 +20,7 @@ OPERATOR = User("ops", frozenset({OPERATOR_ROLE}))
 class Service:
     """A TransactionService over fakes, and the fakes."""
 
-    def __init__(self):
+    def __init__(self, started_at_once: int = 0):
         self.clock = Clock()
         self.wallet = FakeWallet(a=("alice", "USD", "100.00", "100.00"), b=("bob", "USD", "0", "0"),
                                  e=("erin", "EUR", "0", "0"), full=("bob", "USD", "999999995.00", "999999995.00"))
@@ -29,7 +29,8 @@ class Service:
         self.queue = FakeQueue(self.units)
         ids = iter(f"t{n}" for n in range(1, 100))
         self.service = TransactionService(None, self.wallet, self.queue, None, self.providers, self.chains,
-                                          clock=self.clock, ids=lambda: next(ids), units=self.units)
+                                          clock=self.clock, ids=lambda: next(ids), units=self.units,
+                                          started_at_once=started_at_once)
 
     async def create(self, kind: str, amount: str = "10.00", request_id: str = "r1", viewer: User | None = ALICE,
                      fingerprint: str = "fp", **fields) -> str:
@@ -218,3 +219,60 @@ def test_every_transaction_type_of_the_contract_has_one_saga_whose_name_fits_the
     contract = [name.removeprefix("TRANSACTION_TYPE_") for name in transaction_pb2.TransactionType.keys()]
     assert sorted(SAGAS.types) == sorted(set(contract) - {"UNSPECIFIED"})
     assert all(len(kind) <= transactions.c.type.type.length for kind in SAGAS.types)
+
+
+# --- sagas started by their request ---------------------------------------------------------------
+
+async def settle_started(s: Service) -> None:
+    stop = asyncio.Event()
+    stop.set()
+    await asyncio.wait_for(s.service.finish_started(stop), 5)
+
+
+async def test_a_send_starts_its_saga_as_soon_as_it_is_created_without_a_worker():
+    s = Service(started_at_once=4)
+    tx_id = await s.send()
+    await settle_started(s)
+    assert s.stored(tx_id).state == COMPLETED
+    assert s.units.state.queued == {} and len(s.wallet.hold_calls) == 1
+
+
+async def test_beyond_the_limit_a_new_saga_waits_for_the_workers():
+    s = Service(started_at_once=1)
+    release = asyncio.Event()
+    holding = s.wallet.hold
+
+    async def slow_hold(*args, **kwargs):
+        await release.wait()
+        return await holding(*args, **kwargs)
+    s.wallet.hold = slow_hold
+    first = await s.send(request_id="r1")
+    second = await s.send(request_id="r2")
+    await asyncio.sleep(0.01)
+    assert s.stored(first).state == PENDING and s.stored(second).state == PENDING
+    assert set(s.units.state.queued) == {first, second}
+    release.set()
+    await settle_started(s)
+    assert s.stored(first).state == COMPLETED and s.stored(second).state == PENDING
+    await s.work_until_idle()
+    assert s.stored(second).state == COMPLETED
+
+
+async def test_a_started_saga_whose_step_fails_is_left_to_the_workers_retries():
+    s = Service(started_at_once=4)
+    s.wallet.hold_script.answers = [ServiceUnavailable("wallet down", reason="UPSTREAM_UNAVAILABLE")]
+    tx_id = await s.send()
+    await settle_started(s)
+    assert s.stored(tx_id).state == PENDING and tx_id in s.units.state.queued
+    assert s.queue.errors == [(tx_id, "wallet down")]
+    await s.work_until_idle()
+    assert s.stored(tx_id).state == COMPLETED and len(s.wallet.hold_calls) == 2
+
+
+async def test_a_repeated_request_starts_nothing_more():
+    s = Service(started_at_once=4)
+    tx_id = await s.send(request_id="r1")
+    await settle_started(s)
+    assert await s.send(request_id="r1") == tx_id
+    await settle_started(s)
+    assert len(s.wallet.hold_calls) == 1

@@ -13,7 +13,7 @@ from services.domain.errors import AlreadyExists, NotFound
 from services.domain.money import Money
 from services.runtime.messaging.queue import MAX_ATTEMPTS, Claimed, ParkedItem, Retried
 from services.transaction.domain import PENDING, PROCESSING, TERMINAL, Transaction
-from services.transaction.ports import Funds, PaymentResult, TransferResult, WalletFacts
+from services.transaction.ports import PaymentResult, TransferResult, WalletFacts
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -60,12 +60,8 @@ class FakeWallet:
     async def describe(self, wallet: str) -> WalletFacts:
         if wallet not in self.wallets:
             raise NotFound(f"wallet {wallet} does not exist", reason="WALLET_NOT_FOUND")
-        owner, currency, balance, _ = self.wallets[wallet]
-        return WalletFacts(owner, currency, Money.parse(currency, balance))
-
-    async def funds(self, source: str, amount: Money) -> Funds:
-        available = Money.parse(amount.currency, self.wallets[source][3])
-        return Funds(not available < amount, available.text)
+        owner, currency, balance, available = self.wallets[wallet]
+        return WalletFacts(owner, currency, Money.parse(currency, balance), Money.parse(currency, available))
 
     async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
         self.hold_calls.append((source, amount, request_id))
@@ -161,8 +157,9 @@ class FakeUnit:
         self._state.published.append((topic, subject, event))
         return f"event-{len(self._state.published)}"
 
-    def enqueue(self, item: str, priority: int = 0) -> None:
+    def enqueue(self, item: str, priority: int = 0, *, leased: bool = False) -> Claimed | None:
         self._state.queued[item] = priority
+        return Claimed(len(self._state.queued), item, 1) if leased else None
 
     def done(self, claimed: Claimed) -> None:
         self._state.queued.pop(claimed.item, None)

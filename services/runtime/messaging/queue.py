@@ -58,7 +58,7 @@ from services.domain.clock import utcnow
 from services.domain.errors import NotFound
 
 from ..config import QueuePolicy
-from ..db import BigId, Database, as_utc
+from ..db import BigId, Database, as_utc, insert_into, param
 from ..tracing import current_trace_headers
 
 log = logging.getLogger("diboas.queue")
@@ -169,30 +169,45 @@ class WorkQueue:
         self._db, self._t, self.name, self._lease, self._clock = db, table, name, lease, clock
         self._rng = rng or random.Random()
         self._parked, self.policy, self._worker = parked, policy, worker[:128]   # parked_by's width
+        c = table.c
+        # The statements of every claim, renewal and outcome, built once (db.param).
+        self._next = (select(table).where(c.queue == name, c.available_at <= param(c.available_at, "now"))
+                      .order_by(c.priority.desc(), c.id).limit(1))
+        self._lease_it = update(table).where(c.id == param(c.id, "item_id")).values(
+            available_at=param(c.available_at, "until"), attempts=param(c.attempts, "new_attempts"))
+        self._renew = (update(table).where(c.id == param(c.id, "item_id"), c.attempts == param(c.attempts, "held"))
+                       .values(available_at=param(c.available_at, "until")))
+        self._done = delete(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item"))
 
     def enqueue(self, connection: Connection, item: str, priority: int = 0,
-                trace_context: Mapping[str, str] | None = None) -> None:
+                trace_context: Mapping[str, str] | None = None, *, leased: bool = False) -> Claimed | None:
         """Queue `item` with a W3C trace context (traceparent, tracestate): by default the
-        current span's, so the work continues the trace of the request that queued it."""
+        current span's, so the work continues the trace of the request that queued it. With
+        `leased`, the item is queued already claimed by the caller for its first attempt (as if
+        `claim` had just taken it: the lease keeps other workers off it, and brings it back to
+        them if the caller never writes an outcome); that claim is returned."""
         now, carrier = self._clock(), current_trace_headers() if trace_context is None else trace_context
-        connection.execute(insert(self._t).values(queue=self.name, item=item, priority=priority, available_at=now,
-                                                  attempts=0, last_error="", created_at=now,
-                                                  traceparent=carrier.get("traceparent", ""),
-                                                  tracestate=carrier.get("tracestate", "")))
+        traceparent, tracestate = carrier.get("traceparent", ""), carrier.get("tracestate", "")
+        inserted = connection.execute(insert_into(self._t), dict(
+            queue=self.name, item=item, priority=priority, available_at=now + self._lease if leased else now,
+            attempts=1 if leased else 0, last_error="", created_at=now, traceparent=traceparent,
+            tracestate=tracestate))
+        if not leased:
+            return None
+        return Claimed(inserted.inserted_primary_key[0], item, 1, traceparent, tracestate, priority)
 
     def claim(self) -> Claimed | None:
         """The most urgent available item, leased to the caller (None when there is none). An item
         whose attempts are already spent got there without an outcome from its last worker (the
         lease ran out: the worker, or its process, died on it every time); it is parked, not run
         again, and the next item is looked at."""
-        t, now, parked = self._t, self._clock(), []
+        now, parked = self._clock(), []
         try:
             with self._db.transaction() as connection:
-                query = (select(t).where(t.c.queue == self.name, t.c.available_at <= now)
-                         .order_by(t.c.priority.desc(), t.c.id).limit(1))
+                query = self._next
                 if connection.dialect.name == "postgresql":
                     query = query.with_for_update(skip_locked=True)
-                while (row := connection.execute(query).first()) is not None:
+                while (row := connection.execute(query, {"now": now}).first()) is not None:
                     if (claimed := self._lease_or_park(connection, row, now, parked)) is not None:
                         return claimed
                 return None
@@ -222,10 +237,9 @@ class WorkQueue:
 
     def _lease_or_park(self, connection: Connection, row, now: dt.datetime, parked: list) -> Claimed | None:
         """Lease the available `row` for one more attempt, or park it when its attempts are spent."""
-        t = self._t
         if row.attempts < self.policy.max_attempts:
-            connection.execute(update(t).where(t.c.id == row.id).values(
-                available_at=now + self._lease, attempts=row.attempts + 1))
+            connection.execute(self._lease_it, {"item_id": row.id, "until": now + self._lease,
+                                                "new_attempts": row.attempts + 1})
             return Claimed(row.id, row.item, row.attempts + 1, row.traceparent, row.tracestate, row.priority)
         error = (f"attempt {row.attempts} ended without an outcome: its lease ran out (its worker "
                  f"stopped, or lost the database) (last error: {row.last_error or 'none'})")
@@ -262,14 +276,13 @@ class WorkQueue:
     def renew(self, claimed: Claimed) -> bool:
         """Extend the lease of an item still held (a long step in progress); False when it was lost
         (it expired and another worker claimed it)."""
-        t = self._t
         with self._db.transaction() as connection:
-            renewed = connection.execute(update(t).where(t.c.id == claimed.id, t.c.attempts == claimed.attempts)
-                                         .values(available_at=self._clock() + self._lease))
+            renewed = connection.execute(self._renew, {"item_id": claimed.id, "held": claimed.attempts,
+                                                       "until": self._clock() + self._lease})
             return renewed.rowcount == 1
 
     def done(self, connection: Connection, claimed: Claimed) -> None:
-        connection.execute(delete(self._t).where(self._t.c.id == claimed.id))
+        connection.execute(self._done, {"item_id": claimed.id, "item": claimed.item})
 
     def backoff(self, attempts: int) -> dt.timedelta:
         """The delay after a failed attempt: exponential, capped, with "equal jitter" (half of it

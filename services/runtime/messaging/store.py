@@ -27,14 +27,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    insert,
     select,
 )
 
 from diboas.events.v1 import events_pb2
 from services.domain.clock import utcnow
 
-from ..db import BigId
+from ..db import BigId, insert_into, param
 from ..tracing import current_trace_headers
 from ..wire import timestamp
 from .secure import KeyRing, seal
@@ -119,12 +118,12 @@ class Outbox:
         carrier = current_trace_headers()
         envelope.traceparent, envelope.tracestate = carrier.get("traceparent", ""), carrier.get("tracestate", "")
         seal(envelope, event.SerializeToString(), self._ring if sensitive else None)
-        outbox_id = connection.execute(insert(self._t.outbox).values(
+        outbox_id = connection.execute(insert_into(self._t.outbox), dict(
             event_id=envelope.id, topic=topic, envelope=envelope.SerializeToString(), created_at=now),
         ).inserted_primary_key[0]
         subscribers = list(self._subscribers_of(topic))
         if subscribers:
-            connection.execute(insert(self._t.deliveries), [
+            connection.execute(insert_into(self._t.deliveries), [
                 {"outbox_id": outbox_id, "subscriber": s, "state": PENDING, "attempts": 0, "retries": 0,
                  "next_attempt_at": now, "last_error": "", "updated_at": now} for s in subscribers])
         return envelope.id
@@ -136,14 +135,14 @@ class Inbox:
     def __init__(self, tables: MessagingTables, consumer: str):
         self._t = tables
         self._consumer = consumer
+        inbox = tables.inbox.c
+        self._seen = select(inbox.event_id).where(inbox.consumer == consumer, inbox.event_id == param(inbox.event_id, "event_id"))
 
     def first_time(self, connection: Connection, event_id: str, now: dt.datetime) -> bool:
         """True (and the event recorded) if this consumer has not handled `event_id` yet. A
         concurrent duplicate makes the caller's commit fail on the primary key: it then retries
         and sees False."""
-        seen = connection.execute(select(self._t.inbox.c.event_id).where(
-            self._t.inbox.c.consumer == self._consumer, self._t.inbox.c.event_id == event_id)).first()
-        if seen:
+        if connection.execute(self._seen, {"event_id": event_id}).first():
             return False
-        connection.execute(insert(self._t.inbox).values(consumer=self._consumer, event_id=event_id, handled_at=now))
+        connection.execute(insert_into(self._t.inbox), dict(consumer=self._consumer, event_id=event_id, handled_at=now))
         return True

@@ -91,20 +91,21 @@ class Admission:
         self._on_its_way = await self._incoming(self._draft.destination_wallet, self._draft.amount.currency)
         return await self._facts(self._draft.destination_wallet, "transaction.destination_wallet", own)
 
-    async def funds(self) -> None:
-        """The source wallet has the amount available now."""
+    def funds(self, source: WalletFacts) -> None:
+        """The source wallet (as `source()` found it) has the amount available. The hold that
+        the saga places is what really reserves it: this only refuses early what would fail."""
         draft = self._draft
-        funds = await self._wallet.funds(draft.source_wallet, draft.amount)
-        if not funds.sufficient:
+        if source.available < draft.amount:
             raise FailedPrecondition(
-                f"insufficient funds in {draft.source_wallet}: available {funds.available} {draft.amount.currency}, "
-                f"{draft.amount} needed", reason="INSUFFICIENT_FUNDS", metadata={"wallet": draft.source_wallet})
+                f"insufficient funds in {draft.source_wallet}: available {source.available.text} "
+                f"{draft.amount.currency}, {draft.amount} needed", reason="INSUFFICIENT_FUNDS",
+                metadata={"wallet": draft.source_wallet})
 
     async def out_of_the_platform(self) -> tuple[str, str]:
         """The checks of a type whose money leaves the platform from the user's own wallet: the
         source is theirs and has the funds. (source owner, no destination owner)."""
         source = await self.source()
-        await self.funds()
+        self.funds(source)
         return source.owner, ""
 
     def room(self, destination: WalletFacts) -> None:

@@ -25,7 +25,7 @@ class Send(Saga):
     async def admit(self, draft: Transaction, wallets: Admission) -> tuple[str, str]:
         source = await wallets.source()
         destination = await wallets.destination(own=False)
-        await wallets.funds()
+        wallets.funds(source)
         wallets.room(destination)
         return source.owner, destination.owner
 
