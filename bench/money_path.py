@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.money_path [--modes services,monolith] [--backends sqlite,postgres]
                                           [--transports embedded,rabbitmq] [--instances 1,2]
                                           [--concurrency 16,64] [--duration 10] [--warmup 2] [--wallets 100]
+                                          [--open-loop 0.5]
 
 For each shape, backend and concurrency a fresh mesh (the four services in the shape's processes:
 a process each, or all in one for the monolith; default configuration: mTLS, tokens, tracing on)
@@ -12,12 +13,17 @@ queue through the local broker, in a virtual host of its own made for the run an
 Two instances of every service are measured in the scaled-out configuration only: a process per
 service, over RabbitMQ (the client balances over both transaction instances). This process is
 the client: N workers in a closed loop create SENDs between random wallets for warm-up + duration
-seconds. Then it waits until everything is settled and reads the two services' databases for the
-timings:
+seconds. Then, for each shape, backend, transport and instance count, a fresh mesh is driven in an
+open loop: requests start at a fixed rate (--open-loop times the best settled/s of the closed-loop
+runs just measured), whatever the answers, so what is measured is the latency of a mesh that keeps
+up, not of a queue. Each run then waits until everything is settled and reads the two services'
+databases for the timings:
   settled/s         captures (HOLD_CAPTURE journals in the wallet) inside the measured window
   request->settled  from the client's request to the wallet's capture, for requests in the window
   event latency     from the outbox row (transaction service commit) to the inbox row (wallet handled)
-and each process's CPU time per settled transfer (and their sum). Results: bench/results/money_path.json.
+and each process's CPU time per settled transfer (and their sum), each process's resident memory
+(RSS) at the end of the run, and the backlog (transactions accepted and not settled yet) once a
+second. Results: bench/results/money_path.json.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ import time
 from pathlib import Path
 
 import grpc
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
 from diboas.common.v1 import common_pb2
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
@@ -64,6 +70,17 @@ POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET = 1000
 
 
+def rss_megabytes(pid: int) -> float:
+    """Resident memory of a process (VmRSS), in MB; NaN when it is not there."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -71,7 +88,8 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _run_one(mode: str, backend: str, transport: str, instances: int, concurrency: int, args) -> dict:
+async def _run_one(mode: str, backend: str, transport: str, instances: int, concurrency: int, args,
+                   rate: float | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="diboas-bench-") as state, contextlib.ExitStack() as stack:
         env = {"DIBOAS_STATE_DIR": state, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING",
                "DIBOAS_MODE": mode, "DIBOAS_MESSAGING_TRANSPORT": transport, "DIBOAS_INSTANCES": str(instances),
@@ -90,12 +108,14 @@ async def _run_one(mode: str, backend: str, transport: str, instances: int, conc
                 if not await launcher.wait_until_serving():
                     raise SystemExit(f"bench: the mesh did not start ({mode}, {backend}, {transport})")
                 return {"transport": transport, "instances": instances,
-                        **await _measure(topology, launcher, mode, backend, concurrency, args)}
+                        **await _measure(topology, launcher, mode, backend, concurrency, args, rate)}
             finally:
                 launcher.stop(timeout=15)
 
 
-async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict:
+async def _measure(topology, launcher, mode, backend, concurrency, args, rate: float | None) -> dict:
+    """A closed loop of `concurrency` workers, or (`rate`) an open loop starting `rate` requests a
+    second, at most `concurrency` of them in flight (more are counted as shed by the client)."""
     def channel(identity: str, service: str):
         files = load_identity(topology.certs_dir, identity)
         svc = topology.services[service]
@@ -129,25 +149,60 @@ async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict
     pids = {name: process.pid for name, process in launcher.processes.items()}
     cpu: dict[str, float] = {}
 
+    backlog: list[tuple[float, int]] = []       # (seconds since the window opened, open transactions)
+    tx_db = create_engine(topology.services["transaction"].database)
+    unsettled = select(func.count()).select_from(transactions).where(transactions.c.state.in_(("PENDING", "PROCESSING")))
+    in_flight = 0
+    not_sent = 0
+
+    async def send(k: int, n: int) -> None:
+        nonlocal errors, in_flight
+        source, destination = rng.sample(names, 2)
+        begin = time.time()
+        in_flight += 1
+        try:
+            reply = await txs.CreateTransaction(transaction_pb2.CreateTransactionRequest(
+                request_id=f"{k}-{n}", transaction=transaction_pb2.Transaction(
+                    type=transaction_pb2.TRANSACTION_TYPE_SEND, source_wallet=source, destination_wallet=destination,
+                    amount=common_pb2.Money(currency_code="USD", amount=f"{rng.randint(1, 100) / 100:.2f}"))),
+                metadata=as_gateway, timeout=30)
+        except grpc.aio.AioRpcError:
+            errors += 1
+            return
+        finally:
+            in_flight -= 1
+        started[reply.transaction.name] = begin
+        if window[0] <= begin:
+            request_latency.append(time.time() - begin)
+
     async def worker(k: int):
-        nonlocal errors
         n = 0
         while time.time() < window[1]:
             n += 1
-            source, destination = rng.sample(names, 2)
-            begin = time.time()
-            try:
-                reply = await txs.CreateTransaction(transaction_pb2.CreateTransactionRequest(
-                    request_id=f"{k}-{n}", transaction=transaction_pb2.Transaction(
-                        type=transaction_pb2.TRANSACTION_TYPE_SEND, source_wallet=source, destination_wallet=destination,
-                        amount=common_pb2.Money(currency_code="USD", amount=f"{rng.randint(1, 100) / 100:.2f}"))),
-                    metadata=as_gateway, timeout=30)
-            except grpc.aio.AioRpcError:
-                errors += 1
+            await send(k, n)
+
+    async def arrivals():
+        """Open loop: request i starts at t0 + i / rate, whether the earlier ones have answered or not."""
+        nonlocal not_sent
+        pending: set[asyncio.Task] = set()
+        i = 0
+        while (due := t0 + i / rate) < window[1]:
+            await asyncio.sleep(max(0.0, due - time.time()))
+            i += 1
+            if in_flight >= concurrency:
+                not_sent += 1
                 continue
-            started[reply.transaction.name] = begin
-            if window[0] <= begin:
-                request_latency.append(time.time() - begin)
+            task = asyncio.create_task(send(0, i))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.wait(set(pending))
+
+    async def sample_backlog():
+        while time.time() < window[1]:
+            await asyncio.sleep(1.0)
+            with tx_db.connect() as c:
+                backlog.append((round(time.time() - window[0], 1), c.execute(unsettled).scalar_one()))
 
     async def sample_cpu():
         await asyncio.sleep(max(0.0, window[0] - time.time()))
@@ -156,14 +211,15 @@ async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict
         cpu.update({f"{n}_end": cpu_seconds(p) for n, p in pids.items()})
 
     shape = mode if topology.services["transaction"].instances == 1 else f"{mode}x{topology.services['transaction'].instances}"
-    run = f"{shape:<11} {backend:<9} {topology.messaging.transport:<9} concurrency {concurrency:>3}"
+    load = f"open loop {rate:>5.0f}/s" if rate else f"concurrency {concurrency:>3}"
+    run = f"{shape:<11} {backend:<9} {topology.messaging.transport:<9} {load}"
     print(f"  {run}: warm-up {args.warmup:g}s, measuring {args.duration:g}s ...", flush=True)
-    await asyncio.gather(sample_cpu(), *(worker(k) for k in range(concurrency)))
+    clients = [arrivals()] if rate else [worker(k) for k in range(concurrency)]
+    await asyncio.gather(sample_cpu(), sample_backlog(), *clients)
     for ch in (wallet_ch, tx_ch):
         await ch.close()
 
     wallet_db = create_engine(topology.services["wallet"].database)
-    tx_db = create_engine(topology.services["transaction"].database)
 
     def utc(value: dt.datetime) -> float:
         return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).timestamp()
@@ -188,6 +244,7 @@ async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict
                                                                            wallet_messaging.inbox.c.handled_at))}
     wallet_db.dispose()
     tx_db.dispose()
+    rss = {name: rss_megabytes(pid) for name, pid in pids.items()}
 
     settled_in_window = [t for t in captured.values() if window[0] <= t < window[1]]
     to_settle = [captured[name] - begin for name, begin in started.items()
@@ -196,7 +253,8 @@ async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict
     settled = len(settled_in_window)
     cpu_ms = {name: round((cpu[f"{name}_end"] - cpu[f"{name}_start"]) / max(settled, 1) * 1000, 3) for name in pids}
     result = {
-        "mode": mode, "backend": backend, "concurrency": concurrency,
+        "mode": mode, "backend": backend, "concurrency": concurrency, "open_loop_rate": rate,
+        "not_sent": not_sent,
         "settled_per_second": round(settled / args.duration, 1),
         "created": len(started), "errors": errors,
         "request_p50_ms": round(_pct(request_latency, 0.5) * 1000, 2),
@@ -208,6 +266,8 @@ async def _measure(topology, launcher, mode, backend, concurrency, args) -> dict
         "cpu_ms_per_transfer": round(sum(cpu_ms.values()), 3),
         "cpu_ms_per_transfer_by_process": cpu_ms,
         "mean_settled_ms": round(statistics.fmean(to_settle) * 1000, 2) if to_settle else None,
+        "rss_mb_at_end": rss,
+        "backlog": backlog,
     }
     print(f"  {run}: {result['settled_per_second']:>7.1f} settled/s, "
           f"request p50 {result['request_p50_ms']} ms, settled p50 {result['settled_p50_ms']} ms "
@@ -228,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=positive, default=10.0)
     parser.add_argument("--warmup", type=non_negative, default=2.0)
     parser.add_argument("--wallets", type=int, default=100)
+    parser.add_argument("--open-loop", type=non_negative, default=0.5,
+                        help="after the closed-loop runs of each configuration, an open-loop run at this fraction "
+                             "of their best settled/s (0: none)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -255,21 +318,31 @@ def main(argv: list[str] | None = None) -> int:
                 for instances in args.instances:
                     if instances > 1 and (mode, transport) != ("services", "rabbitmq"):
                         continue
-                    for concurrency in args.concurrency:
-                        runs.append(asyncio.run(_run_one(mode, backend, transport, instances, concurrency, args)))
-    print(f"\n{'shape':<11} {'backend':<9} {'transport':<9} {'conc':>4} {'settled/s':>9} {'req p50':>8} {'req p99':>8} "
-          f"{'settle p50':>10} {'settle p99':>10} {'event p50':>9} {'event p99':>9} {'CPU/transfer':>12}  by process")
+                    closed = [asyncio.run(_run_one(mode, backend, transport, instances, concurrency, args))
+                              for concurrency in args.concurrency]
+                    runs += closed
+                    if args.open_loop:     # (at least 1/s: a window too short to settle anything still runs it)
+                        best = max(1.0, *(r["settled_per_second"] for r in closed))
+                        runs.append(asyncio.run(_run_one(mode, backend, transport, instances, max(args.concurrency),
+                                                         args, rate=round(args.open_loop * best, 1))))
+    print(f"\n{'shape':<11} {'backend':<9} {'transport':<9} {'load':>9} {'settled/s':>9} {'req p50':>8} {'req p99':>8} "
+          f"{'settle p50':>10} {'settle p99':>10} {'event p50':>9} {'event p99':>9} {'CPU/transfer':>12}  by process"
+          f"  (RSS MB)")
     for r in runs:
-        by_process = ", ".join(f"{name} {ms:.2f}" for name, ms in r["cpu_ms_per_transfer_by_process"].items())
+        by_process = ", ".join(f"{name} {ms:.2f} ({r['rss_mb_at_end'][name]:.0f})"
+                               for name, ms in r["cpu_ms_per_transfer_by_process"].items())
         shape = r["mode"] if r["instances"] == 1 else f"{r['mode']}x{r['instances']}"
-        print(f"{shape:<11} {r['backend']:<9} {r['transport']:<9} {r['concurrency']:>4} {r['settled_per_second']:>9.1f} "
+        load = f"{r['open_loop_rate']:.0f}/s" if r["open_loop_rate"] else f"c{r['concurrency']}"
+        print(f"{shape:<11} {r['backend']:<9} {r['transport']:<9} {load:>9} {r['settled_per_second']:>9.1f} "
               f"{r['request_p50_ms']:>6.1f}ms {r['request_p99_ms']:>6.1f}ms {r['settled_p50_ms']:>8.1f}ms "
               f"{r['settled_p99_ms']:>8.1f}ms {r['event_p50_ms']:>7.1f}ms {r['event_p99_ms']:>7.1f}ms "
               f"{r['cpu_ms_per_transfer']:>10.2f}ms  {by_process}")
     print(f"target: {TARGET} settled transfers per second on {os.cpu_count()} CPUs")
     conditions = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpus": os.cpu_count(),
                   "python": sys.version.split()[0], "duration_seconds": args.duration, "warmup_seconds": args.warmup,
-                  "wallets": args.wallets, "client": "this process (asyncio), closed loop",
+                  "wallets": args.wallets,
+                  "client": "this process (asyncio): closed loops of N workers, then an open loop at "
+                            f"{args.open_loop:g} x the best settled/s of each configuration's closed loops",
                   "services": "the four services in each shape's processes (services: one each; monolith: one "
                               "for all), default configuration (mTLS, tokens, tracing on)",
                   "broker": "transport rabbitmq: the local RabbitMQ (one node, this machine); its CPU is not in "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Generic, Hashable, TypeVar
 
 import jwt
 from cryptography import x509
@@ -61,6 +61,37 @@ def lifetime(claims: dict, token: str, reason: str) -> float:
     return times[1] - times[0]
 
 
+V = TypeVar("V")
+
+
+class Verified(Generic[V]):
+    """Tokens already verified, each with what it proved, until it expires (plus the leeway):
+    checking a signature is most of what authenticating a call costs, and a token (the same
+    bytes) proves the same thing until then. At most `limit` entries: the expired go first,
+    then the oldest half."""
+
+    def __init__(self, leeway_seconds: float, limit: int = _MAX_CACHED):
+        self._leeway, self._limit = leeway_seconds, limit
+        self._entries: dict[Hashable, tuple[V, float]] = {}
+
+    def get(self, key: Hashable) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if time.time() < entry[1] + self._leeway:
+            return entry[0]
+        del self._entries[key]
+        return None
+
+    def add(self, key: Hashable, value: V, exp: float) -> None:
+        if len(self._entries) >= self._limit:
+            now = time.time()
+            self._entries = {k: e for k, e in self._entries.items() if e[1] > now}
+            if len(self._entries) >= self._limit:  # still full of live tokens: forget the oldest half
+                self._entries = dict(list(self._entries.items())[self._limit // 2:])
+        self._entries[key] = (value, exp)
+
+
 @lru_cache(maxsize=256)
 def _public_key(cert_pem: bytes):
     return x509.load_pem_x509_certificate(cert_pem).public_key()
@@ -72,7 +103,7 @@ class TokenVerifier:
     def __init__(self, audience: str, leeway_seconds: float = 5.0):
         self.audience = audience
         self._leeway = leeway_seconds
-        self._verified: dict[tuple[str, str], float] = {}  # (token, peer identity) -> exp
+        self._verified: Verified[bool] = Verified(leeway_seconds)   # by (token, peer identity)
 
     def verify(self, token: str | None, peer_identity: str, peer_cert_pem: Callable[[], bytes | None]) -> None:
         """Raise Unauthenticated unless `token` is valid for this audience and was signed with the key
@@ -81,11 +112,8 @@ class TokenVerifier:
             raise Unauthenticated("no service token: send 'authorization: Bearer <jwt>' signed with your mesh key",
                                   reason="TOKEN_MISSING")
         key = (token, peer_identity)
-        exp = self._verified.get(key)
-        if exp is not None:
-            if time.time() < exp + self._leeway:
-                return
-            del self._verified[key]
+        if self._verified.get(key):
+            return
         pem = peer_cert_pem()
         if pem is None:
             raise Unauthenticated("the connection carries no client certificate", reason="NO_PEER_CERTIFICATE")
@@ -113,9 +141,4 @@ class TokenVerifier:
         if claims["sub"] != peer_identity:
             raise Unauthenticated(f"service token is for {claims['sub']}, but the connection is {peer_identity}",
                                   reason="TOKEN_IDENTITY_MISMATCH")
-        if len(self._verified) >= _MAX_CACHED:
-            now = time.time()
-            self._verified = {k: e for k, e in self._verified.items() if e > now}
-            if len(self._verified) >= _MAX_CACHED:  # still full of live tokens: forget the oldest half
-                self._verified = dict(list(self._verified.items())[_MAX_CACHED // 2:])
-        self._verified[key] = float(claims["exp"])
+        self._verified.add(key, True, float(claims["exp"]))

@@ -221,6 +221,15 @@ class _Group:
         self.error: BaseException | None = None      # it did not commit: why
         self.ended = threading.Event()
 
+    def sql(self, statement: str) -> None:
+        """A savepoint statement, straight to the driver: SQLAlchemy's own savepoints cost some
+        200 µs of Python each way, the driver's a few (docs/benchmarks.md)."""
+        try:
+            self.connection.connection.dbapi_connection.execute(statement)
+        except BaseException as exc:
+            self.broken = self.broken or exc
+            raise
+
     def wait(self) -> None:
         """Until the group has committed; raises what ended it otherwise."""
         self.ended.wait()
@@ -242,6 +251,8 @@ class GroupCommit:
     whose failure may have broken the shared transaction (a database error other than a
     constraint) ends the group: the others roll back with it and raise the same error."""
 
+    SAVEPOINT = "unit"
+
     def __init__(self, engine: Engine, max_units: int = 64):
         self._engine, self._max_units = engine, max_units
         self._turn = threading.Lock()          # the shared connection: one unit at a time
@@ -249,6 +260,7 @@ class GroupCommit:
         self._waiting = 0                      # threads waiting for their turn
         self._group: _Group | None = None
         self._holder: int | None = None        # the thread whose turn it is
+        self._connection: Connection | None = None   # kept between groups; replaced after a failure
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -267,52 +279,44 @@ class GroupCommit:
             self._turn.release()
             raise
         try:
-            savepoint = self._savepoint(group)
+            group.sql(f"SAVEPOINT {self.SAVEPOINT}")
             try:
                 yield group.connection
             except BaseException as exc:
                 if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
-                    group.broken = exc
+                    group.broken = group.broken or exc
                 else:
-                    self._undo(group, savepoint)
+                    self._undo(group)
                 raise
-            self._release(group, savepoint)
+            group.sql(f"RELEASE {self.SAVEPOINT}")
+            group.units += 1
         finally:
             self._end_turn(group)
         group.wait()
 
-    @staticmethod
-    def _savepoint(group: _Group):
-        try:
-            return group.connection.begin_nested()
-        except BaseException as exc:
-            group.broken = exc
-            raise
-
-    @staticmethod
-    def _undo(group: _Group, savepoint) -> None:
+    def _undo(self, group: _Group) -> None:
         """Roll a unit back to its savepoint; if even that fails, the group is broken."""
         try:
-            savepoint.rollback()
-        except BaseException as exc:  # noqa: BLE001 - the unit raises its own error; the group ends
-            group.broken = exc
-
-    @staticmethod
-    def _release(group: _Group, savepoint) -> None:
-        try:
-            savepoint.commit()
-        except BaseException as exc:
-            group.broken = exc
-            raise
-        group.units += 1
+            group.sql(f"ROLLBACK TO {self.SAVEPOINT}")
+            group.sql(f"RELEASE {self.SAVEPOINT}")
+        except BaseException:  # noqa: BLE001 - the unit raises its own error; the group ends (sql() noted why)
+            pass
 
     def _open(self) -> _Group:
-        connection = self._engine.connect()
+        if self._connection is None:
+            self._connection = self._engine.connect()
         try:
-            return _Group(connection)
+            return _Group(self._connection)
         except BaseException:
-            connection.close()
+            self._discard()
             raise
+
+    def _discard(self) -> None:
+        """The connection is not used again, whatever state a failure left it in."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.invalidate()
+            connection.close()
 
     def _end_turn(self, group: _Group) -> None:
         """Commit (or, broken, roll back) the group if nobody is waiting or it is full; next turn."""
@@ -329,14 +333,18 @@ class GroupCommit:
                         group.transaction.commit()
                 except BaseException as exc:  # noqa: BLE001 - handed to every unit of the group
                     group.error = group.error or exc
-                    # Whatever state the failure left the connection in, it is not used again.
-                    group.connection.invalidate()
+                    self._discard()
                 finally:
-                    group.connection.close()
                     group.ended.set()
         finally:
             self._holder = None
             self._turn.release()
+
+    def close(self) -> None:
+        with self._turn:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
 
 
 class Database:
@@ -395,5 +403,7 @@ class Database:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        if self._group_commit is not None:
+            self._group_commit.close()
         self.engine.dispose()
         self._reader.dispose()

@@ -31,9 +31,11 @@ class UnitOfWork(Generic[R]):
                  queue: WorkQueue | None):
         self.connection, self.repo, self.now = connection, repository, now
         self._outbox, self._queue = outbox, queue
+        self.published = False
 
     def publish(self, topic: str, subject: str, event) -> str:
         """Record `event` (a protobuf message) in the outbox; the relay delivers it once committed."""
+        self.published = True
         return self._outbox.add(self.connection, topic, subject, event)
 
     def enqueue(self, item: str, priority: int = 0, *, leased: bool = False) -> Claimed | None:
@@ -65,9 +67,13 @@ class UnitsOfWork(Generic[R]):
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[UnitOfWork[R]]:
-        """A write transaction: committed when the block ends, rolled back if it raises."""
+        """A write transaction: committed when the block ends, rolled back if it raises. Once a
+        unit that published an event has committed, the outbox says so (the relay wakes up)."""
         with self.db.transaction() as connection:
-            yield self._unit(connection)
+            unit = self._unit(connection)
+            yield unit
+        if unit.published:
+            self._outbox.committed()
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[UnitOfWork[R]]:

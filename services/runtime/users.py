@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from services.config_files import ConfigError
 from services.domain.errors import Unauthenticated
 
-from .auth import lifetime
+from .auth import Verified, lifetime
 
 ISSUER = "https://users.diboas.local"
 AUDIENCE = "diboas-api"
@@ -81,10 +81,14 @@ class UserVerifier:
         except (ValueError, KeyError, jwt.PyJWKError) as exc:
             raise ConfigError(f"{path} is not a JWK set: {exc}") from None
         self._leeway = leeway_seconds
+        self._verified: Verified[User] = Verified(leeway_seconds)
 
     def verify(self, token: str | None) -> User:
         if not token:
             raise Unauthenticated("no user token: send 'authorization: Bearer <jwt>'", reason="USER_TOKEN_MISSING")
+        known = self._verified.get(token)
+        if known is not None:
+            return known
         try:
             key = self._keys.get(jwt.get_unverified_header(token).get("kid"))
             if key is None:
@@ -102,4 +106,6 @@ class UserVerifier:
         roles = claims.get("roles", [])
         if not isinstance(roles, list):
             raise Unauthenticated("user token 'roles' must be a list", reason="USER_TOKEN_INVALID")
-        return User(claims["sub"], frozenset(map(str, roles)))
+        user = User(claims["sub"], frozenset(map(str, roles)))
+        self._verified.add(token, user, float(claims["exp"]))
+        return user

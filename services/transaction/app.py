@@ -46,6 +46,7 @@ def build(runtime: Runtime) -> list[Registration]:
     else:
         transport = MeshTransport({name: runtime.upstreams[name] for name in subscribers})
     relay = Relay(db, messaging, transport, me.name, tracing=tracing)
+    outbox.on_commit(relay.wake)
     upstreams = runtime.upstreams
     queue = WorkQueue(db, work_items, QUEUE, parked=parked_work_items, policy=topology.queue_policy(me.name, QUEUE),
                       worker=f"{me.name}@{socket.gethostname()}:{os.getpid()}")

@@ -16,7 +16,6 @@ from .domain import PENDING, PROCESSING, TERMINAL, Transaction
 from .tables import transactions
 
 t = transactions.c
-STATE_OF = select(t.state).where(t.id == param(t.id))
 GET = select(transactions).where(t.id == param(t.id))
 INCOMING = select(t.amount).where(t.destination_wallet == param(t.destination_wallet),
                                   t.currency == param(t.currency), t.state.in_((PENDING, PROCESSING)))
@@ -25,7 +24,8 @@ INCOMING = select(t.amount).where(t.destination_wallet == param(t.destination_wa
 @functools.cache
 def _save(columns: tuple[str, ...]):
     """UPDATE of these columns of one transaction, built once."""
-    return update(transactions).where(t.id == param(t.id)).values({name: param(t[name]) for name in columns})
+    return (update(transactions).where(t.id == param(t.id), t.state.not_in(sorted(TERMINAL)))
+            .values({name: param(t[name]) for name in columns}))
 
 
 def _transaction(row) -> Transaction:
@@ -58,15 +58,12 @@ class TransactionRepository:
             source_owner=source_owner, destination_owner=destination_owner, **_saga_columns(tx)))
 
     def save_progress(self, tx: Transaction) -> bool:
-        """Write what the saga changed, unless the stored transaction has already ended (locked
-        until the caller's transaction ends); False when it had."""
-        query = STATE_OF.with_for_update() if self._lock else STATE_OF
-        if self.c.execute(query, {"transactions_id": tx.id}).scalar_one() in TERMINAL:
-            return False
+        """Write what the saga changed, unless the stored transaction has already ended (the row
+        stays locked until the caller's transaction ends); False when it had."""
         columns = _saga_columns(tx)
-        self.c.execute(_save(tuple(columns)), {"transactions_id": tx.id,
-                                               **{f"transactions_{name}": value for name, value in columns.items()}})
-        return True
+        saved = self.c.execute(_save(tuple(columns)), {"transactions_id": tx.id,
+                                                       **{f"transactions_{name}": v for name, v in columns.items()}})
+        return saved.rowcount == 1
 
     def get(self, transaction_id: str, viewer: User | None = None) -> Transaction | None:
         """The transaction, if `viewer` may see it (None: anyone)."""

@@ -91,8 +91,8 @@ class TransactionService:
         require_transaction_limit(draft.amount, "transaction.amount.amount")
         source_owner, destination_owner = await saga.admit(draft, Admission(draft, viewer, self._wallet, self._incoming))
 
-        claims: dict[str, Claimed | None] = {}           # by transaction id, of every attempt
-        answers: dict[bytes, Claimed | None] = {}        # by the answer each attempt encoded
+        claims: dict[str, Claimed | None] = {}               # by transaction id, of every attempt
+        answers: dict[bytes, tuple[Claimed | None, Transaction]] = {}   # by the answer each attempt encoded
 
         def work(unit: UnitOfWork[TransactionRepository]) -> Transaction:
             tx = dataclasses.replace(draft, id=self._ids(), state=PENDING, hold="", failure_reason="",
@@ -103,14 +103,16 @@ class TransactionService:
 
         def answer(tx: Transaction) -> bytes:
             encoded = encode(tx)
-            answers[encoded] = claims[tx.id]
+            answers[encoded] = (claims[tx.id], tx)
             return encoded
         response = await self.units.run(self.units.idempotent, CREATE, request_id, fingerprint, work, answer)
         # Only the attempt whose answer is returned committed (an earlier one may have been
         # rolled back and retried, or the answer may be a concurrent request's).
-        claimed = answers.get(response)
+        claimed, tx = answers.get(response, (None, None))
         if claimed is not None:
-            self._worker.start(claimed)
+            self._worker.start(claimed, tx)
+        elif tx is not None:                    # queued for the workers (or the dispatcher)
+            self.queue.arrived.set()
         return response
 
     async def _incoming(self, wallet: str, currency: str) -> Money:
@@ -159,6 +161,6 @@ class TransactionService:
         """Background work: on stop, wait for the sagas that requests started (Worker.finish_started)."""
         await self._worker.finish_started(stop)
 
-    async def work(self, stop: asyncio.Event, idle_seconds: float = 0.05) -> None:
+    async def work(self, stop: asyncio.Event, idle_seconds: float = 0.25) -> None:
         """One competing consumer of the queue, until `stop` is set."""
         await self._worker.work(stop, idle_seconds)

@@ -37,7 +37,8 @@ transactions = Table(
     Column("source_owner", String(128), nullable=False, server_default=""),
     Column("destination_owner", String(128), nullable=False, server_default=""),
     Index("ix_transactions_source_wallet", "source_wallet"),
-    Index("ix_transactions_destination_wallet", "destination_wallet"),
+    # Also what is on its way to a wallet (its PENDING and PROCESSING transactions), without reading its history.
+    Index("ix_transactions_destination_wallet_state", "destination_wallet", "state"),
     Index("ix_transactions_source_owner", "source_owner"),
     Index("ix_transactions_destination_owner", "destination_owner"),
 )

@@ -48,11 +48,12 @@ class Worker:
         worker: while fewer than `started_limit` such attempts run."""
         return len(self._started) < self._started_limit
 
-    def start(self, claimed: Claimed) -> None:
-        """Run the first attempt of an item queued already claimed (WorkQueue.enqueue, leased), in a
-        task of its own that outlives the request: what fails is retried by the workers as usual,
-        and if this process dies meanwhile, the lease brings the item back to them."""
-        task = asyncio.get_running_loop().create_task(self.attempt(claimed), context=outside_the_call())
+    def start(self, claimed: Claimed, tx: Transaction) -> None:
+        """Run the first attempt of an item queued already claimed (WorkQueue.enqueue, leased) for
+        the transaction `tx` just committed, in a task of its own that outlives the request: what
+        fails is retried by the workers as usual, and if this process dies meanwhile, the lease
+        brings the item back to them."""
+        task = asyncio.get_running_loop().create_task(self.attempt(claimed, tx), context=outside_the_call())
         self._started.add(task)
         task.add_done_callback(self._started.discard)
 
@@ -84,10 +85,12 @@ class Worker:
         with self._units.reading() as unit:
             return unit.repo.get(transaction_id)
 
-    async def process(self, claimed: Claimed) -> None:
-        """One queued transaction: run its saga to COMPLETED or FAILED. A step that may have
-        happened raises, and the item is retried later (each step is idempotent by key)."""
-        tx = await self._units.run(self._get, claimed.item)
+    async def process(self, claimed: Claimed, tx: Transaction | None = None) -> None:
+        """One queued transaction (read unless given): run its saga to COMPLETED or FAILED. A step
+        that may have happened raises, and the item is retried later (each step is idempotent by
+        key)."""
+        if tx is None:
+            tx = await self._units.run(self._get, claimed.item)
         if tx is None or tx.state in TERMINAL:
             await self._units.run(self._drop, claimed)
             return
@@ -116,11 +119,13 @@ class Worker:
             except DomainError:
                 pass            # the database is away: try again at the next beat
 
-    async def work(self, stop: asyncio.Event, idle_seconds: float = 0.05) -> None:
+    async def work(self, stop: asyncio.Event, idle_seconds: float = 0.25) -> None:
         """One competing consumer of the queue, until `stop` is set: the next item at once after
-        one was run, a pause of `idle_seconds` when there was none (or it could not be claimed)."""
+        one was run; when there was none (or it could not be claimed), a pause of `idle_seconds`,
+        cut short when this process queues an item (`WorkQueue.arrived`). The pause bounds how
+        late a retry that is due, or another instance's item, is taken."""
         await repeat(stop, idle_seconds, self._work_one, failure="could not claim work", wait_only_when_idle=True,
-                     logger=log)
+                     logger=log, wake=self._queue.arrived)
 
     async def _work_one(self) -> bool:
         """Claim one item and run its saga; False when there was none."""
@@ -130,16 +135,16 @@ class Worker:
         await self.attempt(claimed)
         return True
 
-    async def attempt(self, claimed: Claimed) -> Retried | None:
-        """Run a claimed item's saga, keeping its lease meanwhile. None when its outcome was
-        written; else what became of the item (rescheduled after a delay, parked, or lost to
-        another worker)."""
+    async def attempt(self, claimed: Claimed, tx: Transaction | None = None) -> Retried | None:
+        """Run a claimed item's saga (of `tx`, when the caller has it), keeping its lease meanwhile.
+        None when its outcome was written; else what became of the item (rescheduled after a
+        delay, parked, or lost to another worker)."""
         heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(claimed))
         try:
             with self._tracing.processing(self._queue.name, str(claimed.id), claimed.traceparent,
                                           claimed.tracestate, attempt=claimed.attempts,
                                           conversation=f"transactions/{claimed.item}"):
-                await self.process(claimed)
+                await self.process(claimed, tx)
             return None
         except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later (or parks it)
             return await self._failed(claimed, exc)

@@ -30,9 +30,13 @@ def test_money_path_runs(tmp_path):
                  "--concurrency", "4", "--warmup", "0.5", "--duration", "1", "--wallets", "10")
     # Created and settled, with no error; a one-second window on a busy machine may see no capture
     # inside it, so settled/s is not asserted here.
-    assert [(r["mode"], r["errors"]) for r in report["runs"]] == [("services", 0), ("monolith", 0)]
+    # Each shape: its closed loop, then an open loop at half its settled/s (at least 1/s).
+    assert [(r["mode"], bool(r["open_loop_rate"]), r["errors"]) for r in report["runs"]] == [
+        ("services", False, 0), ("services", True, 0), ("monolith", False, 0), ("monolith", True, 0)]
     assert all(r["created"] > 0 and r["cpu_ms_per_transfer"] >= 0 for r in report["runs"])
-    assert set(report["runs"][1]["cpu_ms_per_transfer_by_process"]) == {"monolith"}
+    assert set(report["runs"][2]["cpu_ms_per_transfer_by_process"]) == {"monolith"}
+    assert all(rss > 0 for r in report["runs"] for rss in r["rss_mb_at_end"].values())
+    assert all(r["backlog"] for r in report["runs"] if r["open_loop_rate"])
 
 
 def test_gateway_runs(tmp_path):

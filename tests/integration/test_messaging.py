@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -23,6 +24,7 @@ from services.runtime.messaging.store import DEAD, DELIVERED, PENDING, Outbox, m
 from services.runtime.server import Registration
 from services.runtime.tls import load_identity
 from services.runtime.unimplemented import unimplemented_registration
+from services.runtime.unit_of_work import UnitsOfWork
 
 from conftest import free_port, with_service
 
@@ -121,6 +123,25 @@ async def test_events_are_delivered_and_a_redelivery_changes_nothing(mesh):
         connection.execute(update(mesh.tables.deliveries).values(state=PENDING))
     assert await mesh.relay.run_once() == 3
     assert mesh.subscriber.handled() == 3       # the inbox saw them before: no second effect
+
+
+async def test_an_idle_relay_delivers_an_event_as_soon_as_its_unit_of_work_commits(mesh):
+    """The relay's idle pause (60 s here) ends when a unit that published commits."""
+    await mesh.start_subscriber()
+    mesh.outbox.on_commit(mesh.relay.wake)
+    units = UnitsOfWork(mesh.db, lambda connection: None, outbox=mesh.outbox)
+    stop = asyncio.Event()
+    running = asyncio.create_task(mesh.relay.run(stop, idle_seconds=60))
+    await asyncio.sleep(0.2)                        # its first round found nothing: it waits
+    started = time.monotonic()
+    with units.begin() as unit:
+        unit.publish(TOPIC, "transactions/t1", events_pb2.TransactionCompleted(
+            transaction="transactions/t1", amount=common_pb2.Money(currency_code="USD", amount="1.00")))
+    while mesh.subscriber.handled() < 1:
+        assert time.monotonic() - started < 5, "the relay slept through the commit"
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(running, 5)
 
 
 async def test_payloads_travel_encrypted(mesh):

@@ -63,7 +63,8 @@ async def test_a_transfer_through_holds(stub):
         wallet=alice, amount=usd("100"), reference="deposit-1", request_id="credit-1"))
     assert credited.wallet.available_balance.amount == "100.00"
     assert credited.ledger_entry.type == wallet_pb2.LEDGER_ENTRY_TYPE_CREDIT
-    check = await stub("ValidateBalance", wallet_pb2.ValidateBalanceRequest(wallet=alice, amount=usd("150")))
+    check = await stub("ValidateBalance", wallet_pb2.ValidateBalanceRequest(wallet=alice, amount=usd("150")),
+                       as_operator=True)
     assert (check.sufficient, check.shortfall.amount) == (False, "50.00")
     held = await stub("CreateHold", wallet_pb2.CreateHoldRequest(
         parent=alice, hold=wallet_pb2.Hold(amount=usd("40.50"), reference="tx-1"), request_id="hold-1"))

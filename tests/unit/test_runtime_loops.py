@@ -36,6 +36,23 @@ async def test_stop_ends_the_wait_at_once():
     assert time.monotonic() - started < 0.1
 
 
+async def test_wake_ends_an_idle_pause_and_a_wake_during_a_round_brings_another():
+    stop, wake, rounds = asyncio.Event(), asyncio.Event(), []
+
+    async def work():
+        rounds.append(time.monotonic())
+        if len(rounds) == 2:
+            wake.set()                  # something arrived while this round ran
+        if len(rounds) == 3:
+            stop.set()
+    loop = asyncio.create_task(repeat(stop, 60, work, failure="x", wake=wake))
+    await asyncio.sleep(0.05)
+    assert len(rounds) == 1             # idle: waiting out its 60 s
+    wake.set()
+    await asyncio.wait_for(loop, 2)
+    assert len(rounds) == 3
+
+
 async def test_a_failing_round_is_logged_and_the_loop_goes_on(caplog):
     stop, rounds = asyncio.Event(), []
     logger = logging.getLogger("test.loops")

@@ -276,3 +276,18 @@ async def test_a_repeated_request_starts_nothing_more():
     assert await s.send(request_id="r1") == tx_id
     await settle_started(s)
     assert len(s.wallet.hold_calls) == 1
+
+
+async def test_an_idle_worker_wakes_up_when_a_transaction_is_queued_for_it():
+    s = Service(started_at_once=0)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(s.service.work(stop, idle_seconds=60))
+    await asyncio.sleep(0.01)                       # found nothing: waiting out its minute
+    tx_id = await s.send()
+    for _ in range(200):
+        if s.stored(tx_id).state == COMPLETED:
+            break
+        await asyncio.sleep(0.005)
+    stop.set()
+    await asyncio.wait_for(worker, 5)
+    assert s.stored(tx_id).state == COMPLETED

@@ -4,6 +4,7 @@ every call), the repository and units of work (in memory, rolled back when the b
 the work queue, and a clock that moves only when told."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import dataclasses
@@ -221,6 +222,7 @@ class FakeQueue:
 
     def __init__(self, units: FakeUnits, max_attempts: int = 3):
         self._units, self.max_attempts = units, max_attempts
+        self.arrived = asyncio.Event()
         self.attempts: dict[str, int] = {}
         self.errors: list[tuple[str, str]] = []        # (item, error) of each failed attempt
 

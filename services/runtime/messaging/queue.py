@@ -27,6 +27,7 @@ count and crash-loop parking as `claim`).
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import random
@@ -169,6 +170,9 @@ class WorkQueue:
         self._db, self._t, self.name, self._lease, self._clock = db, table, name, lease, clock
         self._rng = rng or random.Random()
         self._parked, self.policy, self._worker = parked, policy, worker[:128]   # parked_by's width
+        # Set (from the event loop) when an item was queued for whoever takes work from the table:
+        # the workers, or the dispatcher over RabbitMQ, wake up instead of waiting out their pause.
+        self.arrived = asyncio.Event()
         c = table.c
         # The statements of every claim, renewal and outcome, built once (db.param).
         self._next = (select(table).where(c.queue == name, c.available_at <= param(c.available_at, "now"))

@@ -156,9 +156,10 @@ class WorkPublisher:
 class WorkDispatcher:
     """Publishes every item no message carries yet, then marks it dispatched; while the broker
     (or the database) is away it waits (the items wait in the database) and says so once. Every
-    SWEEP_SECONDS it also sends again the items whose message was lost (`overdue`)."""
+    SWEEP_SECONDS it also sends again the items whose message was lost (`overdue`). Between rounds
+    that found nothing it waits `idle_seconds`, or until the process queues an item (`arrived`)."""
 
-    def __init__(self, db: Database, queue: WorkQueue, publisher: WorkPublisher, idle_seconds: float = 0.05,
+    def __init__(self, db: Database, queue: WorkQueue, publisher: WorkPublisher, idle_seconds: float = 0.25,
                  retry_seconds: float = 1.0, overdue: dt.timedelta = OVERDUE, sweep_seconds: float = SWEEP_SECONDS):
         self._db, self._queue, self._publisher = db, queue, publisher
         self._idle_seconds, self._retry_seconds = idle_seconds, retry_seconds
@@ -168,6 +169,7 @@ class WorkDispatcher:
         problem: str | None = None
         next_sweep = asyncio.get_running_loop().time()
         while not stop.is_set():
+            self._queue.arrived.clear()
             try:
                 if asyncio.get_running_loop().time() >= next_sweep:
                     await self.sweep()
@@ -184,7 +186,7 @@ class WorkDispatcher:
                 log.info("%s: dispatching work again", self._queue.name)
             problem = None
             if not sent:
-                await pause(stop, self._idle_seconds)
+                await pause(stop, self._idle_seconds, self._queue.arrived)
 
     async def dispatch(self) -> int:
         """Publish one batch of undispatched items; how many."""

@@ -107,6 +107,14 @@ class Relay:
         self._db, self._t, self._transport, self._service = db, tables, transport, service
         self._policy, self._clock, self._rng = policy, clock, rng or random.Random()
         self._tracing = tracing or MessageTracing()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Something was added to the outbox: deliver it now rather than after the idle pause.
+        Safe from any thread (the outbox calls it from the database's)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     def now(self) -> dt.datetime:
         return self._clock()
@@ -204,9 +212,11 @@ class Relay:
     # --- the loop -------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, idle_seconds: float = 0.1) -> None:
-        """Deliver until `stop` is set; sleep `idle_seconds` between rounds that found nothing."""
+        """Deliver until `stop` is set; between rounds that found nothing, wait `idle_seconds` or
+        until `wake()`."""
+        self._loop = asyncio.get_running_loop()
         await repeat(stop, idle_seconds, self.run_once, failure="relay round failed", wait_only_when_idle=True,
-                     logger=log)
+                     logger=log, wake=self._wake)
 
     # --- dead letters ---------------------------------------------------------------------------
 

@@ -106,6 +106,15 @@ class Outbox:
         self._subscribers_of = subscribers_of
         self._ring = ring
         self._clock = clock
+        self._on_commit: list[Callable[[], None]] = []
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (from any thread) each time a transaction that added events has committed."""
+        self._on_commit.append(listener)
+
+    def committed(self) -> None:
+        for listener in self._on_commit:
+            listener()
 
     def add(self, connection: Connection, topic: str, subject: str, event: Message, *, sensitive: bool = True) -> str:
         """Record `event` (a protobuf message) for every subscriber of `topic`; returns the event id.
