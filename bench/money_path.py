@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.money_path [--modes services,monolith] [--backends sqlite,postgres]
                                           [--transports embedded,rabbitmq] [--instances 1,2]
                                           [--concurrency 16,64] [--duration 10] [--warmup 2] [--wallets 100]
-                                          [--open-loop 0.5]
+                                          [--open-loop 0.5] [--overload 2] [--overload-backlog-seconds 2]
 
 For each shape, backend and concurrency a fresh mesh (the four services in the shape's processes:
 a process each, or all in one for the monolith; default configuration: mTLS, tokens, tracing on)
@@ -16,7 +16,10 @@ the client: N workers in a closed loop create SENDs between random wallets for w
 seconds. Then, for each shape, backend, transport and instance count, a fresh mesh is driven in an
 open loop: requests start at a fixed rate (--open-loop times the best settled/s of the closed-loop
 runs just measured), whatever the answers, so what is measured is the latency of a mesh that keeps
-up, not of a queue. Each run then waits until everything is settled and reads the two services'
+up, not of a queue; and once more at --overload times that rate, with the transaction queue's
+backlog bound set to --overload-backlog-seconds of it: the mesh must refuse what it cannot
+take (RESOURCE_EXHAUSTED, counted as refused) and keep the settle latency of what it took
+bounded. Each run then waits until everything is settled and reads the two services'
 databases for the timings:
   settled/s         captures (HOLD_CAPTURE journals in the wallet) inside the measured window
   request->settled  from the client's request to the wallet's capture, for requests in the window
@@ -89,11 +92,13 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _run_one(mode: str, backend: str, transport: str, instances: int, concurrency: int, args,
-                   rate: float | None = None) -> dict:
+                   rate: float | None = None, max_backlog: int | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="diboas-bench-") as state, contextlib.ExitStack() as stack:
         env = {"DIBOAS_STATE_DIR": state, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING",
                "DIBOAS_MODE": mode, "DIBOAS_MESSAGING_TRANSPORT": transport, "DIBOAS_INSTANCES": str(instances),
                **mesh_addresses(gateway=False)}
+        if max_backlog:
+            env["DIBOAS_QUEUE_MAX_BACKLOG"] = str(max_backlog)
         if transport == "rabbitmq":
             env["DIBOAS_RABBITMQ_URL"] = stack.enter_context(rabbitmq.scratch_vhost("diboas-bench"))
         if backend == "postgres":
@@ -108,6 +113,7 @@ async def _run_one(mode: str, backend: str, transport: str, instances: int, conc
                 if not await launcher.wait_until_serving():
                     raise SystemExit(f"bench: the mesh did not start ({mode}, {backend}, {transport})")
                 return {"transport": transport, "instances": instances,
+                        "max_backlog": topology.queue_policy("transaction", "financial.transactions").max_backlog,
                         **await _measure(topology, launcher, mode, backend, concurrency, args, rate)}
             finally:
                 launcher.stop(timeout=15)
@@ -115,7 +121,9 @@ async def _run_one(mode: str, backend: str, transport: str, instances: int, conc
 
 async def _measure(topology, launcher, mode, backend, concurrency, args, rate: float | None) -> dict:
     """A closed loop of `concurrency` workers, or (`rate`) an open loop starting `rate` requests a
-    second, at most `concurrency` of them in flight (more are counted as shed by the client)."""
+    second, at most `concurrency` of them in flight (more are counted as not sent by the client).
+    Requests the service refuses (RESOURCE_EXHAUSTED: its backlog is at its bound) are counted as
+    refused; a closed-loop worker waits the retry delay the refusal gives, the open loop goes on."""
     def channel(identity: str, service: str):
         files = load_identity(topology.certs_dir, identity)
         svc = topology.services[service]
@@ -143,7 +151,7 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
     rng = random.Random(1)
     started: dict[str, float] = {}            # transaction name -> wall-clock request start
     request_latency: list[float] = []
-    errors = 0
+    errors = refused = 0
     t0 = time.time()
     window = (t0 + args.warmup, t0 + args.warmup + args.duration)
     pids = {name: process.pid for name, process in launcher.processes.items()}
@@ -155,8 +163,9 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
     in_flight = 0
     not_sent = 0
 
-    async def send(k: int, n: int) -> None:
-        nonlocal errors, in_flight
+    async def send(k: int, n: int) -> float:
+        """0, or the seconds a refusal asks to wait before the next request."""
+        nonlocal errors, refused, in_flight
         source, destination = rng.sample(names, 2)
         begin = time.time()
         in_flight += 1
@@ -166,20 +175,25 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
                     type=transaction_pb2.TRANSACTION_TYPE_SEND, source_wallet=source, destination_wallet=destination,
                     amount=common_pb2.Money(currency_code="USD", amount=f"{rng.randint(1, 100) / 100:.2f}"))),
                 metadata=as_gateway, timeout=30)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                refused += window[0] <= begin
+                return float(dict(exc.trailing_metadata() or ()).get("retry-after", 1))
             errors += 1
-            return
+            return 0.0
         finally:
             in_flight -= 1
         started[reply.transaction.name] = begin
         if window[0] <= begin:
             request_latency.append(time.time() - begin)
+        return 0.0
 
     async def worker(k: int):
         n = 0
         while time.time() < window[1]:
             n += 1
-            await send(k, n)
+            if delay := await send(k, n):
+                await asyncio.sleep(min(delay, max(0.0, window[1] - time.time())))
 
     async def arrivals():
         """Open loop: request i starts at t0 + i / rate, whether the earlier ones have answered or not."""
@@ -254,7 +268,7 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
     cpu_ms = {name: round((cpu[f"{name}_end"] - cpu[f"{name}_start"]) / max(settled, 1) * 1000, 3) for name in pids}
     result = {
         "mode": mode, "backend": backend, "concurrency": concurrency, "open_loop_rate": rate,
-        "not_sent": not_sent,
+        "not_sent": not_sent, "refused": refused,
         "settled_per_second": round(settled / args.duration, 1),
         "created": len(started), "errors": errors,
         "request_p50_ms": round(_pct(request_latency, 0.5) * 1000, 2),
@@ -271,7 +285,8 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
     }
     print(f"  {run}: {result['settled_per_second']:>7.1f} settled/s, "
           f"request p50 {result['request_p50_ms']} ms, settled p50 {result['settled_p50_ms']} ms "
-          f"p99 {result['settled_p99_ms']} ms, event p50 {result['event_p50_ms']} ms, errors {errors}", flush=True)
+          f"p99 {result['settled_p99_ms']} ms, event p50 {result['event_p50_ms']} ms, refused {refused}, "
+          f"errors {errors}", flush=True)
     return result
 
 
@@ -291,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-loop", type=non_negative, default=0.5,
                         help="after the closed-loop runs of each configuration, an open-loop run at this fraction "
                              "of their best settled/s (0: none)")
+    parser.add_argument("--overload", type=non_negative, default=2.0,
+                        help="then an open-loop run at this multiple of the best settled/s (0: none), its backlog "
+                             "bounded to about --overload-backlog-seconds of settling: what is past the bound is "
+                             "refused with RESOURCE_EXHAUSTED")
+    parser.add_argument("--overload-backlog-seconds", type=positive, default=2.0)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -321,12 +341,17 @@ def main(argv: list[str] | None = None) -> int:
                     closed = [asyncio.run(_run_one(mode, backend, transport, instances, concurrency, args))
                               for concurrency in args.concurrency]
                     runs += closed
-                    if args.open_loop:     # (at least 1/s: a window too short to settle anything still runs it)
-                        best = max(1.0, *(r["settled_per_second"] for r in closed))
+                    # (at least 1/s: a window too short to settle anything still runs the open loops)
+                    best = max(1.0, *(r["settled_per_second"] for r in closed))
+                    if args.open_loop:
                         runs.append(asyncio.run(_run_one(mode, backend, transport, instances, max(args.concurrency),
                                                          args, rate=round(args.open_loop * best, 1))))
+                    if args.overload:      # in flight: up to the backlog bound's worth of requests
+                        bound = max(10, round(best * args.overload_backlog_seconds))
+                        runs.append(asyncio.run(_run_one(mode, backend, transport, instances, bound, args,
+                                                         rate=round(args.overload * best, 1), max_backlog=bound)))
     print(f"\n{'shape':<11} {'backend':<9} {'transport':<9} {'load':>9} {'settled/s':>9} {'req p50':>8} {'req p99':>8} "
-          f"{'settle p50':>10} {'settle p99':>10} {'event p50':>9} {'event p99':>9} {'CPU/transfer':>12}  by process"
+          f"{'settle p50':>10} {'settle p99':>10} {'event p50':>9} {'event p99':>9} {'refused':>7} {'CPU/transfer':>12}  by process"
           f"  (RSS MB)")
     for r in runs:
         by_process = ", ".join(f"{name} {ms:.2f} ({r['rss_mb_at_end'][name]:.0f})"
@@ -336,13 +361,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{shape:<11} {r['backend']:<9} {r['transport']:<9} {load:>9} {r['settled_per_second']:>9.1f} "
               f"{r['request_p50_ms']:>6.1f}ms {r['request_p99_ms']:>6.1f}ms {r['settled_p50_ms']:>8.1f}ms "
               f"{r['settled_p99_ms']:>8.1f}ms {r['event_p50_ms']:>7.1f}ms {r['event_p99_ms']:>7.1f}ms "
-              f"{r['cpu_ms_per_transfer']:>10.2f}ms  {by_process}")
+              f"{r['refused']:>7} {r['cpu_ms_per_transfer']:>10.2f}ms  {by_process}")
     print(f"target: {TARGET} settled transfers per second on {os.cpu_count()} CPUs")
     conditions = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpus": os.cpu_count(),
                   "python": sys.version.split()[0], "duration_seconds": args.duration, "warmup_seconds": args.warmup,
                   "wallets": args.wallets,
                   "client": "this process (asyncio): closed loops of N workers, then an open loop at "
-                            f"{args.open_loop:g} x the best settled/s of each configuration's closed loops",
+                            f"{args.open_loop:g} x the best settled/s of each configuration's closed loops, and "
+                            f"one at {args.overload:g} x with the backlog bound (DIBOAS_QUEUE_MAX_BACKLOG) at "
+                            f"{args.overload_backlog_seconds:g} s of that rate",
                   "services": "the four services in each shape's processes (services: one each; monolith: one "
                               "for all), default configuration (mTLS, tokens, tracing on)",
                   "broker": "transport rabbitmq: the local RabbitMQ (one node, this machine); its CPU is not in "

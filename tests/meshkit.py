@@ -218,9 +218,10 @@ async def mesh_processes(pki, state_dir, mode: str = "services", services=ORDER,
 
 
 def process_env(pki, state_dir, **overrides) -> dict:
-    """The environment of a whole mesh of processes: free ports, the test PKI, quick shutdown."""
+    """The environment of a whole mesh of processes: free ports, the test PKI, quick shutdown, and
+    a killed process's sagas taken over after 5 s instead of 30."""
     env = dict(os.environ, DIBOAS_CERTS_DIR=str(pki), DIBOAS_STATE_DIR=str(state_dir), DIBOAS_UNREADY_SECONDS="0",
-               DIBOAS_DRAIN_SECONDS="2", DIBOAS_TRACING="off")
+               DIBOAS_DRAIN_SECONDS="2", DIBOAS_TRACING="off", DIBOAS_QUEUE_LEASE="5")
     env.update(mesh_addresses(ORDER))
     env.update(overrides)
     return env
@@ -292,7 +293,8 @@ class MoneyClient:
             try:
                 return await fn(request, metadata=metadata, timeout=10)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      grpc.StatusCode.RESOURCE_EXHAUSTED):        # sent again, as asked
                     raise
                 await asyncio.sleep(0.1)
         raise AssertionError("service never came back")

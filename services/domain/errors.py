@@ -68,6 +68,17 @@ class ServiceUnavailable(DomainError):
     reason = "SERVICE_UNAVAILABLE"
 
 
+class ResourceExhausted(DomainError):
+    """The service has more work in hand than it takes on: the request was refused before
+    anything was written, and the same request may be sent again after `retry_after_seconds`."""
+
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after_seconds: int, **kw):
+        super().__init__(message, **kw)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class DeadlineExceeded(DomainError):
     reason = "DEADLINE_EXCEEDED"
 

@@ -91,6 +91,14 @@ class QueuePolicy:
     initial_backoff_seconds: float = 0.2    # doubled per attempt, with jitter (half to all of it)
     max_backoff_seconds: float = 30.0
     max_age_seconds: float = 86400.0
+    # How long a worker holds an item it claimed (renewed every third of it while the work runs):
+    # the time after which the item of a worker that died is taken by another.
+    lease_seconds: float = 30.0
+    # Work in hand (the queue's items: queued, leased or waiting out a backoff; and their events
+    # not yet delivered) at which the service refuses new work with RESOURCE_EXHAUSTED: what is
+    # accepted settles within about max_backlog / the settle rate, instead of behind a queue
+    # that only grows (runtime/backlog.py).
+    max_backlog: int = 1000
 
 
 @dataclass(frozen=True)
@@ -368,7 +376,9 @@ def _queue_policy(raw: Mapping, where: str, base: QueuePolicy, env: Mapping[str,
     policy = QueuePolicy(max_attempts=_whole(raw, "max_attempts", where, base.max_attempts, env, f"{env_prefix}_MAX_ATTEMPTS"),
                          initial_backoff_seconds=number("initial_backoff_seconds", "INITIAL_BACKOFF"),
                          max_backoff_seconds=number("max_backoff_seconds", "MAX_BACKOFF"),
-                         max_age_seconds=number("max_age_seconds", "MAX_AGE"))
+                         max_age_seconds=number("max_age_seconds", "MAX_AGE"),
+                         lease_seconds=number("lease_seconds", "LEASE"),
+                         max_backlog=_whole(raw, "max_backlog", where, base.max_backlog, env, f"{env_prefix}_MAX_BACKLOG"))
     if policy.max_backoff_seconds < policy.initial_backoff_seconds:
         raise ConfigError(f"{where}.max_backoff_seconds must not be below initial_backoff_seconds")
     return policy

@@ -7,9 +7,10 @@ AioRpcError back into the domain error, so domain code never sees grpc types.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -25,11 +26,14 @@ CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.ServiceUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.Internal: grpc.StatusCode.INTERNAL,
 }
-_ERRORS_BY_CODE = {code: cls for cls, code in CODES.items()}
+# An upstream's RESOURCE_EXHAUSTED may be gRPC's own (a message or metadata too large): to our
+# caller it is the upstream failing, like INTERNAL (upstream_error).
+_ERRORS_BY_CODE = {code: cls for cls, code in CODES.items() if cls is not errors.ResourceExhausted}
 
 
 def code_of(error: errors.DomainError) -> grpc.StatusCode:
@@ -57,6 +61,13 @@ def bounded(text: str) -> str:
     return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}... ({len(text) - MAX_TEXT} more characters)"
 
 
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple
+
+
 def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:
     code = code_of(error)
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))]
@@ -65,8 +76,15 @@ def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=bounded(v.description))
             for v in error.violations
         ])))
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=bounded(error.message),
-                                                  details=details))
+    retry_after = getattr(error, "retry_after_seconds", None)
+    if retry_after is not None:
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after))))
+    status = rpc_status.to_status(status_pb2.Status(code=code.value[0], message=bounded(error.message),
+                                                    details=details))
+    if retry_after is None:
+        return status
+    # Also as HTTP's header, which the gateway passes on with the 429.
+    return _Status(status.code, status.details, (*status.trailing_metadata, ("retry-after", str(retry_after))))
 
 
 def internal_status(message: str) -> grpc.Status:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from diboas.events.v1 import events_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2_grpc
+from services.runtime.backlog import Backlog
 from services.runtime.db import Database
 from services.runtime.messaging.admin import DeadLetterServicer
 from services.runtime.messaging.queue import WorkQueue
@@ -50,16 +51,20 @@ def build(runtime: Runtime) -> list[Registration]:
     upstreams = runtime.upstreams
     queue = WorkQueue(db, work_items, QUEUE, parked=parked_work_items, policy=topology.queue_policy(me.name, QUEUE),
                       worker=f"{me.name}@{socket.gethostname()}:{os.getpid()}")
+    # A transaction is in hand from its create until the wallet has its outcome: its saga's item
+    # in the queue, then its event in the outbox.
+    backlog = Backlog(db, me.name, queue.policy.max_backlog, [queue.held, outbox.undelivered],
+                      "transactions wait to be settled")
     service = TransactionService(db, WalletClient(upstreams["wallet"]), queue, outbox,
                                  ProviderClient(upstreams["provider"]), ChainClient(upstreams["blockchain"]),
-                                 tracing=tracing, started_at_once=STARTED_AT_ONCE)
+                                 tracing=tracing, started_at_once=STARTED_AT_ONCE, backlog=backlog)
     if runtime.broker is not None:
         publisher = WorkPublisher(runtime.broker, queue)
         runtime.background += [WorkDispatcher(db, queue, publisher).run,
                                WorkConsumer(runtime.broker, db, queue, publisher, service.attempt, WORKERS).run]
     else:
         runtime.background += [service.work] * WORKERS
-    runtime.background += [relay.run, service.finish_started]
+    runtime.background += [relay.run, service.finish_started, backlog.watch]
     return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server, TransactionServicer(service)),
             Registration(events_pb2_grpc.add_DeadLetterServiceServicer_to_server,
                          DeadLetterServicer(db, relay, idempotency_keys, queue))]

@@ -15,6 +15,7 @@ from typing import Callable
 from services.domain.clock import utcnow
 from services.domain.errors import NotFound
 from services.domain.money import Money, require_transaction_limit
+from services.runtime.backlog import Backlog
 from services.runtime.db import Database
 from services.runtime.messaging.queue import Claimed, ParkedItem, Retried, WorkQueue
 from services.runtime.messaging.store import Outbox
@@ -59,14 +60,16 @@ def _with_parked(unit: UnitOfWork[TransactionRepository], found: list[Transactio
 
 class TransactionService:
     """`units`: the units of work to use instead of ones over `db`, `outbox` and `queue` (the
-    unit tests pass fakes, and None for those three)."""
+    unit tests pass fakes, and None for those three). `backlog`: the bound on transactions
+    accepted and not settled (None: no bound)."""
 
     def __init__(self, db: Database | None, wallet: WalletPort, queue: WorkQueue, outbox: Outbox | None,
                  providers: ProviderPort | None = None, chains: ChainPort | None = None,
                  clock: Callable[[], dt.datetime] = utcnow, ids: Callable[[], str] = lambda: uuid.uuid4().hex,
                  tracing: MessageTracing | None = None, *, sagas: Sagas = SAGAS,
-                 units: UnitsOfWork[TransactionRepository] | None = None, started_at_once: int = 0):
-        self.db, self.queue = db, queue
+                 units: UnitsOfWork[TransactionRepository] | None = None, started_at_once: int = 0,
+                 backlog: Backlog | None = None):
+        self.db, self.queue, self._backlog = db, queue, backlog
         self.units = units or UnitsOfWork(db, TransactionRepository, outbox=outbox, queue=queue,
                                           idempotency=idempotency_keys, clock=clock)
         self._wallet, self._sagas, self._clock, self._ids = wallet, sagas, clock, ids
@@ -79,7 +82,8 @@ class TransactionService:
                      encode: Callable[[Transaction], bytes], viewer: User | None = None) -> bytes:
         """A transaction, queued for its saga once the saga's checks pass and the wallets agree it
         can start (nothing is written when they do not). The amount must be within the
-        currency's max_transaction. A repeated request_id returns the first answer. While fewer
+        currency's max_transaction. A repeated request_id returns the first answer; a new one is
+        refused (ResourceExhausted) while the backlog is at its bound. While fewer
         than `started_at_once` sagas started this way run, the new one is queued already
         claimed and its first attempt starts as soon as the transaction is committed (no wait
         for a worker); beyond that, the workers take it from the queue."""
@@ -88,6 +92,8 @@ class TransactionService:
         first = await self.units.run(self.units.stored, CREATE, request_id, fingerprint)
         if first is not None:
             return first
+        if self._backlog is not None:
+            self._backlog.admit()
         require_transaction_limit(draft.amount, "transaction.amount.amount")
         source_owner, destination_owner = await saga.admit(draft, Admission(draft, viewer, self._wallet, self._incoming))
 
@@ -109,6 +115,8 @@ class TransactionService:
         # Only the attempt whose answer is returned committed (an earlier one may have been
         # rolled back and retried, or the answer may be a concurrent request's).
         claimed, tx = answers.get(response, (None, None))
+        if tx is not None and self._backlog is not None:
+            self._backlog.accepted()
         if claimed is not None:
             self._worker.start(claimed, tx)
         elif tx is not None:                    # queued for the workers (or the dispatcher)

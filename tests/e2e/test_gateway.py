@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 
+import grpc
 import pytest
 
 from diboas.common.v1 import common_pb2
@@ -475,3 +476,77 @@ async def test_bytes_that_are_not_utf8_or_control_characters_in_a_path_or_query_
         assert body["details"][0]["reason"] == reason, (path, body)
         assert body["details"][1]["fieldViolations"][0]["field"] == field, (path, body)
         assert "Error" not in body["message"] and "Exception" not in body["message"], (path, body)
+
+
+async def test_past_the_backlog_bound_a_transaction_is_refused_with_429_and_a_retry_delay(pki, tmp_path):
+    """Sagas in hand (here: two leased by another instance) fill a bound of 2: a new
+    transaction is RESOURCE_EXHAUSTED with RetryInfo over gRPC and 429 with Retry-After over REST,
+    with nothing written; once they finish, the same request goes through."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from diboas.transaction.v1 import transaction_pb2
+    from services.runtime.db import Database
+    from services.runtime.messaging.queue import WorkQueue
+    from services.transaction.app import MIGRATIONS, QUEUE
+    from services.transaction.tables import parked_work_items, work_items
+
+    async with mesh_processes(pki, tmp_path, "services", DIBOAS_QUEUE_MAX_BACKLOG="2") as (topology, _):
+        ports = {name: topology.services[name].address.port for name in ORDER}
+        mesh, gw = Mesh(topology, ports), Gateway(topology, ports, tmp_path)
+        db = Database(topology.services["transaction"].database, MIGRATIONS)
+        elsewhere = WorkQueue(db, work_items, QUEUE, parked=parked_work_items)
+        try:
+            await gw.start()
+            alice = user_token(topology, "alice", ("user",))
+            _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
+            deposit = {"type": "TRANSACTION_TYPE_DEPOSIT", "destinationWallet": created["wallet"]["name"],
+                       "amount": {"currencyCode": "USD", "amount": "5.00"}}
+            with db.transaction() as connection:
+                held = [elsewhere.enqueue(connection, f"held{n}", leased=True) for n in range(2)]
+            metrics, deadline = topology.services["transaction"].metrics, time.monotonic() + 10
+            while _backlog(metrics) < 2:                                   # until the service has counted them
+                assert time.monotonic() < deadline, "the backlog was never counted"
+                await asyncio.sleep(0.05)
+            request_id = key()
+            status, body, headers = await gw.call("POST", f"/v1/transactions?requestId={request_id}", alice, deposit)
+            assert status == 429, body
+            assert body["code"] == 8 and "the bound is 2" in body["message"], body
+            assert body["details"][0]["reason"] == "BACKLOG_FULL"
+            retry = next(d for d in body["details"] if d["@type"].endswith("google.rpc.RetryInfo"))
+            after = int(headers["retry-after"])
+            assert 1 <= after <= 60 and retry["retryDelay"] == f"{after}s", (headers, body)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await mesh.transactions.CreateTransaction(transaction_pb2.CreateTransactionRequest(
+                    request_id=key(), transaction=transaction_pb2.Transaction(
+                        type=transaction_pb2.TRANSACTION_TYPE_DEPOSIT, destination_wallet=created["wallet"]["name"],
+                        amount=common_pb2.Money(currency_code="USD", amount="5.00"))),
+                    metadata=mesh.as_gateway, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert 1 <= int(dict(refused.value.trailing_metadata())["retry-after"]) <= 60
+            details = rpc_status.from_call(refused.value).details
+            assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in details)
+            _, listed, _ = await gw.call("GET", "/v1/transactions", alice)
+            assert listed.get("transactions", []) == []                          # nothing was written
+
+            with db.transaction() as connection:
+                for claimed in held:
+                    elsewhere.done(connection, claimed)
+            deadline = time.monotonic() + 10
+            while (answer := await gw.call("POST", f"/v1/transactions?requestId={request_id}", alice, deposit))[0] != 200:
+                assert answer[0] == 429 and time.monotonic() < deadline, answer
+                await asyncio.sleep(0.1)
+            assert answer[1]["transaction"]["state"] == "TRANSACTION_STATE_PENDING"
+        finally:
+            gw.process.stop()
+            await mesh.close()
+            db.close()
+
+
+def _backlog(metrics) -> float:
+    """diboas_backlog of the transaction service, from its metrics endpoint."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://{metrics.host}:{metrics.port}/metrics", timeout=5).read().decode()
+    line = next((line for line in text.splitlines()
+                 if line.startswith('diboas_backlog{service="transaction"}')), None)
+    return float(line.split()[-1]) if line else 0.0

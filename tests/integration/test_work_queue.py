@@ -4,6 +4,8 @@ backoff that grows with bounded jitter, items parked as dead letters once their 
 their age are spent, and replayed with a fresh attempt count."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -35,7 +37,7 @@ class Clock:
 
 
 def make_queue(db, clock, name: str = "q", **policy) -> WorkQueue:
-    return WorkQueue(db, work_items, name, lease=dt.timedelta(seconds=30), clock=clock, rng=random.Random(5),
+    return WorkQueue(db, work_items, name, clock=clock, rng=random.Random(5),
                      parked=parked_work_items, policy=QueuePolicy(**policy), worker="worker-1")
 
 
@@ -102,7 +104,6 @@ async def test_a_saga_step_longer_than_the_lease_is_run_by_one_worker_only(datab
     """Workers renew the lease of the item they work on: a slow wallet (a hold taking five
     leases) does not get the same saga started by the other workers. (The lease leaves room for
     a renewal that waits on a busy machine: three renewals per lease, each may come late.)"""
-    import asyncio
 
     from services.runtime.messaging.secure import KeyRing
     from services.runtime.messaging.store import Outbox
@@ -349,6 +350,11 @@ def test_the_queue_policy_comes_from_the_topology_per_queue_with_defaults(tmp_pa
     assert topology.defaults.queue.max_attempts == 4
     policy = topology.queue_policy("transaction", "financial.transactions")
     assert policy.max_age_seconds == 90 and policy.max_attempts == 4            # the default's variable applies
+    assert (policy.max_backlog, policy.lease_seconds) == (1000, 30)
+    tuned = load_topology(env={"DIBOAS_QUEUE_MAX_BACKLOG": "7", "DIBOAS_QUEUE_LEASE": "4.5"})
+    assert tuned.queue_policy("transaction", "financial.transactions").max_backlog == 7
+    tuned_queue = make_queue(None, Clock(), **dataclasses.asdict(tuned.defaults.queue))
+    assert tuned_queue.lease_seconds == 4.5
     own = tmp_path / "mesh.yaml"
     own.write_text(DEFAULT_TOPOLOGY.read_text().replace("financial.transactions: {}",
                                                         "financial.transactions: {max_attempts: 6}"))
@@ -356,6 +362,8 @@ def test_the_queue_policy_comes_from_the_topology_per_queue_with_defaults(tmp_pa
     for key, value, problem in [("DIBOAS_QUEUE_MAX_ATTEMPTS", "2.5", "whole number"),
                                 ("DIBOAS_QUEUE_MAX_ATTEMPTS", "0", "whole number of at least 1"),
                                 ("DIBOAS_QUEUE_MAX_BACKOFF", "0.1", "must not be below"),
+                                ("DIBOAS_QUEUE_MAX_BACKLOG", "0", "whole number of at least 1"),
+                                ("DIBOAS_QUEUE_LEASE", "0", "greater than zero"),
                                 ("DIBOAS_TRANSACTION_QUEUE_FINANCIAL_TRANSACTIONS_MAX_AGE", "x", "not a number")]:
         with pytest.raises(ConfigError, match=problem):
             load_topology(env={key: value})
@@ -438,7 +446,6 @@ async def test_dead_letters_of_both_kinds_are_listed_page_by_page_and_replayed_b
 async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_still_fails_at_once(transaction_database, pki):
     """The wallet answers UNAVAILABLE to one SEND's hold (it may have happened: parked after the
     policy's attempts, still PENDING, no event) and refuses the other's (FAILED at once)."""
-    import asyncio
 
     from sqlalchemy import func
 
@@ -494,7 +501,6 @@ async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_sti
 async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(transaction_database, pki):
     """An attempt fails and its reschedule fails too (the database is away): the worker goes on
     with the next item, and the first comes back once its lease runs out."""
-    import asyncio
 
     from services.domain.errors import ServiceUnavailable
     from services.runtime.messaging.secure import KeyRing

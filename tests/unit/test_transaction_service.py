@@ -5,9 +5,27 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from transaction_fakes import T0, Clock, FakeChains, FakeProviders, FakeQueue, FakeUnits, FakeWallet, payment, usd
+from transaction_fakes import (
+    T0,
+    Clock,
+    FakeBacklog,
+    FakeChains,
+    FakeProviders,
+    FakeQueue,
+    FakeUnits,
+    FakeWallet,
+    payment,
+    usd,
+)
 
-from services.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ServiceUnavailable
+from services.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceUnavailable,
+)
 from services.runtime.messaging.queue import Claimed
 from services.runtime.users import OPERATOR_ROLE, User
 from services.transaction.domain import COMPLETED, DEPOSIT, FAILED, PENDING, PROCESSING, SEND, WITHDRAW, Transaction
@@ -26,11 +44,11 @@ class Service:
                                  e=("erin", "EUR", "0", "0"), full=("bob", "USD", "999999995.00", "999999995.00"))
         self.providers, self.chains = FakeProviders(), FakeChains()
         self.units = FakeUnits(self.clock)
-        self.queue = FakeQueue(self.units)
+        self.queue, self.backlog = FakeQueue(self.units), FakeBacklog()
         ids = iter(f"t{n}" for n in range(1, 100))
         self.service = TransactionService(None, self.wallet, self.queue, None, self.providers, self.chains,
                                           clock=self.clock, ids=lambda: next(ids), units=self.units,
-                                          started_at_once=started_at_once)
+                                          started_at_once=started_at_once, backlog=self.backlog)
 
     async def create(self, kind: str, amount: str = "10.00", request_id: str = "r1", viewer: User | None = ALICE,
                      fingerprint: str = "fp", **fields) -> str:
@@ -79,6 +97,25 @@ async def test_a_repeated_request_returns_the_first_answer_and_writes_nothing_mo
     assert list(s.units.state.transactions) == [first] and s.units.units == 1
     with pytest.raises(AlreadyExists):
         await s.create(SEND, source_wallet="wallets/a", destination_wallet="wallets/b", fingerprint="other")
+
+
+async def test_while_the_backlog_is_full_a_new_request_is_refused_and_nothing_is_written_or_asked(s):
+    first = await s.send()
+    s.backlog.full = True
+    asked, describe = [], s.wallet.describe
+
+    async def recorded(name):
+        asked.append(name)
+        return await describe(name)
+    s.wallet.describe = recorded
+    with pytest.raises(ResourceExhausted) as refused:
+        await s.send(request_id="r2")
+    assert (refused.value.reason, refused.value.retry_after_seconds) == ("BACKLOG_FULL", 3)
+    assert list(s.units.state.transactions) == [first] and list(s.units.state.queued) == [first] and asked == []
+    assert await s.send() == first              # an accepted request is answered again, full or not
+    assert s.backlog.accepted_count == 1
+    s.backlog.full = False
+    assert await s.send(request_id="r2") != first and s.backlog.accepted_count == 2
 
 
 @pytest.mark.parametrize("kind,fields,field", [

@@ -10,7 +10,7 @@ import copy
 import dataclasses
 import datetime as dt
 
-from services.domain.errors import AlreadyExists, NotFound
+from services.domain.errors import AlreadyExists, NotFound, ResourceExhausted
 from services.domain.money import Money
 from services.runtime.messaging.queue import MAX_ATTEMPTS, Claimed, ParkedItem, Retried
 from services.transaction.domain import PENDING, PROCESSING, TERMINAL, Transaction
@@ -212,6 +212,20 @@ class FakeUnits:
 
     async def run(self, fn, *args):
         return fn(*args)
+
+
+class FakeBacklog:
+    """The Backlog's interface for the create use case: refuses while `full`, counts what it accepted."""
+
+    def __init__(self):
+        self.full, self.accepted_count = False, 0
+
+    def admit(self) -> None:
+        if self.full:
+            raise ResourceExhausted("the backlog is full", reason="BACKLOG_FULL", retry_after_seconds=3)
+
+    def accepted(self) -> None:
+        self.accepted_count += 1
 
 
 class FakeQueue:

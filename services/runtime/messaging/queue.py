@@ -43,6 +43,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -163,11 +164,12 @@ class Undispatched:
 
 
 class WorkQueue:
-    def __init__(self, db: Database, table: Table, name: str, lease: dt.timedelta = dt.timedelta(seconds=30),
+    def __init__(self, db: Database, table: Table, name: str, lease: dt.timedelta | None = None,
                  clock: Callable[[], dt.datetime] = utcnow,
                  rng: random.Random | None = None, *, parked: Table, policy: QueuePolicy = QueuePolicy(),
                  worker: str = ""):
-        self._db, self._t, self.name, self._lease, self._clock = db, table, name, lease, clock
+        self._db, self._t, self.name, self._clock = db, table, name, clock
+        self._lease = lease if lease is not None else dt.timedelta(seconds=policy.lease_seconds)
         self._rng = rng or random.Random()
         self._parked, self.policy, self._worker = parked, policy, worker[:128]   # parked_by's width
         # Set (from the event loop) when an item was queued for whoever takes work from the table:
@@ -182,6 +184,7 @@ class WorkQueue:
         self._renew = (update(table).where(c.id == param(c.id, "item_id"), c.attempts == param(c.attempts, "held"))
                        .values(available_at=param(c.available_at, "until")))
         self._done = delete(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item"))
+        self._count = select(func.count()).select_from(table).where(c.queue == name)
 
     def enqueue(self, connection: Connection, item: str, priority: int = 0,
                 trace_context: Mapping[str, str] | None = None, *, leased: bool = False) -> Claimed | None:
@@ -199,6 +202,12 @@ class WorkQueue:
         if not leased:
             return None
         return Claimed(inserted.inserted_primary_key[0], item, 1, traceparent, tracestate, priority)
+
+    @property
+    def held(self) -> Select:
+        """The statement that counts the items the queue holds now (queued, leased or waiting out
+        a backoff), in every instance's hands."""
+        return self._count
 
     def claim(self) -> Claimed | None:
         """The most urgent available item, leased to the caller (None when there is none). An item

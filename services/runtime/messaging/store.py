@@ -24,9 +24,11 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    Select,
     String,
     Table,
     Text,
+    func,
     select,
 )
 
@@ -107,6 +109,12 @@ class Outbox:
         self._ring = ring
         self._clock = clock
         self._on_commit: list[Callable[[], None]] = []
+
+    @property
+    def undelivered(self) -> Select:
+        """The statement that counts the deliveries not made yet (to every subscriber)."""
+        d = self._t.deliveries
+        return select(func.count()).select_from(d).where(d.c.state == PENDING)
 
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call `listener` (from any thread) each time a transaction that added events has committed."""
