@@ -80,7 +80,8 @@ SERVER_OPTIONS = [
     # silently share the traffic. With it off, a port in use is an error at start.
     ("grpc.so_reuseport", 0),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    # (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS is spelt without "recv" as a key.)
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.max_connection_idle_ms", 300_000),
     ("grpc.max_metadata_size", MAX_METADATA_BYTES),
     ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
