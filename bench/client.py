@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import json
 import sys
+from typing import Callable
 
 import grpc
 
@@ -113,6 +114,19 @@ def positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError("must be > 0")
     return value
+
+
+def whole(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, at least `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}")
+        return value
+    return parse
 
 
 def non_negative(text: str) -> float:

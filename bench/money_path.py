@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.money_path [--modes services,monolith] [--backends sqlite,postgres]
                                           [--transports embedded,rabbitmq] [--instances 1,2]
-                                          [--concurrency 16,64] [--duration 10] [--warmup 2] [--wallets 100]
+                                          [--concurrency 16,64] [--duration 10] [--warmup 2] [--wallets 1000]
+                                          [--many-wallets 100000]
                                           [--open-loop 0.5] [--overload 2] [--overload-backlog-seconds 2]
 
 For each shape, backend and concurrency a fresh mesh (the four services in the shape's processes:
@@ -19,7 +20,10 @@ runs just measured), whatever the answers, so what is measured is the latency of
 up, not of a queue; and once more at --overload times that rate, with the transaction queue's
 backlog bound set to --overload-backlog-seconds of it: the mesh must refuse what it cannot
 take (RESOURCE_EXHAUSTED, counted as refused) and keep the settle latency of what it took
-bounded. Each run then waits until everything is settled and reads the two services'
+bounded. Last, the first configuration's closed loop at the first concurrency runs once more
+with --many-wallets funded wallets instead of --wallets (seeded on the wallet's database by the
+wallet service's own code, not over RPC): how much throughput depends on the number of wallets.
+Each run then waits until everything is settled and reads the two services'
 databases for the timings:
   settled/s         captures (HOLD_CAPTURE journals in the wallet) inside the measured window
   request->settled  from the client's request to the wallet's capture, for requests in the window
@@ -53,24 +57,29 @@ from services.launcher import Launcher
 from services.runtime.auth import TokenIssuer
 from services.runtime.client import channel_options
 from services.runtime.config import load_topology
-from services.runtime.db import scratch_schema
+from services.runtime.db import Database, scratch_schema
 from services.runtime.tls import load_identity, mesh_channel
 from services.runtime.users import issue_user_token
 from services.transaction.tables import messaging as tx_messaging
 from services.transaction.tables import transactions
+from services.wallet.app import MIGRATIONS as WALLET_MIGRATIONS
+from services.wallet.service import WalletService
+from services.wallet.servicer import WalletServicer
 from services.wallet.tables import journals
 from services.wallet.tables import messaging as wallet_messaging
 from tools import rabbitmq
 from tools.environment import overridden
 from tools.ports import mesh_addresses
 
-from .client import non_negative, parse_concurrency, positive
+from .client import non_negative, parse_concurrency, positive, whole
 from .load import cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "money_path.json"
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET = 1000
+FUNDS = "1000000.00"     # each bench wallet's opening credit
+SEED_BATCH = 500         # wallets seeded at once
 
 
 def rss_megabytes(pid: int) -> float:
@@ -91,8 +100,35 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+async def _seed(database: str, numbers: range) -> list[str]:
+    """Funded wallets bench-N for each N of `numbers`, made by the wallet service's own servicer
+    in this process on the service's database: what CreateWallet and CreditWallet over the mesh
+    would write, idempotency answers included, without an RPC each (100,000 take about a minute,
+    not ten). The service's process is idle meanwhile."""
+    db = Database(database, WALLET_MIGRATIONS)
+    servicer = WalletServicer(WalletService(db))
+
+    async def one(i: int) -> str:
+        name = (await servicer.CreateWallet(wallet_pb2.CreateWalletRequest(
+            wallet=wallet_pb2.Wallet(owner_id=f"bench-{i}", currency_code="USD"), request_id=f"w{i}"), None)).wallet.name
+        await servicer.CreditWallet(wallet_pb2.CreditWalletRequest(
+            wallet=name, amount=common_pb2.Money(currency_code="USD", amount=FUNDS), request_id=f"f{i}"), None)
+        return name
+
+    names: list[str] = []
+    begin = time.time()
+    try:
+        for start in range(numbers.start, numbers.stop, SEED_BATCH):
+            names += await asyncio.gather(*(one(i) for i in range(start, min(start + SEED_BATCH, numbers.stop))))
+            if len(names) % 10_000 == 0:
+                print(f"    seeded {len(names)} of {len(numbers)} wallets ({time.time() - begin:.0f} s)", flush=True)
+    finally:
+        db.close()
+    return names
+
+
 async def _run_one(mode: str, backend: str, transport: str, instances: int, concurrency: int, args,
-                   rate: float | None = None, max_backlog: int | None = None) -> dict:
+                   rate: float | None = None, max_backlog: int | None = None, wallets: int | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="diboas-bench-") as state, contextlib.ExitStack() as stack:
         env = {"DIBOAS_STATE_DIR": state, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING",
                "DIBOAS_MODE": mode, "DIBOAS_MESSAGING_TRANSPORT": transport, "DIBOAS_INSTANCES": str(instances),
@@ -114,12 +150,13 @@ async def _run_one(mode: str, backend: str, transport: str, instances: int, conc
                     raise SystemExit(f"bench: the mesh did not start ({mode}, {backend}, {transport})")
                 return {"transport": transport, "instances": instances,
                         "max_backlog": topology.queue_policy("transaction", "financial.transactions").max_backlog,
-                        **await _measure(topology, launcher, mode, backend, concurrency, args, rate)}
+                        **await _measure(topology, launcher, mode, backend, concurrency, args, rate,
+                                         wallets or args.wallets)}
             finally:
                 launcher.stop(timeout=15)
 
 
-async def _measure(topology, launcher, mode, backend, concurrency, args, rate: float | None) -> dict:
+async def _measure(topology, launcher, mode, backend, concurrency, args, rate: float | None, wallets: int) -> dict:
     """A closed loop of `concurrency` workers, or (`rate`) an open loop starting `rate` requests a
     second, at most `concurrency` of them in flight (more are counted as not sent by the client).
     Requests the service refuses (RESOURCE_EXHAUSTED: its backlog is at its bound) are counted as
@@ -136,17 +173,16 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
 
     wallet_ch, as_operator = channel("operator", "wallet")
     tx_ch, as_gateway = channel("gateway", "transaction")
-    wallets = wallet_pb2_grpc.WalletServiceStub(wallet_ch)
+    wallet_stub = wallet_pb2_grpc.WalletServiceStub(wallet_ch)
     txs = transaction_pb2_grpc.TransactionServiceStub(tx_ch)
-    names = []
-    for i in range(args.wallets):
-        w = (await wallets.CreateWallet(wallet_pb2.CreateWalletRequest(
-            wallet=wallet_pb2.Wallet(owner_id=f"bench-{i}", currency_code="USD"), request_id=f"w{i}"),
-            metadata=as_operator, timeout=10)).wallet.name
-        await wallets.CreditWallet(wallet_pb2.CreditWalletRequest(
-            wallet=w, amount=common_pb2.Money(currency_code="USD", amount="1000000.00"), request_id=f"f{i}"),
-            metadata=as_operator, timeout=10)
-        names.append(w)
+    # The first wallet through the running service (it answers as it should), the rest seeded.
+    first = (await wallet_stub.CreateWallet(wallet_pb2.CreateWalletRequest(
+        wallet=wallet_pb2.Wallet(owner_id="bench-0", currency_code="USD"), request_id="w0"),
+        metadata=as_operator, timeout=10)).wallet.name
+    await wallet_stub.CreditWallet(wallet_pb2.CreditWalletRequest(
+        wallet=first, amount=common_pb2.Money(currency_code="USD", amount=FUNDS), request_id="f0"),
+        metadata=as_operator, timeout=10)
+    names = [first, *await _seed(topology.services["wallet"].database, range(1, wallets))]
 
     rng = random.Random(1)
     started: dict[str, float] = {}            # transaction name -> wall-clock request start
@@ -225,7 +261,7 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
         cpu.update({f"{n}_end": cpu_seconds(p) for n, p in pids.items()})
 
     shape = mode if topology.services["transaction"].instances == 1 else f"{mode}x{topology.services['transaction'].instances}"
-    load = f"open loop {rate:>5.0f}/s" if rate else f"concurrency {concurrency:>3}"
+    load = (f"open loop {rate:>5.0f}/s" if rate else f"concurrency {concurrency:>3}") + f", {wallets} wallets"
     run = f"{shape:<11} {backend:<9} {topology.messaging.transport:<9} {load}"
     print(f"  {run}: warm-up {args.warmup:g}s, measuring {args.duration:g}s ...", flush=True)
     clients = [arrivals()] if rate else [worker(k) for k in range(concurrency)]
@@ -267,7 +303,7 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
     settled = len(settled_in_window)
     cpu_ms = {name: round((cpu[f"{name}_end"] - cpu[f"{name}_start"]) / max(settled, 1) * 1000, 3) for name in pids}
     result = {
-        "mode": mode, "backend": backend, "concurrency": concurrency, "open_loop_rate": rate,
+        "mode": mode, "backend": backend, "concurrency": concurrency, "open_loop_rate": rate, "wallets": wallets,
         "not_sent": not_sent, "refused": refused,
         "settled_per_second": round(settled / args.duration, 1),
         "created": len(started), "errors": errors,
@@ -302,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=parse_concurrency, default=[16, 64])
     parser.add_argument("--duration", type=positive, default=10.0)
     parser.add_argument("--warmup", type=non_negative, default=2.0)
-    parser.add_argument("--wallets", type=int, default=100)
+    parser.add_argument("--wallets", type=whole(2), default=1000, help="funded wallets the SENDs move between")
+    parser.add_argument("--many-wallets", type=whole(0), default=100_000,
+                        help="then the first configuration's closed loop at the first concurrency once more with "
+                             "this many funded wallets (0: none): throughput should not depend on it")
     parser.add_argument("--open-loop", type=non_negative, default=0.5,
                         help="after the closed-loop runs of each configuration, an open-loop run at this fraction "
                              "of their best settled/s (0: none)")
@@ -350,7 +389,16 @@ def main(argv: list[str] | None = None) -> int:
                         bound = max(10, round(best * args.overload_backlog_seconds))
                         runs.append(asyncio.run(_run_one(mode, backend, transport, instances, bound, args,
                                                          rate=round(args.overload * best, 1), max_backlog=bound)))
-    print(f"\n{'shape':<11} {'backend':<9} {'transport':<9} {'load':>9} {'settled/s':>9} {'req p50':>8} {'req p99':>8} "
+    wallet_counts = None
+    if args.many_wallets:
+        few = next(r for r in runs if not r["open_loop_rate"] and r["instances"] == 1
+                   and r["concurrency"] == args.concurrency[0])
+        many = asyncio.run(_run_one(modes[0], backends[0], transports[0], 1, args.concurrency[0], args,
+                                    wallets=args.many_wallets))
+        runs.append(many)
+        wallet_counts = {"few": args.wallets, "many": args.many_wallets,
+                         "ratio": round(many["settled_per_second"] / max(few["settled_per_second"], 0.1), 3)}
+    print(f"\n{'shape':<11} {'backend':<9} {'transport':<9} {'load':>9} {'wallets':>7} {'settled/s':>9} {'req p50':>8} {'req p99':>8} "
           f"{'settle p50':>10} {'settle p99':>10} {'event p50':>9} {'event p99':>9} {'refused':>7} {'CPU/transfer':>12}  by process"
           f"  (RSS MB)")
     for r in runs:
@@ -358,14 +406,17 @@ def main(argv: list[str] | None = None) -> int:
                                for name, ms in r["cpu_ms_per_transfer_by_process"].items())
         shape = r["mode"] if r["instances"] == 1 else f"{r['mode']}x{r['instances']}"
         load = f"{r['open_loop_rate']:.0f}/s" if r["open_loop_rate"] else f"c{r['concurrency']}"
-        print(f"{shape:<11} {r['backend']:<9} {r['transport']:<9} {load:>9} {r['settled_per_second']:>9.1f} "
+        print(f"{shape:<11} {r['backend']:<9} {r['transport']:<9} {load:>9} {r['wallets']:>7} {r['settled_per_second']:>9.1f} "
               f"{r['request_p50_ms']:>6.1f}ms {r['request_p99_ms']:>6.1f}ms {r['settled_p50_ms']:>8.1f}ms "
               f"{r['settled_p99_ms']:>8.1f}ms {r['event_p50_ms']:>7.1f}ms {r['event_p99_ms']:>7.1f}ms "
               f"{r['refused']:>7} {r['cpu_ms_per_transfer']:>10.2f}ms  {by_process}")
     print(f"target: {TARGET} settled transfers per second on {os.cpu_count()} CPUs")
+    if wallet_counts:
+        print(f"settled/s with {wallet_counts['many']} wallets / with {wallet_counts['few']} "
+              f"({modes[0]}, {backends[0]}, {transports[0]}, c{args.concurrency[0]}): {wallet_counts['ratio']:.2f}")
     conditions = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpus": os.cpu_count(),
                   "python": sys.version.split()[0], "duration_seconds": args.duration, "warmup_seconds": args.warmup,
-                  "wallets": args.wallets,
+                  "wallets": args.wallets, "many_wallets": args.many_wallets,
                   "client": "this process (asyncio): closed loops of N workers, then an open loop at "
                             f"{args.open_loop:g} x the best settled/s of each configuration's closed loops, and "
                             f"one at {args.overload:g} x with the backlog bound (DIBOAS_QUEUE_MAX_BACKLOG) at "
@@ -376,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                             "cpu_ms_per_transfer, which counts the mesh's processes only"}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"benchmark": "money_path", "conditions": conditions, "runs": runs,
-                                       "target_settled_per_second": TARGET}, indent=2) + "\n")
+                                       "wallet_counts": wallet_counts, "target_settled_per_second": TARGET},
+                                      indent=2) + "\n")
     print(f"results written to {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
     return 1 if any(r["errors"] for r in runs) else 0
 

@@ -28,13 +28,16 @@ def test_runtime_overhead_runs(tmp_path):
 def test_money_path_runs(tmp_path):
     report = run("money_path", tmp_path / "m.json", "--backends", "sqlite", "--transports", "embedded",
                  "--concurrency", "4", "--warmup", "0.5", "--duration", "1", "--wallets", "10",
-                 "--open-loop", "0", "--overload", "2")
+                 "--open-loop", "0", "--overload", "2", "--many-wallets", "30")
     # Created and settled, with no error; a one-second window on a busy machine may see no capture
-    # inside it, so settled/s is not asserted here.
+    # inside it, so settled/s is not asserted here. A SEND from a wallet that is not there or not
+    # funded would be an error: the seeded wallets are.
     # Each shape: its closed loop, then an open loop at twice its settled/s (at least 1/s) with the
-    # backlog bounded to 2 s of it (at least 10 items).
-    assert [(r["mode"], bool(r["open_loop_rate"]), r["errors"]) for r in report["runs"]] == [
-        ("services", False, 0), ("services", True, 0), ("monolith", False, 0), ("monolith", True, 0)]
+    # backlog bounded to 2 s of it (at least 10 items); last, the first closed loop with 30 wallets.
+    assert [(r["mode"], bool(r["open_loop_rate"]), r["wallets"], r["errors"]) for r in report["runs"]] == [
+        ("services", False, 10, 0), ("services", True, 10, 0), ("monolith", False, 10, 0), ("monolith", True, 10, 0),
+        ("services", False, 30, 0)]
+    assert report["wallet_counts"]["few"] == 10 and report["wallet_counts"]["many"] == 30
     assert [r["max_backlog"] for r in report["runs"]][0] == 1000 and report["runs"][1]["max_backlog"] >= 10
     assert all(r["refused"] >= 0 for r in report["runs"])
     assert all(r["created"] > 0 and r["cpu_ms_per_transfer"] >= 0 for r in report["runs"])
