@@ -1,7 +1,8 @@
 """What a service has accepted and not finished, and the refusal of new work past a bound.
 
-The backlog is counted in the service's database (every instance's work, a restart's too) by a
-background task, every BACKLOG_INTERVAL seconds; what this process accepts in between is added
+The backlog is counted in the service's database (every instance's work, a restart's too), plus
+what waits outside it (messages in a broker's queues), by a background task, every
+BACKLOG_INTERVAL seconds; what this process accepts in between is added
 as it is accepted, so a burst cannot pass the bound by more than what other instances accept in
 one interval. Past the bound, `admit` raises ResourceExhausted with a retry delay: about how long
 what is held now takes to drain, from the rate it drained at over the last counts.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Sequence
+from typing import Awaitable, Callable, Sequence
 
 from prometheus_client import Gauge
 from sqlalchemy import Select
@@ -31,11 +32,14 @@ MAX_RETRY_AFTER = 60
 
 class Backlog:
     """`counts`: statements that each count a part of the backlog (queued sagas, undelivered
-    events ...); the backlog is their sum. `bound`: the backlog at which new work is refused;
+    events ...); `waiting`: counts of what waits outside the database (events in the broker's
+    queues); the backlog is the sum of both. `bound`: the backlog at which new work is refused;
     `what`: how a refusal names the work (e.g. "transactions accepted and not settled")."""
 
-    def __init__(self, db: Database, service: str, bound: int, counts: Sequence[Select], what: str):
+    def __init__(self, db: Database, service: str, bound: int, counts: Sequence[Select], what: str,
+                 waiting: Sequence[Callable[[], Awaitable[int]]] = ()):
         self._db, self._counts, self.bound, self._what = db, list(counts), bound, what
+        self._waiting = list(waiting)
         self._gauge = BACKLOG.labels(service)
         self.held = 0                  # the last count, plus what was accepted here since
         self._accepted = 0             # accepted here, ever
@@ -46,9 +50,12 @@ class Backlog:
         self._accepted += 1
         self.held += 1
 
-    def count(self) -> int:
+    def count_in_database(self) -> int:
         with self._db.reading() as connection:
             return sum(connection.execute(statement).scalar_one() for statement in self._counts)
+
+    async def count(self) -> int:
+        return await self._db.run(self.count_in_database) + sum([await waiting() for waiting in self._waiting])
 
     def admit(self) -> None:
         """Raise ResourceExhausted (reason BACKLOG_FULL, with a retry delay) while the backlog is at
@@ -70,7 +77,7 @@ class Backlog:
         async def measure() -> None:
             nonlocal last
             accepted, now = self._accepted, asyncio.get_running_loop().time()
-            counted = await self._db.run(self.count)
+            counted = await self.count()
             self.held = counted + self._accepted - accepted       # and what was accepted meanwhile
             self._gauge.set(self.held)
             if last is not None and now > last[2]:

@@ -41,9 +41,11 @@ def build(runtime: Runtime) -> list[Registration]:
     subscribers = sorted({s for topic in me.publishes for s in subscribers_of(topic)})
     outbox = Outbox(messaging, me.identity, subscribers_of, KeyRing.load(topology.certs_dir))
     tracing = MessageTracing(runtime.tracing)
+    waiting = []        # what the backlog counts outside the database
     if runtime.broker is not None:
         transport = RabbitTransport(runtime.broker, {name: [t for t in me.publishes if t in topology.service(name).subscribes]
                                                      for name in subscribers})
+        waiting.append(transport.waiting)
     else:
         transport = MeshTransport({name: runtime.upstreams[name] for name in subscribers})
     relay = Relay(db, messaging, transport, me.name, tracing=tracing)
@@ -52,9 +54,9 @@ def build(runtime: Runtime) -> list[Registration]:
     queue = WorkQueue(db, work_items, QUEUE, parked=parked_work_items, policy=topology.queue_policy(me.name, QUEUE),
                       worker=f"{me.name}@{socket.gethostname()}:{os.getpid()}")
     # A transaction is in hand from its create until the wallet has its outcome: its saga's item
-    # in the queue, then its event in the outbox.
+    # in the queue, then its event in the outbox (and, over RabbitMQ, in the wallet's queue).
     backlog = Backlog(db, me.name, queue.policy.max_backlog, [queue.held, outbox.undelivered],
-                      "transactions wait to be settled")
+                      "transactions wait to be settled", waiting)
     service = TransactionService(db, WalletClient(upstreams["wallet"]), queue, outbox,
                                  ProviderClient(upstreams["provider"]), ChainClient(upstreams["blockchain"]),
                                  tracing=tracing, started_at_once=STARTED_AT_ONCE, backlog=backlog)

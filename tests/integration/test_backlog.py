@@ -45,7 +45,7 @@ async def test_the_backlog_counts_queued_work_and_undelivered_events_and_refuses
         connection.execute(update(messaging.deliveries).where(messaging.deliveries.c.outbox_id.in_(
             messaging.outbox.select().with_only_columns(messaging.outbox.c.id)
             .where(messaging.outbox.c.event_id == delivered).scalar_subquery())).values(state=DELIVERED))
-    assert backlog.count() == 3
+    assert await backlog.count() == 3
     backlog.admit()                                                      # nothing counted yet: 0 of 3
     for _ in range(3):
         backlog.accepted()                                               # accepted here: counted at once
@@ -71,3 +71,15 @@ async def test_the_backlog_counts_queued_work_and_undelivered_events_and_refuses
     finally:
         stop.set()
         await watching
+
+
+async def test_what_waits_outside_the_database_is_counted_with_it(transaction_database):
+    db = transaction_database
+    queue = WorkQueue(db, work_items, "outside", parked=parked_work_items)
+
+    async def in_the_broker() -> int:
+        return 4
+    backlog = Backlog(db, "outside", 5, [queue.held], "things wait", [in_the_broker])
+    with db.transaction() as connection:
+        queue.enqueue(connection, "o0")
+    assert await backlog.count() == 5

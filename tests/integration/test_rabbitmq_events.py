@@ -124,6 +124,27 @@ async def test_an_unreachable_broker_is_the_relays_subscriber_down():
     assert raised.value.reason == "BROKER_UNAVAILABLE"       # retried for as long as it takes, never dead-lettered
 
 
+async def test_the_transport_counts_what_waits_in_the_subscribers_queues(rabbitmq_url):
+    """Published and not taken by a consumer yet (what the transaction service's backlog counts
+    outside its database); while the broker cannot be asked, the last count it gave."""
+    broker = Broker(Messaging("rabbitmq", rabbitmq_url, PREFIX), "test")
+    transport = RabbitTransport(broker, {"wallet": ["transaction.completed"]})
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    try:
+        assert await transport.waiting() == 0
+        for n in range(3):
+            await transport.deliver("wallet", events_pb2.EventEnvelope(id=f"w{n}", type="transaction.completed"), 1)
+        assert await transport.waiting() == 3 == await queue_depth(rabbitmq_url, f"{PREFIX}.events.wallet")
+        rabbitmqctl("clear_permissions", "-p", vhost, "guest")
+        rabbitmqctl("close_all_connections", "-p", vhost, "test: the broker goes away")
+        try:
+            assert await asyncio.wait_for(transport.waiting(), 20) == 3
+        finally:
+            rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    finally:
+        await broker.close()
+
+
 async def test_nothing_is_lost_while_the_broker_is_away(mesh):
     alice, bob = await mesh.wallet("alice", "100.00"), await mesh.wallet("bob", "0")
     await settle(mesh, alice, bob, "1.00", "warm")

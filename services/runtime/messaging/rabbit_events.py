@@ -40,6 +40,7 @@ from .sink import EventSink
 
 log = logging.getLogger("diboas.rabbitmq")
 PUBLISH_TIMEOUT_SECONDS = 10.0
+COUNT_TIMEOUT_SECONDS = 2.0      # for the count of what waits in the subscribers' queues
 PREFETCH = 32                    # messages a consumer holds unacknowledged at once
 
 
@@ -74,6 +75,7 @@ class RabbitTransport:
         self._broker, self._subscriptions = broker, subscriptions
         self._exchange: AbstractExchange | None = None
         self._opening = asyncio.Lock()
+        self._waiting = 0
 
     async def _ready(self) -> AbstractExchange:
         async with self._opening:
@@ -84,6 +86,22 @@ class RabbitTransport:
                 for subscriber, topics in self._subscriptions.items():
                     await declare_subscription(channel, self._broker.names, subscriber, topics)
             return self._exchange
+
+    async def waiting(self) -> int:
+        """Messages published to the subscribers' queues and not taken by a consumer yet (the
+        broker's ready count); while the broker cannot be asked, the last count it gave."""
+        try:
+            async with asyncio.timeout(COUNT_TIMEOUT_SECONDS):
+                # On the AMQP channel itself: aio-pika's robust channel answers a queue it
+                # declared before with that declaration's counts.
+                channel = await (await self._ready()).channel.get_underlay_channel()
+                counts = [(await channel.queue_declare(self._broker.names.event_queue(subscriber), passive=True))
+                          .message_count for subscriber in self._subscriptions]
+        except Exception as exc:  # noqa: BLE001 - the broker away: the outbox keeps what it could not send
+            log.debug("could not count the messages waiting in RabbitMQ: %s", exc or type(exc).__name__)
+            return self._waiting
+        self._waiting = sum(counts)
+        return self._waiting
 
     async def deliver(self, subscriber: str, envelope: events_pb2.EventEnvelope, attempt: int) -> None:
         if subscriber not in self._subscriptions:
