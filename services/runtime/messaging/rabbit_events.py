@@ -89,7 +89,10 @@ class RabbitTransport:
 
     async def waiting(self) -> int:
         """Messages published to the subscribers' queues and not taken by a consumer yet (the
-        broker's ready count); while the broker cannot be asked, the last count it gave."""
+        broker's ready count); while the broker cannot be asked, the last count it gave. It asks
+        only over a connection the relay has open: a count never connects or reconnects."""
+        if self._broker.problem() is not None:
+            return self._waiting
         try:
             async with asyncio.timeout(COUNT_TIMEOUT_SECONDS):
                 # On the AMQP channel itself: aio-pika's robust channel answers a queue it
