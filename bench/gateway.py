@@ -46,7 +46,7 @@ import grpc
 from tools.ports import mesh_addresses
 
 from .client import non_negative, parse_concurrency, positive
-from .load import closed_loop
+from .load import closed_loop, wait_until_quiet
 from .stats import cpu_model, git, median
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -418,7 +418,7 @@ def _envoy_version() -> str | None:
 
 
 
-def _conditions(topology, args, loadavg: str) -> dict:
+def _conditions(topology, args, loadavg: str, busy: float) -> dict:
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
@@ -432,7 +432,7 @@ def _conditions(topology, args, loadavg: str) -> dict:
         "warmup_seconds": args.warmup, "duration_seconds": args.duration, "rounds": args.rounds,
         "concurrency": args.concurrency, "transfer_concurrency": args.transfer_concurrency,
         "transfer_duration_seconds": args.transfer_duration, "wallets": args.wallets,
-        "loadavg_before": loadavg,
+        "loadavg_before": loadavg, "cpu_busy_before": round(busy, 3),
         "client": "this process, asyncio: REST = minimal HTTP/1.1 keep-alive client, one connection per worker; "
                   "gRPC = one grpc.aio mTLS channel as the gateway identity, the user's token as bearer",
         "processes": "four services and Envoy (its default worker threads) as processes started by the make-run "
@@ -505,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         args.transfer_concurrency = []
 
     signal.signal(signal.SIGTERM, _terminate)
+    busy = wait_until_quiet()          # make bench starts this right after the money path's meshes
     loadavg = " ".join(f"{v:.2f}" for v in os.getloadavg())
     state = tempfile.TemporaryDirectory(prefix="diboas-bench-gateway-")
     os.environ.update(_environment(state.name))     # the launcher's children inherit it
@@ -538,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = sum(r["errors"] for r in runs) + sum(t["errors"] for t in result["transfers"])
     report = {
         "benchmark": "gateway",
-        "conditions": _conditions(topology, args, loadavg),
+        "conditions": _conditions(topology, args, loadavg, busy),
         "runs": runs,
         "ratios": ratios,
         "target": {"text": TARGET_TEXT, "ratio": TARGET_RATIO, "measured": ratios, "met": met},

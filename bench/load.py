@@ -34,6 +34,26 @@ def machine_ticks() -> tuple[int, int]:
     return total - idle, total
 
 
+def wait_until_quiet(busy_below: float = 0.25, longest: float = 60.0, say: Callable[[str], None] = print) -> float:
+    """Wait until the machine's CPUs were busy less than `busy_below` of one second (what a
+    benchmark run just before left behind has settled), at most `longest` seconds; the last
+    second's busy fraction."""
+    start = time.monotonic()
+    before = machine_ticks()
+    while True:
+        time.sleep(1.0)
+        after = machine_ticks()
+        busy = (after[0] - before[0]) / max(1, after[1] - before[1])
+        before = after
+        waited = time.monotonic() - start
+        if busy < busy_below or waited >= longest:
+            if waited > 1.5:
+                say(f"  the machine was busy; waited {waited:.0f} s (CPUs {busy:.0%} busy now)")
+            return busy
+        if waited < 1.5:
+            say(f"  CPUs {busy:.0%} busy: waiting until below {busy_below:.0%} (at most {longest:.0f} s) ...")
+
+
 async def closed_loop(call: Callable[[int, int], Awaitable[str | None]], concurrency: int, warmup: float,
                       duration: float, pids: dict[str, list[int]]) -> dict:
     """`await call(worker, n)` returns None on success or an error label. Workers loop for warmup +

@@ -158,8 +158,9 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _non_utf8_field(descriptor: Descriptor, data: bytes, prefix: str = "") -> str | None:
-    """The path of the first string field of `data` (wire format) that is not UTF-8, if any."""
-    pos = 0
+    """The path of the first string field of `data` (wire format) that is not UTF-8, if any (an
+    element of a repeated field by its index, as the control-character check names it)."""
+    pos, counts = 0, {}
     try:
         while pos < len(data):
             tag, pos = _varint(data, pos)
@@ -176,14 +177,17 @@ def _non_utf8_field(descriptor: Descriptor, data: bytes, prefix: str = "") -> st
                 field = descriptor.fields_by_number.get(number)
                 if field is None:
                     continue
+                entry = field.type == _MESSAGE and field.message_type.GetOptions().map_entry
                 path = prefix + field.name
+                if field.is_repeated and not entry:
+                    counts[number] = counts.get(number, -1) + 1
+                    path += f"[{counts[number]}]"
                 if field.type == _STRING:
                     try:
                         chunk.decode("utf-8")
                     except UnicodeDecodeError:
                         return path
                 elif field.type == _MESSAGE:
-                    entry = field.message_type.GetOptions().map_entry
                     found = _non_utf8_field(field.message_type, chunk, "" if entry else path + ".")
                     if found is not None:
                         return f"{path}.{found}" if entry else found

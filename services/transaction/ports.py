@@ -45,6 +45,10 @@ class WalletPort(Protocol):
     async def describe(self, wallet: str) -> WalletFacts:
         """Owner, currency and balances of a wallet; NotFound when it does not exist."""
 
+    async def describe_all(self, wallets: list[str]) -> list[WalletFacts]:
+        """`describe` of several wallets in one call, in the order given; NotFound when any of
+        them does not exist."""
+
     async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
         """Reserve `amount` on the source wallet; the hold's name. Idempotent by request_id."""
 

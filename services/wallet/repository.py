@@ -68,10 +68,15 @@ class WalletRepository:
         row = self.c.execute(query, {"wallets_id": wallet_id}).first()
         return _wallet(row) if row else None
 
+    def get_wallets(self, wallet_ids: list[str], for_update: bool = False) -> dict[str, Wallet]:
+        """The wallets of these ids that exist, by id; `for_update`: locked for this transaction
+        in id order (so two transfers cannot deadlock)."""
+        query = LOCK_WALLETS.with_for_update() if for_update and self._lock else LOCK_WALLETS
+        return {row.id: _wallet(row) for row in self.c.execute(query, {"ids": sorted(set(wallet_ids))})}
+
     def lock_wallets(self, wallet_ids: list[str]) -> dict[str, Wallet]:
         """The wallets, locked for this transaction in id order (so two transfers cannot deadlock)."""
-        query = LOCK_WALLETS.with_for_update() if self._lock else LOCK_WALLETS
-        return {row.id: _wallet(row) for row in self.c.execute(query, {"ids": sorted(set(wallet_ids))})}
+        return self.get_wallets(wallet_ids, for_update=True)
 
     def find_wallet(self, owner_id: str, currency: str) -> Wallet | None:
         row = self.c.execute(select(wallets).where(wallets.c.owner_id == owner_id,

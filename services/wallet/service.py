@@ -194,6 +194,16 @@ class WalletService:
             raise NotFound(f"wallet wallets/{wallet_id} does not exist", reason="WALLET_NOT_FOUND")
         return wallet
 
+    async def get_wallets(self, wallet_ids: list[str], viewer: User | None = None) -> list[Wallet]:
+        """The wallets, in the order asked, from one read; NOT_FOUND for the first that does not
+        exist or is someone else's, as get_wallet words it."""
+        found = await self.db.run(self._read, lambda repo: repo.get_wallets(wallet_ids))
+        for wallet_id in wallet_ids:
+            wallet = found.get(wallet_id)
+            if wallet is None or (viewer is not None and not viewer.may_see(wallet.owner_id)):
+                raise NotFound(f"wallet wallets/{wallet_id} does not exist", reason="WALLET_NOT_FOUND")
+        return [found[wallet_id] for wallet_id in wallet_ids]
+
     async def list_wallets(self, owner_id: str, size: int, token: str, viewer: User | None = None) -> Page:
         """Wallets, optionally of one owner; a user who is not an operator sees only their own."""
         if viewer is not None and not viewer.is_operator:

@@ -15,6 +15,7 @@ from .ledger import Hold, Wallet
 from .repository import LedgerEntry
 from .service import WalletService
 
+MAX_BATCH_GET = 100             # names in one BatchGetWallets
 _HOLD = re.compile(r"wallets/([A-Za-z0-9_-]{1,64})/holds/([A-Za-z0-9_-]{1,64})")
 
 
@@ -72,6 +73,13 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def GetWallet(self, request, context):
         wallet = await self._service.get_wallet(wallet_id(request.name, "name"), current_user())
         return wallet_pb2.GetWalletResponse(wallet=wallet_pb(wallet))
+
+    async def BatchGetWallets(self, request, context):
+        if not 1 <= len(request.names) <= MAX_BATCH_GET:
+            raise InvalidArgument.field("names", f"give 1 to {MAX_BATCH_GET} wallet names, not {len(request.names)}")
+        ids = [wallet_id(name, f"names[{i}]") for i, name in enumerate(request.names)]
+        wallets = await self._service.get_wallets(ids, current_user())
+        return wallet_pb2.BatchGetWalletsResponse(wallets=[wallet_pb(w) for w in wallets])
 
     async def ListWallets(self, request, context):
         page = await self._service.list_wallets(request.owner_id, request.page_size, request.page_token,

@@ -72,16 +72,21 @@ def _length_delimited(number: int, payload: bytes) -> bytes:
     return bytes([number << 3 | 2, len(payload)]) + payload
 
 
+def _path(field) -> str:
+    """A field's name in a violation: a repeated one's first element is "name[0]"."""
+    return f"{field.name}[0]" if field.is_repeated else field.name
+
+
 def _string_in(descriptor, value: bytes, prefix: str = "") -> tuple[bytes, str] | None:
     """Wire bytes of `descriptor` with `value` in its first (possibly nested) string field, and that field's path."""
     for field in descriptor.fields:
         if field.number >= 16:
             continue
         if field.type == FieldDescriptor.TYPE_STRING:
-            return _length_delimited(field.number, value), prefix + field.name
+            return _length_delimited(field.number, value), prefix + _path(field)
     for field in descriptor.fields:
         if field.type == FieldDescriptor.TYPE_MESSAGE and field.number < 16 and not field.message_type.GetOptions().map_entry:
-            inner = _string_in(field.message_type, value, f"{prefix}{field.name}.")
+            inner = _string_in(field.message_type, value, f"{prefix}{_path(field)}.")
             if inner is not None:
                 return _length_delimited(field.number, inner[0]), inner[1]
     return None

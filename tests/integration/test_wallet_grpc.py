@@ -72,13 +72,23 @@ async def test_a_transfer_through_holds(stub):
     captured = await stub("CaptureHold", wallet_pb2.CaptureHoldRequest(
         name=held.hold.name, destination_wallet=bob, request_id="capture-1"))
     assert captured.hold.state == wallet_pb2.HOLD_STATE_CAPTURED and captured.hold.destination_wallet == bob
-    a = (await stub("GetWallet", wallet_pb2.GetWalletRequest(name=alice))).wallet
-    b = (await stub("GetWallet", wallet_pb2.GetWalletRequest(name=bob))).wallet
+    a, b = (await stub("BatchGetWallets", wallet_pb2.BatchGetWalletsRequest(names=[alice, bob]))).wallets
     assert (a.available_balance.amount, a.held_balance.amount, b.available_balance.amount) == ("59.50", "0.00", "40.50")
     entries = (await stub("ListLedgerEntries", wallet_pb2.ListLedgerEntriesRequest(parent=alice),
                           as_operator=True)).ledger_entries
     assert [wallet_pb2.LedgerEntryType.Name(e.type) for e in entries] == [
         "LEDGER_ENTRY_TYPE_HOLD_CAPTURE", "LEDGER_ENTRY_TYPE_HOLD", "LEDGER_ENTRY_TYPE_CREDIT"]
+
+
+async def test_batch_get_wallets_refuses_a_missing_wallet_or_a_bad_name_by_its_place(stub):
+    alice = await create(stub, "alice")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub("BatchGetWallets", wallet_pb2.BatchGetWalletsRequest(names=[alice, "wallets/nope"]))
+    assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.NOT_FOUND,
+                                                             "wallet wallets/nope does not exist")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub("BatchGetWallets", wallet_pb2.BatchGetWalletsRequest(names=[alice, "wallets/a b"]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and violations(caught.value) == ["names[1]"]
 
 
 async def test_a_repeated_request_returns_the_first_response(stub):

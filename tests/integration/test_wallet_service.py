@@ -15,6 +15,7 @@ from services.domain.errors import AlreadyExists, FailedPrecondition, InvalidArg
 from services.domain.money import Money
 from services.runtime.db import Database
 from services.runtime.requests import USER_KEYS
+from services.runtime.users import User
 from services.wallet.repository import WalletRepository
 from services.wallet.service import WalletService
 from services.wallet.tables import idempotency_keys
@@ -79,6 +80,18 @@ async def test_credit_debit_and_the_ledger(wallets):
         ("DEBIT", Decimal("30.25"), Decimal("69.75")), ("CREDIT", Decimal("100.00"), Decimal("100.00"))]
     sums = audit(wallets)
     assert sums["external:USD"] == Decimal("-69.75")
+
+
+async def test_several_wallets_are_read_at_once_in_the_order_asked(wallets):
+    a = await new_wallet(wallets, "alice", funds="5.00")
+    b = await new_wallet(wallets, "bob")
+    found = await wallets.get_wallets([b, a, b])
+    assert [(w.id, w.owner_id, w.available) for w in found] == [
+        (b, "bob", Decimal("0")), (a, "alice", Decimal("5.00")), (b, "bob", Decimal("0"))]
+    with pytest.raises(NotFound, match="wallet wallets/nope does not exist"):
+        await wallets.get_wallets([a, "nope", "gone"])
+    with pytest.raises(NotFound, match=f"wallet wallets/{b} does not exist"):     # someone else's
+        await wallets.get_wallets([a, b], User("alice", frozenset()))
 
 
 async def test_hold_capture_to_another_wallet_moves_money_once(wallets):

@@ -25,6 +25,16 @@ from services.transaction.ports import WalletFacts
 from services.transaction.tables import parked_work_items, work_items
 
 
+class AliceUSD:
+    """The wallet port of the tests below: every wallet is alice's, in USD, with 100.00."""
+
+    async def describe(self, wallet):
+        return WalletFacts("alice", "USD", Money.zero("USD"), Money.parse("USD", "100.00"))
+
+    async def describe_all(self, wallets):
+        return [await self.describe(wallet) for wallet in wallets]
+
+
 class Clock:
     def __init__(self):
         self.now = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
@@ -111,11 +121,8 @@ async def test_a_saga_step_longer_than_the_lease_is_run_by_one_worker_only(datab
     from services.transaction.service import TransactionService
     from services.transaction.tables import messaging
 
-    class SlowWallet:
+    class SlowWallet(AliceUSD):
         holds = 0
-
-        async def describe(self, wallet):
-            return WalletFacts("alice", "USD", Money.zero("USD"), Money.parse("USD", "100.00"))
 
         async def hold(self, source, amount, reference, request_id):
             SlowWallet.holds += 1
@@ -456,11 +463,8 @@ async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_sti
     from services.transaction.service import TransactionService
     from services.transaction.tables import messaging
 
-    class Wallet:
+    class Wallet(AliceUSD):
         holds: list[str] = []
-
-        async def describe(self, wallet):
-            return WalletFacts("alice", "USD", Money.zero("USD"), Money.parse("USD", "100.00"))
 
         async def hold(self, source, amount, reference, request_id):
             Wallet.holds.append(request_id)
@@ -509,11 +513,8 @@ async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(tran
     from services.transaction.service import TransactionService
     from services.transaction.tables import messaging
 
-    class Wallet:
+    class Wallet(AliceUSD):
         refused_once = False
-
-        async def describe(self, wallet):
-            return WalletFacts("alice", "USD", Money.zero("USD"), Money.parse("USD", "100.00"))
 
         async def hold(self, source, amount, reference, request_id):
             if amount.text == "1.00" and not Wallet.refused_once:

@@ -16,7 +16,7 @@ DESCRIPTOR_SET = ROOT / "generated" / "descriptors" / "diboas.binpb"
 
 EXPECTED_RPCS = {
     "diboas.wallet.v1.WalletService": [
-        "CreateWallet", "GetWallet", "ListWallets", "ValidateBalance", "ListLedgerEntries",
+        "CreateWallet", "GetWallet", "BatchGetWallets", "ListWallets", "ValidateBalance", "ListLedgerEntries",
         "CreateHold", "GetHold", "CaptureHold", "ReleaseHold", "CreditWallet", "DebitWallet",
     ],
     "diboas.transaction.v1.TransactionService": ["CreateTransaction", "GetTransaction", "ListTransactions"],
@@ -33,7 +33,7 @@ EXPECTED_RPCS = {
 }
 # The four external services: every RPC must have a REST mapping and, when it mutates, a request_id.
 EXTERNAL_SERVICES = [name for name in EXPECTED_RPCS if not name.startswith("diboas.events.")]
-READ_ONLY_PREFIXES = ("Get", "List", "Validate")
+READ_ONLY_PREFIXES = ("Get", "BatchGet", "List", "Validate")
 
 
 @pytest.fixture(scope="module")

@@ -63,6 +63,10 @@ class FakeWalletService(Recorder):
             raise NotFound(f"wallet wallets/{wallet_id} does not exist", reason="WALLET_NOT_FOUND")
         return self.wallets[wallet_id]
 
+    async def get_wallets(self, wallet_ids, viewer=None):
+        self.record("get_wallets", wallet_ids=wallet_ids, viewer=viewer)
+        return [await self.get_wallet(wallet_id, viewer) for wallet_id in wallet_ids]
+
     async def list_wallets(self, owner_id, size, token, viewer=None):
         self.record("list_wallets", owner_id=owner_id, size=size, token=token, viewer=viewer)
         return self.page
@@ -144,6 +148,10 @@ def test_each_bad_field_is_named(served):
         "an unknown currency": ("CreateWallet", W.CreateWalletRequest(
             request_id="r", wallet=W.Wallet(owner_id="bob", currency_code="XYZ")), "wallet.currency_code"),
         "a wallet name without its collection": ("GetWallet", W.GetWalletRequest(name="w1"), "name"),
+        "no wallet names": ("BatchGetWallets", W.BatchGetWalletsRequest(), "names"),
+        "101 wallet names": ("BatchGetWallets", W.BatchGetWalletsRequest(names=["wallets/w1"] * 101), "names"),
+        "a second name without its collection": ("BatchGetWallets", W.BatchGetWalletsRequest(
+            names=["wallets/w1", "w2"]), "names[1]"),
         "no amount": ("ValidateBalance", W.ValidateBalanceRequest(wallet="wallets/w1"), "amount"),
         "a negative amount": ("ValidateBalance", W.ValidateBalanceRequest(wallet="wallets/w1", amount=usd("-1")),
                               "amount.amount"),
@@ -165,6 +173,16 @@ def test_get_wallet_reads_the_id_and_passes_not_found_through(served, service):
     assert reply.wallet.name == "wallets/w1" and reply.wallet.available_balance == usd("12.50")
     assert service.last("get_wallet") == {"wallet_id": "w1", "viewer": ALICE}
     refused = served.refusal("GetWallet", wallet_pb2.GetWalletRequest(name="wallets/nope"))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.NOT_FOUND, "WALLET_NOT_FOUND")
+
+
+def test_batch_get_wallets_answers_in_the_order_asked_and_passes_not_found_through(served, service):
+    served.user = ALICE
+    names = ["wallets/w2", "wallets/w1", "wallets/w2"]
+    reply = served.call("BatchGetWallets", wallet_pb2.BatchGetWalletsRequest(names=names))
+    assert [w.name for w in reply.wallets] == names and reply.wallets[0].owner_id == "bob"
+    assert service.last("get_wallets") == {"wallet_ids": ["w2", "w1", "w2"], "viewer": ALICE}
+    refused = served.refusal("BatchGetWallets", wallet_pb2.BatchGetWalletsRequest(names=["wallets/w1", "wallets/nope"]))
     assert (refused.code, refused.reason) == (grpc.StatusCode.NOT_FOUND, "WALLET_NOT_FOUND")
 
 

@@ -156,6 +156,22 @@ async def test_a_send_the_wallets_refuse_writes_nothing(s, fields, error, reason
     assert s.units.state.transactions == {} and s.units.state.queued == {}
 
 
+async def test_a_send_reads_both_wallets_in_one_call(s):
+    await s.send()
+    assert s.wallet.batches == [["wallets/a", "wallets/b"]]
+
+
+@pytest.mark.parametrize("fields,named", [
+    ({"source_wallet": "wallets/gone", "destination_wallet": "wallets/missing"}, "wallets/gone"),
+    ({"destination_wallet": "wallets/missing"}, "wallets/missing"),
+    ({"source_wallet": "wallets/b", "destination_wallet": "wallets/missing"}, "wallets/b"),    # bob's, first
+])
+async def test_a_send_to_or_from_a_missing_wallet_names_the_first_one_missing(s, fields, named):
+    with pytest.raises(NotFound) as refused:
+        await s.send(**fields)
+    assert refused.value.message == f"wallet {named} does not exist"
+
+
 async def test_the_room_below_max_balance_counts_what_is_already_on_its_way(s):
     s.wallet.wallets["wallets/full"] = ("bob", "USD", "999999980.00", "999999980.00")
     await s.send("10.00", "r1", destination_wallet="wallets/full")

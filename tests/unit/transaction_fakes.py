@@ -54,6 +54,7 @@ class FakeWallet:
 
     def __init__(self, **wallets: tuple[str, str, str, str]):
         self.wallets = {f"wallets/{name}": facts for name, facts in wallets.items()}
+        self.batches: list[list[str]] = []                     # each describe_all's wallets
         self.hold_calls: list[tuple[str, Money, str]] = []     # (source, amount, request_id)
         self.holds: dict[str, str] = {}                        # request_id -> hold name
         self.hold_script = Script()
@@ -63,6 +64,10 @@ class FakeWallet:
             raise NotFound(f"wallet {wallet} does not exist", reason="WALLET_NOT_FOUND")
         owner, currency, balance, available = self.wallets[wallet]
         return WalletFacts(owner, currency, Money.parse(currency, balance), Money.parse(currency, available))
+
+    async def describe_all(self, wallets: list[str]) -> list[WalletFacts]:
+        self.batches.append(list(wallets))
+        return [await self.describe(wallet) for wallet in wallets]
 
     async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
         self.hold_calls.append((source, amount, request_id))

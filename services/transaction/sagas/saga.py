@@ -72,6 +72,9 @@ class Admission:
             facts = await self._wallet.describe(name)
         except NotFound:
             facts = None
+        return self._judge(facts, name, field, own)
+
+    def _judge(self, facts: WalletFacts | None, name: str, field: str, own: bool) -> WalletFacts:
         if facts is None or (own and self._viewer is not None and not self._viewer.may_see(facts.owner)):
             raise NotFound(f"wallet {name} does not exist", reason="WALLET_NOT_FOUND")
         currency = self._draft.amount.currency
@@ -90,6 +93,20 @@ class Admission:
         # COMPLETED whose event the wallet has not handled yet; decision 24 bounds what that adds.
         self._on_its_way = await self._incoming(self._draft.destination_wallet, self._draft.amount.currency)
         return await self._facts(self._draft.destination_wallet, "transaction.destination_wallet", own)
+
+    async def source_and_destination(self, own_destination: bool) -> tuple[WalletFacts, WalletFacts]:
+        """`source()` and `destination(own_destination)`, both wallets read in one call. When one
+        of them is missing, each is asked on its own, so the error names the right one, the
+        source's first."""
+        draft = self._draft
+        self._on_its_way = await self._incoming(draft.destination_wallet, draft.amount.currency)
+        try:
+            source, destination = await self._wallet.describe_all([draft.source_wallet, draft.destination_wallet])
+        except NotFound:
+            return await self.source(), await self.destination(own_destination)
+        return (self._judge(source, draft.source_wallet, "transaction.source_wallet", own=True),
+                self._judge(destination, draft.destination_wallet, "transaction.destination_wallet",
+                            own_destination))
 
     def funds(self, source: WalletFacts) -> None:
         """The source wallet (as `source()` found it) has the amount available. The hold that

@@ -23,8 +23,7 @@ class Send(Saga):
             raise InvalidArgument.field("transaction.destination_wallet", "must differ from the source wallet")
 
     async def admit(self, draft: Transaction, wallets: Admission) -> tuple[str, str]:
-        source = await wallets.source()
-        destination = await wallets.destination(own=False)
+        source, destination = await wallets.source_and_destination(own_destination=False)
         wallets.funds(source)
         wallets.room(destination)
         return source.owner, destination.owner

@@ -348,6 +348,54 @@ class GetWalletResponse(_message.Message):
 Global___GetWalletResponse: _TypeAlias = GetWalletResponse  # noqa: Y015
 
 @_typing.final
+class BatchGetWalletsRequest(_message.Message):
+    """Request of BatchGetWallets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Resource names, "wallets/{wallet}": 1 to 100 of them; one may appear more than once."""
+
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetWalletsRequest: _TypeAlias = BatchGetWalletsRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetWalletsResponse(_message.Message):
+    """Response of BatchGetWallets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wallets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Wallet]:
+        """The wallets, one per name asked, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        wallets: _abc.Iterable[Global___Wallet] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["wallets", b"wallets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetWalletsResponse: _TypeAlias = BatchGetWalletsResponse  # noqa: Y015
+
+@_typing.final
 class ListWalletsRequest(_message.Message):
     """Request of ListWallets."""
 

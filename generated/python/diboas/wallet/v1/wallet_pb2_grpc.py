@@ -45,6 +45,11 @@ class WalletServiceStub:
                 request_serializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.GetWalletRequest.SerializeToString,
                 response_deserializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.GetWalletResponse.FromString,
                 _registered_method=True)
+        self.BatchGetWallets = channel.unary_unary(
+                '/diboas.wallet.v1.WalletService/BatchGetWallets',
+                request_serializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchGetWalletsRequest.SerializeToString,
+                response_deserializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchGetWalletsResponse.FromString,
+                _registered_method=True)
         self.ListWallets = channel.unary_unary(
                 '/diboas.wallet.v1.WalletService/ListWallets',
                 request_serializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.ListWalletsRequest.SerializeToString,
@@ -105,6 +110,13 @@ class WalletServiceServicer:
 
     def GetWallet(self, request, context):
         """Returns one wallet with its current balances.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetWallets(self, request, context):
+        """Returns several wallets in one call, in the order asked (NOT_FOUND naming the first missing one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,6 +197,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.GetWallet,
                     request_deserializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.GetWalletRequest.FromString,
                     response_serializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.GetWalletResponse.SerializeToString,
+            ),
+            'BatchGetWallets': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetWallets,
+                    request_deserializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchGetWalletsRequest.FromString,
+                    response_serializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchGetWalletsResponse.SerializeToString,
             ),
             'ListWallets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWallets,
@@ -287,6 +304,33 @@ class WalletService:
             '/diboas.wallet.v1.WalletService/GetWallet',
             diboas_dot_wallet_dot_v1_dot_wallet__pb2.GetWalletRequest.SerializeToString,
             diboas_dot_wallet_dot_v1_dot_wallet__pb2.GetWalletResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetWallets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diboas.wallet.v1.WalletService/BatchGetWallets',
+            diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchGetWalletsRequest.SerializeToString,
+            diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchGetWalletsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,8 @@ class WalletServiceStub:
     """Creates a wallet; one wallet per owner and currency (a second one is ALREADY_EXISTS)."""
     GetWallet: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.GetWalletRequest, _wallet_pb2.GetWalletResponse]
     """Returns one wallet with its current balances."""
+    BatchGetWallets: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.BatchGetWalletsRequest, _wallet_pb2.BatchGetWalletsResponse]
+    """Returns several wallets in one call, in the order asked (NOT_FOUND naming the first missing one)."""
     ListWallets: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ListWalletsRequest, _wallet_pb2.ListWalletsResponse]
     """Lists wallets, optionally of one owner."""
     ValidateBalance: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ValidateBalanceRequest, _wallet_pb2.ValidateBalanceResponse]
@@ -65,6 +67,8 @@ class WalletServiceAsyncStub(WalletServiceStub):
     """Creates a wallet; one wallet per owner and currency (a second one is ALREADY_EXISTS)."""
     GetWallet: _aio.UnaryUnaryMultiCallable[_wallet_pb2.GetWalletRequest, _wallet_pb2.GetWalletResponse]  # type: ignore[assignment]
     """Returns one wallet with its current balances."""
+    BatchGetWallets: _aio.UnaryUnaryMultiCallable[_wallet_pb2.BatchGetWalletsRequest, _wallet_pb2.BatchGetWalletsResponse]  # type: ignore[assignment]
+    """Returns several wallets in one call, in the order asked (NOT_FOUND naming the first missing one)."""
     ListWallets: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ListWalletsRequest, _wallet_pb2.ListWalletsResponse]  # type: ignore[assignment]
     """Lists wallets, optionally of one owner."""
     ValidateBalance: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ValidateBalanceRequest, _wallet_pb2.ValidateBalanceResponse]  # type: ignore[assignment]
@@ -102,6 +106,14 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.GetWalletResponse, _abc.Awaitable[_wallet_pb2.GetWalletResponse]]:
         """Returns one wallet with its current balances."""
+
+    @_abc_1.abstractmethod
+    def BatchGetWallets(
+        self,
+        request: _wallet_pb2.BatchGetWalletsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.BatchGetWalletsResponse, _abc.Awaitable[_wallet_pb2.BatchGetWalletsResponse]]:
+        """Returns several wallets in one call, in the order asked (NOT_FOUND naming the first missing one)."""
 
     @_abc_1.abstractmethod
     def ListWallets(
