@@ -49,7 +49,7 @@ class EchoWallets(wallet_pb2_grpc.WalletServiceServicer):
 
 def wallet_build(servicer: EchoWallets):
     def build(runtime: Runtime) -> list[Registration]:
-        # The event sink too: the wallet's policy in mesh.yaml names its DeliverEvent.
+        # The event sink too: the wallet's policy in mesh.yaml names its DeliverEvent(s).
         return [Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server, servicer),
                 unimplemented_registration(events_pb2_grpc, "EventSinkService", "wallet", "not in these tests")]
     return build

@@ -582,15 +582,15 @@ def _hide_password(url: str) -> str:
 
 def _check_deliveries(where: str, publisher: ServiceConfig, services: Mapping[str, ServiceConfig]) -> None:
     """The publisher's relay delivers each event to every subscriber of its topic by calling the
-    subscriber's DeliverEvent: the subscriber must be an upstream of the publisher, and let it call."""
+    subscriber's DeliverEvents: the subscriber must be an upstream of the publisher, and let it call."""
     for topic in publisher.publishes:
         for subscriber in (s for s in services.values() if topic in s.subscribes):
             if subscriber.name not in publisher.upstreams:
                 raise ConfigError(f"{where}: services.{publisher.name} publishes {topic}, to which {subscriber.name} "
                                   f"subscribes: add {subscriber.name} to services.{publisher.name}.upstreams")
-            if publisher.name not in subscriber.allowed_callers("DeliverEvent"):
+            if publisher.name not in subscriber.allowed_callers("DeliverEvents"):
                 raise ConfigError(f"{where}: services.{subscriber.name} subscribes to {topic}, which {publisher.name} "
-                                  f"publishes: services.{subscriber.name}.policy.DeliverEvent must name {publisher.name}")
+                                  f"publishes: services.{subscriber.name}.policy.DeliverEvents must name {publisher.name}")
 
 
 SERVICES_MODE = "services"      # the shape every topology has: each service in a process of its own

@@ -1,8 +1,10 @@
 """Domain errors to canonical gRPC codes with google.rpc.Status details, and back.
 
 Servers: `to_rpc_status(error, domain)` packs ErrorInfo (stable reason) and, for bad input,
-BadRequest field violations. Clients: `from_rpc_error(error, upstream)` turns an upstream's
-AioRpcError back into the domain error, so domain code never sees grpc types.
+BadRequest field violations (`status_message` is the same google.rpc.Status, for an answer that
+carries one per item). Clients: `from_rpc_error(error, upstream)` turns an upstream's
+AioRpcError back into the domain error (`from_status_message` a Status inside an answer), so
+domain code never sees grpc types.
 """
 from __future__ import annotations
 
@@ -68,7 +70,9 @@ class _Status(grpc.Status):
     trailing_metadata: tuple
 
 
-def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:
+def status_message(error: errors.DomainError, domain: str) -> status_pb2.Status:
+    """The google.rpc.Status of a domain error: its code, its message and the details (ErrorInfo
+    with the stable reason; BadRequest for bad input; RetryInfo when the caller should wait)."""
     code = code_of(error)
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))]
     if isinstance(error, errors.InvalidArgument) and error.violations:
@@ -79,8 +83,12 @@ def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:
     retry_after = getattr(error, "retry_after_seconds", None)
     if retry_after is not None:
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after))))
-    status = rpc_status.to_status(status_pb2.Status(code=code.value[0], message=bounded(error.message),
-                                                    details=details))
+    return status_pb2.Status(code=code.value[0], message=bounded(error.message), details=details)
+
+
+def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:
+    status = rpc_status.to_status(status_message(error, domain))
+    retry_after = getattr(error, "retry_after_seconds", None)
     if retry_after is None:
         return status
     # Also as HTTP's header, which the gateway passes on with the 429.
@@ -93,7 +101,10 @@ def internal_status(message: str) -> grpc.Status:
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
     """The ErrorInfo detail of a failed call, if the server sent one."""
-    status = rpc_status.from_call(error)
+    return _info_in(rpc_status.from_call(error))
+
+
+def _info_in(status: status_pb2.Status | None) -> error_details_pb2.ErrorInfo | None:
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
@@ -111,6 +122,17 @@ def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> errors.DomainE
     """The domain error an upstream's failure stands for (UNAVAILABLE -> ServiceUnavailable ...)."""
     info = error_info(error)
     return upstream_error(error.code(), error.details(), info.reason if info else None, upstream)
+
+
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_status_message(status: status_pb2.Status, upstream: str) -> errors.DomainError:
+    """The domain error an upstream's google.rpc.Status stands for when it comes inside an answer
+    (one outcome of a batch), as `from_rpc_error` makes it of a failed call."""
+    info = _info_in(status)
+    return upstream_error(_CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN), status.message,
+                          info.reason if info else None, upstream)
 
 
 def upstream_error(code: grpc.StatusCode, details: str | None, reason: str | None, upstream: str) -> errors.DomainError:

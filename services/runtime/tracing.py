@@ -123,12 +123,24 @@ class MessageTracing:
         self.enabled = enabled
         self._tracer = trace.get_tracer("diboas.messaging")
 
-    def continuing(self, traceparent: str, tracestate: str = ""):
-        """A context manager in which the message's context is current, without a span of its
-        own: the calls made inside (the relay's delivery RPC) are children of the span that
-        wrote the message."""
-        context = _creation_context(traceparent, tracestate) if self.enabled else None
-        return nullcontext() if context is None else _attached(context)
+    def sending(self, destination: str, messages: list):
+        """A context manager for one call that sends several messages (envelopes with their
+        traceparent/tracestate) created elsewhere: a CLIENT span "send <destination>" in a trace
+        of its own, linked to each message's creation context (the OpenTelemetry messaging
+        conventions for a batch), current while the call runs. Nothing when tracing is off."""
+        if not self.enabled:
+            return nullcontext()
+        links = []
+        for message in messages:
+            created = _creation_context(message.traceparent, message.tracestate)
+            if created is not None:
+                links.append(Link(trace.get_current_span(created).get_span_context()))
+        attributes = {"messaging.system": self.SYSTEM, "messaging.operation.type": "send",
+                      "messaging.operation.name": "send", "messaging.destination.name": destination,
+                      "messaging.batch.message_count": len(messages)}
+        return self._tracer.start_as_current_span(f"send {destination}", context=otel_context.Context(),
+                                                  kind=SpanKind.CLIENT, attributes=attributes, links=links,
+                                                  record_exception=False)
 
     @contextmanager
     def processing(self, destination: str, message_id: str, traceparent: str, tracestate: str, *,
@@ -165,15 +177,6 @@ class MessageTracing:
                 span.set_attribute("error.type", type(exc).__qualname__)
                 span.set_status(Status(StatusCode.ERROR, getattr(exc, "message", None) or repr(exc)))
                 raise
-
-
-@contextmanager
-def _attached(context) -> Iterator[None]:
-    token = otel_context.attach(context)
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
 
 
 class JsonLinesSpanExporter(SpanExporter):

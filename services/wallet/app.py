@@ -24,7 +24,7 @@ def build(runtime: Runtime) -> list[Registration]:
     runtime.on_stop.append(db.close)
     service = WalletService(db)
     sink = EventSink(db, messaging, "wallet", KeyRing.load(runtime.topology.certs_dir), events.handlers(service),
-                     tracing=MessageTracing(runtime.tracing))
+                     tracing=MessageTracing(runtime.tracing), domain=f"wallet.{runtime.topology.trust_domain}")
     if runtime.broker is not None:
         runtime.background.append(EventConsumer(runtime.broker, sink, "wallet", "wallet").run)
     return [

@@ -47,12 +47,13 @@ class Subscriber:
         self.db = Database(f"sqlite:///{tmp_path}/subscriber.db", migrations=None)
         self.metadata.create_all(self.db.engine)   # test schema; services use migrations
         self.failing = False
+        self.failing_amounts: set[str] = set()     # fail only the events of these amounts
         self.sink = EventSink(self.db, self.tables, "wallet", KeyRing.load(topology.certs_dir), {TOPIC: self._handle})
 
     def _handle(self, connection, envelope, payload, now):
-        if self.failing:
-            raise RuntimeError("the handler has a bug")
         event = events_pb2.TransactionCompleted.FromString(payload)
+        if self.failing or event.amount.amount in self.failing_amounts:
+            raise RuntimeError("the handler has a bug")
         connection.execute(insert(self.effects).values(event_id=envelope.id, amount=event.amount.amount))
 
     def build(self, runtime):
@@ -195,3 +196,27 @@ async def test_a_tampered_event_is_dead_lettered_at_once(mesh):
     assert states(mesh) == [(DEAD, 1)]
     assert mesh.relay.dead_letters()[0].reason == "MESSAGE_TAMPERED"
     assert mesh.subscriber.handled() == 0
+
+
+async def test_one_window_goes_in_one_call_and_each_event_fares_on_its_own(mesh):
+    await mesh.start_subscriber()
+    publish(mesh, 4)
+    with mesh.db.transaction() as connection:                   # the third event tampered with
+        o = mesh.tables.outbox
+        row = connection.execute(select(o.c.id, o.c.envelope).order_by(o.c.id).offset(2).limit(1)).one()
+        envelope = events_pb2.EventEnvelope.FromString(row.envelope)
+        envelope.data = bytes([envelope.data[0] ^ 1]) + envelope.data[1:]
+        connection.execute(update(o).where(o.c.id == row.id).values(envelope=envelope.SerializeToString()))
+    mesh.subscriber.failing_amounts = {"2.00"}
+
+    def answered() -> float:
+        return REGISTRY.get_sample_value("diboas_rpc_server_calls_total",
+                                         {"service": "wallet", "method": "DeliverEvents", "code": "OK"}) or 0
+    before = answered()
+    assert await mesh.relay.run_once() == 2
+    assert answered() == before + 1                              # four events, one call
+    assert states(mesh) == [(DELIVERED, 0), (PENDING, 1), (DEAD, 1), (DELIVERED, 0)]
+    assert mesh.subscriber.handled() == 2
+    mesh.subscriber.failing_amounts = set()
+    await relay_until(mesh, lambda: mesh.subscriber.handled() == 3)
+    assert states(mesh) == [(DELIVERED, 0), (DELIVERED, 1), (DEAD, 1), (DELIVERED, 0)]

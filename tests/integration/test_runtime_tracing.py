@@ -230,15 +230,19 @@ async def test_a_queued_saga_its_retries_and_its_event_stay_in_the_trace_that_cr
     assert {s.parent.span_id for s in clients} == {s.context.span_id for s in attempts}   # one per attempt
     [server] = [s for s in holds if s.kind == trace.SpanKind.SERVER]
     assert server.parent.span_id in {s.context.span_id for s in clients}
-    delivery = [s for s in ours if s.name == "/diboas.events.v1.EventSinkService/DeliverEvent"]
-    client = next(s for s in delivery if s.kind == trace.SpanKind.CLIENT)
-    server = next(s for s in delivery if s.kind == trace.SpanKind.SERVER)
-    assert client.parent.span_id == attempts[-1].context.span_id   # the relay delivers in the event's context
-    assert server.parent.span_id == client.context.span_id
     [settle] = [s for s in ours if s.name == "process transaction.completed"]
-    assert settle.parent.span_id == server.context.span_id and settle.status.is_ok
+    assert settle.parent.span_id == attempts[-1].context.span_id and settle.status.is_ok   # the event's own trace
     assert [link.context.span_id for link in settle.links] == [attempts[-1].context.span_id]
     assert settle.attributes["messaging.message.conversation_id"] == f"transactions/{tx_id}"
+    # The relay's window went in one call, in a trace of its own linked to each event's creation.
+    [send] = [s for s in spans.get_finished_spans() if s.name == "send wallet"]
+    assert send.parent is None and send.kind == trace.SpanKind.CLIENT
+    assert [link.context.span_id for link in send.links] == [attempts[-1].context.span_id]
+    assert send.attributes["messaging.batch.message_count"] == 1
+    batch = _in_one_trace(spans.get_finished_spans(), send.context.trace_id)
+    client = next(s for s in batch if s.kind == trace.SpanKind.CLIENT and s.name.endswith("/DeliverEvents"))
+    server = next(s for s in batch if s.kind == trace.SpanKind.SERVER and s.name.endswith("/DeliverEvents"))
+    assert client.parent.span_id == send.context.span_id and server.parent.span_id == client.context.span_id
 
 
 async def test_a_work_item_or_event_without_a_trace_context_is_handled_in_a_new_trace(spans, tmp_path, pki):

@@ -146,7 +146,8 @@ class Recorder:
 class FakeDatabase:
     """services.runtime.db.Database without a database, for the servicers built on one (the event
     sink, the dead letter service): `run` runs the work at once; in a transaction every query
-    finds `found` (None: nothing), and every other statement is kept in `written`."""
+    finds `found` (None: nothing), and every other statement is kept in `written` (unless the
+    transaction fails: then it is rolled back)."""
 
     def __init__(self, found=None):
         self.found = found
@@ -157,7 +158,12 @@ class FakeDatabase:
 
     @contextlib.contextmanager
     def transaction(self):
-        yield _Connection(self)
+        kept = len(self.written)
+        try:
+            yield _Connection(self)
+        except BaseException:
+            del self.written[kept:]         # rolled back
+            raise
 
 
 class _Connection:

@@ -28,7 +28,7 @@ EXPECTED_RPCS = {
         "ListChains", "GetChain", "ExecuteCrossChainTransfer", "GetCrossChainTransfer",
         "GetTransactionStatus", "SetChainFaults",
     ],
-    "diboas.events.v1.EventSinkService": ["DeliverEvent"],
+    "diboas.events.v1.EventSinkService": ["DeliverEvent", "DeliverEvents"],
     "diboas.events.v1.DeadLetterService": ["ListDeadLetters", "ReplayDeadLetters"],
 }
 # The four external services: every RPC must have a REST mapping and, when it mutates, a request_id.

@@ -13,6 +13,7 @@ from services.runtime.db import new_metadata
 from services.runtime.messaging.secure import KeyRing, seal
 from services.runtime.messaging.sink import EventSink
 from services.runtime.messaging.store import messaging_tables
+from services.runtime.status import from_status_message
 
 from servicing import FakeDatabase, Served
 
@@ -90,4 +91,57 @@ def test_an_event_that_cannot_be_trusted_is_refused_and_not_handled(handled, env
     db = FakeDatabase()
     refused = sink(db, handled).refusal("DeliverEvent", events_pb2.DeliverEventRequest(envelope=envelope))
     assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+    assert handled.events == [] and db.written == []
+
+
+class Crashing(Handled):
+    """A handler with a bug for one event id."""
+
+    def __call__(self, connection, envelope, payload, now):
+        if envelope.id == "evt-bug":
+            raise KeyError("a bug")
+        super().__call__(connection, envelope, payload, now)
+
+
+def renamed(envelope: events_pb2.EventEnvelope, event_id: str) -> events_pb2.EventEnvelope:
+    """The same event under another id, sealed again."""
+    fresh = events_pb2.EventEnvelope(id=event_id, source=envelope.source, spec_version="1.0", type=envelope.type,
+                                     subject=envelope.subject)
+    fresh.time.CopyFrom(envelope.time)
+    return seal(fresh, PAYLOAD, RING)
+
+
+def test_a_batch_answers_one_outcome_per_event_in_order_and_one_failure_spoils_no_other(caplog):
+    handled = Crashing()
+    db = FakeDatabase()
+    deliveries = [renamed(sealed(), "evt-a"), sealed(topic="wallet.created"), tampered(),
+                  renamed(sealed(), "evt-bug"), renamed(sealed(), "evt-b")]
+    reply = sink(db, handled).call("DeliverEvents", events_pb2.DeliverEventsRequest(deliveries=[
+        events_pb2.DeliverEventRequest(envelope=envelope, attempt=1) for envelope in deliveries]))
+    codes = [grpc.StatusCode.OK.value[0], grpc.StatusCode.FAILED_PRECONDITION.value[0],
+             grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.INTERNAL.value[0], grpc.StatusCode.OK.value[0]]
+    assert [outcome.status.code for outcome in reply.outcomes] == codes
+    refused = [from_status_message(outcome.status, "wallet") for outcome in reply.outcomes[1:4]]
+    assert [(type(e).__name__, e.reason) for e in refused] == [
+        ("FailedPrecondition", "NO_HANDLER"), ("InvalidArgument", "MESSAGE_TAMPERED"),
+        ("ServiceUnavailable", "UPSTREAM_INTERNAL")]
+    assert "a bug" not in reply.outcomes[3].status.message                 # the bug stays in the log
+    assert any("evt-bug" in r.getMessage() and r.exc_info for r in caplog.records)
+    assert sorted(event_id for event_id, _, _ in handled.events) == ["evt-a", "evt-b"]
+    assert sorted(r.compile().params["event_id"] for r in db.written) == ["evt-a", "evt-b"]
+
+
+def test_a_duplicate_in_a_batch_is_said_so(handled):
+    reply = sink(FakeDatabase(found=("evt-1",)), handled).call("DeliverEvents", events_pb2.DeliverEventsRequest(
+        deliveries=[events_pb2.DeliverEventRequest(envelope=sealed(), attempt=2)]))
+    [outcome] = reply.outcomes
+    assert outcome.duplicate and outcome.status.code == 0 and handled.events == []
+
+
+@pytest.mark.parametrize("count", [0, 101])
+def test_a_batch_of_no_events_or_too_many_is_refused_before_anything_is_handled(handled, count):
+    db = FakeDatabase()
+    refused = sink(db, handled).refusal("DeliverEvents", events_pb2.DeliverEventsRequest(
+        deliveries=[events_pb2.DeliverEventRequest(envelope=sealed(), attempt=1)] * count))
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and list(refused.fields) == ["deliveries"]
     assert handled.events == [] and db.written == []

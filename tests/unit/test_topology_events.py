@@ -33,8 +33,8 @@ def test_a_subscriber_that_is_not_an_upstream_of_the_publisher_is_refused(tmp_pa
 
 def test_a_subscriber_whose_policy_refuses_the_publisher_is_refused(tmp_path):
     def operator_only(services):
-        services["wallet"]["policy"]["DeliverEvent"] = ["operator"]
-    with pytest.raises(ConfigError, match="services.wallet.policy.DeliverEvent must name transaction"):
+        services["wallet"]["policy"]["DeliverEvents"] = ["operator"]
+    with pytest.raises(ConfigError, match="services.wallet.policy.DeliverEvents must name transaction"):
         load_topology(shipped_with(tmp_path, operator_only), env={})
 
 

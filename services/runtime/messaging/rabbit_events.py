@@ -106,6 +106,16 @@ class RabbitTransport:
         self._waiting = sum(counts)
         return self._waiting
 
+    async def deliver_all(self, subscriber: str, deliveries: list[tuple[events_pb2.EventEnvelope, int]]
+                          ) -> list[Exception | None]:
+        """Publish each event (at once, each confirmed by the broker on its own)."""
+        results = await asyncio.gather(*(self.deliver(subscriber, envelope, attempt)
+                                         for envelope, attempt in deliveries), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result                    # cancelled: not an outcome of one event
+        return [result if isinstance(result, Exception) else None for result in results]
+
     async def deliver(self, subscriber: str, envelope: events_pb2.EventEnvelope, attempt: int) -> None:
         if subscriber not in self._subscriptions:
             raise errors.FailedPrecondition(f"'{subscriber}' subscribes to nothing this service publishes",

@@ -10,10 +10,11 @@
   * a message the subscriber rejects as tampered or stale is dead-lettered at once;
   * dead letters can be listed and replayed (`replay`), one or all.
 
-Deliveries go through an EventTransport: the embedded one calls the subscriber's
-EventSinkService over the mesh (mTLS, its own policy); a broker-backed one can replace it.
-Each delivery runs in the event's own trace context (the span that produced it), so the
-delivery call's span is in the trace of the transaction the event is about.
+Deliveries go through an EventTransport, a window of one subscriber's events at a time: the
+embedded one calls the subscriber's EventSinkService.DeliverEvents over the mesh (mTLS, its own
+policy; one call, one outcome per event); a broker-backed one can replace it. Each window is
+sent in a span "send <subscriber>" linked to every event's creation; the subscriber's span
+of each event continues the event's own trace (the transaction it is about).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from services.domain.clock import utcnow
 from ..client import Upstream
 from ..db import Database
 from ..loops import repeat
+from ..status import from_status_message
 from ..tracing import MessageTracing
 from .store import DEAD, DELIVERED, PENDING, MessagingTables
 
@@ -44,23 +46,36 @@ DELIVERIES = Counter("diboas_event_deliveries", "Event delivery tries, by outcom
                      ["service", "subscriber", "outcome"])
 
 
+# (envelope, attempt): one event to deliver, and which try this is (1 for the first)
+Delivery = tuple[events_pb2.EventEnvelope, int]
+
+
 class EventTransport(Protocol):
-    async def deliver(self, subscriber: str, envelope: events_pb2.EventEnvelope, attempt: int) -> None:
-        """Hand the event to the subscriber; return once it has been handled (or raise)."""
+    async def deliver_all(self, subscriber: str, deliveries: list[Delivery]) -> list[Exception | None]:
+        """Hand the events to the subscriber; return once each has been handled: None for each
+        one that was, the error for each one that was not, in the order given. Raise when none
+        of them could be handed over (the subscriber down, say)."""
 
 
 class MeshTransport:
-    """Embedded transport: the subscriber's EventSinkService.DeliverEvent, over the mesh."""
+    """Embedded transport: the subscriber's EventSinkService.DeliverEvents, over the mesh: one
+    call for all the events given, one outcome each."""
 
     def __init__(self, upstreams: dict[str, Upstream]):
         self._stubs = {name: up.stub(events_pb2_grpc.EventSinkServiceStub) for name, up in upstreams.items()}
 
-    async def deliver(self, subscriber: str, envelope: events_pb2.EventEnvelope, attempt: int) -> None:
+    async def deliver_all(self, subscriber: str, deliveries: list[Delivery]) -> list[Exception | None]:
         stub = self._stubs.get(subscriber)
         if stub is None:
             raise errors.FailedPrecondition(f"no channel to subscriber '{subscriber}'", reason="UNKNOWN_SUBSCRIBER")
-        await stub.DeliverEvent(events_pb2.DeliverEventRequest(envelope=envelope, attempt=attempt,
-                                                               subscription=subscriber))
+        reply = await stub.DeliverEvents(events_pb2.DeliverEventsRequest(deliveries=[
+            events_pb2.DeliverEventRequest(envelope=envelope, attempt=attempt, subscription=subscriber)
+            for envelope, attempt in deliveries]))
+        if len(reply.outcomes) != len(deliveries):
+            raise errors.ServiceUnavailable(f"{subscriber} answered {len(reply.outcomes)} outcomes for "
+                                            f"{len(deliveries)} events", reason="UPSTREAM_BAD_ANSWER")
+        return [None if outcome.status.code == 0 else from_status_message(outcome.status, subscriber)
+                for outcome in reply.outcomes]
 
 
 @dataclass(frozen=True)
@@ -146,7 +161,7 @@ class Relay:
         delivered = 0
         for start in range(0, len(queue), self._policy.window):
             chunk = queue[start:start + self._policy.window]
-            outcomes = await asyncio.gather(*(self._try(row) for row in chunk))
+            outcomes = await self._try(chunk)
             succeeded = [row.id for row, exc in zip(chunk, outcomes, strict=True) if exc is None]
             if succeeded:
                 await self._db.run(self._record_success, succeeded)
@@ -159,14 +174,29 @@ class Relay:
                 break
         return delivered
 
-    async def _try(self, row) -> Exception | None:
+    async def _try(self, chunk: list) -> list[Exception | None]:
+        """Deliver one subscriber's window in one go; what became of each row, in order. The
+        call runs in a span that links to every event's creation (services/runtime/tracing.py:
+        MessageTracing.sending)."""
+        outcomes: list[Exception | None] = [None] * len(chunk)
+        sent: list[tuple[int, events_pb2.EventEnvelope]] = []
+        for i, row in enumerate(chunk):
+            try:
+                sent.append((i, events_pb2.EventEnvelope.FromString(row.envelope)))
+            except Exception as exc:  # noqa: BLE001 - a row that does not parse fails like a handler
+                outcomes[i] = exc
+        if not sent:
+            return outcomes
+        subscriber = chunk[0].subscriber
         try:
-            envelope = events_pb2.EventEnvelope.FromString(row.envelope)
-            with self._tracing.continuing(envelope.traceparent, envelope.tracestate):
-                await self._transport.deliver(row.subscriber, envelope, row.attempts + 1)
+            with self._tracing.sending(subscriber, [envelope for _, envelope in sent]):
+                results = await self._transport.deliver_all(
+                    subscriber, [(envelope, chunk[i].attempts + 1) for i, envelope in sent])
         except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
-            return exc
-        return None
+            results = [exc] * len(sent)
+        for (i, _), result in zip(sent, results, strict=True):
+            outcomes[i] = result
+        return outcomes
 
     def _record_success(self, delivery_ids: list[int]) -> None:
         with self._db.transaction() as connection:

@@ -1,13 +1,18 @@
-"""The subscriber's side of event delivery: EventSinkService.DeliverEvent.
+"""The subscriber's side of event delivery: EventSinkService.DeliverEvents (what the relay
+calls: one outcome per event) and DeliverEvent (one event).
 
-It opens the envelope (a tampered, stale or undecryptable one is rejected: the relay
+Each event is handled on its own: it opens the envelope (a tampered, stale or undecryptable one is rejected: the relay
 dead-letters it), then runs the topic's handler and records the event in the inbox in one
 database transaction, so a redelivered event changes nothing. All of it runs in a CONSUMER
-span "process <topic>" that continues the trace of the span that produced the event.
+span "process <topic>" that continues the trace of the span that produced the event. The events
+of one DeliverEvents call are handled at once, each in its own database transaction (SQLite's
+group commit puts them in one); one that fails changes nothing of the others.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 from typing import Callable
 
 from sqlalchemy import Connection
@@ -18,9 +23,13 @@ from services.domain import errors
 from services.domain.clock import utcnow
 
 from ..db import Database
+from ..status import status_message
 from ..tracing import MessageTracing
 from .secure import KeyRing, unseal
 from .store import Inbox, MessagingTables
+
+log = logging.getLogger("diboas.events")
+MAX_DELIVERIES = 100        # events in one DeliverEvents call
 
 # handler(connection, envelope, payload, now): the effect of one event, inside the inbox's transaction
 Handler = Callable[[Connection, events_pb2.EventEnvelope, bytes, dt.datetime], None]
@@ -30,8 +39,9 @@ class EventSink(events_pb2_grpc.EventSinkServiceServicer):
     def __init__(self, db: Database, tables: MessagingTables, consumer: str, ring: KeyRing,
                  handlers: dict[str, Handler], max_age: dt.timedelta = dt.timedelta(days=7),
                  clock: Callable[[], dt.datetime] = utcnow,
-                 tracing: MessageTracing | None = None):
+                 tracing: MessageTracing | None = None, domain: str = ""):
         self._db, self._consumer, self._inbox, self._ring = db, consumer, Inbox(tables, consumer), ring
+        self._domain = domain or consumer        # of the ErrorInfo in a refused delivery's outcome
         self._handlers, self._max_age, self._clock = handlers, max_age, clock
         self._tracing = tracing or MessageTracing()
 
@@ -74,3 +84,25 @@ class EventSink(events_pb2_grpc.EventSinkServiceServicer):
     async def DeliverEvent(self, request, context):
         duplicate = await self.handle(request.envelope, request.attempt)
         return events_pb2.DeliverEventResponse(duplicate=duplicate)
+
+    async def DeliverEvents(self, request, context):
+        if not 1 <= len(request.deliveries) <= MAX_DELIVERIES:
+            raise errors.InvalidArgument.field(
+                "deliveries", f"give 1 to {MAX_DELIVERIES} deliveries, not {len(request.deliveries)}")
+        outcomes = await asyncio.gather(*(self._outcome(delivery) for delivery in request.deliveries))
+        return events_pb2.DeliverEventsResponse(outcomes=outcomes)
+
+    async def _outcome(self, delivery: events_pb2.DeliverEventRequest) -> events_pb2.DeliveryOutcome:
+        """One delivery of a DeliverEvents call: handled, or the status DeliverEvent would have
+        answered (an unexpected failure is logged here and answered INTERNAL, as the guard does)."""
+        envelope = delivery.envelope
+        try:
+            duplicate = await self.handle(envelope, delivery.attempt)
+        except errors.DomainError as exc:
+            return events_pb2.DeliveryOutcome(status=status_message(exc, self._domain))
+        except Exception as exc:  # noqa: BLE001 - one event's bug must not fail the others' answers
+            log.error("unhandled error handling %s %s", envelope.type, envelope.id, exc_info=exc,
+                      extra={"event_id": envelope.id, "topic": envelope.type})
+            return events_pb2.DeliveryOutcome(status=status_message(
+                errors.Internal(f"handling event {envelope.id} failed", reason="HANDLER_ERROR"), self._domain))
+        return events_pb2.DeliveryOutcome(duplicate=duplicate)

@@ -26,9 +26,10 @@ from diboas.common.v1 import common_pb2 as diboas_dot_common_dot_v1_dot_common__
 from diboas.transaction.v1 import transaction_pb2 as diboas_dot_transaction_dot_v1_dot_transaction__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64iboas/events/v1/events.proto\x12\x10\x64iboas.events.v1\x1a\x1d\x64iboas/common/v1/common.proto\x1a\'diboas/transaction/v1/transaction.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x02\n\rEventEnvelope\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06source\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cspec_version\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x64\x61ta_content_type\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x61ta_schema\x18\x08 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\x12\x13\n\x0btraceparent\x18\n \x01(\t\x12\x12\n\ntracestate\x18\x0b \x01(\t\x12\x11\n\tencrypted\x18\x0c \x01(\x08\x12\x0e\n\x06key_id\x18\r \x01(\t\x12\r\n\x05nonce\x18\x0e \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x0f \x01(\t\"\xfe\x01\n\x14TransactionCompleted\x12\x13\n\x0btransaction\x18\x01 \x01(\t\x12\x34\n\x04type\x18\x02 \x01(\x0e\x32&.diboas.transaction.v1.TransactionType\x12\x15\n\rsource_wallet\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x65stination_wallet\x18\x04 \x01(\t\x12\'\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x17.diboas.common.v1.Money\x12\x0c\n\x04hold\x18\x06 \x01(\t\x12\x31\n\rcomplete_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x02\n\x11TransactionFailed\x12\x13\n\x0btransaction\x18\x01 \x01(\t\x12\x34\n\x04type\x18\x02 \x01(\x0e\x32&.diboas.transaction.v1.TransactionType\x12\x15\n\rsource_wallet\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x65stination_wallet\x18\x04 \x01(\t\x12\'\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x17.diboas.common.v1.Money\x12\x0c\n\x04hold\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12-\n\tfail_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd5\x02\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x12\n\nsubscriber\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breplay_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x04kind\x18\n \x01(\x0e\x32 .diboas.events.v1.DeadLetterKind\x12\r\n\x05queue\x18\x0b \x01(\t\x12\x0c\n\x04item\x18\x0c \x01(\t\x12\x11\n\tparked_by\x18\r \x01(\t\x12\x13\n\x0breplayed_by\x18\x0e \x01(\t\"\x89\x01\n\x16ListDeadLettersRequest\x12\x18\n\x10include_replayed\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\x04kind\x18\x04 \x01(\x0e\x32 .diboas.events.v1.DeadLetterKind\"f\n\x17ListDeadLettersResponse\x12\x32\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1c.diboas.events.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x18ReplayDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x03\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12.\n\x04kind\x18\x04 \x01(\x0e\x32 .diboas.events.v1.DeadLetterKind\"-\n\x19ReplayDeadLettersResponse\x12\x10\n\x08replayed\x18\x01 \x01(\x05\"u\n\x13\x44\x65liverEventRequest\x12\x37\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1f.diboas.events.v1.EventEnvelopeB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x0csubscription\x18\x03 \x01(\t\")\n\x14\x44\x65liverEventResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08*w\n\x0e\x44\x65\x61\x64LetterKind\x12 \n\x1c\x44\x45\x41\x44_LETTER_KIND_UNSPECIFIED\x10\x00\x12#\n\x1f\x44\x45\x41\x44_LETTER_KIND_EVENT_DELIVERY\x10\x01\x12\x1e\n\x1a\x44\x45\x41\x44_LETTER_KIND_WORK_ITEM\x10\x02\x32q\n\x10\x45ventSinkService\x12]\n\x0c\x44\x65liverEvent\x12%.diboas.events.v1.DeliverEventRequest\x1a&.diboas.events.v1.DeliverEventResponse2\xe9\x01\n\x11\x44\x65\x61\x64LetterService\x12\x66\n\x0fListDeadLetters\x12(.diboas.events.v1.ListDeadLettersRequest\x1a).diboas.events.v1.ListDeadLettersResponse\x12l\n\x11ReplayDeadLetters\x12*.diboas.events.v1.ReplayDeadLettersRequest\x1a+.diboas.events.v1.ReplayDeadLettersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64iboas/events/v1/events.proto\x12\x10\x64iboas.events.v1\x1a\x1d\x64iboas/common/v1/common.proto\x1a\'diboas/transaction/v1/transaction.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xcd\x02\n\rEventEnvelope\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06source\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cspec_version\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x64\x61ta_content_type\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x61ta_schema\x18\x08 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\x12\x13\n\x0btraceparent\x18\n \x01(\t\x12\x12\n\ntracestate\x18\x0b \x01(\t\x12\x11\n\tencrypted\x18\x0c \x01(\x08\x12\x0e\n\x06key_id\x18\r \x01(\t\x12\r\n\x05nonce\x18\x0e \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x0f \x01(\t\"\xfe\x01\n\x14TransactionCompleted\x12\x13\n\x0btransaction\x18\x01 \x01(\t\x12\x34\n\x04type\x18\x02 \x01(\x0e\x32&.diboas.transaction.v1.TransactionType\x12\x15\n\rsource_wallet\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x65stination_wallet\x18\x04 \x01(\t\x12\'\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x17.diboas.common.v1.Money\x12\x0c\n\x04hold\x18\x06 \x01(\t\x12\x31\n\rcomplete_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x02\n\x11TransactionFailed\x12\x13\n\x0btransaction\x18\x01 \x01(\t\x12\x34\n\x04type\x18\x02 \x01(\x0e\x32&.diboas.transaction.v1.TransactionType\x12\x15\n\rsource_wallet\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x65stination_wallet\x18\x04 \x01(\t\x12\'\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x17.diboas.common.v1.Money\x12\x0c\n\x04hold\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12-\n\tfail_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd5\x02\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x12\n\nsubscriber\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breplay_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x04kind\x18\n \x01(\x0e\x32 .diboas.events.v1.DeadLetterKind\x12\r\n\x05queue\x18\x0b \x01(\t\x12\x0c\n\x04item\x18\x0c \x01(\t\x12\x11\n\tparked_by\x18\r \x01(\t\x12\x13\n\x0breplayed_by\x18\x0e \x01(\t\"\x89\x01\n\x16ListDeadLettersRequest\x12\x18\n\x10include_replayed\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\x04kind\x18\x04 \x01(\x0e\x32 .diboas.events.v1.DeadLetterKind\"f\n\x17ListDeadLettersResponse\x12\x32\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1c.diboas.events.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x18ReplayDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x03\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12.\n\x04kind\x18\x04 \x01(\x0e\x32 .diboas.events.v1.DeadLetterKind\"-\n\x19ReplayDeadLettersResponse\x12\x10\n\x08replayed\x18\x01 \x01(\x05\"u\n\x13\x44\x65liverEventRequest\x12\x37\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1f.diboas.events.v1.EventEnvelopeB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x0csubscription\x18\x03 \x01(\t\")\n\x14\x44\x65liverEventResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"W\n\x14\x44\x65liverEventsRequest\x12?\n\ndeliveries\x18\x01 \x03(\x0b\x32%.diboas.events.v1.DeliverEventRequestB\x04\xe2\x41\x01\x02\"L\n\x15\x44\x65liverEventsResponse\x12\x33\n\x08outcomes\x18\x01 \x03(\x0b\x32!.diboas.events.v1.DeliveryOutcome\"H\n\x0f\x44\x65liveryOutcome\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12\x11\n\tduplicate\x18\x02 \x01(\x08*w\n\x0e\x44\x65\x61\x64LetterKind\x12 \n\x1c\x44\x45\x41\x44_LETTER_KIND_UNSPECIFIED\x10\x00\x12#\n\x1f\x44\x45\x41\x44_LETTER_KIND_EVENT_DELIVERY\x10\x01\x12\x1e\n\x1a\x44\x45\x41\x44_LETTER_KIND_WORK_ITEM\x10\x02\x32\xd3\x01\n\x10\x45ventSinkService\x12]\n\x0c\x44\x65liverEvent\x12%.diboas.events.v1.DeliverEventRequest\x1a&.diboas.events.v1.DeliverEventResponse\x12`\n\rDeliverEvents\x12&.diboas.events.v1.DeliverEventsRequest\x1a\'.diboas.events.v1.DeliverEventsResponse2\xe9\x01\n\x11\x44\x65\x61\x64LetterService\x12\x66\n\x0fListDeadLetters\x12(.diboas.events.v1.ListDeadLettersRequest\x1a).diboas.events.v1.ListDeadLettersResponse\x12l\n\x11ReplayDeadLetters\x12*.diboas.events.v1.ReplayDeadLettersRequest\x1a+.diboas.events.v1.ReplayDeadLettersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,30 +46,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTENVELOPE'].fields_by_name['type']._serialized_options = b'\342A\001\002'
   _globals['_DELIVEREVENTREQUEST'].fields_by_name['envelope']._loaded_options = None
   _globals['_DELIVEREVENTREQUEST'].fields_by_name['envelope']._serialized_options = b'\342A\001\002'
-  _globals['_DEADLETTERKIND']._serialized_start=1967
-  _globals['_DEADLETTERKIND']._serialized_end=2086
-  _globals['_EVENTENVELOPE']._serialized_start=190
-  _globals['_EVENTENVELOPE']._serialized_end=523
-  _globals['_TRANSACTIONCOMPLETED']._serialized_start=526
-  _globals['_TRANSACTIONCOMPLETED']._serialized_end=780
-  _globals['_TRANSACTIONFAILED']._serialized_start=783
-  _globals['_TRANSACTIONFAILED']._serialized_end=1046
-  _globals['_DEADLETTER']._serialized_start=1049
-  _globals['_DEADLETTER']._serialized_end=1390
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=1393
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=1530
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=1532
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1634
-  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_start=1636
-  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_end=1756
-  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_start=1758
-  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_end=1803
-  _globals['_DELIVEREVENTREQUEST']._serialized_start=1805
-  _globals['_DELIVEREVENTREQUEST']._serialized_end=1922
-  _globals['_DELIVEREVENTRESPONSE']._serialized_start=1924
-  _globals['_DELIVEREVENTRESPONSE']._serialized_end=1965
-  _globals['_EVENTSINKSERVICE']._serialized_start=2088
-  _globals['_EVENTSINKSERVICE']._serialized_end=2201
-  _globals['_DEADLETTERSERVICE']._serialized_start=2204
-  _globals['_DEADLETTERSERVICE']._serialized_end=2437
+  _globals['_DELIVEREVENTSREQUEST'].fields_by_name['deliveries']._loaded_options = None
+  _globals['_DELIVEREVENTSREQUEST'].fields_by_name['deliveries']._serialized_options = b'\342A\001\002'
+  _globals['_DEADLETTERKIND']._serialized_start=2233
+  _globals['_DEADLETTERKIND']._serialized_end=2352
+  _globals['_EVENTENVELOPE']._serialized_start=215
+  _globals['_EVENTENVELOPE']._serialized_end=548
+  _globals['_TRANSACTIONCOMPLETED']._serialized_start=551
+  _globals['_TRANSACTIONCOMPLETED']._serialized_end=805
+  _globals['_TRANSACTIONFAILED']._serialized_start=808
+  _globals['_TRANSACTIONFAILED']._serialized_end=1071
+  _globals['_DEADLETTER']._serialized_start=1074
+  _globals['_DEADLETTER']._serialized_end=1415
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=1418
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=1555
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=1557
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1659
+  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_start=1661
+  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_end=1781
+  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_start=1783
+  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_end=1828
+  _globals['_DELIVEREVENTREQUEST']._serialized_start=1830
+  _globals['_DELIVEREVENTREQUEST']._serialized_end=1947
+  _globals['_DELIVEREVENTRESPONSE']._serialized_start=1949
+  _globals['_DELIVEREVENTRESPONSE']._serialized_end=1990
+  _globals['_DELIVEREVENTSREQUEST']._serialized_start=1992
+  _globals['_DELIVEREVENTSREQUEST']._serialized_end=2079
+  _globals['_DELIVEREVENTSRESPONSE']._serialized_start=2081
+  _globals['_DELIVEREVENTSRESPONSE']._serialized_end=2157
+  _globals['_DELIVERYOUTCOME']._serialized_start=2159
+  _globals['_DELIVERYOUTCOME']._serialized_end=2231
+  _globals['_EVENTSINKSERVICE']._serialized_start=2355
+  _globals['_EVENTSINKSERVICE']._serialized_end=2566
+  _globals['_DEADLETTERSERVICE']._serialized_start=2569
+  _globals['_DEADLETTERSERVICE']._serialized_end=2802
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,11 @@ class EventSinkServiceStub:
                 request_serializer=diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventRequest.SerializeToString,
                 response_deserializer=diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventResponse.FromString,
                 _registered_method=True)
+        self.DeliverEvents = channel.unary_unary(
+                '/diboas.events.v1.EventSinkService/DeliverEvents',
+                request_serializer=diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventsRequest.SerializeToString,
+                response_deserializer=diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventsResponse.FromString,
+                _registered_method=True)
 
 
 class EventSinkServiceServicer:
@@ -55,6 +60,13 @@ class EventSinkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverEvents(self, request, context):
+        """Hands several events to the subscriber in one call, each handled (or refused) on its own: the response has one outcome per delivery, in the order sent. What the relay calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventSinkServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +74,11 @@ def add_EventSinkServiceServicer_to_server(servicer, server):
                     servicer.DeliverEvent,
                     request_deserializer=diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventRequest.FromString,
                     response_serializer=diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventResponse.SerializeToString,
+            ),
+            'DeliverEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverEvents,
+                    request_deserializer=diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventsRequest.FromString,
+                    response_serializer=diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +110,33 @@ class EventSinkService:
             '/diboas.events.v1.EventSinkService/DeliverEvent',
             diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventRequest.SerializeToString,
             diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diboas.events.v1.EventSinkService/DeliverEvents',
+            diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventsRequest.SerializeToString,
+            diboas_dot_events_dot_v1_dot_events__pb2.DeliverEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class EventSinkServiceStub:
     def __new__(cls, channel: _aio.Channel) -> EventSinkServiceAsyncStub: ...
     DeliverEvent: _grpc.UnaryUnaryMultiCallable[_events_pb2.DeliverEventRequest, _events_pb2.DeliverEventResponse]
     """Hands one event to the subscriber. OK acknowledges it (also for an event id already processed); any error makes the relay retry later."""
+    DeliverEvents: _grpc.UnaryUnaryMultiCallable[_events_pb2.DeliverEventsRequest, _events_pb2.DeliverEventsResponse]
+    """Hands several events to the subscriber in one call, each handled (or refused) on its own: the response has one outcome per delivery, in the order sent. What the relay calls."""
 
 @_typing.type_check_only
 class EventSinkServiceAsyncStub(EventSinkServiceStub):
@@ -49,6 +51,8 @@ class EventSinkServiceAsyncStub(EventSinkServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     DeliverEvent: _aio.UnaryUnaryMultiCallable[_events_pb2.DeliverEventRequest, _events_pb2.DeliverEventResponse]  # type: ignore[assignment]
     """Hands one event to the subscriber. OK acknowledges it (also for an event id already processed); any error makes the relay retry later."""
+    DeliverEvents: _aio.UnaryUnaryMultiCallable[_events_pb2.DeliverEventsRequest, _events_pb2.DeliverEventsResponse]  # type: ignore[assignment]
+    """Hands several events to the subscriber in one call, each handled (or refused) on its own: the response has one outcome per delivery, in the order sent. What the relay calls."""
 
 class EventSinkServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal, subscriber side of event delivery over the mesh: the relay calls DeliverEvent on
@@ -62,6 +66,14 @@ class EventSinkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.DeliverEventResponse, _abc.Awaitable[_events_pb2.DeliverEventResponse]]:
         """Hands one event to the subscriber. OK acknowledges it (also for an event id already processed); any error makes the relay retry later."""
+
+    @_abc_1.abstractmethod
+    def DeliverEvents(
+        self,
+        request: _events_pb2.DeliverEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.DeliverEventsResponse, _abc.Awaitable[_events_pb2.DeliverEventsResponse]]:
+        """Hands several events to the subscriber in one call, each handled (or refused) on its own: the response has one outcome per delivery, in the order sent. What the relay calls."""
 
 def add_EventSinkServiceServicer_to_server(servicer: EventSinkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
