@@ -13,6 +13,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from diboas.common.v1 import common_pb2
 from diboas.events.v1 import events_pb2, events_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2_grpc
+from services.domain.errors import Unimplemented
 from services.runtime.auth import TokenIssuer
 from services.runtime.client import Upstream
 from services.runtime.config import Address, BreakerPolicy
@@ -49,6 +50,7 @@ class Subscriber:
         self.failing = False
         self.failing_amounts: set[str] = set()     # fail only the events of these amounts
         self.sink = EventSink(self.db, self.tables, "wallet", KeyRing.load(topology.certs_dir), {TOPIC: self._handle})
+        self.served = self.sink
 
     def _handle(self, connection, envelope, payload, now):
         event = events_pb2.TransactionCompleted.FromString(payload)
@@ -57,7 +59,7 @@ class Subscriber:
         connection.execute(insert(self.effects).values(event_id=envelope.id, amount=event.amount.amount))
 
     def build(self, runtime):
-        return [Registration(events_pb2_grpc.add_EventSinkServiceServicer_to_server, self.sink),
+        return [Registration(events_pb2_grpc.add_EventSinkServiceServicer_to_server, self.served),
                 unimplemented_registration(wallet_pb2_grpc, "WalletService", "wallet", "not in these tests")]
 
     def handled(self) -> int:
@@ -220,3 +222,20 @@ async def test_one_window_goes_in_one_call_and_each_event_fares_on_its_own(mesh)
     mesh.subscriber.failing_amounts = set()
     await relay_until(mesh, lambda: mesh.subscriber.handled() == 3)
     assert states(mesh) == [(DELIVERED, 0), (DELIVERED, 1), (DEAD, 1), (DELIVERED, 0)]
+
+
+class OlderSink(EventSink):
+    """A subscriber of a release before DeliverEvents: it answers it UNIMPLEMENTED."""
+
+    async def DeliverEvents(self, request, context):
+        raise Unimplemented("wallet.DeliverEvents is not served here (an older release)")
+
+
+async def test_a_subscriber_without_delivery_in_windows_gets_one_call_per_event(mesh):
+    mesh.subscriber.served = OlderSink(mesh.subscriber.db, mesh.subscriber.tables, "wallet",
+                                       KeyRing.load(mesh.topology.certs_dir), {TOPIC: mesh.subscriber._handle})
+    await mesh.start_subscriber()
+    publish(mesh, 3)
+    mesh.subscriber.failing_amounts = {"2.00"}
+    assert await mesh.relay.run_once() == 2
+    assert states(mesh) == [(DELIVERED, 0), (PENDING, 1), (DELIVERED, 0)] and mesh.relay.dead_letters() == []

@@ -34,7 +34,7 @@ from diboas.events.v1 import events_pb2
 from services.domain import errors
 
 from .rabbit import Broker, BrokerNames, consume
-from .relay import DEAD_LETTERS, DeliveryPolicy
+from .relay import DEAD_LETTERS, DeliveryPolicy, outcomes
 from .secure import MessageRejected
 from .sink import EventSink
 
@@ -109,12 +109,8 @@ class RabbitTransport:
     async def deliver_all(self, subscriber: str, deliveries: list[tuple[events_pb2.EventEnvelope, int]]
                           ) -> list[Exception | None]:
         """Publish each event (at once, each confirmed by the broker on its own)."""
-        results = await asyncio.gather(*(self.deliver(subscriber, envelope, attempt)
-                                         for envelope, attempt in deliveries), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result                    # cancelled: not an outcome of one event
-        return [result if isinstance(result, Exception) else None for result in results]
+        return outcomes(await asyncio.gather(*(self.deliver(subscriber, envelope, attempt)
+                                               for envelope, attempt in deliveries), return_exceptions=True))
 
     async def deliver(self, subscriber: str, envelope: events_pb2.EventEnvelope, attempt: int) -> None:
         if subscriber not in self._subscriptions:

@@ -57,6 +57,16 @@ class EventTransport(Protocol):
         of them could be handed over (the subscriber down, say)."""
 
 
+def outcomes(results: list) -> list[Exception | None]:
+    """asyncio.gather(..., return_exceptions=True) of one call per event, as `deliver_all`
+    answers: None for each that succeeded, its error for each that failed. A cancellation is
+    not an outcome of one event: it is raised."""
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result
+    return [result if isinstance(result, Exception) else None for result in results]
+
+
 class MeshTransport:
     """Embedded transport: the subscriber's EventSinkService.DeliverEvents, over the mesh: one
     call for all the events given, one outcome each."""
@@ -68,9 +78,14 @@ class MeshTransport:
         stub = self._stubs.get(subscriber)
         if stub is None:
             raise errors.FailedPrecondition(f"no channel to subscriber '{subscriber}'", reason="UNKNOWN_SUBSCRIBER")
-        reply = await stub.DeliverEvents(events_pb2.DeliverEventsRequest(deliveries=[
-            events_pb2.DeliverEventRequest(envelope=envelope, attempt=attempt, subscription=subscriber)
-            for envelope, attempt in deliveries]))
+        requests = [events_pb2.DeliverEventRequest(envelope=envelope, attempt=attempt, subscription=subscriber)
+                    for envelope, attempt in deliveries]
+        try:
+            reply = await stub.DeliverEvents(events_pb2.DeliverEventsRequest(deliveries=requests))
+        except errors.Unimplemented:
+            # A subscriber of an older release (a rolling upgrade): one DeliverEvent per event.
+            return outcomes(await asyncio.gather(*(stub.DeliverEvent(request) for request in requests),
+                                                 return_exceptions=True))
         if len(reply.outcomes) != len(deliveries):
             raise errors.ServiceUnavailable(f"{subscriber} answered {len(reply.outcomes)} outcomes for "
                                             f"{len(deliveries)} events", reason="UPSTREAM_BAD_ANSWER")
