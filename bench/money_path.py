@@ -53,6 +53,7 @@ from sqlalchemy import create_engine, func, select
 from diboas.common.v1 import common_pb2
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from services.config_files import ConfigError
 from services.launcher import Launcher
 from services.runtime.auth import TokenIssuer
 from services.runtime.client import channel_options
@@ -132,7 +133,7 @@ async def _run_one(mode: str, backend: str, transport: str, instances: int, conc
     with tempfile.TemporaryDirectory(prefix="diboas-bench-") as state, contextlib.ExitStack() as stack:
         env = {"DIBOAS_STATE_DIR": state, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING",
                "DIBOAS_MODE": mode, "DIBOAS_MESSAGING_TRANSPORT": transport, "DIBOAS_INSTANCES": str(instances),
-               **mesh_addresses(gateway=False)}
+               **mesh_addresses(gateway=False, instances=instances)}
         if max_backlog:
             env["DIBOAS_QUEUE_MAX_BACKLOG"] = str(max_backlog)
         if transport == "rabbitmq":
@@ -142,7 +143,10 @@ async def _run_one(mode: str, backend: str, transport: str, instances: int, conc
             env["DIBOAS_TRANSACTION_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
         # The launcher's children read their settings from the environment: this run's only.
         with overridden(env):
-            topology = load_topology()
+            try:
+                topology = load_topology()
+            except ConfigError as exc:
+                raise SystemExit(f"bench: {exc}") from None
             launcher = Launcher(topology)
             launcher.start()
             try:

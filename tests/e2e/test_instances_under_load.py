@@ -41,7 +41,7 @@ async def test_two_instances_share_the_load_and_survive_losing_one(pki, tmp_path
         env = {"DIBOAS_CERTS_DIR": str(pki), "DIBOAS_STATE_DIR": str(tmp_path), "DIBOAS_UNREADY_SECONDS": "0",
                "DIBOAS_DRAIN_SECONDS": "2", "DIBOAS_TRACING": "off", "DIBOAS_LOG_LEVEL": "WARNING", "DIBOAS_QUEUE_LEASE": "5",
                "DIBOAS_WALLET_INSTANCES": "2", "DIBOAS_TRANSACTION_INSTANCES": "2",
-               **mesh_addresses(gateway=False), **urls, **broker}
+               **mesh_addresses(gateway=False, instances=2), **urls, **broker}
         with overridden(env):
             topology = load_topology()
             launcher = Launcher(topology)

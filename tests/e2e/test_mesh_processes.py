@@ -18,7 +18,7 @@ from google.protobuf.duration_pb2 import Duration
 from diboas.blockchain.v1 import blockchain_pb2
 from diboas.provider.v1 import provider_pb2
 from diboas.transaction.v1 import transaction_pb2
-from services.runtime.config import load_topology
+from services.runtime.config import INSTANCE_PORT_STEP, load_topology
 from tools.ports import mesh_addresses
 
 from meshkit import ORDER, SHAPES, Mesh, Process, mesh_processes, process_env, running, topology_with_a_service, usd
@@ -258,3 +258,11 @@ def test_every_listener_of_a_mesh_gets_its_own_port(tmp_path, monkeypatch):
     grown = mesh_addresses()
     assert {"DIBOAS_EXTRA_ADDRESS", "DIBOAS_EXTRA_METRICS"} <= set(grown) and len(grown) == len(addresses) + 2
     assert len(set(grown.values())) == len(grown)
+
+
+def test_the_ports_of_every_instance_are_free_and_distinct():
+    ports = [int(a.rpartition(":")[2]) for a in mesh_addresses(gateway=False, instances=3).values()]
+    every = [port + INSTANCE_PORT_STEP * k for port in ports for k in range(3)]
+    assert len(set(every)) == len(every) and max(every) <= 65535
+    topology = load_topology(env={**mesh_addresses(gateway=False, instances=3), "DIBOAS_INSTANCES": "3"})
+    assert all(s.instances == 3 for s in topology.services.values())      # the topology's own check passed
