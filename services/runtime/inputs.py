@@ -17,6 +17,7 @@ CreateTransactionRequest, on top of parsing).
 """
 from __future__ import annotations
 
+import ast
 import re
 from typing import Callable
 
@@ -199,10 +200,15 @@ def _non_utf8_field(descriptor: Descriptor, data: bytes, prefix: str = "") -> st
 
 
 def _value_at(message, path: str):
-    """The value a simple dotted path names (None for paths through repeated fields or maps)."""
+    """The value a path as `check` names it names: dotted fields, `[i]` an element of a repeated
+    field, `['k']` a map's value (None when the path does not lead to one)."""
     value = message
     for part in path.split("."):
-        if "[" in part:
-            return None
-        value = getattr(value, part, None)
+        name, _, index = part.partition("[")
+        value = getattr(value, name, None)
+        if index:
+            try:
+                value = value[ast.literal_eval(index.removesuffix("]"))]
+            except (ValueError, SyntaxError, KeyError, IndexError, TypeError):
+                return None
     return value

@@ -89,6 +89,9 @@ async def test_batch_get_wallets_refuses_a_missing_wallet_or_a_bad_name_by_its_p
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub("BatchGetWallets", wallet_pb2.BatchGetWalletsRequest(names=[alice, "wallets/a b"]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and violations(caught.value) == ["names[1]"]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub("BatchGetWallets", wallet_pb2.BatchGetWalletsRequest(names=[alice, "wallets/a\x00b"]))
+    assert violations(caught.value) == ["names[1]"] and "control character U+0000" in caught.value.details()
 
 
 async def test_a_repeated_request_returns_the_first_response(stub):

@@ -16,6 +16,7 @@ from services.runtime.context import CURRENT_CALL, CallInfo, current_caller, cur
 from services.runtime.local import LocalUpstream
 from services.runtime.status import upstream_error
 from services.runtime.users import User
+from services.transaction.wallet_client import WalletClient
 
 WALLET_SERVICE = "diboas.wallet.v1.WalletService"
 
@@ -35,6 +36,11 @@ class FakeWalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         if self.failure is not None:
             raise self.failure
         return wallet_pb2.GetWalletResponse(wallet=wallet_pb2.Wallet(name=request.name))
+
+    async def BatchGetWallets(self, request, context):
+        self.seen.append((current_caller(), current_user()))
+        return wallet_pb2.BatchGetWalletsResponse(wallets=[
+            wallet_pb2.Wallet(name=name, owner_id="bob", currency_code="USD") for name in request.names])
 
 
 @pytest.fixture
@@ -137,3 +143,13 @@ async def test_what_the_upstream_logs_on_a_direct_call_names_it_and_the_process(
     entry = json.loads(lines[0])
     assert (entry["service"], entry["process"]) == ("wallet", "monolith")
     assert after["service"] == "monolith" and "process" not in after      # the caller's context again
+
+
+async def test_the_transaction_services_batched_wallet_read_is_allowed_by_the_shipped_policy(topology):
+    servicer = FakeWalletServicer()
+    client = WalletClient(upstream(topology, servicer))
+    facts = await client.describe_all(["wallets/a", "wallets/b"])
+    assert [(f.owner, f.currency) for f in facts] == [("bob", "USD")] * 2 and servicer.seen == [("transaction", None)]
+    refused = WalletClient(upstream(topology, servicer, caller="gateway"))
+    with pytest.raises(errors.Internal):                  # the gateway may not: a fault inside the mesh
+        await refused.describe_all(["wallets/a"])

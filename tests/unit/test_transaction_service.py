@@ -156,9 +156,24 @@ async def test_a_send_the_wallets_refuse_writes_nothing(s, fields, error, reason
     assert s.units.state.transactions == {} and s.units.state.queued == {}
 
 
-async def test_a_send_reads_both_wallets_in_one_call(s):
+async def test_a_send_reads_what_is_on_its_way_then_both_wallets_in_one_call(s):
+    incoming = s.service._incoming
+
+    async def recorded(wallet, currency):
+        s.wallet.asked.append(("on its way", wallet))
+        return await incoming(wallet, currency)
+    s.service._incoming = recorded
     await s.send()
-    assert s.wallet.batches == [["wallets/a", "wallets/b"]]
+    assert s.wallet.asked == [("on its way", "wallets/b"), ["wallets/a", "wallets/b"]]
+
+
+async def test_a_wallet_service_without_the_batched_read_is_asked_wallet_by_wallet(s):
+    s.wallet.batch_unimplemented = True
+    assert await s.send()
+    assert s.wallet.asked == [["wallets/a", "wallets/b"], "wallets/a", "wallets/b"]
+    with pytest.raises(NotFound) as refused:
+        await s.send(request_id="r2", destination_wallet="wallets/missing")
+    assert refused.value.message == "wallet wallets/missing does not exist"
 
 
 @pytest.mark.parametrize("fields,named", [

@@ -10,7 +10,7 @@ import copy
 import dataclasses
 import datetime as dt
 
-from services.domain.errors import AlreadyExists, NotFound, ResourceExhausted
+from services.domain.errors import AlreadyExists, NotFound, ResourceExhausted, Unimplemented
 from services.domain.money import Money
 from services.runtime.messaging.queue import MAX_ATTEMPTS, Claimed, ParkedItem, Retried
 from services.transaction.domain import PENDING, PROCESSING, TERMINAL, Transaction
@@ -54,20 +54,27 @@ class FakeWallet:
 
     def __init__(self, **wallets: tuple[str, str, str, str]):
         self.wallets = {f"wallets/{name}": facts for name, facts in wallets.items()}
-        self.batches: list[list[str]] = []                     # each describe_all's wallets
+        self.asked: list = []              # each describe's wallet, each describe_all's list of wallets
+        self.batch_unimplemented = False   # describe_all as a wallet of an older release answers it
         self.hold_calls: list[tuple[str, Money, str]] = []     # (source, amount, request_id)
         self.holds: dict[str, str] = {}                        # request_id -> hold name
         self.hold_script = Script()
 
-    async def describe(self, wallet: str) -> WalletFacts:
+    async def _describe(self, wallet: str) -> WalletFacts:
         if wallet not in self.wallets:
             raise NotFound(f"wallet {wallet} does not exist", reason="WALLET_NOT_FOUND")
         owner, currency, balance, available = self.wallets[wallet]
         return WalletFacts(owner, currency, Money.parse(currency, balance), Money.parse(currency, available))
 
+    async def describe(self, wallet: str) -> WalletFacts:
+        self.asked.append(wallet)
+        return await self._describe(wallet)
+
     async def describe_all(self, wallets: list[str]) -> list[WalletFacts]:
-        self.batches.append(list(wallets))
-        return [await self.describe(wallet) for wallet in wallets]
+        self.asked.append(list(wallets))
+        if self.batch_unimplemented:
+            raise Unimplemented("wallet.BatchGetWallets is not served here (an older release)")
+        return [await self._describe(wallet) for wallet in wallets]
 
     async def hold(self, source: str, amount: Money, reference: str, request_id: str) -> str:
         self.hold_calls.append((source, amount, request_id))

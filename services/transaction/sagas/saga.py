@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from services.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from services.domain.money import Money, require_balance_room
 
 from ..domain import PENDING, PROCESSING, Transaction
@@ -96,14 +96,16 @@ class Admission:
 
     async def source_and_destination(self, own_destination: bool) -> tuple[WalletFacts, WalletFacts]:
         """`source()` and `destination(own_destination)`, both wallets read in one call. When one
-        of them is missing, each is asked on its own, so the error names the right one, the
-        source's first."""
+        of them is missing, or the wallet service is of a release without the batched read, each
+        is asked on its own, so the error names the right one, the source's first."""
         draft = self._draft
         self._on_its_way = await self._incoming(draft.destination_wallet, draft.amount.currency)
         try:
             source, destination = await self._wallet.describe_all([draft.source_wallet, draft.destination_wallet])
-        except NotFound:
-            return await self.source(), await self.destination(own_destination)
+        except (NotFound, Unimplemented):
+            source = await self._facts(draft.source_wallet, "transaction.source_wallet", own=True)
+            return source, await self._facts(draft.destination_wallet, "transaction.destination_wallet",
+                                             own_destination)
         return (self._judge(source, draft.source_wallet, "transaction.source_wallet", own=True),
                 self._judge(destination, draft.destination_wallet, "transaction.destination_wallet",
                             own_destination))
