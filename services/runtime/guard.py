@@ -37,7 +37,7 @@ from .context import CURRENT_CALL, CallInfo, current_caller
 from .inputs import Malformed, guarded
 from .logs import SERVICE
 from .metrics import MethodMetrics
-from .status import code_of, internal_status, to_rpc_status
+from .status import code_of, error_domain, internal_status, to_rpc_status
 from .tracing import TRACE_HEADERS, RpcTracing
 from .users import UserVerifier
 
@@ -87,7 +87,7 @@ class ServerGuard:
         self._gateway = topology.gateway.name
         self._users = UserVerifier(topology.certs_dir)
         self._default_deadline = default_deadline
-        self._domain = f"{service.name}.{topology.trust_domain}"
+        self._domain = error_domain(service.name, topology.trust_domain)
         self._tracing = tracing
 
     def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

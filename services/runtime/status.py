@@ -70,6 +70,11 @@ class _Status(grpc.Status):
     trailing_metadata: tuple
 
 
+def error_domain(service: str, trust_domain: str) -> str:
+    """The `domain` of the ErrorInfo a service's errors carry, e.g. "wallet.diboas.local"."""
+    return f"{service}.{trust_domain}"
+
+
 def status_message(error: errors.DomainError, domain: str) -> status_pb2.Status:
     """The google.rpc.Status of a domain error: its code, its message and the details (ErrorInfo
     with the stable reason; BadRequest for bad input; RetryInfo when the caller should wait)."""

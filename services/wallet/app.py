@@ -8,6 +8,7 @@ from services.runtime.messaging.rabbit_events import EventConsumer
 from services.runtime.messaging.secure import KeyRing
 from services.runtime.messaging.sink import EventSink
 from services.runtime.server import Registration, Runtime
+from services.runtime.status import error_domain
 from services.runtime.tracing import MessageTracing
 
 from . import events
@@ -24,7 +25,7 @@ def build(runtime: Runtime) -> list[Registration]:
     runtime.on_stop.append(db.close)
     service = WalletService(db)
     sink = EventSink(db, messaging, "wallet", KeyRing.load(runtime.topology.certs_dir), events.handlers(service),
-                     tracing=MessageTracing(runtime.tracing), domain=f"wallet.{runtime.topology.trust_domain}")
+                     tracing=MessageTracing(runtime.tracing), domain=error_domain("wallet", runtime.topology.trust_domain))
     if runtime.broker is not None:
         runtime.background.append(EventConsumer(runtime.broker, sink, "wallet", "wallet").run)
     return [

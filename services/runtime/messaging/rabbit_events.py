@@ -34,7 +34,7 @@ from diboas.events.v1 import events_pb2
 from services.domain import errors
 
 from .rabbit import Broker, BrokerNames, consume
-from .relay import DEAD_LETTERS, DeliveryPolicy, outcomes
+from .relay import DEAD_LETTERS, DeliveryPolicy, outcomes_of
 from .secure import MessageRejected
 from .sink import EventSink
 
@@ -109,8 +109,8 @@ class RabbitTransport:
     async def deliver_all(self, subscriber: str, deliveries: list[tuple[events_pb2.EventEnvelope, int]]
                           ) -> list[Exception | None]:
         """Publish each event (at once, each confirmed by the broker on its own)."""
-        return outcomes(await asyncio.gather(*(self.deliver(subscriber, envelope, attempt)
-                                               for envelope, attempt in deliveries), return_exceptions=True))
+        return outcomes_of(await asyncio.gather(*(self.deliver(subscriber, envelope, attempt)
+                                                  for envelope, attempt in deliveries), return_exceptions=True))
 
     async def deliver(self, subscriber: str, envelope: events_pb2.EventEnvelope, attempt: int) -> None:
         if subscriber not in self._subscriptions:

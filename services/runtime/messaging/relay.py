@@ -57,7 +57,7 @@ class EventTransport(Protocol):
         of them could be handed over (the subscriber down, say)."""
 
 
-def outcomes(results: list) -> list[Exception | None]:
+def outcomes_of(results: list) -> list[Exception | None]:
     """asyncio.gather(..., return_exceptions=True) of one call per event, as `deliver_all`
     answers: None for each that succeeded, its error for each that failed. A cancellation is
     not an outcome of one event: it is raised."""
@@ -84,8 +84,8 @@ class MeshTransport:
             reply = await stub.DeliverEvents(events_pb2.DeliverEventsRequest(deliveries=requests))
         except errors.Unimplemented:
             # A subscriber of an older release (a rolling upgrade): one DeliverEvent per event.
-            return outcomes(await asyncio.gather(*(stub.DeliverEvent(request) for request in requests),
-                                                 return_exceptions=True))
+            return outcomes_of(await asyncio.gather(*(stub.DeliverEvent(request) for request in requests),
+                                                    return_exceptions=True))
         if len(reply.outcomes) != len(deliveries):
             raise errors.ServiceUnavailable(f"{subscriber} answered {len(reply.outcomes)} outcomes for "
                                             f"{len(deliveries)} events", reason="UPSTREAM_BAD_ANSWER")

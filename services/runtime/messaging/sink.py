@@ -1,12 +1,13 @@
 """The subscriber's side of event delivery: EventSinkService.DeliverEvents (what the relay
 calls: one outcome per event) and DeliverEvent (one event).
 
-Each event is handled on its own: it opens the envelope (a tampered, stale or undecryptable one is rejected: the relay
-dead-letters it), then runs the topic's handler and records the event in the inbox in one
-database transaction, so a redelivered event changes nothing. All of it runs in a CONSUMER
-span "process <topic>" that continues the trace of the span that produced the event. The events
-of one DeliverEvents call are handled at once, each in its own database transaction (SQLite's
-group commit puts them in one); one that fails changes nothing of the others.
+Each event is handled on its own: its envelope is opened (a tampered, stale or undecryptable
+one is rejected: the relay dead-letters it), then the topic's handler runs and the event is
+recorded in the inbox in one database transaction, so a redelivered event changes nothing.
+All of it runs in a CONSUMER span "process <topic>" that continues the trace of the span that
+produced the event. The events of one DeliverEvents call are handled at once, each in its own
+database transaction (SQLite's group commit puts them in one); one that fails changes nothing
+of the others.
 """
 from __future__ import annotations
 
