@@ -1,4 +1,5 @@
 """Composition root of the transaction service."""
+import functools
 import os
 import socket
 from pathlib import Path
@@ -25,8 +26,9 @@ from .wallet_client import WalletClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 QUEUE = "financial.transactions"
-WORKERS = 8  # sagas this process runs at once (competing consumers of the queue)
-STARTED_AT_ONCE = 64  # sagas run at once by the requests that created them, before the workers take over
+WORKERS = 32  # sagas this process runs at once from the queue (competing consumers of it)
+WATCHFUL_WORKERS = 8  # of them, those that look at the queue every 0.25 s when idle; the rest every 2 s
+STARTED_AT_ONCE = 64  # sagas run at once by the requests that created them, while a worker is idle
 
 
 def build(runtime: Runtime) -> list[Registration]:
@@ -59,13 +61,17 @@ def build(runtime: Runtime) -> list[Registration]:
                       "transactions wait to be settled", waiting)
     service = TransactionService(db, WalletClient(upstreams["wallet"]), queue, outbox,
                                  ProviderClient(upstreams["provider"]), ChainClient(upstreams["blockchain"]),
-                                 tracing=tracing, started_at_once=STARTED_AT_ONCE, backlog=backlog)
+                                 tracing=tracing, started_at_once=STARTED_AT_ONCE, workers=WORKERS,
+                                 backlog=backlog)
     if runtime.broker is not None:
         publisher = WorkPublisher(runtime.broker, queue)
         runtime.background += [WorkDispatcher(db, queue, publisher).run,
                                WorkConsumer(runtime.broker, db, queue, publisher, service.attempt, WORKERS).run]
     else:
-        runtime.background += [service.work] * WORKERS
+        # Every worker wakes when this process queues an item; an idle pause bounds only how late
+        # a retry that fell due, or another instance's item, is taken.
+        runtime.background += [service.work] * WATCHFUL_WORKERS
+        runtime.background += [functools.partial(service.work, idle_seconds=2.0)] * (WORKERS - WATCHFUL_WORKERS)
     runtime.background += [relay.run, service.finish_started, backlog.watch]
     return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server, TransactionServicer(service)),
             Registration(events_pb2_grpc.add_DeadLetterServiceServicer_to_server,

@@ -35,18 +35,25 @@ log = logging.getLogger("diboas.transaction")
 class Worker:
     def __init__(self, units: UnitsOfWork[TransactionRepository], queue: WorkQueue, sagas: Sagas,
                  wallet: WalletPort, providers: ProviderPort | None, chains: ChainPort | None,
-                 clock: Callable[[], dt.datetime], tracing: MessageTracing, started_limit: int = 0):
+                 clock: Callable[[], dt.datetime], tracing: MessageTracing, started_limit: int = 0,
+                 workers: int = 1):
         self._units, self._queue, self._sagas, self._clock, self._tracing = units, queue, sagas, clock, tracing
         self._context = SagaContext(wallet, providers, chains, clock, self._save_progress)
         self._started: set[asyncio.Task] = set()
         self._started_limit = started_limit
+        self._workers = workers         # the workers (or broker consumers) of this process
+        self._working = 0               # of them, those running an item they took from the queue
 
     # --- sagas started by the request that created them -----------------------------------------
 
     def may_start(self) -> bool:
         """Whether a new item's first attempt may start at once (`start`), rather than wait for a
-        worker: while fewer than `started_limit` such attempts run."""
-        return len(self._started) < self._started_limit
+        worker: while fewer than `started_limit` such attempts run, and while a worker is idle.
+        An idle worker found the queue empty (it would have taken what waits there), so the new
+        item overtakes nothing; once every worker is busy, items may be waiting, and a new one
+        queues behind them. Under overload that keeps the order first come, first served: without
+        it, new items took every free start while queued ones waited seconds for a worker."""
+        return self._working < self._workers and len(self._started) < self._started_limit
 
     def start(self, claimed: Claimed, tx: Transaction) -> None:
         """Run the first attempt of an item queued already claimed (WorkQueue.enqueue, leased) for
@@ -132,8 +139,16 @@ class Worker:
         claimed = await self._units.run(self._queue.claim)
         if claimed is None:
             return False
-        await self.attempt(claimed)
+        await self.attempt_queued(claimed)
         return True
+
+    async def attempt_queued(self, claimed: Claimed) -> Retried | None:
+        """`attempt`, by a worker (or a broker consumer) that took the item from the queue."""
+        self._working += 1
+        try:
+            return await self.attempt(claimed)
+        finally:
+            self._working -= 1
 
     async def attempt(self, claimed: Claimed, tx: Transaction | None = None) -> Retried | None:
         """Run a claimed item's saga (of `tx`, when the caller has it), keeping its lease meanwhile.

@@ -38,7 +38,7 @@ OPERATOR = User("ops", frozenset({OPERATOR_ROLE}))
 class Service:
     """A TransactionService over fakes, and the fakes."""
 
-    def __init__(self, started_at_once: int = 0):
+    def __init__(self, started_at_once: int = 0, workers: int = 1):
         self.clock = Clock()
         self.wallet = FakeWallet(a=("alice", "USD", "100.00", "100.00"), b=("bob", "USD", "0", "0"),
                                  e=("erin", "EUR", "0", "0"), full=("bob", "USD", "999999995.00", "999999995.00"))
@@ -48,7 +48,7 @@ class Service:
         ids = iter(f"t{n}" for n in range(1, 100))
         self.service = TransactionService(None, self.wallet, self.queue, None, self.providers, self.chains,
                                           clock=self.clock, ids=lambda: next(ids), units=self.units,
-                                          started_at_once=started_at_once, backlog=self.backlog)
+                                          started_at_once=started_at_once, workers=workers, backlog=self.backlog)
 
     async def create(self, kind: str, amount: str = "10.00", request_id: str = "r1", viewer: User | None = ALICE,
                      fingerprint: str = "fp", **fields) -> str:
@@ -324,6 +324,46 @@ async def test_beyond_the_limit_a_new_saga_waits_for_the_workers():
     assert s.stored(first).state == COMPLETED and s.stored(second).state == PENDING
     await s.work_until_idle()
     assert s.stored(second).state == COMPLETED
+
+
+async def test_while_every_worker_is_busy_a_new_saga_queues_behind_what_waits():
+    s = Service(started_at_once=1, workers=1)
+    gates: dict[str, asyncio.Event] = {}
+    entered: list[str] = []
+    holding = s.wallet.hold
+
+    async def gated_hold(source, amount, reference, request_id):
+        entered.append(request_id)
+        if request_id in gates:
+            await gates[request_id].wait()
+        return await holding(source, amount, reference, request_id)
+    s.wallet.hold = gated_hold
+    gates["t1:hold"], gates["t2:hold"] = asyncio.Event(), asyncio.Event()
+    started = await s.send(request_id="r1")           # starts at once, and waits at its hold
+    first_queued = await s.send(request_id="r2")      # the one start is taken: queued
+    second_queued = await s.send(request_id="r3")
+    stop = asyncio.Event()
+    worker = asyncio.create_task(s.service.work(stop, idle_seconds=60))
+    for _ in range(500):                              # the only worker takes r2, and waits at its hold
+        if "t2:hold" in entered:
+            break
+        await asyncio.sleep(0.001)
+    gates["t1:hold"].set()
+    await settle_started(s)                           # the start is free again
+    assert s.stored(started).state == COMPLETED
+    newer = await s.send(request_id="r4")
+    await asyncio.sleep(0.01)
+    # Starting at once would overtake r3, which waits for the busy worker: r4 queues behind it.
+    assert s.stored(newer).state == PENDING and set(s.units.state.queued) == {first_queued, second_queued, newer}
+    gates["t2:hold"].set()
+    for _ in range(500):
+        if not s.units.state.queued:
+            break
+        await asyncio.sleep(0.002)
+    stop.set()
+    await asyncio.wait_for(worker, 5)
+    assert [s.stored(t).state for t in (first_queued, second_queued, newer)] == [COMPLETED] * 3
+    assert entered == ["t1:hold", "t2:hold", "t3:hold", "t4:hold"]
 
 
 async def test_a_started_saga_whose_step_fails_is_left_to_the_workers_retries():

@@ -125,6 +125,7 @@ class State:
     responses: dict[str, tuple[str, str, bytes]] = dataclasses.field(default_factory=dict)
     published: list[tuple[str, str, object]] = dataclasses.field(default_factory=list)
     queued: dict[str, int] = dataclasses.field(default_factory=dict)          # item -> priority
+    leased: set[str] = dataclasses.field(default_factory=set)                # queued items being worked on
     parked: dict[str, ParkedItem] = dataclasses.field(default_factory=dict)
 
 
@@ -172,10 +173,14 @@ class FakeUnit:
 
     def enqueue(self, item: str, priority: int = 0, *, leased: bool = False) -> Claimed | None:
         self._state.queued[item] = priority
-        return Claimed(len(self._state.queued), item, 1) if leased else None
+        if not leased:
+            return None
+        self._state.leased.add(item)
+        return Claimed(len(self._state.queued), item, 1)
 
     def done(self, claimed: Claimed) -> None:
         self._state.queued.pop(claimed.item, None)
+        self._state.leased.discard(claimed.item)
 
     def parked_in(self, items: list[str]) -> dict[str, ParkedItem]:
         return {item: self._state.parked[item] for item in items if item in self._state.parked}
@@ -241,8 +246,8 @@ class FakeBacklog:
 
 
 class FakeQueue:
-    """The WorkQueue's interface for the workers, over the same `State`: claims in priority
-    order, retries right away, parks after `max_attempts`."""
+    """The WorkQueue's interface for the workers, over the same `State`: claims what is not
+    leased, in priority order (first queued first), retries right away, parks after `max_attempts`."""
     name = "financial.transactions"
     lease_seconds = 3600.0
 
@@ -253,10 +258,12 @@ class FakeQueue:
         self.errors: list[tuple[str, str]] = []        # (item, error) of each failed attempt
 
     def claim(self) -> Claimed | None:
-        queued = self._units.state.queued
-        if not queued:
+        state = self._units.state
+        available = [item for item in state.queued if item not in state.leased]
+        if not available:
             return None
-        item = max(queued, key=lambda i: queued[i])
+        item = max(available, key=lambda i: state.queued[i])
+        state.leased.add(item)
         self.attempts[item] = self.attempts.get(item, 0) + 1
         return Claimed(len(self.errors) + 1, item, self.attempts[item])
 
@@ -265,6 +272,7 @@ class FakeQueue:
 
     def retry(self, claimed: Claimed, error: str) -> Retried:
         self.errors.append((claimed.item, error))
+        self._units.state.leased.discard(claimed.item)
         if claimed.attempts < self.max_attempts:
             return Retried(delay=dt.timedelta(0))
         state = self._units.state
