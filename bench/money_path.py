@@ -20,9 +20,11 @@ runs just measured), whatever the answers, so what is measured is the latency of
 up, not of a queue; and once more at --overload times that rate, with the transaction queue's
 backlog bound set to --overload-backlog-seconds of it: the mesh must refuse what it cannot
 take (RESOURCE_EXHAUSTED, counted as refused) and keep the settle latency of what it took
-bounded. Last, the first configuration's closed loop at the first concurrency runs once more
-with --many-wallets funded wallets instead of --wallets (seeded on the wallet's database by the
-wallet service's own code, not over RPC): how much throughput depends on the number of wallets.
+bounded. Last, the first configuration's closed loop at the first concurrency runs three times
+more, back to back: with --wallets, with --many-wallets funded wallets (seeded on the wallet's
+database by the wallet service's own code, not over RPC), and with --wallets again; the ratio of
+the middle run to the mean of the other two says how much throughput depends on the number of
+wallets (measured minutes apart, the ratio moved with the machine more than with the wallets).
 Each run then waits until everything is settled and reads the two services'
 databases for the timings:
   settled/s         captures (HOLD_CAPTURE journals in the wallet) inside the measured window
@@ -344,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=non_negative, default=2.0)
     parser.add_argument("--wallets", type=whole(2), default=1000, help="funded wallets the SENDs move between")
     parser.add_argument("--many-wallets", type=whole(0), default=100_000,
-                        help="then the first configuration's closed loop at the first concurrency once more with "
-                             "this many funded wallets (0: none): throughput should not depend on it")
+                        help="then the first configuration's closed loop at the first concurrency with this many "
+                             "funded wallets, between two more runs with --wallets (0: none): throughput should not "
+                             "depend on it")
     parser.add_argument("--open-loop", type=non_negative, default=0.5,
                         help="after the closed-loop runs of each configuration, an open-loop run at this fraction "
                              "of their best settled/s (0: none)")
@@ -395,13 +398,14 @@ def main(argv: list[str] | None = None) -> int:
                                                          rate=round(args.overload * best, 1), max_backlog=bound)))
     wallet_counts = None
     if args.many_wallets:
-        few = next(r for r in runs if not r["open_loop_rate"] and r["instances"] == 1
-                   and r["concurrency"] == args.concurrency[0])
-        many = asyncio.run(_run_one(modes[0], backends[0], transports[0], 1, args.concurrency[0], args,
-                                    wallets=args.many_wallets))
-        runs.append(many)
-        wallet_counts = {"few": args.wallets, "many": args.many_wallets,
-                         "ratio": round(many["settled_per_second"] / max(few["settled_per_second"], 0.1), 3)}
+        # Back to back, the few on both sides of the many: what the machine does meanwhile cancels out.
+        pair = [asyncio.run(_run_one(modes[0], backends[0], transports[0], 1, args.concurrency[0], args,
+                                     wallets=count)) for count in (args.wallets, args.many_wallets, args.wallets)]
+        runs += pair
+        few = statistics.fmean(r["settled_per_second"] for r in (pair[0], pair[2]))
+        wallet_counts = {"few": args.wallets, "many": args.many_wallets, "few_settled_per_second": round(few, 1),
+                         "many_settled_per_second": pair[1]["settled_per_second"],
+                         "ratio": round(pair[1]["settled_per_second"] / max(few, 0.1), 3)}
     print(f"\n{'shape':<11} {'backend':<9} {'transport':<9} {'load':>9} {'wallets':>7} {'settled/s':>9} {'req p50':>8} {'req p99':>8} "
           f"{'settle p50':>10} {'settle p99':>10} {'event p50':>9} {'event p99':>9} {'refused':>7} {'CPU/transfer':>12}  by process"
           f"  (RSS MB)")
@@ -416,8 +420,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['refused']:>7} {r['cpu_ms_per_transfer']:>10.2f}ms  {by_process}")
     print(f"target: {TARGET} settled transfers per second on {os.cpu_count()} CPUs")
     if wallet_counts:
-        print(f"settled/s with {wallet_counts['many']} wallets / with {wallet_counts['few']} "
-              f"({modes[0]}, {backends[0]}, {transports[0]}, c{args.concurrency[0]}): {wallet_counts['ratio']:.2f}")
+        print(f"settled/s with {wallet_counts['many']} wallets / the mean with {wallet_counts['few']} just before "
+              f"and after ({modes[0]}, {backends[0]}, {transports[0]}, c{args.concurrency[0]}): "
+              f"{wallet_counts['many_settled_per_second']:.1f} / {wallet_counts['few_settled_per_second']:.1f} = "
+              f"{wallet_counts['ratio']:.2f}")
     conditions = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpus": os.cpu_count(),
                   "python": sys.version.split()[0], "duration_seconds": args.duration, "warmup_seconds": args.warmup,
                   "wallets": args.wallets, "many_wallets": args.many_wallets,
