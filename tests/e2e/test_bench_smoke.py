@@ -33,11 +33,15 @@ def test_money_path_runs(tmp_path):
     # inside it, so settled/s is not asserted here. A SEND from a wallet that is not there or not
     # funded would be an error: the seeded wallets are.
     # Each shape: its closed loop, then an open loop at twice its settled/s (at least 1/s) with the
-    # backlog bounded to 2 s of it (at least 10 items); last, the first closed loop with 30 wallets.
+    # backlog bounded to 2 s of it (at least 10 items); last, the first closed loop with 10, 30 and
+    # 10 wallets, back to back.
     assert [(r["mode"], bool(r["open_loop_rate"]), r["wallets"], r["errors"]) for r in report["runs"]] == [
         ("services", False, 10, 0), ("services", True, 10, 0), ("monolith", False, 10, 0), ("monolith", True, 10, 0),
-        ("services", False, 30, 0)]
-    assert report["wallet_counts"]["few"] == 10 and report["wallet_counts"]["many"] == 30
+        ("services", False, 10, 0), ("services", False, 30, 0), ("services", False, 10, 0)]
+    counts = report["wallet_counts"]
+    assert counts["few"] == 10 and counts["many"] == 30
+    assert counts["few_settled_per_second"] == pytest.approx(
+        (report["runs"][4]["settled_per_second"] + report["runs"][6]["settled_per_second"]) / 2, abs=0.051)
     assert [r["max_backlog"] for r in report["runs"]][0] == 1000 and report["runs"][1]["max_backlog"] >= 10
     assert all(r["refused"] >= 0 for r in report["runs"])
     assert all(r["created"] > 0 and r["cpu_ms_per_transfer"] >= 0 for r in report["runs"])
