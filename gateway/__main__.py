@@ -24,7 +24,7 @@ from services.runtime.config import Topology, load_topology
 from services.runtime.processes import die_with_parent
 
 from .collector import open_output, start_collector
-from .envoy_config import DESCRIPTORS, render
+from .envoy_config import DESCRIPTORS, pages, render
 
 
 def _write_config(topology: Topology, collector_port: int | None) -> Path:
@@ -64,6 +64,10 @@ def main() -> None:
         for needed in (DESCRIPTORS, topology.certs_dir / "jwks.json", topology.certs_dir / "gateway.crt"):
             if not needed.exists():
                 raise ConfigError(f"{needed} is missing: run `make generate` and `make certs`")
+        for page in pages():
+            if not page.file.exists():
+                raise ConfigError(f"{page.file} (served at {page.path}) is missing: run `make setup` "
+                                  "(it installs swagger-ui-dist) and `make generate`")
         out = open_output(topology.observability.trace_export, topology.state_dir) \
             if topology.observability.tracing else None
         if out is None:

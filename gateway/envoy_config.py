@@ -11,7 +11,9 @@ descriptor set in generated/: nothing in it is written by hand twice.
              their HTTP status with the google.rpc.Status as JSON), JSON access logs with
              the upstream's own gRPC status
   routes     one per RPC the topology's policy lets the gateway call (anything else is 404);
-             reads (GET bindings) are retried when the upstream is unavailable, writes never
+             reads (GET bindings) are retried when the upstream is unavailable, writes never;
+             and, without a token, GET /openapi.json (generated/openapi/openapi.json) and the
+             API reference page GET /docs (Swagger UI from the pinned swagger-ui-dist package)
   clusters   one per service: HTTP/2 over mTLS with the gateway's certificate, the server's
              SPIFFE id checked, gRPC health checks, outlier detection, connect timeouts
   admin      on loopback only
@@ -31,6 +33,9 @@ from services.runtime.server import MAX_METADATA_BYTES
 from services.runtime.users import AUDIENCE, ISSUER
 
 DESCRIPTORS = REPO_ROOT / "generated" / "descriptors" / "diboas.binpb"
+OPENAPI = REPO_ROOT / "generated" / "openapi" / "openapi.json"
+DOCS = Path(__file__).parent / "docs"
+SWAGGER_UI = REPO_ROOT / "node_modules" / "swagger-ui-dist"
 _TYPED = "type.googleapis.com/envoy.extensions"
 _JWT_METADATA = "envoy.filters.http.jwt_authn"     # where jwt_authn puts what it verified
 
@@ -136,6 +141,42 @@ def _cluster(topology: Topology, name: str) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Page:
+    path: str               # what a client GETs
+    file: Path              # what it gets
+    content_type: str
+
+
+def pages() -> list[Page]:
+    """What the gateway serves itself, to anyone (no token): the API document and its reference
+    page, with the page's assets from the pinned swagger-ui-dist package (no CDN)."""
+    return [Page("/openapi.json", OPENAPI, "application/json"),
+            Page("/docs", DOCS / "index.html", "text/html; charset=utf-8"),
+            Page("/docs/reference.js", DOCS / "reference.js", "text/javascript; charset=utf-8"),
+            Page("/docs/swagger-ui.css", SWAGGER_UI / "swagger-ui.css", "text/css; charset=utf-8"),
+            Page("/docs/swagger-ui-bundle.js", SWAGGER_UI / "swagger-ui-bundle.js", "text/javascript; charset=utf-8")]
+
+
+# The reference page runs only its own scripts; Swagger UI sets inline styles and data: images.
+_PAGE_POLICY = ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+
+def _page_route(page: Page) -> dict:
+    return {"match": {"path": page.path, "headers": [{"name": ":method", "string_match": {"safe_regex": {
+                "regex": "GET|HEAD"}}}]},
+            "direct_response": {"status": 200, "body": {"filename": str(page.file)}},
+            # The transcoder would answer 404 for a path that no RPC binds (reject_unknown_method).
+            "typed_per_filter_config": {"envoy.filters.http.grpc_json_transcoder": {
+                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}},
+            "response_headers_to_add": [
+                {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                for key, value in (("content-type", page.content_type), ("cache-control", "no-cache"),
+                                   ("x-content-type-options", "nosniff"),
+                                   ("content-security-policy", _PAGE_POLICY))]}
+
+
 def _route(rpc: Rpc, timeout: float) -> dict:
     route = {"cluster": rpc.service, "timeout": f"{timeout:g}s"}
     if rpc.read:    # idempotent: safe to try again on another connection
@@ -192,13 +233,16 @@ def _jwt_authn(name: str, topology: Topology, required: bool) -> dict:
                 "forward": True,                 # the services verify it again and act for its user
                 "jwt_cache_config": {"jwt_cache_size": 4096}}   # a verified token is not verified again
     config = {"@type": f"{_TYPED}.filters.http.jwt_authn.v3.JwtAuthentication", "providers": {"users": provider}}
+    rules = []
     if required:
         requires = {"provider_name": "users"}
+        rules = [{"match": {"path": page.path}} for page in pages()]      # no requirement: public
     else:
         provider["payload_in_metadata"] = "user"
         requires = {"requires_any": {"requirements": [{"provider_name": "users"}, {"allow_missing_or_failed": {}}]}}
         config["stat_prefix"] = "identify."      # its counters apart: it lets everything through
-    return {"name": name, "typed_config": {**config, "rules": [{"match": {"prefix": "/"}, "requires": requires}]}}
+    rules.append({"match": {"prefix": "/"}, "requires": requires})
+    return {"name": name, "typed_config": {**config, "rules": rules}}
 
 
 def _grpc_status(step: str, header: dict, remove: str | None = None) -> dict:
@@ -280,7 +324,8 @@ def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS
             "log_format": {"json_format": ACCESS_LOG}}}],
         "route_config": {"name": "rest", "virtual_hosts": [{
             "name": "diboas", "domains": ["*"],
-            "routes": [_route(r, g.request_timeout_seconds) for r in rpcs]}]},
+            "routes": [_page_route(page) for page in pages()] + [_route(r, g.request_timeout_seconds) for r in rpcs]}],
+            "max_direct_response_body_size_bytes": max(page.file.stat().st_size for page in pages())},
         "http_filters": filters,
         **({"tracing": {
             "random_sampling": {"value": topology.observability.trace_sample_ratio * 100},

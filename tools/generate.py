@@ -9,6 +9,8 @@ Output, all of it committed:
     generated/descriptors/diboas.binpb descriptor set of the diboas protos plus google.rpc
                                        status and error details (imports and source info
                                        included) for Envoy's gRPC-JSON transcoder
+    generated/openapi/openapi.json     the REST API's OpenAPI 3.1 document, from that set and
+                                       the gateway's routes in mesh.yaml (tools/openapi.py)
 
 Only the diboas/* protos get Python code: google.api and google.rpc modules come from
 googleapis-common-protos at run time. Generation happens in a temporary directory that
@@ -29,10 +31,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tools import openapi
+
 ROOT = Path(__file__).resolve().parent.parent
 # Protos compiled into the descriptor set besides ours (error detail types for Envoy).
 EXTRA_DESCRIPTOR_PROTOS = ("google/rpc/error_details.proto", "google/rpc/status.proto")
 DESCRIPTOR_SET = Path("descriptors") / "diboas.binpb"
+OPENAPI = Path("openapi") / "openapi.json"
 # Files that appear next to generated code at run time and are never compared.
 IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 
@@ -108,6 +113,12 @@ def generate_into(out: Path, protos_dir: Path) -> int:
          *protos, *EXTRA_DESCRIPTOR_PROTOS],
         protos_dir,
     )
+    print(f"generate: OpenAPI 3.1 -> generated/{OPENAPI.as_posix()}", flush=True)
+    (out / OPENAPI).parent.mkdir(parents=True)
+    try:
+        (out / OPENAPI).write_text(openapi.render(out / DESCRIPTOR_SET, protos_dir.parent))
+    except openapi.OpenApiError as exc:
+        raise GenerateError(f"OpenAPI: {exc}") from None
     return sum(1 for _ in _files(out))
 
 

@@ -163,7 +163,9 @@ def service_documents(topology: Topology, service: ServiceConfig, namespace: str
 def gateway_documents(topology: Topology, namespace: str, image: str) -> list[dict]:
     g = topology.gateway
     config = render(topology, Path("/dev/stdout"), DESCRIPTORS)
-    text = json.dumps(config, indent=1, sort_keys=True).replace(str(DESCRIPTORS), f"{APP}/{DESCRIPTORS.relative_to(REPO_ROOT)}")
+    # The files Envoy reads from this repository (the descriptor set, the pages it serves) are
+    # under /app in the image.
+    text = json.dumps(config, indent=1, sort_keys=True).replace(f'"{REPO_ROOT}/', f'"{APP}/')
     labels = {"app.kubernetes.io/name": g.name}
     ready = ("import sys, urllib.request; "
              f"sys.exit(urllib.request.urlopen('http://{g.admin}/ready', timeout=3).status != 200)")

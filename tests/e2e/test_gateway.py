@@ -8,6 +8,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -149,6 +150,71 @@ async def test_every_rest_route_reaches_its_rpc(stack):
     _, wallets, _ = await gw.call("GET", "/v1/wallets", alice)
     assert [w["name"] for w in wallets["wallets"]] == [wallet]
     assert wallets["wallets"][0]["availableBalance"] == {"currencyCode": "USD", "amount": "100.00"}
+
+
+async def test_the_api_document_and_its_reference_page_are_served_to_anyone(stack):
+    from openapi_spec_validator import validate
+
+    from gateway.envoy_config import OPENAPI, pages
+    _, gw = stack
+    status, document, headers = await gw.call("GET", "/openapi.json")           # no token
+    assert status == 200 and headers["content-type"] == "application/json", (status, document)
+    assert document == json.loads(OPENAPI.read_text())
+    validate(document)
+    for page in pages():
+        connection = http.client.HTTPConnection("127.0.0.1", gw.http, timeout=15)
+        connection.request("GET", page.path)
+        reply = connection.getresponse()
+        assert (reply.status, reply.getheader("content-type")) == (200, page.content_type), page.path
+        assert reply.read() == page.file.read_bytes(), page.path
+        assert "default-src 'self'" in reply.getheader("content-security-policy")
+        connection.close()
+    _, page, _ = await gw.call("GET", "/docs")
+    assert '<script src="/docs/swagger-ui-bundle.js">' in page["raw"]
+    assert "http:" not in page["raw"] and "https:" not in page["raw"]         # nothing from the network
+    status, body, _ = await gw.call("POST", "/openapi.json", body={})
+    assert status == 404 and "no such REST route" in body["message"]
+
+
+async def test_every_operation_of_the_document_is_a_route_of_the_gateway(stack):
+    """Each operation, its path parameters filled with a value that names nothing, reaches its
+    service: the answer is the service's (a 404 naming the resource, or a 400 about the body),
+    never the gateway's "no such REST route"."""
+    from gateway.envoy_config import OPENAPI
+    mesh, gw = stack
+    alice = user_token(mesh.topology, "alice", ("user",))
+    document = json.loads(OPENAPI.read_text())
+    for path, operations in document["paths"].items():
+        for verb, operation in operations.items():
+            url = re.sub(r"\{[A-Za-z0-9]+\}", "nothing-here", path)
+            status, body, _ = await gw.call(verb.upper(), url, alice, {} if "requestBody" in operation else None)
+            assert status != 404 or "no such REST route" not in body.get("message", ""), (verb, path, body)
+            assert str(status) in operation["responses"], (verb, path, status, body)
+
+
+async def test_every_services_metrics_follow_the_prometheus_naming_rules(stack):
+    """After money moved (so that every labelled series exists), each service's /metrics passes
+    the lint of promtool's rules (tools/metrics_lint.py)."""
+    import urllib.request
+
+    from tools.metrics_lint import problems
+    mesh, gw = stack
+    alice = user_token(mesh.topology, "alice", ("user",))
+    _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
+    _, deposit, _ = await gw.call("POST", f"/v1/transactions?requestId={key()}", alice, {
+        "type": "TRANSACTION_TYPE_DEPOSIT", "destinationWallet": created["wallet"]["name"],
+        "amount": {"currencyCode": "USD", "amount": "10.00"}})
+    for _ in range(200):
+        _, got, _ = await gw.call("GET", f"/v1/{deposit['transaction']['name']}", alice)
+        if got["transaction"]["state"] == "TRANSACTION_STATE_COMPLETED":
+            break
+        await asyncio.sleep(0.05)
+    await gw.call("GET", "/v1/wallets/nobody", alice)                          # an error series too
+    for name in ORDER:
+        url = f"http://{mesh.topology.services[name].metrics}/metrics"
+        text = (await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)).read().decode()
+        assert "diboas_rpc_server_calls_total" in text, name
+        assert problems(text) == [], name
 
 
 async def test_https_with_the_gateway_certificate_trusted_through_the_mesh_ca(stack):

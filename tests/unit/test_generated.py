@@ -164,6 +164,7 @@ def test_descriptor_set_carries_error_details(descriptor_set) -> None:
 def tree_copy(tmp_path: Path) -> Path:
     for part in ("protos", "generated"):
         shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "mesh.yaml", tmp_path / "mesh.yaml")       # which RPCs the gateway routes
     return tmp_path
 
 
@@ -173,6 +174,7 @@ def test_check_fails_when_a_proto_changes(tree_copy: Path) -> None:
     diff = generate.check(tree_copy)
     assert "python/diboas/common/v1/common_pb2.py" in diff.changed
     assert "descriptors/diboas.binpb" in diff.changed
+    assert "openapi/openapi.json" in diff.changed              # Money has a new field
     assert not diff.missing and not diff.extra
 
 

