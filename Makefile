@@ -16,7 +16,7 @@ BUF_AGAINST ?= main
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(PY_STAMP) $(NODE_STAMP) ## install Python packages (pinned, into .venv) and buf (npm)
+setup: $(PY_STAMP) $(NODE_STAMP) ## install Python packages (pinned, into .venv), buf and swagger-ui-dist (npm)
 
 $(PY_STAMP): requirements.lock pyproject.toml
 	@$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "make setup: Python 3.11 or newer is needed (found " + sys.version.split()[0] + "); set PYTHON_BOOT=/path/to/python3.11")'
@@ -74,7 +74,7 @@ bench: setup certs ## measure the runtime's cost (bare vs full stack), the money
 	$(PY) -m bench.money_path
 	$(PY) -m bench.gateway
 
-kubernetes: $(PY_STAMP) ## render deploy/kubernetes/base from mesh.yaml (committed; the unit tests fail when it is stale)
+kubernetes: $(PY_STAMP) $(NODE_STAMP) ## render deploy/kubernetes/base from mesh.yaml (committed; the unit tests fail when it is stale)
 	$(PY) -m tools.kubernetes
 
 clean: ## remove the virtualenv, node_modules and run state (keeps certificates)

@@ -146,6 +146,7 @@ class Page:
     path: str               # what a client GETs
     file: Path              # what it gets
     content_type: str
+    cache: str = "no-cache"     # Swagger UI's files change only with the pinned package: an hour
 
 
 def pages() -> list[Page]:
@@ -154,8 +155,10 @@ def pages() -> list[Page]:
     return [Page("/openapi.json", OPENAPI, "application/json"),
             Page("/docs", DOCS / "index.html", "text/html; charset=utf-8"),
             Page("/docs/reference.js", DOCS / "reference.js", "text/javascript; charset=utf-8"),
-            Page("/docs/swagger-ui.css", SWAGGER_UI / "swagger-ui.css", "text/css; charset=utf-8"),
-            Page("/docs/swagger-ui-bundle.js", SWAGGER_UI / "swagger-ui-bundle.js", "text/javascript; charset=utf-8")]
+            Page("/docs/swagger-ui.css", SWAGGER_UI / "swagger-ui.css", "text/css; charset=utf-8",
+                 "public, max-age=3600"),
+            Page("/docs/swagger-ui-bundle.js", SWAGGER_UI / "swagger-ui-bundle.js", "text/javascript; charset=utf-8",
+                 "public, max-age=3600")]
 
 
 # The reference page runs only its own scripts; Swagger UI sets inline styles and data: images.
@@ -163,16 +166,19 @@ _PAGE_POLICY = ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src '
                 "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 
+def _page_match(page: Page) -> dict:
+    return {"path": page.path, "headers": [{"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}]}
+
+
 def _page_route(page: Page) -> dict:
-    return {"match": {"path": page.path, "headers": [{"name": ":method", "string_match": {"safe_regex": {
-                "regex": "GET|HEAD"}}}]},
+    return {"match": _page_match(page),
             "direct_response": {"status": 200, "body": {"filename": str(page.file)}},
             # The transcoder would answer 404 for a path that no RPC binds (reject_unknown_method).
             "typed_per_filter_config": {"envoy.filters.http.grpc_json_transcoder": {
                 "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}},
             "response_headers_to_add": [
                 {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-                for key, value in (("content-type", page.content_type), ("cache-control", "no-cache"),
+                for key, value in (("content-type", page.content_type), ("cache-control", page.cache),
                                    ("x-content-type-options", "nosniff"),
                                    ("content-security-policy", _PAGE_POLICY))]}
 
@@ -236,7 +242,7 @@ def _jwt_authn(name: str, topology: Topology, required: bool) -> dict:
     rules = []
     if required:
         requires = {"provider_name": "users"}
-        rules = [{"match": {"path": page.path}} for page in pages()]      # no requirement: public
+        rules = [{"match": _page_match(page)} for page in pages()]         # no requirement: public
     else:
         provider["payload_in_metadata"] = "user"
         requires = {"requires_any": {"requirements": [{"provider_name": "users"}, {"allow_missing_or_failed": {}}]}}
@@ -341,7 +347,11 @@ def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS
             _json_reply(413, 3, f"the request body is larger than {g.max_request_bytes} bytes"),
             _json_reply(429, 8, "rate limit exceeded: slow down and retry"),
             _json_reply(431, 3, f"the URL and headers are larger than {MAX_REQUEST_HEADERS_KB} KiB"),
+            _json_reply(408, 4, "the request did not arrive within the gateway's request timeout"),
+            _json_reply(500, 13, "%LOCAL_REPLY_BODY%"),
+            _json_reply(502, 14, "%LOCAL_REPLY_BODY%"),
             _json_reply(503, 14, "%LOCAL_REPLY_BODY%"),
+            _json_reply(504, 4, "%LOCAL_REPLY_BODY%"),
         ]},
     }
     return {

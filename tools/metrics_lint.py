@@ -1,5 +1,6 @@
 """Lint a Prometheus text exposition against the Prometheus naming conventions: the rules of
-`promtool check metrics` (client_golang's promlint), over the exposition as prometheus_client's
+`promtool check metrics` (client_golang's promlint), approximately (its unit lists are longer
+here, and a label in capitals is flagged too), over the exposition as prometheus_client's
 parser reads it.
 
     python -m tools.metrics_lint http://127.0.0.1:9101/metrics    # a running service's metrics
@@ -23,12 +24,17 @@ _NON_BASE_UNITS = {"milliseconds": "seconds", "microseconds": "seconds", "nanose
                    "kilobytes": "bytes", "megabytes": "bytes", "gigabytes": "bytes", "terabytes": "bytes",
                    "bits": "bytes", "percent": "ratio (0 to 1)"}
 _ABBREVIATIONS = {"ms", "us", "ns", "sec", "secs", "min", "mins", "hr", "hrs", "kb", "mb", "gb", "b", "pct", "perc"}
-_TYPE_WORDS = {"counter", "gauge", "histogram", "summary", "untyped"}
 
 
 def problems(exposition: str) -> list[str]:
     """What is wrong with each metric family of the exposition, sorted; empty when nothing is."""
     found: list[str] = []
+    # The parser takes _total off a counter's name either way: whether it was there, the # TYPE
+    # line says.
+    for line in exposition.splitlines():
+        parts = line.split()
+        if parts[:2] == ["#", "TYPE"] and len(parts) == 4 and parts[3] == "counter" and not parts[2].endswith("_total"):
+            found.append(f"{parts[2]}: counter metrics should have a _total suffix")
     for family in text_string_to_metric_families(exposition):
         name, kind = family.name, family.type
         exposed = f"{name}_total" if kind == "counter" else name      # the parser strips _total
@@ -54,7 +60,7 @@ def problems(exposition: str) -> list[str]:
                 problem(f"use base unit {_NON_BASE_UNITS[word]} instead of {word}")
             if word in _ABBREVIATIONS:
                 problem(f"metric names should not contain the abbreviated unit {word!r}")
-            if word in _TYPE_WORDS:
+            if word == kind:
                 problem(f"metric names should not contain the metric type {word!r}")
         labels = {label for sample in family.samples for label in sample.labels}
         for label in sorted(labels):

@@ -58,7 +58,7 @@ WELL_KNOWN = {
     ".google.protobuf.DoubleValue": {"type": ["number", "null"]},
     ".google.protobuf.FloatValue": {"type": ["number", "null"]},
     ".google.protobuf.Int32Value": {"type": ["integer", "null"], "format": "int32"},
-    ".google.protobuf.UInt32Value": {"type": ["integer", "null"], "format": "int32", "minimum": 0},
+    ".google.protobuf.UInt32Value": {"type": ["integer", "null"], "format": "uint32", "minimum": 0},
     ".google.protobuf.Int64Value": {"type": ["string", "null"], "format": "int64"},
     ".google.protobuf.UInt64Value": {"type": ["string", "null"], "format": "uint64"},
 }
@@ -66,7 +66,9 @@ STATUS = ".google.rpc.Status"
 # What the gateway answers besides the route's own 200, and when. Envoy's transcoder maps a
 # service's gRPC code to the HTTP status (INVALID_ARGUMENT, FAILED_PRECONDITION and OUT_OF_RANGE
 # to 400, ALREADY_EXISTS and ABORTED to 409, RESOURCE_EXHAUSTED to 429, UNAVAILABLE to 503,
-# DEADLINE_EXCEEDED to 504); Envoy answers 401, 404, 413, 429 and 431 itself.
+# DEADLINE_EXCEEDED to 504, INTERNAL and UNKNOWN to 500); Envoy answers 401, 404, 408, 413, 429,
+# 431 and, when an upstream cannot be reached or answer in time, 503 and 504 itself, all with
+# the same JSON body (gateway/envoy_config.py, local_reply_config).
 ERRORS = {
     "400": "INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE: the request is malformed, names an "
            "unknown field or query parameter, or cannot be done in the current state; the message "
@@ -74,11 +76,15 @@ ERRORS = {
     "401": "UNAUTHENTICATED: no valid user token (Authorization: Bearer <JWT>)",
     "403": "PERMISSION_DENIED: the token's user may not do this",
     "404": "NOT_FOUND: no such resource (or it is not the user's), or no such REST route",
+    "408": "the request did not arrive within the gateway's request timeout",
     "409": "ALREADY_EXISTS or ABORTED: the resource exists, or a concurrent change won; retry",
     "413": "the request body is larger than the gateway accepts",
-    "429": "RESOURCE_EXHAUSTED: the user's rate limit, or the service's backlog bound; a Retry-After "
-           "header (and a google.rpc.RetryInfo) says when to try again",
+    "429": "RESOURCE_EXHAUSTED: the gateway's rate limit (x-diboas-rate-limited: true), or the "
+           "service's backlog bound (a Retry-After header and a google.rpc.RetryInfo say when to try "
+           "again); nothing was done",
     "431": "the URL and headers are larger than the gateway accepts",
+    "500": "INTERNAL or UNKNOWN: a fault of the service, never of the request (report it); whether a "
+           "write happened is unknown, so retry it with the same request_id",
     "503": "UNAVAILABLE: the service cannot be reached now; nothing was done, retry with backoff",
     "504": "DEADLINE_EXCEEDED: no answer in time; a write may or may not have happened, retry it "
            "with the same request_id",
@@ -91,11 +97,11 @@ class OpenApiError(ValueError):
 
 
 def _comments(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> dict[tuple[str, tuple[int, ...]], str]:
-    """Leading comments by (file, source path), trimmed to one paragraph of text."""
+    """Leading comments by (file, source path), their lines joined into one line of text."""
     found = {}
     for file in files:
         for location in file.source_code_info.location:
-            text = " ".join(line.strip() for line in location.leading_comments.strip().splitlines())
+            text = " ".join(line.strip() for line in location.leading_comments.strip().splitlines() if line.strip())
             if text:
                 found[(file.name, tuple(location.path))] = text
     return found
@@ -173,7 +179,7 @@ class _Schemas:
         for i, field in enumerate(message.field):
             if field.name in leave_out:
                 continue
-            schema = self.field(field, full_name)
+            schema = self.field(field)
             comment = self._types.comment(file, (*path, 2, i))
             behaviors = _behaviors(field)
             if field.HasField("oneof_index") and not field.proto3_optional:
@@ -196,12 +202,12 @@ class _Schemas:
             schema["description"] = comment
         return schema
 
-    def field(self, field: descriptor_pb2.FieldDescriptorProto, owner: str) -> dict:
+    def field(self, field: descriptor_pb2.FieldDescriptorProto) -> dict:
         if field.type == F.TYPE_MESSAGE:
             entry = self._types.messages.get(field.type_name)
             if entry is not None and entry[0].options.map_entry:
                 value = next(f for f in entry[0].field if f.name == "value")
-                return {"type": "object", "additionalProperties": self.field(value, field.type_name)}
+                return {"type": "object", "additionalProperties": self.field(value)}
         item = self.scalar(field)
         if field.label == F.LABEL_REPEATED:
             return {"type": "array", "items": item}
@@ -223,7 +229,7 @@ class _Schemas:
         if kind in INT32:
             return {"type": "integer", "format": "int32", "minimum": -2**31, "maximum": 2**31 - 1}
         if kind in UINT32:
-            return {"type": "integer", "format": "int32", "minimum": 0, "maximum": 2**32 - 1}
+            return {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1}
         if kind in INT64:
             return {"type": "string", "format": "int64", "pattern": r"^-?[0-9]{1,19}$"}
         if kind in UINT64:
@@ -232,33 +238,39 @@ class _Schemas:
 
 
 def _singular(collection: str) -> str:
-    """wallets -> wallet, crossChainTransfers -> crossChainTransfer (the variable of one segment)."""
+    """wallets -> wallet, crossChainTransfers -> crossChainTransfer, addresses -> address,
+    entries -> entry (the variable of one segment)."""
+    if collection.endswith("ies"):
+        return collection[:-3] + "y"
+    if collection.endswith(("sses", "xes", "ches", "shes")):
+        return collection[:-2]
     return collection[:-1] if collection.endswith("s") and len(collection) > 1 else f"{collection}Id"
 
 
 def _path(template: str) -> tuple[str, list[tuple[str, str, str]]]:
     """The OpenAPI path of an http rule's template, and its parameters: (parameter, the request
-    field it fills, the field's pattern). `{name=wallets/*/holds/*}` becomes
-    `wallets/{wallet}/holds/{hold}`, both parameters filling `name`."""
+    field it fills, what the field holds). `{name=wallets/*/holds/*}` becomes
+    `wallets/{wallet}/holds/{hold}`, both parameters filling `name` with "wallets/{wallet}/holds/{hold}"."""
     parameters: list[tuple[str, str, str]] = []
 
     def spell(match: re.Match) -> str:
         field, pattern = match.group(1), match.group(2) or "*"
         if "." in field:
             raise OpenApiError(f"{template}: a path variable of a nested field ({field}) is not supported")
-        segments, spelled, previous = pattern.split("/"), [], field
+        segments, spelled, names, previous = pattern.split("/"), [], [], field
         for segment in segments:
             if segment == "**":
                 raise OpenApiError(f"{template}: a multi-segment variable (**) is not supported")
             if segment == "*":
                 name = _singular(previous) if previous != field or len(segments) > 1 else field
-                if any(name == p for p, _, _ in parameters):
-                    name = f"{name}{len(parameters) + 1}"
-                parameters.append((name, field, pattern))
+                if name in names or any(name == p for p, _, _ in parameters):
+                    name = f"{name}{len(parameters) + len(names) + 1}"
+                names.append(name)
                 spelled.append(f"{{{name}}}")
             else:
                 spelled.append(segment)
             previous = segment
+        parameters.extend((name, field, "/".join(spelled)) for name in names)
         return "/".join(spelled)
     return _VARIABLE.sub(spell, template), parameters
 
@@ -269,9 +281,12 @@ def _query_parameters(schemas: _Schemas, types: _Types, request: str, taken: set
     message, file, path = types.messages[request]
     found = []
     for i, field in enumerate(message.field):
-        if field.name in taken or field.type == F.TYPE_MESSAGE:
+        if field.name in taken:
             continue
-        schema = schemas.field(field, request)
+        if field.type == F.TYPE_MESSAGE:
+            raise OpenApiError(f"{request}.{field.name}: a message field as query parameters (a.b=...) is not "
+                               "supported; bind it to the body")
+        schema = schemas.field(field)
         parameter = {"name": field.json_name, "in": "query", "schema": schema,
                      "required": field_behavior_pb2.REQUIRED in _behaviors(field)}
         if schema.get("type") == "array":
@@ -296,10 +311,10 @@ def _operation(schemas: _Schemas, types: _Types, service: str, method, file: str
     if summary := types.comment(file, path):
         operation["description"] = summary
     parameters = [{"name": name, "in": "path", "required": True,
-                   "description": f"the `{field}` field is `{pattern.replace('*', '{' + name + '}', 1)}`"
-                   if pattern != "*" else f"the `{field}` field",
+                   "description": f"the `{field}` field is `{holds}`" if holds != f"{{{name}}}"
+                   else f"the `{field}` field",
                    "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}}
-                  for name, field, pattern in variables]
+                  for name, field, holds in variables]
     body_field = rule.body
     if body_field == "*":
         operation["requestBody"] = {"required": True, "content": {"application/json": {
@@ -310,7 +325,7 @@ def _operation(schemas: _Schemas, types: _Types, service: str, method, file: str
         if field is None:
             raise OpenApiError(f"{service}.{method.name}: body {body_field!r} is not a field of {request}")
         operation["requestBody"] = {"required": field_behavior_pb2.REQUIRED in _behaviors(field),
-                                    "content": {"application/json": {"schema": schemas.field(field, request)}}}
+                                    "content": {"application/json": {"schema": schemas.field(field)}}}
         taken = bound | {body_field}
     else:
         taken = bound
@@ -319,8 +334,11 @@ def _operation(schemas: _Schemas, types: _Types, service: str, method, file: str
         operation["parameters"] = parameters
     answer = schemas.ref(response)
     if rule.response_body:
-        field = next(f for f in types.messages[response][0].field if f.name == rule.response_body)
-        answer = schemas.field(field, response)
+        field = next((f for f in types.messages[response][0].field if f.name == rule.response_body), None)
+        if field is None:
+            raise OpenApiError(f"{service}.{method.name}: response_body {rule.response_body!r} is not a field of "
+                               f"{response}")
+        answer = schemas.field(field)
     operation["responses"] = {"200": {"description": "OK", "content": {"application/json": {"schema": answer}}}}
     for code in ERRORS:
         if code == "413" and not body_field:

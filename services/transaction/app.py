@@ -28,7 +28,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 QUEUE = "financial.transactions"
 WORKERS = 32  # sagas this process runs at once from the queue (competing consumers of it)
 WATCHFUL_WORKERS = 8  # of them, those that look at the queue every 0.25 s when idle; the rest every 2 s
-STARTED_AT_ONCE = 64  # sagas run at once by the requests that created them, while a worker is idle
+STARTED_AT_ONCE = 64  # sagas run at once by the requests that created them, while nothing waits in the queue
 
 
 def build(runtime: Runtime) -> list[Registration]:
@@ -61,8 +61,7 @@ def build(runtime: Runtime) -> list[Registration]:
                       "transactions wait to be settled", waiting)
     service = TransactionService(db, WalletClient(upstreams["wallet"]), queue, outbox,
                                  ProviderClient(upstreams["provider"]), ChainClient(upstreams["blockchain"]),
-                                 tracing=tracing, started_at_once=STARTED_AT_ONCE, workers=WORKERS,
-                                 backlog=backlog)
+                                 tracing=tracing, started_at_once=STARTED_AT_ONCE, backlog=backlog)
     if runtime.broker is not None:
         publisher = WorkPublisher(runtime.broker, queue)
         runtime.background += [WorkDispatcher(db, queue, publisher).run,
@@ -72,7 +71,7 @@ def build(runtime: Runtime) -> list[Registration]:
         # a retry that fell due, or another instance's item, is taken.
         runtime.background += [service.work] * WATCHFUL_WORKERS
         runtime.background += [functools.partial(service.work, idle_seconds=2.0)] * (WORKERS - WATCHFUL_WORKERS)
-    runtime.background += [relay.run, service.finish_started, backlog.watch]
+    runtime.background += [relay.run, service.finish_started, service.watch_queue, backlog.watch]
     return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server, TransactionServicer(service)),
             Registration(events_pb2_grpc.add_DeadLetterServiceServicer_to_server,
                          DeadLetterServicer(db, relay, idempotency_keys, queue))]

@@ -68,13 +68,13 @@ class TransactionService:
                  clock: Callable[[], dt.datetime] = utcnow, ids: Callable[[], str] = lambda: uuid.uuid4().hex,
                  tracing: MessageTracing | None = None, *, sagas: Sagas = SAGAS,
                  units: UnitsOfWork[TransactionRepository] | None = None, started_at_once: int = 0,
-                 workers: int = 1, backlog: Backlog | None = None):
+                 backlog: Backlog | None = None):
         self.db, self.queue, self._backlog = db, queue, backlog
         self.units = units or UnitsOfWork(db, TransactionRepository, outbox=outbox, queue=queue,
                                           idempotency=idempotency_keys, clock=clock)
         self._wallet, self._sagas, self._clock, self._ids = wallet, sagas, clock, ids
         self._worker = Worker(self.units, queue, sagas, wallet, providers, chains, clock, tracing or MessageTracing(),
-                              started_at_once, workers)
+                              started_at_once)
 
     # --- create ---------------------------------------------------------------------------------
 
@@ -84,10 +84,10 @@ class TransactionService:
         can start (nothing is written when they do not). The amount must be within the
         currency's max_transaction. A repeated request_id returns the first answer; a new one is
         refused (ResourceExhausted) while the backlog is at its bound. While fewer
-        than `started_at_once` sagas started this way run and a worker is idle (nothing waits
-        in the queue), the new one is queued already claimed and its first attempt starts as
-        soon as the transaction is committed (no wait for a worker); otherwise it queues behind
-        what waits, for the workers (Worker.may_start)."""
+        than `started_at_once` sagas started this way run and nothing waits in the queue, the
+        new one is queued already claimed and its first attempt starts as soon as the
+        transaction is committed (no wait for a worker); otherwise it queues behind what waits,
+        for the workers (Worker.may_start)."""
         saga = self._sagas.of(draft.type)
         saga.check(draft)
         first = await self.units.run(self.units.stored, CREATE, request_id, fingerprint)
@@ -121,6 +121,7 @@ class TransactionService:
         if claimed is not None:
             self._worker.start(claimed, tx)
         elif tx is not None:                    # queued for the workers (or the dispatcher)
+            self._worker.queued()
             self.queue.arrived.set()
         return response
 
@@ -164,11 +165,19 @@ class TransactionService:
 
     async def attempt(self, claimed: Claimed) -> Retried | None:
         """One attempt at a claimed item's saga (see Worker.attempt): what the broker's consumers run."""
-        return await self._worker.attempt_queued(claimed)
+        return await self._worker.attempt(claimed)
 
     async def finish_started(self, stop: asyncio.Event) -> None:
         """Background work: on stop, wait for the sagas that requests started (Worker.finish_started)."""
         await self._worker.finish_started(stop)
+
+    async def watch_queue(self, stop: asyncio.Event) -> None:
+        """Background work: keep track of whether anything waits in the queue (Worker.watch_queue)."""
+        await self._worker.watch_queue(stop)
+
+    async def look_at_queue(self) -> None:
+        """Look once whether anything waits in the queue (Worker.look_at_queue)."""
+        await self._worker.look_at_queue()
 
     async def work(self, stop: asyncio.Event, idle_seconds: float = 0.25) -> None:
         """One competing consumer of the queue, until `stop` is set."""

@@ -35,25 +35,42 @@ log = logging.getLogger("diboas.transaction")
 class Worker:
     def __init__(self, units: UnitsOfWork[TransactionRepository], queue: WorkQueue, sagas: Sagas,
                  wallet: WalletPort, providers: ProviderPort | None, chains: ChainPort | None,
-                 clock: Callable[[], dt.datetime], tracing: MessageTracing, started_limit: int = 0,
-                 workers: int = 1):
+                 clock: Callable[[], dt.datetime], tracing: MessageTracing, started_limit: int = 0):
         self._units, self._queue, self._sagas, self._clock, self._tracing = units, queue, sagas, clock, tracing
         self._context = SagaContext(wallet, providers, chains, clock, self._save_progress)
         self._started: set[asyncio.Task] = set()
         self._started_limit = started_limit
-        self._workers = workers         # the workers (or broker consumers) of this process
-        self._working = 0               # of them, those running an item they took from the queue
+        self._waiting = False           # items may wait in the queue (the last look, or queued since)
+        self._queued_here = 0           # items this process queued for the workers, ever
 
     # --- sagas started by the request that created them -----------------------------------------
 
     def may_start(self) -> bool:
         """Whether a new item's first attempt may start at once (`start`), rather than wait for a
-        worker: while fewer than `started_limit` such attempts run, and while a worker is idle.
-        An idle worker found the queue empty (it would have taken what waits there), so the new
-        item overtakes nothing; once every worker is busy, items may be waiting, and a new one
-        queues behind them. Under overload that keeps the order first come, first served: without
-        it, new items took every free start while queued ones waited seconds for a worker."""
-        return self._working < self._workers and len(self._started) < self._started_limit
+        worker: while fewer than `started_limit` such attempts run, and while nothing waits in the
+        queue. Under overload that keeps the order first come, first served: without the second
+        rule, new items took every free start while queued ones waited seconds for a worker."""
+        return not self._waiting and len(self._started) < self._started_limit
+
+    def queued(self) -> None:
+        """An item was just queued for the workers (not started at once): new ones queue behind it
+        until a look at the queue finds nothing waiting."""
+        self._waiting = True
+        self._queued_here += 1
+
+    async def look_at_queue(self) -> None:
+        """Find out whether anything waits in the queue (every instance's items, retries that fell
+        due): what `may_start` goes by. An item queued here meanwhile keeps the answer "yes"."""
+        queued_before = self._queued_here
+        self._saw(await self._units.run(self._queue.anything_waiting), queued_before)
+
+    def _saw(self, waiting: bool, queued_before: int) -> None:
+        if waiting or self._queued_here == queued_before:
+            self._waiting = waiting
+
+    async def watch_queue(self, stop: asyncio.Event, interval: float = 0.25) -> None:
+        """Background work: `look_at_queue` every `interval` seconds until `stop` is set."""
+        await repeat(stop, interval, self.look_at_queue, failure="could not look at the queue", logger=log)
 
     def start(self, claimed: Claimed, tx: Transaction) -> None:
         """Run the first attempt of an item queued already claimed (WorkQueue.enqueue, leased) for
@@ -136,19 +153,13 @@ class Worker:
 
     async def _work_one(self) -> bool:
         """Claim one item and run its saga; False when there was none."""
+        queued_before = self._queued_here
         claimed = await self._units.run(self._queue.claim)
         if claimed is None:
+            self._saw(False, queued_before)             # the queue was empty just now
             return False
-        await self.attempt_queued(claimed)
+        await self.attempt(claimed)
         return True
-
-    async def attempt_queued(self, claimed: Claimed) -> Retried | None:
-        """`attempt`, by a worker (or a broker consumer) that took the item from the queue."""
-        self._working += 1
-        try:
-            return await self.attempt(claimed)
-        finally:
-            self._working -= 1
 
     async def attempt(self, claimed: Claimed, tx: Transaction | None = None) -> Retried | None:
         """Run a claimed item's saga (of `tx`, when the caller has it), keeping its lease meanwhile.

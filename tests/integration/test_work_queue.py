@@ -91,6 +91,23 @@ def test_an_item_queued_already_claimed_is_nobody_elses_until_its_lease_runs_out
     assert q.depth() == 0
 
 
+def test_anything_waiting_is_an_item_no_worker_holds_and_no_backoff_keeps(queue):
+    q, db, clock = queue
+    assert not q.anything_waiting()
+    with db.transaction() as connection:
+        started = q.enqueue(connection, "started", 10, leased=True)
+    assert not q.anything_waiting()                                  # a worker holds it
+    add(db, q, "queued")
+    assert q.anything_waiting()
+    taken = q.claim()
+    assert taken.item == "queued" and not q.anything_waiting()
+    q.retry(taken, "upstream down")                                  # waits out its backoff
+    assert not q.anything_waiting()
+    clock.advance(q.backoff(taken.attempts).total_seconds() * 2 + 1)
+    assert q.anything_waiting()                                      # the retry fell due
+    assert started.attempts == 1 and q.claim().item == "queued"      # the started one is still held
+
+
 def test_a_renewed_lease_keeps_the_item_and_a_lost_lease_changes_nothing(queue):
     q, db, clock = queue
     add(db, q, "saga")

@@ -41,6 +41,8 @@ def test_conventional_metrics_pass():
     ("# HELP shop_disk_percent x\n# TYPE shop_disk_percent gauge\nshop_disk_percent 1",
      "shop_disk_percent: use base unit ratio (0 to 1) instead of percent"),
     ("shop_mystery 1", "shop_mystery: no help text"),
+    ("# HELP shop_orders x\n# TYPE shop_orders counter\nshop_orders 1",
+     "shop_orders: counter metrics should have a _total suffix"),
 ])
 def test_each_rule(family, expected):
     assert expected in problems(exposition(family))

@@ -38,7 +38,7 @@ OPERATOR = User("ops", frozenset({OPERATOR_ROLE}))
 class Service:
     """A TransactionService over fakes, and the fakes."""
 
-    def __init__(self, started_at_once: int = 0, workers: int = 1):
+    def __init__(self, started_at_once: int = 0):
         self.clock = Clock()
         self.wallet = FakeWallet(a=("alice", "USD", "100.00", "100.00"), b=("bob", "USD", "0", "0"),
                                  e=("erin", "EUR", "0", "0"), full=("bob", "USD", "999999995.00", "999999995.00"))
@@ -48,7 +48,7 @@ class Service:
         ids = iter(f"t{n}" for n in range(1, 100))
         self.service = TransactionService(None, self.wallet, self.queue, None, self.providers, self.chains,
                                           clock=self.clock, ids=lambda: next(ids), units=self.units,
-                                          started_at_once=started_at_once, workers=workers, backlog=self.backlog)
+                                          started_at_once=started_at_once, backlog=self.backlog)
 
     async def create(self, kind: str, amount: str = "10.00", request_id: str = "r1", viewer: User | None = ALICE,
                      fingerprint: str = "fp", **fields) -> str:
@@ -326,44 +326,63 @@ async def test_beyond_the_limit_a_new_saga_waits_for_the_workers():
     assert s.stored(second).state == COMPLETED
 
 
-async def test_while_every_worker_is_busy_a_new_saga_queues_behind_what_waits():
-    s = Service(started_at_once=1, workers=1)
-    gates: dict[str, asyncio.Event] = {}
-    entered: list[str] = []
+async def test_while_sagas_wait_in_the_queue_a_new_one_queues_behind_them():
+    s = Service(started_at_once=1)
+    gate = asyncio.Event()
     holding = s.wallet.hold
 
     async def gated_hold(source, amount, reference, request_id):
-        entered.append(request_id)
-        if request_id in gates:
-            await gates[request_id].wait()
+        if request_id == "t1:hold":
+            await gate.wait()
         return await holding(source, amount, reference, request_id)
     s.wallet.hold = gated_hold
-    gates["t1:hold"], gates["t2:hold"] = asyncio.Event(), asyncio.Event()
     started = await s.send(request_id="r1")           # starts at once, and waits at its hold
-    first_queued = await s.send(request_id="r2")      # the one start is taken: queued
-    second_queued = await s.send(request_id="r3")
-    stop = asyncio.Event()
-    worker = asyncio.create_task(s.service.work(stop, idle_seconds=60))
-    for _ in range(500):                              # the only worker takes r2, and waits at its hold
-        if "t2:hold" in entered:
-            break
-        await asyncio.sleep(0.001)
-    gates["t1:hold"].set()
-    await settle_started(s)                           # the start is free again
+    waiting = await s.send(request_id="r2")           # the one start is taken: queued
+    gate.set()
+    await settle_started(s)                           # the start is free again ...
     assert s.stored(started).state == COMPLETED
-    newer = await s.send(request_id="r4")
-    await asyncio.sleep(0.01)
-    # Starting at once would overtake r3, which waits for the busy worker: r4 queues behind it.
-    assert s.stored(newer).state == PENDING and set(s.units.state.queued) == {first_queued, second_queued, newer}
-    gates["t2:hold"].set()
-    for _ in range(500):
-        if not s.units.state.queued:
-            break
-        await asyncio.sleep(0.002)
-    stop.set()
-    await asyncio.wait_for(worker, 5)
-    assert [s.stored(t).state for t in (first_queued, second_queued, newer)] == [COMPLETED] * 3
-    assert entered == ["t1:hold", "t2:hold", "t3:hold", "t4:hold"]
+    newer = await s.send(request_id="r3")
+    await settle_started(s)
+    # ... but starting at once would overtake r2, which waits for a worker: r3 queues behind it.
+    assert s.stored(newer).state == PENDING and set(s.units.state.queued) == {waiting, newer}
+    await s.service.look_at_queue()                   # a look finds them waiting still
+    assert (await s.send(request_id="r4")) and set(s.units.state.queued) == {waiting, newer, "t4"}
+    await s.work_until_idle()
+    assert s.wallet.hold_calls[1:] == [("wallets/a", usd("10.00"), f"{t}:hold") for t in ("t2", "t3", "t4")]
+    await s.service.look_at_queue()                   # nothing waits any more: starts are back
+    latest = await s.send(request_id="r5")
+    await settle_started(s)
+    assert s.stored(latest).state == COMPLETED and s.units.state.queued == {}
+
+
+async def test_a_look_that_began_before_an_item_was_queued_does_not_clear_the_wait():
+    s = Service(started_at_once=1)
+    gate, answered, finish = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    holding, run = s.wallet.hold, s.units.run
+
+    async def gated_hold(source, amount, reference, request_id):
+        await gate.wait()
+        return await holding(source, amount, reference, request_id)
+
+    async def slow_run(fn, *args):
+        if fn == s.queue.anything_waiting:
+            answer = fn(*args)                        # the queue as it is now: nothing waits
+            answered.set()
+            await finish.wait()                       # ... and the answer arrives late
+            return answer
+        return await run(fn, *args)
+    s.wallet.hold, s.units.run = gated_hold, slow_run
+    await s.send(request_id="r1")                     # takes the one start
+    look = asyncio.create_task(s.service.look_at_queue())
+    await answered.wait()
+    waiting = await s.send(request_id="r2")           # queued while the look is on its way
+    finish.set()
+    await look
+    gate.set()
+    await settle_started(s)                           # the start is free again
+    newer = await s.send(request_id="r3")
+    await settle_started(s)
+    assert s.stored(newer).state == PENDING and set(s.units.state.queued) == {waiting, newer}
 
 
 async def test_a_started_saga_whose_step_fails_is_left_to_the_workers_retries():

@@ -257,6 +257,10 @@ class FakeQueue:
         self.attempts: dict[str, int] = {}
         self.errors: list[tuple[str, str]] = []        # (item, error) of each failed attempt
 
+    def anything_waiting(self) -> bool:
+        state = self._units.state
+        return any(item not in state.leased for item in state.queued)
+
     def claim(self) -> Claimed | None:
         state = self._units.state
         available = [item for item in state.queued if item not in state.leased]

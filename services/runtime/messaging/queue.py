@@ -185,6 +185,8 @@ class WorkQueue:
                        .values(available_at=param(c.available_at, "until")))
         self._done = delete(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item"))
         self._count = select(func.count()).select_from(table).where(c.queue == name)
+        self._one_waiting = (select(c.id).where(c.queue == name, c.available_at <= param(c.available_at, "now"))
+                             .limit(1))
 
     def enqueue(self, connection: Connection, item: str, priority: int = 0,
                 trace_context: Mapping[str, str] | None = None, *, leased: bool = False) -> Claimed | None:
@@ -208,6 +210,12 @@ class WorkQueue:
         """The statement that counts the items the queue holds now (queued, leased or waiting out
         a backoff), in every instance's hands."""
         return self._count
+
+    def anything_waiting(self) -> bool:
+        """Whether an item waits for a worker now (queued, or a retry that fell due), in every
+        instance's hands: not one that a worker holds, nor one still waiting out its backoff."""
+        with self._db.reading() as connection:
+            return connection.execute(self._one_waiting, {"now": self._clock()}).first() is not None
 
     def claim(self) -> Claimed | None:
         """The most urgent available item, leased to the caller (None when there is none). An item

@@ -101,7 +101,9 @@ class Wallet(_message.Message):
     name: _builtins.str
     """Resource name, "wallets/{wallet}"."""
     owner_id: _builtins.str
-    """Identifier of the owner (a user or an account)."""
+    """Identifier of the owner (a user or an account). On create, empty means the calling user (a
+    user's REST call); a service or operator calling over gRPC must name it.
+    """
     currency_code: _builtins.str
     """Currency of every amount in the wallet, e.g. "USD", "BTC"."""
     @_builtins.property
