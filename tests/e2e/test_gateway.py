@@ -172,7 +172,10 @@ async def test_the_api_document_and_its_reference_page_are_served_to_anyone(stac
     _, page, _ = await gw.call("GET", "/docs")
     assert '<script src="/docs/swagger-ui-bundle.js">' in page["raw"]
     assert "http:" not in page["raw"] and "https:" not in page["raw"]         # nothing from the network
-    status, body, _ = await gw.call("POST", "/openapi.json", body={})
+    status, body, _ = await gw.call("POST", "/openapi.json", body={})         # public for GET and HEAD only
+    assert status == 401 and body["code"] == 16
+    token = user_token(gw.topology, "alice", ("user",))
+    status, body, _ = await gw.call("POST", "/openapi.json", token, body={})
     assert status == 404 and "no such REST route" in body["message"]
 
 
