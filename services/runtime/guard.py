@@ -189,6 +189,7 @@ class _RpcScope:
         self._started = time.perf_counter()
         guard, method, context = self._guard, self._method, self._context
         token = trace_headers = None
+        user_agent = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 # The scheme is case-insensitive (RFC 9110 section 11.1): "bearer x", "BEARER x".
@@ -196,8 +197,10 @@ class _RpcScope:
             elif key in TRACE_HEADERS:
                 trace_headers = trace_headers or {}
                 trace_headers[key] = value
+            elif key == "user-agent":
+                user_agent = value
         self._span, self._span_token = guard._tracing.start_server(method.full_name, method.span_attributes,
-                                                                   trace_headers)
+                                                                   trace_headers, user_agent)
         caller, user = guard.authorize(method, context, token)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
@@ -215,7 +218,7 @@ class _RpcScope:
         elif not isinstance(code, grpc.StatusCode):  # context.code() may give a raw int
             code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
         self._method.metrics.observe(code.name, time.perf_counter() - self._started)
-        RpcTracing.end(self._span, code.value[0], message)
+        RpcTracing.end(self._span, code.value[0], message, server=True)
         try:
             if self._call_token is not None:
                 CURRENT_CALL.reset(self._call_token)

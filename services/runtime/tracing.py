@@ -2,7 +2,8 @@
 
 The spans follow the gRPC semantic conventions of opentelemetry-instrumentation-grpc
 (name "/package.Service/Method", kind SERVER or CLIENT, rpc.system, rpc.service,
-rpc.method, rpc.grpc.status_code), but they are made inside the mesh's own call wrappers:
+rpc.method, rpc.grpc.status_code, and rpc.user_agent on the server; a test compares them with
+the package's), but they are made inside the mesh's own call wrappers:
 the instrumentation's interceptors cost about a third of a trivial RPC's throughput here
 (docs/benchmarks.md), most of it in wrapping, not in the spans.
 
@@ -46,6 +47,9 @@ from services.config_files import ConfigError
 _W3C = TraceContextTextMapPropagator()
 OTLP_TIMEOUT_SECONDS = 3
 TRACE_HEADERS = frozenset(_W3C.fields)  # traceparent, tracestate
+# UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS: the codes that mark a
+# server span as an error (OpenTelemetry's gRPC conventions); others are the caller's.
+SERVER_FAULTS = frozenset({2, 4, 12, 13, 14, 15})
 
 
 class RpcTracing:
@@ -60,13 +64,16 @@ class RpcTracing:
         service, _, method = full_method.lstrip("/").rpartition("/")
         return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
-    def start_server(self, full_method: str, attributes: dict, trace_headers: dict | None):
+    def start_server(self, full_method: str, attributes: dict, trace_headers: dict | None, user_agent: str = ""):
         """A SERVER span, child of the caller's context, made current; returns (span, token),
-        or (None, None) when tracing is off."""
+        or (None, None) when tracing is off. The caller's user agent is rpc.user_agent, as the
+        instrumentation has it."""
         if not self.enabled:
             return None, None
         parent = _W3C.extract(trace_headers) if trace_headers else None
         span = self._tracer.start_span(full_method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        if user_agent:
+            span.set_attribute("rpc.user_agent", user_agent)
         return span, otel_context.attach(trace.set_span_in_context(span))
 
     def start_client(self, full_method: str, attributes: dict) -> tuple[trace.Span | None, dict]:
@@ -80,11 +87,14 @@ class RpcTracing:
         return span, headers
 
     @staticmethod
-    def end(span: trace.Span | None, code: int, message: str = "") -> None:
+    def end(span: trace.Span | None, code: int, message: str = "", server: bool = False) -> None:
+        """End the span with the call's gRPC status code. An error status, as the gRPC semantic
+        conventions (and the instrumentation) have it: a client's for any code but OK, a server's
+        only for the codes that are its own fault (a NOT_FOUND is the caller's business)."""
         if span is None:
             return
         span.set_attribute("rpc.grpc.status_code", code)
-        if code != 0:
+        if code != 0 and (not server or code in SERVER_FAULTS):
             span.set_status(Status(StatusCode.ERROR, message))
         span.end()
 

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
+from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.config import Address
 from services.runtime.logs import JsonFormatter
 
@@ -297,3 +298,67 @@ async def test_a_work_item_or_event_without_a_trace_context_is_handled_in_a_new_
     assert [s.name for s in finished] == ["process q", "process transaction.completed", "process transaction.completed"]
     assert all(s.parent is None and not s.links and s.status.is_ok for s in finished)
     assert len({s.context.trace_id for s in finished}) == 3            # three new traces
+
+
+class PlainWallets(wallet_pb2_grpc.WalletServiceServicer):
+    """GetWallet as EchoWallets answers it, for a bare grpc.aio server."""
+
+    async def GetWallet(self, request, context):
+        if request.name == "wallets/missing":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "wallet wallets/missing does not exist")
+        return wallet_pb2.GetWalletResponse(wallet=wallet_pb2.Wallet(name=request.name, owner_id="owner-1",
+                                                                     currency_code="USD"))
+
+
+def _described(span) -> dict:
+    return {"name": span.name, "kind": span.kind, "status": span.status.status_code,
+            "attributes": dict(span.attributes)}
+
+
+async def test_the_runtimes_spans_are_those_of_opentelemetry_instrumentation_grpc(two_hops, spans):
+    """The same GetWallet calls, answered OK and NOT_FOUND, made once through the runtime (the
+    transaction service's upstream stub, the wallet's guard) and once through a bare grpc.aio
+    client and server with opentelemetry-instrumentation-grpc's interceptors: the spans have the
+    same names, kinds, statuses and rpc.* attributes (docs/decisions.md, 11)."""
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+
+    topology, _, transaction = two_hops
+    runtime = {}
+    for name in ("wallets/w1", "wallets/missing"):
+        spans.clear()
+        try:
+            await _call(topology, transaction.port, name)
+        except grpc.aio.AioRpcError:
+            pass
+        for span in spans.get_finished_spans():
+            if span.name == "/diboas.wallet.v1.WalletService/GetWallet":
+                runtime[(name, span.kind)] = _described(span)
+
+    server = grpc.aio.server(interceptors=[aio_server_interceptor()])
+    wallet_pb2_grpc.add_WalletServiceServicer_to_server(PlainWallets(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    instrumented = {}
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=aio_client_interceptors()) as channel:
+            stub = wallet_pb2_grpc.WalletServiceStub(channel)
+            for name in ("wallets/w1", "wallets/missing"):
+                spans.clear()
+                try:
+                    await stub.GetWallet(wallet_pb2.GetWalletRequest(name=name), timeout=5)
+                except grpc.aio.AioRpcError:
+                    pass
+                for span in spans.get_finished_spans():
+                    instrumented[(name, span.kind)] = _described(span)
+    finally:
+        await server.stop(None)
+
+    assert set(runtime) == set(instrumented) == {(n, k) for n in ("wallets/w1", "wallets/missing")
+                                                  for k in (trace.SpanKind.CLIENT, trace.SpanKind.SERVER)}
+    for key, theirs in instrumented.items():
+        ours = runtime[key]
+        assert (ours["name"], ours["kind"], ours["status"]) == (theirs["name"], theirs["kind"], theirs["status"]), key
+        rpc_keys = {k for k in theirs["attributes"] if k.startswith("rpc.")}
+        assert {k: ours["attributes"].get(k) for k in rpc_keys} == {k: theirs["attributes"][k] for k in rpc_keys}, key
+        # What the package adds beyond rpc.*: the peer's address, which the runtime leaves out.
+        assert set(theirs["attributes"]) - rpc_keys <= {"net.peer.ip", "net.peer.port", "net.peer.name"}, key
