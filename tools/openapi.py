@@ -297,6 +297,13 @@ def _query_parameters(schemas: _Schemas, types: _Types, request: str, taken: set
     return found
 
 
+def _field_named(types: _Types, message: str, name: str, what: str) -> descriptor_pb2.FieldDescriptorProto:
+    field = next((f for f in types.messages[message][0].field if f.name == name), None)
+    if field is None:
+        raise OpenApiError(f"{what} {name!r} is not a field of {message}")
+    return field
+
+
 def _operation(schemas: _Schemas, types: _Types, service: str, method, file: str,
                path: tuple[int, ...]) -> tuple[str, str, dict]:
     rule = method.options.Extensions[annotations_pb2.http]
@@ -321,9 +328,7 @@ def _operation(schemas: _Schemas, types: _Types, service: str, method, file: str
             "schema": schemas.message(request, leave_out=bound)}}}
         taken = {f.name for f in types.messages[request][0].field}
     elif body_field:
-        field = next((f for f in types.messages[request][0].field if f.name == body_field), None)
-        if field is None:
-            raise OpenApiError(f"{service}.{method.name}: body {body_field!r} is not a field of {request}")
+        field = _field_named(types, request, body_field, f"{service}.{method.name}: body")
         operation["requestBody"] = {"required": field_behavior_pb2.REQUIRED in _behaviors(field),
                                     "content": {"application/json": {"schema": schemas.field(field)}}}
         taken = bound | {body_field}
@@ -332,13 +337,11 @@ def _operation(schemas: _Schemas, types: _Types, service: str, method, file: str
     parameters += _query_parameters(schemas, types, request, taken)
     if parameters:
         operation["parameters"] = parameters
-    answer = schemas.ref(response)
     if rule.response_body:
-        field = next((f for f in types.messages[response][0].field if f.name == rule.response_body), None)
-        if field is None:
-            raise OpenApiError(f"{service}.{method.name}: response_body {rule.response_body!r} is not a field of "
-                               f"{response}")
-        answer = schemas.field(field)
+        answer = schemas.field(_field_named(types, response, rule.response_body,
+                                            f"{service}.{method.name}: response_body"))
+    else:
+        answer = schemas.ref(response)
     operation["responses"] = {"200": {"description": "OK", "content": {"application/json": {"schema": answer}}}}
     for code in ERRORS:
         if code == "413" and not body_field:
