@@ -14,6 +14,9 @@ from services.runtime.config import Topology
 from services.runtime.users import issue_user_token
 
 SETTLED = ("TRANSACTION_STATE_COMPLETED", "TRANSACTION_STATE_FAILED")
+# How long a read that is answered 503 (a service restarting under `make run`'s supervision) is
+# tried again, with a growing pause, before the demo gives up on it.
+READ_RETRY_SECONDS = 15
 
 
 class DemoFailed(Exception):
@@ -28,8 +31,22 @@ class Rest:
         return issue_user_token(self.certs, user, ["user"], ttl_seconds=900)
 
     def call(self, method: str, path: str, token: str, body: dict | None = None, quiet: bool = False) -> dict:
+        """The answer's JSON; DemoFailed for any status but 200. A read answered 503 is tried again
+        for up to READ_RETRY_SECONDS (nothing was done, and a restarted service comes back)."""
         if not quiet:
             self.out(f"    {method} {path}" + (f"  {json.dumps(body)}" if body else ""))
+        deadline, pause = time.monotonic() + READ_RETRY_SECONDS, 0.2
+        while True:
+            status, data = self._once(method, path, token, body)
+            if status != 503 or method != "GET" or time.monotonic() + pause > deadline:
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        if status != 200:
+            raise DemoFailed(f"{method} {path} answered {status}: {data.get('message', data)}")
+        return data
+
+    def _once(self, method: str, path: str, token: str, body: dict | None) -> tuple[int, dict]:
         connection = http.client.HTTPConnection(self.address.host, self.address.port, timeout=30)
         try:
             connection.request(method, path, body=json.dumps(body) if body else None,
@@ -41,9 +58,7 @@ class Rest:
                               "is `make run` running?") from None
         finally:
             connection.close()
-        if status != 200:
-            raise DemoFailed(f"{method} {path} answered {status}: {data.get('message', data)}")
-        return data
+        return status, data
 
 
 def _money(amount: str) -> dict:
