@@ -63,6 +63,7 @@ class Rpc:
     method: str             # e.g. "GetWallet"
     verb: str               # the HTTP verb of its google.api.http binding
     template: str           # the path template, e.g. "/v1/{name=wallets/*}"
+    streams: bool = False   # a server-streaming RPC: it answers for as long as the service streams
 
     @property
     def path(self) -> str:
@@ -90,7 +91,7 @@ def external_rpcs(topology: Topology, descriptors: Path = DESCRIPTORS) -> list[R
                 callers = policy.get(method.name, policy.get("*", frozenset()))
                 if verb and verb != "custom" and gateway in callers:
                     rpcs.append(Rpc(parts[1], f"{file.package}.{service.name}", method.name, verb,
-                                    getattr(rule, verb)))
+                                    getattr(rule, verb), method.server_streaming))
     return rpcs
 
 
@@ -184,7 +185,9 @@ def _page_route(page: Page) -> dict:
 
 
 def _route(rpc: Rpc, timeout: float) -> dict:
-    route = {"cluster": rpc.service, "timeout": f"{timeout:g}s"}
+    # A stream has no gateway timeout: the service ends it (WatchTransaction within 300 s), and
+    # Envoy's stream idle timeout (5 minutes) ends one that went silent.
+    route = {"cluster": rpc.service, "timeout": "0s" if rpc.streams else f"{timeout:g}s"}
     if rpc.read:    # idempotent: safe to try again on another connection
         route["retry_policy"] = {"retry_on": "connect-failure,refused-stream,unavailable,reset",
                                  "num_retries": 2, "per_try_timeout": f"{max(timeout / 3, 1):g}s"}

@@ -6,9 +6,11 @@
   diboas user-token alice       a development user JWT for the REST gateway
   diboas dead-letters list      events and parked sagas given up on; `replay ID... | --all` again
   diboas faults provider NAME   switch a simulated provider's faults (or `chain NAME`; --clear)
+  diboas watch transactions/ID  a transaction's state now and at every change, until it settles
   diboas demo                   wallets, a deposit, a send, a bridge and a withdrawal over REST
 
-Every command has --help. Exit codes: 0 ok, 1 something is unhealthy, 2 bad usage or config.
+Every command has --help. Exit codes: 0 ok, 1 something is unhealthy (or a call failed), 2 bad
+usage or config, 3 the watched transaction FAILED.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from google.protobuf import json_format
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.events.v1 import events_pb2, events_pb2_grpc
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
+from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from services.config_files import ConfigError
 from services.monitor import health_report, probe
 from services.runtime.auth import MAX_TOKEN_LIFETIME_SECONDS, TokenIssuer
@@ -177,6 +180,39 @@ def cmd_faults(args, topology: Topology) -> int:
     return 0
 
 
+def _transaction_line(tx: transaction_pb2.Transaction) -> str:
+    state = transaction_pb2.TransactionState.Name(tx.state).removeprefix("TRANSACTION_STATE_")
+    facts = [f"hold {tx.hold}" if tx.hold else "", tx.provider_payment, tx.cross_chain_transfer,
+             f"failed: {tx.failure_reason}" if tx.failure_reason else "",
+             f"PARKED after {tx.parked.attempts} attempt(s): {tx.parked.last_error or tx.parked.reason}"
+             if tx.HasField("parked") else ""]
+    return "  ".join([timestamp_text(tx.update_time), f"{tx.name}", state, *filter(None, facts)])
+
+
+async def _watch(args, topology: Topology) -> transaction_pb2.Transaction | None:
+    channel, metadata = _operator_channel(topology, args.identity, "transaction")
+    last = None
+    async with channel:
+        stream = transaction_pb2_grpc.TransactionServiceStub(channel).WatchTransaction(
+            transaction_pb2.WatchTransactionRequest(name=args.transaction), metadata=metadata,
+            timeout=args.timeout)
+        async for reply in stream:
+            last = reply.transaction
+            print(_transaction_line(last), flush=True)
+    return last
+
+
+def cmd_watch(args, topology: Topology) -> int:
+    if not args.transaction.startswith("transactions/"):
+        args.transaction = f"transactions/{args.transaction}"
+    try:
+        last = asyncio.run(_watch(args, topology))
+    except grpc.aio.AioRpcError as exc:
+        print(f"diboas: {args.transaction}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    return 3 if last is not None and last.state == transaction_pb2.TRANSACTION_STATE_FAILED else 0
+
+
 def cmd_demo(args, topology: Topology) -> int:
     from services import demo
     return demo.run(topology)
@@ -262,6 +298,15 @@ def parser() -> argparse.ArgumentParser:
     faults.add_argument("--clear", action="store_true", help="remove every fault")
     faults.add_argument("--as", dest="identity", default="operator", help="client identity (default: operator)")
     faults.set_defaults(run=cmd_faults)
+
+    watch = sub.add_parser("watch", help="a transaction's state now and at every change, until it settles",
+                           description="Follow one transaction through WatchTransaction (a server stream, as the "
+                                       "operator): a line for its state now and one for every change, until it is "
+                                       "COMPLETED (exit 0) or FAILED (exit 3), or --timeout passes (exit 1).")
+    watch.add_argument("transaction", help="transactions/ID (or just the ID)")
+    watch.add_argument("--timeout", type=float, default=300.0, help="seconds to watch at most (default: 300)")
+    watch.add_argument("--as", dest="identity", default="operator", help="client identity (default: operator)")
+    watch.set_defaults(run=cmd_watch)
 
     demo = sub.add_parser("demo", help="walk through wallets, a deposit, a send, a bridge and a withdrawal over REST",
                           description="Act as two new users through the Envoy gateway (REST): open wallets, get "

@@ -3,11 +3,13 @@ user would take it: two wallets, a deposit, a send, a bridge and a withdrawal, e
 printed with the call it makes and what came back. Needs `make run` (or the gateway) up."""
 from __future__ import annotations
 
+import codecs
 import http.client
 import json
 import time
 import uuid
 from decimal import Decimal
+from typing import Iterator
 
 from services.config_files import ConfigError
 from services.runtime.config import Topology
@@ -46,34 +48,92 @@ class Rest:
             raise DemoFailed(f"{method} {path} answered {status}: {data.get('message', data)}")
         return data
 
-    def _once(self, method: str, path: str, token: str, body: dict | None) -> tuple[int, dict]:
-        connection = http.client.HTTPConnection(self.address.host, self.address.port, timeout=30)
+    def stream(self, path: str, token: str) -> Iterator[dict]:
+        """The messages of a server-streaming route (GET), each as soon as the gateway passes it
+        on: the transcoder sends them as the elements of one JSON array. DemoFailed for any status
+        but 200; one answered 503 is tried again as `call` tries a read."""
+        deadline, pause = time.monotonic() + READ_RETRY_SECONDS, 0.2
+        while True:
+            connection = self._connect()
+            try:
+                reply = self._send(connection, "GET", path, token, None)
+                if reply.status == 200:
+                    yield from json_array_elements(reply)
+                    return
+                data = json.loads(reply.read() or b"{}")
+            finally:
+                connection.close()
+            if reply.status != 503 or time.monotonic() + pause > deadline:
+                raise DemoFailed(f"GET {path} answered {reply.status}: {data.get('message', data)}")
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.address.host, self.address.port, timeout=30)
+
+    def _send(self, connection: http.client.HTTPConnection, method: str, path: str, token: str,
+              body: dict | None) -> http.client.HTTPResponse:
         try:
             connection.request(method, path, body=json.dumps(body) if body else None,
                                headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
-            reply = connection.getresponse()
-            status, data = reply.status, json.loads(reply.read() or b"{}")
+            return connection.getresponse()
         except OSError as exc:          # refused, reset, timed out
             raise ConfigError(f"the gateway at http://{self.address} does not answer ({exc.strerror or exc}): "
                               "is `make run` running?") from None
+
+    def _once(self, method: str, path: str, token: str, body: dict | None) -> tuple[int, dict]:
+        connection = self._connect()
+        try:
+            reply = self._send(connection, method, path, token, body)
+            status, data = reply.status, json.loads(reply.read() or b"{}")
         finally:
             connection.close()
         return status, data
+
+
+def json_array_elements(reply: http.client.HTTPResponse) -> Iterator[dict]:
+    """The elements of the JSON array that `reply` carries, each as soon as all of it has arrived."""
+    decoder, utf8, text, opened = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")(), "", False
+    while True:
+        chunk = reply.read1(65536)
+        text += utf8.decode(chunk, final=not chunk)
+        while text := text.lstrip():
+            if not opened:
+                if text[0] != "[":
+                    raise DemoFailed(f"the answer is not a JSON array: {text[:80]!r}")
+                opened, text = True, text[1:]
+            elif text[0] == "]":
+                return
+            elif text[0] == ",":
+                text = text[1:]
+            else:
+                try:
+                    element, end = decoder.raw_decode(text)
+                except ValueError:
+                    break                   # the rest of it has not arrived yet
+                text = text[end:]
+                yield element
+        if not chunk:
+            raise DemoFailed("the stream ended before its JSON array was closed")
 
 
 def _money(amount: str) -> dict:
     return {"currencyCode": "USD", "amount": amount}
 
 
-def _settle(rest: Rest, token: str, transaction: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        tx = rest.call("GET", f"/v1/{transaction}", token, quiet=True)["transaction"]
+def _settle(rest: Rest, token: str, created: dict, out=print) -> dict:
+    """The transaction `created` once settled, followed through WatchTransaction's stream (each
+    state it goes through on the way is printed)."""
+    state = created["state"]
+    for message in rest.stream(f"/v1/{created['name']}:watch", token):
+        tx = message["transaction"]
         if tx["state"] in SETTLED:
             return tx
-        if time.monotonic() > deadline:
-            raise DemoFailed(f"{transaction} is still {tx['state']} after {timeout:.0f}s")
-        time.sleep(0.1)
+        if tx["state"] != state:
+            out(f"       {tx['state'].removeprefix('TRANSACTION_STATE_')}"
+                + (f" (hold {tx['hold']})" if tx["hold"] else ""))
+        state = tx["state"]
+    raise DemoFailed(f"the watch of {created['name']} ended while it was {state}")
 
 
 def _balance(rest: Rest, token: str, wallet: str, expected: str | None = None) -> str:
@@ -100,8 +160,9 @@ def run(topology: Topology, out=print) -> int:
     def transact(kind: str, amount: str, **fields) -> dict:
         body = {"type": f"TRANSACTION_TYPE_{kind}", "amount": _money(amount), **fields}
         created = rest.call("POST", f"/v1/transactions?requestId={uuid.uuid4()}", a_token, body)["transaction"]
-        out(f"    -> {created['name']} {created['state'].removeprefix('TRANSACTION_STATE_')}; waiting for its saga...")
-        tx = _settle(rest, a_token, created["name"])
+        out(f"    -> {created['name']} {created['state'].removeprefix('TRANSACTION_STATE_')}; "
+            f"watching it (GET /v1/{created['name']}:watch)...")
+        tx = _settle(rest, a_token, created, out)
         out(f"    -> {tx['state'].removeprefix('TRANSACTION_STATE_')}"
             + (f": {tx['failureReason']}" if tx["failureReason"] else ""))
         return tx

@@ -334,6 +334,11 @@ class MoneyClient:
             out.append((Decimal(w.available_balance.amount), Decimal(w.held_balance.amount)))
         return out
 
+    def evidence(self, pending: list[str]) -> str:
+        """What a test that found transactions stuck adds to its failure: their work items, and the
+        warnings and errors the processes logged (none here; a mesh of processes says more)."""
+        return ""
+
     async def all_transactions(self):
         found, token = [], ""
         while True:
@@ -357,7 +362,9 @@ class MoneyClient:
             # and its destination not yet credited. Only two equal reads in a row are a snapshot.
             if not pending and not any(held for _, held in balances) and balances == previous:
                 break
-            assert asyncio.get_running_loop().time() < deadline, f"{len(pending)} pending, still held: {balances}"
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"{len(pending)} pending: {[(t.name, transaction_pb2.TransactionState.Name(t.state)) for t in pending[:10]]}, "
+                f"still held: {[held for _, held in balances if held]}{self.evidence([t.name for t in pending[:10]])}")
             previous = balances
             await asyncio.sleep(0.5)
         assert len({t.name for t in txs}) == len(txs) <= most

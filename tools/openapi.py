@@ -342,7 +342,11 @@ def _operation(schemas: _Schemas, types: _Types, service: str, method, file: str
                                             f"{service}.{method.name}: response_body"))
     else:
         answer = schemas.ref(response)
-    operation["responses"] = {"200": {"description": "OK", "content": {"application/json": {"schema": answer}}}}
+    description = "OK"
+    if method.server_streaming:     # the transcoder sends the stream as one JSON array, element by element
+        answer = {"type": "array", "items": answer}
+        description = "OK: the stream's messages, as the elements of one JSON array, each sent as it comes"
+    operation["responses"] = {"200": {"description": description, "content": {"application/json": {"schema": answer}}}}
     for code in ERRORS:
         if code == "413" and not body_field:
             continue

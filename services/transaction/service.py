@@ -6,14 +6,15 @@ grpc: the first response of a create is stored as the opaque bytes the caller's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 from services.domain.clock import utcnow
-from services.domain.errors import NotFound
+from services.domain.errors import DeadlineExceeded, NotFound
 from services.domain.money import Money, require_transaction_limit
 from services.runtime.backlog import Backlog
 from services.runtime.db import Database
@@ -30,10 +31,16 @@ from .repository import TransactionRepository
 from .sagas import SAGAS, Sagas
 from .sagas.saga import Admission
 from .tables import idempotency_keys
+from .watchers import Watchers
 from .worker import Worker
 
 PAGES = PageTokens("transactions", INSTANT, KEY)     # after this (created_at, id), newest first
 CREATE = "CreateTransaction"                         # the operation its idempotency records name
+WATCH_SECONDS = 300         # the longest one WatchTransaction runs: then the caller watches again
+WATCHES = 1000              # open WatchTransactions per process, at most
+# How often a watcher also re-reads its transaction unwoken: a change committed by another
+# instance of the service wakes no one here.
+RECHECK_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,9 @@ class TransactionService:
         self.units = units or UnitsOfWork(db, TransactionRepository, outbox=outbox, queue=queue,
                                           idempotency=idempotency_keys, clock=clock)
         self._wallet, self._sagas, self._clock, self._ids = wallet, sagas, clock, ids
+        self.watchers = Watchers(WATCHES)
         self._worker = Worker(self.units, queue, sagas, wallet, providers, chains, clock, tracing or MessageTracing(),
-                              started_at_once)
+                              started_at_once, changed=self.watchers.changed)
 
     # --- create ---------------------------------------------------------------------------------
 
@@ -143,6 +151,31 @@ class TransactionService:
         if tx is None:
             raise NotFound(f"transaction transactions/{transaction_id} does not exist", reason="TRANSACTION_NOT_FOUND")
         return tx
+
+    async def watch(self, transaction_id: str, viewer: User | None = None, seconds: float = WATCH_SECONDS,
+                    recheck_seconds: float = RECHECK_SECONDS) -> AsyncIterator[Transaction]:
+        """The transaction now (as `get` reads it, for the same viewers), then again after each
+        change, until it is COMPLETED or FAILED: that one is the last. A change committed by this
+        process wakes the watcher at once; one committed elsewhere is seen within
+        `recheck_seconds`. DeadlineExceeded once `seconds` have passed without an outcome."""
+        loop = asyncio.get_running_loop()
+        seconds = min(seconds, WATCH_SECONDS)
+        until, last = loop.time() + seconds, None
+        with self.watchers.watch(transaction_id) as changed:
+            while True:
+                changed.clear()             # before the read: a change committed after it wakes the wait
+                tx = await self.get(transaction_id, viewer)
+                if tx != last:
+                    yield tx
+                    last = tx
+                if tx.state in TERMINAL:
+                    return
+                left = until - loop.time()
+                if left <= 0:
+                    raise DeadlineExceeded(f"transactions/{transaction_id} is still {tx.state} after "
+                                           f"{seconds:.0f}s of watching: watch it again", reason="WATCH_TIME_UP")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(left, recheck_seconds))
 
     async def list(self, wallet: str, size: int, token: str, viewer: User | None = None) -> Page:
         """Newest first, optionally of one wallet (as source or destination); keyset paging. A user

@@ -67,6 +67,13 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
         tx = await self._service.get(resource_id(request.name, "transactions", "name"), current_user())
         return transaction_pb2.GetTransactionResponse(transaction=transaction_pb(tx))
 
+    async def WatchTransaction(self, request, context):
+        remaining = context.time_remaining()
+        watched = self._service.watch(resource_id(request.name, "transactions", "name"), current_user(),
+                                      **({} if remaining is None else {"seconds": remaining}))
+        async for tx in watched:
+            yield transaction_pb2.WatchTransactionResponse(transaction=transaction_pb(tx))
+
     async def ListTransactions(self, request, context):
         wallet = f"wallets/{resource_id(request.wallet, 'wallets', 'wallet')}" if request.wallet else ""
         page = await self._service.list(wallet, request.page_size, request.page_token, current_user())

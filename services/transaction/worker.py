@@ -35,8 +35,10 @@ log = logging.getLogger("diboas.transaction")
 class Worker:
     def __init__(self, units: UnitsOfWork[TransactionRepository], queue: WorkQueue, sagas: Sagas,
                  wallet: WalletPort, providers: ProviderPort | None, chains: ChainPort | None,
-                 clock: Callable[[], dt.datetime], tracing: MessageTracing, started_limit: int = 0):
+                 clock: Callable[[], dt.datetime], tracing: MessageTracing, started_limit: int = 0,
+                 changed: Callable[[str], None] = lambda transaction_id: None):
         self._units, self._queue, self._sagas, self._clock, self._tracing = units, queue, sagas, clock, tracing
+        self._changed = changed         # told the id of a transaction whose change was just committed
         self._context = SagaContext(wallet, providers, chains, clock, self._save_progress)
         self._started: set[asyncio.Task] = set()
         self._started_limit = started_limit
@@ -104,6 +106,7 @@ class Worker:
 
     async def _save_progress(self, tx: Transaction) -> None:
         await self._units.run(self._save, tx, None)
+        self._changed(tx.id)
 
     def _get(self, transaction_id: str) -> Transaction | None:
         with self._units.reading() as unit:
@@ -176,6 +179,7 @@ class Worker:
             return await self._failed(claimed, exc)
         finally:
             heartbeat.cancel()
+            self._changed(claimed.item)      # its outcome, or its item parked (or only retried: no change)
 
     async def _failed(self, claimed: Claimed, exc: Exception) -> Retried:
         """An attempt failed: reschedule or park its item, and say which. When that cannot be

@@ -20,6 +20,7 @@ import pytest
 from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from gateway.envoy_config import MAX_REQUEST_HEADERS_KB, external_rpcs
+from services.demo import json_array_elements
 from services.monitor import check_gateway
 from services.runtime.config import Address, load_topology
 from tools.ports import free_ports
@@ -28,6 +29,7 @@ from conftest import free_port, operator_calls, user_token, with_service
 from meshkit import ALL_SHAPES, ORDER, SHAPES, Mesh, Process, mesh_processes, process_env, start_mesh, wait_serving
 
 pytestmark = pytest.mark.slow
+ORDER_OF_STATES = ["PENDING", "PROCESSING", "COMPLETED", "FAILED"]
 
 
 class Gateway:
@@ -83,6 +85,21 @@ class Gateway:
     async def call(self, *args, **kwargs) -> tuple[int, dict, dict]:
         return await asyncio.to_thread(self.request, *args, **kwargs)
 
+    async def watch(self, path: str, token: str) -> list[tuple[float, dict]]:
+        """The messages of a streamed GET (200 expected), each with the seconds after the request
+        at which it had arrived whole."""
+        def read() -> list[tuple[float, dict]]:
+            connection = http.client.HTTPConnection("127.0.0.1", self.http, timeout=30)
+            try:
+                started = time.monotonic()
+                connection.request("GET", path, headers={"authorization": f"Bearer {token}"})
+                reply = connection.getresponse()
+                assert reply.status == 200, (reply.status, reply.read())
+                return [(time.monotonic() - started, m) for m in json_array_elements(reply)]
+            finally:
+                connection.close()
+        return await asyncio.to_thread(read)
+
 
 @pytest.fixture(params=SHAPES)
 async def stack(request, pki, tmp_path):
@@ -114,18 +131,18 @@ async def test_every_rest_route_reaches_its_rpc(stack):
         "amount": {"currencyCode": "USD", "amount": "100.00"}})
     assert status == 200 and deposit["transaction"]["state"] == "TRANSACTION_STATE_PENDING", deposit
     tx = deposit["transaction"]["name"]
-    for _ in range(200):
-        status, got, _ = await gw.call("GET", f"/v1/{tx}", alice)
-        if got["transaction"]["state"] == "TRANSACTION_STATE_COMPLETED":
-            break
-        await asyncio.sleep(0.05)
-    assert got["transaction"]["providerPayment"].startswith("payments/"), got
+    seen = await gw.watch(f"/v1/{tx}:watch", alice)       # streamed until it settles
+    states = [m["transaction"]["state"].removeprefix("TRANSACTION_STATE_") for _, m in seen]
+    assert states[-1] == "COMPLETED" and states == sorted(states, key=ORDER_OF_STATES.index), states
+    assert len(set(json.dumps(m) for _, m in seen)) == len(seen)          # each message is a change
+    assert seen[-1][1]["transaction"]["providerPayment"].startswith("payments/"), seen
     calls = {
         "ListChains": ("GET", "/v1/chains", None),
         "GetChain": ("GET", "/v1/chains/ethereum", None),
         "GetTransactionStatus": ("GET", "/v1/chains:getTransactionStatus?transactionHash=0x00", None),
         "CreateTransaction": None,                                # done above
         "GetTransaction": ("GET", f"/v1/{tx}", None),
+        "WatchTransaction": ("GET", f"/v1/{tx}:watch", None),
         "ListTransactions": ("GET", f"/v1/transactions?wallet={wallet}&pageSize=5", None),
         "ListProviders": ("GET", "/v1/providers", None),
         "GetProvider": ("GET", "/v1/providers/alpha-pay", None),
@@ -418,6 +435,12 @@ async def test_the_cli_demo_walks_through_every_transaction_type_over_rest(stack
         assert seen in done.stdout, (seen, done.stdout)
     health = await asyncio.to_thread(diboas, gw, mesh, "health")
     assert health.returncode == 0 and "gateway" in health.stdout and "all SERVING" in health.stdout, health.stdout
+    deposit = re.search(r"-> (transactions/\w+) PENDING", done.stdout).group(1)
+    watched = await asyncio.to_thread(diboas, gw, mesh, "watch", deposit)      # settled: its outcome, once
+    assert watched.returncode == 0 and watched.stdout.count("\n") == 1, watched.stdout + watched.stderr
+    assert f"{deposit}  COMPLETED  payments/" in watched.stdout, watched.stdout
+    missing = await asyncio.to_thread(diboas, gw, mesh, "watch", "nope")
+    assert missing.returncode == 1 and "transactions/nope: NOT_FOUND" in missing.stderr, missing.stderr
 
 
 async def test_the_cli_switches_provider_and_chain_faults(stack):

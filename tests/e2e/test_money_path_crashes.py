@@ -10,8 +10,10 @@ import contextlib
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import create_engine, select
 
 from diboas.transaction.v1 import transaction_pb2
+from services.transaction import tables as tx_tables
 
 from conftest import postgres_schema
 from meshkit import MoneyClient, mesh_processes, wait_serving
@@ -45,6 +47,28 @@ class Mesh(MoneyClient):
     def __init__(self, topology, processes):
         super().__init__(topology)
         self.processes = processes
+
+    def evidence(self, pending: list[str]) -> str:
+        """The pending transactions' rows in the work queue (and its dead letters), and the last
+        warnings and errors of each process."""
+        items = [name.rsplit("/", 1)[-1] for name in pending]
+        engine = create_engine(self.topology.services["transaction"].database)
+        try:
+            with engine.connect() as connection:
+                queued = [dict(row._mapping) for row in connection.execute(
+                    select(tx_tables.work_items).where(tx_tables.work_items.c.item.in_(items)))]
+                parked = [dict(row._mapping) for row in connection.execute(
+                    select(tx_tables.parked_work_items).where(tx_tables.parked_work_items.c.item.in_(items)))]
+        except Exception as exc:  # noqa: BLE001 - evidence for a failure already found; never a new one
+            queued = parked = [f"unreadable: {exc!r}"]
+        finally:
+            engine.dispose()
+        lines = []
+        for name, process in self.processes.items():
+            with open(process.log_dir / f"{name}.log", errors="replace") as log:
+                noisy = [line.strip()[:600] for line in log if '"level": "warning"' in line or '"level": "error"' in line]
+            lines += [f"{name}: {line}" for line in noisy[-15:]]
+        return f"\nqueued: {queued}\nparked: {parked}\nlogged:\n" + "\n".join(lines)
 
     async def restart(self, name: str, after: float) -> None:
         """SIGKILL the process `name`, and start it again `after` seconds later, until it serves."""

@@ -80,6 +80,15 @@ async def test_a_user_moves_only_their_own_money_and_sees_only_their_transaction
         assert {t.name for t in listed.transactions} == visible, user
     await expect(grpc.StatusCode.NOT_FOUND, mesh.transactions.GetTransaction(
         transaction_pb2.GetTransactionRequest(name=other.name), metadata=mesh.as_user("bob"), timeout=10))
+
+    async def watch(user: str, name: str) -> list:           # a server stream, with GetTransaction's rules
+        stream = mesh.transactions.WatchTransaction(transaction_pb2.WatchTransactionRequest(name=name),
+                                                    metadata=mesh.as_user(user), timeout=10)
+        return [reply.transaction async for reply in stream]
+    await expect(grpc.StatusCode.NOT_FOUND, watch("bob", other.name))
+    watched = await watch("bob", sent.name)                  # the gift's destination may follow it
+    assert watched[-1].state in (transaction_pb2.TRANSACTION_STATE_COMPLETED, transaction_pb2.TRANSACTION_STATE_FAILED)
+    assert all(t.name == sent.name for t in watched)
     listed = await mesh.transactions.ListTransactions(transaction_pb2.ListTransactionsRequest(),
                                                       metadata=mesh.as_user("ops", "operator"), timeout=10)
     assert len(listed.transactions) == 2

@@ -19,7 +19,8 @@ EXPECTED_RPCS = {
         "CreateWallet", "GetWallet", "BatchGetWallets", "ListWallets", "ValidateBalance", "ListLedgerEntries",
         "CreateHold", "GetHold", "CaptureHold", "ReleaseHold", "CreditWallet", "DebitWallet",
     ],
-    "diboas.transaction.v1.TransactionService": ["CreateTransaction", "GetTransaction", "ListTransactions"],
+    "diboas.transaction.v1.TransactionService": ["CreateTransaction", "GetTransaction", "ListTransactions",
+                                               "WatchTransaction"],
     "diboas.provider.v1.ProviderService": [
         "ListProviders", "GetProvider", "GetProviderHealth", "GetQuotes", "SelectProvider",
         "ExecutePayment", "GetPayment", "SetProviderFaults",
@@ -33,7 +34,7 @@ EXPECTED_RPCS = {
 }
 # The four external services: every RPC must have a REST mapping and, when it mutates, a request_id.
 EXTERNAL_SERVICES = [name for name in EXPECTED_RPCS if not name.startswith("diboas.events.")]
-READ_ONLY_PREFIXES = ("Get", "BatchGet", "List", "Validate")
+READ_ONLY_PREFIXES = ("Get", "BatchGet", "List", "Validate", "Watch")
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ provider and chain clients, of the units of work and of the queue, with a fake c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from transaction_fakes import (
@@ -20,6 +21,7 @@ from transaction_fakes import (
 
 from services.domain.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -30,6 +32,7 @@ from services.runtime.messaging.queue import Claimed
 from services.runtime.users import OPERATOR_ROLE, User
 from services.transaction.domain import COMPLETED, DEPOSIT, FAILED, PENDING, PROCESSING, SEND, WITHDRAW, Transaction
 from services.transaction.service import TransactionService
+from services.transaction.watchers import Watchers
 
 ALICE, BOB = User("alice", frozenset()), User("bob", frozenset())
 OPERATOR = User("ops", frozenset({OPERATOR_ROLE}))
@@ -418,3 +421,104 @@ async def test_an_idle_worker_wakes_up_when_a_transaction_is_queued_for_it():
     stop.set()
     await asyncio.wait_for(worker, 5)
     assert s.stored(tx_id).state == COMPLETED
+
+
+# --- watching -----------------------------------------------------------------------------------
+
+async def _watch(s: Service, tx_id: str, viewer: User = ALICE, **kw) -> list[Transaction]:
+    """What a watcher of `tx_id` is sent, while a worker runs the queue (no unwoken re-reads)."""
+    seen = []
+
+    async def watching() -> None:
+        async for tx in s.service.watch(tx_id, viewer, **{"recheck_seconds": 60, **kw}):
+            seen.append(dataclasses.replace(tx))
+    watcher = asyncio.create_task(watching())
+    await asyncio.sleep(0.01)
+    await s.work_until_idle()
+    await asyncio.wait_for(watcher, 2)
+    assert s.service.watchers.open == 0
+    return seen
+
+
+async def test_a_watcher_is_sent_the_state_now_and_the_outcome_as_soon_as_it_is_committed(s):
+    tx_id = await s.send()
+    assert [tx.state for tx in await _watch(s, tx_id)] == [PENDING, COMPLETED]
+
+
+async def test_a_watcher_is_sent_each_step_of_a_saga_and_the_stream_ends_with_the_outcome(s):
+    pay = s.providers.pay
+
+    async def slow_pay(*args, **kw):     # the provider takes a while: the hold is seen before the outcome
+        await asyncio.sleep(0.05)
+        return await pay(*args, **kw)
+    s.providers.pay = slow_pay
+    tx_id = await s.create(WITHDRAW, source_wallet="wallets/a")
+    seen = await _watch(s, tx_id)
+    assert [(tx.state, tx.hold) for tx in seen] == [(PENDING, ""), (PROCESSING, "wallets/a/holds/h1"),
+                                                    (COMPLETED, "wallets/a/holds/h1")]
+
+
+async def test_a_watcher_of_a_saga_given_up_on_is_told_it_was_parked(s):
+    s.providers.script.default = ServiceUnavailable("provider down", reason="UPSTREAM_UNAVAILABLE")
+    tx_id = await s.create(WITHDRAW, source_wallet="wallets/a")
+    seen = []
+
+    async def watching() -> None:
+        async for tx in s.service.watch(tx_id, OPERATOR, recheck_seconds=60):
+            seen.append(tx)
+    watcher = asyncio.create_task(watching())
+    await asyncio.sleep(0.01)
+    await s.work_until_idle()
+    await asyncio.sleep(0.01)
+    assert seen[-1].state == PROCESSING and seen[-1].parked.last_error == "provider down"
+    watcher.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watcher
+    assert s.service.watchers.open == 0
+
+
+async def test_a_watcher_of_a_transaction_that_has_ended_gets_it_once(s):
+    tx_id = await s.send()
+    await s.work_until_idle()
+    assert [tx.state for tx in await _watch(s, tx_id)] == [COMPLETED]
+
+
+async def test_a_transaction_of_someone_else_cannot_be_watched(s):
+    tx_id = await s.create(DEPOSIT, destination_wallet="wallets/a")
+    with pytest.raises(NotFound):
+        await _watch(s, tx_id, BOB)
+    assert s.service.watchers.open == 0
+
+
+async def test_a_change_that_wakes_no_one_here_is_seen_at_the_next_re_read(s):
+    tx_id = await s.send()
+    seen = []
+
+    async def watching() -> None:
+        async for tx in s.service.watch(tx_id, ALICE, recheck_seconds=0.02):
+            seen.append(tx.state)
+    watcher = asyncio.create_task(watching())
+    await asyncio.sleep(0.01)
+    stored = s.stored(tx_id)                 # another instance completes it: no one here is told
+    stored.move_to(COMPLETED, s.clock())
+    await asyncio.wait_for(watcher, 1)
+    assert seen == [PENDING, COMPLETED]
+
+
+async def test_a_watch_without_an_outcome_ends_when_its_time_is_up(s):
+    tx_id = await s.send()
+    seen = []
+    with pytest.raises(DeadlineExceeded, match=f"transactions/{tx_id} is still PENDING after 0s of watching"):
+        async for tx in s.service.watch(tx_id, ALICE, seconds=0.05, recheck_seconds=0.01):
+            seen.append(tx.state)
+    assert seen == [PENDING] and s.service.watchers.open == 0
+
+
+def test_past_its_limit_of_open_watches_a_process_refuses_one_more():
+    watchers = Watchers(limit=1)
+    with watchers.watch("t1"):
+        with pytest.raises(ResourceExhausted, match="1 transactions are watched already"):
+            with watchers.watch("t2"):
+                pass
+    with watchers.watch("t2"):
+        assert watchers.open == 1

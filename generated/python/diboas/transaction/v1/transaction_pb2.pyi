@@ -330,6 +330,52 @@ class GetTransactionResponse(_message.Message):
 Global___GetTransactionResponse: _TypeAlias = GetTransactionResponse  # noqa: Y015
 
 @_typing.final
+class WatchTransactionRequest(_message.Message):
+    """Request of WatchTransaction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, "transactions/{transaction}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransactionRequest: _TypeAlias = WatchTransactionRequest  # noqa: Y015
+
+@_typing.final
+class WatchTransactionResponse(_message.Message):
+    """One message of WatchTransaction's stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transaction(self) -> Global___Transaction:
+        """The transaction as it is now."""
+
+    def __init__(
+        self,
+        *,
+        transaction: Global___Transaction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransactionResponse: _TypeAlias = WatchTransactionResponse  # noqa: Y015
+
+@_typing.final
 class ListTransactionsRequest(_message.Message):
     """Request of ListTransactions."""
 

@@ -50,6 +50,11 @@ class TransactionServiceStub:
                 request_serializer=diboas_dot_transaction_dot_v1_dot_transaction__pb2.ListTransactionsRequest.SerializeToString,
                 response_deserializer=diboas_dot_transaction_dot_v1_dot_transaction__pb2.ListTransactionsResponse.FromString,
                 _registered_method=True)
+        self.WatchTransaction = channel.unary_stream(
+                '/diboas.transaction.v1.TransactionService/WatchTransaction',
+                request_serializer=diboas_dot_transaction_dot_v1_dot_transaction__pb2.WatchTransactionRequest.SerializeToString,
+                response_deserializer=diboas_dot_transaction_dot_v1_dot_transaction__pb2.WatchTransactionResponse.FromString,
+                _registered_method=True)
 
 
 class TransactionServiceServicer:
@@ -57,7 +62,7 @@ class TransactionServiceServicer:
     """
 
     def CreateTransaction(self, request, context):
-        """Creates a transaction and starts its saga; returns it in its current state (poll GetTransaction for the outcome).
+        """Creates a transaction and starts its saga; returns it in its current state (WatchTransaction follows it to its outcome).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,6 +77,16 @@ class TransactionServiceServicer:
 
     def ListTransactions(self, request, context):
         """Lists transactions, newest first, optionally only those that touch one wallet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTransaction(self, request, context):
+        """Streams one transaction: its state now, then again at every change, until it is COMPLETED or
+        FAILED (the last message), the caller's deadline passes, or it has been watched for 300 s
+        (DEADLINE_EXCEEDED: watch again). Who may see it is as for GetTransaction. Over REST the
+        messages arrive as the elements of one JSON array, each as soon as it is sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +109,11 @@ def add_TransactionServiceServicer_to_server(servicer, server):
                     servicer.ListTransactions,
                     request_deserializer=diboas_dot_transaction_dot_v1_dot_transaction__pb2.ListTransactionsRequest.FromString,
                     response_serializer=diboas_dot_transaction_dot_v1_dot_transaction__pb2.ListTransactionsResponse.SerializeToString,
+            ),
+            'WatchTransaction': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTransaction,
+                    request_deserializer=diboas_dot_transaction_dot_v1_dot_transaction__pb2.WatchTransactionRequest.FromString,
+                    response_serializer=diboas_dot_transaction_dot_v1_dot_transaction__pb2.WatchTransactionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +198,33 @@ class TransactionService:
             '/diboas.transaction.v1.TransactionService/ListTransactions',
             diboas_dot_transaction_dot_v1_dot_transaction__pb2.ListTransactionsRequest.SerializeToString,
             diboas_dot_transaction_dot_v1_dot_transaction__pb2.ListTransactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTransaction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/diboas.transaction.v1.TransactionService/WatchTransaction',
+            diboas_dot_transaction_dot_v1_dot_transaction__pb2.WatchTransactionRequest.SerializeToString,
+            diboas_dot_transaction_dot_v1_dot_transaction__pb2.WatchTransactionResponse.FromString,
             options,
             channel_credentials,
             insecure,

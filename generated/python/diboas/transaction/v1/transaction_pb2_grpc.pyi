@@ -34,11 +34,17 @@ class TransactionServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TransactionServiceAsyncStub: ...
     CreateTransaction: _grpc.UnaryUnaryMultiCallable[_transaction_pb2.CreateTransactionRequest, _transaction_pb2.CreateTransactionResponse]
-    """Creates a transaction and starts its saga; returns it in its current state (poll GetTransaction for the outcome)."""
+    """Creates a transaction and starts its saga; returns it in its current state (WatchTransaction follows it to its outcome)."""
     GetTransaction: _grpc.UnaryUnaryMultiCallable[_transaction_pb2.GetTransactionRequest, _transaction_pb2.GetTransactionResponse]
     """Returns one transaction."""
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_transaction_pb2.ListTransactionsRequest, _transaction_pb2.ListTransactionsResponse]
     """Lists transactions, newest first, optionally only those that touch one wallet."""
+    WatchTransaction: _grpc.UnaryStreamMultiCallable[_transaction_pb2.WatchTransactionRequest, _transaction_pb2.WatchTransactionResponse]
+    """Streams one transaction: its state now, then again at every change, until it is COMPLETED or
+    FAILED (the last message), the caller's deadline passes, or it has been watched for 300 s
+    (DEADLINE_EXCEEDED: watch again). Who may see it is as for GetTransaction. Over REST the
+    messages arrive as the elements of one JSON array, each as soon as it is sent.
+    """
 
 @_typing.type_check_only
 class TransactionServiceAsyncStub(TransactionServiceStub):
@@ -46,11 +52,17 @@ class TransactionServiceAsyncStub(TransactionServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTransaction: _aio.UnaryUnaryMultiCallable[_transaction_pb2.CreateTransactionRequest, _transaction_pb2.CreateTransactionResponse]  # type: ignore[assignment]
-    """Creates a transaction and starts its saga; returns it in its current state (poll GetTransaction for the outcome)."""
+    """Creates a transaction and starts its saga; returns it in its current state (WatchTransaction follows it to its outcome)."""
     GetTransaction: _aio.UnaryUnaryMultiCallable[_transaction_pb2.GetTransactionRequest, _transaction_pb2.GetTransactionResponse]  # type: ignore[assignment]
     """Returns one transaction."""
     ListTransactions: _aio.UnaryUnaryMultiCallable[_transaction_pb2.ListTransactionsRequest, _transaction_pb2.ListTransactionsResponse]  # type: ignore[assignment]
     """Lists transactions, newest first, optionally only those that touch one wallet."""
+    WatchTransaction: _aio.UnaryStreamMultiCallable[_transaction_pb2.WatchTransactionRequest, _transaction_pb2.WatchTransactionResponse]  # type: ignore[assignment]
+    """Streams one transaction: its state now, then again at every change, until it is COMPLETED or
+    FAILED (the last message), the caller's deadline passes, or it has been watched for 300 s
+    (DEADLINE_EXCEEDED: watch again). Who may see it is as for GetTransaction. Over REST the
+    messages arrive as the elements of one JSON array, each as soon as it is sent.
+    """
 
 class TransactionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Creates and tracks transactions (SEND, DEPOSIT, WITHDRAW, BRIDGE)."""
@@ -61,7 +73,7 @@ class TransactionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _transaction_pb2.CreateTransactionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_transaction_pb2.CreateTransactionResponse, _abc.Awaitable[_transaction_pb2.CreateTransactionResponse]]:
-        """Creates a transaction and starts its saga; returns it in its current state (poll GetTransaction for the outcome)."""
+        """Creates a transaction and starts its saga; returns it in its current state (WatchTransaction follows it to its outcome)."""
 
     @_abc_1.abstractmethod
     def GetTransaction(
@@ -78,5 +90,17 @@ class TransactionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_transaction_pb2.ListTransactionsResponse, _abc.Awaitable[_transaction_pb2.ListTransactionsResponse]]:
         """Lists transactions, newest first, optionally only those that touch one wallet."""
+
+    @_abc_1.abstractmethod
+    def WatchTransaction(
+        self,
+        request: _transaction_pb2.WatchTransactionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_transaction_pb2.WatchTransactionResponse], _abc.AsyncIterator[_transaction_pb2.WatchTransactionResponse]]:
+        """Streams one transaction: its state now, then again at every change, until it is COMPLETED or
+        FAILED (the last message), the caller's deadline passes, or it has been watched for 300 s
+        (DEADLINE_EXCEEDED: watch again). Who may see it is as for GetTransaction. Over REST the
+        messages arrive as the elements of one JSON array, each as soon as it is sent.
+        """
 
 def add_TransactionServiceServicer_to_server(servicer: TransactionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
