@@ -10,6 +10,7 @@ from services.runtime.backlog import Backlog
 from services.runtime.db import Database
 from services.runtime.messaging.admin import DeadLetterServicer
 from services.runtime.messaging.queue import WorkQueue
+from services.runtime.messaging.rabbit_echo import EventEcho
 from services.runtime.messaging.rabbit_events import RabbitTransport
 from services.runtime.messaging.rabbit_work import WorkConsumer, WorkDispatcher, WorkPublisher
 from services.runtime.messaging.relay import MeshTransport, Relay
@@ -72,6 +73,11 @@ def build(runtime: Runtime) -> list[Registration]:
         runtime.background += [service.work] * WATCHFUL_WORKERS
         runtime.background += [functools.partial(service.work, idle_seconds=2.0)] * (WORKERS - WATCHFUL_WORKERS)
     runtime.background += [relay.run, service.finish_started, service.watch_queue, backlog.watch]
+    if runtime.broker is not None:      # another instance's outcomes wake this one's watchers too
+        echo = EventEcho(runtime.broker, me.name, me.publishes,
+                         lambda subject: service.watchers.changed(subject.removeprefix("transactions/")))
+        service.watchers.on_watch(echo.wanted)
+        runtime.background.append(echo.run)
     return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server, TransactionServicer(service)),
             Registration(events_pb2_grpc.add_DeadLetterServiceServicer_to_server,
                          DeadLetterServicer(db, relay, idempotency_keys, queue))]

@@ -1,12 +1,13 @@
 """Who in this process watches which transaction (WatchTransaction), and the wake-up each gets
-when this process commits a change to it: the saga's progress, its outcome (the commit that
-also puts the transaction's event in the outbox), or its item parked. Nothing here reads the
-database; a watcher re-reads its transaction when woken."""
+when a change to it is committed: by this process (the saga's progress, its outcome with its
+event in the outbox, its item parked), or, over RabbitMQ, by another instance (its event heard
+back, rabbit_echo.py). Nothing here reads the database; a watcher re-reads its transaction
+when woken."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 from services.domain.errors import ResourceExhausted
 
@@ -16,6 +17,11 @@ class Watchers:
         self._limit = limit
         self._by_transaction: dict[str, set[asyncio.Event]] = {}
         self._count = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_watch(self, listener: Callable[[], None]) -> None:
+        """Call `listener` each time a watch opens (to start listening for changes made elsewhere)."""
+        self._listeners.append(listener)
 
     @contextlib.contextmanager
     def watch(self, transaction_id: str) -> Iterator[asyncio.Event]:
@@ -24,6 +30,8 @@ class Watchers:
         if self._count >= self._limit:
             raise ResourceExhausted(f"{self._limit} transactions are watched already: try again later",
                                     reason="TOO_MANY_WATCHES", retry_after_seconds=5)
+        for listener in self._listeners:
+            listener()
         changed = asyncio.Event()
         self._by_transaction.setdefault(transaction_id, set()).add(changed)
         self._count += 1

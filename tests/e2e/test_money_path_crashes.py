@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, select
 
 from diboas.transaction.v1 import transaction_pb2
 from services.transaction import tables as tx_tables
+from tools.rabbitmq import rabbitmqctl
 
 from conftest import postgres_schema
 from meshkit import MoneyClient, mesh_processes, wait_serving
@@ -68,7 +69,14 @@ class Mesh(MoneyClient):
             with open(process.log_dir / f"{name}.log", errors="replace") as log:
                 noisy = [line.strip()[:600] for line in log if '"level": "warning"' in line or '"level": "error"' in line]
             lines += [f"{name}: {line}" for line in noisy[-15:]]
-        return f"\nqueued: {queued}\nparked: {parked}\nlogged:\n" + "\n".join(lines)
+        broker = ""
+        if url := next(iter(self.processes.values())).env.get("DIBOAS_RABBITMQ_URL"):
+            try:
+                broker = "\nbroker queues:\n" + rabbitmqctl("list_queues", "-p", url.rsplit("/", 1)[-1], "name",
+                                                            "messages_ready", "messages_unacknowledged", "consumers")
+            except Exception as exc:  # noqa: BLE001 - evidence only
+                broker = f"\nbroker queues unreadable: {exc!r}"
+        return f"\nqueued: {queued}\nparked: {parked}{broker}\nlogged:\n" + "\n".join(lines)
 
     async def restart(self, name: str, after: float) -> None:
         """SIGKILL the process `name`, and start it again `after` seconds later, until it serves."""

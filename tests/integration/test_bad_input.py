@@ -323,6 +323,8 @@ async def test_any_resource_name_is_found_not_found_or_invalid_argument(lists, d
                                                                   metadata=mesh.as_gateway, timeout=10),
         "provider": lambda n: mesh.provider("GetProvider", provider_pb2.GetProviderRequest(name=n)),
         "chain": lambda n: mesh.chain("GetChain", blockchain_pb2.GetChainRequest(name=n)),
+        "watched transaction": lambda n: _first(mesh.transactions.WatchTransaction(
+            transaction_pb2.WatchTransactionRequest(name=n), metadata=mesh.as_gateway, timeout=10)),
     }
     for kind, get in gets.items():
         name = data.draw(st.one_of(NAMES, st.sampled_from([wallet, "providers/alpha-pay", "chains/ethereum"])),
@@ -333,6 +335,15 @@ async def test_any_resource_name_is_found_not_found_or_invalid_argument(lists, d
             assert error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), (kind, name, error)
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 assert _bad_request_fields(error) == ["name"], (kind, name, error.details())
+
+
+async def _first(stream):
+    """The first message of a server stream, which is then cancelled."""
+    try:
+        async for message in stream:
+            return message
+    finally:
+        stream.cancel()
 
 
 # --- the parts, without a mesh -----------------------------------------------------------------------

@@ -515,8 +515,10 @@ async def test_a_watch_without_an_outcome_ends_when_its_time_is_up(s):
 
 
 def test_past_its_limit_of_open_watches_a_process_refuses_one_more():
-    watchers = Watchers(limit=1)
+    watchers, opened = Watchers(limit=1), []
+    watchers.on_watch(lambda: opened.append(watchers.open))   # what starts listening to other instances
     with watchers.watch("t1"):
+        assert opened == [0]
         with pytest.raises(ResourceExhausted, match="1 transactions are watched already"):
             with watchers.watch("t2"):
                 pass
