@@ -102,6 +102,16 @@ def test_field_behavior_and_proto3_json_naming(document):
     assert ref["properties"]["blockNumber"]["type"] == "string" and ref["properties"]["blockNumber"]["format"] == "int64"
 
 
+def test_a_server_stream_answers_a_json_array_of_its_messages(document):
+    verb, path, op = operations(document)["TransactionService_WatchTransaction"]
+    assert (verb, path) == ("get", "/v1/transactions/{transaction}:watch")
+    answer = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"type": "array", "items": {"$ref": "#/components/schemas/diboas.transaction.v1.WatchTransactionResponse"}}
+    unary = operations(document)["TransactionService_GetTransaction"][2]["responses"]["200"]
+    assert unary["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/diboas.transaction.v1.GetTransactionResponse"}
+
+
 def test_enums_are_their_value_names(document):
     kinds = schema(document, "diboas.transaction.v1.TransactionType")
     assert kinds["type"] == "string"
