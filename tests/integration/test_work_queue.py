@@ -127,6 +127,33 @@ def test_a_renewed_lease_keeps_the_item_and_a_lost_lease_changes_nothing(queue):
     assert row.available_at.replace(tzinfo=dt.timezone.utc) == clock.now + dt.timedelta(seconds=30)
 
 
+def _id_of(db, item: str) -> int:
+    with db.reading() as connection:
+        return connection.execute(select(work_items.c.id).where(work_items.c.item == item)).scalar_one()
+
+
+def test_an_id_given_again_to_a_new_item_is_not_taken_for_the_item_that_had_it(queue):
+    """SQLite gives the next row the id of the highest row deleted: what names an item by an id
+    read before that item ended must not touch the new item that has the id now."""
+    q, db, clock = queue
+    with db.transaction() as connection:
+        ended = q.enqueue(connection, "ended", leased=True)
+    [read] = q.undispatched()                   # a dispatcher reads it, then publishes its message ...
+    with db.transaction() as connection:
+        q.done(connection, ended)               # ... meanwhile its saga ends,
+    add(db, q, "next")                          # and the next item is queued
+    if db.engine.dialect.name == "sqlite":
+        assert _id_of(db, "next") == read.id    # the id is given again
+    q.mark_dispatched([read])                   # ... the dispatcher marks what it published
+    assert [i.item for i in q.undispatched()] == ["next"]       # the next item's message is still to send
+    claimed = q.claim()
+    assert not q.renew(ended) and q.retry(ended, "a stale worker's failure").lost
+    with db.reading() as connection:
+        row = connection.execute(select(work_items)).one()
+    assert (row.item, row.attempts, row.last_error) == ("next", claimed.attempts, "")
+    assert row.available_at.replace(tzinfo=dt.timezone.utc) == clock.now + dt.timedelta(seconds=30)
+
+
 async def test_a_saga_step_longer_than_the_lease_is_run_by_one_worker_only(database_url, pki):
     """Workers renew the lease of the item they work on: a slow wallet (a hold taking five
     leases) does not get the same saga started by the other workers. (The lease leaves room for

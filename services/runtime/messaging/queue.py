@@ -181,8 +181,13 @@ class WorkQueue:
                       .order_by(c.priority.desc(), c.id).limit(1))
         self._lease_it = update(table).where(c.id == param(c.id, "item_id")).values(
             available_at=param(c.available_at, "until"), attempts=param(c.attempts, "new_attempts"))
-        self._renew = (update(table).where(c.id == param(c.id, "item_id"), c.attempts == param(c.attempts, "held"))
+        # An id alone never names an item: SQLite gives a deleted row's id to the next row when it
+        # was the highest, so what was read before an item ended must not reach the next one.
+        self._renew = (update(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item_name"),
+                                           c.attempts == param(c.attempts, "held"))
                        .values(available_at=param(c.available_at, "until")))
+        self._dispatched = (update(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item_name"))
+                            .values(dispatched=true()))
         self._done = delete(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item"))
         self._count = select(func.count()).select_from(table).where(c.queue == name)
         self._one_waiting = (select(c.id).where(c.queue == name, c.available_at <= param(c.available_at, "now"))
@@ -285,10 +290,13 @@ class WorkQueue:
                 t.c.queue == self.name, t.c.dispatched == true(), t.c.available_at < now - overdue,
             ).values(dispatched=false(), available_at=now)).rowcount
 
-    def mark_dispatched(self, item_ids: list[int]) -> None:
-        """Once the broker confirmed their messages."""
+    def mark_dispatched(self, items: list[Undispatched]) -> None:
+        """Once the broker confirmed their messages (an item that has ended meanwhile is left out,
+        and so is a new item that has its id now)."""
+        if not items:
+            return
         with self._db.transaction() as connection:
-            connection.execute(update(self._t).where(self._t.c.id.in_(item_ids)).values(dispatched=true()))
+            connection.execute(self._dispatched, [{"item_id": i.id, "item_name": i.item} for i in items])
 
     @property
     def lease_seconds(self) -> float:
@@ -298,8 +306,8 @@ class WorkQueue:
         """Extend the lease of an item still held (a long step in progress); False when it was lost
         (it expired and another worker claimed it)."""
         with self._db.transaction() as connection:
-            renewed = connection.execute(self._renew, {"item_id": claimed.id, "held": claimed.attempts,
-                                                       "until": self._clock() + self._lease})
+            renewed = connection.execute(self._renew, {"item_id": claimed.id, "item_name": claimed.item,
+                                                       "held": claimed.attempts, "until": self._clock() + self._lease})
             return renewed.rowcount == 1
 
     def done(self, connection: Connection, claimed: Claimed) -> None:
@@ -318,7 +326,7 @@ class WorkQueue:
         now) changes nothing: it neither reschedules nor parks someone else's attempt."""
         t, now = self._t, self._clock()
         with self._db.transaction() as connection:
-            query = select(t).where(t.c.id == claimed.id, t.c.attempts == claimed.attempts)
+            query = select(t).where(t.c.id == claimed.id, t.c.item == claimed.item, t.c.attempts == claimed.attempts)
             if connection.dialect.name == "postgresql":
                 query = query.with_for_update()
             row = connection.execute(query).first()
@@ -329,7 +337,7 @@ class WorkQueue:
                       else None)
             if reason is None:
                 delay = self.backoff(claimed.attempts)
-                rescheduled = connection.execute(update(t).where(t.c.id == claimed.id, t.c.attempts == claimed.attempts)
+                rescheduled = connection.execute(update(t).where(t.c.id == row.id, t.c.attempts == claimed.attempts)
                                                  .values(available_at=now + delay, last_error=error[:2000]))
                 return Retried(delay=delay) if rescheduled.rowcount == 1 else Retried()
             parked = self._park(connection, row, claimed.attempts, reason, error, now)

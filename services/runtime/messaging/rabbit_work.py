@@ -194,7 +194,7 @@ class WorkDispatcher:
         if not items:
             return 0
         await asyncio.gather(*(self._publisher.at(i.id, i.item, i.priority, i.available_at) for i in items))
-        await self._db.run(self._queue.mark_dispatched, [i.id for i in items])
+        await self._db.run(self._queue.mark_dispatched, items)
         return len(items)
 
     async def sweep(self) -> int:
