@@ -4,15 +4,24 @@ declared on the broker until something asks for it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from diboas.events.v1 import events_pb2
+from diboas.transaction.v1 import transaction_pb2
+from services.domain.clock import utcnow
+from services.domain.money import Money
 from services.runtime.config import Messaging
+from services.runtime.db import Database
 from services.runtime.messaging.rabbit import Broker
 from services.runtime.messaging.rabbit_echo import EventEcho
 from services.runtime.messaging.rabbit_events import RabbitTransport
+from services.transaction.domain import COMPLETED, PENDING, SEND, Transaction
+from services.transaction.repository import TransactionRepository
 from tools.rabbitmq import rabbitmqctl
+
+from meshkit import start_mesh
 
 pytestmark = pytest.mark.rabbitmq
 TOPIC = "transaction.completed"
@@ -52,3 +61,51 @@ async def test_an_instance_hears_the_subject_of_each_event_another_one_publishes
         await asyncio.wait_for(running, 10)
         await listener.close()
         await publisher.close()
+
+
+@pytest.fixture
+async def mesh(topology, start_server, database_url, rabbitmq_url):
+    topology = dataclasses.replace(topology, messaging=Messaging("rabbitmq", rabbitmq_url, "w"))
+    mesh = await start_mesh(topology, start_server, ("wallet", "transaction"), transaction=database_url)
+    yield mesh
+    await mesh.close()
+
+
+async def test_a_watch_hears_at_once_of_an_outcome_that_another_instance_committed(mesh, rabbitmq_url):
+    """The other instance: the transaction written into the shared database behind this
+    instance's back, and its event published. Only the event can wake the watch before its
+    10 s re-read."""
+    db = Database(mesh.topology.services["transaction"].database, None)
+    now = utcnow()
+    tx = Transaction("elsewhere1", SEND, PENDING, "wallets/a", "wallets/b", Money.parse("USD", "1.00"), "", "", now,
+                     now, None)
+    with db.transaction() as connection:
+        TransactionRepository(connection).add(tx, "alice", "bob")
+    seen, loop = [], asyncio.get_running_loop()
+
+    async def watch() -> None:
+        stream = mesh.transactions.WatchTransaction(transaction_pb2.WatchTransactionRequest(name=tx.name),
+                                                    metadata=mesh.as_user("alice"), timeout=30)
+        async for reply in stream:
+            seen.append((loop.time(), reply.transaction.state))
+    watching = asyncio.create_task(watch())
+    publisher = Broker(Messaging("rabbitmq", rabbitmq_url, "w"), "the other instance")
+    try:
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)                # the echo's queue is declared on the first watch
+        tx.move_to(COMPLETED, utcnow())
+        with db.transaction() as connection:
+            assert TransactionRepository(connection).save_progress(tx)
+        committed = loop.time()
+        await RabbitTransport(publisher, {"nobody": [TOPIC]}).deliver("nobody", envelope(tx.name), 1)
+        await asyncio.wait_for(watching, 8)
+    finally:
+        watching.cancel()
+        await publisher.close()
+        db.close()
+    assert [state for _, state in seen] == [transaction_pb2.TRANSACTION_STATE_PENDING,
+                                            transaction_pb2.TRANSACTION_STATE_COMPLETED]
+    assert seen[-1][0] - committed < 3, "woken by the 10 s re-read, not by the event"
