@@ -10,11 +10,15 @@ the topology's policy lets the gateway call, as gateway/envoy_config.py routes t
   * the path, its `{field=collection/*}` variables spelled out as one parameter per segment
     (`/v1/wallets/{wallet}/holds/{hold}`), and the query parameters (the request's other scalar
     fields on a GET, those outside the body otherwise);
-  * the request body and the answer as JSON Schema 2020-12, in proto3 JSON naming (lowerCamel
-    field names, 64-bit integers as strings, enums by name, Timestamp as RFC 3339): every
-    message a component of its own, its proto comments as descriptions;
-  * `google.api.field_behavior`: REQUIRED fields are required, OUTPUT_ONLY ones read-only
-    (ignored when sent), INPUT_ONLY ones write-only;
+  * the request body and the answer as JSON Schema 2020-12, in proto3 JSON as the transcoder
+    prints it (lowerCamel field names, 64-bit integers as strings, enums by name, Timestamp as
+    RFC 3339) and as its parser reads it, which also takes each field by its proto name
+    (`currency_code`), an enum by number, a 64-bit integer as a JSON number: every message a
+    component of its own, its proto comments as descriptions;
+  * `google.api.field_behavior`: REQUIRED fields are required (a REQUIRED string not empty),
+    OUTPUT_ONLY ones read-only (ignored when sent), INPUT_ONLY ones write-only;
+  * what every service checks at its edge (services/runtime/requests.py): a path parameter is
+    an id (`[A-Za-z0-9_-]{1,64}`), a request_id 1 to 128 characters, a page_size not negative;
   * the bearer (JWT) security scheme, on every route;
   * the error body, a google.rpc.Status with its details, for every status the gateway can
     answer a route with: its own (401, 404, 413, 429, 431) and the service's, as Envoy's
@@ -31,6 +35,8 @@ from typing import Iterable
 
 from google.api import annotations_pb2, field_behavior_pb2
 from google.protobuf import descriptor_pb2
+
+from services.runtime.requests import ID_PATTERN, MAX_REQUEST_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 F = descriptor_pb2.FieldDescriptorProto
@@ -164,12 +170,17 @@ class _Schemas:
         return {"$ref": f"#/components/schemas/{key}"}
 
     def _enum(self, full_name: str) -> dict:
+        """By name, as answers give it; the transcoder also reads a value's number, as a JSON
+        number or a string ("TRANSACTION_TYPE_SEND", 1 and "1" are the same value)."""
         enum, file, path = self._types.enums[full_name]
-        values = [value.name for value in enum.value]
-        lines = [f"- {value.name}: {self._types.comment(file, (*path, 2, i))}".rstrip(": ")
+        names, numbers = [value.name for value in enum.value], [value.number for value in enum.value]
+        lines = [f"- {value.name} ({value.number}): {self._types.comment(file, (*path, 2, i))}".rstrip(": ")
                  for i, value in enumerate(enum.value)]
-        description = "\n".join([self._types.comment(file, path), *lines]).strip()
-        return {"type": "string", "enum": values, "description": description}
+        description = "\n".join([self._types.comment(file, path), *lines,
+                                 "Answers give the name; a request may also give the number, as a JSON number "
+                                 "or a string."]).strip()
+        return {"type": ["string", "integer"], "enum": [*names, *numbers, *map(str, numbers)],
+                "description": description}
 
     def message(self, full_name: str, leave_out: Iterable[str] = ()) -> dict:
         """The object schema of a message, without the fields named in `leave_out` (the ones a
@@ -194,7 +205,10 @@ class _Schemas:
                 schema["writeOnly"] = True
             if field_behavior_pb2.REQUIRED in behaviors:
                 required.append(field.json_name)
-            properties[field.json_name] = schema
+            properties[field.json_name] = schema = _checked(field, schema)
+            if field.name != field.json_name:          # the transcoder reads the proto name too
+                properties[field.name] = {**schema, "description": f"`{field.json_name}` by its proto name, "
+                                          f"read in requests as well (answers use `{field.json_name}`)"}
         schema = {"type": "object", "properties": properties, "additionalProperties": False}
         if required:
             schema["required"] = required
@@ -230,11 +244,28 @@ class _Schemas:
             return {"type": "integer", "format": "int32", "minimum": -2**31, "maximum": 2**31 - 1}
         if kind in UINT32:
             return {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1}
+        # Answers give a 64-bit integer as a string; the transcoder reads a JSON number too.
         if kind in INT64:
-            return {"type": "string", "format": "int64", "pattern": r"^-?[0-9]{1,19}$"}
+            return {"type": ["string", "integer"], "format": "int64", "pattern": r"^-?[0-9]{1,19}$",
+                    "minimum": -2**63, "maximum": 2**63 - 1}
         if kind in UINT64:
-            return {"type": "string", "format": "uint64", "pattern": r"^[0-9]{1,20}$"}
+            return {"type": ["string", "integer"], "format": "uint64", "pattern": r"^[0-9]{1,20}$",
+                    "minimum": 0, "maximum": 2**64 - 1}
         raise OpenApiError(f"field {field.name}: type {kind} has no proto3 JSON form here")
+
+
+def _checked(field: descriptor_pb2.FieldDescriptorProto, schema: dict) -> dict:
+    """A field's schema with what every service checks of it at its edge: a REQUIRED string is
+    not empty, a request_id (AIP-155) 1 to 128 characters, a page_size (AIP-158) not negative."""
+    if field.label == F.LABEL_REPEATED:
+        return schema
+    if field.type == F.TYPE_STRING and field_behavior_pb2.REQUIRED in _behaviors(field):
+        schema = {**schema, "minLength": 1}
+    if field.type == F.TYPE_STRING and field.name == "request_id":
+        schema = {**schema, "minLength": 1, "maxLength": MAX_REQUEST_ID}
+    if field.type in INT32 and field.name == "page_size":
+        schema = {**schema, "minimum": 0}
+    return schema
 
 
 def _singular(collection: str) -> str:
@@ -286,12 +317,15 @@ def _query_parameters(schemas: _Schemas, types: _Types, request: str, taken: set
         if field.type == F.TYPE_MESSAGE:
             raise OpenApiError(f"{request}.{field.name}: a message field as query parameters (a.b=...) is not "
                                "supported; bind it to the body")
-        schema = schemas.field(field)
+        schema = _checked(field, schemas.field(field))
         parameter = {"name": field.json_name, "in": "query", "schema": schema,
                      "required": field_behavior_pb2.REQUIRED in _behaviors(field)}
         if schema.get("type") == "array":
             parameter.update(style="form", explode=True)
-        if comment := types.comment(file, (*path, 2, i)):
+        comment = types.comment(file, (*path, 2, i))
+        if field.name != field.json_name:
+            comment = f"{comment} (also read by its proto name, `{field.name}`)".strip()
+        if comment:
             parameter["description"] = comment
         found.append(parameter)
     return found
@@ -320,7 +354,7 @@ def _operation(schemas: _Schemas, types: _Types, service: str, method, file: str
     parameters = [{"name": name, "in": "path", "required": True,
                    "description": f"the `{field}` field is `{holds}`" if holds != f"{{{name}}}"
                    else f"the `{field}` field",
-                   "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}}
+                   "schema": {"type": "string", "pattern": ID_PATTERN}}
                   for name, field, holds in variables]
     body_field = rule.body
     if body_field == "*":

@@ -17,6 +17,8 @@ from .context import current_user
 from .wire import money_of
 
 _ID = r"[A-Za-z0-9_-]{1,64}"
+ID_PATTERN = f"^{_ID}$"         # an id (the last segment of a resource name), as the OpenAPI document states it
+MAX_REQUEST_ID = 128            # characters of an idempotency key
 
 
 def resource_id(name: str, collection: str, field: str) -> str:
@@ -119,8 +121,9 @@ def request_id(request) -> str:
     from another user is another request (it neither gets nor blocks theirs), and cannot meet
     the keys the services use among themselves."""
     value = request.request_id
-    if not value or len(value) > 128:
-        raise InvalidArgument.field("request_id", "is required: a unique key of up to 128 characters per request")
+    if not value or len(value) > MAX_REQUEST_ID:
+        raise InvalidArgument.field("request_id", f"is required: a unique key of up to {MAX_REQUEST_ID} characters "
+                                                  "per request")
     user = current_user()
     if user is not None:
         return USER_KEYS + hashlib.sha256(f"{user.id}\0{value}".encode()).hexdigest()

@@ -99,7 +99,9 @@ def test_field_behavior_and_proto3_json_naming(document):
     assert wallet["properties"]["availableBalance"]["allOf"] == [{"$ref": "#/components/schemas/diboas.common.v1.Money"}]
     assert "Identifier of the owner" in wallet["properties"]["ownerId"]["description"]
     ref = schema(document, "diboas.common.v1.ChainTransactionRef")
-    assert ref["properties"]["blockNumber"]["type"] == "string" and ref["properties"]["blockNumber"]["format"] == "int64"
+    assert ref["properties"]["blockNumber"]["type"] == ["string", "integer"]       # answers: a string; read: both
+    assert ref["properties"]["blockNumber"]["format"] == "int64"
+    assert ref["properties"]["blockNumber"]["maximum"] == 2**63 - 1
 
 
 def test_a_server_stream_answers_a_json_array_of_its_messages(document):
@@ -112,12 +114,37 @@ def test_a_server_stream_answers_a_json_array_of_its_messages(document):
         "$ref": "#/components/schemas/diboas.transaction.v1.GetTransactionResponse"}
 
 
-def test_enums_are_their_value_names(document):
+def test_enums_are_their_value_names_and_a_request_may_give_the_number(document):
     kinds = schema(document, "diboas.transaction.v1.TransactionType")
-    assert kinds["type"] == "string"
-    assert kinds["enum"] == ["TRANSACTION_TYPE_UNSPECIFIED", "TRANSACTION_TYPE_SEND", "TRANSACTION_TYPE_DEPOSIT",
-                             "TRANSACTION_TYPE_WITHDRAW", "TRANSACTION_TYPE_BRIDGE"]
-    assert "TRANSACTION_TYPE_SEND: From one wallet to another" in kinds["description"]
+    assert kinds["type"] == ["string", "integer"]
+    names = ["TRANSACTION_TYPE_UNSPECIFIED", "TRANSACTION_TYPE_SEND", "TRANSACTION_TYPE_DEPOSIT",
+             "TRANSACTION_TYPE_WITHDRAW", "TRANSACTION_TYPE_BRIDGE"]
+    assert kinds["enum"] == [*names, 0, 1, 2, 3, 4, "0", "1", "2", "3", "4"]   # the transcoder reads all three
+    assert "TRANSACTION_TYPE_SEND (1): From one wallet to another" in kinds["description"]
+
+
+def test_a_field_is_read_by_its_proto_name_too(document):
+    wallet = schema(document, "diboas.wallet.v1.Wallet")
+    assert wallet["properties"]["currency_code"]["type"] == wallet["properties"]["currencyCode"]["type"] == "string"
+    assert "`currencyCode` by its proto name" in wallet["properties"]["currency_code"]["description"]
+    assert "name" in wallet["properties"] and "owner_id" in wallet["properties"]
+    assert wallet["additionalProperties"] is False                 # any other name is refused
+    pages = {p["name"]: p for p in operations(document)["WalletService_ListWallets"][2]["parameters"]}
+    assert "`page_size`" in pages["pageSize"]["description"]
+
+
+def test_what_every_service_checks_at_its_edge_is_in_the_document(document):
+    ops = operations(document)
+    create = ops["WalletService_CreateWallet"][2]
+    [request_id] = create["parameters"]
+    assert request_id["required"] and request_id["schema"] == {"type": "string", "minLength": 1, "maxLength": 128}
+    assert schema(document, "diboas.wallet.v1.Wallet")["properties"]["currencyCode"]["minLength"] == 1  # REQUIRED
+    pages = {p["name"]: p["schema"] for p in ops["WalletService_ListWallets"][2]["parameters"]}
+    assert pages["pageSize"]["minimum"] == 0
+    [wallet] = ops["WalletService_GetWallet"][2]["parameters"]
+    assert wallet["schema"] == {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+    assert re.fullmatch(wallet["schema"]["pattern"][1:-1], "0f3a_b-C") and not re.fullmatch(
+        wallet["schema"]["pattern"][1:-1], "a:b")
 
 
 def test_every_route_documents_its_errors_as_a_google_rpc_status(document):
