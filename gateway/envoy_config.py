@@ -95,12 +95,15 @@ def external_rpcs(topology: Topology, descriptors: Path = DESCRIPTORS) -> list[R
     return rpcs
 
 
-def _json_reply(code: int, grpc_code: int, message: str) -> dict:
-    """A local reply of Envoy's (not the upstream's) as JSON shaped like a google.rpc.Status."""
-    return {"filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {
-                "default_value": code, "runtime_key": f"diboas.local_reply.{code}"}}}},
-            "body_format_override": {"json_format": {"code": grpc_code, "message": message,
-                                                     "details": []}}}
+def _json_reply(code: int, grpc_code: int, message: str, method: str | None = None) -> dict:
+    """A local reply of Envoy's (not the upstream's) as JSON shaped like a google.rpc.Status; with
+    `method`, only for requests with that method."""
+    status = {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+        "default_value": code, "runtime_key": f"diboas.local_reply.{code}"}}}}
+    match = {"and_filter": {"filters": [status, {"header_filter": {"header": {
+        "name": ":method", "string_match": {"exact": method}}}}]}} if method else status
+    return {"filter": match,
+            "body_format_override": {"json_format": {"code": grpc_code, "message": message, "details": []}}}
 
 
 def _cluster(topology: Topology, name: str) -> dict:
@@ -198,7 +201,7 @@ ACCESS_LOG = {
     "time": "%START_TIME%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
     "rpc": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "grpc_status": "%GRPC_STATUS%",
     "grpc_code": "%GRPC_STATUS_NUMBER%",
-    "flags": "%RESPONSE_FLAGS%", "duration_ms": "%DURATION%", "upstream": "%UPSTREAM_CLUSTER%",
+    "flags": "%RESPONSE_FLAGS%", "details": "%RESPONSE_CODE_DETAILS%", "duration_ms": "%DURATION%", "upstream": "%UPSTREAM_CLUSTER%",
     "request_id": "%REQ(X-REQUEST-ID)%", "trace_id": "%TRACE_ID%", "traceparent": "%REQ(TRACEPARENT)%", "bytes_in": "%BYTES_RECEIVED%",
     "bytes_out": "%BYTES_SENT%", "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
 }
@@ -343,6 +346,8 @@ def render(topology: Topology, access_log: Path, descriptors: Path = DESCRIPTORS
                 "grpc_service": {"envoy_grpc": {"cluster_name": "span_collector"}, "timeout": "1s"},
                 "service_name": topology.gateway.name}}}} if collector_port else {}),
         "local_reply_config": {"mappers": [
+            # QUERY without a content type is refused by Envoy's HTTP codec, which gives no text.
+            _json_reply(400, 3, "no such REST route: QUERY %REQ(:PATH)% (%RESPONSE_CODE_DETAILS%)", method="QUERY"),
             _json_reply(400, 3, "%LOCAL_REPLY_BODY%"),
             _json_reply(401, 16, "%LOCAL_REPLY_BODY%"),
             _json_reply(403, 7, "%LOCAL_REPLY_BODY%"),

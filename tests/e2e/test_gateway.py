@@ -279,6 +279,8 @@ async def test_errors_are_their_http_status_with_a_json_status_body(stack):
     assert status == 409 and body["details"][0]["reason"] == "WALLET_EXISTS"
     status, body, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, "x" * 70_000)
     assert status == 413 and body["code"] == 3
+    status, body, _ = await gw.call("QUERY", "/v1/wallets", alice)        # Envoy's codec refuses it, with no text
+    assert status == 400 and body["code"] == 3 and body["message"].startswith("no such REST route: QUERY"), body
 
 
 async def test_missing_expired_and_forged_user_tokens_are_401(stack):
