@@ -30,8 +30,9 @@ from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from services.config_files import ConfigError
 from services.monitor import health_report, probe
 from services.runtime.auth import MAX_TOKEN_LIFETIME_SECONDS, TokenIssuer
+from services.runtime.client import Caller
 from services.runtime.config import Topology, load_topology
-from services.runtime.tls import load_identity, mesh_channel
+from services.runtime.tls import mesh_channel
 from services.runtime.users import issue_user_token
 from services.runtime.wire import duration, timestamp_text
 
@@ -67,24 +68,21 @@ def cmd_user_token(args, topology: Topology) -> int:
 
 
 def cmd_token(args, topology: Topology) -> int:
-    identities = topology.identities()
-    if args.identity not in identities:
-        raise ConfigError(f"'{args.identity}' is not an identity of the mesh (known: {', '.join(sorted(identities))})")
+    me = Caller.load(topology, args.identity)
     if not 0 < args.ttl <= MAX_TOKEN_LIFETIME_SECONDS:
         raise ConfigError(f"--ttl must be between 1 and {MAX_TOKEN_LIFETIME_SECONDS} seconds (services refuse "
                           f"longer-lived tokens), got {args.ttl:g}")
     audience = topology.service(args.audience).identity
-    files = load_identity(topology.certs_dir, args.identity)
-    print(TokenIssuer(identities[args.identity], files.key, ttl_seconds=args.ttl).token_for(audience))
+    print(TokenIssuer(me.issuer.identity, me.files.key, ttl_seconds=args.ttl).token_for(audience))
     return 0
 
 
 def _operator_channel(topology: Topology, identity: str, name: str):
     """(channel, metadata) to a service as `identity`, with its service token."""
     service = topology.service(name)
-    files = load_identity(topology.certs_dir, identity)
-    token = TokenIssuer(topology.identities()[identity], files.key).token_for(service.identity)
-    channel = mesh_channel(str(service.address), files, service.name)
+    me = Caller.load(topology, identity)
+    token = me.issuer.token_for(service.identity)
+    channel = mesh_channel(str(service.address), me.files, service.name)
     return channel, (("authorization", f"Bearer {token}"),)
 
 

@@ -8,7 +8,8 @@ method wrapped, in this order, by:
      being served, or the default;
   3. this service's JWT for that upstream, and a CLIENT span whose W3C context travels along;
   4. an upstream failure turned into the matching domain error (UNAVAILABLE ->
-     ServiceUnavailable ...), so callers never handle grpc types;
+     ServiceUnavailable ...), so callers never handle grpc types (a refusal of a service's own
+     call is INTERNAL to its caller; a client program sees it as itself: `mask_refusals`);
   5. metrics per upstream and method: calls by code, and a latency histogram.
 The wrapping is done once per stub, not by grpc.aio client interceptors, which add their own
 per-call machinery on the hot path (measurements in docs/benchmarks.md).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 
 import grpc
 
@@ -31,7 +33,7 @@ from .config import ServiceConfig, Topology
 from .local import LocalUpstream, Neighbours
 from .metrics import BREAKER_STATE
 from .status import from_rpc_error
-from .tls import IdentityFiles, mesh_channel
+from .tls import IdentityFiles, load_identity, mesh_channel
 from .tracing import RpcTracing
 
 # Codes that mean "the upstream is not working", as opposed to "the upstream said no".
@@ -86,8 +88,9 @@ class _CallPolicy:
     """What every call to one upstream gets (see the module docstring)."""
 
     def __init__(self, caller: str, upstream: ServiceConfig, issuer: TokenIssuer, breaker: AsyncCircuitBreaker,
-                 default_deadline: float, tracing: RpcTracing):
+                 default_deadline: float, tracing: RpcTracing, mask_refusals: bool = True):
         self._caller = caller
+        self._mask_refusals = mask_refusals
         self._upstream = upstream
         self._issuer = issuer
         self._breaker = breaker
@@ -105,7 +108,7 @@ class _CallPolicy:
         return call_observer(self._caller, self._upstream.name, method)
 
     def unary(self, full_method: str, multicallable):
-        upstream, breaker, tracing = self._upstream.name, self._breaker, self._tracing
+        upstream, breaker, tracing, mask_refusals = self._upstream.name, self._breaker, self._tracing, self._mask_refusals
         attributes = RpcTracing.attributes(full_method)
         observe = self._observer(full_method.rpartition("/")[2])
 
@@ -120,7 +123,7 @@ class _CallPolicy:
                                                        metadata=self._metadata(metadata, headers))
                     except grpc.aio.AioRpcError as exc:
                         code = exc.code()
-                        raise from_rpc_error(exc, upstream) from None
+                        raise from_rpc_error(exc, upstream, mask_refusals=mask_refusals) from None
                 code = grpc.StatusCode.OK
                 return response
             except errors.DeadlineExceeded:
@@ -175,10 +178,10 @@ class _GuardedStub:
 
 
 class Upstream:
-    """One upstream service: its channel, breaker and stubs."""
+    """One upstream service: its channel, breaker and stubs. `mask_refusals`: see the module docstring."""
 
     def __init__(self, topology: Topology, caller: str, upstream: ServiceConfig, files: IdentityFiles,
-                 issuer: TokenIssuer, *, tracing: bool = True):
+                 issuer: TokenIssuer, *, tracing: bool = True, mask_refusals: bool = True):
         policy = topology.defaults.breaker
         self.name = upstream.name
         self.breaker = AsyncCircuitBreaker(
@@ -186,7 +189,7 @@ class Upstream:
             on_state_change=lambda state: BREAKER_STATE.labels(caller, upstream.name).set(0 if state == "closed" else 1),
         )
         self._policy = _CallPolicy(caller, upstream, issuer, self.breaker, topology.defaults.deadline_seconds,
-                                   RpcTracing(tracing))
+                                   RpcTracing(tracing), mask_refusals)
         self.channel = mesh_channel(upstream.target, files, upstream.name, channel_options(topology, upstream))
         self._stubs: dict[type, _GuardedStub] = {}
 
@@ -201,6 +204,27 @@ class Upstream:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One identity of the topology as a caller: its short name, certificate files and token issuer."""
+
+    name: str
+    files: IdentityFiles
+    issuer: TokenIssuer
+
+    @classmethod
+    def load(cls, topology: Topology, name: str) -> "Caller":
+        """ConfigError when `name` is not an identity of the topology, or its certificate files are
+        missing or expired (tls.load_identity)."""
+        identities = topology.identities()
+        if name not in identities:
+            raise ConfigError(f"{topology.path}: '{name}' is not an identity of this mesh (known: "
+                              f"{', '.join(sorted(identities))}): add it to `clients:` (a caller that serves nothing) "
+                              "or `services:`, then issue its certificate (`make certs`)")
+        files = load_identity(topology.certs_dir, name)
+        return cls(name, files, TokenIssuer(identities[name], files.key))
 
 
 class Upstreams:

@@ -27,8 +27,7 @@ from services.config_files import ConfigError
 from services.domain import currencies
 
 from . import tracing
-from .auth import TokenIssuer
-from .client import Upstreams
+from .client import Caller, Upstreams
 from .config import Address, ServiceConfig, Topology, load_topology
 from .guard import Registrar, ServerGuard
 from .health import DatabaseProbe, ServiceHealth
@@ -36,7 +35,7 @@ from .logs import SERVICE, configure_logging
 from .messaging.rabbit import Broker
 from .metrics import serve_metrics
 from .reflection import add_reflection
-from .tls import IdentityFiles, load_identity, server_credentials
+from .tls import IdentityFiles, server_credentials
 from .tracing import RpcTracing
 
 log = logging.getLogger("diboas.server")
@@ -146,9 +145,9 @@ class MeshServer:
 
     async def _start(self) -> None:
         topology, service = self.topology, self.service
-        files = load_identity(topology.certs_dir, service.name)
-        issuer = TokenIssuer(service.identity, files.key)
-        self._upstreams = Upstreams(topology, service.name, files, issuer, tracing=self._tracing,
+        me = Caller.load(topology, service.name)
+        files = me.files
+        self._upstreams = Upstreams(topology, service.name, files, me.issuer, tracing=self._tracing,
                                     neighbours=self._neighbours)
         broker = (Broker(topology.messaging, f"{service.name}@{socket.gethostname()}:{os.getpid()}")
                   if topology.uses_broker(service.name) else None)

@@ -123,10 +123,12 @@ def _info_in(status: status_pb2.Status | None) -> error_details_pb2.ErrorInfo | 
 _REFUSALS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> errors.DomainError:
-    """The domain error an upstream's failure stands for (UNAVAILABLE -> ServiceUnavailable ...)."""
+def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str, *, mask_refusals: bool = True) -> errors.DomainError:
+    """The domain error an upstream's failure stands for (UNAVAILABLE -> ServiceUnavailable ...);
+    `mask_refusals` as in `upstream_error`."""
     info = error_info(error)
-    return upstream_error(error.code(), error.details(), info.reason if info else None, upstream)
+    return upstream_error(error.code(), error.details(), info.reason if info else None, upstream,
+                          mask_refusals=mask_refusals)
 
 
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
@@ -140,11 +142,14 @@ def from_status_message(status: status_pb2.Status, upstream: str) -> errors.Doma
                           info.reason if info else None, upstream)
 
 
-def upstream_error(code: grpc.StatusCode, details: str | None, reason: str | None, upstream: str) -> errors.DomainError:
+def upstream_error(code: grpc.StatusCode, details: str | None, reason: str | None, upstream: str, *,
+                   mask_refusals: bool = True) -> errors.DomainError:
     """What a caller sees of an upstream's failure with `code`, whether the upstream answered over
     the network or in the same process (services/runtime/local.py): the same class, message and
-    reason either way."""
-    if code in _REFUSALS:
+    reason either way. A service masks an upstream's refusal of its own call (INTERNAL, logged);
+    a client program (services/meshclient) has no caller to hide it from: with `mask_refusals`
+    off, UNAUTHENTICATED and PERMISSION_DENIED reach it as themselves, with the upstream's reason."""
+    if code in _REFUSALS and mask_refusals:
         log.error("%s refused our call: %s %s (reason %s)", upstream, code.name, details, reason or "-")
         result: errors.DomainError = errors.Internal(f"an internal call to {upstream} was refused",
                                                      reason="UPSTREAM_REFUSED")

@@ -1,14 +1,21 @@
 """Unit tests of runtime pieces that a real client cannot easily provoke."""
 from __future__ import annotations
 
+import math
+import time
+
 import grpc
 import pytest
 
 from services.config_files import ConfigError
-from services.domain.errors import ServiceUnavailable
+from services.domain.errors import PermissionDenied, ServiceUnavailable, Unauthenticated
 from services.runtime.breaker import AsyncCircuitBreaker
+from services.runtime.calls import call_timeout
+from services.runtime.client import Caller
 from services.runtime.config import load_topology
+from services.runtime.context import current_deadline, within
 from services.runtime.guard import ServerGuard, _Method
+from services.runtime.status import upstream_error
 from services.runtime.tls import load_identity
 from services.runtime.tracing import RpcTracing
 
@@ -166,3 +173,45 @@ def test_metrics_listen_on_loopback_unless_explicitly_made_public():
         load_topology(env={"DIBOAS_PUBLIC_METRICS": "maybe"})
     with pytest.raises(ConfigError, match="gateway.admin .* must be on loopback"):
         load_topology(env={"DIBOAS_GATEWAY_ADMIN": "0.0.0.0:9901"})
+
+
+def test_a_deadline_block_bounds_the_calls_in_it_and_ends_with_it():
+    assert current_deadline() is None
+    with within(0.5):
+        assert 0.4 < call_timeout(None, 5.0, "wallet") <= 0.5
+        assert call_timeout(0.1, 5.0, "wallet") == 0.1        # a call's own shorter timeout wins
+        with within(10):
+            assert call_timeout(None, 5.0, "wallet") <= 0.5   # an inner block cannot extend the outer
+    assert current_deadline() is None
+    assert call_timeout(None, 5.0, "wallet") == 5.0
+    with within(0.01):
+        time.sleep(0.02)
+        with pytest.raises(Exception, match="no time left to call wallet: the deadline has passed"):
+            call_timeout(None, 5.0, "wallet")
+
+
+@pytest.mark.parametrize("seconds", [0, -1, math.inf, math.nan, "2"])
+def test_a_deadline_is_a_positive_finite_number(seconds):
+    with pytest.raises(ValueError, match="greater than zero"):
+        with within(seconds):
+            pass
+
+
+def test_refusals_are_masked_for_a_services_caller_and_not_for_a_client_program():
+    masked = upstream_error(grpc.StatusCode.PERMISSION_DENIED, "reporting may not call wallet.CreateWallet",
+                            "CALLER_NOT_PERMITTED", "wallet")
+    assert masked.reason == "UPSTREAM_REFUSED"
+    seen = upstream_error(grpc.StatusCode.PERMISSION_DENIED, "reporting may not call wallet.CreateWallet",
+                          "CALLER_NOT_PERMITTED", "wallet", mask_refusals=False)
+    assert isinstance(seen, PermissionDenied) and seen.reason == "CALLER_NOT_PERMITTED"
+    assert seen.message == "wallet: reporting may not call wallet.CreateWallet"
+    expired = upstream_error(grpc.StatusCode.UNAUTHENTICATED, "service token expired", "TOKEN_EXPIRED", "wallet",
+                             mask_refusals=False)
+    assert isinstance(expired, Unauthenticated) and expired.reason == "TOKEN_EXPIRED"
+
+
+def test_a_caller_is_an_identity_of_the_topology_with_its_files(topology):
+    me = Caller.load(topology, "operator")
+    assert me.issuer.identity == "spiffe://diboas.local/client/operator" and me.files.name == "operator"
+    with pytest.raises(ConfigError, match="'ops' is not an identity of this mesh .known: blockchain, gateway, operator"):
+        Caller.load(topology, "ops")
