@@ -49,6 +49,8 @@ MAX_REQUEST_HEADERS_KB = (MAX_METADATA_BYTES - MAX_HEADERS * 32 - 4096) // 1024
 # it), then put back: so the access log's %GRPC_STATUS% is the service's, not one guessed from
 # the HTTP status (404 would read UNIMPLEMENTED). An answer's trailers keep theirs anyway.
 _KEPT_GRPC_STATUS = "x-diboas-grpc-status"
+STREAM_IDLE_SECONDS = 330       # a server stream that sends nothing this long is reset
+MAX_REQUESTS_PER_SERVICE = 8192
 # Where jwt_authn finds the token: `authorization: Bearer <token>`, the scheme in any case (an
 # HTTP auth scheme is case-insensitive; jwt_authn compares its prefix exactly, so every spelling
 # of "bearer" is listed: 64 of them, always in the same order).
@@ -142,6 +144,10 @@ def _cluster(topology: Topology, name: str) -> dict:
                               "enforcing_consecutive_gateway_failure": 0, "enforcing_success_rate": 0,
                               "interval": "2s", "base_ejection_time": "5s", "max_ejection_percent": 100},
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},   # no healthy host: 503 at once
+        # Requests in flight to the service at once, open streams included (each WatchTransaction
+        # holds one for up to 300 s): Envoy's default, 1,024, is what 1,000 open watches in one
+        # instance would nearly fill, leaving ordinary requests 503 overflows.
+        "circuit_breakers": {"thresholds": [{"max_requests": MAX_REQUESTS_PER_SERVICE}]},
     }
 
 
@@ -188,9 +194,11 @@ def _page_route(page: Page) -> dict:
 
 
 def _route(rpc: Rpc, timeout: float) -> dict:
-    # A stream has no gateway timeout: the service ends it (WatchTransaction within 300 s), and
-    # Envoy's stream idle timeout (5 minutes) ends one that went silent.
+    # A stream has no gateway timeout: the service ends it (WatchTransaction within 300 s, with
+    # its last message), before its idle timeout would (Envoy's default is those same 300 s).
     route = {"cluster": rpc.service, "timeout": "0s" if rpc.streams else f"{timeout:g}s"}
+    if rpc.streams:
+        route["idle_timeout"] = f"{STREAM_IDLE_SECONDS}s"
     if rpc.read:    # idempotent: safe to try again on another connection
         route["retry_policy"] = {"retry_on": "connect-failure,refused-stream,unavailable,reset",
                                  "num_retries": 2, "per_try_timeout": f"{max(timeout / 3, 1):g}s"}

@@ -19,6 +19,9 @@ SETTLED = ("TRANSACTION_STATE_COMPLETED", "TRANSACTION_STATE_FAILED")
 # How long a read that is answered 503 (a service restarting under `make run`'s supervision) is
 # tried again, with a growing pause, before the demo gives up on it.
 READ_RETRY_SECONDS = 15
+# How long a stream may stay silent: a watch sends nothing while its transaction does not change,
+# and ends within 300 s.
+STREAM_SECONDS = 330
 
 
 class DemoFailed(Exception):
@@ -54,11 +57,14 @@ class Rest:
         but 200; one answered 503 is tried again as `call` tries a read."""
         deadline, pause = time.monotonic() + READ_RETRY_SECONDS, 0.2
         while True:
-            connection = self._connect()
+            connection = self._connect(STREAM_SECONDS)
             try:
                 reply = self._send(connection, "GET", path, token, None)
                 if reply.status == 200:
-                    yield from json_array_elements(reply)
+                    try:
+                        yield from json_array_elements(reply)
+                    except OSError as exc:      # reset, or silent for longer than a watch lasts
+                        raise DemoFailed(f"GET {path}: the stream broke off ({exc.strerror or exc})") from None
                     return
                 data = json.loads(reply.read() or b"{}")
             finally:
@@ -68,8 +74,8 @@ class Rest:
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
 
-    def _connect(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.address.host, self.address.port, timeout=30)
+    def _connect(self, timeout: float = 30) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.address.host, self.address.port, timeout=timeout)
 
     def _send(self, connection: http.client.HTTPConnection, method: str, path: str, token: str,
               body: dict | None) -> http.client.HTTPResponse:

@@ -186,7 +186,7 @@ class _Schemas:
         """The object schema of a message, without the fields named in `leave_out` (the ones a
         route takes from its path)."""
         message, file, path = self._types.messages[full_name]
-        properties, required = {}, []
+        properties, required, either = {}, [], []
         for i, field in enumerate(message.field):
             if field.name in leave_out:
                 continue
@@ -203,8 +203,9 @@ class _Schemas:
                 schema["readOnly"] = True
             if field_behavior_pb2.INPUT_ONLY in behaviors:
                 schema["writeOnly"] = True
-            if field_behavior_pb2.REQUIRED in behaviors:
-                required.append(field.json_name)
+            if field_behavior_pb2.REQUIRED in behaviors:      # by either of its names, when it has two
+                (required.append(field.json_name) if field.name == field.json_name
+                 else either.append([field.json_name, field.name]))
             properties[field.json_name] = schema = _checked(field, schema)
             if field.name != field.json_name:          # the transcoder reads the proto name too
                 properties[field.name] = {**schema, "description": f"`{field.json_name}` by its proto name, "
@@ -212,6 +213,8 @@ class _Schemas:
         schema = {"type": "object", "properties": properties, "additionalProperties": False}
         if required:
             schema["required"] = required
+        if either:
+            schema["allOf"] = [{"anyOf": [{"required": [name]} for name in names]} for names in either]
         if comment := self._types.comment(file, path):
             schema["description"] = comment
         return schema

@@ -13,7 +13,8 @@ entries in the call policy. The guide is docs/guide-new-service.md.
 A thin facade over the runtime every service uses (services/runtime/client.py): the same mTLS
 channel per service, the same service JWTs, retries, circuit breaker, deadlines, metrics and
 tracing. Failures are the domain errors re-exported here (PermissionDenied, NotFound,
-ServiceUnavailable ...), never grpc types; `python -m services.meshclient IDENTITY` checks the
+ServiceUnavailable ...), never grpc types (a server stream's errors excepted: they arrive as
+grpc.aio.AioRpcError while it is read); `python -m services.meshclient IDENTITY` checks the
 set-up and prints what the policy lets the identity call.
 """
 from services.config_files import ConfigError

@@ -49,7 +49,7 @@ def within(seconds: float):
     """A deadline for the work in this block: every call to an upstream made in it gets at most
     what is left of `seconds` (or of the deadline of the RPC being served, when that comes first).
     For a program that serves no RPC, this is what the server guard does for a service."""
-    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+    if isinstance(seconds, bool) or not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"a deadline is a finite number of seconds greater than zero, got {seconds!r}")
     call = CURRENT_CALL.get()
     deadline = time.monotonic() + seconds

@@ -22,6 +22,7 @@ grpc.aio server interceptor, which would re-resolve and re-wrap the handler on e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -130,8 +131,9 @@ class ServerGuard:
                 request = _admitted(request, streams_requests)
                 result = behavior(request, context)
                 if hasattr(result, "__aiter__"):
-                    async for item in result:
-                        yield item
+                    async with contextlib.aclosing(result):     # closed now, not whenever it is collected
+                        async for item in result:
+                            yield item
                 else:
                     await result
             except BaseException as exc:

@@ -59,6 +59,9 @@ class Runtime:
     upstreams: Upstreams
     # Called (in order) after the server has drained, e.g. to close a database.
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    # Called (in order) when the server stops taking new calls, before it drains: to end the
+    # streams that would otherwise hold the drain to its end.
+    on_unready: list[Callable[[], None]] = field(default_factory=list)
     # Long-running work beside the server (queue workers, the event relay): each gets an event
     # that is set at shutdown, after the server has drained, and is awaited before on_stop.
     background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
@@ -203,9 +206,12 @@ class MeshServer:
                   exc_info=task.exception(), extra={"alert": "background_stopped"})
 
     async def unready(self) -> None:
-        """NOT_SERVING: probes and the gateway stop sending new calls."""
+        """NOT_SERVING: probes and the gateway stop sending new calls; open streams are ended."""
         if self._health is not None:
             await self._health.shutdown()
+        if self._runtime is not None:
+            for end_streams in self._runtime.on_unready:
+                end_streams()
 
     async def stop(self, grace: float | None = None, *, announced: bool = False) -> None:
         """NOT_SERVING first (so probes and the gateway stop sending; `announced`: `unready` did

@@ -73,6 +73,7 @@ def build(runtime: Runtime) -> list[Registration]:
         runtime.background += [service.work] * WATCHFUL_WORKERS
         runtime.background += [functools.partial(service.work, idle_seconds=2.0)] * (WORKERS - WATCHFUL_WORKERS)
     runtime.background += [relay.run, service.finish_started, service.watch_queue, backlog.watch]
+    runtime.on_unready.append(service.watchers.close)       # open watches end before the drain
     if runtime.broker is not None:      # another instance's outcomes wake this one's watchers too
         echo = EventEcho(runtime.broker, me.name, me.publishes,
                          lambda subject: service.watchers.changed(subject.removeprefix("transactions/")))

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import random
 import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
@@ -31,13 +32,14 @@ from .repository import TransactionRepository
 from .sagas import SAGAS, Sagas
 from .sagas.saga import Admission
 from .tables import idempotency_keys
-from .watchers import Watchers
+from .watchers import Watchers, shutting_down
 from .worker import Worker
 
 PAGES = PageTokens("transactions", INSTANT, KEY)     # after this (created_at, id), newest first
 CREATE = "CreateTransaction"                         # the operation its idempotency records name
 WATCH_SECONDS = 300         # the longest one WatchTransaction runs: then the caller watches again
 WATCHES = 1000              # open WatchTransactions per process, at most
+WATCHES_PER_USER = 20       # and of one user (an operator's are counted in the first only)
 # How often a watcher also re-reads its transaction unwoken: a change committed by another
 # instance of the service wakes no one here.
 RECHECK_SECONDS = 10.0
@@ -80,7 +82,7 @@ class TransactionService:
         self.units = units or UnitsOfWork(db, TransactionRepository, outbox=outbox, queue=queue,
                                           idempotency=idempotency_keys, clock=clock)
         self._wallet, self._sagas, self._clock, self._ids = wallet, sagas, clock, ids
-        self.watchers = Watchers(WATCHES)
+        self.watchers = Watchers(WATCHES, WATCHES_PER_USER)
         self._worker = Worker(self.units, queue, sagas, wallet, providers, chains, clock, tracing or MessageTracing(),
                               started_at_once, changed=self.watchers.changed)
 
@@ -157,13 +159,19 @@ class TransactionService:
         """The transaction now (as `get` reads it, for the same viewers), then again after each
         change, until it is COMPLETED or FAILED: that one is the last. A change committed by this
         process wakes the watcher at once; one committed elsewhere is seen within
-        `recheck_seconds`. DeadlineExceeded once `seconds` have passed without an outcome."""
+        `recheck_seconds` (each watcher's own, give or take a fifth, so that watchers opened
+        together do not read together). DeadlineExceeded once `seconds` have passed without an
+        outcome; ServiceUnavailable when the process shuts down meanwhile."""
         loop = asyncio.get_running_loop()
         seconds = min(seconds, WATCH_SECONDS)
         until, last = loop.time() + seconds, None
-        with self.watchers.watch(transaction_id) as changed:
+        recheck_seconds *= random.uniform(0.8, 1.2)
+        who = None if viewer is None or viewer.is_operator else viewer.id
+        with self.watchers.watch(transaction_id, who) as changed:
             while True:
                 changed.clear()             # before the read: a change committed after it wakes the wait
+                if self.watchers.closing:
+                    raise shutting_down()
                 tx = await self.get(transaction_id, viewer)
                 if tx != last:
                     yield tx

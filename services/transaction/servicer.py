@@ -1,6 +1,8 @@
 """TransactionService over gRPC: requests to domain values, named errors by field, responses."""
 from __future__ import annotations
 
+import contextlib
+
 from diboas.common.v1 import common_pb2
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from services.runtime.context import current_user
@@ -71,8 +73,9 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
         remaining = context.time_remaining()
         watched = self._service.watch(resource_id(request.name, "transactions", "name"), current_user(),
                                       **({} if remaining is None else {"seconds": remaining}))
-        async for tx in watched:
-            yield transaction_pb2.WatchTransactionResponse(transaction=transaction_pb(tx))
+        async with contextlib.aclosing(watched):        # its watch ends here, whatever ends the call
+            async for tx in watched:
+                yield transaction_pb2.WatchTransactionResponse(transaction=transaction_pb(tx))
 
     async def ListTransactions(self, request, context):
         wallet = f"wallets/{resource_id(request.wallet, 'wallets', 'wallet')}" if request.wallet else ""

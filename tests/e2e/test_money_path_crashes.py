@@ -53,7 +53,7 @@ class Mesh(MoneyClient):
         """The pending transactions' rows in the work queue (and its dead letters), and the last
         warnings and errors of each process."""
         items = [name.rsplit("/", 1)[-1] for name in pending]
-        engine = create_engine(self.topology.services["transaction"].database)
+        engine = create_engine(self.topology.services["transaction"].database)      # lazy: connects below
         try:
             with engine.connect() as connection:
                 queued = [dict(row._mapping) for row in connection.execute(
@@ -66,8 +66,12 @@ class Mesh(MoneyClient):
             engine.dispose()
         lines = []
         for name, process in self.processes.items():
-            with open(process.log_dir / f"{name}.log", errors="replace") as log:
-                noisy = [line.strip()[:600] for line in log if '"level": "warning"' in line or '"level": "error"' in line]
+            try:
+                with open(process.log_dir / f"{name}.log", errors="replace") as log:
+                    noisy = [line.strip()[:600] for line in log
+                             if '"level": "warning"' in line or '"level": "error"' in line]
+            except OSError as exc:
+                noisy = [f"log unreadable: {exc}"]
             lines += [f"{name}: {line}" for line in noisy[-15:]]
         broker = ""
         if url := next(iter(self.processes.values())).env.get("DIBOAS_RABBITMQ_URL"):

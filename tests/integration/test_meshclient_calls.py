@@ -44,6 +44,7 @@ async def test_a_call_arrives_with_the_deadline_of_its_block_or_its_own(topology
     topology = await started(with_reporting(topology, tmp_path), start_server, wallets)
     async with MeshClient(topology, "reporting", tracing=False) as mesh:
         stub = mesh.stub("wallet", wallet_pb2_grpc.WalletServiceStub)
+        await stub.GetWallet(get())             # the channel's handshake, out of the measured calls
         with mesh.deadline(0.8):
             await stub.GetWallet(get())
         with mesh.deadline(3.0):
@@ -54,10 +55,11 @@ async def test_a_call_arrives_with_the_deadline_of_its_block_or_its_own(topology
                 await stub.GetWallet(get())
         await stub.GetWallet(get(), timeout=0.3)
         await stub.GetWallet(get())              # neither: the topology's default (5 s)
-    block, inner, outer, own, default = wallets.seen_deadlines
-    assert 0.5 < block <= 0.8
-    assert 0.4 < inner <= 0.6 and 0.4 < outer <= 0.6
-    assert 0.2 < own < 0.32
+    _, block, inner, outer, own, default = wallets.seen_deadlines
+    # Each arrives with what was left of it: a busy machine takes a little off, never adds.
+    assert 0.3 < block <= 0.8
+    assert 0.2 < inner <= 0.6 and 0.2 < outer <= 0.6
+    assert 0.1 < own < 0.32
     assert 4.0 < default < topology.defaults.deadline_seconds + 0.1     # grpc-timeout is rounded up on the wire
 
 

@@ -27,6 +27,16 @@ pytestmark = pytest.mark.rabbitmq
 TOPIC = "transaction.completed"
 
 
+async def listening(vhost: str) -> None:
+    """Until the echo's queue has its consumer (declared, bound, then consumed: in that order)."""
+    for _ in range(300):
+        queues = rabbitmqctl("list_queues", "-p", vhost, "name", "consumers").split("\n")
+        if any(".echo." in line and line.split()[-1] == "1" for line in queues):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the echo's queue got no consumer in 30 s")
+
+
 def envelope(subject: str) -> events_pb2.EventEnvelope:
     return events_pb2.EventEnvelope(id=subject.replace("/", "-"), source="transaction", spec_version="1.0",
                                     type=TOPIC, subject=subject)
@@ -45,10 +55,7 @@ async def test_an_instance_hears_the_subject_of_each_event_another_one_publishes
         await asyncio.sleep(0.3)
         assert ".echo." not in rabbitmqctl("list_queues", "-p", vhost, "name")      # not asked yet: nothing
         echo.wanted()
-        for _ in range(100):
-            if ".echo." in rabbitmqctl("list_queues", "-p", vhost, "name"):
-                break
-            await asyncio.sleep(0.1)
+        await listening(vhost)
         for n in range(3):
             await transport.deliver("wallet", envelope(f"transactions/t{n}"), 1)
         for _ in range(100):
@@ -95,7 +102,7 @@ async def test_a_watch_hears_at_once_of_an_outcome_that_another_instance_committ
             if seen:
                 break
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)                # the echo's queue is declared on the first watch
+        await listening(rabbitmq_url.rsplit("/", 1)[-1])       # declared on the first watch
         tx.move_to(COMPLETED, utcnow())
         with db.transaction() as connection:
             assert TransactionRepository(connection).save_progress(tx)

@@ -64,3 +64,58 @@ def test_a_read_that_stays_503_fails_once_the_budget_is_spent(gateway, monkeypat
     with pytest.raises(demo.DemoFailed, match="GET /v1/wallets answered 503"):
         rest.call("GET", "/v1/wallets", "t")
     assert 2 <= len(state.seen) <= 3
+
+
+@pytest.fixture
+def streaming():
+    """A stand-in gateway whose 200 is a body sent in `parts`, with a pause of `pause` seconds
+    before each, left open (no length, no close) when `hang` is set."""
+    state = SimpleNamespace(parts=[], pause=0.0, hang=False, unavailable=0)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self):
+            if state.unavailable > 0:
+                state.unavailable -= 1
+                data = json.dumps({"code": 14, "message": "no healthy upstream"}).encode()
+                self.send_response(503)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            self.send_response(200)
+            self.end_headers()
+            for part in state.parts:
+                threading.Event().wait(state.pause)
+                self.wfile.write(part.encode())
+                self.wfile.flush()
+            if state.hang:
+                threading.Event().wait(2)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rest = demo.Rest(SimpleNamespace(gateway=SimpleNamespace(http=Address("127.0.0.1", server.server_port)),
+                                     certs_dir=None), out=lambda *_: None)
+    yield rest, state
+    server.shutdown()
+
+
+def test_a_stream_gives_each_element_of_its_array_as_it_arrives_after_a_503(streaming):
+    rest, state = streaming
+    state.unavailable, state.parts = 1, ['[{"n": 1}', ',{"n": "\u00e9', '"}', "]"]
+    assert list(rest.stream("/v1/x:watch", "t")) == [{"n": 1}, {"n": "\u00e9"}]
+
+
+def test_a_stream_that_breaks_off_or_stays_silent_fails_with_a_message_not_a_traceback(streaming, monkeypatch):
+    rest, state = streaming
+    state.parts = ['[{"n": 1}', ","]
+    with pytest.raises(demo.DemoFailed, match="the stream ended before its JSON array was closed"):
+        list(rest.stream("/v1/x:watch", "t"))
+    state.hang = True
+    monkeypatch.setattr(demo, "STREAM_SECONDS", 0.3)
+    with pytest.raises(demo.DemoFailed, match="GET /v1/x:watch: the stream broke off"):
+        list(rest.stream("/v1/x:watch", "t"))

@@ -515,7 +515,7 @@ async def test_a_watch_without_an_outcome_ends_when_its_time_is_up(s):
 
 
 def test_past_its_limit_of_open_watches_a_process_refuses_one_more():
-    watchers, opened = Watchers(limit=1), []
+    watchers, opened = Watchers(limit=1, per_user=1), []
     watchers.on_watch(lambda: opened.append(watchers.open))   # what starts listening to other instances
     with watchers.watch("t1"):
         assert opened == [0]
@@ -524,3 +524,32 @@ def test_past_its_limit_of_open_watches_a_process_refuses_one_more():
                 pass
     with watchers.watch("t2"):
         assert watchers.open == 1
+
+
+def test_one_user_may_not_take_every_watch_of_the_process():
+    watchers = Watchers(limit=10, per_user=2)
+    with watchers.watch("t1", "alice"), watchers.watch("t2", "alice"):
+        with pytest.raises(ResourceExhausted, match="alice watches 2 transactions already"):
+            with watchers.watch("t3", "alice"):
+                pass
+        with watchers.watch("t3", "bob"), watchers.watch("t4"), watchers.watch("t5"), watchers.watch("t6"):
+            assert watchers.open == 6                      # others, and the operator, still may
+    with watchers.watch("t3", "alice"):
+        assert watchers.open == 1
+
+
+async def test_a_shutdown_ends_every_open_watch_at_once_and_opens_no_new_one(s):
+    tx_id = await s.send()
+    seen = []
+
+    async def watching() -> None:
+        async for tx in s.service.watch(tx_id, ALICE, recheck_seconds=60):
+            seen.append(tx.state)
+    watcher = asyncio.create_task(watching())
+    await asyncio.sleep(0.01)
+    s.service.watchers.close()
+    with pytest.raises(ServiceUnavailable, match="shutting down: watch again"):
+        await asyncio.wait_for(watcher, 1)
+    assert seen == [PENDING] and s.service.watchers.open == 0
+    with pytest.raises(ServiceUnavailable, match="shutting down"):
+        await anext(s.service.watch(tx_id, ALICE))
