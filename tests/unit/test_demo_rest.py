@@ -13,6 +13,16 @@ from services import demo
 from services.runtime.config import Address
 
 
+def _served(handler, state):
+    """The demo's REST client of a stand-in gateway served by `handler`, and its `state`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rest = demo.Rest(SimpleNamespace(gateway=SimpleNamespace(http=Address("127.0.0.1", server.server_port)),
+                                     certs_dir=None), out=lambda *_: None)
+    yield rest, state
+    server.shutdown()
+
+
 @pytest.fixture
 def gateway():
     """A stand-in gateway: answers 503 to the first `unavailable` requests, then 200."""
@@ -36,12 +46,7 @@ def gateway():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    rest = demo.Rest(SimpleNamespace(gateway=SimpleNamespace(http=Address("127.0.0.1", server.server_port)),
-                                     certs_dir=None), out=lambda *_: None)
-    yield rest, state
-    server.shutdown()
+    yield from _served(Handler, state)
 
 
 def test_a_read_answered_503_is_tried_again_until_it_is_answered(gateway):
@@ -96,12 +101,7 @@ def streaming():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    rest = demo.Rest(SimpleNamespace(gateway=SimpleNamespace(http=Address("127.0.0.1", server.server_port)),
-                                     certs_dir=None), out=lambda *_: None)
-    yield rest, state
-    server.shutdown()
+    yield from _served(Handler, state)
 
 
 def test_a_stream_gives_each_element_of_its_array_as_it_arrives_after_a_503(streaming):

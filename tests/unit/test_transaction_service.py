@@ -425,8 +425,9 @@ async def test_an_idle_worker_wakes_up_when_a_transaction_is_queued_for_it():
 
 # --- watching -----------------------------------------------------------------------------------
 
-async def _watch(s: Service, tx_id: str, viewer: User = ALICE, **kw) -> list[Transaction]:
-    """What a watcher of `tx_id` is sent, while a worker runs the queue (no unwoken re-reads)."""
+async def _watching(s: Service, tx_id: str, viewer: User = ALICE, **kw) -> tuple[asyncio.Task, list[Transaction]]:
+    """A watcher of `tx_id` in a task of its own (no unwoken re-reads unless asked), once it has
+    started, and the list of what it is sent."""
     seen = []
 
     async def watching() -> None:
@@ -434,6 +435,12 @@ async def _watch(s: Service, tx_id: str, viewer: User = ALICE, **kw) -> list[Tra
             seen.append(dataclasses.replace(tx))
     watcher = asyncio.create_task(watching())
     await asyncio.sleep(0.01)
+    return watcher, seen
+
+
+async def _watch(s: Service, tx_id: str, viewer: User = ALICE, **kw) -> list[Transaction]:
+    """What a watcher of `tx_id` is sent, while a worker runs the queue."""
+    watcher, seen = await _watching(s, tx_id, viewer, **kw)
     await s.work_until_idle()
     await asyncio.wait_for(watcher, 2)
     assert s.service.watchers.open == 0
@@ -461,13 +468,7 @@ async def test_a_watcher_is_sent_each_step_of_a_saga_and_the_stream_ends_with_th
 async def test_a_watcher_of_a_saga_given_up_on_is_told_it_was_parked(s):
     s.providers.script.default = ServiceUnavailable("provider down", reason="UPSTREAM_UNAVAILABLE")
     tx_id = await s.create(WITHDRAW, source_wallet="wallets/a")
-    seen = []
-
-    async def watching() -> None:
-        async for tx in s.service.watch(tx_id, OPERATOR, recheck_seconds=60):
-            seen.append(tx)
-    watcher = asyncio.create_task(watching())
-    await asyncio.sleep(0.01)
+    watcher, seen = await _watching(s, tx_id, OPERATOR)
     await s.work_until_idle()
     await asyncio.sleep(0.01)
     assert seen[-1].state == PROCESSING and seen[-1].parked.last_error == "provider down"
@@ -492,17 +493,11 @@ async def test_a_transaction_of_someone_else_cannot_be_watched(s):
 
 async def test_a_change_that_wakes_no_one_here_is_seen_at_the_next_re_read(s):
     tx_id = await s.send()
-    seen = []
-
-    async def watching() -> None:
-        async for tx in s.service.watch(tx_id, ALICE, recheck_seconds=0.02):
-            seen.append(tx.state)
-    watcher = asyncio.create_task(watching())
-    await asyncio.sleep(0.01)
+    watcher, seen = await _watching(s, tx_id, recheck_seconds=0.02)
     stored = s.stored(tx_id)                 # another instance completes it: no one here is told
     stored.move_to(COMPLETED, s.clock())
     await asyncio.wait_for(watcher, 1)
-    assert seen == [PENDING, COMPLETED]
+    assert [tx.state for tx in seen] == [PENDING, COMPLETED]
 
 
 async def test_a_watch_without_an_outcome_ends_when_its_time_is_up(s):
@@ -540,16 +535,10 @@ def test_one_user_may_not_take_every_watch_of_the_process():
 
 async def test_a_shutdown_ends_every_open_watch_at_once_and_opens_no_new_one(s):
     tx_id = await s.send()
-    seen = []
-
-    async def watching() -> None:
-        async for tx in s.service.watch(tx_id, ALICE, recheck_seconds=60):
-            seen.append(tx.state)
-    watcher = asyncio.create_task(watching())
-    await asyncio.sleep(0.01)
+    watcher, seen = await _watching(s, tx_id)
     s.service.watchers.close()
     with pytest.raises(ServiceUnavailable, match="shutting down: watch again"):
         await asyncio.wait_for(watcher, 1)
-    assert seen == [PENDING] and s.service.watchers.open == 0
+    assert [tx.state for tx in seen] == [PENDING] and s.service.watchers.open == 0
     with pytest.raises(ServiceUnavailable, match="shutting down"):
         await anext(s.service.watch(tx_id, ALICE))
