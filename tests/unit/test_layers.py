@@ -70,7 +70,8 @@ def test_the_domain_imports_neither_the_runtime_nor_grpc_protobuf_or_sql():
 # Each service's domain: its entities and rules, its sagas, and the ports its use cases call.
 SERVICE_DOMAINS = ("services/wallet/ledger.py", "services/transaction/domain.py", "services/transaction/ports.py",
                    "services/provider/payment.py",
-                   "services/transaction/sagas", "services/blockchain/transfers.py")
+                   "services/transaction/sagas", "services/blockchain/transfers.py",
+                   "services/compliance/domain.py")
 
 
 @pytest.mark.parametrize("start", SERVICE_DOMAINS)
