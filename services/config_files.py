@@ -16,11 +16,36 @@ class ConfigError(Exception):
     """The topology, a catalogue or an override is wrong; the message says where and how."""
 
 
-def read_yaml_file(path: Path, what: str, env_key: str):
+def duplicate_key(node, path: str = "") -> str | None:
+    """'where: appears twice (lines a and b)' for the first key repeated in one mapping of the
+    composed YAML `node` (YAML itself keeps the last silently), or None."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            where = f"{path}.{key}" if path else key
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                return f"{where}: appears twice (lines {seen[key]} and {line})"
+            seen[key] = line
+            if found := duplicate_key(value_node, where):
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            if found := duplicate_key(item, f"{path}[{index}]"):
+                return found
+    return None
+
+
+def read_yaml_file(path: Path, what: str, env_key: str, unique_keys: bool = False):
     """The content of a YAML catalogue file (`what`: "providers file"...); ConfigError saying
-    which file and why it cannot be read, and which variable names another one."""
+    which file and why it cannot be read, and which variable names another one. `unique_keys`:
+    a key repeated in a mapping is a ConfigError naming the file and the key's path."""
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text()
+        if unique_keys and (repeated := duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))):
+            raise ConfigError(f"{path.name}: {repeated}")
+        return yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist (set {env_key})") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

@@ -24,6 +24,7 @@ from services.compliance.domain import (
     address_key,
     screen,
 )
+from services.compliance.rules import DEFAULT_COMPLIANCE_FILE, load_rules
 from services.domain import currencies
 from services.domain.errors import InvalidArgument
 from services.domain.money import Money
@@ -221,3 +222,36 @@ def test_a_subject_that_cannot_be_screened_is_refused_naming_the_field(changes, 
     with pytest.raises(InvalidArgument) as caught:
         subject(**changes)
     assert caught.value.violations[0].field == field
+
+
+# -- the shipped rules -------------------------------------------------------------------------
+
+SHIPPED = load_rules(DEFAULT_COMPLIANCE_FILE)
+
+
+def test_the_demo_user_is_approved_for_every_step_of_the_demo():
+    history = FakeHistory()
+    steps = [("DEPOSIT", "100.00", {}), ("SEND", "25.00", {"source_owner": "alice", "destination_owner": "bob"}),
+             ("BRIDGE", "10.00", {"source_owner": "alice",
+                                  "destination_address": "0x000000000000000000000000000000000000d1b0"}),
+             ("WITHDRAW", "20.00", {"source_owner": "alice"})]
+    for i, (kind, amount, parties) in enumerate(steps):
+        s = subject(amount, type=kind, at=NOW + dt.timedelta(seconds=i), **parties)
+        assert screen(SHIPPED, s, history).outcome == APPROVED, kind
+        history.screenings.append(Past("alice", s.at, s.amount))
+
+
+@pytest.mark.parametrize("s,history,expected", [
+    (subject("10000.00"), FakeHistory(), (APPROVED, "")),
+    (subject("10000.01"), FakeHistory(), (HELD, "large-transaction")),
+    (subject("10000.00"), FakeHistory([Past("alice", NOW - dt.timedelta(hours=h), money("10000.00")) for h in (1, 2)]),
+     (HELD, "daily-volume")),
+    (subject(user="sanctioned-demo-user"), FakeHistory(), (REJECTED, "sanctioned-owners")),
+    (subject(type="BRIDGE", destination_address="0x000000000000000000000000000000000000BAD0"), FakeHistory(),
+     (REJECTED, "sanctioned-addresses")),
+    (subject("1.00"), earlier(10), (HELD, "rapid-fire")),
+    (subject("1.00"), earlier(30), (REJECTED, "burst")),
+])
+def test_each_shipped_rule_fires_as_the_file_says(s, history, expected):
+    d = screen(SHIPPED, s, history)
+    assert (d.outcome, d.rule) == expected
