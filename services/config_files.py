@@ -37,15 +37,19 @@ def duplicate_key(node, path: str = "") -> str | None:
     return None
 
 
-def read_yaml_file(path: Path, what: str, env_key: str, unique_keys: bool = False):
+def load_yaml(text: str, path: Path):
+    """The content of the YAML `text` of the file `path`; a key repeated in one mapping (which
+    YAML would let the last one win, silently) is a ConfigError naming the file and the key."""
+    if repeated := duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader)):
+        raise ConfigError(f"{path.name}: {repeated}")
+    return yaml.safe_load(text)
+
+
+def read_yaml_file(path: Path, what: str, env_key: str):
     """The content of a YAML catalogue file (`what`: "providers file"...); ConfigError saying
-    which file and why it cannot be read, and which variable names another one. `unique_keys`:
-    a key repeated in a mapping is a ConfigError naming the file and the key's path."""
+    which file and why it cannot be read (a key repeated, too), and which variable names another one."""
     try:
-        text = path.read_text()
-        if unique_keys and (repeated := duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))):
-            raise ConfigError(f"{path.name}: {repeated}")
-        return yaml.safe_load(text)
+        return load_yaml(path.read_text(), path)
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist (set {env_key})") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

@@ -41,7 +41,7 @@ def compliance_file(env: Mapping[str, str]) -> Path:
 
 def load_rules(path: Path) -> list[Rule]:
     """The rules of the file at `path`, in its order; the currencies are the installed catalogue's."""
-    return parse_rules(read_yaml_file(path, "compliance file", ENV_KEY, unique_keys=True), path.name)
+    return parse_rules(read_yaml_file(path, "compliance file", ENV_KEY), path.name)
 
 
 def parse_rules(raw, source: str) -> list[Rule]:

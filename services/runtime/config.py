@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from services.config_files import REPO_ROOT, ConfigError
+from services.config_files import REPO_ROOT, ConfigError, load_yaml
 
 DEFAULT_TOPOLOGY = REPO_ROOT / "mesh.yaml"
 _NAME = re.compile(r"[a-z][a-z0-9-]*")
@@ -284,7 +284,7 @@ def load_topology(path: str | os.PathLike | None = None, env: Mapping[str, str] 
     env = os.environ if env is None else env
     path = Path(path or env.get("DIBOAS_TOPOLOGY") or DEFAULT_TOPOLOGY)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(), path)
     except FileNotFoundError:
         raise ConfigError(f"topology file {path} does not exist (set DIBOAS_TOPOLOGY)") from None
     except (OSError, UnicodeDecodeError) as exc:

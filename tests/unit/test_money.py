@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.config_files import ConfigError
 from services.domain.currencies import DEFAULT_CURRENCIES_FILE, load_catalogue
 from services.domain.errors import InvalidArgument
 from services.domain.money import Money
@@ -112,3 +113,11 @@ def test_any_text_is_refused_or_is_exactly_its_value(currency, text):
 def test_a_valid_amount_with_anything_around_it_is_refused(money, extra, before):
     with pytest.raises(InvalidArgument):
         Money.parse(money.currency, extra + money.text if before else money.text + extra)
+
+
+def test_a_currency_given_twice_is_refused_naming_it_not_the_last_one_kept(tmp_path):
+    twice = tmp_path / "currencies.yaml"
+    twice.write_text(DEFAULT_CURRENCIES_FILE.read_text().replace(
+        "  EUR:", '  USD:  {scale: 0,  max_transaction: "1", max_balance: "1"}\n  EUR:', 1))
+    with pytest.raises(ConfigError, match=r"^currencies.yaml: currencies\.USD: appears twice \(lines 13 and 14\)$"):
+        load_catalogue(twice)

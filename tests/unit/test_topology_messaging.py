@@ -40,3 +40,11 @@ def test_only_the_services_that_publish_subscribe_or_queue_use_the_broker():
     assert {n for n in brokered.services if brokered.uses_broker(n)} == {"wallet", "transaction"}
     embedded = load_topology(env={})
     assert not any(embedded.uses_broker(n) for n in embedded.services)
+
+
+def test_a_key_given_twice_in_the_topology_is_refused_naming_it(tmp_path):
+    shipped = load_topology(env={}).path.read_text()
+    twice = tmp_path / "mesh.yaml"
+    twice.write_text(shipped.replace("  transaction:\n", "  transaction:\n    database: sqlite:///elsewhere.db\n", 1))
+    with pytest.raises(ConfigError, match=r"^mesh.yaml: services\.transaction\.database: appears twice \(lines \d+ and \d+\)$"):
+        load_topology(twice, env={})
