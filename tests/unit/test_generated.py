@@ -29,6 +29,9 @@ EXPECTED_RPCS = {
         "ListChains", "GetChain", "ExecuteCrossChainTransfer", "GetCrossChainTransfer",
         "GetTransactionStatus", "SetChainFaults",
     ],
+    "diboas.compliance.v1.ComplianceService": [
+        "ScreenTransaction", "GetScreening", "ListScreenings", "ReviewScreening",
+    ],
     "diboas.events.v1.EventSinkService": ["DeliverEvent", "DeliverEvents"],
     "diboas.events.v1.DeadLetterService": ["ListDeadLetters", "ReplayDeadLetters"],
 }
