@@ -15,7 +15,7 @@ from services.runtime.config import load_topology
 
 from meshkit import alive, process_env
 
-SERVICES = ["wallet", "transaction", "provider", "blockchain"]
+SERVICES = ["wallet", "transaction", "provider", "blockchain", "compliance"]
 
 
 @pytest.fixture
@@ -221,7 +221,7 @@ def test_a_topology_path_that_is_a_folder_is_a_clear_error(tmp_path):
 def test_callers_stop_before_the_services_they_call():
     from services.launcher import stop_order
     batches = stop_order(load_topology(env={}))
-    assert batches[0] == ["transaction"]
+    assert batches[0] == ["transaction", "compliance"]      # compliance: nobody calls it yet
     assert sorted(batches[1]) == ["blockchain", "provider", "wallet"]
 
 

@@ -54,7 +54,7 @@ def out(tmp_path: Path) -> Path:
 def test_writes_every_file(out: Path):
     names = {p.name for p in out.iterdir()}
     expected = {"ca.crt", "ca.key", "users-jwt.key", "jwks.json", "events-keys.json"}
-    for name in ("wallet", "transaction", "provider", "blockchain", "gateway", "operator"):
+    for name in ("wallet", "transaction", "provider", "blockchain", "compliance", "gateway", "operator"):
         expected |= {f"{name}.crt", f"{name}.key"}
     assert names == expected  # and no stray temporary files
 

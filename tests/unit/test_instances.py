@@ -54,7 +54,8 @@ def test_make_run_starts_every_instance_of_every_process(pki):
     units = Launcher(load_topology(env={**certs, "DIBOAS_WALLET_INSTANCES": "2", "DIBOAS_TRANSACTION_INSTANCES": "3"})).units
     assert units == {"wallet": ("wallet", 0), "wallet#1": ("wallet", 1), "transaction": ("transaction", 0),
                      "transaction#1": ("transaction", 1), "transaction#2": ("transaction", 2),
-                     "provider": ("provider", 0), "blockchain": ("blockchain", 0)}
+                     "provider": ("provider", 0), "blockchain": ("blockchain", 0),
+                     "compliance": ("compliance", 0)}
     monolith = Launcher(load_topology(env={**certs, "DIBOAS_MODE": "monolith", "DIBOAS_INSTANCES": "2"})).units
     assert monolith == {"monolith": ("monolith", 0), "monolith#1": ("monolith", 1)}
 

@@ -137,7 +137,7 @@ def test_postgres_and_rabbitmq_are_external_names_and_the_urls_are_placeholders(
     assert services["postgres"]["spec"]["type"] == services["rabbitmq"]["spec"]["type"] == "ExternalName"
     secret = by_kind(files, "Secret")["diboas-connections"]["stringData"]
     assert set(secret) == {"DIBOAS_RABBITMQ_URL", "DIBOAS_WALLET_DATABASE", "DIBOAS_TRANSACTION_DATABASE",
-                           "DIBOAS_PROVIDER_DATABASE", "DIBOAS_BLOCKCHAIN_DATABASE"}
+                           "DIBOAS_PROVIDER_DATABASE", "DIBOAS_BLOCKCHAIN_DATABASE", "DIBOAS_COMPLIANCE_DATABASE"}
     assert all("CHANGE-ME" in url for url in secret.values())
 
 

@@ -71,7 +71,8 @@ def test_the_domain_imports_neither_the_runtime_nor_grpc_protobuf_or_sql():
 SERVICE_DOMAINS = ("services/wallet/ledger.py", "services/transaction/domain.py", "services/transaction/ports.py",
                    "services/provider/payment.py",
                    "services/transaction/sagas", "services/blockchain/transfers.py",
-                   "services/compliance/domain.py", "services/compliance/rules.py")
+                   "services/compliance/domain.py", "services/compliance/rules.py",
+                   "services/compliance/screening.py")
 
 
 @pytest.mark.parametrize("start", SERVICE_DOMAINS)

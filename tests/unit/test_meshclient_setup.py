@@ -30,7 +30,7 @@ def test_an_unknown_identity_is_named_with_the_known_ones_and_where_to_add_it(pk
         MeshClient.from_topology("reporting", DEFAULT_TOPOLOGY, certs_dir=pki, env={})
     message = str(caught.value)
     assert f"{DEFAULT_TOPOLOGY}: 'reporting' is not an identity of this mesh" in message
-    assert "known: blockchain, gateway, operator, provider, transaction, wallet" in message
+    assert "known: blockchain, compliance, gateway, operator, provider, transaction, wallet" in message
     assert "`clients:`" in message and "make certs" in message
 
 
@@ -52,7 +52,8 @@ def test_a_missing_topology_and_an_unknown_service_are_named(pki, tmp_path):
     with pytest.raises(ConfigError, match="topology file .*absent.yaml does not exist"):
         MeshClient.from_topology("operator", tmp_path / "absent.yaml", env={})
     mesh = MeshClient.from_topology("operator", certs_dir=pki, env={})
-    with pytest.raises(ConfigError, match="mesh.yaml: no service named 'ledger' .known: blockchain, provider, transaction, wallet."):
+    with pytest.raises(ConfigError, match="mesh.yaml: no service named 'ledger' "
+                                          ".known: blockchain, compliance, provider, transaction, wallet."):
         mesh.stub("ledger", object)
     with pytest.raises(ConfigError, match="no service named 'ledger'"):
         mesh.token_for("ledger")
@@ -61,7 +62,8 @@ def test_a_missing_topology_and_an_unknown_service_are_named(pki, tmp_path):
 def test_allowed_lists_what_the_policy_gives_the_identity(pki, tmp_path):
     mesh = MeshClient.from_topology("operator", topology_file(tmp_path, reporting_may=("ListWallets", "GetWallet")),
                                     certs_dir=pki, env={})
-    assert mesh.allowed()["wallet"][0] == "*" and set(mesh.allowed()) == {"wallet", "transaction", "provider", "blockchain"}
+    assert mesh.allowed()["wallet"][0] == "*" and set(mesh.allowed()) == {"wallet", "transaction", "provider", "blockchain",
+                                                                               "compliance"}
     gateway = MeshClient.from_topology("gateway", certs_dir=pki, env={})
     assert "CreateWallet" in gateway.allowed()["wallet"] and "CreditWallet" not in gateway.allowed()["wallet"]
     assert mesh.breaker_state("wallet") == "closed"

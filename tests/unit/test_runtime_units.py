@@ -213,5 +213,5 @@ def test_refusals_are_masked_for_a_services_caller_and_not_for_a_client_program(
 def test_a_caller_is_an_identity_of_the_topology_with_its_files(topology):
     me = Caller.load(topology, "operator")
     assert me.issuer.identity == "spiffe://diboas.local/client/operator" and me.files.name == "operator"
-    with pytest.raises(ConfigError, match="'ops' is not an identity of this mesh .known: blockchain, gateway, operator"):
+    with pytest.raises(ConfigError, match="'ops' is not an identity of this mesh .known: blockchain, compliance, gateway, operator"):
         Caller.load(topology, "ops")

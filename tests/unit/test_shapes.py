@@ -38,10 +38,10 @@ def test_the_monolith_runs_everything_in_one_process_upstreams_first():
 def test_the_hybrid_shape_groups_some_and_leaves_the_others_alone():
     topology = load_topology(env={"DIBOAS_MODE": "hybrid"})
     assert topology.processes == {"core": ("wallet", "transaction"), "provider": ("provider",),
-                                  "blockchain": ("blockchain",)}
+                                  "blockchain": ("blockchain",), "compliance": ("compliance",)}
     assert topology.process_of("transaction") == "core"
-    # The core calls provider and blockchain: it stops first.
-    assert stop_order(topology) == [["core"], ["provider", "blockchain"]]
+    # The core calls provider and blockchain: it stops first, with compliance, which nobody calls yet.
+    assert stop_order(topology) == [["core", "compliance"], ["provider", "blockchain"]]
 
 
 @pytest.mark.parametrize("changes, env, message", [
