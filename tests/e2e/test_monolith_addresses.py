@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 OWN = {"wallet": {"diboas.wallet.v1.WalletService", "diboas.events.v1.EventSinkService"},
        "transaction": {"diboas.transaction.v1.TransactionService", "diboas.events.v1.DeadLetterService"},
        "provider": {"diboas.provider.v1.ProviderService"},
-       "blockchain": {"diboas.blockchain.v1.BlockchainService"}}
+       "blockchain": {"diboas.blockchain.v1.BlockchainService"},
+       "compliance": {"diboas.compliance.v1.ComplianceService"}}
 INFRASTRUCTURE = {"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
                   "grpc.reflection.v1alpha.ServerReflection"}
 
