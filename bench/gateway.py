@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.gateway [--concurrency 16,64] [--warmup 2] [--duration 8] [--rounds 1]
                                       [--wallets 100] [--transfer-concurrency 16] [--transfer-duration 8]
 
-One run starts a fresh mesh with the `make run` launcher: the four services and Envoy as their
+One run starts a fresh mesh with the `make run` launcher: the five services and Envoy as their
 own processes, default configuration (mTLS, tokens, tracing on, Envoy's JSON access log), log
 level WARNING, free ports, a temporary state directory (never the one of `make run`), and the
 gateway's rate limit raised so far that it never answers 429. Users bench-0..bench-N-1 (role
@@ -46,7 +46,7 @@ import grpc
 from tools.ports import mesh_addresses
 
 from .client import non_negative, parse_concurrency, positive
-from .load import closed_loop, wait_until_quiet
+from .load import closed_loop, compliance_rules, wait_until_quiet
 from .stats import cpu_model, git, median
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,7 +197,7 @@ async def _closed_loop(call, concurrency: int, warmup: float, duration: float, p
 def _environment(state_dir: str) -> dict[str, str]:
     env = {"DIBOAS_STATE_DIR": state_dir, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING",
            "DIBOAS_GATEWAY_RATE_LIMIT": UNLIMITED, "DIBOAS_GATEWAY_RATE_LIMIT_BURST": UNLIMITED}
-    return {**env, **mesh_addresses()}
+    return {**env, **compliance_rules(), **mesh_addresses()}
 
 
 class Bench:
@@ -435,7 +435,7 @@ def _conditions(topology, args, loadavg: str, busy: float) -> dict:
         "loadavg_before": loadavg, "cpu_busy_before": round(busy, 3),
         "client": "this process, asyncio: REST = minimal HTTP/1.1 keep-alive client, one connection per worker; "
                   "gRPC = one grpc.aio mTLS channel as the gateway identity, the user's token as bearer",
-        "processes": "four services and Envoy (its default worker threads) as processes started by the make-run "
+        "processes": "five services and Envoy (its default worker threads) as processes started by the make-run "
                      "launcher; client, Envoy and services share the same CPUs (loopback)",
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "services_modified": bool(git("status", "--porcelain", "--", "services")),

@@ -6,7 +6,7 @@
                                           [--many-wallets 100000]
                                           [--open-loop 0.5] [--overload 2] [--overload-backlog-seconds 2]
 
-For each shape, backend and concurrency a fresh mesh (the four services in the shape's processes:
+For each shape, backend and concurrency a fresh mesh (the five services in the shape's processes:
 a process each, or all in one for the monolith; default configuration: mTLS, tokens, tracing on)
 is started by the same launcher as `make run`, with events over each transport (embedded: the
 relay calls the wallet over the mesh, workers poll the work queue; rabbitmq: events and the work
@@ -25,8 +25,9 @@ more, back to back: with --wallets, with --many-wallets funded wallets (seeded o
 database by the wallet service's own code, not over RPC), and with --wallets again; the ratio of
 the middle run to the mean of the other two says how much throughput depends on the number of
 wallets (measured minutes apart, the ratio moved with the machine more than with the wallets).
-Each run then waits until everything is settled and reads the two services'
-databases for the timings:
+Every SEND is screened by the compliance service before its saga (with bench/compliance.yaml:
+every check of the shipped rules, limits the load stays under). Each run then waits until
+everything is settled and reads the two services' databases for the timings:
   settled/s         captures (HOLD_CAPTURE journals in the wallet) inside the measured window
   request->settled  from the client's request to the wallet's capture, for requests in the window
   event latency     from the outbox row (transaction service commit) to the inbox row (wallet handled)
@@ -75,7 +76,7 @@ from tools.environment import overridden
 from tools.ports import mesh_addresses
 
 from .client import non_negative, parse_concurrency, positive, whole
-from .load import cpu_seconds
+from .load import compliance_rules, cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "money_path.json"
@@ -135,7 +136,7 @@ async def _run_one(mode: str, backend: str, transport: str, instances: int, conc
     with tempfile.TemporaryDirectory(prefix="diboas-bench-") as state, contextlib.ExitStack() as stack:
         env = {"DIBOAS_STATE_DIR": state, "DIBOAS_UNREADY_SECONDS": "0", "DIBOAS_LOG_LEVEL": "WARNING",
                "DIBOAS_MODE": mode, "DIBOAS_MESSAGING_TRANSPORT": transport, "DIBOAS_INSTANCES": str(instances),
-               **mesh_addresses(gateway=False, instances=instances)}
+               **compliance_rules(), **mesh_addresses(gateway=False, instances=instances)}
         if max_backlog:
             env["DIBOAS_QUEUE_MAX_BACKLOG"] = str(max_backlog)
         if transport == "rabbitmq":
@@ -143,6 +144,7 @@ async def _run_one(mode: str, backend: str, transport: str, instances: int, conc
         if backend == "postgres":
             env["DIBOAS_WALLET_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
             env["DIBOAS_TRANSACTION_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
+            env["DIBOAS_COMPLIANCE_DATABASE"] = stack.enter_context(scratch_schema(POSTGRES_URL, "bench"))
         # The launcher's children read their settings from the environment: this run's only.
         with overridden(env):
             try:
@@ -431,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{args.open_loop:g} x the best settled/s of each configuration's closed loops, and "
                             f"one at {args.overload:g} x with the backlog bound (DIBOAS_QUEUE_MAX_BACKLOG) at "
                             f"{args.overload_backlog_seconds:g} s of that rate",
-                  "services": "the four services in each shape's processes (services: one each; monolith: one "
+                  "services": "the five services in each shape's processes (services: one each; monolith: one "
                               "for all), default configuration (mTLS, tokens, tracing on)",
                   "broker": "transport rabbitmq: the local RabbitMQ (one node, this machine); its CPU is not in "
                             "cpu_ms_per_transfer, which counts the mesh's processes only"}

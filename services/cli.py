@@ -7,7 +7,10 @@
   diboas dead-letters list      events and parked sagas given up on; `replay ID... | --all` again
   diboas faults provider NAME   switch a simulated provider's faults (or `chain NAME`; --clear)
   diboas watch transactions/ID  a transaction's state now and at every change, until it settles
-  diboas demo                   wallets, a deposit, a send, a bridge and a withdrawal over REST
+  diboas screenings list        compliance screenings (--held: those waiting for a review)
+  diboas screenings review ID approve|reject --reason "..."   an operator's review of a held one
+  diboas demo                   wallets, a deposit, a send, a bridge and a withdrawal over REST,
+                                a transfer held for review and approved, one refused by sanctions
 
 Every command has --help. Exit codes: 0 ok, 1 something is unhealthy (or a call failed), 2 bad
 usage or config, 3 the watched transaction FAILED.
@@ -19,11 +22,13 @@ import asyncio
 import json
 import sys
 import uuid
+from typing import Any, Coroutine, TypeVar
 
 import grpc
 from google.protobuf import json_format
 
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
+from diboas.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from diboas.events.v1 import events_pb2, events_pb2_grpc
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
@@ -35,6 +40,8 @@ from services.runtime.config import Topology, load_topology
 from services.runtime.tls import mesh_channel
 from services.runtime.users import issue_user_token
 from services.runtime.wire import duration, timestamp_text
+
+T = TypeVar("T")
 
 
 def cmd_health(args, topology: Topology) -> int:
@@ -75,6 +82,18 @@ def cmd_token(args, topology: Topology) -> int:
     audience = topology.service(args.audience).identity
     print(TokenIssuer(me.issuer.identity, me.files.key, ttl_seconds=args.ttl).token_for(audience))
     return 0
+
+
+class CallFailed(Exception):
+    """A command's call was refused or failed: one line, exit code 1."""
+
+
+def _calls(what: str, calls: Coroutine[Any, Any, T]) -> T:
+    """Run a command's calls; a gRPC error becomes CallFailed naming `what`, its code and details."""
+    try:
+        return asyncio.run(calls)
+    except grpc.aio.AioRpcError as exc:
+        raise CallFailed(f"{what}: {exc.code().name}: {exc.details()}") from None
 
 
 def _operator_channel(topology: Topology, identity: str, name: str):
@@ -121,11 +140,7 @@ async def _dead_letters(args, topology: Topology):
 def cmd_dead_letters(args, topology: Topology) -> int:
     if args.action == "replay" and args.all == bool(args.ids):
         raise ConfigError("replay: give dead letter ids, or --all (not both)")
-    try:
-        result = asyncio.run(_dead_letters(args, topology))
-    except grpc.aio.AioRpcError as exc:
-        print(f"diboas: {args.service}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+    result = _calls(args.service, _dead_letters(args, topology))
     if args.action == "replay":
         print(f"replayed {result} dead letter(s) of {args.service}; events are delivered again now, "
               f"work items are back on their queue")
@@ -168,11 +183,7 @@ async def _set_faults(args, topology: Topology):
 def cmd_faults(args, topology: Topology) -> int:
     if args.kind == "provider" and args.failing_step:
         raise ConfigError("--failing-step is for chains (diboas faults chain NAME --failing-step TARGET)")
-    try:
-        name, faults = asyncio.run(_set_faults(args, topology))
-    except grpc.aio.AioRpcError as exc:
-        print(f"diboas: {args.kind} {args.name}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+    name, faults = _calls(f"{args.kind} {args.name}", _set_faults(args, topology))
     shown = {k: v for k, v in json_format.MessageToDict(faults).items() if v != "0s"}
     print(f"{name} faults: {json.dumps(shown) if shown else 'none'}")
     return 0
@@ -180,7 +191,9 @@ def cmd_faults(args, topology: Topology) -> int:
 
 def _transaction_line(tx: transaction_pb2.Transaction) -> str:
     state = transaction_pb2.TransactionState.Name(tx.state).removeprefix("TRANSACTION_STATE_")
-    facts = [f"hold {tx.hold}" if tx.hold else "", tx.provider_payment, tx.cross_chain_transfer,
+    held = tx.compliance.decision == transaction_pb2.COMPLIANCE_DECISION_HELD
+    facts = [f"{tx.compliance.reason} ({tx.compliance.screening})" if held else "",
+             f"hold {tx.hold}" if tx.hold else "", tx.provider_payment, tx.cross_chain_transfer,
              f"failed: {tx.failure_reason}" if tx.failure_reason else "",
              f"PARKED after {tx.parked.attempts} attempt(s): {tx.parked.last_error or tx.parked.reason}"
              if tx.HasField("parked") else ""]
@@ -203,12 +216,65 @@ async def _watch(args, topology: Topology) -> transaction_pb2.Transaction | None
 def cmd_watch(args, topology: Topology) -> int:
     if not args.transaction.startswith("transactions/"):
         args.transaction = f"transactions/{args.transaction}"
-    try:
-        last = asyncio.run(_watch(args, topology))
-    except grpc.aio.AioRpcError as exc:
-        print(f"diboas: {args.transaction}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+    last = _calls(args.transaction, _watch(args, topology))
     return 3 if last is not None and last.state == transaction_pb2.TRANSACTION_STATE_FAILED else 0
+
+
+def _screening_line(sc: compliance_pb2.Screening) -> str:
+    decision = compliance_pb2.Decision.Name(sc.decision).removeprefix("DECISION_")
+    kind = compliance_pb2.TransactionType.Name(sc.type).removeprefix("TRANSACTION_TYPE_")
+    line = (f"{timestamp_text(sc.screen_time)}  {sc.name}  {sc.transaction}  {kind} {sc.amount.amount} "
+            f"{sc.amount.currency_code}  user {sc.user_id}  {decision}")
+    if sc.HasField("review"):
+        line += f" on review by {sc.review.reviewer} ({sc.review.reason})"
+    return line + (f"\n       {sc.explanation}" if sc.explanation else "")
+
+
+async def review_screening(topology: Topology, screening: str, approve: bool, reason: str,
+                           identity: str = "operator") -> compliance_pb2.Screening:
+    """An operator's review of a held screening: approved or rejected, with the reason."""
+    channel, metadata = _operator_channel(topology, identity, "compliance")
+    decision = compliance_pb2.DECISION_APPROVED if approve else compliance_pb2.DECISION_REJECTED
+    async with channel:
+        reply = await compliance_pb2_grpc.ComplianceServiceStub(channel).ReviewScreening(
+            compliance_pb2.ReviewScreeningRequest(name=screening, decision=decision, reason=reason,
+                                                  request_id=uuid.uuid4().hex), metadata=metadata, timeout=10)
+    return reply.screening
+
+
+async def _screenings(args, topology: Topology) -> list[compliance_pb2.Screening]:
+    if args.action == "review":
+        return [await review_screening(topology, args.screening, args.decision == "approve", args.reason,
+                                       args.identity)]
+    channel, metadata = _operator_channel(topology, args.identity, "compliance")
+    decision = compliance_pb2.DECISION_HELD if args.held else compliance_pb2.DECISION_UNSPECIFIED
+    found, page = [], ""
+    async with channel:
+        stub = compliance_pb2_grpc.ComplianceServiceStub(channel)
+        while len(found) < args.limit:
+            reply = await stub.ListScreenings(compliance_pb2.ListScreeningsRequest(
+                page_size=min(500, args.limit - len(found)), page_token=page, decision=decision, user_id=args.user),
+                metadata=metadata, timeout=10)
+            found += reply.screenings
+            if not (page := reply.next_page_token):
+                break
+    return found
+
+
+def cmd_screenings(args, topology: Topology) -> int:
+    if args.action == "review":
+        if not args.screening.startswith("screenings/"):
+            args.screening = f"screenings/{args.screening}"
+        if not args.reason.strip():
+            raise ConfigError("review: --reason is required (why, for the audit record)")
+    found = _calls("compliance", _screenings(args, topology))
+    if args.action == "list" and args.json:
+        print(json.dumps([json_format.MessageToDict(sc) for sc in found], indent=2))
+    elif not found:
+        print("no screenings" + (" held for review" if args.held else ""))
+    for sc in found if not (args.action == "list" and args.json) else []:
+        print(_screening_line(sc))
+    return 0
 
 
 def cmd_demo(args, topology: Topology) -> int:
@@ -306,10 +372,33 @@ def parser() -> argparse.ArgumentParser:
     watch.add_argument("--as", dest="identity", default="operator", help="client identity (default: operator)")
     watch.set_defaults(run=cmd_watch)
 
+    screenings = sub.add_parser("screenings", help="list compliance screenings, or review a held one",
+                                description="Every transaction is screened by the compliance service before its "
+                                            "money moves (compliance.yaml). A HELD one waits, PENDING, until an "
+                                            "operator approves it (its saga goes on) or rejects it (it FAILS).")
+    screening_actions = screenings.add_subparsers(dest="action", required=True)
+    listing = screening_actions.add_parser("list", help="screenings, newest first, with the rules that fired")
+    listing.add_argument("--held", action="store_true", help="only those waiting for a review")
+    listing.add_argument("--user", default="", help="only this user's")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default: 100)")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    review = screening_actions.add_parser("review", help="approve or reject a held screening",
+                                          description="Approve (the transaction's saga goes on) or reject (it "
+                                                      "FAILS, nothing moved) a HELD screening; who, when and "
+                                                      "why are stored with it.")
+    review.add_argument("screening", help="screenings/ID (or just the ID), from `list --held`")
+    review.add_argument("decision", choices=["approve", "reject"])
+    review.add_argument("--reason", required=True, help="why (stored for the audit; never shown to the user)")
+    for action in (listing, review):
+        action.add_argument("--as", dest="identity", default="operator", help="client identity (default: operator)")
+    screenings.set_defaults(run=cmd_screenings)
+
     demo = sub.add_parser("demo", help="walk through wallets, a deposit, a send, a bridge and a withdrawal over REST",
-                          description="Act as two new users through the Envoy gateway (REST): open wallets, get "
-                                      "quotes, deposit, send, bridge and withdraw, printing every call and what "
-                                      "came back. Needs `make run` to be running.")
+                          description="Act as new users through the Envoy gateway (REST): open wallets, get "
+                                      "quotes, deposit, send, bridge and withdraw, then a deposit that compliance "
+                                      "holds (approved by the operator's review, over gRPC) and a send that it "
+                                      "refuses (sanctions), printing every call and what came back. Needs `make "
+                                      "run` to be running.")
     demo.set_defaults(run=cmd_demo)
     return top
 
@@ -321,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"diboas: {exc}", file=sys.stderr)
         return 2
+    except CallFailed as exc:
+        print(f"diboas: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,21 +1,30 @@
 """`diboas demo`: a walk through the platform over REST, through the Envoy gateway, as a new
-user would take it: two wallets, a deposit, a send, a bridge and a withdrawal, each step
-printed with the call it makes and what came back. Needs `make run` (or the gateway) up."""
+user would take it: two wallets, a deposit, a send, a bridge and a withdrawal; then a deposit
+that compliance screening holds, approved by an operator's review (over gRPC, as `diboas
+screenings review` does it), and a send that screening refuses (sanctions). Each step is
+printed with the call it makes and what came back. Needs `make run` (or the gateway) up, with
+the shipped rules (compliance.yaml: a transaction above 10,000.00 USD is held, and the user
+`sanctioned-demo-user` is on the sanctions list)."""
 from __future__ import annotations
 
+import asyncio
 import codecs
 import http.client
 import json
 import time
 import uuid
 from decimal import Decimal
-from typing import Iterator
+from typing import Callable, Iterator
+
+import grpc
 
 from services.config_files import ConfigError
 from services.runtime.config import Topology
 from services.runtime.users import issue_user_token
 
 SETTLED = ("TRANSACTION_STATE_COMPLETED", "TRANSACTION_STATE_FAILED")
+HELD = "COMPLIANCE_DECISION_HELD"
+LARGE, SANCTIONED_USER = "12000.00", "sanctioned-demo-user"      # held, and refused, by the shipped rules
 # How long a read that is answered 503 (a service restarting under `make run`'s supervision) is
 # tried again, with a growing pause, before the demo gives up on it.
 READ_RETRY_SECONDS = 15
@@ -127,10 +136,11 @@ def _money(amount: str) -> dict:
     return {"currencyCode": "USD", "amount": amount}
 
 
-def _settle(rest: Rest, token: str, created: dict, out=print) -> dict:
+def _settle(rest: Rest, token: str, created: dict, out=print, on_held: Callable[[dict], None] | None = None) -> dict:
     """The transaction `created` once settled, followed through WatchTransaction's stream (each
-    state it goes through on the way is printed)."""
-    state = created["state"]
+    state it goes through on the way is printed). `on_held` is called once if compliance
+    screening holds it (with the transaction as the user sees it)."""
+    state, held = created["state"], False
     for message in rest.stream(f"/v1/{created['name']}:watch", token):
         tx = message["transaction"]
         if tx["state"] in SETTLED:
@@ -139,7 +149,28 @@ def _settle(rest: Rest, token: str, created: dict, out=print) -> dict:
             out(f"       {tx['state'].removeprefix('TRANSACTION_STATE_')}"
                 + (f" (hold {tx['hold']})" if tx["hold"] else ""))
         state = tx["state"]
+        if tx.get("compliance", {}).get("decision") == HELD and not held:
+            held = True
+            out(f"       {state.removeprefix('TRANSACTION_STATE_')}, compliance HELD: {tx['compliance']['reason']} "
+                f"({tx['compliance']['screening']})")
+            if on_held is None:
+                raise DemoFailed(f"{created['name']} was held by compliance screening; nothing here reviews it")
+            on_held(tx)
     raise DemoFailed(f"the watch of {created['name']} ended while it was {state}")
+
+
+def _approve(topology: Topology, out=print) -> Callable[[dict], None]:
+    """What an operator does with a held transaction: reviews its screening (gRPC, as the operator)."""
+    def review(tx: dict) -> None:
+        from services.cli import review_screening  # the command line's own call
+        screening, reason = tx["compliance"]["screening"], "demo: source of funds checked"
+        out(f"    -> an operator reviews it: diboas screenings review {screening} approve --reason '{reason}'")
+        try:
+            reviewed = asyncio.run(review_screening(topology, screening, approve=True, reason=reason))
+        except grpc.aio.AioRpcError as exc:
+            raise DemoFailed(f"the review of {screening} failed: {exc.code().name}: {exc.details()}") from None
+        out(f"    -> {reviewed.name} approved by {reviewed.review.reviewer}; the saga goes on within seconds")
+    return review
 
 
 def _balance(rest: Rest, token: str, wallet: str, expected: str | None = None) -> str:
@@ -163,12 +194,12 @@ def run(topology: Topology, out=print) -> int:
     def step(title: str) -> None:
         out(f"\n{title}")
 
-    def transact(kind: str, amount: str, **fields) -> dict:
+    def transact(kind: str, amount: str, on_held: Callable[[dict], None] | None = None, **fields) -> dict:
         body = {"type": f"TRANSACTION_TYPE_{kind}", "amount": _money(amount), **fields}
         created = rest.call("POST", f"/v1/transactions?requestId={uuid.uuid4()}", a_token, body)["transaction"]
         out(f"    -> {created['name']} {created['state'].removeprefix('TRANSACTION_STATE_')}; "
             f"watching it (GET /v1/{created['name']}:watch)...")
-        tx = _settle(rest, a_token, created, out)
+        tx = _settle(rest, a_token, created, out, on_held)
         out(f"    -> {tx['state'].removeprefix('TRANSACTION_STATE_')}"
             + (f": {tx['failureReason']}" if tx["failureReason"] else ""))
         return tx
@@ -206,7 +237,19 @@ def run(topology: Topology, out=print) -> int:
         if tx["state"] == "TRANSACTION_STATE_COMPLETED":
             out(f"    -> paid out by {tx['provider']} ({tx['providerPayment']})")
 
-        step("7. where the money is")
+        step(f"7. {alice} deposits {LARGE} USD: compliance screening holds a transaction above 10,000.00 USD "
+             f"for an operator's review")
+        tx = transact("DEPOSIT", LARGE, on_held=_approve(topology, out), destinationWallet=a["name"])
+        out(f"    -> balance {_balance(rest, a_token, a['name'], '12045.00')}")
+
+        step(f"8. {alice} sends 5.00 USD to a wallet of {SANCTIONED_USER}, who is on the sanctions list")
+        s_token = rest.token(SANCTIONED_USER)
+        listed = rest.call("POST", f"/v1/wallets?requestId={uuid.uuid4()}", s_token, {"currencyCode": "USD"})["wallet"]
+        tx = transact("SEND", "5.00", sourceWallet=a["name"], destinationWallet=listed["name"])
+        out(f"    -> compliance {tx.get('compliance', {}).get('decision', 'none').removeprefix('COMPLIANCE_DECISION_')}"
+            f"; nothing was held: {alice} {_balance(rest, a_token, a['name'], '12045.00')}")
+
+        step("9. where the money is")
         out(f"    -> {alice}: {_balance(rest, a_token, a['name'])} USD, {bob}: {_balance(rest, b_token, b['name'])} USD")
         listed = rest.call("GET", f"/v1/transactions?wallet={a['name']}", a_token, quiet=True)["transactions"]
         out(f"    -> {len(listed)} transactions on {alice}'s wallet; {bob} cannot see {alice}'s wallet:")

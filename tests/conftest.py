@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from certs.mkcerts import ensure_certificates
 from services.runtime.auth import TokenIssuer
@@ -22,9 +23,25 @@ from tools import rabbitmq
 from tools.ports import free_ports
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Every mesh a test starts (in this process or as processes, which inherit the environment) screens
+# with the tests' rules: the shipped ones without velocity and the rolling day (tests/compliance.yaml).
+TEST_COMPLIANCE_FILE = Path(__file__).parent / "compliance.yaml"
+os.environ.setdefault("DIBOAS_COMPLIANCE_FILE", str(TEST_COMPLIANCE_FILE))
 LOCAL = Address("127.0.0.1", 0)
 POSTGRES = ("127.0.0.1", 5432)
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def sanctions_only(monkeypatch, tmp_path) -> Path:
+    """Meshes started in this test screen with the tests' sanctions rules only (no limit per
+    transaction): for tests of other limits, which move amounts compliance would hold."""
+    rules = yaml.safe_load(TEST_COMPLIANCE_FILE.read_text())["rules"]
+    path = tmp_path / "compliance-sanctions-only.yaml"
+    path.write_text(yaml.safe_dump({"rules": {name: rule for name, rule in rules.items()
+                                              if rule["check"].startswith("sanctioned_")}}))
+    monkeypatch.setenv("DIBOAS_COMPLIANCE_FILE", str(path))
+    return path
 
 
 def free_port() -> int:

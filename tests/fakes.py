@@ -14,6 +14,7 @@ from services.domain import errors
 from services.runtime.context import current_user
 from services.runtime.server import Registration, Runtime
 from services.runtime.unimplemented import unimplemented_registration
+from services.transaction.domain import APPROVED, Screened
 
 
 class EchoWallets(wallet_pb2_grpc.WalletServiceServicer):
@@ -74,3 +75,18 @@ def transaction_build(holder: dict):
         return [Registration(transaction_pb2_grpc.add_TransactionServiceServicer_to_server,
                              ForwardingTransactions(runtime))]
     return build
+
+
+class ApprovingCompliance:
+    """The transaction service's compliance port, approving every transaction: for tests of the
+    work queue and tracing around a saga, not of screening (tests/unit/test_transaction_screening.py)."""
+
+    def __init__(self):
+        self.screened: list[str] = []       # each request_id asked
+
+    async def screen(self, tx, request_id: str) -> Screened:
+        self.screened.append(request_id)
+        return Screened(f"screenings/s-{tx.id}", APPROVED, "")
+
+    async def decision(self, screening: str) -> Screened:
+        return Screened(screening, APPROVED, "")

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from diboas.blockchain.v1 import blockchain_pb2_grpc
 from diboas.common.v1 import common_pb2
+from diboas.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from diboas.provider.v1 import provider_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -279,13 +280,18 @@ class MoneyClient:
                                          "transaction")
         self.wallets = wallet_pb2_grpc.WalletServiceStub(self.wallet_channel)
         self.transactions = transaction_pb2_grpc.TransactionServiceStub(self.tx_channel)
+        self.compliance_channel = client_channel(topology, "operator", topology.services["compliance"].address.port,
+                                                 "compliance")
+        self.compliance = compliance_pb2_grpc.ComplianceServiceStub(self.compliance_channel)
         self.as_operator = bearer(service_token(topology, "operator", "wallet"))
+        self.as_compliance_operator = bearer(service_token(topology, "operator", "compliance"))
         self.as_gateway = bearer(user_token(topology))
         self.answered = 0           # SENDs of `sends` answered so far (accepted or refused)
 
     async def close(self):
         await self.wallet_channel.close()
         await self.tx_channel.close()
+        await self.compliance_channel.close()
 
     async def call(self, fn, request, metadata, attempts: int = 200):
         """Retry through outages (the test's own client; the mesh's clients have their own policies)."""
@@ -349,10 +355,22 @@ class MoneyClient:
             if not (token := page.next_page_token):
                 return found
 
+    async def screenings(self) -> dict[str, int]:
+        """The compliance service's decision now on each transaction it screened, by transaction name."""
+        found, token = {}, ""
+        while True:
+            page = await self.call(self.compliance.ListScreenings,
+                                   compliance_pb2.ListScreeningsRequest(page_size=500, page_token=token),
+                                   self.as_compliance_operator)
+            found.update({s.transaction: s.decision for s in page.screenings})
+            if not (token := page.next_page_token):
+                return found
+
     async def assert_conserved(self, names: list[str], total: Decimal, most: int, timeout: float = 240) -> list:
         """Once every transaction is COMPLETED or FAILED and nothing is held (within `timeout`): at most
-        `most` transactions, the sum of the balances is `total`, none is negative, and each completed
-        one captured its hold once, for its destination. The transactions."""
+        `most` transactions, the sum of the balances is `total`, none is negative, each completed one
+        was screened and approved (by the compliance service's own record) and captured its hold
+        once, for its destination. The transactions."""
         deadline, previous = asyncio.get_running_loop().time() + timeout, None
         while True:
             txs = await self.all_transactions()
@@ -371,8 +389,12 @@ class MoneyClient:
         assert sum(available for available, _ in balances) == total, \
             f"the balances add up to {sum(available for available, _ in balances)}, not {total}"   # nothing created or lost
         assert all(available >= 0 for available, _ in balances)
+        screened = await self.screenings()
         for tx in txs:                                                        # each completed one settled once
             if tx.state == transaction_pb2.TRANSACTION_STATE_COMPLETED:
+                assert (screened.get(tx.name), tx.compliance.decision) == (
+                    compliance_pb2.DECISION_APPROVED, transaction_pb2.COMPLIANCE_DECISION_APPROVED), \
+                    f"{tx.name} completed, screened {screened.get(tx.name)}, shown {tx.compliance}"
                 hold = (await self.call(self.wallets.GetHold, wallet_pb2.GetHoldRequest(name=tx.hold),
                                         self.as_operator)).hold
                 assert hold.state == wallet_pb2.HOLD_STATE_CAPTURED and hold.destination_wallet == tx.destination_wallet

@@ -11,6 +11,8 @@ from .domain import APPROVED, HELD, REJECTED, Decision, Finding, Subject
 
 REVIEWED = (APPROVED, REJECTED)
 MAX_REVIEW_REASON = 1000
+# What a user is told of a held screening rejected on review (the reviewer's words are for the audit).
+REFUSED_ON_REVIEW = "refused by a compliance review"
 
 
 def check_review(decision: str, reason: str) -> None:
@@ -44,6 +46,14 @@ class Screening:
     def outcome(self) -> str:
         """The decision now: the review's once reviewed."""
         return self.review.decision if self.review else self.decision.outcome
+
+    @property
+    def user_reason(self) -> str:
+        """What the user is told now: the decision's reason; once reviewed, nothing when approved
+        and that a review refused it when rejected (never the reviewer's own words)."""
+        if self.review is None:
+            return self.decision.reason
+        return REFUSED_ON_REVIEW if self.review.decision == REJECTED else ""
 
     def reviewed(self, decision: str, reason: str, reviewer: str, at: dt.datetime) -> Screening:
         """This screening approved or rejected by `reviewer`; only a HELD one can be."""

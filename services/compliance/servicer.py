@@ -33,7 +33,7 @@ def screening_pb(sc: Screening) -> compliance_pb2.Screening:
         type=compliance_pb2.TransactionType.Value(f"TRANSACTION_TYPE_{subject.type}"), user_id=subject.user,
         amount=money_pb(subject.amount), source_owner=subject.source_owner,
         destination_owner=subject.destination_owner, destination_address=subject.destination_address,
-        decision=decision_pb(sc.outcome), rule=decision.rule, explanation=decision.explanation, reason=decision.reason,
+        decision=decision_pb(sc.outcome), rule=decision.rule, explanation=decision.explanation, reason=sc.user_reason,
         findings=[compliance_pb2.Finding(rule=f.rule, check=f.check, action=f.action, explanation=f.explanation)
                   for f in decision.findings],
         screen_time=timestamp(subject.at),

@@ -19,7 +19,7 @@ from services.runtime.messaging.store import Outbox
 from services.runtime.server import Registration, Runtime
 from services.runtime.tracing import MessageTracing
 
-from .partners import ChainClient, ProviderClient
+from .partners import ChainClient, ComplianceClient, ProviderClient
 from .service import TransactionService
 from .servicer import TransactionServicer
 from .tables import idempotency_keys, messaging, parked_work_items, work_items
@@ -62,7 +62,8 @@ def build(runtime: Runtime) -> list[Registration]:
                       "transactions wait to be settled", waiting)
     service = TransactionService(db, WalletClient(upstreams["wallet"]), queue, outbox,
                                  ProviderClient(upstreams["provider"]), ChainClient(upstreams["blockchain"]),
-                                 tracing=tracing, started_at_once=STARTED_AT_ONCE, backlog=backlog)
+                                 compliance=ComplianceClient(upstreams["compliance"]), tracing=tracing,
+                                 started_at_once=STARTED_AT_ONCE, backlog=backlog)
     if runtime.broker is not None:
         publisher = WorkPublisher(runtime.broker, queue)
         runtime.background += [WorkDispatcher(db, queue, publisher).run,

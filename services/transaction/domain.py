@@ -4,10 +4,11 @@
        │            │
        └────────────┴───────> FAILED
 
-Every transaction is created PENDING and queued; a worker runs the saga of its type (one
-module each in sagas/: send.py, deposit.py, withdraw.py, bridge.py). Each step is idempotent
-by a key derived from the transaction id, so a retried step (after a crash or a timeout) never
-does its work twice.
+Every transaction is created PENDING and queued; a worker screens it (compliance) and then
+runs the saga of its type (one module each in sagas/: send.py, deposit.py, withdraw.py,
+bridge.py). Each step is idempotent by a key derived from the transaction id, so a retried step
+(after a crash or a timeout) never does its work twice. A transaction held by screening stays
+PENDING until an operator's review; one rejected goes to FAILED before any money moved.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from services.domain.money import Money
 SEND, DEPOSIT, WITHDRAW, BRIDGE = "SEND", "DEPOSIT", "WITHDRAW", "BRIDGE"
 PENDING, PROCESSING, COMPLETED, FAILED = "PENDING", "PROCESSING", "COMPLETED", "FAILED"
 TERMINAL = frozenset({COMPLETED, FAILED})
+APPROVED, REJECTED, HELD = "APPROVED", "REJECTED", "HELD"      # screening decisions
 _NEXT = {PENDING: {PROCESSING, COMPLETED, FAILED}, PROCESSING: {COMPLETED, FAILED}, COMPLETED: set(), FAILED: set()}
 
 
@@ -32,6 +34,14 @@ class Parked:
     attempts: int
     parked_at: dt.datetime
     dead_letter: int            # its id among the dead letters, for a replay
+
+
+@dataclass(frozen=True)
+class Screened:
+    """What compliance screening decided about the transaction, as its user may see it."""
+    screening: str              # "screenings/{id}"
+    decision: str               # APPROVED, REJECTED or HELD
+    reason: str                 # for the user: empty when approved; never a rule's internals
 
 
 @dataclass
@@ -55,10 +65,19 @@ class Transaction:
     cross_chain_transfer: str = ""      # "crossChainTransfers/{id}"
     chain_transactions: list[tuple[str, str, int]] = field(default_factory=list)   # (chain, hash, block)
     parked: Parked | None = None        # its saga, while parked
+    source_owner: str = ""              # owners of the wallets, as the wallet service said at creation
+    destination_owner: str = ""
+    compliance: Screened | None = None  # once screened
 
     @property
     def name(self) -> str:
         return f"transactions/{self.id}"
+
+    @property
+    def initiator(self) -> str:
+        """The user whose transaction it is: the owner of the wallet it takes money from, or for a
+        DEPOSIT the owner of the wallet it brings money to."""
+        return self.destination_owner if self.type == DEPOSIT else self.source_owner
 
     def move_to(self, state: str, now: dt.datetime, *, hold: str = "", reason: str = "") -> None:
         if state not in _NEXT[self.state]:

@@ -1,14 +1,16 @@
-"""The provider and blockchain services, as the transaction sagas need them: adapters from
+"""The provider, blockchain and compliance services, as the transaction sagas need them: adapters from
 domain values to their RPCs (errors arrive as domain errors, through the runtime's guarded
 stubs). Each call carries an idempotency key, so a retried step never pays or moves twice."""
 from __future__ import annotations
 
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
+from diboas.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.domain.money import Money
 from services.runtime.client import Upstream
 from services.runtime.wire import money_pb
 
+from .domain import Screened, Transaction
 from .ports import PaymentResult, TransferResult
 
 # Failover across providers, or three chain steps with compensations, take longer than one
@@ -47,3 +49,27 @@ class ChainClient:
                 for r in (t.source_transaction, t.bridge_transaction, t.target_transaction) if r.transaction_hash]
         return TransferResult(t.name, blockchain_pb2.CrossChainTransferState.Name(t.state)
                               .removeprefix("CROSS_CHAIN_TRANSFER_STATE_"), refs, t.failure_reason)
+
+
+def _screened(screening: compliance_pb2.Screening) -> Screened:
+    """The decision now and the user's reason: never the rule, explanation or findings."""
+    decision = compliance_pb2.Decision.Name(screening.decision).removeprefix("DECISION_")
+    return Screened(screening.name, decision, screening.reason)
+
+
+class ComplianceClient:
+    def __init__(self, upstream: Upstream):
+        self._compliance = upstream.stub(compliance_pb2_grpc.ComplianceServiceStub)
+
+    async def screen(self, tx: Transaction, request_id: str) -> Screened:
+        reply = await self._compliance.ScreenTransaction(compliance_pb2.ScreenTransactionRequest(
+            screening=compliance_pb2.Screening(
+                transaction=tx.name, type=compliance_pb2.TransactionType.Value(f"TRANSACTION_TYPE_{tx.type}"),
+                user_id=tx.initiator, amount=money_pb(tx.amount), source_owner=tx.source_owner,
+                destination_owner=tx.destination_owner, destination_address=tx.destination_address),
+            request_id=request_id))
+        return _screened(reply.screening)
+
+    async def decision(self, screening: str) -> Screened:
+        reply = await self._compliance.GetScreening(compliance_pb2.GetScreeningRequest(name=screening))
+        return _screened(reply.screening)

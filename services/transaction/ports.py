@@ -1,13 +1,16 @@
 """What the transaction service's use cases and sagas need from the other services, as domain
-values: the wallet, the provider and the blockchain ports. `wallet_client.py` and `partners.py`
+values: the wallet, the provider, the blockchain and the compliance ports. `wallet_client.py` and `partners.py`
 implement them over the mesh (their upstreams are a channel, or in the same process the other
 service's servicer); the unit tests implement them with fakes. No grpc, no protobuf, no SQL."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from services.domain.money import Money
+
+if TYPE_CHECKING:
+    from .domain import Screened, Transaction
 
 
 @dataclass(frozen=True)
@@ -64,3 +67,12 @@ class ChainPort(Protocol):
                        transaction: str, request_id: str) -> TransferResult:
         """A cross-chain transfer, compensated by the blockchain service when a step fails.
         Idempotent by request_id."""
+
+
+class CompliancePort(Protocol):
+    async def screen(self, tx: Transaction, request_id: str) -> Screened:
+        """Screen the transaction (its initiator, amount, owners and BRIDGE address) before its money
+        moves. A transaction is screened once: asking again returns the first decision."""
+
+    async def decision(self, screening: str) -> Screened:
+        """A screening's decision now (a held one, once reviewed, is approved or rejected)."""

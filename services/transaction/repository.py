@@ -12,7 +12,7 @@ from services.domain.money import Money
 from services.runtime.db import as_utc, insert_into, param
 from services.runtime.users import User
 
-from .domain import PENDING, PROCESSING, TERMINAL, Transaction
+from .domain import PENDING, PROCESSING, TERMINAL, Screened, Transaction
 from .tables import transactions
 
 t = transactions.c
@@ -33,14 +33,19 @@ def _transaction(row) -> Transaction:
                        Money(row.currency, row.amount), row.hold, row.failure_reason, as_utc(row.created_at),
                        as_utc(row.updated_at), as_utc(row.completed_at), row.provider, row.provider_payment,
                        row.source_chain, row.target_chain, row.destination_address, row.cross_chain_transfer,
-                       [tuple(ref) for ref in json.loads(row.chain_transactions)])
+                       [tuple(ref) for ref in json.loads(row.chain_transactions)], None, row.source_owner,
+                       row.destination_owner,
+                       Screened(row.screening, row.screening_decision, row.screening_reason) if row.screening else None)
 
 
 def _saga_columns(tx: Transaction) -> dict:
     """What the saga steps change, as columns."""
     return dict(state=tx.state, hold=tx.hold, failure_reason=tx.failure_reason, updated_at=tx.updated_at,
                 completed_at=tx.completed_at, provider=tx.provider, provider_payment=tx.provider_payment,
-                cross_chain_transfer=tx.cross_chain_transfer, chain_transactions=json.dumps(tx.chain_transactions))
+                cross_chain_transfer=tx.cross_chain_transfer, chain_transactions=json.dumps(tx.chain_transactions),
+                screening=screened.screening if (screened := tx.compliance) else "",
+                screening_decision=screened.decision if screened else "",
+                screening_reason=screened.reason if screened else "")
 
 
 class TransactionRepository:
@@ -49,13 +54,13 @@ class TransactionRepository:
         # SELECT ... FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers.
         self._lock = connection.dialect.name == "postgresql"
 
-    def add(self, tx: Transaction, source_owner: str, destination_owner: str) -> None:
+    def add(self, tx: Transaction) -> None:
         """A new transaction, with the owners of its wallets (who may see it)."""
         self.c.execute(insert_into(transactions), dict(
             id=tx.id, type=tx.type, source_wallet=tx.source_wallet, destination_wallet=tx.destination_wallet,
             currency=tx.amount.currency, amount=tx.amount.amount, created_at=tx.created_at,
             source_chain=tx.source_chain, target_chain=tx.target_chain, destination_address=tx.destination_address,
-            source_owner=source_owner, destination_owner=destination_owner, **_saga_columns(tx)))
+            source_owner=tx.source_owner, destination_owner=tx.destination_owner, **_saga_columns(tx)))
 
     def save_progress(self, tx: Transaction) -> bool:
         """Write what the saga changed, unless the stored transaction has already ended (the row

@@ -27,7 +27,7 @@ from services.runtime.unit_of_work import UnitOfWork, UnitsOfWork
 from services.runtime.users import User
 
 from .domain import PENDING, TERMINAL, Parked, Transaction
-from .ports import ChainPort, ProviderPort, WalletPort
+from .ports import ChainPort, CompliancePort, ProviderPort, WalletPort
 from .repository import TransactionRepository
 from .sagas import SAGAS, Sagas
 from .sagas.saga import Admission
@@ -68,14 +68,16 @@ def _with_parked(unit: UnitOfWork[TransactionRepository], found: list[Transactio
 
 
 class TransactionService:
-    """`units`: the units of work to use instead of ones over `db`, `outbox` and `queue` (the
+    """`compliance`: what screens every transaction before its saga. `units`: the units of work
+    to use instead of ones over `db`, `outbox` and `queue` (the
     unit tests pass fakes, and None for those three). `backlog`: the bound on transactions
     accepted and not settled (None: no bound)."""
 
     def __init__(self, db: Database | None, wallet: WalletPort, queue: WorkQueue, outbox: Outbox | None,
-                 providers: ProviderPort | None = None, chains: ChainPort | None = None,
-                 clock: Callable[[], dt.datetime] = utcnow, ids: Callable[[], str] = lambda: uuid.uuid4().hex,
-                 tracing: MessageTracing | None = None, *, sagas: Sagas = SAGAS,
+                 providers: ProviderPort | None = None, chains: ChainPort | None = None, *,
+                 compliance: CompliancePort, clock: Callable[[], dt.datetime] = utcnow,
+                 ids: Callable[[], str] = lambda: uuid.uuid4().hex,
+                 tracing: MessageTracing | None = None, sagas: Sagas = SAGAS,
                  units: UnitsOfWork[TransactionRepository] | None = None, started_at_once: int = 0,
                  backlog: Backlog | None = None):
         self.db, self.queue, self._backlog = db, queue, backlog
@@ -83,8 +85,8 @@ class TransactionService:
                                           idempotency=idempotency_keys, clock=clock)
         self._wallet, self._sagas, self._clock, self._ids = wallet, sagas, clock, ids
         self.watchers = Watchers(WATCHES, WATCHES_PER_USER)
-        self._worker = Worker(self.units, queue, sagas, wallet, providers, chains, clock, tracing or MessageTracing(),
-                              started_at_once, changed=self.watchers.changed)
+        self._worker = Worker(self.units, queue, sagas, wallet, providers, chains, compliance, clock,
+                              tracing or MessageTracing(), started_at_once, changed=self.watchers.changed)
 
     # --- create ---------------------------------------------------------------------------------
 
@@ -113,8 +115,9 @@ class TransactionService:
 
         def work(unit: UnitOfWork[TransactionRepository]) -> Transaction:
             tx = dataclasses.replace(draft, id=self._ids(), state=PENDING, hold="", failure_reason="",
-                                     created_at=unit.now, updated_at=unit.now, completed_at=None)
-            unit.repo.add(tx, source_owner, destination_owner)
+                                     created_at=unit.now, updated_at=unit.now, completed_at=None,
+                                     source_owner=source_owner, destination_owner=destination_owner)
+            unit.repo.add(tx)
             claims[tx.id] = unit.enqueue(tx.id, priority=saga.priority, leased=self._worker.may_start())
             return tx
 

@@ -28,7 +28,10 @@ def transaction_pb(tx: Transaction) -> transaction_pb2.Transaction:
                             for chain, tx_hash, block in tx.chain_transactions],
         parked=transaction_pb2.ParkedSaga(last_error=p.last_error, attempts=p.attempts, reason=p.reason,
                                           park_time=timestamp(p.parked_at), dead_letter_id=p.dead_letter)
-        if (p := tx.parked) else None)
+        if (p := tx.parked) else None,
+        compliance=transaction_pb2.ComplianceCheck(
+            screening=c.screening, decision=transaction_pb2.ComplianceDecision.Value(f"COMPLIANCE_DECISION_{c.decision}"),
+            reason=c.reason) if (c := tx.compliance) else None)
 
 
 # The collection of each field that names a resource (read as "collection/{id}").

@@ -36,6 +36,10 @@ transactions = Table(
     # Owners of the wallets, as the wallet said at creation: who may see the transaction.
     Column("source_owner", String(128), nullable=False, server_default=""),
     Column("destination_owner", String(128), nullable=False, server_default=""),
+    # Compliance screening: the screening, its decision and the user's reason ("" until screened).
+    Column("screening", String(80), nullable=False, server_default=""),
+    Column("screening_decision", String(16), nullable=False, server_default=""),
+    Column("screening_reason", Text, nullable=False, server_default=""),
     Index("ix_transactions_source_wallet", "source_wallet"),
     # Also what is on its way to a wallet (its PENDING and PROCESSING transactions), without reading its history.
     Index("ix_transactions_destination_wallet_state", "destination_wallet", "state"),

@@ -1,11 +1,13 @@
 """The queue workers: each claims a transaction from the work queue, keeps its lease while the
-saga of the transaction's type runs, and writes the outcome. Every terminal state is written
+transaction is screened (compliance) and the saga of its type runs, and writes the outcome. Every terminal state is written
 with its event (outbox) and the queue item's removal, in one unit of work: a crash anywhere
 leaves either the old state with the item still queued, or the new state with its event and
 no item. A saga step that cannot say for sure whether it happened (a timeout, an upstream
 down) is asked again later with the same idempotency key, never assumed to have failed; once
 the queue's retry policy is spent, the item is parked as a dead letter (the transaction keeps
-its state and whatever it holds, and shows why) until an operator replays it. Each attempt at
+its state and whatever it holds, and shows why) until an operator replays it. A transaction
+held by screening waits in the queue, looked at again now and then, without spending its
+attempts (WorkQueue.defer). Each attempt at
 a saga is a span in the trace of the request that created the transaction (the work item
 carries its context), and so are its upstream calls and its event."""
 from __future__ import annotations
@@ -24,10 +26,11 @@ from services.runtime.unit_of_work import UnitsOfWork
 
 from .domain import COMPLETED, FAILED, TERMINAL, Transaction
 from .events import event_for
-from .ports import ChainPort, ProviderPort, WalletPort
+from .ports import ChainPort, CompliancePort, ProviderPort, WalletPort
 from .repository import TransactionRepository
 from .sagas import Sagas
-from .sagas.saga import Fail, SagaContext
+from .sagas.saga import Fail, SagaContext, Waiting
+from .sagas.screening import screen
 
 log = logging.getLogger("diboas.transaction")
 
@@ -35,11 +38,11 @@ log = logging.getLogger("diboas.transaction")
 class Worker:
     def __init__(self, units: UnitsOfWork[TransactionRepository], queue: WorkQueue, sagas: Sagas,
                  wallet: WalletPort, providers: ProviderPort | None, chains: ChainPort | None,
-                 clock: Callable[[], dt.datetime], tracing: MessageTracing, started_limit: int = 0,
-                 changed: Callable[[str], None] = lambda transaction_id: None):
+                 compliance: CompliancePort, clock: Callable[[], dt.datetime], tracing: MessageTracing,
+                 started_limit: int = 0, changed: Callable[[str], None] = lambda transaction_id: None):
         self._units, self._queue, self._sagas, self._clock, self._tracing = units, queue, sagas, clock, tracing
         self._changed = changed         # told the id of a transaction whose change was just committed
-        self._context = SagaContext(wallet, providers, chains, clock, self._save_progress)
+        self._context = SagaContext(wallet, providers, chains, clock, self._save_progress, compliance)
         self._started: set[asyncio.Task] = set()
         self._started_limit = started_limit
         self._waiting = False           # items may wait in the queue (the last look, or queued since)
@@ -113,15 +116,16 @@ class Worker:
             return unit.repo.get(transaction_id)
 
     async def process(self, claimed: Claimed, tx: Transaction | None = None) -> None:
-        """One queued transaction (read unless given): run its saga to COMPLETED or FAILED. A step
-        that may have happened raises, and the item is retried later (each step is idempotent by
-        key)."""
+        """One queued transaction (read unless given): screen it, then run its saga to COMPLETED or
+        FAILED. A step that may have happened raises, and the item is retried later (each step is
+        idempotent by key); a held transaction raises Waiting."""
         if tx is None:
             tx = await self._units.run(self._get, claimed.item)
         if tx is None or tx.state in TERMINAL:
             await self._units.run(self._drop, claimed)
             return
         try:
+            await screen(tx, self._context)
             await self._sagas.of(tx.type).run(tx, self._context)
             state, reason = COMPLETED, ""
         except Fail as failed:
@@ -175,6 +179,8 @@ class Worker:
                                           conversation=f"transactions/{claimed.item}"):
                 await self.process(claimed, tx)
             return None
+        except Waiting as waiting:
+            return await self._units.run(self._queue.defer, claimed, waiting.delay, waiting.message)
         except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later (or parks it)
             return await self._failed(claimed, exc)
         finally:

@@ -103,7 +103,7 @@ class Gateway:
 
 @pytest.fixture(params=SHAPES)
 async def stack(request, pki, tmp_path):
-    """The four services as real processes in a shape (a process each, or the monolith), and Envoy."""
+    """The five services as real processes in a shape (a process each, or the monolith), and Envoy."""
     async with mesh_processes(pki, tmp_path, request.param) as (topology, _):
         ports = {name: topology.services[name].address.port for name in ORDER}
         mesh = Mesh(topology, ports)
@@ -433,7 +433,9 @@ async def test_the_cli_demo_walks_through_every_transaction_type_over_rest(stack
     done = await asyncio.to_thread(diboas, gw, mesh, "demo")
     assert done.returncode == 0, done.stdout + done.stderr
     for seen in ("POST /v1/wallets", "paid in by providers/", "-> COMPLETED", "chains/polygon",
-                 "paid out by providers/", ": 45.00 USD", ": 25.00 USD", "answered 404"):
+                 "paid out by providers/", ": 12045.00 USD", ": 25.00 USD", "answered 404",
+                 "compliance HELD: held for a compliance review (screenings/", "approved by operator",
+                 "-> FAILED: refused by compliance screening (sanctions)", "compliance REJECTED; nothing was held"):
         assert seen in done.stdout, (seen, done.stdout)
     health = await asyncio.to_thread(diboas, gw, mesh, "health")
     assert health.returncode == 0 and "gateway" in health.stdout and "all SERVING" in health.stdout, health.stdout
@@ -443,6 +445,18 @@ async def test_the_cli_demo_walks_through_every_transaction_type_over_rest(stack
     assert f"{deposit}  COMPLETED  payments/" in watched.stdout, watched.stdout
     missing = await asyncio.to_thread(diboas, gw, mesh, "watch", "nope")
     assert missing.returncode == 1 and "transactions/nope: NOT_FOUND" in missing.stderr, missing.stderr
+    # The operator's view of the demo's screenings: the held one, approved on review, with the rule.
+    held = await asyncio.to_thread(diboas, gw, mesh, "screenings", "list", "--held")
+    assert held.returncode == 0 and held.stdout == "no screenings held for review\n", held.stdout + held.stderr
+    listed = await asyncio.to_thread(diboas, gw, mesh, "screenings", "list")
+    reviewed = re.search(r"(screenings/\w+) .* DEPOSIT 12000.00 USD .* APPROVED on review by operator "
+                         r"\(demo: source of funds checked\)\n +held by large-transaction", listed.stdout)
+    assert listed.returncode == 0 and reviewed and "REJECTED" in listed.stdout, listed.stdout + listed.stderr
+    again = await asyncio.to_thread(diboas, gw, mesh, "screenings", "review", reviewed.group(1), "reject",
+                                    "--reason", "second thoughts")
+    assert again.returncode == 1 and again.stderr == (f"diboas: compliance: FAILED_PRECONDITION: screening "
+                                                      f"{reviewed.group(1)} is APPROVED, not HELD: only a held "
+                                                      f"screening can be reviewed\n"), again.stderr
 
 
 async def test_the_cli_switches_provider_and_chain_faults(stack):

@@ -25,18 +25,21 @@ WALLETS, FUNDS, SENDS = 50, "100.00", 1200
 
 @contextlib.contextmanager
 def databases(backend: str):
-    """The wallet's and the transaction service's databases: each its own (PostgreSQL: its own schema)."""
+    """The wallet's, the transaction and the compliance service's databases: each its own
+    (PostgreSQL: its own schema)."""
     if backend == "sqlite":
         yield {}
         return
     with contextlib.ExitStack() as schemas:
         yield {"DIBOAS_WALLET_DATABASE": schemas.enter_context(postgres_schema()),
-               "DIBOAS_TRANSACTION_DATABASE": schemas.enter_context(postgres_schema())}
+               "DIBOAS_TRANSACTION_DATABASE": schemas.enter_context(postgres_schema()),
+               "DIBOAS_COMPLIANCE_DATABASE": schemas.enter_context(postgres_schema())}
 
 
 @contextlib.asynccontextmanager
 async def money_mesh(pki, tmp_path, mode: str, databases: dict):
-    async with mesh_processes(pki, tmp_path, mode, ("wallet", "transaction"), **databases) as (topology, processes):
+    services = ("wallet", "transaction", "compliance")
+    async with mesh_processes(pki, tmp_path, mode, services, **databases) as (topology, processes):
         mesh = Mesh(topology, processes)
         try:
             yield mesh
@@ -109,10 +112,12 @@ POSTGRES = pytest.mark.postgres
 
 @pytest.mark.parametrize("backend, mode, victim", [
     ("sqlite", "services", "wallet"), ("sqlite", "services", "transaction"),
+    ("sqlite", "services", "compliance"),      # screening away mid-burst: sagas wait, none moves unscreened
     ("sqlite", "monolith", "monolith"),        # every service at once, outbox and inbox alike
     ("sqlite", "hybrid", "core"),              # wallet and transaction together
     pytest.param("postgres", "services", "wallet", marks=POSTGRES),
     pytest.param("postgres", "services", "transaction", marks=POSTGRES),
+    pytest.param("postgres", "services", "compliance", marks=POSTGRES),
     pytest.param("postgres", "monolith", "monolith", marks=POSTGRES),
 ])
 async def test_money_is_conserved_under_load_and_a_crash(pki, tmp_path, backend, mode, victim):

@@ -221,8 +221,8 @@ def test_a_topology_path_that_is_a_folder_is_a_clear_error(tmp_path):
 def test_callers_stop_before_the_services_they_call():
     from services.launcher import stop_order
     batches = stop_order(load_topology(env={}))
-    assert batches[0] == ["transaction", "compliance"]      # compliance: nobody calls it yet
-    assert sorted(batches[1]) == ["blockchain", "provider", "wallet"]
+    assert batches[0] == ["transaction"]
+    assert sorted(batches[1]) == ["blockchain", "compliance", "provider", "wallet"]
 
 
 @pytest.mark.slow
@@ -244,7 +244,8 @@ def test_services_do_not_outlive_a_killed_launcher(env):
 
 
 @pytest.mark.parametrize("command", [[], ["health"], ["token"], ["user-token"], ["dead-letters"],
-                                     ["dead-letters", "list"], ["dead-letters", "replay"], ["faults"], ["demo"]])
+                                     ["dead-letters", "list"], ["dead-letters", "replay"], ["faults"], ["watch"],
+                                     ["screenings"], ["screenings", "list"], ["screenings", "review"], ["demo"]])
 def test_every_cli_command_has_help(command):
     done = subprocess.run([sys.executable, "-m", "services.cli", *command, "--help"], capture_output=True, text=True,
                           timeout=30)

@@ -107,6 +107,7 @@ async def test_review_approves_or_rejects_a_held_screening_once_audited(complian
                                       request_id="v1")
     approved = (await compliance("ReviewScreening", review)).screening
     assert approved.decision == C.DECISION_APPROVED and approved.rule == "large-transaction"
+    assert (held.reason, approved.reason) == ("held for a compliance review", "")     # what the user is told
     assert (approved.review.decision, approved.review.reason, approved.review.reviewer) == (
         C.DECISION_APPROVED, "source of funds checked", "operator")
     assert approved.review.HasField("review_time")
@@ -118,6 +119,7 @@ async def test_review_approves_or_rejects_a_held_screening_once_audited(complian
     rejected = (await compliance("ReviewScreening", C.ReviewScreeningRequest(
         name=other.name, decision=C.DECISION_REJECTED, reason="documents do not match", request_id="v3"))).screening
     assert rejected.decision == C.DECISION_REJECTED and rejected.review.reviewer == "operator"
+    assert rejected.reason == "refused by a compliance review"         # not the reviewer's words
     assert (await compliance("GetScreening", C.GetScreeningRequest(name=other.name))).screening == rejected
     approved_one = await screened(compliance, "t3", "1.00")
     error = await refused(compliance, "ReviewScreening", C.ReviewScreeningRequest(

@@ -118,7 +118,7 @@ def transaction_database(database_url, tmp_path):
 
 
 @pytest.fixture
-async def mesh(database_url, transaction_database, topology, start_server):
+async def mesh(database_url, transaction_database, topology, start_server, sanctions_only):
     mesh = await start_mesh(topology, start_server, ORDER, wallet=database_url, transaction=transaction_database)
     mesh.databases = {"wallet": database_url, "transaction": transaction_database}
     yield mesh

@@ -26,7 +26,7 @@ FAILED = transaction_pb2.TRANSACTION_STATE_FAILED
 async def mesh(request, topology, start_server, database_url):
     # The wallet on the parametrized backend; the transaction service on its own SQLite file.
     # Apart, they call each other over mTLS; in one process (the monolith), directly.
-    mesh = await start_mesh(topology, start_server, ("wallet", "transaction"), wallet=database_url,
+    mesh = await start_mesh(topology, start_server, ("wallet", "transaction", "compliance"), wallet=database_url,
                             one_process=request.param == "one process")
     yield mesh
     await mesh.close()

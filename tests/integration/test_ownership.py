@@ -14,7 +14,7 @@ from meshkit import start_mesh, usd
 
 @pytest.fixture
 async def mesh(topology, start_server):
-    mesh = await start_mesh(topology, start_server, ("wallet", "transaction"))
+    mesh = await start_mesh(topology, start_server, ("wallet", "transaction", "compliance"))
     yield mesh
     await mesh.close()
 

@@ -73,7 +73,7 @@ async def test_an_instance_hears_the_subject_of_each_event_another_one_publishes
 @pytest.fixture
 async def mesh(topology, start_server, database_url, rabbitmq_url):
     topology = dataclasses.replace(topology, messaging=Messaging("rabbitmq", rabbitmq_url, "w"))
-    mesh = await start_mesh(topology, start_server, ("wallet", "transaction"), transaction=database_url)
+    mesh = await start_mesh(topology, start_server, ("wallet", "transaction", "compliance"), transaction=database_url)
     yield mesh
     await mesh.close()
 
@@ -85,9 +85,9 @@ async def test_a_watch_hears_at_once_of_an_outcome_that_another_instance_committ
     db = Database(mesh.topology.services["transaction"].database, None)
     now = utcnow()
     tx = Transaction("elsewhere1", SEND, PENDING, "wallets/a", "wallets/b", Money.parse("USD", "1.00"), "", "", now,
-                     now, None)
+                     now, None, source_owner="alice", destination_owner="bob")
     with db.transaction() as connection:
-        TransactionRepository(connection).add(tx, "alice", "bob")
+        TransactionRepository(connection).add(tx)
     seen, loop = [], asyncio.get_running_loop()
 
     async def watch() -> None:

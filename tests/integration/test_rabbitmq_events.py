@@ -40,7 +40,7 @@ PREFIX = "t"
 @pytest.fixture
 async def mesh(topology, start_server, database_url, rabbitmq_url):
     topology = dataclasses.replace(topology, messaging=Messaging("rabbitmq", rabbitmq_url, PREFIX))
-    mesh = await start_mesh(topology, start_server, ("wallet", "transaction"), wallet=database_url)
+    mesh = await start_mesh(topology, start_server, ("wallet", "transaction", "compliance"), wallet=database_url)
     mesh.rabbitmq_url = rabbitmq_url
     yield mesh
     await mesh.close()

@@ -23,7 +23,7 @@ from services.runtime.config import Address
 from services.runtime.logs import JsonFormatter
 
 from conftest import bearer, client_channel, user_token, with_service
-from fakes import EchoWallets, transaction_build, wallet_build
+from fakes import ApprovingCompliance, EchoWallets, transaction_build, wallet_build
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
@@ -180,7 +180,8 @@ async def test_a_queued_saga_its_retries_and_its_event_stay_in_the_trace_that_cr
     files = load_identity(topology.certs_dir, "transaction")
     upstream = Upstream(topology, "transaction", topology.services["wallet"], files, TokenIssuer(me.identity, files.key))
     service = TransactionService(db, WalletClient(upstream), WorkQueue(db, work_items, QUEUE, parked=parked_work_items),
-                                 Outbox(messaging, me.identity, lambda topic: ["wallet"], KeyRing.load(topology.certs_dir)))
+                                 Outbox(messaging, me.identity, lambda topic: ["wallet"], KeyRing.load(topology.certs_dir)),
+                                 compliance=ApprovingCompliance())
     relay = Relay(db, messaging, MeshTransport({"wallet": upstream}), "transaction",
                   DeliveryPolicy(initial_backoff=0.01, max_backoff=0.05))
     stop = asyncio.Event()

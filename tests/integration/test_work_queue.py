@@ -24,6 +24,8 @@ from services.transaction.app import MIGRATIONS
 from services.transaction.ports import WalletFacts
 from services.transaction.tables import parked_work_items, work_items
 
+from fakes import ApprovingCompliance
+
 
 class AliceUSD:
     """The wallet port of the tests below: every wallet is alice's, in USD, with 100.00."""
@@ -177,7 +179,8 @@ async def test_a_saga_step_longer_than_the_lease_is_run_by_one_worker_only(datab
     db.migrate()
     queue = WorkQueue(db, work_items, "q", lease=dt.timedelta(seconds=0.6), parked=parked_work_items)
     service = TransactionService(db, SlowWallet(), queue, Outbox(messaging, "transaction", lambda topic: [],
-                                                                KeyRing.load(pki)))
+                                                                KeyRing.load(pki)),
+                                 compliance=ApprovingCompliance())
     draft = Transaction("", SEND, "", "wallets/a", "wallets/b", Money.parse("USD", "1.00"), "", "", None, None, None)
     created = await service.create("r1", "fp", draft, lambda tx: tx.id.encode())
     stop = asyncio.Event()
@@ -277,6 +280,38 @@ def test_an_item_is_parked_once_older_than_the_max_age_whatever_its_attempts(que
     parked = q.retry(q.claim(), "still in progress after a minute").parked
     assert parked is not None and parked.reason == MAX_AGE and parked.attempts == 3
     assert q.claim() is None and q.depth() == 0
+
+
+def test_a_deferred_item_waits_out_its_delay_spending_no_attempt_and_its_age_starts_again(queue):
+    """A held transaction's item: deferred again and again for longer than the policy's max age
+    and attempts allow, it is never parked, and once it runs it has its whole policy still."""
+    _, db, clock = queue
+    q = make_queue(db, clock, max_attempts=2, max_age_seconds=60, initial_backoff_seconds=1, max_backoff_seconds=1)
+    add(db, q, "held")
+    for _ in range(5):                                  # 5 minutes held: past max_age and max_attempts
+        claimed = q.claim()
+        assert claimed.attempts == 1
+        assert q.defer(claimed, dt.timedelta(seconds=60), "held for a compliance review").delay.total_seconds() == 60
+        clock.advance(59)
+        assert q.claim() is None and not q.anything_waiting()     # not before its delay
+        clock.advance(1)
+    with db.reading() as connection:
+        row = connection.execute(select(work_items)).one()
+    assert (row.attempts, row.last_error) == (0, "held for a compliance review")
+    claimed = q.claim()                                 # reviewed: the saga runs, its policy whole
+    assert q.retry(claimed, "wallet unavailable").delay is not None and q.dead_letters() == []
+    clock.advance(1)
+    assert q.retry(q.claim(), "wallet unavailable").parked.reason == MAX_ATTEMPTS
+
+
+def test_a_worker_whose_lease_was_lost_cannot_defer_the_new_holders_item(queue):
+    _, db, clock = queue
+    add(db, queue[0], "held")
+    mine = queue[0].claim()
+    clock.advance(31)
+    theirs = queue[0].claim()
+    assert queue[0].defer(mine, dt.timedelta(seconds=60), "late").lost
+    assert queue[0].renew(theirs) and queue[0].claim() is None
 
 
 def test_a_worker_that_lost_its_lease_does_not_park_the_new_holders_item(queue):
@@ -519,7 +554,8 @@ async def test_a_parked_saga_keeps_its_state_and_sends_nothing_and_a_refusal_sti
     queue = WorkQueue(transaction_database, work_items, "financial.transactions", parked=parked_work_items,
                       policy=QueuePolicy(max_attempts=3, initial_backoff_seconds=0.01, max_backoff_seconds=0.02))
     service = TransactionService(transaction_database, Wallet(), queue, Outbox(messaging, "transaction", lambda topic: ["wallet"],
-                                                                   KeyRing.load(pki)))
+                                                                   KeyRing.load(pki)),
+                                 compliance=ApprovingCompliance())
 
     async def create(amount: str) -> str:
         draft = Transaction("", SEND, "", "wallets/a", "wallets/b", Money.parse("USD", amount), "", "", None, None, None)
@@ -578,7 +614,8 @@ async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(tran
         return real_retry(claimed, error)
     queue.retry = retry
     service = TransactionService(transaction_database, Wallet(), queue, Outbox(messaging, "transaction", lambda topic: ["wallet"],
-                                                                   KeyRing.load(pki)))
+                                                                   KeyRing.load(pki)),
+                                 compliance=ApprovingCompliance())
 
     async def create(amount: str) -> str:
         draft = Transaction("", SEND, "", "wallets/a", "wallets/b", Money.parse("USD", amount), "", "", None, None, None)

@@ -31,7 +31,8 @@ def test_the_monolith_runs_everything_in_one_process_upstreams_first():
     assert list(topology.processes) == ["monolith"]
     members = topology.processes["monolith"]
     assert sorted(members) == sorted(topology.services)
-    assert members.index("transaction") > max(members.index(u) for u in ("wallet", "provider", "blockchain"))
+    assert members.index("transaction") > max(members.index(u) for u in ("wallet", "provider", "blockchain",
+                                                                          "compliance"))
     assert [["monolith"]] == stop_order(topology)
 
 
@@ -40,8 +41,8 @@ def test_the_hybrid_shape_groups_some_and_leaves_the_others_alone():
     assert topology.processes == {"core": ("wallet", "transaction"), "provider": ("provider",),
                                   "blockchain": ("blockchain",), "compliance": ("compliance",)}
     assert topology.process_of("transaction") == "core"
-    # The core calls provider and blockchain: it stops first, with compliance, which nobody calls yet.
-    assert stop_order(topology) == [["core", "compliance"], ["provider", "blockchain"]]
+    # The core calls provider, blockchain and compliance: it stops first, then they do.
+    assert stop_order(topology) == [["core"], ["provider", "blockchain", "compliance"]]
 
 
 @pytest.mark.parametrize("changes, env, message", [

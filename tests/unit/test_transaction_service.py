@@ -11,6 +11,7 @@ from transaction_fakes import (
     Clock,
     FakeBacklog,
     FakeChains,
+    FakeCompliance,
     FakeProviders,
     FakeQueue,
     FakeUnits,
@@ -49,9 +50,10 @@ class Service:
         self.units = FakeUnits(self.clock)
         self.queue, self.backlog = FakeQueue(self.units), FakeBacklog()
         ids = iter(f"t{n}" for n in range(1, 100))
+        self.compliance = FakeCompliance()
         self.service = TransactionService(None, self.wallet, self.queue, None, self.providers, self.chains,
-                                          clock=self.clock, ids=lambda: next(ids), units=self.units,
-                                          started_at_once=started_at_once, backlog=self.backlog)
+                                          compliance=self.compliance, clock=self.clock, ids=lambda: next(ids),
+                                          units=self.units, started_at_once=started_at_once, backlog=self.backlog)
 
     async def create(self, kind: str, amount: str = "10.00", request_id: str = "r1", viewer: User | None = ALICE,
                      fingerprint: str = "fp", **fields) -> str:

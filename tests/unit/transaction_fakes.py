@@ -1,5 +1,5 @@
 """Hand-written fakes of the transaction service's ports, for the unit tests of its sagas and
-use cases: the wallet, provider and chain clients (each answers from a script and records
+use cases: the wallet, provider, chain and compliance clients (each answers from a script and records
 every call), the repository and units of work (in memory, rolled back when the block raises),
 the work queue, and a clock that moves only when told."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import datetime as dt
 from services.domain.errors import AlreadyExists, NotFound, ResourceExhausted, Unimplemented
 from services.domain.money import Money
 from services.runtime.messaging.queue import MAX_ATTEMPTS, Claimed, ParkedItem, Retried
-from services.transaction.domain import PENDING, PROCESSING, TERMINAL, Transaction
+from services.transaction.domain import APPROVED, HELD, PENDING, PROCESSING, TERMINAL, Screened, Transaction
 from services.transaction.ports import PaymentResult, TransferResult, WalletFacts
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -118,6 +118,37 @@ def transfer(state: str, reason: str = "") -> TransferResult:
     return TransferResult("crossChainTransfers/x1", state, refs, reason)
 
 
+class FakeCompliance:
+    """Screenings as the compliance service makes them: one per transaction (asking again, with
+    any key, returns the first), each decided by the next scripted answer (a decision name, or an
+    exception raised), by default APPROVED. `review` decides a held one, as an operator would."""
+
+    def __init__(self):
+        self.screen_calls: list[tuple[Transaction, str]] = []      # (a copy of the transaction, request_id)
+        self.decision_calls: list[str] = []
+        self.screenings: dict[str, Screened] = {}                   # by transaction name
+        self.script = Script(APPROVED)
+        self.decision_script = Script()                             # exceptions for `decision`, in order
+
+    async def screen(self, tx: Transaction, request_id: str) -> Screened:
+        self.screen_calls.append((copy.deepcopy(tx), request_id))
+        decision = self.script.next()
+        if tx.name not in self.screenings:
+            reason = {APPROVED: "", HELD: "held for a compliance review"}.get(
+                decision, "refused by compliance screening (sanctions)")
+            self.screenings[tx.name] = Screened(f"screenings/s-{tx.id}", decision, reason)
+        return self.screenings[tx.name]
+
+    async def decision(self, screening: str) -> Screened:
+        self.decision_calls.append(screening)
+        self.decision_script.next()
+        return next(s for s in self.screenings.values() if s.screening == screening)
+
+    def review(self, tx: Transaction, decision: str) -> None:
+        reason = "" if decision == APPROVED else "refused by a compliance review"
+        self.screenings[tx.name] = dataclasses.replace(self.screenings[tx.name], decision=decision, reason=reason)
+
+
 @dataclasses.dataclass
 class State:
     """What the fake database holds."""
@@ -135,9 +166,9 @@ class FakeRepository:
     def __init__(self, state: State):
         self._state = state
 
-    def add(self, tx: Transaction, source_owner: str, destination_owner: str) -> None:
+    def add(self, tx: Transaction) -> None:
         assert tx.id not in self._state.transactions
-        self._state.transactions[tx.id] = (copy.deepcopy(tx), source_owner, destination_owner)
+        self._state.transactions[tx.id] = (copy.deepcopy(tx), tx.source_owner, tx.destination_owner)
 
     def save_progress(self, tx: Transaction) -> bool:
         stored, *owners = self._state.transactions[tx.id]
@@ -256,14 +287,16 @@ class FakeQueue:
         self.arrived = asyncio.Event()
         self.attempts: dict[str, int] = {}
         self.errors: list[tuple[str, str]] = []        # (item, error) of each failed attempt
+        self.deferred: list[tuple[str, dt.timedelta, str]] = []     # (item, delay, note) of each deferral
+        self.sleeping: set[str] = set()                              # deferred items, until `wake`
 
     def anything_waiting(self) -> bool:
         state = self._units.state
-        return any(item not in state.leased for item in state.queued)
+        return any(item not in state.leased and item not in self.sleeping for item in state.queued)
 
     def claim(self) -> Claimed | None:
         state = self._units.state
-        available = [item for item in state.queued if item not in state.leased]
+        available = [item for item in state.queued if item not in state.leased and item not in self.sleeping]
         if not available:
             return None
         item = max(available, key=lambda i: state.queued[i])
@@ -273,6 +306,18 @@ class FakeQueue:
 
     def renew(self, claimed: Claimed) -> bool:
         return True
+
+    def defer(self, claimed: Claimed, delay: dt.timedelta, note: str) -> Retried:
+        """As the real one, the attempt not counted; the item comes back only once `wake` is called."""
+        self.deferred.append((claimed.item, delay, note))
+        self._units.state.leased.discard(claimed.item)
+        self.sleeping.add(claimed.item)
+        self.attempts[claimed.item] -= 1
+        return Retried(delay=delay)
+
+    def wake(self) -> None:
+        """The deferred items' delays have passed."""
+        self.sleeping.clear()
 
     def retry(self, claimed: Claimed, error: str) -> Retried:
         self.errors.append((claimed.item, error))

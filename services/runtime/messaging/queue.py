@@ -11,6 +11,8 @@ priorities, competing consumers, leases, retries with backoff, dead letters.
             is spent (max attempts, or max age since the item was queued) it parks the item
             instead: a dead letter, not retried, with an audit record, an error log line with
             "alert": "dead_letter" and the diboas_work_items_parked_total metric
+  defer     puts a claimed item back for later without spending an attempt: its work waits for
+            something outside it (a review), which is no failure; its age counts from when it is due
   replay    puts parked items back on the queue with a fresh attempt count (the audit stays)
 
 Each item carries the W3C trace context (traceparent, tracestate) of the span that queued it,
@@ -343,6 +345,19 @@ class WorkQueue:
             parked = self._park(connection, row, claimed.attempts, reason, error, now)
         self._alert(parked)
         return Retried(parked=parked)
+
+    def defer(self, claimed: Claimed, delay: dt.timedelta, note: str) -> Retried:
+        """Put a claimed item back until `delay` has passed, as it was before this claim: the
+        attempt is not counted and the item's age starts again once it is due (what it waits for
+        may take days, and the retry policy is for failures). `note` is kept as its last word. Retried(delay),
+        or Retried() when the lease was lost meanwhile (another worker holds the item)."""
+        t, now = self._t, self._clock()
+        with self._db.transaction() as connection:
+            deferred = connection.execute(update(t).where(
+                t.c.id == claimed.id, t.c.item == claimed.item, t.c.attempts == claimed.attempts,
+            ).values(available_at=now + delay, attempts=claimed.attempts - 1, created_at=now + delay,
+                     last_error=note[:2000]))
+        return Retried(delay=delay) if deferred.rowcount == 1 else Retried()
 
     def _park(self, connection: Connection, row, attempts: int, reason: str, error: str,
               now: dt.datetime) -> ParkedItem:

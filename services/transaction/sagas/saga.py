@@ -4,8 +4,10 @@ A `Saga` is one object per transaction type: which request fields the type needs
 and its own checks of them (`check_values`), its creation-time checks against the wallets
 (`admit`, built from `Admission`'s checks), its queue priority, and its steps (`run`, over
 the upstream ports in `SagaContext`). `run` returns when the saga has COMPLETED; it raises
-`Fail` when it has definitively failed, and anything else when a step may have happened (the
-worker asks again later, and every step is idempotent by a key made of the transaction id).
+`Fail` when it has definitively failed, `Waiting` when it waits for something outside it (a
+compliance review), and anything else when a step may have happened (the worker asks again
+later, and every step is idempotent by a key made of the transaction id). Before any saga runs,
+the worker screens the transaction (screening.py).
 No grpc and no SQL here: the ports are the service's clients, or fakes in the unit tests.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from services.domain.money import Money, require_balance_room
 from ..domain import PENDING, PROCESSING, Transaction
 
 if TYPE_CHECKING:
-    from ..ports import ChainPort, ProviderPort, Viewer, WalletFacts, WalletPort
+    from ..ports import ChainPort, CompliancePort, ProviderPort, Viewer, WalletFacts, WalletPort
 
 # A field's rule in `Saga.fields`: the type needs it, or it must be left empty; a field the
 # type does not name is optional.
@@ -37,6 +39,15 @@ class Fail(Exception):
         self.reason = reason
 
 
+class Waiting(Exception):
+    """The saga waits for something outside it (an operator's review): its worker looks again
+    after `delay`. Not a failure: it spends none of the queue's attempts, and nothing changes."""
+
+    def __init__(self, message: str, delay: dt.timedelta):
+        super().__init__(message)
+        self.message, self.delay = message, delay
+
+
 @dataclasses.dataclass(frozen=True)
 class SagaContext:
     """What a saga's steps call, and how they record their progress."""
@@ -45,6 +56,7 @@ class SagaContext:
     chains: ChainPort | None
     clock: Callable[[], dt.datetime]
     save: Callable[[Transaction], Awaitable[None]]      # writes the transaction's progress now
+    compliance: CompliancePort | None = None
 
     async def progress(self, tx: Transaction, **changes) -> None:
         """A step is done: PROCESSING, with what it made (a hold, a payment, a transfer), written."""

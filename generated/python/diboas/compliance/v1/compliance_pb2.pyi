@@ -193,7 +193,7 @@ class Screening(_message.Message):
     explanation: _builtins.str
     """Every rule that fired and why, the deciding one first; operators only."""
     reason: _builtins.str
-    """What the user is told: the kind of rule for a refusal, that it is held for a hold, nothing when approved."""
+    """What the user is told: the kind of rule for a refusal, that it is held for a hold, nothing when approved; once reviewed, nothing when approved and that a review refused it when rejected (the reviewer's words are never the user's)."""
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """The amount it moves."""

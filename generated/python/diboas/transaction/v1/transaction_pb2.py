@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'diboas/transaction/v1/transaction.proto\x12\x15\x64iboas.transaction.v1\x1a\x1d\x64iboas/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x05\n\x0bTransaction\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12:\n\x04type\x18\x02 \x01(\x0e\x32&.diboas.transaction.v1.TransactionTypeB\x04\xe2\x41\x01\x02\x12<\n\x05state\x18\x03 \x01(\x0e\x32\'.diboas.transaction.v1.TransactionStateB\x04\xe2\x41\x01\x03\x12\x15\n\rsource_wallet\x18\x04 \x01(\t\x12\x1a\n\x12\x64\x65stination_wallet\x18\x05 \x01(\t\x12-\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x14\n\x0csource_chain\x18\x08 \x01(\t\x12\x14\n\x0ctarget_chain\x18\t \x01(\t\x12\x1b\n\x13\x64\x65stination_address\x18\n \x01(\t\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rcomplete_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04hold\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x10provider_payment\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12\"\n\x14\x63ross_chain_transfer\x18\x11 \x01(\tB\x04\xe2\x41\x01\x03\x12G\n\x12\x63hain_transactions\x18\x12 \x03(\x0b\x32%.diboas.common.v1.ChainTransactionRefB\x04\xe2\x41\x01\x03\x12\x37\n\x06parked\x18\x13 \x01(\x0b\x32!.diboas.transaction.v1.ParkedSagaB\x04\xe2\x41\x01\x03\"\x89\x01\n\nParkedSaga\x12\x12\n\nlast_error\x18\x01 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12-\n\tpark_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x05 \x01(\x03\"s\n\x18\x43reateTransactionRequest\x12=\n\x0btransaction\x18\x01 \x01(\x0b\x32\".diboas.transaction.v1.TransactionB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"T\n\x19\x43reateTransactionResponse\x12\x37\n\x0btransaction\x18\x01 \x01(\x0b\x32\".diboas.transaction.v1.Transaction\"+\n\x15GetTransactionRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x16GetTransactionResponse\x12\x37\n\x0btransaction\x18\x01 \x01(\x0b\x32\".diboas.transaction.v1.Transaction\"-\n\x17WatchTransactionRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"S\n\x18WatchTransactionResponse\x12\x37\n\x0btransaction\x18\x01 \x01(\x0b\x32\".diboas.transaction.v1.Transaction\"P\n\x17ListTransactionsRequest\x12\x0e\n\x06wallet\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"m\n\x18ListTransactionsResponse\x12\x38\n\x0ctransactions\x18\x01 \x03(\x0b\x32\".diboas.transaction.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa8\x01\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15TRANSACTION_TYPE_SEND\x10\x01\x12\x1c\n\x18TRANSACTION_TYPE_DEPOSIT\x10\x02\x12\x1d\n\x19TRANSACTION_TYPE_WITHDRAW\x10\x03\x12\x1b\n\x17TRANSACTION_TYPE_BRIDGE\x10\x04*\xb5\x01\n\x10TransactionState\x12!\n\x1dTRANSACTION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRANSACTION_STATE_PENDING\x10\x01\x12 \n\x1cTRANSACTION_STATE_PROCESSING\x10\x02\x12\x1f\n\x1bTRANSACTION_STATE_COMPLETED\x10\x03\x12\x1c\n\x18TRANSACTION_STATE_FAILED\x10\x04\x32\xf8\x04\n\x12TransactionService\x12\x9d\x01\n\x11\x43reateTransaction\x12/.diboas.transaction.v1.CreateTransactionRequest\x1a\x30.diboas.transaction.v1.CreateTransactionResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x10/v1/transactions:\x0btransaction\x12\x90\x01\n\x0eGetTransaction\x12,.diboas.transaction.v1.GetTransactionRequest\x1a-.diboas.transaction.v1.GetTransactionResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=transactions/*}\x12\x8d\x01\n\x10ListTransactions\x12..diboas.transaction.v1.ListTransactionsRequest\x1a/.diboas.transaction.v1.ListTransactionsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/transactions\x12\x9e\x01\n\x10WatchTransaction\x12..diboas.transaction.v1.WatchTransactionRequest\x1a/.diboas.transaction.v1.WatchTransactionResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=transactions/*}:watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'diboas/transaction/v1/transaction.proto\x12\x15\x64iboas.transaction.v1\x1a\x1d\x64iboas/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x06\n\x0bTransaction\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12:\n\x04type\x18\x02 \x01(\x0e\x32&.diboas.transaction.v1.TransactionTypeB\x04\xe2\x41\x01\x02\x12<\n\x05state\x18\x03 \x01(\x0e\x32\'.diboas.transaction.v1.TransactionStateB\x04\xe2\x41\x01\x03\x12\x15\n\rsource_wallet\x18\x04 \x01(\t\x12\x1a\n\x12\x64\x65stination_wallet\x18\x05 \x01(\t\x12-\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x14\n\x0csource_chain\x18\x08 \x01(\t\x12\x14\n\x0ctarget_chain\x18\t \x01(\t\x12\x1b\n\x13\x64\x65stination_address\x18\n \x01(\t\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rcomplete_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04hold\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x10provider_payment\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12\"\n\x14\x63ross_chain_transfer\x18\x11 \x01(\tB\x04\xe2\x41\x01\x03\x12G\n\x12\x63hain_transactions\x18\x12 \x03(\x0b\x32%.diboas.common.v1.ChainTransactionRefB\x04\xe2\x41\x01\x03\x12\x37\n\x06parked\x18\x13 \x01(\x0b\x32!.diboas.transaction.v1.ParkedSagaB\x04\xe2\x41\x01\x03\x12@\n\ncompliance\x18\x14 \x01(\x0b\x32&.diboas.transaction.v1.ComplianceCheckB\x04\xe2\x41\x01\x03\"q\n\x0f\x43omplianceCheck\x12\x11\n\tscreening\x18\x01 \x01(\t\x12;\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32).diboas.transaction.v1.ComplianceDecision\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x89\x01\n\nParkedSaga\x12\x12\n\nlast_error\x18\x01 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12-\n\tpark_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x05 \x01(\x03\"s\n\x18\x43reateTransactionRequest\x12=\n\x0btransaction\x18\x01 \x01(\x0b\x32\".diboas.transaction.v1.TransactionB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"T\n\x19\x43reateTransactionResponse\x12\x37\n\x0btransaction\x18\x01 \x01(\x0b\x32\".diboas.transaction.v1.Transaction\"+\n\x15GetTransactionRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x16GetTransactionResponse\x12\x37\n\x0btransaction\x18\x01 \x01(\x0b\x32\".diboas.transaction.v1.Transaction\"-\n\x17WatchTransactionRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"S\n\x18WatchTransactionResponse\x12\x37\n\x0btransaction\x18\x01 \x01(\x0b\x32\".diboas.transaction.v1.Transaction\"P\n\x17ListTransactionsRequest\x12\x0e\n\x06wallet\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"m\n\x18ListTransactionsResponse\x12\x38\n\x0ctransactions\x18\x01 \x03(\x0b\x32\".diboas.transaction.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa8\x01\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15TRANSACTION_TYPE_SEND\x10\x01\x12\x1c\n\x18TRANSACTION_TYPE_DEPOSIT\x10\x02\x12\x1d\n\x19TRANSACTION_TYPE_WITHDRAW\x10\x03\x12\x1b\n\x17TRANSACTION_TYPE_BRIDGE\x10\x04*\xb5\x01\n\x10TransactionState\x12!\n\x1dTRANSACTION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRANSACTION_STATE_PENDING\x10\x01\x12 \n\x1cTRANSACTION_STATE_PROCESSING\x10\x02\x12\x1f\n\x1bTRANSACTION_STATE_COMPLETED\x10\x03\x12\x1c\n\x18TRANSACTION_STATE_FAILED\x10\x04*\x9b\x01\n\x12\x43omplianceDecision\x12#\n\x1f\x43OMPLIANCE_DECISION_UNSPECIFIED\x10\x00\x12 \n\x1c\x43OMPLIANCE_DECISION_APPROVED\x10\x01\x12 \n\x1c\x43OMPLIANCE_DECISION_REJECTED\x10\x02\x12\x1c\n\x18\x43OMPLIANCE_DECISION_HELD\x10\x03\x32\xf8\x04\n\x12TransactionService\x12\x9d\x01\n\x11\x43reateTransaction\x12/.diboas.transaction.v1.CreateTransactionRequest\x1a\x30.diboas.transaction.v1.CreateTransactionResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x10/v1/transactions:\x0btransaction\x12\x90\x01\n\x0eGetTransaction\x12,.diboas.transaction.v1.GetTransactionRequest\x1a-.diboas.transaction.v1.GetTransactionResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=transactions/*}\x12\x8d\x01\n\x10ListTransactions\x12..diboas.transaction.v1.ListTransactionsRequest\x1a/.diboas.transaction.v1.ListTransactionsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/transactions\x12\x9e\x01\n\x10WatchTransaction\x12..diboas.transaction.v1.WatchTransactionRequest\x1a/.diboas.transaction.v1.WatchTransactionResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=transactions/*}:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -61,6 +61,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSACTION'].fields_by_name['chain_transactions']._serialized_options = b'\342A\001\003'
   _globals['_TRANSACTION'].fields_by_name['parked']._loaded_options = None
   _globals['_TRANSACTION'].fields_by_name['parked']._serialized_options = b'\342A\001\003'
+  _globals['_TRANSACTION'].fields_by_name['compliance']._loaded_options = None
+  _globals['_TRANSACTION'].fields_by_name['compliance']._serialized_options = b'\342A\001\003'
   _globals['_CREATETRANSACTIONREQUEST'].fields_by_name['transaction']._loaded_options = None
   _globals['_CREATETRANSACTIONREQUEST'].fields_by_name['transaction']._serialized_options = b'\342A\001\002'
   _globals['_CREATETRANSACTIONREQUEST'].fields_by_name['request_id']._loaded_options = None
@@ -77,30 +79,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSACTIONSERVICE'].methods_by_name['ListTransactions']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/transactions'
   _globals['_TRANSACTIONSERVICE'].methods_by_name['WatchTransaction']._loaded_options = None
   _globals['_TRANSACTIONSERVICE'].methods_by_name['WatchTransaction']._serialized_options = b'\202\323\344\223\002!\022\037/v1/{name=transactions/*}:watch'
-  _globals['_TRANSACTIONTYPE']._serialized_start=1752
-  _globals['_TRANSACTIONTYPE']._serialized_end=1920
-  _globals['_TRANSACTIONSTATE']._serialized_start=1923
-  _globals['_TRANSACTIONSTATE']._serialized_end=2104
+  _globals['_TRANSACTIONTYPE']._serialized_start=1933
+  _globals['_TRANSACTIONTYPE']._serialized_end=2101
+  _globals['_TRANSACTIONSTATE']._serialized_start=2104
+  _globals['_TRANSACTIONSTATE']._serialized_end=2285
+  _globals['_COMPLIANCEDECISION']._serialized_start=2288
+  _globals['_COMPLIANCEDECISION']._serialized_end=2443
   _globals['_TRANSACTION']._serialized_start=194
-  _globals['_TRANSACTION']._serialized_end=953
-  _globals['_PARKEDSAGA']._serialized_start=956
-  _globals['_PARKEDSAGA']._serialized_end=1093
-  _globals['_CREATETRANSACTIONREQUEST']._serialized_start=1095
-  _globals['_CREATETRANSACTIONREQUEST']._serialized_end=1210
-  _globals['_CREATETRANSACTIONRESPONSE']._serialized_start=1212
-  _globals['_CREATETRANSACTIONRESPONSE']._serialized_end=1296
-  _globals['_GETTRANSACTIONREQUEST']._serialized_start=1298
-  _globals['_GETTRANSACTIONREQUEST']._serialized_end=1341
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=1343
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=1424
-  _globals['_WATCHTRANSACTIONREQUEST']._serialized_start=1426
-  _globals['_WATCHTRANSACTIONREQUEST']._serialized_end=1471
-  _globals['_WATCHTRANSACTIONRESPONSE']._serialized_start=1473
-  _globals['_WATCHTRANSACTIONRESPONSE']._serialized_end=1556
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=1558
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=1638
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=1640
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=1749
-  _globals['_TRANSACTIONSERVICE']._serialized_start=2107
-  _globals['_TRANSACTIONSERVICE']._serialized_end=2739
+  _globals['_TRANSACTION']._serialized_end=1019
+  _globals['_COMPLIANCECHECK']._serialized_start=1021
+  _globals['_COMPLIANCECHECK']._serialized_end=1134
+  _globals['_PARKEDSAGA']._serialized_start=1137
+  _globals['_PARKEDSAGA']._serialized_end=1274
+  _globals['_CREATETRANSACTIONREQUEST']._serialized_start=1276
+  _globals['_CREATETRANSACTIONREQUEST']._serialized_end=1391
+  _globals['_CREATETRANSACTIONRESPONSE']._serialized_start=1393
+  _globals['_CREATETRANSACTIONRESPONSE']._serialized_end=1477
+  _globals['_GETTRANSACTIONREQUEST']._serialized_start=1479
+  _globals['_GETTRANSACTIONREQUEST']._serialized_end=1522
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=1524
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=1605
+  _globals['_WATCHTRANSACTIONREQUEST']._serialized_start=1607
+  _globals['_WATCHTRANSACTIONREQUEST']._serialized_end=1652
+  _globals['_WATCHTRANSACTIONRESPONSE']._serialized_start=1654
+  _globals['_WATCHTRANSACTIONRESPONSE']._serialized_end=1737
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=1739
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=1819
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=1821
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=1930
+  _globals['_TRANSACTIONSERVICE']._serialized_start=2446
+  _globals['_TRANSACTIONSERVICE']._serialized_end=3078
 # @@protoc_insertion_point(module_scope)

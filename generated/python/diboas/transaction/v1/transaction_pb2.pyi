@@ -85,6 +85,34 @@ TRANSACTION_STATE_FAILED: TransactionState.ValueType  # 4
 """Finished without moving money (compensations done); terminal, see failure_reason."""
 Global___TransactionState: _TypeAlias = TransactionState  # noqa: Y015
 
+class _ComplianceDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ComplianceDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ComplianceDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMPLIANCE_DECISION_UNSPECIFIED: _ComplianceDecision.ValueType  # 0
+    """Not screened yet."""
+    COMPLIANCE_DECISION_APPROVED: _ComplianceDecision.ValueType  # 1
+    """Approved: its money moves."""
+    COMPLIANCE_DECISION_REJECTED: _ComplianceDecision.ValueType  # 2
+    """Rejected: it failed before any money moved."""
+    COMPLIANCE_DECISION_HELD: _ComplianceDecision.ValueType  # 3
+    """Held for an operator's review: it waits, PENDING."""
+
+class ComplianceDecision(_ComplianceDecision, metaclass=_ComplianceDecisionEnumTypeWrapper):
+    """A compliance screening's decision on a transaction."""
+
+COMPLIANCE_DECISION_UNSPECIFIED: ComplianceDecision.ValueType  # 0
+"""Not screened yet."""
+COMPLIANCE_DECISION_APPROVED: ComplianceDecision.ValueType  # 1
+"""Approved: its money moves."""
+COMPLIANCE_DECISION_REJECTED: ComplianceDecision.ValueType  # 2
+"""Rejected: it failed before any money moved."""
+COMPLIANCE_DECISION_HELD: ComplianceDecision.ValueType  # 3
+"""Held for an operator's review: it waits, PENDING."""
+Global___ComplianceDecision: _TypeAlias = ComplianceDecision  # noqa: Y015
+
 @_typing.final
 class Transaction(_message.Message):
     """A money movement and its progress."""
@@ -110,6 +138,7 @@ class Transaction(_message.Message):
     CROSS_CHAIN_TRANSFER_FIELD_NUMBER: _builtins.int
     CHAIN_TRANSACTIONS_FIELD_NUMBER: _builtins.int
     PARKED_FIELD_NUMBER: _builtins.int
+    COMPLIANCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "transactions/{transaction}"."""
     type: Global___TransactionType.ValueType
@@ -160,6 +189,10 @@ class Transaction(_message.Message):
     def parked(self) -> Global___ParkedSaga:
         """Set while the saga is parked: its retries were given up on and an operator must replay it (`diboas dead-letters`); the money stays held meanwhile."""
 
+    @_builtins.property
+    def compliance(self) -> Global___ComplianceCheck:
+        """The compliance screening's decision, once the saga has screened the transaction (every transaction is screened before its money moves)."""
+
     def __init__(
         self,
         *,
@@ -182,14 +215,45 @@ class Transaction(_message.Message):
         cross_chain_transfer: _builtins.str = ...,
         chain_transactions: _abc.Iterable[_common_pb2.ChainTransactionRef] | None = ...,
         parked: Global___ParkedSaga | None = ...,
+        compliance: Global___ComplianceCheck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "complete_time", b"complete_time", "create_time", b"create_time", "parked", b"parked", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "complete_time", b"complete_time", "compliance", b"compliance", "create_time", b"create_time", "parked", b"parked", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "chain_transactions", b"chain_transactions", "complete_time", b"complete_time", "create_time", b"create_time", "cross_chain_transfer", b"cross_chain_transfer", "destination_address", b"destination_address", "destination_wallet", b"destination_wallet", "failure_reason", b"failure_reason", "hold", b"hold", "name", b"name", "parked", b"parked", "provider", b"provider", "provider_payment", b"provider_payment", "source_chain", b"source_chain", "source_wallet", b"source_wallet", "state", b"state", "target_chain", b"target_chain", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "chain_transactions", b"chain_transactions", "complete_time", b"complete_time", "compliance", b"compliance", "create_time", b"create_time", "cross_chain_transfer", b"cross_chain_transfer", "destination_address", b"destination_address", "destination_wallet", b"destination_wallet", "failure_reason", b"failure_reason", "hold", b"hold", "name", b"name", "parked", b"parked", "provider", b"provider", "provider_payment", b"provider_payment", "source_chain", b"source_chain", "source_wallet", b"source_wallet", "state", b"state", "target_chain", b"target_chain", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Transaction: _TypeAlias = Transaction  # noqa: Y015
+
+@_typing.final
+class ComplianceCheck(_message.Message):
+    """What compliance screening decided about a transaction, in the words its user may see."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCREENING_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    screening: _builtins.str
+    """The screening, "screenings/{screening}" (operators read its rules and explanation with the compliance service's GetScreening)."""
+    decision: Global___ComplianceDecision.ValueType
+    """APPROVED: the saga went on. HELD: the transaction stays PENDING until an operator reviews it. REJECTED: the transaction FAILED, nothing moved."""
+    reason: _builtins.str
+    """Why it was held or rejected, for the user; empty when approved. Never a rule's name, limit or list."""
+    def __init__(
+        self,
+        *,
+        screening: _builtins.str = ...,
+        decision: Global___ComplianceDecision.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "reason", b"reason", "screening", b"screening"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComplianceCheck: _TypeAlias = ComplianceCheck  # noqa: Y015
 
 @_typing.final
 class ParkedSaga(_message.Message):
