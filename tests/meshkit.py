@@ -70,6 +70,17 @@ class Mesh:
         self.user_wallets = (stub("wallet", "gateway", wallet_pb2_grpc.WalletServiceStub) or (None,))[0]
         self._providers = stub("provider", "operator", provider_pb2_grpc.ProviderServiceStub)
         self._chains = stub("blockchain", "operator", blockchain_pb2_grpc.BlockchainServiceStub)
+        self._compliance = stub("compliance", "operator", compliance_pb2_grpc.ComplianceServiceStub)
+
+    async def compliance(self, method: str, request):
+        stub, metadata = self._compliance
+        return await getattr(stub, method)(request, metadata=metadata, timeout=10)
+
+    async def review(self, screening: str, approve: bool, request_id: str) -> compliance_pb2.Screening:
+        """An operator's review of a held screening."""
+        decision = compliance_pb2.DECISION_APPROVED if approve else compliance_pb2.DECISION_REJECTED
+        return (await self.compliance("ReviewScreening", compliance_pb2.ReviewScreeningRequest(
+            name=screening, decision=decision, reason="checked by the test", request_id=request_id))).screening
 
     def as_user(self, user: str, *roles: str):
         """Metadata of the gateway calling for `user` (a plain user unless roles are given)."""

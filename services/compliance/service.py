@@ -10,6 +10,8 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence, TypeVar
 
+from prometheus_client import Counter
+
 from services.domain.clock import utcnow
 from services.domain.errors import AlreadyExists, NotFound
 from services.runtime.db import Database
@@ -24,6 +26,9 @@ from .tables import idempotency_keys
 
 T = TypeVar("T")
 SCREENING_PAGES = PageTokens("screenings", SEQUENCE)     # before this screening's seq
+SCREENINGS = Counter("diboas_screenings", "Transactions screened, by decision and the rule that decided",
+                     ["decision", "rule"])
+REVIEWS = Counter("diboas_screening_reviews", "Held screenings reviewed by an operator, by decision", ["decision"])
 
 
 def new_id() -> str:
@@ -57,6 +62,15 @@ class ComplianceService:
                      encode: Callable[[Screening], bytes]) -> bytes:
         """Screen `draft` (its time is the screening's, now). A transaction is screened once:
         screening it again returns the first screening; with another subject it is ALREADY_EXISTS."""
+        fresh: set[str] = set()                 # ids of the screenings made here (in any attempt)
+        made: dict[bytes, Screening] = {}       # each of them by the answer it was encoded as
+
+        def answer(screening: Screening) -> bytes:
+            encoded = encode(screening)
+            if screening.id in fresh:
+                made[encoded] = screening
+            return encoded
+
         def work(unit: UnitOfWork[ScreeningRepository]) -> Screening:
             repo = unit.repo
             repo.lock_user(draft.user)
@@ -70,8 +84,13 @@ class ComplianceService:
                 return first
             screening = Screening(self._ids(), subject, screen(self.rules, subject, repo))
             repo.add(screening)
+            fresh.add(screening.id)
             return screening
-        return await self.db.run(self.units.idempotent, "ScreenTransaction", request_id, fingerprint, work, encode)
+        response = await self.db.run(self.units.idempotent, "ScreenTransaction", request_id, fingerprint, work,
+                                     answer)
+        if (new := made.get(response)) is not None:        # the answer returned: the attempt that committed
+            SCREENINGS.labels(new.decision.outcome, new.decision.rule or "none").inc()
+        return response
 
     async def review(self, request_id: str, fingerprint: str, screening_id: str, decision: str, reason: str,
                      reviewer: str, encode: Callable[[Screening], bytes]) -> bytes:
@@ -88,7 +107,16 @@ class ComplianceService:
             reviewed = found.reviewed(decision, reason, reviewer, unit.now)
             unit.repo.save_review(reviewed)
             return reviewed
-        return await self.db.run(self.units.idempotent, "ReviewScreening", request_id, fingerprint, work, encode)
+
+        answers: set[bytes] = set()             # each attempt's (a request_id answered before makes none)
+
+        def answer(reviewed: Screening) -> bytes:
+            answers.add(encoded := encode(reviewed))
+            return encoded
+        response = await self.db.run(self.units.idempotent, "ReviewScreening", request_id, fingerprint, work, answer)
+        if response in answers:
+            REVIEWS.labels(decision).inc()
+        return response
 
     def _read(self, fn: Callable[[ScreeningRepository], T]) -> T:
         with self.units.reading() as unit:

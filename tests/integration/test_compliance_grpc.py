@@ -12,6 +12,7 @@ import sys
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from diboas.common.v1 import common_pb2
 from diboas.compliance.v1 import compliance_pb2 as C
@@ -89,7 +90,12 @@ async def test_each_decision_with_the_rule_and_its_explanation(compliance):
     assert second.next_page_token == ""
 
 
+def screenings_counted(decision: str, rule: str) -> float:
+    return REGISTRY.get_sample_value("diboas_screenings_total", {"decision": decision, "rule": rule}) or 0.0
+
+
 async def test_a_transaction_is_screened_once(compliance):
+    before = screenings_counted(HELD, "large-transaction")
     first = await screened(compliance, "t1", "10000.01", request_id="a")
     assert await screened(compliance, "t1", "10000.01", request_id="a") == first         # the same request
     assert await screened(compliance, "t1", "10000.01", request_id="b") == first         # another key, same transaction
@@ -99,12 +105,14 @@ async def test_a_transaction_is_screened_once(compliance):
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS and "already used for a different request" in error.details()
     listed = await compliance("ListScreenings", C.ListScreeningsRequest())
     assert [s.name for s in listed.screenings] == [first.name]
+    assert screenings_counted(HELD, "large-transaction") == before + 1          # the metric counts it once
 
 
 async def test_review_approves_or_rejects_a_held_screening_once_audited(compliance):
     held = await screened(compliance, "t1", "10000.01")
     review = C.ReviewScreeningRequest(name=held.name, decision=C.DECISION_APPROVED, reason="source of funds checked",
                                       request_id="v1")
+    reviews_before = REGISTRY.get_sample_value("diboas_screening_reviews_total", {"decision": APPROVED}) or 0.0
     approved = (await compliance("ReviewScreening", review)).screening
     assert approved.decision == C.DECISION_APPROVED and approved.rule == "large-transaction"
     assert (held.reason, approved.reason) == ("held for a compliance review", "")     # what the user is told
@@ -112,6 +120,7 @@ async def test_review_approves_or_rejects_a_held_screening_once_audited(complian
         C.DECISION_APPROVED, "source of funds checked", "operator")
     assert approved.review.HasField("review_time")
     assert (await compliance("ReviewScreening", review)).screening == approved       # idempotent
+    assert REGISTRY.get_sample_value("diboas_screening_reviews_total", {"decision": APPROVED}) == reviews_before + 1
     again = C.ReviewScreeningRequest(name=held.name, decision=C.DECISION_REJECTED, reason="no", request_id="v2")
     error = await refused(compliance, "ReviewScreening", again)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "is APPROVED, not HELD" in error.details()
@@ -156,6 +165,8 @@ async def test_only_the_operator_reads_and_the_transaction_service_screens(compl
         metadata = bearer(service_token(topology, "transaction", "compliance"))
         reply = await stub.ScreenTransaction(screen_request("t2", "5.00"), metadata=metadata, timeout=10)
         assert reply.screening.decision == C.DECISION_APPROVED
+        read = await stub.GetScreening(C.GetScreeningRequest(name=reply.screening.name), metadata=metadata, timeout=10)
+        assert read.screening == reply.screening            # a held transaction's saga asks for its review
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.ListScreenings(C.ListScreeningsRequest(), metadata=metadata, timeout=10)
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -15,7 +15,7 @@ from diboas.transaction.v1 import transaction_pb2
 from services.domain.errors import NotFound
 from services.domain.money import Money
 from services.runtime.users import User
-from services.transaction.domain import Parked, Transaction
+from services.transaction.domain import Parked, Screened, Transaction
 from services.transaction.servicer import TransactionServicer
 
 from servicing import Recorder, Served
@@ -138,6 +138,22 @@ def test_get_writes_back_a_parked_saga_and_its_chain_transactions(served, servic
         ("chains/ethereum", "0xabc", 12)]
     assert (tx.parked.reason, tx.parked.last_error, tx.parked.attempts, tx.parked.dead_letter_id) == (
         "MAX_ATTEMPTS", "chain unavailable", 5, 42)
+
+
+@pytest.mark.parametrize("screened, decision", [
+    (None, T.COMPLIANCE_DECISION_UNSPECIFIED),
+    (Screened("screenings/s1", "HELD", "held for a compliance review"), T.COMPLIANCE_DECISION_HELD),
+    (Screened("screenings/s1", "REJECTED", "refused by compliance screening (sanctions)"),
+     T.COMPLIANCE_DECISION_REJECTED),
+    (Screened("screenings/s1", "APPROVED", ""), T.COMPLIANCE_DECISION_APPROVED),
+])
+def test_get_writes_back_the_screenings_decision_and_the_users_reason(served, service, screened, decision):
+    service.found = Transaction("t1", "SEND", "PENDING", "wallets/a", "wallets/b", Money("USD", Decimal("3")), "",
+                                "", NOW, NOW, None, compliance=screened)
+    tx = served.call("GetTransaction", T.GetTransactionRequest(name="transactions/t1")).transaction
+    assert tx.HasField("compliance") == (screened is not None)
+    assert (tx.compliance.decision, tx.compliance.screening, tx.compliance.reason) == (
+        decision, screened.screening if screened else "", screened.reason if screened else "")
 
 
 def test_get_passes_not_found_through(served):
