@@ -277,6 +277,17 @@ def cmd_screenings(args, topology: Topology) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse names the option when it refuses)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def cmd_demo(args, topology: Topology) -> int:
     from services import demo
     return demo.run(topology)
@@ -380,7 +391,7 @@ def parser() -> argparse.ArgumentParser:
     listing = screening_actions.add_parser("list", help="screenings, newest first, with the rules that fired")
     listing.add_argument("--held", action="store_true", help="only those waiting for a review")
     listing.add_argument("--user", default="", help="only this user's")
-    listing.add_argument("--limit", type=int, default=100, help="at most this many (default: 100)")
+    listing.add_argument("--limit", type=_at_least_one, default=100, help="at most this many (default: 100)")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     review = screening_actions.add_parser("review", help="approve or reject a held screening",
                                           description="Approve (the transaction's saga goes on) or reject (it "

@@ -326,7 +326,7 @@ Try the REST API as the user "alice" (this token lasts an hour; `.venv/bin/diboa
   curl -s -X POST "http://{g.http}/v1/wallets?requestId=w-$(date +%s%N)" \\
        -H "authorization: Bearer $TOKEN" -d '{{"currencyCode": "USD"}}'
   curl -s http://{g.http}/v1/providers -H "authorization: Bearer $TOKEN"
-  .venv/bin/diboas demo            # wallets, a deposit, a send, a bridge and a withdrawal, step by step
+  .venv/bin/diboas demo            # a deposit, a send, a bridge, a withdrawal, and compliance at work, step by step
 
 Or gRPC directly, with buf curl (installed by `make setup`; grpcurl takes the same files) and the
 operator certificate:

@@ -251,3 +251,14 @@ def test_every_cli_command_has_help(command):
                           timeout=30)
     assert done.returncode == 0 and done.stdout.startswith("usage: diboas"), done.stderr
     assert len(done.stdout.splitlines()) > 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["screenings", "list", "--limit", "0"], "argument --limit: must be at least 1, not 0"),
+    (["screenings", "review", "screenings/s1", "approve", "--reason", " "],
+     "review: --reason is required (why, for the audit record)"),
+    (["screenings", "review", "screenings/s1", "maybe", "--reason", "x"], "argument decision: invalid choice"),
+])
+def test_the_screenings_command_refuses_bad_usage_before_calling_anything(args, message):
+    done = subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
