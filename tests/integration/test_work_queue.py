@@ -59,6 +59,11 @@ def queue(transaction_database):
     return make_queue(transaction_database, clock), transaction_database, clock
 
 
+def db_count(db, statement) -> int:
+    with db.reading() as connection:
+        return connection.execute(statement).scalar_one()
+
+
 def add(db, queue, item: str, priority: int = 0) -> None:
     with db.transaction() as connection:
         queue.enqueue(connection, item, priority)
@@ -288,10 +293,13 @@ def test_a_deferred_item_waits_out_its_delay_spending_no_attempt_and_its_age_sta
     _, db, clock = queue
     q = make_queue(db, clock, max_attempts=2, max_age_seconds=60, initial_backoff_seconds=1, max_backoff_seconds=1)
     add(db, q, "held")
+    in_hand = lambda: db_count(db, q.held)      # noqa: E731 - what the backlog counts
+    assert in_hand() == 1
     for _ in range(5):                                  # 5 minutes held: past max_age and max_attempts
         claimed = q.claim()
-        assert claimed.attempts == 1
+        assert claimed.attempts == 1 and in_hand() == 1
         assert q.defer(claimed, dt.timedelta(seconds=60), "held for a compliance review").delay.total_seconds() == 60
+        assert in_hand() == 0                           # waiting for a review: not the workers' backlog
         clock.advance(59)
         assert q.claim() is None and not q.anything_waiting()     # not before its delay
         clock.advance(1)
@@ -299,7 +307,9 @@ def test_a_deferred_item_waits_out_its_delay_spending_no_attempt_and_its_age_sta
         row = connection.execute(select(work_items)).one()
     assert (row.attempts, row.last_error) == (0, "held for a compliance review")
     claimed = q.claim()                                 # reviewed: the saga runs, its policy whole
+    assert in_hand() == 1
     assert q.retry(claimed, "wallet unavailable").delay is not None and q.dead_letters() == []
+    assert in_hand() == 1                               # a retry is the workers' backlog
     clock.advance(1)
     assert q.retry(q.claim(), "wallet unavailable").parked.reason == MAX_ATTEMPTS
 

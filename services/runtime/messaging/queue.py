@@ -12,7 +12,8 @@ priorities, competing consumers, leases, retries with backoff, dead letters.
             instead: a dead letter, not retried, with an audit record, an error log line with
             "alert": "dead_letter" and the diboas_work_items_parked_total metric
   defer     puts a claimed item back for later without spending an attempt: its work waits for
-            something outside it (a review), which is no failure; its age counts from when it is due
+            something outside it (a review), which is no failure; its age counts from when it is
+            due, and until it is claimed again the backlog (`held`) does not count it
   replay    puts parked items back on the queue with a fresh attempt count (the audit stays)
 
 Each item carries the W3C trace context (traceparent, tracestate) of the span that queued it,
@@ -85,6 +86,9 @@ def work_items_table(metadata: MetaData) -> Table:
         Column("tracestate", Text, nullable=False, server_default=""),
         # A broker message carries the item (messaging.transport: rabbitmq); unused by the embedded queue.
         Column("dispatched", Boolean, nullable=False, server_default=false()),
+        # Put back by `defer`: it waits for something outside the service (a review), not for the
+        # service's workers, so the backlog does not count it. A claim clears it.
+        Column("deferred", Boolean, nullable=False, server_default=false()),
         Index("ix_work_items_queue_available_at", "queue", "available_at"),
     )
 
@@ -182,7 +186,7 @@ class WorkQueue:
         self._next = (select(table).where(c.queue == name, c.available_at <= param(c.available_at, "now"))
                       .order_by(c.priority.desc(), c.id).limit(1))
         self._lease_it = update(table).where(c.id == param(c.id, "item_id")).values(
-            available_at=param(c.available_at, "until"), attempts=param(c.attempts, "new_attempts"))
+            available_at=param(c.available_at, "until"), attempts=param(c.attempts, "new_attempts"), deferred=false())
         # An id alone never names an item: SQLite gives a deleted row's id to the next row when it
         # was the highest, so what was read before an item ended must not reach the next one.
         self._renew = (update(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item_name"),
@@ -191,7 +195,7 @@ class WorkQueue:
         self._dispatched = (update(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item_name"))
                             .values(dispatched=true()))
         self._done = delete(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item"))
-        self._count = select(func.count()).select_from(table).where(c.queue == name)
+        self._count = select(func.count()).select_from(table).where(c.queue == name, c.deferred == false())
         self._one_waiting = (select(c.id).where(c.queue == name, c.available_at <= param(c.available_at, "now"))
                              .limit(1))
 
@@ -215,7 +219,8 @@ class WorkQueue:
     @property
     def held(self) -> Select:
         """The statement that counts the items the queue holds now (queued, leased or waiting out
-        a backoff), in every instance's hands."""
+        a backoff), in every instance's hands; not those deferred (waiting for something outside
+        the service, such as a review, for as long as that takes)."""
         return self._count
 
     def anything_waiting(self) -> bool:
@@ -356,7 +361,7 @@ class WorkQueue:
             deferred = connection.execute(update(t).where(
                 t.c.id == claimed.id, t.c.item == claimed.item, t.c.attempts == claimed.attempts,
             ).values(available_at=now + delay, attempts=claimed.attempts - 1, created_at=now + delay,
-                     last_error=note[:2000]))
+                     last_error=note[:2000], deferred=true()))
         return Retried(delay=delay) if deferred.rowcount == 1 else Retried()
 
     def _park(self, connection: Connection, row, attempts: int, reason: str, error: str,
