@@ -11,6 +11,9 @@ import pytest
 from test_transaction_service import ALICE, BOB, Service
 from transaction_fakes import T0, payment, usd
 
+from diboas.compliance.v1 import compliance_pb2
+from diboas.transaction.v1 import transaction_pb2
+from services.compliance.domain import TYPES
 from services.domain.errors import DeadlineExceeded, Internal, InvalidArgument, ServiceUnavailable
 from services.transaction.domain import (
     APPROVED,
@@ -25,6 +28,7 @@ from services.transaction.domain import (
     Screened,
     Transaction,
 )
+from services.transaction.sagas import SAGAS
 from services.transaction.sagas.screening import REVIEW_CHECK_MAX, REVIEW_CHECK_MIN, review_check_delay
 
 
@@ -177,3 +181,12 @@ def test_a_held_transactions_review_is_looked_at_more_rarely_the_longer_it_waits
     assert at(100) == dt.timedelta(seconds=10)
     assert at(600) == at(86400) == REVIEW_CHECK_MAX
 
+
+
+def test_every_transaction_type_can_be_screened():
+    """A type the compliance service does not know would wait unscreened forever (its
+    screenings refused, retried, parked): both contracts and the screening domain list it."""
+    def named(enum) -> set[str]:
+        return {name.removeprefix("TRANSACTION_TYPE_") for name in enum.keys()} - {"UNSPECIFIED"}
+    assert named(transaction_pb2.TransactionType) == named(compliance_pb2.TransactionType) == set(TYPES) \
+        == set(SAGAS.types)
