@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from services.runtime.config import load_topology
+
 from meshkit import ORDER, mesh_processes
 
 pytestmark = pytest.mark.slow
@@ -17,8 +19,8 @@ pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 BEGIN, END = "<!-- grpc examples: begin -->", "<!-- grpc examples: end -->"
-DEFAULT_ADDRESSES = {"wallet": "127.0.0.1:50051", "transaction": "127.0.0.1:50052",
-                     "provider": "127.0.0.1:50053", "blockchain": "127.0.0.1:50054"}
+# Every service's address as the README shows it: mesh.yaml's, without this machine's overrides.
+DEFAULT_ADDRESSES = {name: str(service.address) for name, service in load_topology(env={}).services.items()}
 SEPARATOR = "@@@ next example @@@"
 
 
