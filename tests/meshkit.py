@@ -316,11 +316,13 @@ class MoneyClient:
                 await asyncio.sleep(0.1)
         raise AssertionError("service never came back")
 
-    async def funded_wallets(self, count: int, funds: str) -> list[str]:
+    async def funded_wallets(self, count: int, funds: str, first_owner: str = "o0") -> list[str]:
+        """`count` USD wallets with `funds` each, of owners o0, o1, ... (the first: `first_owner`)."""
         names = []
         for i in range(count):
+            owner = first_owner if i == 0 else f"o{i}"
             reply = await self.call(self.wallets.CreateWallet, wallet_pb2.CreateWalletRequest(
-                wallet=wallet_pb2.Wallet(owner_id=f"o{i}", currency_code="USD"), request_id=f"w{i}"), self.as_operator)
+                wallet=wallet_pb2.Wallet(owner_id=owner, currency_code="USD"), request_id=f"w{i}"), self.as_operator)
             names.append(reply.wallet.name)
             await self.call(self.wallets.CreditWallet, wallet_pb2.CreditWalletRequest(
                 wallet=reply.wallet.name, amount=usd(funds), request_id=f"f{i}"), self.as_operator)

@@ -22,6 +22,9 @@ SEND, DEPOSIT, WITHDRAW, BRIDGE = "SEND", "DEPOSIT", "WITHDRAW", "BRIDGE"
 PENDING, PROCESSING, COMPLETED, FAILED = "PENDING", "PROCESSING", "COMPLETED", "FAILED"
 TERMINAL = frozenset({COMPLETED, FAILED})
 APPROVED, REJECTED, HELD = "APPROVED", "REJECTED", "HELD"      # screening decisions
+# Not screened: in flight when screening was introduced (its saga may have held or paid already,
+# and a refusal now could not undo that), so it finishes unscreened (transaction migration 0009).
+EXEMPT = "EXEMPT"
 _NEXT = {PENDING: {PROCESSING, COMPLETED, FAILED}, PROCESSING: {COMPLETED, FAILED}, COMPLETED: set(), FAILED: set()}
 
 
@@ -40,7 +43,7 @@ class Parked:
 class Screened:
     """What compliance screening decided about the transaction, as its user may see it."""
     screening: str              # "screenings/{id}"
-    decision: str               # APPROVED, REJECTED or HELD
+    decision: str               # APPROVED, REJECTED, HELD, or EXEMPT (no screening)
     reason: str                 # for the user: empty when approved; never a rule's internals
 
 

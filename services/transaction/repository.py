@@ -35,7 +35,8 @@ def _transaction(row) -> Transaction:
                        row.source_chain, row.target_chain, row.destination_address, row.cross_chain_transfer,
                        [tuple(ref) for ref in json.loads(row.chain_transactions)], None, row.source_owner,
                        row.destination_owner,
-                       Screened(row.screening, row.screening_decision, row.screening_reason) if row.screening else None)
+                       Screened(row.screening, row.screening_decision, row.screening_reason)
+                       if row.screening_decision else None)
 
 
 def _saga_columns(tx: Transaction) -> dict:

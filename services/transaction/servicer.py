@@ -9,7 +9,7 @@ from services.runtime.context import current_user
 from services.runtime.requests import fingerprint, money, request_id, resource_id
 from services.runtime.wire import money_pb, timestamp
 
-from .domain import Transaction
+from .domain import EXEMPT, Transaction
 from .sagas.saga import FIELDS
 from .service import TransactionService
 
@@ -31,7 +31,7 @@ def transaction_pb(tx: Transaction) -> transaction_pb2.Transaction:
         if (p := tx.parked) else None,
         compliance=transaction_pb2.ComplianceCheck(
             screening=c.screening, decision=transaction_pb2.ComplianceDecision.Value(f"COMPLIANCE_DECISION_{c.decision}"),
-            reason=c.reason) if (c := tx.compliance) else None)
+            reason=c.reason) if (c := tx.compliance) and c.decision != EXEMPT else None)
 
 
 # The collection of each field that names a resource (read as "collection/{id}").

@@ -6,8 +6,8 @@ no item. A saga step that cannot say for sure whether it happened (a timeout, an
 down) is asked again later with the same idempotency key, never assumed to have failed; once
 the queue's retry policy is spent, the item is parked as a dead letter (the transaction keeps
 its state and whatever it holds, and shows why) until an operator replays it. A transaction
-held by screening waits in the queue, looked at again now and then, without spending its
-attempts (WorkQueue.defer). Each attempt at
+held by screening waits in the queue, looked at again now and then, its retry policy starting
+again at each look (WorkQueue.defer). Each attempt at
 a saga is a span in the trace of the request that created the transaction (the work item
 carries its context), and so are its upstream calls and its event."""
 from __future__ import annotations
@@ -173,19 +173,32 @@ class Worker:
         None when its outcome was written; else what became of the item (rescheduled after a
         delay, parked, or lost to another worker)."""
         heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(claimed))
+        waiting: Waiting | None = None
         try:
             with self._tracing.processing(self._queue.name, str(claimed.id), claimed.traceparent,
                                           claimed.tracestate, attempt=claimed.attempts,
                                           conversation=f"transactions/{claimed.item}"):
-                await self.process(claimed, tx)
-            return None
-        except Waiting as waiting:
-            return await self._units.run(self._queue.defer, claimed, waiting.delay, waiting.message)
+                try:
+                    await self.process(claimed, tx)
+                except Waiting as outcome:          # no error: the span ends OK
+                    waiting = outcome
+            return None if waiting is None else await self._defer(claimed, waiting)
         except Exception as exc:  # noqa: BLE001 - every failure puts the item back for later (or parks it)
             return await self._failed(claimed, exc)
         finally:
             heartbeat.cancel()
             self._changed(claimed.item)      # its outcome, or its item parked (or only retried: no change)
+
+    async def _defer(self, claimed: Claimed, waiting: Waiting) -> Retried:
+        """The saga waits (a review): its item back after the delay, the retry policy started
+        again. When that cannot be written (the database is away), the item comes back by itself
+        once its lease runs out, as after a failure."""
+        try:
+            return await self._units.run(self._queue.defer, claimed, waiting.delay, waiting.message)
+        except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
+            log.warning("transactions/%s: %s; could not be put back for later, it comes back when its lease "
+                        "runs out", claimed.item, waiting.message, exc_info=True)
+            return Retried(delay=dt.timedelta(seconds=self._queue.lease_seconds))
 
     async def _failed(self, claimed: Claimed, exc: Exception) -> Retried:
         """An attempt failed: reschedule or park its item, and say which. When that cannot be

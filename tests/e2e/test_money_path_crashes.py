@@ -21,6 +21,7 @@ from meshkit import MoneyClient, mesh_processes, wait_serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]   # a 1,200-SEND burst on a busy machine
 WALLETS, FUNDS, SENDS = 50, "100.00", 1200
+SANCTIONED = "sanctioned-demo-user"         # on tests/compliance.yaml's sanctions list
 
 
 @contextlib.contextmanager
@@ -95,7 +96,9 @@ class Mesh(MoneyClient):
 
 
 async def _burst(mesh: Mesh, victim: str | None) -> None:
-    names = await mesh.funded_wallets(WALLETS, FUNDS)
+    # The first wallet's owner is on the tests' sanctions list: every SEND from or to it is
+    # refused by screening, and must move nothing, whatever is killed meanwhile.
+    names = await mesh.funded_wallets(WALLETS, FUNDS, first_owner=SANCTIONED)
     burst = mesh.sends(names, SENDS, seed=5)
     if victim:
         await asyncio.sleep(1.5)
@@ -105,6 +108,10 @@ async def _burst(mesh: Mesh, victim: str | None) -> None:
     txs = await mesh.assert_conserved(names, Decimal(FUNDS) * WALLETS, SENDS)
     completed = [t for t in txs if t.state == transaction_pb2.TRANSACTION_STATE_COMPLETED]
     assert len(completed) > SENDS // 4
+    refused = [t for t in txs if names[0] in (t.source_wallet, t.destination_wallet)]
+    assert refused and all(t.state == transaction_pb2.TRANSACTION_STATE_FAILED and t.hold == "" and
+                           t.failure_reason == "refused by compliance screening (sanctions)" for t in refused), \
+        [(t.name, t.state, t.failure_reason) for t in refused if t.state != transaction_pb2.TRANSACTION_STATE_FAILED]
 
 
 POSTGRES = pytest.mark.postgres

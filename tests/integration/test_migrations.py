@@ -2,6 +2,7 @@
 backends (a column added to a shared table, like the work queue's, needs its migration)."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,19 @@ from tools.migration import ROOT, new_migration
 from conftest import postgres_schema
 
 
+@contextlib.contextmanager
+def at_revision(db: Database, service: str, revision: str):
+    """A connection, in one transaction, to `db` migrated by `service`'s migrations only up to
+    `revision` (a database of an older release): what the block writes there, `db.migrate()`
+    then upgrades."""
+    config = Config()
+    config.set_main_option("script_location", str(import_module(f"services.{service}.app").MIGRATIONS))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+        yield connection
+
+
 @pytest.mark.parametrize("service", list(load_topology(env={}).services))
 def test_the_migrations_make_the_schema_of_tables_py(service, database_url):
     db = Database(database_url, import_module(f"services.{service}.app").MIGRATIONS)
@@ -37,14 +51,9 @@ def test_the_migrations_make_the_schema_of_tables_py(service, database_url):
 def test_an_existing_database_keeps_its_rows_and_counts_past_32_bits_after_the_bigint_revision():
     """A wallet database of before the 64-bit ids (revision 0002), with an event in its outbox,
     upgraded: the row is kept and the next ids go past 2**31."""
-    migrations = import_module("services.wallet.app").MIGRATIONS
     with postgres_schema() as url:
-        db = Database(url, migrations)
-        config = Config()
-        config.set_main_option("script_location", str(migrations))
-        with db.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0002")
+        db = Database(url, import_module("services.wallet.app").MIGRATIONS)
+        with at_revision(db, "wallet", "0002") as connection:
             connection.execute(text("INSERT INTO outbox (event_id, topic, envelope, created_at) "
                                     "VALUES ('e1', 't', '', now())"))
         db.migrate()
@@ -57,6 +66,26 @@ def test_an_existing_database_keeps_its_rows_and_counts_past_32_bits_after_the_b
             assert (kept, new_id) == (1, 3000000001)
         finally:
             db.close()
+
+
+def test_transactions_in_flight_when_screening_arrives_are_exempt_and_ended_ones_untouched(database_url):
+    """A transaction database of before screening (revision 0008), upgraded: what is PENDING or
+    PROCESSING finishes unscreened (its saga may have held or paid already); what has ended keeps
+    no decision."""
+    db = Database(database_url, import_module("services.transaction.app").MIGRATIONS)
+    with at_revision(db, "transaction", "0008") as connection:
+        for tx_id, state in (("p", "PENDING"), ("r", "PROCESSING"), ("c", "COMPLETED"), ("f", "FAILED")):
+            connection.execute(text(
+                "INSERT INTO transactions (id, type, state, source_wallet, destination_wallet, currency, amount, hold, "
+                "failure_reason, created_at, updated_at) VALUES (:id, 'SEND', :state, 'wallets/a', 'wallets/b', "
+                "'USD', 1, '', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"), {"id": tx_id, "state": state})
+    db.migrate()
+    try:
+        with db.engine.connect() as connection:
+            decisions = dict(connection.execute(text("SELECT id, screening_decision FROM transactions")).all())
+        assert decisions == {"p": "EXEMPT", "r": "EXEMPT", "c": "", "f": ""}
+    finally:
+        db.close()
 
 
 def test_the_migration_tool_writes_the_next_revision_lint_clean(tmp_path):

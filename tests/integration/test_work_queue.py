@@ -287,31 +287,38 @@ def test_an_item_is_parked_once_older_than_the_max_age_whatever_its_attempts(que
     assert q.claim() is None and q.depth() == 0
 
 
-def test_a_deferred_item_waits_out_its_delay_spending_no_attempt_and_its_age_starts_again(queue):
+def test_a_deferred_item_waits_out_its_delay_and_its_retry_policy_starts_again(queue):
     """A held transaction's item: deferred again and again for longer than the policy's max age
-    and attempts allow, it is never parked, and once it runs it has its whole policy still."""
+    and attempts allow, with a failed look (a compliance restart) between deferrals now and
+    then, it is never parked, and once it runs it has its whole policy still."""
     _, db, clock = queue
     q = make_queue(db, clock, max_attempts=2, max_age_seconds=60, initial_backoff_seconds=1, max_backoff_seconds=1)
     add(db, q, "held")
     in_hand = lambda: db_count(db, q.held)      # noqa: E731 - what the backlog counts
     assert in_hand() == 1
-    for _ in range(5):                                  # 5 minutes held: past max_age and max_attempts
+    for look in range(1, 6):                            # 5 minutes held: past max_age and max_attempts
         claimed = q.claim()
-        assert claimed.attempts == 1 and in_hand() == 1
+        assert in_hand() == 1
+        if look % 2:                                    # a failed look, then another: one attempt each
+            assert q.retry(claimed, "compliance unavailable").delay is not None
+            clock.advance(1)
+            claimed = q.claim()
         assert q.defer(claimed, dt.timedelta(seconds=60), "held for a compliance review").delay.total_seconds() == 60
         assert in_hand() == 0                           # waiting for a review: not the workers' backlog
         clock.advance(59)
         assert q.claim() is None and not q.anything_waiting()     # not before its delay
         clock.advance(1)
+    assert q.dead_letters() == []
     with db.reading() as connection:
         row = connection.execute(select(work_items)).one()
-    assert (row.attempts, row.last_error) == (0, "held for a compliance review")
+    assert (row.attempts, row.forgiven, row.last_error) == (8, 8, "held for a compliance review")
     claimed = q.claim()                                 # reviewed: the saga runs, its policy whole
     assert in_hand() == 1
     assert q.retry(claimed, "wallet unavailable").delay is not None and q.dead_letters() == []
     assert in_hand() == 1                               # a retry is the workers' backlog
     clock.advance(1)
-    assert q.retry(q.claim(), "wallet unavailable").parked.reason == MAX_ATTEMPTS
+    parked = q.retry(q.claim(), "wallet unavailable").parked
+    assert (parked.reason, parked.attempts) == (MAX_ATTEMPTS, 10)    # two after the last deferral
 
 
 def test_a_worker_whose_lease_was_lost_cannot_defer_the_new_holders_item(queue):
@@ -322,6 +329,23 @@ def test_a_worker_whose_lease_was_lost_cannot_defer_the_new_holders_item(queue):
     theirs = queue[0].claim()
     assert queue[0].defer(mine, dt.timedelta(seconds=60), "late").lost
     assert queue[0].renew(theirs) and queue[0].claim() is None
+
+
+def test_a_deferral_by_the_new_holder_gives_no_lost_lease_back(queue):
+    """The attempt count is the lease's fencing token: a deferral leaves it as it is, so a worker
+    whose lease ran out before another claimed and deferred the item still holds nothing."""
+    _, db, clock = queue
+    add(db, queue[0], "held")
+    mine = queue[0].claim()
+    clock.advance(31)
+    theirs = queue[0].claim()
+    assert not queue[0].defer(theirs, dt.timedelta(seconds=60), "held").lost
+    assert not queue[0].renew(mine)
+    assert queue[0].retry(mine, "late failure").lost
+    assert queue[0].defer(mine, dt.timedelta(seconds=1), "late").lost
+    with db.reading() as connection:
+        row = connection.execute(select(work_items)).one()
+    assert (row.attempts, row.last_error, row.deferred) == (2, "held", True)      # the holder's deferral, untouched
 
 
 def test_a_worker_that_lost_its_lease_does_not_park_the_new_holders_item(queue):

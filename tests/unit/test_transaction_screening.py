@@ -5,6 +5,8 @@ waits without spending attempts until a review approves (the saga runs) or rejec
 compliance unreachable is retried and then parked, never skipped."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -20,6 +22,7 @@ from services.transaction.domain import (
     BRIDGE,
     COMPLETED,
     DEPOSIT,
+    EXEMPT,
     FAILED,
     HELD,
     PENDING,
@@ -81,19 +84,19 @@ async def test_a_rejected_transaction_fails_with_the_users_reason_and_nothing_he
     assert s.units.state.queued == {}
 
 
-async def test_a_held_transaction_waits_pending_and_shows_why_without_spending_attempts(s):
+async def test_a_held_transaction_waits_pending_and_shows_why_its_attempts_forgiven(s):
     s.compliance.script.answers = [HELD]
     tx_id = await s.send()
     await s.work_until_idle()
     tx = await s.service.get(tx_id, ALICE)
     assert (tx.state, tx.compliance.decision, tx.compliance.reason) == (PENDING, HELD, "held for a compliance review")
     assert nothing_moved(s) and s.units.state.published == []
-    assert tx_id in s.units.state.queued and s.queue.errors == [] and s.queue.attempts[tx_id] == 0
+    assert tx_id in s.units.state.queued and s.queue.errors == [] and s.queue.forgiven[tx_id] == 1
     assert (len(s.compliance.screen_calls), s.compliance.decision_calls) == (1, [])
     s.queue.wake()
     await s.work_until_idle()                                       # still held: only its review is asked for
     assert (len(s.compliance.screen_calls), s.compliance.decision_calls) == (1, [f"screenings/s-{tx_id}"])
-    assert s.stored(tx_id).state == PENDING and nothing_moved(s) and s.queue.attempts[tx_id] == 0
+    assert s.stored(tx_id).state == PENDING and nothing_moved(s) and s.queue.forgiven[tx_id] == 2
     item, delay, note = s.queue.deferred[0]
     assert (item, delay) == (tx_id, REVIEW_CHECK_MIN) and "held for a compliance review" in note
 
@@ -190,3 +193,41 @@ def test_every_transaction_type_can_be_screened():
         return {name.removeprefix("TRANSACTION_TYPE_") for name in enum.keys()} - {"UNSPECIFIED"}
     assert named(transaction_pb2.TransactionType) == named(compliance_pb2.TransactionType) == set(TYPES) \
         == set(SAGAS.types)
+
+
+async def test_an_approval_on_review_is_written_before_the_first_step(s):
+    """So that a step that may have happened is retried without asking compliance again."""
+    s.compliance.script.answers = [HELD]
+    tx_id = await s.send()
+    await s.work_until_idle()
+    s.compliance.review(s.stored(tx_id), APPROVED)
+    s.wallet.hold_script.answers = [ServiceUnavailable("wallet is unavailable")]     # the hold's answer lost
+    s.compliance.decision_script.answers = [None, ServiceUnavailable("compliance is unavailable")]
+    s.queue.wake()
+    await s.work_until_idle()
+    tx = s.stored(tx_id)
+    assert (tx.state, tx.compliance.decision) == (COMPLETED, APPROVED)
+    assert len(s.compliance.decision_calls) == 1                # the retry did not need compliance
+
+
+async def test_a_transaction_in_flight_before_screening_finishes_unscreened(s):
+    """EXEMPT (migration 0009): its saga may have held or paid already, which a refusal could not undo."""
+    s.compliance.script.answers = [REJECTED]
+    tx_id = await s.create(WITHDRAW, source_wallet="wallets/a")
+    stored, *owners = s.units.state.transactions[tx_id]
+    s.units.state.transactions[tx_id] = (dataclasses.replace(stored, compliance=Screened("", EXEMPT, "")), *owners)
+    await s.work_until_idle()
+    assert s.stored(tx_id).state == COMPLETED and s.compliance.screen_calls == []
+    assert (await s.service.get(tx_id, ALICE)).compliance.decision == EXEMPT
+
+
+async def test_a_saga_started_at_once_is_screened_and_held_like_any_other():
+    s = Service(started_at_once=4)
+    s.compliance.script.answers = [HELD]
+    tx_id = await s.send()
+    for _ in range(100):
+        if s.queue.deferred:
+            break
+        await asyncio.sleep(0.001)
+    assert [item for item, *_ in s.queue.deferred] == [tx_id]
+    assert s.stored(tx_id).compliance.decision == HELD and nothing_moved(s)

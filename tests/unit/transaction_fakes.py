@@ -119,14 +119,17 @@ def transfer(state: str, reason: str = "") -> TransferResult:
 
 
 class FakeCompliance:
-    """Screenings as the compliance service makes them: one per transaction (asking again, with
-    any key, returns the first), each decided by the next scripted answer (a decision name, or an
-    exception raised), by default APPROVED. `review` decides a held one, as an operator would."""
+    """Screenings as the compliance service makes them: one per transaction, each decided by the
+    next scripted answer (a decision name, or an exception raised), by default APPROVED. Asked
+    again with the same key, it answers its first answer again, even after a review (the real
+    one stores the first response of each request_id); with another key, the screening as it is
+    now. `review` decides a held one, as an operator would; `decision` reads it now."""
 
     def __init__(self):
         self.screen_calls: list[tuple[Transaction, str]] = []      # (a copy of the transaction, request_id)
         self.decision_calls: list[str] = []
-        self.screenings: dict[str, Screened] = {}                   # by transaction name
+        self.screenings: dict[str, Screened] = {}                   # by transaction name, as they are now
+        self.first_answers: dict[str, Screened] = {}                # by request_id
         self.script = Script(APPROVED)
         self.decision_script = Script()                             # exceptions for `decision`, in order
 
@@ -137,7 +140,7 @@ class FakeCompliance:
             reason = {APPROVED: "", HELD: "held for a compliance review"}.get(
                 decision, "refused by compliance screening (sanctions)")
             self.screenings[tx.name] = Screened(f"screenings/s-{tx.id}", decision, reason)
-        return self.screenings[tx.name]
+        return self.first_answers.setdefault(request_id, self.screenings[tx.name])
 
     async def decision(self, screening: str) -> Screened:
         self.decision_calls.append(screening)
@@ -289,6 +292,7 @@ class FakeQueue:
         self.errors: list[tuple[str, str]] = []        # (item, error) of each failed attempt
         self.deferred: list[tuple[str, dt.timedelta, str]] = []     # (item, delay, note) of each deferral
         self.sleeping: set[str] = set()                              # deferred items, until `wake`
+        self.forgiven: dict[str, int] = {}                           # attempts before the last deferral
 
     def anything_waiting(self) -> bool:
         state = self._units.state
@@ -308,11 +312,11 @@ class FakeQueue:
         return True
 
     def defer(self, claimed: Claimed, delay: dt.timedelta, note: str) -> Retried:
-        """As the real one, the attempt not counted; the item comes back only once `wake` is called."""
+        """As the real one, the attempts so far forgiven; the item comes back only once `wake` is called."""
         self.deferred.append((claimed.item, delay, note))
         self._units.state.leased.discard(claimed.item)
         self.sleeping.add(claimed.item)
-        self.attempts[claimed.item] -= 1
+        self.forgiven[claimed.item] = claimed.attempts
         return Retried(delay=delay)
 
     def wake(self) -> None:
@@ -322,7 +326,7 @@ class FakeQueue:
     def retry(self, claimed: Claimed, error: str) -> Retried:
         self.errors.append((claimed.item, error))
         self._units.state.leased.discard(claimed.item)
-        if claimed.attempts < self.max_attempts:
+        if claimed.attempts - self.forgiven.get(claimed.item, 0) < self.max_attempts:
             return Retried(delay=dt.timedelta(0))
         state = self._units.state
         state.queued.pop(claimed.item)

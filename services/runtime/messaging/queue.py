@@ -11,9 +11,10 @@ priorities, competing consumers, leases, retries with backoff, dead letters.
             is spent (max attempts, or max age since the item was queued) it parks the item
             instead: a dead letter, not retried, with an audit record, an error log line with
             "alert": "dead_letter" and the diboas_work_items_parked_total metric
-  defer     puts a claimed item back for later without spending an attempt: its work waits for
-            something outside it (a review), which is no failure; its age counts from when it is
-            due, and until it is claimed again the backlog (`held`) does not count it
+  defer     puts a claimed item back for later: its work waits for something outside it (a
+            review), which is an outcome, not a failure: the retry policy starts again (the
+            attempts so far are forgiven, its age counts from when it is due), and until it is
+            claimed again the backlog (`held`) does not count it
   replay    puts parked items back on the queue with a fresh attempt count (the audit stays)
 
 Each item carries the W3C trace context (traceparent, tracestate) of the span that queued it,
@@ -89,6 +90,10 @@ def work_items_table(metadata: MetaData) -> Table:
         # Put back by `defer`: it waits for something outside the service (a review), not for the
         # service's workers, so the backlog does not count it. A claim clears it.
         Column("deferred", Boolean, nullable=False, server_default=false()),
+        # The attempts made before its last deferral: a deferral is an outcome, so the retry
+        # policy counts only the attempts after it. `attempts` itself only grows: it is the
+        # claim's fencing token (renew, retry and defer name the attempt they hold).
+        Column("forgiven", Integer, nullable=False, server_default="0"),
         Index("ix_work_items_queue_available_at", "queue", "available_at"),
     )
 
@@ -270,7 +275,7 @@ class WorkQueue:
 
     def _lease_or_park(self, connection: Connection, row, now: dt.datetime, parked: list) -> Claimed | None:
         """Lease the available `row` for one more attempt, or park it when its attempts are spent."""
-        if row.attempts < self.policy.max_attempts:
+        if row.attempts - row.forgiven < self.policy.max_attempts:
             connection.execute(self._lease_it, {"item_id": row.id, "until": now + self._lease,
                                                 "new_attempts": row.attempts + 1})
             return Claimed(row.id, row.item, row.attempts + 1, row.traceparent, row.tracestate, row.priority)
@@ -339,7 +344,7 @@ class WorkQueue:
             row = connection.execute(query).first()
             if row is None:
                 return Retried()
-            reason = (MAX_ATTEMPTS if claimed.attempts >= self.policy.max_attempts
+            reason = (MAX_ATTEMPTS if claimed.attempts - row.forgiven >= self.policy.max_attempts
                       else MAX_AGE if (now - as_utc(row.created_at)).total_seconds() >= self.policy.max_age_seconds
                       else None)
             if reason is None:
@@ -352,15 +357,16 @@ class WorkQueue:
         return Retried(parked=parked)
 
     def defer(self, claimed: Claimed, delay: dt.timedelta, note: str) -> Retried:
-        """Put a claimed item back until `delay` has passed, as it was before this claim: the
-        attempt is not counted and the item's age starts again once it is due (what it waits for
-        may take days, and the retry policy is for failures). `note` is kept as its last word. Retried(delay),
-        or Retried() when the lease was lost meanwhile (another worker holds the item)."""
+        """Put a claimed item back until `delay` has passed: its work waits for something outside
+        it (a review, which may take days), an outcome and no failure. The retry policy starts
+        again: the attempts made so far are forgiven and its age counts from when it is due
+        (its `created_at` becomes that time). `note` is kept as its last word. Retried(delay), or
+        Retried() when the lease was lost meanwhile (another worker holds the item)."""
         t, now = self._t, self._clock()
         with self._db.transaction() as connection:
             deferred = connection.execute(update(t).where(
                 t.c.id == claimed.id, t.c.item == claimed.item, t.c.attempts == claimed.attempts,
-            ).values(available_at=now + delay, attempts=claimed.attempts - 1, created_at=now + delay,
+            ).values(available_at=now + delay, forgiven=claimed.attempts, created_at=now + delay,
                      last_error=note[:2000], deferred=true()))
         return Retried(delay=delay) if deferred.rowcount == 1 else Retried()
 

@@ -41,7 +41,8 @@ class Fail(Exception):
 
 class Waiting(Exception):
     """The saga waits for something outside it (an operator's review): its worker looks again
-    after `delay`. Not a failure: it spends none of the queue's attempts, and nothing changes."""
+    after `delay`. Not a failure: its work item's retry policy starts again (WorkQueue.defer),
+    and its trace shows no error."""
 
     def __init__(self, message: str, delay: dt.timedelta):
         super().__init__(message)
