@@ -270,9 +270,10 @@ def cmd_screenings(args, topology: Topology) -> int:
     found = _calls("compliance", _screenings(args, topology))
     if args.action == "list" and args.json:
         print(json.dumps([json_format.MessageToDict(sc) for sc in found], indent=2))
-    elif not found:
+        return 0
+    if not found:            # a list found none (a review answers its screening)
         print("no screenings" + (" held for review" if args.held else ""))
-    for sc in found if not (args.action == "list" and args.json) else []:
+    for sc in found:
         print(_screening_line(sc))
     return 0
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import grpc
 
+from services.cli import review_screening  # the command line's own call
 from services.config_files import ConfigError
 from services.runtime.config import Topology
 from services.runtime.users import issue_user_token
@@ -162,7 +163,6 @@ def _settle(rest: Rest, token: str, created: dict, out=print, on_held: Callable[
 def _approve(topology: Topology, out=print) -> Callable[[dict], None]:
     """What an operator does with a held transaction: reviews its screening (gRPC, as the operator)."""
     def review(tx: dict) -> None:
-        from services.cli import review_screening  # the command line's own call
         screening, reason = tx["compliance"]["screening"], "demo: source of funds checked"
         out(f"    -> an operator reviews it: diboas screenings review {screening} approve --reason '{reason}'")
         try:

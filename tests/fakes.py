@@ -81,11 +81,7 @@ class ApprovingCompliance:
     """The transaction service's compliance port, approving every transaction: for tests of the
     work queue and tracing around a saga, not of screening (tests/unit/test_transaction_screening.py)."""
 
-    def __init__(self):
-        self.screened: list[str] = []       # each request_id asked
-
     async def screen(self, tx, request_id: str) -> Screened:
-        self.screened.append(request_id)
         return Screened(f"screenings/s-{tx.id}", APPROVED, "")
 
     async def decision(self, screening: str) -> Screened:

@@ -33,9 +33,9 @@ def _transaction(row) -> Transaction:
                        Money(row.currency, row.amount), row.hold, row.failure_reason, as_utc(row.created_at),
                        as_utc(row.updated_at), as_utc(row.completed_at), row.provider, row.provider_payment,
                        row.source_chain, row.target_chain, row.destination_address, row.cross_chain_transfer,
-                       [tuple(ref) for ref in json.loads(row.chain_transactions)], None, row.source_owner,
-                       row.destination_owner,
-                       Screened(row.screening, row.screening_decision, row.screening_reason)
+                       [tuple(ref) for ref in json.loads(row.chain_transactions)],
+                       source_owner=row.source_owner, destination_owner=row.destination_owner,
+                       compliance=Screened(row.screening, row.screening_decision, row.screening_reason)
                        if row.screening_decision else None)
 
 
