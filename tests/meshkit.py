@@ -403,12 +403,19 @@ class MoneyClient:
             f"the balances add up to {sum(available for available, _ in balances)}, not {total}"   # nothing created or lost
         assert all(available >= 0 for available, _ in balances)
         screened = await self.screenings()
-        for tx in txs:                                                        # each completed one settled once
-            if tx.state == transaction_pb2.TRANSACTION_STATE_COMPLETED:
-                assert (screened.get(tx.name), tx.compliance.decision) == (
-                    compliance_pb2.DECISION_APPROVED, transaction_pb2.COMPLIANCE_DECISION_APPROVED), \
-                    f"{tx.name} completed, screened {screened.get(tx.name)}, shown {tx.compliance}"
-                hold = (await self.call(self.wallets.GetHold, wallet_pb2.GetHoldRequest(name=tx.hold),
+        completed = [tx for tx in txs if tx.state == transaction_pb2.TRANSACTION_STATE_COMPLETED]
+        for tx in completed:
+            assert (screened.get(tx.name), tx.compliance.decision) == (
+                compliance_pb2.DECISION_APPROVED, transaction_pb2.COMPLIANCE_DECISION_APPROVED), \
+                f"{tx.name} completed, screened {screened.get(tx.name)}, shown {tx.compliance}"
+        gate = asyncio.Semaphore(16)
+
+        async def hold_of(tx):
+            async with gate:
+                return (await self.call(self.wallets.GetHold, wallet_pb2.GetHoldRequest(name=tx.hold),
                                         self.as_operator)).hold
-                assert hold.state == wallet_pb2.HOLD_STATE_CAPTURED and hold.destination_wallet == tx.destination_wallet
+        holds = await asyncio.gather(*(hold_of(tx) for tx in completed))
+        for tx, hold in zip(completed, holds, strict=True):                   # each completed one settled once
+            assert (hold.state, hold.destination_wallet) == (wallet_pb2.HOLD_STATE_CAPTURED, tx.destination_wallet), \
+                f"{tx.name} completed, its hold {hold}"
         return txs

@@ -20,7 +20,7 @@ from tools.rabbitmq import rabbitmqctl
 from test_money_path_crashes import FUNDS, WALLETS, databases, money_mesh
 
 pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq, pytest.mark.timeout(300)]
-SENDS = 1000
+SENDS = 600
 
 
 @contextlib.asynccontextmanager

@@ -19,8 +19,8 @@ from tools.rabbitmq import rabbitmqctl
 from conftest import postgres_schema
 from meshkit import MoneyClient, mesh_processes, wait_serving
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]   # a 1,200-SEND burst on a busy machine
-WALLETS, FUNDS, SENDS = 50, "100.00", 1200
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]   # a 700-SEND burst on a busy machine
+WALLETS, FUNDS, SENDS = 50, "100.00", 700
 SANCTIONED = "sanctioned-demo-user"         # on tests/compliance.yaml's sanctions list
 
 
@@ -40,7 +40,10 @@ def databases(backend: str):
 @contextlib.asynccontextmanager
 async def money_mesh(pki, tmp_path, mode: str, databases: dict):
     services = ("wallet", "transaction", "compliance")
-    async with mesh_processes(pki, tmp_path, mode, services, **databases) as (topology, processes):
+    # A partner away for seconds opens breakers and backs sagas off: shorter waits than the shipped
+    # 10 s and 30 s end the burst sooner, and try the half-open breaker and retries more often.
+    quick = {"DIBOAS_BREAKER_RESET_TIMEOUT": "2", "DIBOAS_QUEUE_MAX_BACKOFF": "2"}
+    async with mesh_processes(pki, tmp_path, mode, services, **quick, **databases) as (topology, processes):
         mesh = Mesh(topology, processes)
         try:
             yield mesh
@@ -122,13 +125,14 @@ POSTGRES = pytest.mark.postgres
     ("sqlite", "services", "compliance"),      # screening away mid-burst: sagas wait, none moves unscreened
     ("sqlite", "monolith", "monolith"),        # every service at once, outbox and inbox alike
     ("sqlite", "hybrid", "core"),              # wallet and transaction together
+    # On PostgreSQL: one service alone, and every service at once. What the survivors do while a
+    # partner is away (retries, breakers, a screening awaited) does not depend on the database,
+    # and is covered above for each victim.
     pytest.param("postgres", "services", "wallet", marks=POSTGRES),
-    pytest.param("postgres", "services", "transaction", marks=POSTGRES),
-    pytest.param("postgres", "services", "compliance", marks=POSTGRES),
     pytest.param("postgres", "monolith", "monolith", marks=POSTGRES),
 ])
 async def test_money_is_conserved_under_load_and_a_crash(pki, tmp_path, backend, mode, victim):
-    """1,200 concurrent SENDs among 50 wallets, with a process killed (SIGKILL) and restarted mid-way."""
+    """700 concurrent SENDs among 50 wallets, with a process killed (SIGKILL) and restarted mid-way."""
     with databases(backend) as urls:
         async with money_mesh(pki, tmp_path, mode, urls) as mesh:
             await _burst(mesh, victim)
