@@ -10,7 +10,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, func, select, text, update
 
 from services.domain.money import EXACT, Money
-from services.runtime.db import as_utc, insert_into
+from services.runtime.db import as_utc, insert_into, param
 
 from .domain import HELD, REJECTED, Decision, Subject
 from .screening import Review, Screening, findings_of
@@ -21,6 +21,13 @@ s = screenings.c
 # locks), so one user's screenings and reviews are decided one at a time. SQLite's BEGIN
 # IMMEDIATE already lets one writer at a time.
 LOCK_USER = text("SELECT pg_advisory_xact_lock(hashtext('diboas.compliance'), hashtext(:user))")
+# Every screening runs these: built once, run with their values (runtime/db.py, `param`).
+AMOUNTS_SINCE = select(s.amount).where(s.user_id == param(s.user_id), s.currency == param(s.currency),
+                                       s.screened_at > param(s.screened_at), s.decision != REJECTED)
+COUNT_SINCE = select(func.count()).select_from(screenings).where(s.user_id == param(s.user_id),
+                                                                 s.screened_at > param(s.screened_at))
+OF_TRANSACTION = select(screenings).where(s.transaction == param(s.transaction))
+GET = select(screenings).where(s.id == param(s.id))
 
 
 def _screening(row) -> Screening:
@@ -45,15 +52,15 @@ class ScreeningRepository:
 
     # the History port
     def total_since(self, user: str, currency: str, since: dt.datetime) -> Money:
-        amounts = self.c.execute(select(s.amount).where(s.user_id == user, s.currency == currency,
-                                                        s.screened_at > since, s.decision != REJECTED)).scalars()
+        amounts = self.c.execute(AMOUNTS_SINCE, {"screenings_user_id": user, "screenings_currency": currency,
+                                                 "screenings_screened_at": since}).scalars()
         total = Decimal(0)
         for amount in amounts:
             total = EXACT.add(total, amount)
         return Money(currency, total)
 
     def count_since(self, user: str, since: dt.datetime) -> int:
-        return self.c.execute(select(func.count()).where(s.user_id == user, s.screened_at > since)).scalar_one()
+        return self.c.execute(COUNT_SINCE, {"screenings_user_id": user, "screenings_screened_at": since}).scalar_one()
 
     # screenings
     def add(self, screening: Screening) -> None:
@@ -73,11 +80,11 @@ class ScreeningRepository:
             reviewer=review.reviewer, reviewed_at=review.at))
 
     def get(self, screening_id: str) -> Screening | None:
-        row = self.c.execute(select(screenings).where(s.id == screening_id)).first()
+        row = self.c.execute(GET, {"screenings_id": screening_id}).first()
         return _screening(row) if row else None
 
     def of_transaction(self, transaction: str) -> Screening | None:
-        row = self.c.execute(select(screenings).where(s.transaction == transaction)).first()
+        row = self.c.execute(OF_TRANSACTION, {"screenings_transaction": transaction}).first()
         return _screening(row) if row else None
 
     def newest(self, decision: str | None, user: str | None, before_seq: int | None,
