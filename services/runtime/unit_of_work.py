@@ -83,8 +83,15 @@ class UnitsOfWork(Generic[R]):
 
     def stored(self, operation: str, request_id: str, fingerprint: str) -> bytes | None:
         """The first response of `request_id`, if there was one (ALREADY_EXISTS for another request)."""
-        with self.db.reading() as connection:
-            return stored_response(connection, self._idempotency, operation, request_id, fingerprint)
+        return self.stored_or_read(operation, request_id, fingerprint, lambda unit: None)[0]
+
+    def stored_or_read(self, operation: str, request_id: str, fingerprint: str,
+                       read: Callable[[UnitOfWork[R]], T]) -> tuple[bytes | None, T | None]:
+        """In one snapshot: the first response of `request_id` (as `stored`), and when there was
+        none, what `read` reads (one database round trip where a use case needs both)."""
+        with self.reading() as unit:
+            first = stored_response(unit.connection, self._idempotency, operation, request_id, fingerprint)
+            return first, (read(unit) if first is None else None)
 
     def idempotent(self, operation: str, request_id: str, fingerprint: str, work: Callable[[UnitOfWork[R]], T],
                    encode: Callable[[T], bytes]) -> bytes:

@@ -102,13 +102,25 @@ class TransactionService:
         for the workers (Worker.may_start)."""
         saga = self._sagas.of(draft.type)
         saga.check(draft)
-        first = await self.units.run(self.units.stored, CREATE, request_id, fingerprint)
+        destination, currency = draft.destination_wallet, draft.amount.currency
+
+        def on_its_way(unit: UnitOfWork[TransactionRepository]) -> Money | None:
+            return unit.repo.incoming(destination, currency) if destination else None
+        # The first answer of a repeated request_id and, for a new request, what is on its way to
+        # the destination (which the admission reads before the wallets): one read, not two.
+        first, read_already = await self.units.run(self.units.stored_or_read, CREATE, request_id, fingerprint,
+                                                   on_its_way)
         if first is not None:
             return first
         if self._backlog is not None:
             self._backlog.admit()
         require_transaction_limit(draft.amount, "transaction.amount.amount")
-        source_owner, destination_owner = await saga.admit(draft, Admission(draft, viewer, self._wallet, self._incoming))
+
+        async def incoming(wallet: str, wallet_currency: str) -> Money:
+            if read_already is not None and (wallet, wallet_currency) == (destination, currency):
+                return read_already
+            return await self._incoming(wallet, wallet_currency)
+        source_owner, destination_owner = await saga.admit(draft, Admission(draft, viewer, self._wallet, incoming))
 
         claims: dict[str, Claimed | None] = {}               # by transaction id, of every attempt
         answers: dict[bytes, tuple[Claimed | None, Transaction]] = {}   # by the answer each attempt encoded

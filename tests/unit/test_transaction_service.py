@@ -161,15 +161,21 @@ async def test_a_send_the_wallets_refuse_writes_nothing(s, fields, error, reason
     assert s.units.state.transactions == {} and s.units.state.queued == {}
 
 
-async def test_a_send_reads_what_is_on_its_way_then_both_wallets_in_one_call(s):
-    incoming = s.service._incoming
+async def test_a_send_reads_what_is_on_its_way_with_its_request_id_then_both_wallets_in_one_call(s):
+    looked_up = s.service.units.stored_or_read
 
-    async def recorded(wallet, currency):
-        s.wallet.asked.append(("on its way", wallet))
-        return await incoming(wallet, currency)
-    s.service._incoming = recorded
+    def recorded(operation, request_id, fingerprint, read):
+        def read_on_its_way(unit):
+            on_its_way = read(unit)
+            s.wallet.asked.append((request_id, "on its way", on_its_way.text))
+            return on_its_way
+        return looked_up(operation, request_id, fingerprint, read_on_its_way)
+
+    async def read_again(wallet, currency):
+        raise AssertionError(f"what is on its way to {wallet} was read a second time")
+    s.service.units.stored_or_read, s.service._incoming = recorded, read_again
     await s.send()
-    assert s.wallet.asked == [("on its way", "wallets/b"), ["wallets/a", "wallets/b"]]
+    assert s.wallet.asked == [("r1", "on its way", "0.00"), ["wallets/a", "wallets/b"]]
 
 
 async def test_a_wallet_service_without_the_batched_read_is_asked_wallet_by_wallet(s):

@@ -252,6 +252,11 @@ class FakeUnits:
             raise AlreadyExists(f"request_id '{request_id}' was already used", reason="REQUEST_ID_REUSED")
         return self.state.responses[request_id][2]
 
+    def stored_or_read(self, operation: str, request_id: str, fingerprint: str, read):
+        first = self.stored(operation, request_id, fingerprint)
+        with self.reading() as unit:
+            return first, (read(unit) if first is None else None)
+
     def idempotent(self, operation, request_id, fingerprint, work, encode) -> bytes:
         with self.begin() as unit:
             stored = self.stored(operation, request_id, fingerprint)
