@@ -185,7 +185,6 @@ def test_a_held_transactions_review_is_looked_at_more_rarely_the_longer_it_waits
     assert at(600) == at(86400) == REVIEW_CHECK_MAX
 
 
-
 def test_every_transaction_type_can_be_screened():
     """A type the compliance service does not know would wait unscreened forever (its
     screenings refused, retried, parked): both contracts and the screening domain list it."""
