@@ -71,6 +71,7 @@ test-e2e: setup certs ## the end-to-end tier (tests/e2e): real processes in ever
 
 bench: setup certs ## measure the runtime's cost (bare vs full stack), the money path (settled SENDs/s) and REST via Envoy vs gRPC
 	$(PY) -m bench.runtime_overhead
+	$(PY) -m bench.db_units
 	$(PY) -m bench.money_path
 	$(PY) -m bench.gateway
 

@@ -4,18 +4,19 @@ The same code runs on the embedded default (one SQLite file per service, WAL mod
 PostgreSQL, chosen by the service's database URL in the topology. Domain code never sees
 this module; repositories do.
 
-Database work is synchronous SQLAlchemy run in a small thread pool (`Database.run`), so the
-asyncio loop that serves gRPC never blocks on I/O and service-layer code stays plain
-functions. On SQLite, which has one writer at a time anyway, the write transactions of a
-process are group-committed (`GroupCommit`): they take turns on one connection, each in a
-savepoint of a shared transaction that commits once nobody else is waiting, and each
-caller returns only after that commit. Write transactions start with BEGIN IMMEDIATE, so a
-writer in another process queues for the lock instead of failing half-way with "database
-is locked".
+Database work is synchronous SQLAlchemy run off the event loop (`Database.run`), so the
+loop that serves gRPC never blocks on I/O and service-layer code stays plain functions. On
+SQLite, which has one writer at a time anyway, a process's jobs run on one thread in batches,
+each batch one transaction whose commit answers all its jobs (`Batches`): a handful of small
+units cost less that way than each in a thread hop and a commit of its own. On PostgreSQL a
+small pool of threads runs the jobs side by side. SQLite's write transactions start with BEGIN
+IMMEDIATE, so a writer in another process queues for the lock instead of failing half-way with
+"database is locked".
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import datetime as dt
@@ -210,16 +211,15 @@ def scratch_schema(server_url: str, prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
-class _Group:
-    """One shared write transaction and the units that ran in it."""
+class _Batch:
+    """One transaction of the batch thread and the jobs that ran in it."""
 
     def __init__(self, connection: Connection):
         self.connection = connection
         self.transaction = connection.begin()
-        self.units = 0
         self.broken: BaseException | None = None     # the transaction cannot commit: why
-        self.error: BaseException | None = None      # it did not commit: why
-        self.ended = threading.Event()
+        self.in_unit = False                         # a job's write transaction is open
+        self.after_commit: list[Callable[[], None]] = []
 
     def sql(self, statement: str) -> None:
         """A savepoint statement, straight to the driver: SQLAlchemy's own savepoints cost some
@@ -230,83 +230,137 @@ class _Group:
             self.broken = self.broken or exc
             raise
 
-    def wait(self) -> None:
-        """Until the group has committed; raises what ended it otherwise."""
-        self.ended.wait()
-        if self.error is not None:
-            raise self.error
+    def note(self, exc: BaseException) -> None:
+        """A job's block raised `exc`: a database error other than a constraint may have broken
+        the shared transaction, which then cannot commit."""
+        if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
+            self.broken = self.broken or exc
 
 
-class GroupCommit:
-    """Write transactions of one process on one SQLite database, group-committed.
+# A job of the batch thread: the loop to answer on, the future to answer, the work.
+_Job = tuple[asyncio.AbstractEventLoop, asyncio.Future, Callable[[], object]]
 
-    SQLite lets one connection write at a time; writers on separate connections wait for its
-    lock by sleeping and polling (a millisecond, then more), which under load costs more than
-    the writes. Here the process's writers take turns on one connection instead: each
-    `transaction()` runs in a SAVEPOINT of a shared transaction (so one that raises undoes only
-    its own writes), and the writer that finds nobody waiting for a turn, or a group of
-    `max_units`, commits for all of them. A caller's block returns only once that commit is
-    done, so what it wrote is durable when it goes on, exactly as with a transaction of its own;
-    if the commit fails, every unit of the group raises and none of their writes remain. A unit
-    whose failure may have broken the shared transaction (a database error other than a
-    constraint) ends the group: the others roll back with it and raise the same error."""
+
+class Batches:
+    """SQLite: the database work of one process, run on one thread in batches, each batch one
+    transaction.
+
+    SQLite has one writer at a time, and a small unit of work costs less than handing it to a
+    thread and back (docs/benchmarks.md, "One database thread, in batches"). So every job
+    (`submit`) goes to one thread, which runs the jobs queued meanwhile one after another, up to
+    `max_jobs`, in one transaction on one connection: a job's write transaction
+    (`Database.transaction`) is a SAVEPOINT of it, so one that raises undoes only its own writes,
+    and its reads (`Database.reading`) see what the jobs before it wrote. When no job is left
+    (or the batch is full) the thread commits, and only then answers each job's caller, all of
+    one event loop in one wake-up: what a caller was told is durable, exactly as with a
+    transaction of its own. If the commit fails, or a job's database error may have broken the
+    shared transaction (any but a constraint's), every job of the batch gets that error and
+    none of its writes remain; the jobs queued after it run in a new batch. A batch takes the
+    write lock when it begins (BEGIN IMMEDIATE), so a writer in another process waits for it
+    instead of failing half-way."""
 
     SAVEPOINT = "unit"
 
-    def __init__(self, engine: Engine, max_units: int = 64):
-        self._engine, self._max_units = engine, max_units
-        self._turn = threading.Lock()          # the shared connection: one unit at a time
-        self._count = threading.Lock()
-        self._waiting = 0                      # threads waiting for their turn
-        self._group: _Group | None = None
-        self._holder: int | None = None        # the thread whose turn it is
-        self._connection: Connection | None = None   # kept between groups; replaced after a failure
+    def __init__(self, engine: Engine, max_jobs: int = 64):
+        self._engine, self._max_jobs = engine, max_jobs
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._ready = threading.Condition()
+        self._idle = False                       # the thread waits for a job (submit wakes it)
+        self._closed = False
+        self._batch: _Batch | None = None        # the batch being run
+        self._connection: Connection | None = None   # kept between batches; replaced after a failure
+        self._thread = threading.Thread(target=self._serve, name="db-batches", daemon=True)
+        self._thread.start()
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        if self._holder == threading.get_ident():
-            raise RuntimeError("a write transaction cannot open another one (use the connection it gives)")
-        with self._count:
-            self._waiting += 1
-        self._turn.acquire()
-        with self._count:
-            self._waiting -= 1
-        self._holder = threading.get_ident()
+    def here(self) -> bool:
+        """Whether the caller is a job of this thread."""
+        return threading.current_thread() is self._thread
+
+    def submit(self, work: Callable[[], T]) -> asyncio.Future:
+        """Queue `work`; the future (of the running loop) has its result once its batch committed."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the database is closed")
+            self._jobs.append((loop, future, work))
+            if self._idle:
+                self._idle = False
+                self._ready.notify()
+        return future
+
+    def _next(self) -> _Job | None:
+        """The next job of the current batch, or None when the thread is to stop."""
+        with self._ready:
+            while not self._jobs:
+                if self._closed:
+                    return None
+                self._idle = True
+                self._ready.wait()
+            return self._jobs.popleft()
+
+    def _serve(self) -> None:
+        while (job := self._next()) is not None:
+            self._run_batch(job)
+
+    def _run_batch(self, first: _Job) -> None:
+        done: list[tuple[_Job, object, BaseException | None]] = []
         try:
-            group = self._group = self._group or self._open()
-        except BaseException:
-            self._holder = None
-            self._turn.release()
-            raise
+            batch = self._batch = self._open()
+        except BaseException as exc:  # noqa: BLE001 - the job hears why its batch could not begin
+            self._answer([(first, None, exc)])
+            return
+        job: _Job | None = first
+        while job is not None:
+            if not job[1].cancelled():           # its caller gave up before it started
+                try:
+                    done.append((job, job[2](), None))
+                except BaseException as exc:  # noqa: BLE001 - handed to the job's caller
+                    done.append((job, None, exc))
+            if batch.broken is not None or len(done) >= self._max_jobs:
+                break
+            with self._ready:
+                job = self._jobs.popleft() if self._jobs else None
+        self._batch = None
+        failure = self._end(batch)
+        if failure is not None:
+            done = [(job, None, failure) for job, _, _ in done]
+        else:
+            for callback in batch.after_commit:
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - a hook must not take the answers with it
+                    log.exception("a callback after a commit failed")
+        self._answer(done)
+
+    def _end(self, batch: _Batch) -> BaseException | None:
+        """Commit the batch (roll it back when broken); None, or why its jobs did not commit."""
         try:
-            group.sql(f"SAVEPOINT {self.SAVEPOINT}")
+            if batch.broken is not None:
+                batch.transaction.rollback()
+                return batch.broken
+            batch.transaction.commit()
+            return None
+        except BaseException as exc:  # noqa: BLE001 - handed to every job of the batch
+            self._discard()
+            return batch.broken or exc
+
+    @staticmethod
+    def _answer(done: list[tuple[_Job, object, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for (loop, future, _), result, error in done:
+            by_loop.setdefault(loop, []).append((future, result, error))
+        for loop, answers in by_loop.items():
             try:
-                yield group.connection
-            except BaseException as exc:
-                if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
-                    group.broken = group.broken or exc
-                else:
-                    self._undo(group)
-                raise
-            group.sql(f"RELEASE {self.SAVEPOINT}")
-            group.units += 1
-        finally:
-            self._end_turn(group)
-        group.wait()
+                loop.call_soon_threadsafe(_settle, answers)
+            except RuntimeError:        # the loop is closed: nobody waits for these any more
+                pass
 
-    def _undo(self, group: _Group) -> None:
-        """Roll a unit back to its savepoint; if even that fails, the group is broken."""
-        try:
-            group.sql(f"ROLLBACK TO {self.SAVEPOINT}")
-            group.sql(f"RELEASE {self.SAVEPOINT}")
-        except BaseException:  # noqa: BLE001 - the unit raises its own error; the group ends (sql() noted why)
-            pass
-
-    def _open(self) -> _Group:
+    def _open(self) -> _Batch:
         if self._connection is None:
             self._connection = self._engine.connect()
         try:
-            return _Group(self._connection)
+            return _Batch(self._connection)
         except BaseException:
             self._discard()
             raise
@@ -315,50 +369,86 @@ class GroupCommit:
         """The connection is not used again, whatever state a failure left it in."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.invalidate()
-            connection.close()
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+                connection.close()
 
-    def _end_turn(self, group: _Group) -> None:
-        """Commit (or, broken, roll back) the group if nobody is waiting or it is full; next turn."""
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A job's write transaction: a savepoint of its batch."""
+        batch = self._batch
+        if batch.in_unit:
+            raise RuntimeError("a write transaction cannot open another one (use the connection it gives)")
+        batch.in_unit = True
         try:
-            with self._count:
-                last = self._waiting == 0
-            if group.broken is not None or last or group.units >= self._max_units:
-                self._group = None
-                try:
-                    if group.broken is not None:
-                        group.error = group.broken
-                        group.transaction.rollback()
-                    else:
-                        group.transaction.commit()
-                except BaseException as exc:  # noqa: BLE001 - handed to every unit of the group
-                    group.error = group.error or exc
-                    self._discard()
-                finally:
-                    group.ended.set()
+            batch.sql(f"SAVEPOINT {self.SAVEPOINT}")
+            try:
+                yield batch.connection
+            except BaseException as exc:
+                batch.note(exc)
+                if batch.broken is None:
+                    self._undo(batch)
+                raise
+            batch.sql(f"RELEASE {self.SAVEPOINT}")
         finally:
-            self._holder = None
-            self._turn.release()
+            batch.in_unit = False
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A job's reads: on its batch's connection (what the jobs before it wrote, included)."""
+        batch = self._batch
+        try:
+            yield batch.connection
+        except BaseException as exc:
+            batch.note(exc)
+            raise
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the current job's batch has committed (never if it does not)."""
+        self._batch.after_commit.append(callback)
+
+    def _undo(self, batch: _Batch) -> None:
+        """Roll a job's writes back to its savepoint; if even that fails, the batch is broken."""
+        try:
+            batch.sql(f"ROLLBACK TO {self.SAVEPOINT}")
+            batch.sql(f"RELEASE {self.SAVEPOINT}")
+        except BaseException:  # noqa: BLE001 - the job raises its own error; the batch ends (sql() noted why)
+            pass
 
     def close(self) -> None:
-        with self._turn:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        """Run the jobs queued already, then stop the thread."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join()
+        self._discard()
+
+
+def _settle(answers: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
+    """On the caller's loop: each job's result (or error) to its future, unless it was cancelled."""
+    for future, result, error in answers:
+        if future.done():           # cancelled: its caller gave up waiting
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 class Database:
-    """One service's database: an engine, its migrations, and a thread pool to use it from asyncio."""
+    """One service's database: an engine, its migrations, and a way to use it from asyncio
+    (`run`): on SQLite, one thread running the process's jobs in batches (Batches); on
+    PostgreSQL, a small pool of threads, each job in transactions of its own."""
 
     def __init__(self, url: str, migrations: Path | None, workers: int = 8):
         self.url = url
         self.engine = make_engine(url, pool_size=workers)
-        # SQLite: a second pool for reads, which must not take the write lock.
+        # SQLite: a second pool for reads outside the batch thread, which must not take the write lock.
         sqlite = self.engine.dialect.name == "sqlite"
         self._reader = make_engine(url, pool_size=workers, writer=False) if sqlite else self.engine
         self._migrations = migrations
-        self._group_commit = GroupCommit(self.engine) if sqlite else None
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
+        self._batches = Batches(self.engine) if sqlite else None
+        self._executor = None if sqlite else ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
 
     def migrate(self) -> None:
         try:
@@ -367,12 +457,16 @@ class Database:
             shown = self.engine.url.render_as_string(hide_password=True)
             raise ConfigError(f"database {shown} cannot be prepared: {str(exc).splitlines()[0]}") from None
 
+    def _batch_job(self) -> bool:
+        return self._batches is not None and self._batches.here()
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A connection inside one transaction: committed when the block ends, rolled back if it
-        raises (on SQLite, group-committed with the process's other writers: see GroupCommit)."""
-        if self._group_commit is not None:
-            with self._group_commit.transaction() as connection:
+        raises. In a job of `run` on SQLite, a savepoint of the job's batch, committed with it
+        (see Batches): the job's caller hears of it only once it is."""
+        if self._batch_job():
+            with self._batches.transaction() as connection:
                 yield connection
         else:
             with self.engine.begin() as connection:
@@ -380,18 +474,33 @@ class Database:
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
-        """A connection for reads only (a consistent snapshot; on SQLite it never waits for writers)."""
-        with self._reader.connect() as connection:
-            yield connection
+        """A connection for reads only (a consistent snapshot; on SQLite it never waits for
+        writers, except in a job of `run`, which reads in its batch's transaction)."""
+        if self._batch_job():
+            with self._batches.reading() as connection:
+                yield connection
+        else:
+            with self._reader.connect() as connection:
+                yield connection
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once what the caller wrote is committed: at once, or in a job of `run`
+        on SQLite, after its batch commits (never if it does not)."""
+        if self._batch_job():
+            self._batches.after_commit(callback)
+        else:
+            callback()
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         """Run blocking database work off the event loop, in the caller's context (as
         asyncio.to_thread does: the current span, so an event or work item written there carries
         the caller's trace, and log lines its trace id). A database that cannot be reached (or
         stays locked) is ServiceUnavailable for the caller, who may retry: not an internal error."""
+        work = functools.partial(contextvars.copy_context().run, fn, *args)
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, contextvars.copy_context().run, fn, *args)
+            if self._batches is not None:
+                return await self._batches.submit(work)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
         except (OperationalError, DisconnectionError) as exc:
             # Where the database is and what the driver said stay in the log: callers learn only
             # that it is away and that they may retry.
@@ -402,8 +511,9 @@ class Database:
                                      reason="DATABASE_UNAVAILABLE") from None
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        if self._group_commit is not None:
-            self._group_commit.close()
+        if self._batches is not None:
+            self._batches.close()
+        else:
+            self._executor.shutdown(wait=True)
         self.engine.dispose()
         self._reader.dispose()

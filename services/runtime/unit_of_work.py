@@ -73,7 +73,7 @@ class UnitsOfWork(Generic[R]):
             unit = self._unit(connection)
             yield unit
         if unit.published:
-            self._outbox.committed()
+            self.db.after_commit(self._outbox.committed)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[UnitOfWork[R]]:

@@ -25,6 +25,12 @@ def test_runtime_overhead_runs(tmp_path):
     assert report["errors"] == 0 and all(r["qps"] > 0 for r in report["runs"])
 
 
+def test_db_units_runs(tmp_path):
+    report = run("db_units", tmp_path / "d.json", "--units", "200", "--wallets", "20")
+    assert [r["unit"] for r in report["runs"]] == ["read, on the loop", "read, Database.run", "write, Database.run"]
+    assert all(r["cpu_ms_per_unit"] > 0 and r["units_per_second"] > 0 for r in report["runs"])
+
+
 def test_money_path_runs(tmp_path):
     report = run("money_path", tmp_path / "m.json", "--backends", "sqlite", "--transports", "embedded",
                  "--concurrency", "4", "--warmup", "0.5", "--duration", "1", "--wallets", "10",

@@ -165,6 +165,9 @@ class FakeDatabase:
             del self.written[kept:]         # rolled back
             raise
 
+    def after_commit(self, callback):
+        callback()
+
 
 class _Connection:
     def __init__(self, db: FakeDatabase):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import random
 from dataclasses import dataclass
@@ -251,7 +252,7 @@ class WorkQueue:
                 return None
         finally:
             for item in parked:
-                self._alert(item)
+                self._db.after_commit(functools.partial(self._alert, item))
 
     def claim_item(self, item_id: int, item: str) -> Claimed | dt.datetime | None:
         """Claim the one item a broker message names: Claimed; or, while it is not available yet
@@ -271,7 +272,7 @@ class WorkQueue:
                 return self._lease_or_park(connection, row, now, parked)
         finally:
             for item_parked in parked:
-                self._alert(item_parked)
+                self._db.after_commit(functools.partial(self._alert, item_parked))
 
     def _lease_or_park(self, connection: Connection, row, now: dt.datetime, parked: list) -> Claimed | None:
         """Lease the available `row` for one more attempt, or park it when its attempts are spent."""
@@ -353,7 +354,7 @@ class WorkQueue:
                                                  .values(available_at=now + delay, last_error=error[:2000]))
                 return Retried(delay=delay) if rescheduled.rowcount == 1 else Retried()
             parked = self._park(connection, row, claimed.attempts, reason, error, now)
-        self._alert(parked)
+        self._db.after_commit(functools.partial(self._alert, parked))
         return Retried(parked=parked)
 
     def defer(self, claimed: Claimed, delay: dt.timedelta, note: str) -> Retried:

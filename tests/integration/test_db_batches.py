@@ -1,0 +1,203 @@
+"""SQLite's batches (services/runtime/db.py, Batches), on a real SQLite file: jobs of `Database.run`
+are committed together, a job's caller hears of it only once its batch committed, a job that
+raises leaves nothing, and a batch whose commit fails (or whose shared transaction a job broke)
+leaves nothing of any of its jobs and tells each of them."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from services.domain.errors import ServiceUnavailable
+from services.runtime.db import Database
+
+metadata = MetaData()
+rows = Table("rows", metadata, Column("id", Integer, primary_key=True), Column("who", String(32), nullable=False))
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = Database(f"sqlite:///{tmp_path / 'group.db'}", migrations=None)
+    metadata.create_all(database.engine)
+    yield database
+    database.close()
+
+
+def committed(db: Database) -> set[int]:
+    """What another connection sees: the committed rows."""
+    with db._reader.connect() as connection:
+        return {r.id for r in connection.execute(select(rows.c.id))}
+
+
+def insert_row(db: Database, row_id: int) -> None:
+    with db.transaction() as connection:
+        connection.execute(insert(rows).values(id=row_id, who=threading.current_thread().name))
+
+
+class Gate:
+    """A job that holds its batch open until the test has queued the jobs that are to join it."""
+
+    def __init__(self):
+        self.entered, self.opened = threading.Event(), threading.Event()
+
+    def job(self) -> None:
+        self.entered.set()
+        assert self.opened.wait(10), "the gate was never opened"
+
+    async def start(self, db: Database) -> asyncio.Task:
+        task = asyncio.create_task(db.run(self.job))
+        while not self.entered.is_set():
+            await asyncio.sleep(0.001)
+        return task
+
+
+async def test_concurrent_jobs_are_committed_in_fewer_transactions_and_each_caller_sees_its_write(db):
+    commits = []
+    event.listen(db.engine, "commit", lambda connection: commits.append(1))
+
+    async def caller(first: int) -> bool:
+        for row_id in range(first, first + 50):
+            await db.run(insert_row, db, row_id)
+            if row_id not in committed(db):
+                return False
+        return True
+    visible = await asyncio.gather(*(caller(k * 50) for k in range(16)))
+    assert all(visible), "a caller heard of its write before it was committed"
+    assert committed(db) == set(range(800))
+    assert len(commits) < 800, f"{len(commits)} commits for 800 jobs: nothing was batched"
+
+
+async def test_a_job_that_raises_leaves_nothing_and_the_rest_of_its_batch_commits(db):
+    def job(i: int) -> str:
+        try:
+            with db.transaction() as connection:
+                connection.execute(insert(rows).values(id=i, who="x"))
+                if i % 3 == 0:
+                    raise ValueError("refused")
+        except ValueError:
+            return "refused"
+        return "ok"
+    outcomes = await asyncio.gather(*(db.run(job, i) for i in range(300)))
+    assert committed(db) == {i for i in range(300) if i % 3}
+    assert outcomes.count("refused") == 100
+
+
+async def test_a_constraint_violation_fails_only_its_own_job_and_a_later_job_reads_what_earlier_ones_wrote(db):
+    await db.run(insert_row, db, 1)
+    gate = Gate()
+    held = await gate.start(db)
+    first = asyncio.create_task(db.run(insert_row, db, 2))
+    duplicate = asyncio.create_task(db.run(insert_row, db, 1))
+
+    def read() -> set[int]:
+        with db.reading() as connection:
+            return {r.id for r in connection.execute(select(rows.c.id))}
+    seen = asyncio.create_task(db.run(read))
+    await asyncio.sleep(0.05)
+    assert not first.done(), "answered before its batch was committed"
+    gate.opened.set()
+    await held
+    await first
+    with pytest.raises(IntegrityError):
+        await duplicate
+    assert await seen == {1, 2}, "a job reads in its batch's transaction, after the jobs before it"
+    assert committed(db) == {1, 2}
+
+
+async def test_a_database_error_in_one_job_rolls_back_its_whole_batch_and_every_job_hears_of_it(db):
+    def broken() -> None:
+        with db.transaction() as connection:
+            connection.execute(insert(rows).values(id=11, who="broken"))
+            connection.exec_driver_sql("SELECT * FROM no_such_table")
+    gate = Gate()
+    held = await gate.start(db)
+    before = asyncio.create_task(db.run(insert_row, db, 10))
+    breaking = asyncio.create_task(db.run(broken))
+    after = asyncio.create_task(db.run(insert_row, db, 12))
+    await asyncio.sleep(0.05)
+    gate.opened.set()
+    for task in (held, before, breaking):
+        with pytest.raises(ServiceUnavailable):
+            await task
+    await after                                 # queued behind the broken batch: a batch of its own
+    assert committed(db) == {12}
+
+
+async def test_a_commit_that_fails_fails_every_job_of_the_batch_and_keeps_none_of_them(db):
+    failing = threading.Event()
+
+    def refuse(connection):
+        if failing.is_set():
+            raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+    event.listen(db.engine, "commit", refuse)
+    failing.set()
+    outcomes = await asyncio.gather(*(db.run(insert_row, db, i) for i in range(40)), return_exceptions=True)
+    assert all(isinstance(outcome, ServiceUnavailable) for outcome in outcomes), outcomes
+    failing.clear()
+    assert committed(db) == set()
+    await db.run(insert_row, db, 41)
+    assert committed(db) == {41}
+
+
+async def test_callbacks_after_commit_run_once_committed_and_never_for_a_batch_that_failed(db):
+    heard = []
+
+    def job(row_id: int, fail: bool) -> None:
+        with db.transaction() as connection:
+            connection.execute(insert(rows).values(id=row_id, who="x"))
+        db.after_commit(lambda: heard.append((row_id, row_id in committed(db))))
+        if fail:
+            connection.exec_driver_sql("SELECT * FROM no_such_table")
+    await db.run(job, 1, False)
+    assert heard == [(1, True)]
+
+    def breaking() -> None:
+        with db.reading() as connection:
+            connection.exec_driver_sql("SELECT * FROM no_such_table")
+    gate = Gate()
+    held = await gate.start(db)
+    tasks = [asyncio.create_task(db.run(job, 2, False)), asyncio.create_task(db.run(breaking))]
+    await asyncio.sleep(0.05)
+    gate.opened.set()
+    await asyncio.gather(held, *tasks, return_exceptions=True)
+    assert heard == [(1, True)], "a callback ran for a batch that was rolled back"
+    assert committed(db) == {1}
+
+
+async def test_a_job_whose_caller_gave_up_before_it_started_is_not_run(db):
+    gate = Gate()
+    held = await gate.start(db)
+    given_up = asyncio.create_task(db.run(insert_row, db, 5))
+    await asyncio.sleep(0.01)
+    given_up.cancel()
+    gate.opened.set()
+    await held
+    await db.run(insert_row, db, 6)
+    assert committed(db) == {6}
+
+
+async def test_a_write_transaction_inside_another_is_refused_instead_of_waiting_forever(db):
+    def nested() -> None:
+        with db.transaction():
+            with db.transaction():
+                pass
+    with pytest.raises(RuntimeError, match="cannot open another"):
+        await db.run(nested)
+    await db.run(insert_row, db, 1)
+    assert committed(db) == {1}
+
+
+def test_writers_on_other_threads_take_turns_on_the_lock_with_the_batches(db):
+    """Code outside `run` (a tool, a test) writes in transactions of its own, alongside the batches."""
+    async def batches() -> None:
+        await asyncio.gather(*(db.run(insert_row, db, i) for i in range(200)))
+    with ThreadPoolExecutor(4) as pool:
+        others = [pool.submit(insert_row, db, 1000 + i) for i in range(200)]
+        asyncio.run(batches())
+        for future in others:
+            future.result(timeout=30)
+    assert committed(db) == set(range(200)) | set(range(1000, 1200))
