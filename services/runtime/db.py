@@ -307,8 +307,12 @@ class Batches:
         done: list[tuple[_Job, object, BaseException | None]] = []
         try:
             batch = self._batch = self._open()
-        except BaseException as exc:  # noqa: BLE001 - the job hears why its batch could not begin
-            self._answer([(first, None, exc)])
+        except BaseException as exc:  # noqa: BLE001 - the jobs hear why their batch could not begin
+            # Every job queued now would wait for the same lock (or the same broken file) in
+            # turn, each for the whole busy timeout: they all hear of it at once instead.
+            with self._ready:
+                waiting, self._jobs = list(self._jobs), collections.deque()
+            self._answer([(job, None, exc) for job in (first, *waiting)])
             return
         job: _Job | None = first
         while job is not None:

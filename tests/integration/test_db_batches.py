@@ -5,6 +5,7 @@ leaves nothing of any of its jobs and tells each of them."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -201,3 +202,27 @@ def test_writers_on_other_threads_take_turns_on_the_lock_with_the_batches(db):
         for future in others:
             future.result(timeout=30)
     assert committed(db) == set(range(200)) | set(range(1000, 1200))
+
+
+async def test_when_a_batch_cannot_begin_every_job_queued_hears_of_it_at_once(tmp_path):
+    """Another process holds the write lock past the busy timeout: the jobs queued behind the
+    failed BEGIN fail with it, rather than each waiting out the timeout again in turn."""
+    db = Database(f"sqlite:///{tmp_path / 'locked.db'}", migrations=None)
+    metadata.create_all(db.engine)
+    db.engine.dispose()
+    event.listen(db.engine, "connect", lambda dbapi, _record: dbapi.execute("PRAGMA busy_timeout=500"))
+    other = sqlite3.connect(db.engine.url.database, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcomes = await asyncio.gather(*(db.run(insert_row, db, i) for i in range(6)), return_exceptions=True)
+        took = loop.time() - started
+        other.execute("ROLLBACK")
+        assert all(isinstance(outcome, ServiceUnavailable) for outcome in outcomes), outcomes
+        assert took < 1.5, f"{took:.1f}s: the queued jobs waited out the busy timeout one after another"
+        await db.run(insert_row, db, 7)
+        assert committed(db) == {7}
+    finally:
+        other.close()
+        db.close()
