@@ -219,7 +219,7 @@ class _Batch:
         self.transaction = connection.begin()
         self.broken: BaseException | None = None     # the transaction cannot commit: why
         self.in_unit = False                         # a job's write transaction is open
-        self.after_commit: list[Callable[[], None]] = []
+        self.after_commit: list[tuple[contextvars.Context, Callable[[], None]]] = []
 
     def sql(self, statement: str) -> None:
         """A savepoint statement, straight to the driver: SQLAlchemy's own savepoints cost some
@@ -254,8 +254,9 @@ class Batches:
     (or the batch is full) the thread commits, and only then answers each job's caller, all of
     one event loop in one wake-up: what a caller was told is durable, exactly as with a
     transaction of its own. If the commit fails, or a job's database error may have broken the
-    shared transaction (any but a constraint's), every job of the batch gets that error and
-    none of its writes remain; the jobs queued after it run in a new batch. A batch takes the
+    shared transaction (any but a constraint's), none of the batch's writes remain: that job
+    gets its own error, the others ServiceUnavailable (they may retry); the jobs queued after it
+    run in a new batch. A batch takes the
     write lock when it begins (BEGIN IMMEDIATE), so a writer in another process waits for it
     instead of failing half-way."""
 
@@ -301,7 +302,10 @@ class Batches:
 
     def _serve(self) -> None:
         while (job := self._next()) is not None:
-            self._run_batch(job)
+            try:
+                self._run_batch(job)
+            except BaseException:  # noqa: BLE001 - the thread must outlive a bug in one batch
+                log.exception("a batch of database work failed unexpectedly")
 
     def _run_batch(self, first: _Job) -> None:
         done: list[tuple[_Job, object, BaseException | None]] = []
@@ -328,18 +332,28 @@ class Batches:
         self._batch = None
         failure = self._end(batch)
         if failure is not None:
-            done = [(job, None, failure) for job, _, _ in done]
+            # The job whose error broke the batch hears its own error; the others, whose work was
+            # rolled back with it, that they may retry (not another request's SQL and values).
+            shown = self._engine.url.render_as_string(hide_password=True)
+            why = (str(getattr(failure, "orig", None) or failure).splitlines() or [repr(failure)])[0]
+            log.warning("database %s: a batch of %d job(s) was rolled back: %s", shown, len(done), why,
+                        extra={"reason": "BATCH_ROLLED_BACK"})
+            done = [(job, None, error if error is failure else _rolled_back()) for job, _, error in done]
         else:
-            for callback in batch.after_commit:
+            for context, callback in batch.after_commit:
                 try:
-                    callback()
-                except Exception:  # noqa: BLE001 - a hook must not take the answers with it
+                    context.run(callback)
+                except BaseException:  # noqa: BLE001 - a hook must not take the answers with it
                     log.exception("a callback after a commit failed")
         self._answer(done)
 
     def _end(self, batch: _Batch) -> BaseException | None:
         """Commit the batch (roll it back when broken); None, or why its jobs did not commit."""
         try:
+            if batch.broken is None and not batch.connection.connection.dbapi_connection.in_transaction:
+                # SQLite ended the transaction itself (an I/O error, a full disk) and the jobs did
+                # not say: committing now would commit nothing and tell them it had.
+                batch.broken = OperationalError("COMMIT", {}, Exception("the batch's transaction ended by itself"))
             if batch.broken is not None:
                 batch.transaction.rollback()
                 return batch.broken
@@ -408,8 +422,9 @@ class Batches:
             raise
 
     def after_commit(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once the current job's batch has committed (never if it does not)."""
-        self._batch.after_commit.append(callback)
+        """Run `callback` once the current job's batch has committed (never if it does not), in
+        the job's context (its trace and service name stay on what it logs)."""
+        self._batch.after_commit.append((contextvars.copy_context(), callback))
 
     def _undo(self, batch: _Batch) -> None:
         """Roll a job's writes back to its savepoint; if even that fails, the batch is broken."""
@@ -428,15 +443,25 @@ class Batches:
         self._discard()
 
 
+def _rolled_back() -> ServiceUnavailable:
+    return ServiceUnavailable("the service's database rolled this request back with others; retry shortly",
+                              reason="DATABASE_UNAVAILABLE")
+
+
 def _settle(answers: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
     """On the caller's loop: each job's result (or error) to its future, unless it was cancelled."""
     for future, result, error in answers:
         if future.done():           # cancelled: its caller gave up waiting
             continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+        if isinstance(error, StopIteration):    # a future refuses it (it would end a coroutine)
+            error = RuntimeError(f"a database job raised {error!r}")
+        try:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        except BaseException:  # noqa: BLE001 - one odd answer must not keep the others from theirs
+            log.exception("a database job's answer could not be given")
 
 
 class Database:

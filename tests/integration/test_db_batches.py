@@ -226,3 +226,76 @@ async def test_when_a_batch_cannot_begin_every_job_queued_hears_of_it_at_once(tm
     finally:
         other.close()
         db.close()
+
+
+async def test_the_jobs_rolled_back_with_another_hear_only_that_they_may_retry_not_its_error(db):
+    def broken() -> None:
+        with db.transaction() as connection:
+            connection.exec_driver_sql("INSERT INTO no_such_table VALUES ('wallet-7', 100)")
+    gate = Gate()
+    held = await gate.start(db)
+    innocent = asyncio.create_task(db.run(insert_row, db, 1))
+    breaking = asyncio.create_task(db.run(broken))
+    await asyncio.sleep(0.05)
+    gate.opened.set()
+    with pytest.raises(ServiceUnavailable) as heard:
+        await innocent
+    assert "wallet-7" not in str(heard.value) and "no_such_table" not in str(heard.value)
+    with pytest.raises(ServiceUnavailable):
+        await breaking
+    with pytest.raises(ServiceUnavailable):
+        await held
+    assert committed(db) == set()
+
+
+async def test_an_answer_a_future_refuses_does_not_keep_the_others_of_its_batch_waiting(db):
+    def odd() -> None:
+        raise StopIteration
+    gate = Gate()
+    held = await gate.start(db)
+    tasks = [asyncio.create_task(db.run(odd)), asyncio.create_task(db.run(insert_row, db, 1))]
+    await asyncio.sleep(0.05)
+    gate.opened.set()
+    await asyncio.wait_for(held, 5)
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        await asyncio.wait_for(tasks[0], 5)
+    await asyncio.wait_for(tasks[1], 5)
+    assert committed(db) == {1}
+
+
+async def test_a_failing_callback_after_commit_neither_stops_the_thread_nor_loses_answers(db):
+    def job(row_id: int) -> int:
+        insert_row(db, row_id)
+        db.after_commit(lambda: (_ for _ in ()).throw(SystemExit("a hook that exits")))
+        return row_id
+    assert await asyncio.wait_for(db.run(job, 1), 5) == 1
+    assert await asyncio.wait_for(db.run(job, 2), 5) == 2
+    assert committed(db) == {1, 2}
+
+
+async def test_callbacks_after_commit_run_in_the_context_of_the_job_that_registered_them(db):
+    import contextvars
+    who = contextvars.ContextVar("who", default=None)
+    heard = []
+
+    def job(name: str) -> None:
+        insert_row(db, len(name))
+        db.after_commit(lambda: heard.append(who.get()))
+
+    async def caller(name: str) -> None:
+        who.set(name)
+        await db.run(job, name)
+    await asyncio.gather(asyncio.create_task(caller("a")), asyncio.create_task(caller("bb")))
+    assert sorted(heard) == ["a", "bb"]
+
+
+async def test_a_batch_whose_transaction_sqlite_ended_by_itself_is_not_reported_committed(db):
+    def ended_quietly() -> None:
+        insert_row(db, 1)
+        with db.reading() as connection:
+            connection.connection.dbapi_connection.execute("ROLLBACK")     # as SQLite does on a full disk
+    with pytest.raises(ServiceUnavailable):
+        await db.run(ended_quietly)
+    assert committed(db) == set()
+    await db.run(insert_row, db, 2)
+    assert committed(db) == {2}

@@ -240,39 +240,33 @@ class WorkQueue:
         whose attempts are already spent got there without an outcome from its last worker (the
         lease ran out: the worker, or its process, died on it every time); it is parked, not run
         again, and the next item is looked at."""
-        now, parked = self._clock(), []
-        try:
-            with self._db.transaction() as connection:
-                query = self._next
-                if connection.dialect.name == "postgresql":
-                    query = query.with_for_update(skip_locked=True)
-                while (row := connection.execute(query, {"now": now}).first()) is not None:
-                    if (claimed := self._lease_or_park(connection, row, now, parked)) is not None:
-                        return claimed
-                return None
-        finally:
-            for item in parked:
-                self._db.after_commit(functools.partial(self._alert, item))
+        now, parked, claimed = self._clock(), [], None
+        with self._db.transaction() as connection:
+            query = self._next
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            while claimed is None and (row := connection.execute(query, {"now": now}).first()) is not None:
+                claimed = self._lease_or_park(connection, row, now, parked)
+        self._alert_once_committed(parked)
+        return claimed
 
     def claim_item(self, item_id: int, item: str) -> Claimed | dt.datetime | None:
         """Claim the one item a broker message names: Claimed; or, while it is not available yet
         (leased to a worker, or waiting out a backoff), the time it will be; or None when there is
         no such item any more (its work ended, or it was parked)."""
         t, now, parked = self._t, self._clock(), []
-        try:
-            with self._db.transaction() as connection:
-                query = select(t).where(t.c.id == item_id, t.c.queue == self.name, t.c.item == item)
-                if connection.dialect.name == "postgresql":
-                    query = query.with_for_update()
-                row = connection.execute(query).first()
-                if row is None:
-                    return None
-                if as_utc(row.available_at) > now:
-                    return as_utc(row.available_at)
-                return self._lease_or_park(connection, row, now, parked)
-        finally:
-            for item_parked in parked:
-                self._db.after_commit(functools.partial(self._alert, item_parked))
+        with self._db.transaction() as connection:
+            query = select(t).where(t.c.id == item_id, t.c.queue == self.name, t.c.item == item)
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = connection.execute(query).first()
+            if row is None:
+                return None
+            if as_utc(row.available_at) > now:
+                return as_utc(row.available_at)
+            claimed = self._lease_or_park(connection, row, now, parked)
+        self._alert_once_committed(parked)
+        return claimed
 
     def _lease_or_park(self, connection: Connection, row, now: dt.datetime, parked: list) -> Claimed | None:
         """Lease the available `row` for one more attempt, or park it when its attempts are spent."""
@@ -354,7 +348,7 @@ class WorkQueue:
                                                  .values(available_at=now + delay, last_error=error[:2000]))
                 return Retried(delay=delay) if rescheduled.rowcount == 1 else Retried()
             parked = self._park(connection, row, claimed.attempts, reason, error, now)
-        self._db.after_commit(functools.partial(self._alert, parked))
+        self._alert_once_committed([parked])
         return Retried(parked=parked)
 
     def defer(self, claimed: Claimed, delay: dt.timedelta, note: str) -> Retried:
@@ -380,6 +374,11 @@ class WorkQueue:
                       replayed_at=None, replayed_by="", traceparent=row.traceparent, tracestate=row.tracestate)
         parked_id = connection.execute(insert(self._parked).values(**record)).inserted_primary_key[0]
         return ParkedItem(id=parked_id, **record)
+
+    def _alert_once_committed(self, parked: list[ParkedItem]) -> None:
+        """`_alert` each item, once the transaction that parked them has committed (never if not)."""
+        for item in parked:
+            self._db.after_commit(functools.partial(self._alert, item))
 
     def _alert(self, parked: ParkedItem) -> None:
         """Once the park is committed: the error line operators alert on, and the metric."""
