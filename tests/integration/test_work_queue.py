@@ -672,3 +672,34 @@ async def test_a_worker_outlives_a_database_that_fails_while_it_reschedules(tran
         await worker
     assert [(await service.get(t)).state for t in (first, second)] == ["COMPLETED", "COMPLETED"]
     assert reschedules == [first]
+
+
+async def test_a_claim_through_database_run_that_parks_alerts_once_its_park_is_committed(queue, caplog):
+    """As the workers claim: in a job of Database.run (on SQLite, in a batch). An item whose
+    attempts all ended with their lease running out is parked by the next claim; the alert line
+    comes once the park is committed."""
+    _, db, clock = queue
+    q = make_queue(db, clock, max_attempts=2)
+    add(db, q, "orphan")
+    for _ in range(2):
+        assert (await db.run(q.claim)).item == "orphan"
+        clock.advance(31)                                            # its worker died: the lease ran out
+    seen_committed = []
+
+    def committed_when_alerted(record: logging.LogRecord) -> bool:
+        if getattr(record, "alert", None) == "dead_letter":
+            seen_committed.append(len(parked_rows_elsewhere(db)))
+        return True
+    logging.getLogger("diboas.queue").addFilter(committed_when_alerted)
+    try:
+        with caplog.at_level(logging.ERROR, logger="diboas.queue"):
+            assert await db.run(q.claim) is None
+    finally:
+        logging.getLogger("diboas.queue").removeFilter(committed_when_alerted)
+    assert seen_committed == [1], "the alert came before its park was committed, or not once"
+
+
+def parked_rows_elsewhere(db) -> list:
+    """The parked rows another connection sees (what is committed), from any thread."""
+    with db._reader.connect() as connection:
+        return list(connection.execute(select(parked_work_items)))
