@@ -477,6 +477,7 @@ class Database:
         self._reader = make_engine(url, pool_size=workers, writer=False) if sqlite else self.engine
         self._migrations = migrations
         self._batches = Batches(self.engine) if sqlite else None
+        self._writing = threading.local()        # SQLite, outside `run`: this thread's transaction is open
         self._executor = None if sqlite else ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
 
     def migrate(self) -> None:
@@ -497,6 +498,17 @@ class Database:
         if self._batch_job():
             with self._batches.transaction() as connection:
                 yield connection
+        elif self._batches is not None:
+            # Outside `run` (a tool, a test): a transaction of its own. A second one opened inside
+            # it would wait for the first's lock until the busy timeout: refused at once instead.
+            if getattr(self._writing, "open", False):
+                raise RuntimeError("a write transaction cannot open another one (use the connection it gives)")
+            self._writing.open = True
+            try:
+                with self.engine.begin() as connection:
+                    yield connection
+            finally:
+                self._writing.open = False
         else:
             with self.engine.begin() as connection:
                 yield connection

@@ -299,3 +299,12 @@ async def test_a_batch_whose_transaction_sqlite_ended_by_itself_is_not_reported_
     assert committed(db) == set()
     await db.run(insert_row, db, 2)
     assert committed(db) == {2}
+
+
+def test_outside_run_too_a_write_transaction_inside_another_is_refused_at_once(db):
+    with pytest.raises(RuntimeError, match="cannot open another"):
+        with db.transaction():
+            with db.transaction():
+                pass
+    insert_row(db, 1)
+    assert committed(db) == {1}
