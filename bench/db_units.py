@@ -29,11 +29,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Callable
 
-from bench.stats import cpu_model, git
 from services.runtime.db import Database
 from services.wallet.app import MIGRATIONS
 from services.wallet.ledger import Wallet
 from services.wallet.repository import WalletRepository
+
+from .stats import cpu_model, git
 
 
 def read_unit(db: Database, wallet_id: str) -> Wallet | None:

@@ -77,6 +77,7 @@ from tools.ports import mesh_addresses
 
 from .client import non_negative, parse_concurrency, positive, whole
 from .load import compliance_rules, cpu_seconds
+from .stats import git
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "money_path.json"
@@ -427,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{wallet_counts['many_settled_per_second']:.1f} / {wallet_counts['few_settled_per_second']:.1f} = "
               f"{wallet_counts['ratio']:.2f}")
     conditions = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpus": os.cpu_count(),
+                  "git_commit": git("rev-parse", "--short", "HEAD"),
+                  "services_modified": bool(git("status", "--porcelain", "--", "services")),
                   "python": sys.version.split()[0], "duration_seconds": args.duration, "warmup_seconds": args.warmup,
                   "wallets": args.wallets, "many_wallets": args.many_wallets,
                   "client": "this process (asyncio): closed loops of N workers, then an open loop at "
