@@ -256,9 +256,8 @@ class Batches:
     transaction of its own. If the commit fails, or a job's database error may have broken the
     shared transaction (any but a constraint's), none of the batch's writes remain: that job
     gets its own error, the others ServiceUnavailable (they may retry); the jobs queued after it
-    run in a new batch. A batch takes the
-    write lock when it begins (BEGIN IMMEDIATE), so a writer in another process waits for it
-    instead of failing half-way."""
+    run in a new batch. A batch takes the write lock when it begins (BEGIN IMMEDIATE), so a
+    writer in another process waits for it instead of failing half-way."""
 
     SAVEPOINT = "unit"
 
@@ -274,8 +273,8 @@ class Batches:
         self._thread.start()
 
     def here(self) -> bool:
-        """Whether the caller is a job of this thread."""
-        return threading.current_thread() is self._thread
+        """Whether the caller is a job of a batch being run (not, say, a callback after its commit)."""
+        return self._batch is not None and threading.current_thread() is self._thread
 
     def submit(self, work: Callable[[], T]) -> asyncio.Future:
         """Queue `work`; the future (of the running loop) has its result once its batch committed."""

@@ -34,6 +34,13 @@ def committed(db: Database) -> set[int]:
         return {r.id for r in connection.execute(select(rows.c.id))}
 
 
+def read_committed(db: Database) -> set[int]:
+    """What `Database.reading` sees: in a callback after a commit (on the batch thread, but no
+    longer in its batch), what is committed."""
+    with db.reading() as connection:
+        return {r.id for r in connection.execute(select(rows.c.id))}
+
+
 def insert_row(db: Database, row_id: int) -> None:
     with db.transaction() as connection:
         connection.execute(insert(rows).values(id=row_id, who=threading.current_thread().name))
@@ -147,13 +154,10 @@ async def test_a_commit_that_fails_fails_every_job_of_the_batch_and_keeps_none_o
 async def test_callbacks_after_commit_run_once_committed_and_never_for_a_batch_that_failed(db):
     heard = []
 
-    def job(row_id: int, fail: bool) -> None:
-        with db.transaction() as connection:
-            connection.execute(insert(rows).values(id=row_id, who="x"))
-        db.after_commit(lambda: heard.append((row_id, row_id in committed(db))))
-        if fail:
-            connection.exec_driver_sql("SELECT * FROM no_such_table")
-    await db.run(job, 1, False)
+    def job(row_id: int) -> None:
+        insert_row(db, row_id)
+        db.after_commit(lambda: heard.append((row_id, row_id in read_committed(db))))
+    await db.run(job, 1)
     assert heard == [(1, True)]
 
     def breaking() -> None:
@@ -161,7 +165,7 @@ async def test_callbacks_after_commit_run_once_committed_and_never_for_a_batch_t
             connection.exec_driver_sql("SELECT * FROM no_such_table")
     gate = Gate()
     held = await gate.start(db)
-    tasks = [asyncio.create_task(db.run(job, 2, False)), asyncio.create_task(db.run(breaking))]
+    tasks = [asyncio.create_task(db.run(job, 2)), asyncio.create_task(db.run(breaking))]
     await asyncio.sleep(0.05)
     gate.opened.set()
     await asyncio.gather(held, *tasks, return_exceptions=True)
