@@ -5,6 +5,7 @@ from pathlib import Path
 from diboas.compliance.v1 import compliance_pb2_grpc
 from services.runtime.db import Database
 from services.runtime.server import Registration, Runtime
+from services.runtime.status import error_domain
 
 from .rules import compliance_file, load_rules
 from .service import ComplianceService
@@ -19,4 +20,5 @@ def build(runtime: Runtime) -> list[Registration]:
     db.migrate()
     runtime.on_stop.append(db.close)
     return [Registration(compliance_pb2_grpc.add_ComplianceServiceServicer_to_server,
-                         ComplianceServicer(ComplianceService(db, rules)))]
+                         ComplianceServicer(ComplianceService(db, rules),
+                                            error_domain("compliance", runtime.topology.trust_domain)))]

@@ -7,6 +7,7 @@ from services.domain.clock import utcnow
 from services.domain.errors import InvalidArgument
 from services.runtime.context import current_caller, current_user
 from services.runtime.requests import fingerprint, money, request_id, resource_id
+from services.runtime.status import answer_each
 from services.runtime.wire import money_pb, timestamp
 
 from .domain import Subject
@@ -14,6 +15,7 @@ from .screening import Screening
 from .service import ComplianceService
 
 MAX_PARTY = 128         # characters of a user id, an owner or an address
+MAX_BATCH_SCREENINGS = 100      # requests in one BatchScreenTransactions
 
 
 def decision_pb(outcome: str) -> int:
@@ -70,8 +72,10 @@ def subject_of(sc: compliance_pb2.Screening) -> Subject:
 
 
 class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
-    def __init__(self, service: ComplianceService):
-        self._service = service
+    """`domain`: of the ErrorInfo in a refused request's outcome (BatchScreenTransactions)."""
+
+    def __init__(self, service: ComplianceService, domain: str = "compliance"):
+        self._service, self._domain = service, domain
 
     async def ScreenTransaction(self, request, context):
         rid = request_id(request)
@@ -83,6 +87,13 @@ class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
             lambda sc: compliance_pb2.ScreenTransactionResponse(screening=screening_pb(sc)).SerializeToString())
         return compliance_pb2.ScreenTransactionResponse(
             screening=_shown(compliance_pb2.ScreenTransactionResponse.FromString(data).screening))
+
+    async def BatchScreenTransactions(self, request, context):
+        outcomes = await answer_each(request.requests, lambda one: self.ScreenTransaction(one, context),
+                                     self._domain, most=MAX_BATCH_SCREENINGS)
+        return compliance_pb2.BatchScreenTransactionsResponse(outcomes=[
+            compliance_pb2.ScreenTransactionOutcome(status=status, response=response)
+            for status, response in outcomes])
 
     async def GetScreening(self, request, context):
         screening = await self._service.get(resource_id(request.name, "screenings", "name"), current_user())

@@ -19,6 +19,9 @@ CLIENT_CALLS = Counter("diboas_rpc_client_calls", "RPCs made to upstreams, by fi
 CLIENT_LATENCY = Histogram("diboas_rpc_client_latency_seconds",
                            "Client-side latency of calls to upstreams (breaker, network and upstream included)",
                            ["service", "upstream", "method"], buckets=LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("diboas_rpc_client_batch_size",
+                       "Requests of several callers sent in one batch RPC (services/runtime/coalesce.py)",
+                       ["upstream", "method"], buckets=(1, 2, 4, 8, 16, 32, 64, 100))
 BREAKER_STATE = Gauge("diboas_circuit_breaker_open", "1 while the circuit breaker of an upstream is open or half-open",
                       ["service", "upstream"])
 HEALTH = Gauge("diboas_service_serving", "1 while the service reports SERVING", ["service"])

@@ -2,14 +2,16 @@
 
 Servers: `to_rpc_status(error, domain)` packs ErrorInfo (stable reason) and, for bad input,
 BadRequest field violations (`status_message` is the same google.rpc.Status, for an answer that
-carries one per item). Clients: `from_rpc_error(error, upstream)` turns an upstream's
-AioRpcError back into the domain error (`from_status_message` a Status inside an answer), so
-domain code never sees grpc types.
+carries one per item: `answer_each` answers the requests of a batch RPC so). Clients:
+`from_rpc_error(error, upstream)` turns an upstream's AioRpcError back into the domain error
+(`from_status_message` a Status inside an answer), so domain code never sees grpc types.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -89,6 +91,31 @@ def status_message(error: errors.DomainError, domain: str) -> status_pb2.Status:
     if retry_after is not None:
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after))))
     return status_pb2.Status(code=code.value[0], message=bounded(error.message), details=details)
+
+
+R = TypeVar("R")
+A = TypeVar("A")
+OK = status_pb2.Status()
+
+
+async def answer_each(requests: Sequence[R], handle: Callable[[R], Awaitable[A]], domain: str, *,
+                      most: int, field: str = "requests") -> list[tuple[status_pb2.Status, A | None]]:
+    """The requests of a batch RPC, 1 to `most` of them (else InvalidArgument naming `field`),
+    each handled on its own and all at once: (OK, its answer), or (the status the request alone
+    would have got, None). An unexpected failure is logged with its traceback and answered
+    INTERNAL, as the server guard answers it, without failing the others."""
+    if not 1 <= len(requests) <= most:
+        raise errors.InvalidArgument.field(field, f"give 1 to {most} requests, not {len(requests)}")
+
+    async def one(index: int, request: R) -> tuple[status_pb2.Status, A | None]:
+        try:
+            return OK, await handle(request)
+        except errors.DomainError as error:
+            return status_message(error, domain), None
+        except Exception:  # noqa: BLE001 - one request's bug must not fail the others' answers
+            log.exception("%s[%d] of a batch failed", field, index)
+            return status_message(errors.Internal(f"{field}[{index}] failed", reason="INTERNAL"), domain), None
+    return list(await asyncio.gather(*(one(i, request) for i, request in enumerate(requests))))
 
 
 def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:

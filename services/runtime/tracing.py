@@ -25,6 +25,7 @@ replaces observability.trace_sample_ratio.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import threading
@@ -50,6 +51,15 @@ TRACE_HEADERS = frozenset(_W3C.fields)  # traceparent, tracestate
 # UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS: the codes that mark a
 # server span as an error (OpenTelemetry's gRPC conventions); others are the caller's.
 SERVER_FAULTS = frozenset({2, 4, 12, 13, 14, 15})
+# The contexts of the callers a batch call is made for (services/runtime/coalesce.py): its
+# CLIENT span links to each one's span.
+_BATCH_OF: contextvars.ContextVar[Sequence[contextvars.Context]] = contextvars.ContextVar("diboas_batch_of",
+                                                                                       default=())
+
+
+def batch_links(callers: Sequence[contextvars.Context]) -> None:
+    """The calls made from here on in the current context are made for these callers (a batch)."""
+    _BATCH_OF.set(callers)
 
 
 class RpcTracing:
@@ -77,11 +87,14 @@ class RpcTracing:
         return span, otel_context.attach(trace.set_span_in_context(span))
 
     def start_client(self, full_method: str, attributes: dict) -> tuple[trace.Span | None, dict]:
-        """A CLIENT span, child of the current one; returns it and the headers that carry it
-        (None and no headers when tracing is off)."""
+        """A CLIENT span, child of the current one (and linked to the span of every caller of a
+        batch: `batch_links`); returns it and the headers that carry it (None and no headers when
+        tracing is off)."""
         if not self.enabled:
             return None, {}
-        span = self._tracer.start_span(full_method, kind=SpanKind.CLIENT, attributes=attributes)
+        callers = _BATCH_OF.get()
+        links = [Link(context) for context in (caller.run(_span_context) for caller in callers) if context.is_valid]
+        span = self._tracer.start_span(full_method, kind=SpanKind.CLIENT, attributes=attributes, links=links)
         headers: dict = {}
         _W3C.inject(headers, context=trace.set_span_in_context(span))
         return span, headers
@@ -102,6 +115,10 @@ class RpcTracing:
     def detach(token) -> None:
         if token is not None:
             otel_context.detach(token)
+
+
+def _span_context() -> trace.SpanContext:
+    return trace.get_current_span().get_span_context()
 
 
 def current_trace_headers() -> dict[str, str]:

@@ -6,8 +6,11 @@ from __future__ import annotations
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
+from services.domain.errors import DomainError
 from services.domain.money import Money
 from services.runtime.client import Upstream
+from services.runtime.coalesce import Coalescer
+from services.runtime.status import from_status_message
 from services.runtime.wire import money_pb
 
 from .domain import Screened, Transaction
@@ -58,17 +61,27 @@ def _screened(screening: compliance_pb2.Screening) -> Screened:
 
 
 class ComplianceClient:
-    def __init__(self, upstream: Upstream):
-        self._compliance = upstream.stub(compliance_pb2_grpc.ComplianceServiceStub)
+    """The screenings of concurrent sagas go together in BatchScreenTransactions calls
+    (services/runtime/coalesce.py)."""
+
+    def __init__(self, upstream: Upstream, max_batch: int = 100):
+        self._compliance, self._upstream = upstream.stub(compliance_pb2_grpc.ComplianceServiceStub), upstream.name
+        self._screenings: Coalescer[compliance_pb2.ScreenTransactionRequest, Screened] = Coalescer(
+            self._screen_all, upstream.name, "BatchScreenTransactions", max_batch=max_batch)
 
     async def screen(self, tx: Transaction, request_id: str) -> Screened:
-        reply = await self._compliance.ScreenTransaction(compliance_pb2.ScreenTransactionRequest(
+        return await self._screenings(compliance_pb2.ScreenTransactionRequest(
             screening=compliance_pb2.Screening(
                 transaction=tx.name, type=compliance_pb2.TransactionType.Value(f"TRANSACTION_TYPE_{tx.type}"),
                 user_id=tx.initiator, amount=money_pb(tx.amount), source_owner=tx.source_owner,
                 destination_owner=tx.destination_owner, destination_address=tx.destination_address),
             request_id=request_id))
-        return _screened(reply.screening)
+
+    async def _screen_all(self, requests: list[compliance_pb2.ScreenTransactionRequest]) -> list[Screened | DomainError]:
+        reply = await self._compliance.BatchScreenTransactions(
+            compliance_pb2.BatchScreenTransactionsRequest(requests=requests))
+        return [_screened(outcome.response.screening) if outcome.status.code == 0
+                else from_status_message(outcome.status, self._upstream) for outcome in reply.outcomes]
 
     async def decision(self, screening: str) -> Screened:
         reply = await self._compliance.GetScreening(compliance_pb2.GetScreeningRequest(name=screening))

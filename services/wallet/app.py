@@ -24,11 +24,12 @@ def build(runtime: Runtime) -> list[Registration]:
     db.migrate()
     runtime.on_stop.append(db.close)
     service = WalletService(db)
+    domain = error_domain("wallet", runtime.topology.trust_domain)
     sink = EventSink(db, messaging, "wallet", KeyRing.load(runtime.topology.certs_dir), events.handlers(service),
-                     tracing=MessageTracing(runtime.tracing), domain=error_domain("wallet", runtime.topology.trust_domain))
+                     tracing=MessageTracing(runtime.tracing), domain=domain)
     if runtime.broker is not None:
         runtime.background.append(EventConsumer(runtime.broker, sink, "wallet", "wallet").run)
     return [
-        Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server, WalletServicer(service)),
+        Registration(wallet_pb2_grpc.add_WalletServiceServicer_to_server, WalletServicer(service, domain)),
         Registration(events_pb2_grpc.add_EventSinkServiceServicer_to_server, sink),
     ]

@@ -9,6 +9,7 @@ from services.domain.errors import InvalidArgument
 from services.domain.money import Money, scale_of
 from services.runtime.context import current_user
 from services.runtime.requests import fingerprint, money, request_id, resource_id
+from services.runtime.status import answer_each
 from services.runtime.wire import money_pb, timestamp
 
 from .ledger import Hold, Wallet
@@ -16,6 +17,7 @@ from .repository import LedgerEntry
 from .service import WalletService
 
 MAX_BATCH_GET = 100             # names in one BatchGetWallets
+MAX_BATCH_HOLDS = 100           # requests in one BatchCreateHolds
 _HOLD = re.compile(r"wallets/([A-Za-z0-9_-]{1,64})/holds/([A-Za-z0-9_-]{1,64})")
 
 
@@ -53,8 +55,10 @@ def entry_pb(e: LedgerEntry, currency: str) -> wallet_pb2.LedgerEntry:
 
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
-    def __init__(self, service: WalletService):
-        self._service = service
+    """`domain`: of the ErrorInfo in a refused request's outcome (BatchCreateHolds)."""
+
+    def __init__(self, service: WalletService, domain: str = "wallet"):
+        self._service, self._domain = service, domain
 
     async def CreateWallet(self, request, context):
         rid = request_id(request)
@@ -111,6 +115,12 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             lambda pair: wallet_pb2.CreateHoldResponse(hold=hold_pb(pair[0], pair[1].currency),
                                                        wallet=wallet_pb(pair[1])).SerializeToString())
         return wallet_pb2.CreateHoldResponse.FromString(data)
+
+    async def BatchCreateHolds(self, request, context):
+        outcomes = await answer_each(request.requests, lambda one: self.CreateHold(one, context), self._domain,
+                                     most=MAX_BATCH_HOLDS)
+        return wallet_pb2.BatchCreateHoldsResponse(outcomes=[
+            wallet_pb2.CreateHoldOutcome(status=status, response=response) for status, response in outcomes])
 
     async def GetHold(self, request, context):
         wid, hid = hold_ids(request.name)

@@ -517,8 +517,8 @@ async def test_a_rest_send_is_one_trace_from_the_gateway_through_the_queue_and_e
         expected = {("gateway", "SERVER", "ingress"),
                     ("transaction", "SERVER", "/diboas.transaction.v1.TransactionService/CreateTransaction"),
                     ("transaction", "CONSUMER", "process financial.transactions"),
-                    ("transaction", "CLIENT", "/diboas.wallet.v1.WalletService/CreateHold"),
-                    ("wallet", "SERVER", "/diboas.wallet.v1.WalletService/CreateHold"),
+                    ("transaction", "CLIENT", "/diboas.wallet.v1.WalletService/BatchCreateHolds"),
+                    ("wallet", "SERVER", "/diboas.wallet.v1.WalletService/BatchCreateHolds"),
                     ("wallet", "CONSUMER", "process transaction.completed")}
         deadline = time.monotonic() + 20          # Envoy exports its spans every few seconds
         while True:
@@ -549,8 +549,8 @@ async def test_a_rest_send_is_one_trace_from_the_gateway_through_the_queue_and_e
         create = parent(saga, "transaction", "SERVER", "/diboas.transaction.v1.TransactionService/CreateTransaction")
         gateway_span = parent(create, "gateway", "SERVER", "ingress")
         assert gateway_span["parent_id"] == f"0x{caller_span}"
-        hold_client = parent(one("wallet", "SERVER", "/diboas.wallet.v1.WalletService/CreateHold"),
-                             "transaction", "CLIENT", "/diboas.wallet.v1.WalletService/CreateHold")
+        hold_client = parent(one("wallet", "SERVER", "/diboas.wallet.v1.WalletService/BatchCreateHolds"),
+                             "transaction", "CLIENT", "/diboas.wallet.v1.WalletService/BatchCreateHolds")
         assert by_id[hold_client["parent_id"]]["name"] == "process financial.transactions"
         attempts = [s for s in ours if s["name"] == "process financial.transactions"]
         assert {s["parent_id"] for s in attempts} == {create["context"]["span_id"]}        # a retry too

@@ -57,7 +57,7 @@ async def test_two_instances_share_the_load_and_survive_losing_one(pki, tmp_path
                     assert not burst.done(), "the burst ended before the crash: make it longer"
                     wallet, transaction = topology.services["wallet"], topology.services["transaction"]
                     # Both wallet instances took holds for the transaction service's sagas.
-                    assert all(handled(wallet.instance_metrics(k), "CreateHold") > 0 for k in (0, 1))
+                    assert all(handled(wallet.instance_metrics(k), "BatchCreateHolds") > 0 for k in (0, 1))
                     launcher.processes["wallet#1"].kill()
                     launcher.processes["transaction#1"].kill()
                     await burst

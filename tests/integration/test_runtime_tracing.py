@@ -227,9 +227,11 @@ async def test_a_queued_saga_its_retries_and_its_event_stay_in_the_trace_that_cr
     assert [s.attributes["messaging.diboas.attempt"] for s in attempts] == list(range(1, len(attempts) + 1))
     assert all(not s.status.is_ok for s in attempts[:-1]) and attempts[-1].status.is_ok
     assert all(link.context.span_id == root for s in attempts for link in s.links)
-    holds = [s for s in ours if s.name == "/diboas.wallet.v1.WalletService/CreateHold"]
+    holds = [s for s in ours if s.name == "/diboas.wallet.v1.WalletService/BatchCreateHolds"]
     clients = [s for s in holds if s.kind == trace.SpanKind.CLIENT]
     assert {s.parent.span_id for s in clients} == {s.context.span_id for s in attempts}   # one per attempt
+    # a batch of one: made for that attempt, which its span links to
+    assert all([link.context.span_id for link in s.links] == [s.parent.span_id] for s in clients)
     [server] = [s for s in holds if s.kind == trace.SpanKind.SERVER]
     assert server.parent.span_id in {s.context.span_id for s in clients}
     [settle] = [s for s in ours if s.name == "process transaction.completed"]

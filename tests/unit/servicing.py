@@ -86,17 +86,7 @@ class Served:
     def _outcome(self, method: str, request) -> Refusal:
         _, trailing, code, details = self._termination(method, request)
         status = status_pb2.Status.FromString(dict(trailing).get("grpc-status-details-bin", b""))
-        reason, fields = "", {}
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason = info.reason
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                fields.update((v.field, v.description) for v in bad.field_violations)
-        return Refusal(code, details, reason, fields)
+        return refusal_in(status, code, details)
 
     async def _serve(self, behaviour, request, context):
         CURRENT_CALL.set(CallInfo(self.caller, time.monotonic() + self.timeout, self.user))
@@ -108,6 +98,25 @@ class Served:
             context.set_details(status.details)
             context.set_trailing_metadata(status.trailing_metadata)
             return None                  # grpc_testing ends the call with the code and trailers set
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def refusal_in(status: status_pb2.Status, code: grpc.StatusCode | None = None, message: str | None = None) -> Refusal:
+    """The Refusal a google.rpc.Status stands for: of a call (its code and message given), or one
+    outcome of a batch (code 0: OK)."""
+    reason, fields = "", {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.update((v.field, v.description) for v in bad.field_violations)
+    return Refusal(code or _CODES[status.code], status.message if message is None else message, reason, fields)
 
 
 class _Synchronous:

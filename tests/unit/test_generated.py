@@ -17,7 +17,7 @@ DESCRIPTOR_SET = ROOT / "generated" / "descriptors" / "diboas.binpb"
 EXPECTED_RPCS = {
     "diboas.wallet.v1.WalletService": [
         "CreateWallet", "GetWallet", "BatchGetWallets", "ListWallets", "ValidateBalance", "ListLedgerEntries",
-        "CreateHold", "GetHold", "CaptureHold", "ReleaseHold", "CreditWallet", "DebitWallet",
+        "CreateHold", "BatchCreateHolds", "GetHold", "CaptureHold", "ReleaseHold", "CreditWallet", "DebitWallet",
     ],
     "diboas.transaction.v1.TransactionService": ["CreateTransaction", "GetTransaction", "ListTransactions",
                                                "WatchTransaction"],
@@ -30,7 +30,7 @@ EXPECTED_RPCS = {
         "GetTransactionStatus", "SetChainFaults",
     ],
     "diboas.compliance.v1.ComplianceService": [
-        "ScreenTransaction", "GetScreening", "ListScreenings", "ReviewScreening",
+        "ScreenTransaction", "BatchScreenTransactions", "GetScreening", "ListScreenings", "ReviewScreening",
     ],
     "diboas.events.v1.EventSinkService": ["DeliverEvent", "DeliverEvents"],
     "diboas.events.v1.DeadLetterService": ["ListDeadLetters", "ReplayDeadLetters"],
@@ -107,6 +107,9 @@ def test_every_mutating_rpc_takes_a_request_id(descriptor_set, service) -> None:
             continue
         request = messages[method.input_type.lstrip(".")]
         fields = {f.name: f for f in request.field}
+        if method.name.startswith("Batch") and "requests" in fields:      # each request its own key (AIP-233)
+            request = messages[fields["requests"].type_name.lstrip(".")]
+            fields = {f.name: f for f in request.field}
         assert "request_id" in fields, f"{service}.{method.name}: {request.name} has no request_id"
         assert fields["request_id"].type == descriptor_pb2.FieldDescriptorProto.TYPE_STRING
 

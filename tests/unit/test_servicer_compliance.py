@@ -19,7 +19,7 @@ from services.compliance.servicer import ComplianceServicer
 from services.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.users import User
 
-from servicing import Recorder, Served
+from servicing import Recorder, Served, refusal_in
 
 ALICE = User("alice", frozenset())
 OPERATOR = User("olga", frozenset({"operator"}))
@@ -87,6 +87,22 @@ def test_screen_reads_the_subject_and_answers_the_decision_with_its_explanation(
     assert screening.name == "screenings/s1" and screening.decision == C.DECISION_HELD
     assert screening.rule == "large-transaction" and screening.explanation.startswith("held by")
     assert screening.reason == HELD_FOR_REVIEW and [f.rule for f in screening.findings] == ["large-transaction"]
+
+
+def test_batch_screen_answers_each_request_on_its_own(fake):
+    second = a_request(transaction="transactions/t2")
+    second.request_id = "r2"
+    reply = served(fake).call("BatchScreenTransactions", C.BatchScreenTransactionsRequest(
+        requests=[a_request(), a_request(user_id=""), second]))
+    outcomes = [refusal_in(outcome.status) for outcome in reply.outcomes]
+    assert [(o.code.name, list(o.fields)) for o in outcomes] == [
+        ("OK", []), ("INVALID_ARGUMENT", ["screening.user_id"]), ("OK", [])]
+    assert [outcome.response.screening.transaction for outcome in reply.outcomes] == [
+        "transactions/t1", "", "transactions/t2"]
+    assert reply.outcomes[0].response.screening.rule == "large-transaction"     # a service sees the rule
+    assert [call["request_id"] for name, call in fake.calls if name == "screen"] == ["r1", "r2"]
+    refused = served(fake).refusal("BatchScreenTransactions", C.BatchScreenTransactionsRequest())
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and list(refused.fields) == ["requests"]
 
 
 def test_a_user_sees_the_reason_but_not_the_rules(fake):

@@ -11,7 +11,7 @@ import pytest
 
 from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2
-from services.domain.errors import FieldViolation, InvalidArgument, NotFound
+from services.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from services.domain.money import Money
 from services.runtime.users import User
 from services.wallet.ledger import Hold, Wallet
@@ -19,7 +19,7 @@ from services.wallet.repository import LedgerEntry
 from services.wallet.service import Page
 from services.wallet.servicer import WalletServicer
 
-from servicing import Recorder, Served
+from servicing import Recorder, Served, refusal_in
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.timezone.utc)
 LATER = NOW + dt.timedelta(minutes=5)
@@ -262,3 +262,53 @@ def test_a_refusal_of_the_service_keeps_its_reason_and_field(served, service):
         request_id="r-6", wallet="wallets/w1", amount=common_pb2.Money(currency_code="EUR", amount="1")))
     assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "CURRENCY_MISMATCH")
     assert refused.fields == {"amount.currency_code": "must be USD"}
+
+
+def test_batch_create_holds_answers_each_request_on_its_own(served, service):
+    original = service.create_hold
+
+    async def create_hold(request_id, fingerprint, wallet_id, amount, reference, encode):
+        if wallet_id == "w2":
+            raise FailedPrecondition("insufficient funds in wallets/w2", reason="INSUFFICIENT_FUNDS")
+        return await original(request_id, fingerprint, wallet_id, amount, reference, encode)
+    service.create_hold = create_hold
+
+    def hold(parent: str, request_id: str) -> wallet_pb2.CreateHoldRequest:
+        return wallet_pb2.CreateHoldRequest(request_id=request_id, parent=parent,
+                                            hold=wallet_pb2.Hold(amount=usd("2"), reference="order-7"))
+    reply = served.call("BatchCreateHolds", wallet_pb2.BatchCreateHoldsRequest(requests=[
+        hold("wallets/w1", "r-1"), hold("wallets/w2", "r-2"), hold("wallets/not a name", "r-3"), hold("wallets/w1", "")]))
+    outcomes = [refusal_in(outcome.status) for outcome in reply.outcomes]
+    assert [(o.code.name, o.reason, list(o.fields)) for o in outcomes] == [
+        ("OK", "", []), ("FAILED_PRECONDITION", "INSUFFICIENT_FUNDS", []),
+        ("INVALID_ARGUMENT", "INVALID_ARGUMENT", ["parent"]), ("INVALID_ARGUMENT", "INVALID_ARGUMENT", ["request_id"])]
+    assert reply.outcomes[0].response.hold.name == "wallets/w1/holds/h1"
+    assert reply.outcomes[0].response.wallet.name == "wallets/w1"
+    assert not any(outcome.HasField("response") for outcome in reply.outcomes[1:])
+    # the request asked as CreateHold would have asked it; the refused ones never reached the service
+    assert [call["request_id"] for name, call in service.calls if name == "create_hold"] == ["r-1"]
+
+
+def test_a_bug_in_one_request_of_a_batch_fails_only_that_one(served, service):
+    original = service.create_hold
+
+    async def create_hold(request_id, fingerprint, wallet_id, amount, reference, encode):
+        if request_id == "r-2":
+            raise KeyError("a bug")
+        return await original(request_id, fingerprint, wallet_id, amount, reference, encode)
+    service.create_hold = create_hold
+    reply = served.call("BatchCreateHolds", wallet_pb2.BatchCreateHoldsRequest(requests=[
+        wallet_pb2.CreateHoldRequest(request_id=key, parent="wallets/w1", hold=wallet_pb2.Hold(amount=usd("1")))
+        for key in ("r-1", "r-2", "r-3")]))
+    assert [refusal_in(outcome.status).code.name for outcome in reply.outcomes] == ["OK", "INTERNAL", "OK"]
+    assert "a bug" not in reply.outcomes[1].status.message
+
+
+@pytest.mark.parametrize("size", [0, 101])
+def test_a_batch_of_no_holds_or_too_many_is_refused_naming_requests(served, service, size):
+    request = wallet_pb2.BatchCreateHoldsRequest(requests=[
+        wallet_pb2.CreateHoldRequest(request_id=f"r-{i}", parent="wallets/w1", hold=wallet_pb2.Hold(amount=usd("1")))
+        for i in range(size)])
+    refused = served.refusal("BatchCreateHolds", request)
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and list(refused.fields) == ["requests"]
+    assert service.names() == []

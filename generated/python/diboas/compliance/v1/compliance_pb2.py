@@ -26,9 +26,10 @@ from diboas.common.v1 import common_pb2 as diboas_dot_common_dot_v1_dot_common__
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%diboas/compliance/v1/compliance.proto\x12\x14\x64iboas.compliance.v1\x1a\x1d\x64iboas/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"K\n\x07\x46inding\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\r\n\x05\x63heck\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\"\x8d\x01\n\x06Review\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1e.diboas.compliance.v1.Decision\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08reviewer\x18\x03 \x01(\t\x12/\n\x0breview_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x04\n\tScreening\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0btransaction\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x39\n\x04type\x18\x03 \x01(\x0e\x32%.diboas.compliance.v1.TransactionTypeB\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x14\n\x0csource_owner\x18\x06 \x01(\t\x12\x19\n\x11\x64\x65stination_owner\x18\x07 \x01(\t\x12\x1b\n\x13\x64\x65stination_address\x18\x08 \x01(\t\x12\x36\n\x08\x64\x65\x63ision\x18\t \x01(\x0e\x32\x1e.diboas.compliance.v1.DecisionB\x04\xe2\x41\x01\x03\x12\x12\n\x04rule\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65xplanation\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x08\x66indings\x18\r \x03(\x0b\x32\x1d.diboas.compliance.v1.FindingB\x04\xe2\x41\x01\x03\x12\x35\n\x0bscreen_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x06review\x18\x0f \x01(\x0b\x32\x1c.diboas.compliance.v1.ReviewB\x04\xe2\x41\x01\x03\"n\n\x18ScreenTransactionRequest\x12\x38\n\tscreening\x18\x01 \x01(\x0b\x32\x1f.diboas.compliance.v1.ScreeningB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"O\n\x19ScreenTransactionResponse\x12\x32\n\tscreening\x18\x01 \x01(\x0b\x32\x1f.diboas.compliance.v1.Screening\")\n\x13GetScreeningRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"J\n\x14GetScreeningResponse\x12\x32\n\tscreening\x18\x01 \x01(\x0b\x32\x1f.diboas.compliance.v1.Screening\"\x81\x01\n\x15ListScreeningsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x1e.diboas.compliance.v1.Decision\x12\x0f\n\x07user_id\x18\x04 \x01(\t\"f\n\x16ListScreeningsResponse\x12\x33\n\nscreenings\x18\x01 \x03(\x0b\x32\x1f.diboas.compliance.v1.Screening\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x94\x01\n\x16ReviewScreeningRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x36\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x1e.diboas.compliance.v1.DecisionB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x17ReviewScreeningResponse\x12\x32\n\tscreening\x18\x01 \x01(\x0b\x32\x1f.diboas.compliance.v1.Screening*\xa8\x01\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15TRANSACTION_TYPE_SEND\x10\x01\x12\x1c\n\x18TRANSACTION_TYPE_DEPOSIT\x10\x02\x12\x1d\n\x19TRANSACTION_TYPE_WITHDRAW\x10\x03\x12\x1b\n\x17TRANSACTION_TYPE_BRIDGE\x10\x04*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x45\x43ISION_APPROVED\x10\x01\x12\x15\n\x11\x44\x45\x43ISION_REJECTED\x10\x02\x12\x11\n\rDECISION_HELD\x10\x03\x32\xd8\x04\n\x11\x43omplianceService\x12\x97\x01\n\x11ScreenTransaction\x12..diboas.compliance.v1.ScreenTransactionRequest\x1a/.diboas.compliance.v1.ScreenTransactionResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x0e/v1/screenings:\tscreening\x12\x86\x01\n\x0cGetScreening\x12).diboas.compliance.v1.GetScreeningRequest\x1a*.diboas.compliance.v1.GetScreeningResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=screenings/*}\x12\x83\x01\n\x0eListScreenings\x12+.diboas.compliance.v1.ListScreeningsRequest\x1a,.diboas.compliance.v1.ListScreeningsResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/screenings\x12\x99\x01\n\x0fReviewScreening\x12,.diboas.compliance.v1.ReviewScreeningRequest\x1a-.diboas.compliance.v1.ReviewScreeningResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/{name=screenings/*}:review:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%diboas/compliance/v1/compliance.proto\x12\x14\x64iboas.compliance.v1\x1a\x1d\x64iboas/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"K\n\x07\x46inding\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\r\n\x05\x63heck\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\"\x8d\x01\n\x06Review\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1e.diboas.compliance.v1.Decision\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08reviewer\x18\x03 \x01(\t\x12/\n\x0breview_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x04\n\tScreening\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0btransaction\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x39\n\x04type\x18\x03 \x01(\x0e\x32%.diboas.compliance.v1.TransactionTypeB\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x14\n\x0csource_owner\x18\x06 \x01(\t\x12\x19\n\x11\x64\x65stination_owner\x18\x07 \x01(\t\x12\x1b\n\x13\x64\x65stination_address\x18\x08 \x01(\t\x12\x36\n\x08\x64\x65\x63ision\x18\t \x01(\x0e\x32\x1e.diboas.compliance.v1.DecisionB\x04\xe2\x41\x01\x03\x12\x12\n\x04rule\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65xplanation\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x08\x66indings\x18\r \x03(\x0b\x32\x1d.diboas.compliance.v1.FindingB\x04\xe2\x41\x01\x03\x12\x35\n\x0bscreen_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x06review\x18\x0f \x01(\x0b\x32\x1c.diboas.compliance.v1.ReviewB\x04\xe2\x41\x01\x03\"n\n\x18ScreenTransactionRequest\x12\x38\n\tscreening\x18\x01 \x01(\x0b\x32\x1f.diboas.compliance.v1.ScreeningB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"O\n\x19ScreenTransactionResponse\x12\x32\n\tscreening\x18\x01 \x01(\x0b\x32\x1f.diboas.compliance.v1.Screening\"h\n\x1e\x42\x61tchScreenTransactionsRequest\x12\x46\n\x08requests\x18\x01 \x03(\x0b\x32..diboas.compliance.v1.ScreenTransactionRequestB\x04\xe2\x41\x01\x02\"c\n\x1f\x42\x61tchScreenTransactionsResponse\x12@\n\x08outcomes\x18\x01 \x03(\x0b\x32..diboas.compliance.v1.ScreenTransactionOutcome\"\x81\x01\n\x18ScreenTransactionOutcome\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12\x41\n\x08response\x18\x02 \x01(\x0b\x32/.diboas.compliance.v1.ScreenTransactionResponse\")\n\x13GetScreeningRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"J\n\x14GetScreeningResponse\x12\x32\n\tscreening\x18\x01 \x01(\x0b\x32\x1f.diboas.compliance.v1.Screening\"\x81\x01\n\x15ListScreeningsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x1e.diboas.compliance.v1.Decision\x12\x0f\n\x07user_id\x18\x04 \x01(\t\"f\n\x16ListScreeningsResponse\x12\x33\n\nscreenings\x18\x01 \x03(\x0b\x32\x1f.diboas.compliance.v1.Screening\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x94\x01\n\x16ReviewScreeningRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x36\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x1e.diboas.compliance.v1.DecisionB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x17ReviewScreeningResponse\x12\x32\n\tscreening\x18\x01 \x01(\x0b\x32\x1f.diboas.compliance.v1.Screening*\xa8\x01\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15TRANSACTION_TYPE_SEND\x10\x01\x12\x1c\n\x18TRANSACTION_TYPE_DEPOSIT\x10\x02\x12\x1d\n\x19TRANSACTION_TYPE_WITHDRAW\x10\x03\x12\x1b\n\x17TRANSACTION_TYPE_BRIDGE\x10\x04*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x45\x43ISION_APPROVED\x10\x01\x12\x15\n\x11\x44\x45\x43ISION_REJECTED\x10\x02\x12\x11\n\rDECISION_HELD\x10\x03\x32\x88\x06\n\x11\x43omplianceService\x12\x97\x01\n\x11ScreenTransaction\x12..diboas.compliance.v1.ScreenTransactionRequest\x1a/.diboas.compliance.v1.ScreenTransactionResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x0e/v1/screenings:\tscreening\x12\xad\x01\n\x17\x42\x61tchScreenTransactions\x12\x34.diboas.compliance.v1.BatchScreenTransactionsRequest\x1a\x35.diboas.compliance.v1.BatchScreenTransactionsResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/screenings:batchCreate:\x01*\x12\x86\x01\n\x0cGetScreening\x12).diboas.compliance.v1.GetScreeningRequest\x1a*.diboas.compliance.v1.GetScreeningResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=screenings/*}\x12\x83\x01\n\x0eListScreenings\x12+.diboas.compliance.v1.ListScreeningsRequest\x1a,.diboas.compliance.v1.ListScreeningsResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/screenings\x12\x99\x01\n\x0fReviewScreening\x12,.diboas.compliance.v1.ReviewScreeningRequest\x1a-.diboas.compliance.v1.ReviewScreeningResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/{name=screenings/*}:review:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,6 +64,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCREENTRANSACTIONREQUEST'].fields_by_name['screening']._serialized_options = b'\342A\001\002'
   _globals['_SCREENTRANSACTIONREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_SCREENTRANSACTIONREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHSCREENTRANSACTIONSREQUEST'].fields_by_name['requests']._loaded_options = None
+  _globals['_BATCHSCREENTRANSACTIONSREQUEST'].fields_by_name['requests']._serialized_options = b'\342A\001\002'
   _globals['_GETSCREENINGREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETSCREENINGREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_REVIEWSCREENINGREQUEST'].fields_by_name['name']._loaded_options = None
@@ -75,38 +78,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVIEWSCREENINGREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
   _globals['_COMPLIANCESERVICE'].methods_by_name['ScreenTransaction']._loaded_options = None
   _globals['_COMPLIANCESERVICE'].methods_by_name['ScreenTransaction']._serialized_options = b'\202\323\344\223\002\033\"\016/v1/screenings:\tscreening'
+  _globals['_COMPLIANCESERVICE'].methods_by_name['BatchScreenTransactions']._loaded_options = None
+  _globals['_COMPLIANCESERVICE'].methods_by_name['BatchScreenTransactions']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/screenings:batchCreate:\001*'
   _globals['_COMPLIANCESERVICE'].methods_by_name['GetScreening']._loaded_options = None
   _globals['_COMPLIANCESERVICE'].methods_by_name['GetScreening']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/{name=screenings/*}'
   _globals['_COMPLIANCESERVICE'].methods_by_name['ListScreenings']._loaded_options = None
   _globals['_COMPLIANCESERVICE'].methods_by_name['ListScreenings']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/screenings'
   _globals['_COMPLIANCESERVICE'].methods_by_name['ReviewScreening']._loaded_options = None
   _globals['_COMPLIANCESERVICE'].methods_by_name['ReviewScreening']._serialized_options = b'\202\323\344\223\002#\"\036/v1/{name=screenings/*}:review:\001*'
-  _globals['_TRANSACTIONTYPE']._serialized_start=1745
-  _globals['_TRANSACTIONTYPE']._serialized_end=1913
-  _globals['_DECISION']._serialized_start=1915
-  _globals['_DECISION']._serialized_end=2016
-  _globals['_FINDING']._serialized_start=190
-  _globals['_FINDING']._serialized_end=265
-  _globals['_REVIEW']._serialized_start=268
-  _globals['_REVIEW']._serialized_end=409
-  _globals['_SCREENING']._serialized_start=412
-  _globals['_SCREENING']._serialized_end=964
-  _globals['_SCREENTRANSACTIONREQUEST']._serialized_start=966
-  _globals['_SCREENTRANSACTIONREQUEST']._serialized_end=1076
-  _globals['_SCREENTRANSACTIONRESPONSE']._serialized_start=1078
-  _globals['_SCREENTRANSACTIONRESPONSE']._serialized_end=1157
-  _globals['_GETSCREENINGREQUEST']._serialized_start=1159
-  _globals['_GETSCREENINGREQUEST']._serialized_end=1200
-  _globals['_GETSCREENINGRESPONSE']._serialized_start=1202
-  _globals['_GETSCREENINGRESPONSE']._serialized_end=1276
-  _globals['_LISTSCREENINGSREQUEST']._serialized_start=1279
-  _globals['_LISTSCREENINGSREQUEST']._serialized_end=1408
-  _globals['_LISTSCREENINGSRESPONSE']._serialized_start=1410
-  _globals['_LISTSCREENINGSRESPONSE']._serialized_end=1512
-  _globals['_REVIEWSCREENINGREQUEST']._serialized_start=1515
-  _globals['_REVIEWSCREENINGREQUEST']._serialized_end=1663
-  _globals['_REVIEWSCREENINGRESPONSE']._serialized_start=1665
-  _globals['_REVIEWSCREENINGRESPONSE']._serialized_end=1742
-  _globals['_COMPLIANCESERVICE']._serialized_start=2019
-  _globals['_COMPLIANCESERVICE']._serialized_end=2619
+  _globals['_TRANSACTIONTYPE']._serialized_start=2109
+  _globals['_TRANSACTIONTYPE']._serialized_end=2277
+  _globals['_DECISION']._serialized_start=2279
+  _globals['_DECISION']._serialized_end=2380
+  _globals['_FINDING']._serialized_start=215
+  _globals['_FINDING']._serialized_end=290
+  _globals['_REVIEW']._serialized_start=293
+  _globals['_REVIEW']._serialized_end=434
+  _globals['_SCREENING']._serialized_start=437
+  _globals['_SCREENING']._serialized_end=989
+  _globals['_SCREENTRANSACTIONREQUEST']._serialized_start=991
+  _globals['_SCREENTRANSACTIONREQUEST']._serialized_end=1101
+  _globals['_SCREENTRANSACTIONRESPONSE']._serialized_start=1103
+  _globals['_SCREENTRANSACTIONRESPONSE']._serialized_end=1182
+  _globals['_BATCHSCREENTRANSACTIONSREQUEST']._serialized_start=1184
+  _globals['_BATCHSCREENTRANSACTIONSREQUEST']._serialized_end=1288
+  _globals['_BATCHSCREENTRANSACTIONSRESPONSE']._serialized_start=1290
+  _globals['_BATCHSCREENTRANSACTIONSRESPONSE']._serialized_end=1389
+  _globals['_SCREENTRANSACTIONOUTCOME']._serialized_start=1392
+  _globals['_SCREENTRANSACTIONOUTCOME']._serialized_end=1521
+  _globals['_GETSCREENINGREQUEST']._serialized_start=1523
+  _globals['_GETSCREENINGREQUEST']._serialized_end=1564
+  _globals['_GETSCREENINGRESPONSE']._serialized_start=1566
+  _globals['_GETSCREENINGRESPONSE']._serialized_end=1640
+  _globals['_LISTSCREENINGSREQUEST']._serialized_start=1643
+  _globals['_LISTSCREENINGSREQUEST']._serialized_end=1772
+  _globals['_LISTSCREENINGSRESPONSE']._serialized_start=1774
+  _globals['_LISTSCREENINGSRESPONSE']._serialized_end=1876
+  _globals['_REVIEWSCREENINGREQUEST']._serialized_start=1879
+  _globals['_REVIEWSCREENINGREQUEST']._serialized_end=2027
+  _globals['_REVIEWSCREENINGRESPONSE']._serialized_start=2029
+  _globals['_REVIEWSCREENINGRESPONSE']._serialized_end=2106
+  _globals['_COMPLIANCESERVICE']._serialized_start=2383
+  _globals['_COMPLIANCESERVICE']._serialized_end=3159
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,11 @@ class ComplianceServiceStub:
                 request_serializer=diboas_dot_compliance_dot_v1_dot_compliance__pb2.ScreenTransactionRequest.SerializeToString,
                 response_deserializer=diboas_dot_compliance_dot_v1_dot_compliance__pb2.ScreenTransactionResponse.FromString,
                 _registered_method=True)
+        self.BatchScreenTransactions = channel.unary_unary(
+                '/diboas.compliance.v1.ComplianceService/BatchScreenTransactions',
+                request_serializer=diboas_dot_compliance_dot_v1_dot_compliance__pb2.BatchScreenTransactionsRequest.SerializeToString,
+                response_deserializer=diboas_dot_compliance_dot_v1_dot_compliance__pb2.BatchScreenTransactionsResponse.FromString,
+                _registered_method=True)
         self.GetScreening = channel.unary_unary(
                 '/diboas.compliance.v1.ComplianceService/GetScreening',
                 request_serializer=diboas_dot_compliance_dot_v1_dot_compliance__pb2.GetScreeningRequest.SerializeToString,
@@ -63,6 +68,13 @@ class ComplianceServiceServicer:
 
     def ScreenTransaction(self, request, context):
         """Screens a transaction; idempotent by request_id, and a transaction is screened once (screening it again returns the first decision).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchScreenTransactions(self, request, context):
+        """Screens several transactions in one call, each as ScreenTransaction screens it (idempotent by its own request_id) and each answered on its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +108,11 @@ def add_ComplianceServiceServicer_to_server(servicer, server):
                     servicer.ScreenTransaction,
                     request_deserializer=diboas_dot_compliance_dot_v1_dot_compliance__pb2.ScreenTransactionRequest.FromString,
                     response_serializer=diboas_dot_compliance_dot_v1_dot_compliance__pb2.ScreenTransactionResponse.SerializeToString,
+            ),
+            'BatchScreenTransactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchScreenTransactions,
+                    request_deserializer=diboas_dot_compliance_dot_v1_dot_compliance__pb2.BatchScreenTransactionsRequest.FromString,
+                    response_serializer=diboas_dot_compliance_dot_v1_dot_compliance__pb2.BatchScreenTransactionsResponse.SerializeToString,
             ),
             'GetScreening': grpc.unary_unary_rpc_method_handler(
                     servicer.GetScreening,
@@ -141,6 +158,33 @@ class ComplianceService:
             '/diboas.compliance.v1.ComplianceService/ScreenTransaction',
             diboas_dot_compliance_dot_v1_dot_compliance__pb2.ScreenTransactionRequest.SerializeToString,
             diboas_dot_compliance_dot_v1_dot_compliance__pb2.ScreenTransactionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchScreenTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diboas.compliance.v1.ComplianceService/BatchScreenTransactions',
+            diboas_dot_compliance_dot_v1_dot_compliance__pb2.BatchScreenTransactionsRequest.SerializeToString,
+            diboas_dot_compliance_dot_v1_dot_compliance__pb2.BatchScreenTransactionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

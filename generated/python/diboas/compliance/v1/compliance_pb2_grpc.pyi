@@ -35,6 +35,8 @@ class ComplianceServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ComplianceServiceAsyncStub: ...
     ScreenTransaction: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ScreenTransactionRequest, _compliance_pb2.ScreenTransactionResponse]
     """Screens a transaction; idempotent by request_id, and a transaction is screened once (screening it again returns the first decision)."""
+    BatchScreenTransactions: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.BatchScreenTransactionsRequest, _compliance_pb2.BatchScreenTransactionsResponse]
+    """Screens several transactions in one call, each as ScreenTransaction screens it (idempotent by its own request_id) and each answered on its own."""
     GetScreening: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.GetScreeningRequest, _compliance_pb2.GetScreeningResponse]
     """Returns one screening."""
     ListScreenings: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ListScreeningsRequest, _compliance_pb2.ListScreeningsResponse]
@@ -49,6 +51,8 @@ class ComplianceServiceAsyncStub(ComplianceServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ScreenTransaction: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ScreenTransactionRequest, _compliance_pb2.ScreenTransactionResponse]  # type: ignore[assignment]
     """Screens a transaction; idempotent by request_id, and a transaction is screened once (screening it again returns the first decision)."""
+    BatchScreenTransactions: _aio.UnaryUnaryMultiCallable[_compliance_pb2.BatchScreenTransactionsRequest, _compliance_pb2.BatchScreenTransactionsResponse]  # type: ignore[assignment]
+    """Screens several transactions in one call, each as ScreenTransaction screens it (idempotent by its own request_id) and each answered on its own."""
     GetScreening: _aio.UnaryUnaryMultiCallable[_compliance_pb2.GetScreeningRequest, _compliance_pb2.GetScreeningResponse]  # type: ignore[assignment]
     """Returns one screening."""
     ListScreenings: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ListScreeningsRequest, _compliance_pb2.ListScreeningsResponse]  # type: ignore[assignment]
@@ -66,6 +70,14 @@ class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compliance_pb2.ScreenTransactionResponse, _abc.Awaitable[_compliance_pb2.ScreenTransactionResponse]]:
         """Screens a transaction; idempotent by request_id, and a transaction is screened once (screening it again returns the first decision)."""
+
+    @_abc_1.abstractmethod
+    def BatchScreenTransactions(
+        self,
+        request: _compliance_pb2.BatchScreenTransactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.BatchScreenTransactionsResponse, _abc.Awaitable[_compliance_pb2.BatchScreenTransactionsResponse]]:
+        """Screens several transactions in one call, each as ScreenTransaction screens it (idempotent by its own request_id) and each answered on its own."""
 
     @_abc_1.abstractmethod
     def GetScreening(

@@ -26,9 +26,10 @@ from diboas.common.v1 import common_pb2 as diboas_dot_common_dot_v1_dot_common__
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64iboas/wallet/v1/wallet.proto\x12\x10\x64iboas.wallet.v1\x1a\x1d\x64iboas/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x02\n\x06Wallet\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08owner_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rcurrency_code\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\x11\x61vailable_balance\x18\x04 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x33\n\x0cheld_balance\x18\x05 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xec\x02\n\x0bLedgerEntry\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x04type\x18\x02 \x01(\x0e\x32!.diboas.wallet.v1.LedgerEntryTypeB\x04\xe2\x41\x01\x03\x12-\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12>\n\x17\x61vailable_balance_after\x18\x04 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x39\n\x12held_balance_after\x18\x05 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x17\n\treference\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\njournal_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x9e\x02\n\x04Hold\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12-\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x30\n\x05state\x18\x03 \x01(\x0e\x32\x1b.diboas.wallet.v1.HoldStateB\x04\xe2\x41\x01\x03\x12\x11\n\treference\x18\x04 \x01(\t\x12 \n\x12\x64\x65stination_wallet\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"_\n\x13\x43reateWalletRequest\x12.\n\x06wallet\x18\x01 \x01(\x0b\x32\x18.diboas.wallet.v1.WalletB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x14\x43reateWalletResponse\x12(\n\x06wallet\x18\x01 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\"&\n\x10GetWalletRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x11GetWalletResponse\x12(\n\x06wallet\x18\x01 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\"-\n\x16\x42\x61tchGetWalletsRequest\x12\x13\n\x05names\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\"D\n\x17\x42\x61tchGetWalletsResponse\x12)\n\x07wallets\x18\x01 \x03(\x0b\x32\x18.diboas.wallet.v1.Wallet\"M\n\x12ListWalletsRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x13ListWalletsResponse\x12)\n\x07wallets\x18\x01 \x03(\x0b\x32\x18.diboas.wallet.v1.Wallet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x16ValidateBalanceRequest\x12\x14\n\x06wallet\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\"\xb7\x01\n\x17ValidateBalanceResponse\x12\x12\n\nsufficient\x18\x01 \x01(\x08\x12\x32\n\x11\x61vailable_balance\x18\x02 \x01(\x0b\x32\x17.diboas.common.v1.Money\x12*\n\tshortfall\x18\x03 \x01(\x0b\x32\x17.diboas.common.v1.Money\x12(\n\x06wallet\x18\x04 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\"W\n\x18ListLedgerEntriesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x19ListLedgerEntriesResponse\x12\x35\n\x0eledger_entries\x18\x01 \x03(\x0b\x32\x1d.diboas.wallet.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"o\n\x11\x43reateHoldRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x04hold\x18\x02 \x01(\x0b\x32\x16.diboas.wallet.v1.HoldB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"d\n\x12\x43reateHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.diboas.wallet.v1.Hold\x12(\n\x06wallet\x18\x02 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\"$\n\x0eGetHoldRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x0fGetHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.diboas.wallet.v1.Hold\"^\n\x12\x43\x61ptureHoldRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x12\x64\x65stination_wallet\x18\x02 \x01(\t\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\";\n\x13\x43\x61ptureHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.diboas.wallet.v1.Hold\"R\n\x12ReleaseHoldRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\";\n\x13ReleaseHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.diboas.wallet.v1.Hold\"\x87\x01\n\x13\x43reditWalletRequest\x12\x14\n\x06wallet\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x11\n\treference\x18\x03 \x01(\t\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"u\n\x14\x43reditWalletResponse\x12(\n\x06wallet\x18\x01 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\x12\x33\n\x0cledger_entry\x18\x02 \x01(\x0b\x32\x1d.diboas.wallet.v1.LedgerEntry\"\x86\x01\n\x12\x44\x65\x62itWalletRequest\x12\x14\n\x06wallet\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x11\n\treference\x18\x03 \x01(\t\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"t\n\x13\x44\x65\x62itWalletResponse\x12(\n\x06wallet\x18\x01 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\x12\x33\n\x0cledger_entry\x18\x02 \x01(\x0b\x32\x1d.diboas.wallet.v1.LedgerEntry*\xd3\x01\n\x0fLedgerEntryType\x12!\n\x1dLEDGER_ENTRY_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEDGER_ENTRY_TYPE_CREDIT\x10\x01\x12\x1b\n\x17LEDGER_ENTRY_TYPE_DEBIT\x10\x02\x12\x1a\n\x16LEDGER_ENTRY_TYPE_HOLD\x10\x03\x12\"\n\x1eLEDGER_ENTRY_TYPE_HOLD_CAPTURE\x10\x04\x12\"\n\x1eLEDGER_ENTRY_TYPE_HOLD_RELEASE\x10\x05*p\n\tHoldState\x12\x1a\n\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11HOLD_STATE_ACTIVE\x10\x01\x12\x17\n\x13HOLD_STATE_CAPTURED\x10\x02\x12\x17\n\x13HOLD_STATE_RELEASED\x10\x03\x32\xd8\x0c\n\rWalletService\x12z\n\x0c\x43reateWallet\x12%.diboas.wallet.v1.CreateWalletRequest\x1a&.diboas.wallet.v1.CreateWalletResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/wallets:\x06wallet\x12r\n\tGetWallet\x12\".diboas.wallet.v1.GetWalletRequest\x1a#.diboas.wallet.v1.GetWalletResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/{name=wallets/*}\x12\x84\x01\n\x0f\x42\x61tchGetWallets\x12(.diboas.wallet.v1.BatchGetWalletsRequest\x1a).diboas.wallet.v1.BatchGetWalletsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/wallets:batchGet\x12o\n\x0bListWallets\x12$.diboas.wallet.v1.ListWalletsRequest\x1a%.diboas.wallet.v1.ListWalletsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/wallets\x12\x99\x01\n\x0fValidateBalance\x12(.diboas.wallet.v1.ValidateBalanceRequest\x1a).diboas.wallet.v1.ValidateBalanceResponse\"1\x82\xd3\xe4\x93\x02+\"&/v1/{wallet=wallets/*}:validateBalance:\x01*\x12\x9a\x01\n\x11ListLedgerEntries\x12*.diboas.wallet.v1.ListLedgerEntriesRequest\x1a+.diboas.wallet.v1.ListLedgerEntriesResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/{parent=wallets/*}/ledgerEntries\x12\x83\x01\n\nCreateHold\x12#.diboas.wallet.v1.CreateHoldRequest\x1a$.diboas.wallet.v1.CreateHoldResponse\"*\x82\xd3\xe4\x93\x02$\"\x1c/v1/{parent=wallets/*}/holds:\x04hold\x12t\n\x07GetHold\x12 .diboas.wallet.v1.GetHoldRequest\x1a!.diboas.wallet.v1.GetHoldResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{name=wallets/*/holds/*}\x12\x8b\x01\n\x0b\x43\x61ptureHold\x12$.diboas.wallet.v1.CaptureHoldRequest\x1a%.diboas.wallet.v1.CaptureHoldResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/{name=wallets/*/holds/*}:capture:\x01*\x12\x8b\x01\n\x0bReleaseHold\x12$.diboas.wallet.v1.ReleaseHoldRequest\x1a%.diboas.wallet.v1.ReleaseHoldResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/{name=wallets/*/holds/*}:release:\x01*\x12\x87\x01\n\x0c\x43reditWallet\x12%.diboas.wallet.v1.CreditWalletRequest\x1a&.diboas.wallet.v1.CreditWalletResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{wallet=wallets/*}:credit:\x01*\x12\x83\x01\n\x0b\x44\x65\x62itWallet\x12$.diboas.wallet.v1.DebitWalletRequest\x1a%.diboas.wallet.v1.DebitWalletResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/{wallet=wallets/*}:debit:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64iboas/wallet/v1/wallet.proto\x12\x10\x64iboas.wallet.v1\x1a\x1d\x64iboas/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xae\x02\n\x06Wallet\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08owner_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rcurrency_code\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\x11\x61vailable_balance\x18\x04 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x33\n\x0cheld_balance\x18\x05 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xec\x02\n\x0bLedgerEntry\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x04type\x18\x02 \x01(\x0e\x32!.diboas.wallet.v1.LedgerEntryTypeB\x04\xe2\x41\x01\x03\x12-\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12>\n\x17\x61vailable_balance_after\x18\x04 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x39\n\x12held_balance_after\x18\x05 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x17\n\treference\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\njournal_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x9e\x02\n\x04Hold\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12-\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x30\n\x05state\x18\x03 \x01(\x0e\x32\x1b.diboas.wallet.v1.HoldStateB\x04\xe2\x41\x01\x03\x12\x11\n\treference\x18\x04 \x01(\t\x12 \n\x12\x64\x65stination_wallet\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"_\n\x13\x43reateWalletRequest\x12.\n\x06wallet\x18\x01 \x01(\x0b\x32\x18.diboas.wallet.v1.WalletB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x14\x43reateWalletResponse\x12(\n\x06wallet\x18\x01 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\"&\n\x10GetWalletRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x11GetWalletResponse\x12(\n\x06wallet\x18\x01 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\"-\n\x16\x42\x61tchGetWalletsRequest\x12\x13\n\x05names\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\"D\n\x17\x42\x61tchGetWalletsResponse\x12)\n\x07wallets\x18\x01 \x03(\x0b\x32\x18.diboas.wallet.v1.Wallet\"M\n\x12ListWalletsRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x13ListWalletsResponse\x12)\n\x07wallets\x18\x01 \x03(\x0b\x32\x18.diboas.wallet.v1.Wallet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x16ValidateBalanceRequest\x12\x14\n\x06wallet\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\"\xb7\x01\n\x17ValidateBalanceResponse\x12\x12\n\nsufficient\x18\x01 \x01(\x08\x12\x32\n\x11\x61vailable_balance\x18\x02 \x01(\x0b\x32\x17.diboas.common.v1.Money\x12*\n\tshortfall\x18\x03 \x01(\x0b\x32\x17.diboas.common.v1.Money\x12(\n\x06wallet\x18\x04 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\"W\n\x18ListLedgerEntriesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x19ListLedgerEntriesResponse\x12\x35\n\x0eledger_entries\x18\x01 \x03(\x0b\x32\x1d.diboas.wallet.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"o\n\x11\x43reateHoldRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x04hold\x18\x02 \x01(\x0b\x32\x16.diboas.wallet.v1.HoldB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"d\n\x12\x43reateHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.diboas.wallet.v1.Hold\x12(\n\x06wallet\x18\x02 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\"V\n\x17\x42\x61tchCreateHoldsRequest\x12;\n\x08requests\x18\x01 \x03(\x0b\x32#.diboas.wallet.v1.CreateHoldRequestB\x04\xe2\x41\x01\x02\"Q\n\x18\x42\x61tchCreateHoldsResponse\x12\x35\n\x08outcomes\x18\x01 \x03(\x0b\x32#.diboas.wallet.v1.CreateHoldOutcome\"o\n\x11\x43reateHoldOutcome\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12\x36\n\x08response\x18\x02 \x01(\x0b\x32$.diboas.wallet.v1.CreateHoldResponse\"$\n\x0eGetHoldRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x0fGetHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.diboas.wallet.v1.Hold\"^\n\x12\x43\x61ptureHoldRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x12\x64\x65stination_wallet\x18\x02 \x01(\t\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\";\n\x13\x43\x61ptureHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.diboas.wallet.v1.Hold\"R\n\x12ReleaseHoldRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\";\n\x13ReleaseHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.diboas.wallet.v1.Hold\"\x87\x01\n\x13\x43reditWalletRequest\x12\x14\n\x06wallet\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x11\n\treference\x18\x03 \x01(\t\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"u\n\x14\x43reditWalletResponse\x12(\n\x06wallet\x18\x01 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\x12\x33\n\x0cledger_entry\x18\x02 \x01(\x0b\x32\x1d.diboas.wallet.v1.LedgerEntry\"\x86\x01\n\x12\x44\x65\x62itWalletRequest\x12\x14\n\x06wallet\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x17.diboas.common.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x11\n\treference\x18\x03 \x01(\t\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"t\n\x13\x44\x65\x62itWalletResponse\x12(\n\x06wallet\x18\x01 \x01(\x0b\x32\x18.diboas.wallet.v1.Wallet\x12\x33\n\x0cledger_entry\x18\x02 \x01(\x0b\x32\x1d.diboas.wallet.v1.LedgerEntry*\xd3\x01\n\x0fLedgerEntryType\x12!\n\x1dLEDGER_ENTRY_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEDGER_ENTRY_TYPE_CREDIT\x10\x01\x12\x1b\n\x17LEDGER_ENTRY_TYPE_DEBIT\x10\x02\x12\x1a\n\x16LEDGER_ENTRY_TYPE_HOLD\x10\x03\x12\"\n\x1eLEDGER_ENTRY_TYPE_HOLD_CAPTURE\x10\x04\x12\"\n\x1eLEDGER_ENTRY_TYPE_HOLD_RELEASE\x10\x05*p\n\tHoldState\x12\x1a\n\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11HOLD_STATE_ACTIVE\x10\x01\x12\x17\n\x13HOLD_STATE_CAPTURED\x10\x02\x12\x17\n\x13HOLD_STATE_RELEASED\x10\x03\x32\xe6\r\n\rWalletService\x12z\n\x0c\x43reateWallet\x12%.diboas.wallet.v1.CreateWalletRequest\x1a&.diboas.wallet.v1.CreateWalletResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/wallets:\x06wallet\x12r\n\tGetWallet\x12\".diboas.wallet.v1.GetWalletRequest\x1a#.diboas.wallet.v1.GetWalletResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/{name=wallets/*}\x12\x84\x01\n\x0f\x42\x61tchGetWallets\x12(.diboas.wallet.v1.BatchGetWalletsRequest\x1a).diboas.wallet.v1.BatchGetWalletsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/wallets:batchGet\x12o\n\x0bListWallets\x12$.diboas.wallet.v1.ListWalletsRequest\x1a%.diboas.wallet.v1.ListWalletsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/wallets\x12\x99\x01\n\x0fValidateBalance\x12(.diboas.wallet.v1.ValidateBalanceRequest\x1a).diboas.wallet.v1.ValidateBalanceResponse\"1\x82\xd3\xe4\x93\x02+\"&/v1/{wallet=wallets/*}:validateBalance:\x01*\x12\x9a\x01\n\x11ListLedgerEntries\x12*.diboas.wallet.v1.ListLedgerEntriesRequest\x1a+.diboas.wallet.v1.ListLedgerEntriesResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/{parent=wallets/*}/ledgerEntries\x12\x83\x01\n\nCreateHold\x12#.diboas.wallet.v1.CreateHoldRequest\x1a$.diboas.wallet.v1.CreateHoldResponse\"*\x82\xd3\xe4\x93\x02$\"\x1c/v1/{parent=wallets/*}/holds:\x04hold\x12\x8b\x01\n\x10\x42\x61tchCreateHolds\x12).diboas.wallet.v1.BatchCreateHoldsRequest\x1a*.diboas.wallet.v1.BatchCreateHoldsResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/holds:batchCreate:\x01*\x12t\n\x07GetHold\x12 .diboas.wallet.v1.GetHoldRequest\x1a!.diboas.wallet.v1.GetHoldResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{name=wallets/*/holds/*}\x12\x8b\x01\n\x0b\x43\x61ptureHold\x12$.diboas.wallet.v1.CaptureHoldRequest\x1a%.diboas.wallet.v1.CaptureHoldResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/{name=wallets/*/holds/*}:capture:\x01*\x12\x8b\x01\n\x0bReleaseHold\x12$.diboas.wallet.v1.ReleaseHoldRequest\x1a%.diboas.wallet.v1.ReleaseHoldResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/{name=wallets/*/holds/*}:release:\x01*\x12\x87\x01\n\x0c\x43reditWallet\x12%.diboas.wallet.v1.CreditWalletRequest\x1a&.diboas.wallet.v1.CreditWalletResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{wallet=wallets/*}:credit:\x01*\x12\x83\x01\n\x0b\x44\x65\x62itWallet\x12$.diboas.wallet.v1.DebitWalletRequest\x1a%.diboas.wallet.v1.DebitWalletResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/{wallet=wallets/*}:debit:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -97,6 +98,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEHOLDREQUEST'].fields_by_name['hold']._serialized_options = b'\342A\001\002'
   _globals['_CREATEHOLDREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CREATEHOLDREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHCREATEHOLDSREQUEST'].fields_by_name['requests']._loaded_options = None
+  _globals['_BATCHCREATEHOLDSREQUEST'].fields_by_name['requests']._serialized_options = b'\342A\001\002'
   _globals['_GETHOLDREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETHOLDREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_CAPTUREHOLDREQUEST'].fields_by_name['name']._loaded_options = None
@@ -133,6 +136,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WALLETSERVICE'].methods_by_name['ListLedgerEntries']._serialized_options = b'\202\323\344\223\002&\022$/v1/{parent=wallets/*}/ledgerEntries'
   _globals['_WALLETSERVICE'].methods_by_name['CreateHold']._loaded_options = None
   _globals['_WALLETSERVICE'].methods_by_name['CreateHold']._serialized_options = b'\202\323\344\223\002$\"\034/v1/{parent=wallets/*}/holds:\004hold'
+  _globals['_WALLETSERVICE'].methods_by_name['BatchCreateHolds']._loaded_options = None
+  _globals['_WALLETSERVICE'].methods_by_name['BatchCreateHolds']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/holds:batchCreate:\001*'
   _globals['_WALLETSERVICE'].methods_by_name['GetHold']._loaded_options = None
   _globals['_WALLETSERVICE'].methods_by_name['GetHold']._serialized_options = b'\202\323\344\223\002\036\022\034/v1/{name=wallets/*/holds/*}'
   _globals['_WALLETSERVICE'].methods_by_name['CaptureHold']._loaded_options = None
@@ -143,64 +148,70 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WALLETSERVICE'].methods_by_name['CreditWallet']._serialized_options = b'\202\323\344\223\002\"\"\035/v1/{wallet=wallets/*}:credit:\001*'
   _globals['_WALLETSERVICE'].methods_by_name['DebitWallet']._loaded_options = None
   _globals['_WALLETSERVICE'].methods_by_name['DebitWallet']._serialized_options = b'\202\323\344\223\002!\"\034/v1/{wallet=wallets/*}:debit:\001*'
-  _globals['_LEDGERENTRYTYPE']._serialized_start=3296
-  _globals['_LEDGERENTRYTYPE']._serialized_end=3507
-  _globals['_HOLDSTATE']._serialized_start=3509
-  _globals['_HOLDSTATE']._serialized_end=3621
-  _globals['_WALLET']._serialized_start=179
-  _globals['_WALLET']._serialized_end=481
-  _globals['_LEDGERENTRY']._serialized_start=484
-  _globals['_LEDGERENTRY']._serialized_end=848
-  _globals['_HOLD']._serialized_start=851
-  _globals['_HOLD']._serialized_end=1137
-  _globals['_CREATEWALLETREQUEST']._serialized_start=1139
-  _globals['_CREATEWALLETREQUEST']._serialized_end=1234
-  _globals['_CREATEWALLETRESPONSE']._serialized_start=1236
-  _globals['_CREATEWALLETRESPONSE']._serialized_end=1300
-  _globals['_GETWALLETREQUEST']._serialized_start=1302
-  _globals['_GETWALLETREQUEST']._serialized_end=1340
-  _globals['_GETWALLETRESPONSE']._serialized_start=1342
-  _globals['_GETWALLETRESPONSE']._serialized_end=1403
-  _globals['_BATCHGETWALLETSREQUEST']._serialized_start=1405
-  _globals['_BATCHGETWALLETSREQUEST']._serialized_end=1450
-  _globals['_BATCHGETWALLETSRESPONSE']._serialized_start=1452
-  _globals['_BATCHGETWALLETSRESPONSE']._serialized_end=1520
-  _globals['_LISTWALLETSREQUEST']._serialized_start=1522
-  _globals['_LISTWALLETSREQUEST']._serialized_end=1599
-  _globals['_LISTWALLETSRESPONSE']._serialized_start=1601
-  _globals['_LISTWALLETSRESPONSE']._serialized_end=1690
-  _globals['_VALIDATEBALANCEREQUEST']._serialized_start=1692
-  _globals['_VALIDATEBALANCEREQUEST']._serialized_end=1785
-  _globals['_VALIDATEBALANCERESPONSE']._serialized_start=1788
-  _globals['_VALIDATEBALANCERESPONSE']._serialized_end=1971
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=1973
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=2060
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=2062
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=2169
-  _globals['_CREATEHOLDREQUEST']._serialized_start=2171
-  _globals['_CREATEHOLDREQUEST']._serialized_end=2282
-  _globals['_CREATEHOLDRESPONSE']._serialized_start=2284
-  _globals['_CREATEHOLDRESPONSE']._serialized_end=2384
-  _globals['_GETHOLDREQUEST']._serialized_start=2386
-  _globals['_GETHOLDREQUEST']._serialized_end=2422
-  _globals['_GETHOLDRESPONSE']._serialized_start=2424
-  _globals['_GETHOLDRESPONSE']._serialized_end=2479
-  _globals['_CAPTUREHOLDREQUEST']._serialized_start=2481
-  _globals['_CAPTUREHOLDREQUEST']._serialized_end=2575
-  _globals['_CAPTUREHOLDRESPONSE']._serialized_start=2577
-  _globals['_CAPTUREHOLDRESPONSE']._serialized_end=2636
-  _globals['_RELEASEHOLDREQUEST']._serialized_start=2638
-  _globals['_RELEASEHOLDREQUEST']._serialized_end=2720
-  _globals['_RELEASEHOLDRESPONSE']._serialized_start=2722
-  _globals['_RELEASEHOLDRESPONSE']._serialized_end=2781
-  _globals['_CREDITWALLETREQUEST']._serialized_start=2784
-  _globals['_CREDITWALLETREQUEST']._serialized_end=2919
-  _globals['_CREDITWALLETRESPONSE']._serialized_start=2921
-  _globals['_CREDITWALLETRESPONSE']._serialized_end=3038
-  _globals['_DEBITWALLETREQUEST']._serialized_start=3041
-  _globals['_DEBITWALLETREQUEST']._serialized_end=3175
-  _globals['_DEBITWALLETRESPONSE']._serialized_start=3177
-  _globals['_DEBITWALLETRESPONSE']._serialized_end=3293
-  _globals['_WALLETSERVICE']._serialized_start=3624
-  _globals['_WALLETSERVICE']._serialized_end=5248
+  _globals['_LEDGERENTRYTYPE']._serialized_start=3605
+  _globals['_LEDGERENTRYTYPE']._serialized_end=3816
+  _globals['_HOLDSTATE']._serialized_start=3818
+  _globals['_HOLDSTATE']._serialized_end=3930
+  _globals['_WALLET']._serialized_start=204
+  _globals['_WALLET']._serialized_end=506
+  _globals['_LEDGERENTRY']._serialized_start=509
+  _globals['_LEDGERENTRY']._serialized_end=873
+  _globals['_HOLD']._serialized_start=876
+  _globals['_HOLD']._serialized_end=1162
+  _globals['_CREATEWALLETREQUEST']._serialized_start=1164
+  _globals['_CREATEWALLETREQUEST']._serialized_end=1259
+  _globals['_CREATEWALLETRESPONSE']._serialized_start=1261
+  _globals['_CREATEWALLETRESPONSE']._serialized_end=1325
+  _globals['_GETWALLETREQUEST']._serialized_start=1327
+  _globals['_GETWALLETREQUEST']._serialized_end=1365
+  _globals['_GETWALLETRESPONSE']._serialized_start=1367
+  _globals['_GETWALLETRESPONSE']._serialized_end=1428
+  _globals['_BATCHGETWALLETSREQUEST']._serialized_start=1430
+  _globals['_BATCHGETWALLETSREQUEST']._serialized_end=1475
+  _globals['_BATCHGETWALLETSRESPONSE']._serialized_start=1477
+  _globals['_BATCHGETWALLETSRESPONSE']._serialized_end=1545
+  _globals['_LISTWALLETSREQUEST']._serialized_start=1547
+  _globals['_LISTWALLETSREQUEST']._serialized_end=1624
+  _globals['_LISTWALLETSRESPONSE']._serialized_start=1626
+  _globals['_LISTWALLETSRESPONSE']._serialized_end=1715
+  _globals['_VALIDATEBALANCEREQUEST']._serialized_start=1717
+  _globals['_VALIDATEBALANCEREQUEST']._serialized_end=1810
+  _globals['_VALIDATEBALANCERESPONSE']._serialized_start=1813
+  _globals['_VALIDATEBALANCERESPONSE']._serialized_end=1996
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=1998
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=2085
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=2087
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=2194
+  _globals['_CREATEHOLDREQUEST']._serialized_start=2196
+  _globals['_CREATEHOLDREQUEST']._serialized_end=2307
+  _globals['_CREATEHOLDRESPONSE']._serialized_start=2309
+  _globals['_CREATEHOLDRESPONSE']._serialized_end=2409
+  _globals['_BATCHCREATEHOLDSREQUEST']._serialized_start=2411
+  _globals['_BATCHCREATEHOLDSREQUEST']._serialized_end=2497
+  _globals['_BATCHCREATEHOLDSRESPONSE']._serialized_start=2499
+  _globals['_BATCHCREATEHOLDSRESPONSE']._serialized_end=2580
+  _globals['_CREATEHOLDOUTCOME']._serialized_start=2582
+  _globals['_CREATEHOLDOUTCOME']._serialized_end=2693
+  _globals['_GETHOLDREQUEST']._serialized_start=2695
+  _globals['_GETHOLDREQUEST']._serialized_end=2731
+  _globals['_GETHOLDRESPONSE']._serialized_start=2733
+  _globals['_GETHOLDRESPONSE']._serialized_end=2788
+  _globals['_CAPTUREHOLDREQUEST']._serialized_start=2790
+  _globals['_CAPTUREHOLDREQUEST']._serialized_end=2884
+  _globals['_CAPTUREHOLDRESPONSE']._serialized_start=2886
+  _globals['_CAPTUREHOLDRESPONSE']._serialized_end=2945
+  _globals['_RELEASEHOLDREQUEST']._serialized_start=2947
+  _globals['_RELEASEHOLDREQUEST']._serialized_end=3029
+  _globals['_RELEASEHOLDRESPONSE']._serialized_start=3031
+  _globals['_RELEASEHOLDRESPONSE']._serialized_end=3090
+  _globals['_CREDITWALLETREQUEST']._serialized_start=3093
+  _globals['_CREDITWALLETREQUEST']._serialized_end=3228
+  _globals['_CREDITWALLETRESPONSE']._serialized_start=3230
+  _globals['_CREDITWALLETRESPONSE']._serialized_end=3347
+  _globals['_DEBITWALLETREQUEST']._serialized_start=3350
+  _globals['_DEBITWALLETREQUEST']._serialized_end=3484
+  _globals['_DEBITWALLETRESPONSE']._serialized_start=3486
+  _globals['_DEBITWALLETRESPONSE']._serialized_end=3602
+  _globals['_WALLETSERVICE']._serialized_start=3933
+  _globals['_WALLETSERVICE']._serialized_end=5699
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -642,6 +643,84 @@ class CreateHoldResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateHoldResponse: _TypeAlias = CreateHoldResponse  # noqa: Y015
+
+@_typing.final
+class BatchCreateHoldsRequest(_message.Message):
+    """Request of BatchCreateHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateHoldRequest]:
+        """The holds to create, 1 to 100, each as CreateHold takes it (with its own request_id)."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___CreateHoldRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateHoldsRequest: _TypeAlias = BatchCreateHoldsRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateHoldsResponse(_message.Message):
+    """Response of BatchCreateHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateHoldOutcome]:
+        """One per request, in the order sent."""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___CreateHoldOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateHoldsResponse: _TypeAlias = BatchCreateHoldsResponse  # noqa: Y015
+
+@_typing.final
+class CreateHoldOutcome(_message.Message):
+    """What became of one request of BatchCreateHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """Code 0 (OK) when the hold exists (made now, or by an earlier request with the same request_id); otherwise the error CreateHold would have answered, with its google.rpc.ErrorInfo."""
+
+    @_builtins.property
+    def response(self) -> Global___CreateHoldResponse:
+        """CreateHold's answer, when status is OK."""
+
+    def __init__(
+        self,
+        *,
+        status: _status_pb2.Status | None = ...,
+        response: Global___CreateHoldResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateHoldOutcome: _TypeAlias = CreateHoldOutcome  # noqa: Y015
 
 @_typing.final
 class GetHoldRequest(_message.Message):

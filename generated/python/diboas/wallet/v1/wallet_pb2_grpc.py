@@ -70,6 +70,11 @@ class WalletServiceStub:
                 request_serializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.CreateHoldRequest.SerializeToString,
                 response_deserializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.CreateHoldResponse.FromString,
                 _registered_method=True)
+        self.BatchCreateHolds = channel.unary_unary(
+                '/diboas.wallet.v1.WalletService/BatchCreateHolds',
+                request_serializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchCreateHoldsRequest.SerializeToString,
+                response_deserializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchCreateHoldsResponse.FromString,
+                _registered_method=True)
         self.GetHold = channel.unary_unary(
                 '/diboas.wallet.v1.WalletService/GetHold',
                 request_serializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.GetHoldRequest.SerializeToString,
@@ -150,6 +155,13 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCreateHolds(self, request, context):
+        """Creates several holds in one call, each as CreateHold creates it (idempotent by its own request_id) and each answered on its own: one refused changes nothing of the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetHold(self, request, context):
         """Returns one hold.
         """
@@ -222,6 +234,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.CreateHold,
                     request_deserializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.CreateHoldRequest.FromString,
                     response_serializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.CreateHoldResponse.SerializeToString,
+            ),
+            'BatchCreateHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateHolds,
+                    request_deserializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchCreateHoldsRequest.FromString,
+                    response_serializer=diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchCreateHoldsResponse.SerializeToString,
             ),
             'GetHold': grpc.unary_unary_rpc_method_handler(
                     servicer.GetHold,
@@ -439,6 +456,33 @@ class WalletService:
             '/diboas.wallet.v1.WalletService/CreateHold',
             diboas_dot_wallet_dot_v1_dot_wallet__pb2.CreateHoldRequest.SerializeToString,
             diboas_dot_wallet_dot_v1_dot_wallet__pb2.CreateHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diboas.wallet.v1.WalletService/BatchCreateHolds',
+            diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchCreateHoldsRequest.SerializeToString,
+            diboas_dot_wallet_dot_v1_dot_wallet__pb2.BatchCreateHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,8 @@ class WalletServiceStub:
     """Lists the ledger entries of one wallet, newest first."""
     CreateHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CreateHoldRequest, _wallet_pb2.CreateHoldResponse]
     """Reserves an amount: moves it from the available to the held balance (FAILED_PRECONDITION when not enough is available)."""
+    BatchCreateHolds: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.BatchCreateHoldsRequest, _wallet_pb2.BatchCreateHoldsResponse]
+    """Creates several holds in one call, each as CreateHold creates it (idempotent by its own request_id) and each answered on its own: one refused changes nothing of the others."""
     GetHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.GetHoldRequest, _wallet_pb2.GetHoldResponse]
     """Returns one hold."""
     CaptureHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CaptureHoldRequest, _wallet_pb2.CaptureHoldResponse]
@@ -77,6 +79,8 @@ class WalletServiceAsyncStub(WalletServiceStub):
     """Lists the ledger entries of one wallet, newest first."""
     CreateHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CreateHoldRequest, _wallet_pb2.CreateHoldResponse]  # type: ignore[assignment]
     """Reserves an amount: moves it from the available to the held balance (FAILED_PRECONDITION when not enough is available)."""
+    BatchCreateHolds: _aio.UnaryUnaryMultiCallable[_wallet_pb2.BatchCreateHoldsRequest, _wallet_pb2.BatchCreateHoldsResponse]  # type: ignore[assignment]
+    """Creates several holds in one call, each as CreateHold creates it (idempotent by its own request_id) and each answered on its own: one refused changes nothing of the others."""
     GetHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.GetHoldRequest, _wallet_pb2.GetHoldResponse]  # type: ignore[assignment]
     """Returns one hold."""
     CaptureHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CaptureHoldRequest, _wallet_pb2.CaptureHoldResponse]  # type: ignore[assignment]
@@ -146,6 +150,14 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.CreateHoldResponse, _abc.Awaitable[_wallet_pb2.CreateHoldResponse]]:
         """Reserves an amount: moves it from the available to the held balance (FAILED_PRECONDITION when not enough is available)."""
+
+    @_abc_1.abstractmethod
+    def BatchCreateHolds(
+        self,
+        request: _wallet_pb2.BatchCreateHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.BatchCreateHoldsResponse, _abc.Awaitable[_wallet_pb2.BatchCreateHoldsResponse]]:
+        """Creates several holds in one call, each as CreateHold creates it (idempotent by its own request_id) and each answered on its own: one refused changes nothing of the others."""
 
     @_abc_1.abstractmethod
     def GetHold(
