@@ -113,7 +113,7 @@ async def answer_each(requests: Sequence[R], handle: Callable[[R], Awaitable[A]]
         except errors.DomainError as error:
             return status_message(error, domain), None
         except Exception:  # noqa: BLE001 - one request's bug must not fail the others' answers
-            log.exception("%s[%d] of a batch failed", field, index)
+            log.exception("%s[%d] of a batch failed (%s)", field, index, getattr(handle, "__qualname__", handle))
             return status_message(errors.Internal(f"{field}[{index}] failed", reason="INTERNAL"), domain), None
     return list(await asyncio.gather(*(one(i, request) for i, request in enumerate(requests))))
 

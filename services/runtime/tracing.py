@@ -58,7 +58,8 @@ _BATCH_OF: contextvars.ContextVar[Sequence[contextvars.Context]] = contextvars.C
 
 
 def batch_links(callers: Sequence[contextvars.Context]) -> None:
-    """The calls made from here on in the current context are made for these callers (a batch)."""
+    """The next call made in the current context is made for these callers (a batch): its
+    CLIENT span links to each one's span."""
     _BATCH_OF.set(callers)
 
 
@@ -92,8 +93,10 @@ class RpcTracing:
         tracing is off)."""
         if not self.enabled:
             return None, {}
-        callers = _BATCH_OF.get()
-        links = [Link(context) for context in (caller.run(_span_context) for caller in callers) if context.is_valid]
+        callers, links = _BATCH_OF.get(), []
+        if callers:
+            _BATCH_OF.set(())       # the batch call is made for them; calls made after it are not
+            links = [Link(context) for context in (caller.run(_span_context) for caller in callers) if context.is_valid]
         span = self._tracer.start_span(full_method, kind=SpanKind.CLIENT, attributes=attributes, links=links)
         headers: dict = {}
         _W3C.inject(headers, context=trace.set_span_in_context(span))

@@ -6,11 +6,9 @@ from __future__ import annotations
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
-from services.domain.errors import DomainError
 from services.domain.money import Money
 from services.runtime.client import Upstream
-from services.runtime.coalesce import Coalescer
-from services.runtime.status import from_status_message
+from services.runtime.coalesce import Coalescer, answers_of
 from services.runtime.wire import money_pb
 
 from .domain import Screened, Transaction
@@ -77,11 +75,12 @@ class ComplianceClient:
                 destination_owner=tx.destination_owner, destination_address=tx.destination_address),
             request_id=request_id))
 
-    async def _screen_all(self, requests: list[compliance_pb2.ScreenTransactionRequest]) -> list[Screened | DomainError]:
-        reply = await self._compliance.BatchScreenTransactions(
-            compliance_pb2.BatchScreenTransactionsRequest(requests=requests))
-        return [_screened(outcome.response.screening) if outcome.status.code == 0
-                else from_status_message(outcome.status, self._upstream) for outcome in reply.outcomes]
+    async def _screen_all(self, requests: list[compliance_pb2.ScreenTransactionRequest]) -> list[Screened | Exception]:
+        async def batch(requests: list[compliance_pb2.ScreenTransactionRequest]):
+            return (await self._compliance.BatchScreenTransactions(
+                compliance_pb2.BatchScreenTransactionsRequest(requests=requests))).outcomes
+        answers = await answers_of(batch, self._compliance.ScreenTransaction, requests, self._upstream)
+        return [answer if isinstance(answer, BaseException) else _screened(answer.screening) for answer in answers]
 
     async def decision(self, screening: str) -> Screened:
         reply = await self._compliance.GetScreening(compliance_pb2.GetScreeningRequest(name=screening))

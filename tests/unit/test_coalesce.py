@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from diboas.common.v1 import common_pb2
 from diboas.wallet.v1 import wallet_pb2
-from services.domain.errors import FailedPrecondition, NotFound, ServiceUnavailable
+from services.domain.errors import FailedPrecondition, NotFound, ServiceUnavailable, Unimplemented
 from services.domain.money import Money
 from services.runtime.coalesce import Coalescer
 from services.runtime.context import current_deadline, within
@@ -74,11 +74,19 @@ async def test_callers_that_come_while_batches_are_on_their_way_go_together_in_t
     assert upstream.batches == [[1], [2], [3, 4, 5, 6]]
 
 
-async def test_a_batch_holds_at_most_max_batch_requests():
+async def test_a_batch_holds_at_most_max_batch_requests_and_the_rest_leaves_at_once_when_there_is_room():
     upstream = Upstream()
     small = Coalescer(upstream.send, "test", "Small", max_batch=2, in_flight=1)
     assert await asyncio.gather(*(small(i) for i in range(5))) == [0, 10, 20, 30, 40]
     assert upstream.batches == [[0, 1], [2, 3], [4]]
+    upstream.batches.clear()
+    upstream.release.clear()
+    two_at_once = Coalescer(upstream.send, "test", "Small", max_batch=2, in_flight=2)
+    burst = [asyncio.ensure_future(two_at_once(i)) for i in range(5)]
+    await asyncio.sleep(0.01)
+    assert upstream.batches == [[0, 1], [2, 3]]             # both on their way, not one after the other
+    upstream.release.set()
+    assert await asyncio.gather(*burst) == [0, 10, 20, 30, 40]
 
 
 async def test_a_refused_request_fails_only_its_own_caller():
@@ -145,8 +153,9 @@ async def test_the_batch_call_span_is_a_child_of_the_first_caller_and_links_ever
     tracing._tracer = tracer
 
     async def send(requests):
-        span, headers = tracing.start_client("/test.Service/BatchDo", {})
-        tracing.end(span, 0)
+        for name in ("/test.Service/BatchDo", "/test.Service/Then"):       # a call after the batch's
+            span, headers = tracing.start_client(name, {})
+            tracing.end(span, 0)
         return requests
 
     coalescer = Coalescer(send, "test", "Traced", max_batch=10)
@@ -159,6 +168,8 @@ async def test_the_batch_call_span_is_a_child_of_the_first_caller_and_links_ever
     [batch] = [s for s in exporter.get_finished_spans() if s.name == "/test.Service/BatchDo"]
     assert batch.parent.span_id == callers[0].span_id
     assert [link.context.span_id for link in batch.links] == [c.span_id for c in callers]
+    [then] = [s for s in exporter.get_finished_spans() if s.name == "/test.Service/Then"]
+    assert then.parent.span_id == callers[0].span_id and not then.links
 
 
 def test_a_coalescer_needs_room_for_one_request():
@@ -181,6 +192,8 @@ class FakeWalletStub:
     def __init__(self):
         self.asked: list[list[str]] = []
         self.holds: list[list[str]] = []
+        self.singles: list[str] = []
+        self.batch_served = True        # False: a wallet of a release without BatchCreateHolds
 
     async def BatchGetWallets(self, request):
         self.asked.append(list(request.names))
@@ -189,7 +202,15 @@ class FakeWalletStub:
                 raise NotFound(f"wallet: wallet {name} does not exist", reason="WALLET_NOT_FOUND")
         return wallet_pb2.BatchGetWalletsResponse(wallets=[a_wallet(name) for name in request.names])
 
+    async def CreateHold(self, request):
+        self.singles.append(request.request_id)
+        if request.parent == "wallets/poor":
+            raise FailedPrecondition("wallet: insufficient funds", reason="INSUFFICIENT_FUNDS")
+        return wallet_pb2.CreateHoldResponse(hold=wallet_pb2.Hold(name=f"{request.parent}/holds/{request.request_id}"))
+
     async def BatchCreateHolds(self, request):
+        if not self.batch_served:
+            raise Unimplemented("wallet: Method not found!", reason="UNIMPLEMENTED")
         self.holds.append([one.request_id for one in request.requests])
         refused = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message="insufficient funds")
         return wallet_pb2.BatchCreateHoldsResponse(outcomes=[
@@ -227,6 +248,17 @@ async def test_wallet_reads_of_concurrent_callers_go_in_one_call_and_a_missing_w
                                      ["wallets/a", "wallets/missing"], ["wallets/c", "wallets/d"]]
 
 
+async def test_a_missing_wallet_among_many_readers_costs_a_few_calls_more_not_one_per_reader():
+    upstream = FakeUpstream()
+    client = WalletClient(upstream)
+    asks = [[f"wallets/s{i}", f"wallets/d{i}"] for i in range(16)]
+    asks[5][1] = "wallets/missing"
+    outcomes = await asyncio.gather(*(client.describe_all(ask) for ask in asks), return_exceptions=True)
+    assert [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NotFound)] == [5]
+    assert all(outcome[1].owner == f"o-wallets/d{i}" for i, outcome in enumerate(outcomes) if i != 5)
+    assert len(upstream.wallet.asked) == 9          # 1 + 2 per halving (16, 8, 4, 2, 1)
+
+
 async def test_wallet_holds_of_concurrent_sagas_go_in_one_call_each_answered_on_its_own():
     upstream = FakeUpstream()
     client = WalletClient(upstream)
@@ -237,3 +269,35 @@ async def test_wallet_holds_of_concurrent_sagas_go_in_one_call_each_answered_on_
     assert outcomes[0] == "wallets/a/holds/t1:hold"
     assert isinstance(outcomes[1], FailedPrecondition) and "insufficient funds" in outcomes[1].message
     assert upstream.wallet.holds == [["t1:hold", "t2:hold"]]
+
+
+async def test_a_wallet_without_the_batch_rpc_is_asked_hold_by_hold():
+    upstream = FakeUpstream()
+    upstream.wallet.batch_served = False
+    client = WalletClient(upstream)
+    amount = Money("USD", Decimal("1"))
+    outcomes = await asyncio.gather(client.hold("wallets/a", amount, "transactions/1", "t1:hold"),
+                                    client.hold("wallets/poor", amount, "transactions/2", "t2:hold"),
+                                    return_exceptions=True)
+    assert outcomes[0] == "wallets/a/holds/t1:hold"
+    assert isinstance(outcomes[1], FailedPrecondition) and outcomes[1].reason == "INSUFFICIENT_FUNDS"
+    assert upstream.wallet.singles == ["t1:hold", "t2:hold"] and upstream.wallet.holds == []
+
+
+async def test_an_answer_of_the_wrong_shape_is_the_upstream_failing_for_every_caller():
+    upstream = FakeUpstream()
+    client = WalletClient(upstream)
+
+    async def short(request):
+        return wallet_pb2.BatchGetWalletsResponse(wallets=[a_wallet("wallets/a")])
+    upstream.wallet.BatchGetWallets = short
+    outcomes = await asyncio.gather(client.describe_all(["wallets/a", "wallets/b"]), client.describe_all(["wallets/c"]),
+                                    return_exceptions=True)
+    assert all(isinstance(o, ServiceUnavailable) and o.reason == "UPSTREAM_MALFORMED_ANSWER" for o in outcomes)
+    assert outcomes[0] is not outcomes[1]                   # each caller its own error
+
+    async def without_response(request):
+        return wallet_pb2.BatchCreateHoldsResponse(outcomes=[wallet_pb2.CreateHoldOutcome()])
+    upstream.wallet.BatchCreateHolds = without_response
+    with pytest.raises(ServiceUnavailable, match="OK without a response"):
+        await client.hold("wallets/a", Money("USD", Decimal("1")), "transactions/1", "t1:hold")
