@@ -53,11 +53,15 @@ async def test_two_instances_share_the_load_and_survive_losing_one(pki, tmp_path
                 try:
                     names = await mesh.funded_wallets(WALLETS, FUNDS)
                     burst = mesh.sends(names, SENDS, seed=3)
-                    await asyncio.sleep(2)
-                    assert not burst.done(), "the burst ended before the crash: make it longer"
                     wallet, transaction = topology.services["wallet"], topology.services["transaction"]
-                    # Both wallet instances took holds for the transaction service's sagas.
-                    assert all(handled(wallet.instance_metrics(k), "BatchCreateHolds") > 0 for k in (0, 1))
+                    # Both wallet instances take holds for the transaction service's sagas (in batch
+                    # calls, a few a second each: round robin spreads them within seconds).
+                    deadline = asyncio.get_running_loop().time() + 15
+                    while not all(handled(wallet.instance_metrics(k), "BatchCreateHolds") > 0 for k in (0, 1)):
+                        assert asyncio.get_running_loop().time() < deadline, "one wallet instance took no holds"
+                        await asyncio.sleep(0.25)
+                    await asyncio.sleep(1)
+                    assert not burst.done(), "the burst ended before the crash: make it longer"
                     launcher.processes["wallet#1"].kill()
                     launcher.processes["transaction#1"].kill()
                     await burst
