@@ -95,7 +95,6 @@ def status_message(error: errors.DomainError, domain: str) -> status_pb2.Status:
 
 R = TypeVar("R")
 A = TypeVar("A")
-OK = status_pb2.Status()
 
 
 async def answer_each(requests: Sequence[R], handle: Callable[[R], Awaitable[A]], domain: str, *,
@@ -105,11 +104,11 @@ async def answer_each(requests: Sequence[R], handle: Callable[[R], Awaitable[A]]
     would have got, None). An unexpected failure is logged with its traceback and answered
     INTERNAL, as the server guard answers it, without failing the others."""
     if not 1 <= len(requests) <= most:
-        raise errors.InvalidArgument.field(field, f"give 1 to {most} requests, not {len(requests)}")
+        raise errors.InvalidArgument.field(field, f"give 1 to {most} {field}, not {len(requests)}")
 
     async def one(index: int, request: R) -> tuple[status_pb2.Status, A | None]:
         try:
-            return OK, await handle(request)
+            return status_pb2.Status(), await handle(request)
         except errors.DomainError as error:
             return status_message(error, domain), None
         except Exception:  # noqa: BLE001 - one request's bug must not fail the others' answers

@@ -11,7 +11,6 @@ of the others.
 """
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from typing import Callable
@@ -24,7 +23,7 @@ from services.domain import errors
 from services.domain.clock import utcnow
 
 from ..db import Database
-from ..status import status_message
+from ..status import answer_each
 from ..tracing import MessageTracing
 from .secure import KeyRing, unseal
 from .store import Inbox, MessagingTables
@@ -87,23 +86,20 @@ class EventSink(events_pb2_grpc.EventSinkServiceServicer):
         return events_pb2.DeliverEventResponse(duplicate=duplicate)
 
     async def DeliverEvents(self, request, context):
-        if not 1 <= len(request.deliveries) <= MAX_DELIVERIES:
-            raise errors.InvalidArgument.field(
-                "deliveries", f"give 1 to {MAX_DELIVERIES} deliveries, not {len(request.deliveries)}")
-        outcomes = await asyncio.gather(*(self._outcome(delivery) for delivery in request.deliveries))
-        return events_pb2.DeliverEventsResponse(outcomes=outcomes)
+        outcomes = await answer_each(request.deliveries, self._delivered, self._domain, most=MAX_DELIVERIES,
+                                     field="deliveries")
+        return events_pb2.DeliverEventsResponse(outcomes=[
+            events_pb2.DeliveryOutcome(status=status, duplicate=bool(duplicate)) for status, duplicate in outcomes])
 
-    async def _outcome(self, delivery: events_pb2.DeliverEventRequest) -> events_pb2.DeliveryOutcome:
-        """One delivery of a DeliverEvents call: handled, or the status DeliverEvent would have
-        answered (an unexpected failure is logged here and answered INTERNAL, as the guard does)."""
+    async def _delivered(self, delivery: events_pb2.DeliverEventRequest) -> bool:
+        """One delivery of a DeliverEvents call, as DeliverEvent handles it; an unexpected failure
+        is logged here, with the event it was, and answered INTERNAL (HANDLER_ERROR)."""
         envelope = delivery.envelope
         try:
-            duplicate = await self.handle(envelope, delivery.attempt)
-        except errors.DomainError as exc:
-            return events_pb2.DeliveryOutcome(status=status_message(exc, self._domain))
+            return await self.handle(envelope, delivery.attempt)
+        except errors.DomainError:
+            raise
         except Exception as exc:  # noqa: BLE001 - one event's bug must not fail the others' answers
             log.error("unhandled error handling %s %s", envelope.type, envelope.id, exc_info=exc,
                       extra={"event_id": envelope.id, "topic": envelope.type})
-            return events_pb2.DeliveryOutcome(status=status_message(
-                errors.Internal(f"handling event {envelope.id} failed", reason="HANDLER_ERROR"), self._domain))
-        return events_pb2.DeliveryOutcome(duplicate=duplicate)
+            raise errors.Internal(f"handling event {envelope.id} failed", reason="HANDLER_ERROR") from None
