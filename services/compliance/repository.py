@@ -7,10 +7,11 @@ import datetime as dt
 import json
 from decimal import Decimal
 
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, func, insert, select, text, update
 
 from services.domain.money import EXACT, Money
-from services.runtime.db import as_utc, insert_into, param
+from services.runtime.db import as_utc, param
+from services.runtime.prepared import Prepared
 
 from .domain import HELD, REJECTED, Decision, Subject
 from .screening import Review, Screening, findings_of
@@ -21,13 +22,14 @@ s = screenings.c
 # locks), so one user's screenings and reviews are decided one at a time. SQLite's BEGIN
 # IMMEDIATE already lets one writer at a time.
 LOCK_USER = text("SELECT pg_advisory_xact_lock(hashtext('diboas.compliance'), hashtext(:user))")
-# Every screening runs these: built once, run with their values (runtime/db.py, `param`).
-AMOUNTS_SINCE = select(s.amount).where(s.user_id == param(s.user_id), s.currency == param(s.currency),
-                                       s.screened_at > param(s.screened_at), s.decision != REJECTED)
-COUNT_SINCE = select(func.count()).select_from(screenings).where(s.user_id == param(s.user_id),
-                                                                 s.screened_at > param(s.screened_at))
-OF_TRANSACTION = select(screenings).where(s.transaction == param(s.transaction))
-GET = select(screenings).where(s.id == param(s.id))
+# Every screening runs these: compiled once, run with their values (runtime/prepared.py).
+AMOUNTS_SINCE = Prepared(select(s.amount).where(s.user_id == param(s.user_id), s.currency == param(s.currency),
+                                                s.screened_at > param(s.screened_at), s.decision != REJECTED))
+COUNT_SINCE = Prepared(select(func.count()).select_from(screenings).where(s.user_id == param(s.user_id),
+                                                                          s.screened_at > param(s.screened_at)))
+OF_TRANSACTION = Prepared(select(screenings).where(s.transaction == param(s.transaction)))
+GET = Prepared(select(screenings).where(s.id == param(s.id)))
+ADD = Prepared(insert(screenings))
 
 
 def _screening(row) -> Screening:
@@ -52,20 +54,20 @@ class ScreeningRepository:
 
     # the History port
     def total_since(self, user: str, currency: str, since: dt.datetime) -> Money:
-        amounts = self.c.execute(AMOUNTS_SINCE, {"screenings_user_id": user, "screenings_currency": currency,
-                                                 "screenings_screened_at": since}).scalars()
+        amounts = AMOUNTS_SINCE.run(self.c, {"screenings_user_id": user, "screenings_currency": currency,
+                                             "screenings_screened_at": since}).scalars()
         total = Decimal(0)
         for amount in amounts:
             total = EXACT.add(total, amount)
         return Money(currency, total)
 
     def count_since(self, user: str, since: dt.datetime) -> int:
-        return self.c.execute(COUNT_SINCE, {"screenings_user_id": user, "screenings_screened_at": since}).scalar_one()
+        return COUNT_SINCE.run(self.c, {"screenings_user_id": user, "screenings_screened_at": since}).scalar_one()
 
     # screenings
     def add(self, screening: Screening) -> None:
         subject, decision = screening.subject, screening.decision
-        self.c.execute(insert_into(screenings), dict(
+        ADD.run(self.c, dict(
             id=screening.id, transaction=subject.transaction, type=subject.type, user_id=subject.user,
             currency=subject.amount.currency, amount=subject.amount.amount, source_owner=subject.source_owner,
             destination_owner=subject.destination_owner, destination_address=subject.destination_address,
@@ -80,11 +82,11 @@ class ScreeningRepository:
             reviewer=review.reviewer, reviewed_at=review.at))
 
     def get(self, screening_id: str) -> Screening | None:
-        row = self.c.execute(GET, {"screenings_id": screening_id}).first()
+        row = GET.run(self.c, {"screenings_id": screening_id}).first()
         return _screening(row) if row else None
 
     def of_transaction(self, transaction: str) -> Screening | None:
-        row = self.c.execute(OF_TRANSACTION, {"screenings_transaction": transaction}).first()
+        row = OF_TRANSACTION.run(self.c, {"screenings_transaction": transaction}).first()
         return _screening(row) if row else None
 
     def newest(self, decision: str | None, user: str | None, before_seq: int | None,

@@ -10,12 +10,13 @@ import datetime as dt
 import functools
 from typing import Callable, TypeVar
 
-from sqlalchemy import Column, Connection, DateTime, LargeBinary, MetaData, String, Table, select
+from sqlalchemy import Column, Connection, DateTime, LargeBinary, MetaData, String, Table, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from services.domain.errors import AlreadyExists
 
-from .db import Database, insert_into, param
+from .db import Database, param
+from .prepared import Prepared
 from .requests import USER_KEYS
 
 T = TypeVar("T")
@@ -33,14 +34,19 @@ def idempotency_table(metadata: MetaData) -> Table:
 
 
 @functools.cache
-def _lookup(table: Table):
-    return select(table).where(table.c.request_id == param(table.c.request_id, "request_id"))
+def _lookup(table: Table) -> Prepared:
+    return Prepared(select(table).where(table.c.request_id == param(table.c.request_id, "request_id")))
+
+
+@functools.cache
+def _store(table: Table) -> Prepared:
+    return Prepared(insert(table))
 
 
 def stored_response(connection: Connection, table: Table, operation: str, request_id: str,
                     fingerprint: str) -> bytes | None:
     """The first response of `request_id`, if there was one; ALREADY_EXISTS if it was for another request."""
-    row = connection.execute(_lookup(table), {"request_id": request_id}).first()
+    row = _lookup(table).run(connection, {"request_id": request_id}).first()
     if row is None:
         return None
     if (row.operation, row.fingerprint) != (operation, fingerprint):
@@ -59,8 +65,8 @@ def respond_once(connection: Connection, table: Table, operation: str, request_i
     if stored is not None:
         return stored
     response = respond()
-    connection.execute(insert_into(table), {"request_id": request_id, "operation": operation,
-                                            "fingerprint": fingerprint, "response": response, "created_at": now})
+    _store(table).run(connection, {"request_id": request_id, "operation": operation, "fingerprint": fingerprint,
+                                   "response": response, "created_at": now})
     return response
 
 

@@ -6,10 +6,11 @@ import datetime as dt
 import functools
 import json
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, and_, insert, literal, or_, select, update
 
 from services.domain.money import Money
-from services.runtime.db import as_utc, insert_into, param
+from services.runtime.db import as_utc, param
+from services.runtime.prepared import Prepared
 from services.runtime.users import User
 
 from .domain import PENDING, PROCESSING, TERMINAL, Screened, Transaction
@@ -17,15 +18,18 @@ from .tables import transactions
 
 t = transactions.c
 GET = select(transactions).where(t.id == param(t.id))
-INCOMING = select(t.amount).where(t.destination_wallet == param(t.destination_wallet),
-                                  t.currency == param(t.currency), t.state.in_((PENDING, PROCESSING)))
+GET_ONE = Prepared(GET)
+INCOMING = Prepared(select(t.amount).where(t.destination_wallet == param(t.destination_wallet),
+                                           t.currency == param(t.currency),
+                                           t.state.in_([literal(PENDING), literal(PROCESSING)])))
+ADD = Prepared(insert(transactions))
 
 
 @functools.cache
-def _save(columns: tuple[str, ...]):
-    """UPDATE of these columns of one transaction, built once."""
-    return (update(transactions).where(t.id == param(t.id), t.state.not_in(sorted(TERMINAL)))
-            .values({name: param(t[name]) for name in columns}))
+def _save(columns: tuple[str, ...]) -> Prepared:
+    """UPDATE of these columns of one transaction, compiled once."""
+    return Prepared(update(transactions).where(t.id == param(t.id), t.state.not_in([literal(s) for s in sorted(TERMINAL)]))
+                    .values({name: param(t[name]) for name in columns}))
 
 
 def _transaction(row) -> Transaction:
@@ -57,7 +61,7 @@ class TransactionRepository:
 
     def add(self, tx: Transaction) -> None:
         """A new transaction, with the owners of its wallets (who may see it)."""
-        self.c.execute(insert_into(transactions), dict(
+        ADD.run(self.c, dict(
             id=tx.id, type=tx.type, source_wallet=tx.source_wallet, destination_wallet=tx.destination_wallet,
             currency=tx.amount.currency, amount=tx.amount.amount, created_at=tx.created_at,
             source_chain=tx.source_chain, target_chain=tx.target_chain, destination_address=tx.destination_address,
@@ -67,12 +71,15 @@ class TransactionRepository:
         """Write what the saga changed, unless the stored transaction has already ended (the row
         stays locked until the caller's transaction ends); False when it had."""
         columns = _saga_columns(tx)
-        saved = self.c.execute(_save(tuple(columns)), {"transactions_id": tx.id,
-                                                       **{f"transactions_{name}": v for name, v in columns.items()}})
+        saved = _save(tuple(columns)).run(self.c, {"transactions_id": tx.id,
+                                                   **{f"transactions_{name}": v for name, v in columns.items()}})
         return saved.rowcount == 1
 
     def get(self, transaction_id: str, viewer: User | None = None) -> Transaction | None:
         """The transaction, if `viewer` may see it (None: anyone)."""
+        if viewer is None or viewer.is_operator:
+            row = GET_ONE.run(self.c, {"transactions_id": transaction_id}).first()
+            return _transaction(row) if row else None
         found = self._select(GET, viewer, {"transactions_id": transaction_id})
         return found[0] if found else None
 
@@ -90,8 +97,8 @@ class TransactionRepository:
 
     def incoming(self, wallet: str, currency: str) -> Money:
         """What transactions accepted and not finished yet bring to `wallet`."""
-        amounts = self.c.execute(INCOMING, {"transactions_destination_wallet": wallet,
-                                            "transactions_currency": currency}).scalars().all()
+        amounts = INCOMING.run(self.c, {"transactions_destination_wallet": wallet,
+                                        "transactions_currency": currency}).scalars()
         return sum((Money(currency, amount) for amount in amounts), Money.zero(currency))
 
     def _select(self, query, viewer: User | None, values: dict | None = None) -> list[Transaction]:

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from services.domain.money import EXACT
 from services.runtime.db import as_utc, insert_into, param
+from services.runtime.prepared import Prepared
 
 from .ledger import Hold, Journal, Wallet
 from .tables import holds, journals, ledger_entries, postings, wallets
@@ -28,13 +30,23 @@ class LedgerEntry:
 
 
 w, h = wallets.c, holds.c
-GET_WALLET = select(wallets).where(w.id == param(w.id))
-LOCK_WALLETS = select(wallets).where(w.id.in_(bindparam("ids", expanding=True))).order_by(w.id)
-SAVE_BALANCES = update(wallets).where(w.id == param(w.id)).values(
-    available=param(w.available), held=param(w.held), updated_at=param(w.updated_at))
-GET_HOLD = select(holds).where(h.id == param(h.id), h.wallet_id == param(h.wallet_id))
-SAVE_HOLD = update(holds).where(h.id == param(h.id)).values(
-    state=param(h.state), destination_wallet_id=param(h.destination_wallet_id), updated_at=param(h.updated_at))
+SAVE_BALANCES = Prepared(update(wallets).where(w.id == param(w.id)).values(
+    available=param(w.available), held=param(w.held), updated_at=param(w.updated_at)))
+ADD_HOLD = Prepared(insert(holds))
+GET_HOLD = Prepared(select(holds).where(h.id == param(h.id), h.wallet_id == param(h.wallet_id)))
+SAVE_HOLD = Prepared(update(holds).where(h.id == param(h.id)).values(
+    state=param(h.state), destination_wallet_id=param(h.destination_wallet_id), updated_at=param(h.updated_at)))
+ADD_JOURNAL = Prepared(insert(journals).returning(journals.c.id))
+ADD_POSTINGS = Prepared(insert(postings))
+ADD_ENTRIES = Prepared(insert(ledger_entries))
+
+
+@functools.lru_cache(maxsize=256)
+def _wallets_by_id(count: int, for_update: bool) -> Prepared:
+    """The wallets of `count` ids (id_0, id_1...) in id order, locked for the transaction when
+    `for_update`: one statement per count, since a prepared statement's IN list is fixed."""
+    query = select(wallets).where(w.id.in_([param(w.id, f"id_{i}") for i in range(count)])).order_by(w.id)
+    return Prepared(query.with_for_update() if for_update else query)
 
 
 def _wallet(row) -> Wallet:
@@ -64,15 +76,16 @@ class WalletRepository:
             held=wallet.held, created_at=wallet.created_at, updated_at=wallet.updated_at))
 
     def get_wallet(self, wallet_id: str, for_update: bool = False) -> Wallet | None:
-        query = GET_WALLET.with_for_update() if for_update and self._lock else GET_WALLET
-        row = self.c.execute(query, {"wallets_id": wallet_id}).first()
-        return _wallet(row) if row else None
+        return self.get_wallets([wallet_id], for_update).get(wallet_id)
 
     def get_wallets(self, wallet_ids: list[str], for_update: bool = False) -> dict[str, Wallet]:
         """The wallets of these ids that exist, by id; `for_update`: locked for this transaction
         in id order (so two transfers cannot deadlock)."""
-        query = LOCK_WALLETS.with_for_update() if for_update and self._lock else LOCK_WALLETS
-        return {row.id: _wallet(row) for row in self.c.execute(query, {"ids": sorted(set(wallet_ids))})}
+        ids = sorted(set(wallet_ids))
+        if not ids:
+            return {}
+        query = _wallets_by_id(len(ids), for_update and self._lock)
+        return {row.id: _wallet(row) for row in query.run(self.c, {f"id_{i}": wallet_id for i, wallet_id in enumerate(ids)})}
 
     def lock_wallets(self, wallet_ids: list[str]) -> dict[str, Wallet]:
         """The wallets, locked for this transaction in id order (so two transfers cannot deadlock)."""
@@ -92,32 +105,32 @@ class WalletRepository:
         return [_wallet(row) for row in self.c.execute(query)]
 
     def save_balances(self, wallet: Wallet) -> None:
-        self.c.execute(SAVE_BALANCES, {"wallets_id": wallet.id, "wallets_available": wallet.available,
+        SAVE_BALANCES.run(self.c, {"wallets_id": wallet.id, "wallets_available": wallet.available,
                                        "wallets_held": wallet.held, "wallets_updated_at": wallet.updated_at})
 
     # holds
     def add_hold(self, hold: Hold) -> None:
-        self.c.execute(insert_into(holds), dict(
+        ADD_HOLD.run(self.c, dict(
             id=hold.id, wallet_id=hold.wallet_id, amount=hold.amount, state=hold.state, reference=hold.reference,
             destination_wallet_id=hold.destination_wallet_id, created_at=hold.created_at, updated_at=hold.updated_at))
 
     def get_hold(self, wallet_id: str, hold_id: str) -> Hold | None:
-        row = self.c.execute(GET_HOLD, {"holds_id": hold_id, "holds_wallet_id": wallet_id}).first()
+        row = GET_HOLD.run(self.c, {"holds_id": hold_id, "holds_wallet_id": wallet_id}).first()
         return _hold(row) if row else None
 
     def save_hold(self, hold: Hold) -> None:
-        self.c.execute(SAVE_HOLD, {"holds_id": hold.id, "holds_state": hold.state,
+        SAVE_HOLD.run(self.c, {"holds_id": hold.id, "holds_state": hold.state,
                                    "holds_destination_wallet_id": hold.destination_wallet_id,
                                    "holds_updated_at": hold.updated_at})
 
     # the ledger
     def add_journal(self, journal: Journal, now: dt.datetime) -> int:
-        journal_id = self.c.execute(insert_into(journals), dict(
-            type=journal.type, reference=journal.reference, created_at=now)).inserted_primary_key[0]
-        self.c.execute(insert_into(postings), [
+        journal_id = ADD_JOURNAL.run(self.c, dict(type=journal.type, reference=journal.reference,
+                                                  created_at=now)).scalar_one()
+        ADD_POSTINGS.run(self.c, [
             {"journal_id": journal_id, "account": line.account, "currency": journal.currency, "amount": line.amount}
             for line in journal.lines])
-        self.c.execute(insert_into(ledger_entries), [
+        ADD_ENTRIES.run(self.c, [
             {"wallet_id": e.wallet_id, "journal_id": journal_id, "type": e.type, "amount": e.amount,
              "available_after": e.available_after, "held_after": e.held_after, "reference": journal.reference,
              "created_at": now} for e in journal.effects])

@@ -65,7 +65,8 @@ from services.domain.clock import utcnow
 from services.domain.errors import NotFound
 
 from ..config import QueuePolicy
-from ..db import BigId, Database, as_utc, insert_into, param
+from ..db import BigId, Database, as_utc, param
+from ..prepared import Prepared
 from ..tracing import current_trace_headers
 
 log = logging.getLogger("diboas.queue")
@@ -200,7 +201,8 @@ class WorkQueue:
                        .values(available_at=param(c.available_at, "until")))
         self._dispatched = (update(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item_name"))
                             .values(dispatched=true()))
-        self._done = delete(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item"))
+        self._add = Prepared(insert(table).returning(c.id))
+        self._done = Prepared(delete(table).where(c.id == param(c.id, "item_id"), c.item == param(c.item, "item")))
         self._count = select(func.count()).select_from(table).where(c.queue == name, c.deferred == false())
         self._one_waiting = (select(c.id).where(c.queue == name, c.available_at <= param(c.available_at, "now"))
                              .limit(1))
@@ -214,13 +216,13 @@ class WorkQueue:
         them if the caller never writes an outcome); that claim is returned."""
         now, carrier = self._clock(), current_trace_headers() if trace_context is None else trace_context
         traceparent, tracestate = carrier.get("traceparent", ""), carrier.get("tracestate", "")
-        inserted = connection.execute(insert_into(self._t), dict(
+        item_id = self._add.run(connection, dict(
             queue=self.name, item=item, priority=priority, available_at=now + self._lease if leased else now,
             attempts=1 if leased else 0, last_error="", created_at=now, traceparent=traceparent,
-            tracestate=tracestate))
+            tracestate=tracestate)).scalar_one()
         if not leased:
             return None
-        return Claimed(inserted.inserted_primary_key[0], item, 1, traceparent, tracestate, priority)
+        return Claimed(item_id, item, 1, traceparent, tracestate, priority)
 
     @property
     def held(self) -> Select:
@@ -318,7 +320,7 @@ class WorkQueue:
             return renewed.rowcount == 1
 
     def done(self, connection: Connection, claimed: Claimed) -> None:
-        connection.execute(self._done, {"item_id": claimed.id, "item": claimed.item})
+        self._done.run(connection, {"item_id": claimed.id, "item": claimed.item})
 
     def backoff(self, attempts: int) -> dt.timedelta:
         """The delay after a failed attempt: exponential, capped, with "equal jitter" (half of it

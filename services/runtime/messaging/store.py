@@ -29,13 +29,15 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    insert,
     select,
 )
 
 from diboas.events.v1 import events_pb2
 from services.domain.clock import utcnow
 
-from ..db import BigId, insert_into, param
+from ..db import BigId, param
+from ..prepared import Prepared
 from ..tracing import current_trace_headers
 from ..wire import timestamp
 from .secure import KeyRing, seal
@@ -109,6 +111,8 @@ class Outbox:
         self._ring = ring
         self._clock = clock
         self._on_commit: list[Callable[[], None]] = []
+        self._add_event = Prepared(insert(tables.outbox).returning(tables.outbox.c.id))
+        self._add_deliveries = Prepared(insert(tables.deliveries))
 
     @property
     def undelivered(self) -> Select:
@@ -135,12 +139,12 @@ class Outbox:
         carrier = current_trace_headers()
         envelope.traceparent, envelope.tracestate = carrier.get("traceparent", ""), carrier.get("tracestate", "")
         seal(envelope, event.SerializeToString(), self._ring if sensitive else None)
-        outbox_id = connection.execute(insert_into(self._t.outbox), dict(
+        outbox_id = self._add_event.run(connection, dict(
             event_id=envelope.id, topic=topic, envelope=envelope.SerializeToString(), created_at=now),
-        ).inserted_primary_key[0]
+        ).scalar_one()
         subscribers = list(self._subscribers_of(topic))
         if subscribers:
-            connection.execute(insert_into(self._t.deliveries), [
+            self._add_deliveries.run(connection, [
                 {"outbox_id": outbox_id, "subscriber": s, "state": PENDING, "attempts": 0, "retries": 0,
                  "next_attempt_at": now, "last_error": "", "updated_at": now} for s in subscribers])
         return envelope.id
@@ -153,13 +157,15 @@ class Inbox:
         self._t = tables
         self._consumer = consumer
         inbox = tables.inbox.c
-        self._seen = select(inbox.event_id).where(inbox.consumer == consumer, inbox.event_id == param(inbox.event_id, "event_id"))
+        self._seen = Prepared(select(inbox.event_id).where(inbox.consumer == consumer,
+                                                           inbox.event_id == param(inbox.event_id, "event_id")))
+        self._record = Prepared(insert(tables.inbox))
 
     def first_time(self, connection: Connection, event_id: str, now: dt.datetime) -> bool:
         """True (and the event recorded) if this consumer has not handled `event_id` yet. A
         concurrent duplicate makes the caller's commit fail on the primary key: it then retries
         and sees False."""
-        if connection.execute(self._seen, {"event_id": event_id}).first():
+        if self._seen.run(connection, {"event_id": event_id}).first():
             return False
-        connection.execute(insert_into(self._t.inbox), dict(consumer=self._consumer, event_id=event_id, handled_at=now))
+        self._record.run(connection, dict(consumer=self._consumer, event_id=event_id, handled_at=now))
         return True
