@@ -104,6 +104,18 @@ def database_url(request, tmp_path):
 
 
 @pytest.fixture
+def service_databases(database_url, tmp_path):
+    """The databases of the wallet, the transaction service and compliance, all on the backend of
+    `database_url` (the wallet's), each its own: on SQLite a file each, on PostgreSQL a schema each."""
+    if database_url.startswith("sqlite"):
+        yield {"wallet": database_url, "transaction": f"sqlite:///{tmp_path}/transaction.db",
+               "compliance": f"sqlite:///{tmp_path}/compliance.db"}
+        return
+    with postgres_schema() as transaction, postgres_schema() as compliance:
+        yield {"wallet": database_url, "transaction": transaction, "compliance": compliance}
+
+
+@pytest.fixture
 def transaction_database(database_url):
     """The transaction service's schema (its work queue, outbox ...) on each backend, migrated."""
     db = Database(database_url, TRANSACTION_MIGRATIONS)

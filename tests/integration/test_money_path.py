@@ -23,10 +23,10 @@ FAILED = transaction_pb2.TRANSACTION_STATE_FAILED
 
 
 @pytest.fixture(params=["apart", "one process"])
-async def mesh(request, topology, start_server, database_url):
-    # The wallet on the parametrized backend; the transaction service on its own SQLite file.
-    # Apart, they call each other over mTLS; in one process (the monolith), directly.
-    mesh = await start_mesh(topology, start_server, ("wallet", "transaction", "compliance"), wallet=database_url,
+async def mesh(request, topology, start_server, service_databases):
+    # Every service on the parametrized backend, each on its own database. Apart, they call each
+    # other over mTLS; in one process (the monolith), directly.
+    mesh = await start_mesh(topology, start_server, ("wallet", "transaction", "compliance"), **service_databases,
                             one_process=request.param == "one process")
     yield mesh
     await mesh.close()
