@@ -33,8 +33,9 @@ from services.domain import errors
 from services.domain.clock import utcnow
 
 from ..client import Upstream
-from ..db import Database
+from ..db import Database, param
 from ..loops import repeat
+from ..prepared import Prepared
 from ..status import from_status_message
 from ..tracing import MessageTracing
 from .store import DEAD, DELIVERED, PENDING, MessagingTables
@@ -139,6 +140,15 @@ class Relay:
         self._tracing = tracing or MessageTracing()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        d, o = tables.deliveries, tables.outbox
+        # Every round runs these two: prepared (services/runtime/prepared.py).
+        self._due_rows = Prepared(
+            select(d.c.id, d.c.subscriber, d.c.attempts, d.c.retries, o.c.topic, o.c.event_id, o.c.envelope)
+            .join(o, o.c.id == d.c.outbox_id)
+            .where(d.c.state == PENDING, d.c.next_attempt_at <= param(d.c.next_attempt_at, "now"))
+            .order_by(d.c.id).limit(policy.batch))
+        self._delivered = Prepared(update(d).where(d.c.id == param(d.c.id, "delivery_id"))
+                                   .values(state=DELIVERED, last_error="", updated_at=param(d.c.updated_at, "now")))
 
     def wake(self) -> None:
         """Something was added to the outbox: deliver it now rather than after the idle pause.
@@ -152,13 +162,8 @@ class Relay:
     # --- one round ------------------------------------------------------------------------------
 
     def _due(self) -> list:
-        d, o = self._t.deliveries, self._t.outbox
-        query = (select(d.c.id, d.c.subscriber, d.c.attempts, d.c.retries, o.c.topic, o.c.event_id, o.c.envelope)
-                 .join(o, o.c.id == d.c.outbox_id)
-                 .where(d.c.state == PENDING, d.c.next_attempt_at <= self._clock())
-                 .order_by(d.c.id).limit(self._policy.batch))
         with self._db.reading() as connection:
-            return list(connection.execute(query))
+            return self._due_rows.run(connection, {"now": self._clock()}).all()
 
     async def run_once(self) -> int:
         """Deliver what is due now; returns how many deliveries succeeded."""
@@ -214,9 +219,9 @@ class Relay:
         return outcomes
 
     def _record_success(self, delivery_ids: list[int]) -> None:
+        now = self._clock()
         with self._db.transaction() as connection:
-            connection.execute(update(self._t.deliveries).where(self._t.deliveries.c.id.in_(delivery_ids)).values(
-                state=DELIVERED, last_error="", updated_at=self._clock()))
+            self._delivered.run(connection, [{"delivery_id": delivery_id, "now": now} for delivery_id in delivery_ids])
 
     def _backoff(self, retries: int) -> dt.timedelta:
         seconds = min(self._policy.max_backoff, self._policy.initial_backoff * 2 ** min(retries, 30))
