@@ -198,15 +198,20 @@ class MessageTracing:
             attributes["messaging.message.conversation_id"] = conversation
         if consumer:
             attributes["messaging.consumer.group.name"] = consumer
-        with self._tracer.start_as_current_span(f"process {destination}", context=parent, kind=SpanKind.CONSUMER,
-                                                attributes=attributes, links=links, record_exception=False,
-                                                set_status_on_exception=False) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                span.set_attribute("error.type", type(exc).__qualname__)
-                span.set_status(Status(StatusCode.ERROR, getattr(exc, "message", None) or repr(exc)))
-                raise
+        # start_span and attach, not start_as_current_span: the same span, without two layers
+        # of generator context managers around every message.
+        span = self._tracer.start_span(f"process {destination}", context=parent, kind=SpanKind.CONSUMER,
+                                       attributes=attributes, links=links)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__qualname__)
+            span.set_status(Status(StatusCode.ERROR, getattr(exc, "message", None) or repr(exc)))
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
 
 
 class JsonLinesSpanExporter(SpanExporter):
