@@ -100,3 +100,21 @@ def test_the_migration_tool_writes_the_next_revision_lint_clean(tmp_path):
     lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(ROOT / "pyproject.toml"), str(path)],
                           capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout
+
+
+def test_a_migration_the_tool_writes_for_our_column_types_runs(tmp_path):
+    """tools/migration.py from no revision at all: every table of the wallet's tables.py, with its
+    ExactDecimal amounts, in one migration that imports what it names, runs, and makes that schema."""
+    migrations = tmp_path / "services" / "wallet" / "migrations"
+    shutil.copytree(ROOT / "services" / "wallet" / "migrations", migrations,
+                    ignore=shutil.ignore_patterns("__pycache__", "versions"))
+    path = new_migration("wallet", "everything", root=tmp_path)
+    assert "services.runtime.db.ExactDecimal" in path.read_text()
+    db = Database(f"sqlite:///{tmp_path}/wallet.db", migrations)
+    db.migrate()
+    try:
+        with db.engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection),
+                                    import_module("services.wallet.tables").metadata) == []
+    finally:
+        db.close()
