@@ -6,6 +6,7 @@ from __future__ import annotations
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
+from services.domain.errors import DeadlineExceeded, ServiceUnavailable
 from services.domain.money import Money
 from services.runtime.client import Upstream
 from services.runtime.coalesce import Coalescer, answers_of
@@ -18,6 +19,17 @@ from .ports import PaymentResult, TransferResult
 # plain call: the saga waits this long before it asks again (with the same key) later. Less
 # than the work queue's 30 s lease, so another worker does not take the item meanwhile.
 SAGA_STEP_TIMEOUT = 20.0
+# How long a transaction's creation waits to learn whether a provider or chain it names exists.
+LOOKUP_TIMEOUT = 2.0
+
+
+async def _looked_up(lookup) -> None:
+    """Await a Get of a provider or chain: its NotFound is raised; an upstream that cannot answer
+    now (down, slow) is no answer, and the saga finds out later."""
+    try:
+        await lookup
+    except (ServiceUnavailable, DeadlineExceeded):
+        pass
 
 
 class ProviderClient:
@@ -33,6 +45,10 @@ class ProviderClient:
         p = reply.payment
         return PaymentResult(p.name, provider_pb2.PaymentState.Name(p.state).removeprefix("PAYMENT_STATE_"),
                              p.provider, p.failure_reason)
+
+    async def require(self, provider: str) -> None:
+        await _looked_up(self._providers.GetProvider(provider_pb2.GetProviderRequest(name=provider),
+                                                     timeout=LOOKUP_TIMEOUT))
 
 
 class ChainClient:
@@ -50,6 +66,9 @@ class ChainClient:
                 for r in (t.source_transaction, t.bridge_transaction, t.target_transaction) if r.transaction_hash]
         return TransferResult(t.name, blockchain_pb2.CrossChainTransferState.Name(t.state)
                               .removeprefix("CROSS_CHAIN_TRANSFER_STATE_"), refs, t.failure_reason)
+
+    async def require(self, chain: str) -> None:
+        await _looked_up(self._chains.GetChain(blockchain_pb2.GetChainRequest(name=chain), timeout=LOOKUP_TIMEOUT))
 
 
 def _screened(screening: compliance_pb2.Screening) -> Screened:

@@ -61,12 +61,20 @@ class ProviderPort(Protocol):
                   request_id: str) -> PaymentResult:
         """A pay-in to or pay-out from `wallet` through a provider. Idempotent by request_id."""
 
+    async def require(self, provider: str) -> None:
+        """NotFound when the provider service does not know `provider` ("providers/x"); nothing
+        when it does, or when it cannot say now (the saga finds out when it pays)."""
+
 
 class ChainPort(Protocol):
     async def transfer(self, source_chain: str, target_chain: str, amount: Money, destination_address: str,
                        transaction: str, request_id: str) -> TransferResult:
         """A cross-chain transfer, compensated by the blockchain service when a step fails.
         Idempotent by request_id."""
+
+    async def require(self, chain: str) -> None:
+        """NotFound when the blockchain service does not know `chain` ("chains/x"); nothing when
+        it does, or when it cannot say now (the saga finds out when it transfers)."""
 
 
 class CompliancePort(Protocol):

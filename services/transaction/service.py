@@ -84,6 +84,7 @@ class TransactionService:
         self.units = units or UnitsOfWork(db, TransactionRepository, outbox=outbox, queue=queue,
                                           idempotency=idempotency_keys, clock=clock)
         self._wallet, self._sagas, self._clock, self._ids = wallet, sagas, clock, ids
+        self._providers, self._chains = providers, chains
         self.watchers = Watchers(WATCHES, WATCHES_PER_USER)
         self._worker = Worker(self.units, queue, sagas, wallet, providers, chains, compliance, clock,
                               tracing or MessageTracing(), started_at_once, changed=self.watchers.changed)
@@ -120,7 +121,8 @@ class TransactionService:
             if read_already is not None and (wallet, wallet_currency) == (destination, currency):
                 return read_already
             return await self._incoming(wallet, wallet_currency)
-        source_owner, destination_owner = await saga.admit(draft, Admission(draft, viewer, self._wallet, incoming))
+        admission = Admission(draft, viewer, self._wallet, incoming, self._providers, self._chains)
+        source_owner, destination_owner = await saga.admit(draft, admission)
 
         claims: dict[str, Claimed | None] = {}               # by transaction id, of every attempt
         answers: dict[bytes, tuple[Claimed | None, Transaction]] = {}   # by the answer each attempt encoded

@@ -10,6 +10,7 @@ import pytest
 
 from diboas.provider.v1 import provider_pb2
 from diboas.transaction.v1 import transaction_pb2
+from services.runtime.status import error_info
 
 from meshkit import start_mesh, usd
 
@@ -101,3 +102,27 @@ async def test_bad_sagas_are_refused_naming_the_field_and_write_nothing(mesh, ki
     listed = await mesh.transactions.ListTransactions(transaction_pb2.ListTransactionsRequest(),
                                                       metadata=mesh.as_gateway, timeout=10)
     assert list(listed.transactions) == []
+
+
+async def test_a_provider_or_chain_that_does_not_exist_is_not_found_and_nothing_is_written(mesh):
+    alice = await mesh.wallet("alice", "500.00")
+    address = "0x" + "ab" * 20
+    refused = [
+        ("DEPOSIT", {"destination_wallet": alice, "provider": "providers/nobody"}, "PROVIDER_NOT_FOUND"),
+        ("WITHDRAW", {"source_wallet": alice, "provider": "providers/nobody"}, "PROVIDER_NOT_FOUND"),
+        ("BRIDGE", {"source_wallet": alice, "source_chain": "chains/ethereum", "target_chain": "chains/nowhere",
+                    "destination_address": address}, "CHAIN_NOT_FOUND"),
+    ]
+    for n, (kind, fields, reason) in enumerate(refused):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await mesh.create(kind, "10.00", f"unknown-{n}", **fields)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND and error_info(caught.value).reason == reason
+        assert "does not exist (known: " in caught.value.details()
+    listed = await mesh.transactions.ListTransactions(transaction_pb2.ListTransactionsRequest(),
+                                                      metadata=mesh.as_gateway, timeout=10)
+    assert list(listed.transactions) == [] and charges(mesh) == []
+    assert await mesh.balances(alice) == (Decimal("500.00"), 0)
+    # One it knows: accepted and paid.
+    tx = await mesh.settled((await mesh.create("DEPOSIT", "10.00", "known", destination_wallet=alice,
+                                               provider="providers/beta-ramp")).name)
+    assert tx.state == COMPLETED and tx.provider == "providers/beta-ramp"

@@ -207,6 +207,29 @@ async def test_the_room_below_max_balance_counts_what_is_already_on_its_way(s):
     assert refused.value.reason == "BALANCE_LIMIT_EXCEEDED"
 
 
+async def test_a_provider_or_chain_that_does_not_exist_is_refused_and_nothing_is_written(s):
+    s.providers.unknown.add("providers/nobody")
+    s.chains.unknown.add("chains/nowhere")
+    address = "0x" + "ab" * 20
+    refused = [
+        (DEPOSIT, {"destination_wallet": "wallets/a", "provider": "providers/nobody"}, "PROVIDER_NOT_FOUND"),
+        (WITHDRAW, {"source_wallet": "wallets/a", "provider": "providers/nobody"}, "PROVIDER_NOT_FOUND"),
+        ("BRIDGE", {"source_wallet": "wallets/a", "source_chain": "chains/nowhere", "target_chain": "chains/y",
+                    "destination_address": address}, "CHAIN_NOT_FOUND"),
+        ("BRIDGE", {"source_wallet": "wallets/a", "source_chain": "chains/x", "target_chain": "chains/nowhere",
+                    "destination_address": address}, "CHAIN_NOT_FOUND"),
+    ]
+    for n, (kind, fields, reason) in enumerate(refused):
+        with pytest.raises(NotFound) as caught:
+            await s.create(kind, request_id=f"r{n}", **fields)
+        assert caught.value.reason == reason
+    assert s.units.state.transactions == {} and s.units.state.queued == {} and s.units.state.responses == {}
+    # A provider it knows, or none named (the provider service chooses): accepted.
+    assert await s.create(DEPOSIT, request_id="ok-1", destination_wallet="wallets/a", provider="providers/alpha")
+    assert await s.create(DEPOSIT, request_id="ok-2", destination_wallet="wallets/a")
+    assert s.providers.required == ["providers/nobody", "providers/nobody", "providers/alpha"]
+
+
 async def test_a_deposit_into_someone_elses_wallet_is_not_found(s):
     with pytest.raises(NotFound):
         await s.create(DEPOSIT, destination_wallet="wallets/b", viewer=ALICE)

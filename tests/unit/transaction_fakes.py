@@ -83,9 +83,12 @@ class FakeWallet:
 
 
 class FakeProviders:
-    """Payments: each call answers the next scripted PaymentResult (or raises), by default SUCCEEDED."""
+    """Payments: each call answers the next scripted PaymentResult (or raises), by default SUCCEEDED.
+    `require` knows every provider but those in `unknown`."""
 
     def __init__(self):
+        self.unknown: set[str] = set()
+        self.required: list[str] = []
         self.calls: list[tuple[bool, Money, str, str, str, str]] = []
         self.script = Script(lambda request_id: PaymentResult(f"payments/{request_id}", "SUCCEEDED",
                                                               "providers/alpha-pay", ""))
@@ -95,15 +98,22 @@ class FakeProviders:
         self.calls.append((pay_in, amount, wallet, transaction, provider, request_id))
         return self.script.next(request_id)
 
+    async def require(self, provider: str) -> None:
+        self.required.append(provider)
+        if provider in self.unknown:
+            raise NotFound(f"provider {provider} does not exist", reason="PROVIDER_NOT_FOUND")
+
 
 def payment(state: str, reason: str = "") -> PaymentResult:
     return PaymentResult("payments/p1", state, "providers/beta-ramp" if state == "SUCCEEDED" else "", reason)
 
 
 class FakeChains:
-    """Cross-chain transfers: each call answers the next scripted TransferResult, by default COMPLETED."""
+    """Cross-chain transfers: each call answers the next scripted TransferResult, by default COMPLETED.
+    `require` knows every chain but those in `unknown`."""
 
     def __init__(self):
+        self.unknown: set[str] = set()
         self.calls: list[tuple[str, str, Money, str, str, str]] = []
         self.script = Script(lambda request_id: transfer("COMPLETED"))
 
@@ -111,6 +121,10 @@ class FakeChains:
                        transaction: str, request_id: str) -> TransferResult:
         self.calls.append((source_chain, target_chain, amount, destination_address, transaction, request_id))
         return self.script.next(request_id)
+
+    async def require(self, chain: str) -> None:
+        if chain in self.unknown:
+            raise NotFound(f"chain {chain} does not exist", reason="CHAIN_NOT_FOUND")
 
 
 def transfer(state: str, reason: str = "") -> TransferResult:

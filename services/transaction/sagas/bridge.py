@@ -25,7 +25,9 @@ class Bridge(Saga):
             raise InvalidArgument.field("transaction.destination_address", problem)
 
     async def admit(self, draft: Transaction, wallets: Admission) -> tuple[str, str]:
-        return await wallets.out_of_the_platform()
+        owners = await wallets.out_of_the_platform()
+        await wallets.chains()
+        return owners
 
     async def run(self, tx: Transaction, context: SagaContext) -> None:
         await hold(tx, context)

@@ -73,12 +73,27 @@ class Admission:
     """The creation-time checks a saga's `admit` is made of, for one draft and one viewer: the
     wallets exist (someone else's own wallet is NOT_FOUND, worded like a missing one, before
     anything else about it is said), hold the draft's currency, the source has the funds, and the
-    destination has room below its currency's max_balance."""
+    destination has room below its currency's max_balance; and the provider or chains it names
+    exist."""
 
     def __init__(self, draft: Transaction, viewer: Viewer | None, wallet: WalletPort,
-                 incoming: Callable[[str, str], Awaitable[Money]]):
+                 incoming: Callable[[str, str], Awaitable[Money]], providers: ProviderPort | None = None,
+                 chains: ChainPort | None = None):
         self._draft, self._viewer, self._wallet, self._incoming = draft, viewer, wallet, incoming
+        self._providers, self._chains = providers, chains
         self._on_its_way: Money | None = None
+
+    async def provider(self) -> None:
+        """The provider the draft names, if any, exists (NOT_FOUND from the provider service;
+        when that cannot answer now, the saga finds out)."""
+        if self._draft.provider and self._providers is not None:
+            await self._providers.require(self._draft.provider)
+
+    async def chains(self) -> None:
+        """The draft's source and target chains exist (as `provider()`, from the blockchain service)."""
+        if self._chains is not None:
+            for chain in (self._draft.source_chain, self._draft.target_chain):
+                await self._chains.require(chain)
 
     async def _facts(self, name: str, field: str, own: bool) -> WalletFacts:
         try:
@@ -171,7 +186,8 @@ class Saga(abc.ABC):
 
     @abc.abstractmethod
     async def admit(self, draft: Transaction, wallets: Admission) -> tuple[str, str]:
-        """The creation-time checks against the wallets; (source owner, destination owner)."""
+        """The creation-time checks against the wallets (and the provider or chains the draft
+        names); (source owner, destination owner)."""
 
     @abc.abstractmethod
     async def run(self, tx: Transaction, context: SagaContext) -> None:

@@ -16,7 +16,9 @@ class Withdraw(Saga):
               "destination_address": EMPTY}           # provider: optional (empty: the provider service chooses)
 
     async def admit(self, draft: Transaction, wallets: Admission) -> tuple[str, str]:
-        return await wallets.out_of_the_platform()
+        owners = await wallets.out_of_the_platform()
+        await wallets.provider()
+        return owners
 
     async def run(self, tx: Transaction, context: SagaContext) -> None:
         await hold(tx, context)
