@@ -344,7 +344,19 @@ class MoneyClient:
                 except grpc.aio.AioRpcError as exc:
                     assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc.details()   # not enough money
                 self.answered += 1
-        return asyncio.ensure_future(asyncio.gather(*(send(n) for n in range(count))))
+        burst = asyncio.ensure_future(asyncio.gather(*(send(n) for n in range(count))))
+        burst.answered_before = self.answered
+        return burst
+
+    async def under_way(self, burst: asyncio.Future, answered: int, timeout: float = 120) -> None:
+        """Return once `answered` SENDs of `burst` (made by `sends`) have been answered: the moment
+        to disrupt it, as far into it on a fast machine as on a slow one. Fails if the burst ended
+        first (it is too short to be disrupted)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.answered < burst.answered_before + answered and not burst.done():
+            assert asyncio.get_running_loop().time() < deadline, f"fewer than {answered} SENDs answered in {timeout}s"
+            await asyncio.sleep(0.01)
+        assert not burst.done(), "the burst ended before the disruption: make it longer"
 
     async def balances(self, names):
         out = []

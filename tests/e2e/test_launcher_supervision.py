@@ -133,11 +133,8 @@ async def test_each_process_and_the_gateway_killed_under_load_comes_back_and_mon
         names = await money.funded_wallets(WALLETS, FUNDS)
         for round_, victim in enumerate(VICTIMS[mode]):
             since = len(launcher.lines)
-            before = money.answered
             burst = money.sends(names, SENDS, seed=round_, prefix=f"r{round_}-", concurrency=16)
-            while money.answered < before + 20 and not burst.done():     # under way
-                await asyncio.sleep(0.01)
-            assert not burst.done(), "the burst ended before the crash: make it longer"
+            await money.under_way(burst, 20)
             pid = launcher.pid(victim)
             os.kill(pid, signal.SIGKILL)
             await launcher.wait_for(f"{victim} exited unexpectedly (killed by SIGKILL)", 10, since)
