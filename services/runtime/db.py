@@ -22,7 +22,9 @@ import contextvars
 import datetime as dt
 import functools
 import logging
+import sqlite3
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -123,12 +125,18 @@ class ExactDecimal(TypeDecorator):
         return None if value is None else Decimal(value)
 
 
+# SQLite: how long a statement waits for another connection's lock before "database is locked".
+BUSY_TIMEOUT_MS = 10_000
+
+
 def _sqlite_setup(engine: Engine, writer: bool) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
         cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=10000"):
+        # The busy timeout first: switching to WAL waits for another process's lock too (with the
+        # driver's default of 5 s, a second instance starting beside a slow migration gave up).
+        for pragma in (f"busy_timeout={BUSY_TIMEOUT_MS}", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
@@ -179,6 +187,10 @@ def make_engine(url: str, pool_size: int = 8, writer: bool = True) -> Engine:
 
 # PostgreSQL advisory lock key held while a schema is migrated (any 64-bit number of our own).
 MIGRATION_LOCK = 0x6469626F6173
+# SQLite: how long a migration waits, in all, for other processes' locks (instances of one
+# service starting together on one file migrate in turn, each holding the lock for its whole
+# migration, which takes seconds on a machine busy starting every process at once).
+MIGRATION_WAIT_SECONDS = 120.0
 
 
 def migrate(engine: Engine, migrations: Path) -> None:
@@ -188,11 +200,26 @@ def migrate(engine: Engine, migrations: Path) -> None:
     lock, taken when the transaction begins)."""
     config = Config()
     config.set_main_option("script_location", str(migrations))
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    deadline = time.monotonic() + MIGRATION_WAIT_SECONDS
+    while True:
+        try:
+            with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+            return
+        except OperationalError as exc:
+            if not (_sqlite_locked(exc) and time.monotonic() < deadline):
+                raise
+            log.info("database %s is locked by another process (migrating too?); waiting",
+                     engine.url.render_as_string(hide_password=True))
+            time.sleep(0.5)
+
+
+def _sqlite_locked(exc: OperationalError) -> bool:
+    """SQLite's "database is locked": another connection held its lock past the busy timeout."""
+    return isinstance(exc.orig, sqlite3.OperationalError) and "locked" in str(exc.orig)
 
 
 @contextlib.contextmanager

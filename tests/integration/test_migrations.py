@@ -3,9 +3,13 @@ backends (a column added to a shared table, like the work queue's, needs its mig
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from importlib import import_module
 
 import pytest
@@ -16,7 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from services.runtime.config import load_topology
-from services.runtime.db import Database
+from services.runtime.db import BUSY_TIMEOUT_MS, Database
 from tools.migration import ROOT, new_migration
 
 from conftest import postgres_schema
@@ -117,4 +121,30 @@ def test_a_migration_the_tool_writes_for_our_column_types_runs(tmp_path):
             assert compare_metadata(MigrationContext.configure(connection),
                                     import_module("services.wallet.tables").metadata) == []
     finally:
+        db.close()
+
+
+def test_an_instance_waits_for_another_ones_slow_migration_past_the_busy_timeout(tmp_path, caplog):
+    """Two instances of a service on one SQLite file migrate in turn: one that finds the file
+    locked for longer than the busy timeout (a migration slowed by a machine busy starting every
+    process) waits for it, instead of stopping with "database is locked"."""
+    path = tmp_path / "wallet.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")                # the other instance, mid-migration
+    released = threading.Timer(BUSY_TIMEOUT_MS / 1000 + 0.5, holder.rollback)
+    released.start()
+    db = Database(f"sqlite:///{path}", import_module("services.wallet.app").MIGRATIONS)
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="diboas.db"):
+            db.migrate()
+        assert time.monotonic() - started > BUSY_TIMEOUT_MS / 1000
+        assert "is locked by another process" in caplog.text
+        with db.engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection),
+                                    import_module("services.wallet.tables").metadata) == []
+    finally:
+        released.join()
+        holder.close()
         db.close()
