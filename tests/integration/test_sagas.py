@@ -104,7 +104,17 @@ async def test_bad_sagas_are_refused_naming_the_field_and_write_nothing(mesh, ki
     assert list(listed.transactions) == []
 
 
-async def test_a_provider_or_chain_that_does_not_exist_is_not_found_and_nothing_is_written(mesh):
+@pytest.mark.parametrize("one_process", [False, True], ids=["apart", "one process"])
+async def test_a_provider_or_chain_that_does_not_exist_is_not_found_and_nothing_is_written(topology, start_server,
+                                                                                          one_process):
+    mesh = await start_mesh(topology, start_server, one_process=one_process)
+    try:
+        await _refused_for_what_does_not_exist(mesh)
+    finally:
+        await mesh.close()
+
+
+async def _refused_for_what_does_not_exist(mesh) -> None:
     alice = await mesh.wallet("alice", "500.00")
     address = "0x" + "ab" * 20
     refused = [
