@@ -10,8 +10,8 @@ processing, the transaction the connection is in, the exception classes) and doe
 per-call part itself: values in, plain rows out.
 
 Not every statement can be prepared: one with an IN list of values given at run time
-(an expanding parameter) or with column defaults computed in Python is refused when it is
-compiled; write it with a fixed number of parameters, or run it with `Connection.execute`.
+(an expanding parameter), a value rendered into its text (literal_execute) or column defaults
+computed in Python is refused when it is compiled; write it with a fixed number of parameters, or run it with `Connection.execute`.
 """
 from __future__ import annotations
 
@@ -98,12 +98,16 @@ class Prepared:
             if bind.expanding:
                 raise ValueError(f"{self!r}: an IN list of values ({name}) cannot be prepared; "
                                  "use a fixed number of parameters")
+            if bind.literal_execute:
+                raise ValueError(f"{self!r}: a value rendered into the SQL text ({name}) cannot be prepared; "
+                                 "make it an ordinary parameter")
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             default = _NO_VALUE if bind.required else bind.effective_value
             binds.append((escaped.get(name, name), name, processor, default))
         if compiled.positional:
+            # positiontup names the parameters as the statement does, before any escaping.
             order = {name: i for i, name in enumerate(compiled.positiontup)}
-            binds.sort(key=lambda b: order[b[0]])
+            binds.sort(key=lambda b: order[b[1]])
             if len(binds) != len(compiled.positiontup):
                 raise ValueError(f"{self!r}: a parameter appears more than once; prepare it once per use")
         columns = tuple(self.statement.selected_columns if hasattr(self.statement, "selected_columns")
@@ -119,7 +123,8 @@ class Prepared:
             value = given.get(key, default)
             if value is _NO_VALUE:
                 raise KeyError(f"{self!r}: no value for parameter '{key}'")
-            values.append(processor(value) if processor is not None and value is not None else value)
+            # As SQLAlchemy does, a processor sees None too: a type may store None as something else.
+            values.append(processor(value) if processor is not None else value)
         if compiled.positional:
             return values
         return {b[0]: value for b, value in zip(compiled.binds, values, strict=True)}
@@ -140,8 +145,9 @@ class Prepared:
         if not connection.in_transaction():
             connection.begin()          # as Connection.execute would (its "autobegin")
         dbapi_connection = connection.connection.dbapi_connection
-        cursor = dbapi_connection.cursor()
+        cursor = None
         try:
+            cursor = dbapi_connection.cursor()
             if many:
                 cursor.executemany(compiled.sql, parameters)
             else:
@@ -149,6 +155,8 @@ class Prepared:
             rows = _converted(cursor, compiled, dialect) if cursor.description else []
             return Rows(rows, cursor.rowcount)
         except dialect.loaded_dbapi.Error as exc:
+            # A lost server invalidates this connection; the pool's other connections are checked
+            # when next taken out (the PostgreSQL pool pings before use), not invalidated all at once.
             disconnected = dialect.is_disconnect(exc, dbapi_connection, cursor)
             if disconnected:
                 connection.invalidate(exc)
@@ -156,7 +164,8 @@ class Prepared:
                                       hide_parameters=True, connection_invalidated=disconnected,
                                       dialect=dialect, ismulti=many) from exc
         finally:
-            cursor.close()
+            if cursor is not None:
+                cursor.close()
 
 
 def _converted(cursor, compiled: _Compiled, dialect: Dialect) -> list:
@@ -176,7 +185,6 @@ def _converted(cursor, compiled: _Compiled, dialect: Dialect) -> list:
     for row in fetched:
         row = list(row)
         for index, processor in processors:
-            if row[index] is not None:
-                row[index] = processor(row[index])
+            row[index] = processor(row[index])
         rows.append(make(row))
     return rows

@@ -15,17 +15,33 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    TypeDecorator,
     bindparam,
     func,
     insert,
     literal,
     select,
+    text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from services.runtime.db import BigId, Database, ExactDecimal, as_utc, param
 from services.runtime.prepared import Prepared
+
+
+class NoneAsDash(TypeDecorator):
+    """A type that stores None as '-': its processors must see None both ways."""
+
+    impl = String(8)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return "-" if value is None else value
+
+    def process_result_value(self, value, dialect):
+        return None if value == "-" else value
+
 
 metadata = MetaData()
 things = Table(
@@ -37,6 +53,12 @@ things = Table(
     Column("blob", LargeBinary, nullable=False),
     Column("state", String(16), nullable=False),
     Column("count", Integer),
+)
+# Names SQLAlchemy must escape in its placeholders ('.', '%', a space).
+odd = Table(
+    "odd", metadata,
+    Column("a.b", String(8), primary_key=True),
+    Column("per cent%", NoneAsDash, nullable=False),
 )
 c = things.c
 AT = dt.datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=dt.timezone.utc)
@@ -116,5 +138,42 @@ def test_statements_it_cannot_run_are_refused_when_compiled(db):
                 connection, {"names": ["a"]})
         with pytest.raises(ValueError, match="IN list"):
             Prepared(select(things).where(c.state.in_(["OPEN", "NEW"]))).run(connection)
+        with pytest.raises(ValueError, match="rendered into the SQL text"):
+            Prepared(select(things).where(c.name == bindparam("name", "a", literal_execute=True))).run(connection)
         with pytest.raises(ValueError, match="one row at a time"):
             ADD.run(connection, [row("a", "1"), row("b", "1")])
+
+
+def test_a_type_that_stores_none_as_something_else_sees_none_both_ways(db):
+    add, get = Prepared(insert(odd)), Prepared(select(odd).where(odd.c["a.b"] == param(odd.c["a.b"])))
+    with db.transaction() as connection:
+        add.run(connection, {"a.b": "x", "per cent%": None})
+        connection.execute(insert(odd), {"a.b": "y", "per cent%": None})
+    with db.reading() as connection:
+        stored = dict(connection.execute(text('SELECT "a.b", "per cent%" FROM odd')).all())
+        assert stored == {"x": "-", "y": "-"}
+        assert get.run(connection, {"odd_a.b": "y"}).first() == ("y", None)
+
+
+def test_parameters_with_names_that_need_escaping_bind_to_the_right_placeholder(db):
+    add = Prepared(insert(odd))
+    both = Prepared(select(odd.c["per cent%"]).where(odd.c["a.b"] == param(odd.c["a.b"]),
+                                                      odd.c["per cent%"] == param(odd.c["per cent%"], "p.c")))
+    with db.transaction() as connection:
+        add.run(connection, [{"a.b": "x", "per cent%": "one"}, {"a.b": "y", "per cent%": "two"}])
+    with db.reading() as connection:
+        assert both.run(connection, {"odd_a.b": "y", "p.c": "two"}).scalars() == ["two"]
+        assert both.run(connection, {"odd_a.b": "y", "p.c": "one"}).scalars() == []
+
+
+def test_a_connection_that_fails_before_the_statement_gives_sqlalchemys_error(db):
+    connection = db.engine.connect()
+    try:
+        connection.connection.dbapi_connection.close()
+        with pytest.raises(DBAPIError) as raised:
+            TOTAL.run(connection)
+        # Both dialects call it a lost connection, which is then never used again.
+        assert connection.invalidated and raised.value.connection_invalidated
+    finally:
+        connection.invalidate()
+        connection.close()
