@@ -29,7 +29,6 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 QUEUE = "financial.transactions"
 WORKERS = 32  # sagas this process runs at once from the queue (competing consumers of it)
 WATCHFUL_WORKERS = 8  # of them, those that look at the queue every 0.25 s when idle; the rest every 2 s
-STARTED_AT_ONCE = 64  # sagas run at once by the requests that created them, while nothing waits in the queue
 
 
 def build(runtime: Runtime) -> list[Registration]:
@@ -60,10 +59,13 @@ def build(runtime: Runtime) -> list[Registration]:
     # in the queue, then its event in the outbox (and, over RabbitMQ, in the wallet's queue).
     backlog = Backlog(db, me.name, queue.policy.max_backlog, [queue.held, outbox.undelivered],
                       "transactions wait to be settled", waiting)
+    # Every saga a request creates starts at once while nothing waits in the queue: the backlog's
+    # bound is the only bound on them. A lower one sent the rest to the workers, which settle
+    # less than half as many (docs/decisions.md, 46).
     service = TransactionService(db, WalletClient(upstreams["wallet"]), queue, outbox,
                                  ProviderClient(upstreams["provider"]), ChainClient(upstreams["blockchain"]),
                                  compliance=ComplianceClient(upstreams["compliance"]), tracing=tracing,
-                                 started_at_once=STARTED_AT_ONCE, backlog=backlog)
+                                 started_at_once=queue.policy.max_backlog, backlog=backlog)
     if runtime.broker is not None:
         publisher = WorkPublisher(runtime.broker, queue)
         runtime.background += [WorkDispatcher(db, queue, publisher).run,

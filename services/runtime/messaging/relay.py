@@ -38,6 +38,7 @@ from ..loops import repeat
 from ..prepared import Prepared
 from ..status import from_status_message
 from ..tracing import MessageTracing
+from .sink import MAX_DELIVERIES
 from .store import DEAD, DELIVERED, PENDING, MessagingTables
 
 log = logging.getLogger("diboas.relay")
@@ -100,7 +101,9 @@ class DeliveryPolicy:
     initial_backoff: float = 0.2      # seconds, doubled per failed try, with jitter
     max_backoff: float = 30.0
     batch: int = 500                  # deliveries fetched per round
-    window: int = 32                  # deliveries in flight at once per subscriber
+    # Deliveries in flight at once per subscriber: as many as one DeliverEvents call takes. The
+    # windows of a round go one after another, so a small one caps the rate (docs/decisions.md, 46).
+    window: int = MAX_DELIVERIES
 
 
 @dataclass(frozen=True)
