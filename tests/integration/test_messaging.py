@@ -13,7 +13,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from diboas.common.v1 import common_pb2
 from diboas.events.v1 import events_pb2, events_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2_grpc
-from services.domain.errors import Unimplemented
+from services.domain.errors import ServiceUnavailable, Unimplemented
 from services.runtime.auth import TokenIssuer
 from services.runtime.client import Upstream
 from services.runtime.config import Address, BreakerPolicy
@@ -239,3 +239,44 @@ async def test_a_subscriber_without_delivery_in_windows_gets_one_call_per_event(
     mesh.subscriber.failing_amounts = {"2.00"}
     assert await mesh.relay.run_once() == 2
     assert states(mesh) == [(DELIVERED, 0), (PENDING, 1), (DELIVERED, 0)] and mesh.relay.dead_letters() == []
+
+
+class SlowTransport:
+    """Stands in for the subscriber: each call takes a moment; calls from the `down_from`-th on
+    find it down. Counts the calls and how many were on their way at once."""
+
+    def __init__(self, down_from: int | None = None):
+        self.calls, self.on_the_way, self.most_at_once, self.down_from = [], 0, 0, down_from
+
+    async def deliver_all(self, subscriber, deliveries):
+        self.calls.append([envelope.subject for envelope, _ in deliveries])
+        number = len(self.calls)
+        self.on_the_way += 1
+        self.most_at_once = max(self.most_at_once, self.on_the_way)
+        try:
+            await asyncio.sleep(0.05)
+            if self.down_from is not None and number >= self.down_from:
+                raise ServiceUnavailable("wallet: connection refused", reason="UNAVAILABLE")
+            return [None] * len(deliveries)
+        finally:
+            self.on_the_way -= 1
+
+
+async def test_windows_go_several_at_once_in_outbox_order_and_a_subscriber_found_down_ends_the_round(mesh):
+    policy = DeliveryPolicy(window=2, in_flight=2, initial_backoff=0.01, max_backoff=0.05)
+    subjects = [f"transactions/t{i}" for i in range(1, 10)]
+    publish(mesh, 9)
+    transport = SlowTransport()
+    relay = Relay(mesh.db, mesh.tables, transport, "transaction", policy)
+    assert await relay.run_once() == 9
+    assert transport.most_at_once == 2 and [s for call in transport.calls for s in call] == subjects
+    assert states(mesh) == [(DELIVERED, 0)] * 9
+
+    publish(mesh, 9)              # the same subjects again: new events
+    down = SlowTransport(down_from=2)
+    relay = Relay(mesh.db, mesh.tables, down, "transaction", policy)
+    assert await relay.run_once() == 2
+    # The first two windows were on their way together; the second found the subscriber down,
+    # and the windows after them were not sent.
+    assert len(down.calls) == 2
+    assert states(mesh)[9:] == [(DELIVERED, 0)] * 2 + [(PENDING, 0)] * 7

@@ -101,9 +101,10 @@ class DeliveryPolicy:
     initial_backoff: float = 0.2      # seconds, doubled per failed try, with jitter
     max_backoff: float = 30.0
     batch: int = 500                  # deliveries fetched per round
-    # Deliveries in flight at once per subscriber: as many as one DeliverEvents call takes. The
-    # windows of a round go one after another, so a small one caps the rate (docs/decisions.md, 46).
+    # Deliveries per call to one subscriber: as many as one DeliverEvents call takes (a small
+    # window capped the rate, docs/decisions.md, 46).
     window: int = MAX_DELIVERIES
+    in_flight: int = 4                # windows on their way at once per subscriber
 
 
 @dataclass(frozen=True)
@@ -178,24 +179,37 @@ class Relay:
         return sum(done)
 
     async def _deliver_to(self, queue: list) -> int:
-        """One subscriber's due deliveries, in outbox order, `window` at a time. Each event is about
-        its own subject, and the inbox makes redelivery harmless, so a window needs no stricter
-        order. A subscriber found down ends the round for it: the rest wait their turn."""
-        delivered = 0
-        for start in range(0, len(queue), self._policy.window):
-            chunk = queue[start:start + self._policy.window]
-            outcomes = await self._try(chunk)
-            succeeded = [row.id for row, exc in zip(chunk, outcomes, strict=True) if exc is None]
-            if succeeded:
-                await self._db.run(self._record_success, succeeded)
-                DELIVERIES.labels(self._service, chunk[0].subscriber, "delivered").inc(len(succeeded))
-                delivered += len(succeeded)
-            for row, exc in zip(chunk, outcomes, strict=True):
-                if exc is not None:
-                    await self._db.run(self._record_failure, row, exc)
-            if any(exc is not None and _down(exc) for exc in outcomes):
-                break
-        return delivered
+        """One subscriber's due deliveries, in windows of `window`, started in outbox order, up to
+        `in_flight` of them on their way at once. Each event is about its own subject, and the
+        inbox makes redelivery harmless, so windows need no stricter order. A subscriber found
+        down ends the round for it: the windows not yet sent wait their turn."""
+        size = self._policy.window
+        turn = asyncio.Semaphore(self._policy.in_flight)
+        down = False
+
+        async def window(chunk: list) -> int:
+            nonlocal down
+            async with turn:
+                if down:
+                    return 0
+                outcomes = await self._try(chunk)
+                if any(exc is not None and _down(exc) for exc in outcomes):
+                    down = True             # before the records below: no window starts meanwhile
+                succeeded = [row.id for row, exc in zip(chunk, outcomes, strict=True) if exc is None]
+                if succeeded:
+                    await self._db.run(self._record_success, succeeded)
+                    DELIVERIES.labels(self._service, chunk[0].subscriber, "delivered").inc(len(succeeded))
+                for row, exc in zip(chunk, outcomes, strict=True):
+                    if exc is not None:
+                        await self._db.run(self._record_failure, row, exc)
+                return len(succeeded)
+        # Every window ends before the round does (the next round reads what is due again).
+        results = await asyncio.gather(*(window(queue[i:i + size]) for i in range(0, len(queue), size)),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return sum(results)
 
     async def _try(self, chunk: list) -> list[Exception | None]:
         """Deliver one subscriber's window in one go; what became of each row, in order. The
