@@ -5,13 +5,13 @@
 For each concurrency N, N workers each call GetWallet, wait for the answer and call again,
 for `warmup` seconds (not recorded) and then `duration` seconds (recorded). A call counts in
 the window when it both started and finished inside it. The client for each stack is what
-a caller of that stack really runs:
+a caller of that stack (bench/stacks.py) really runs:
   bare             grpc.aio.insecure_channel, the generated stub, nothing else;
   bare-tls         an mTLS channel (services.runtime.tls.mesh_channel) with the "transaction" certificate, nothing else;
-  full             services.runtime.client.Upstream as the "transaction" identity: mTLS with
+  full, full-exported, full-no-tracing
+                   services.runtime.client.Upstream as the "transaction" identity: mTLS with
                    its own certificate, service JWT, circuit breaker, deadline, retry policy,
-                   the OpenTelemetry client interceptor and an SDK TracerProvider;
-  full-no-tracing  the same Upstream with tracing=False and no tracer provider.
+                   and the stack's tracing.
 Progress goes to stderr; the results are JSON on stdout. With --serve the process stays up and
 measures on command (one JSON line in, one out), so the orchestrator can interleave rounds.
 """
@@ -22,16 +22,18 @@ import asyncio
 import dataclasses
 import json
 import sys
+import tempfile
 from typing import Callable
 
 import grpc
 
 from .load import closed_loop
 from .servicer import REQUEST
+from .stacks import ALL_STACKS, install_tracing
 
 
-async def _open(stack: str, port: int):
-    """(stub, close) for the stack's client."""
+async def _open(stack: str, port: int, folder: str):
+    """(stub, close) for the stack's client; a stack that exports spans writes them in `folder`."""
     from diboas.wallet.v1 import wallet_pb2_grpc
     if stack == "bare":
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -42,17 +44,13 @@ async def _open(stack: str, port: int):
         channel = mesh_channel(f"127.0.0.1:{port}", load_identity(load_topology().certs_dir, "transaction"), "wallet")
         return wallet_pb2_grpc.WalletServiceStub(channel), channel.close
 
-    from services.runtime import tracing
     from services.runtime.auth import TokenIssuer
     from services.runtime.client import Upstream
     from services.runtime.config import Address, load_topology
     from services.runtime.tls import load_identity
 
     topology = load_topology()
-    tracing_on = stack == "full"
-    if tracing_on:
-        tracing.install(tracing.make_tracer_provider("transaction", "none", topology.state_dir,
-                                                     topology.observability.trace_sample_ratio))
+    tracing_on = install_tracing(stack, "transaction", folder)
     wallet = dataclasses.replace(topology.service("wallet"), address=Address("127.0.0.1", port))
     caller = topology.service("transaction")
     files = load_identity(topology.certs_dir, caller.name)
@@ -75,7 +73,7 @@ async def _measure(stub, stack: str, n: int, warmup: float, duration: float, ser
 
 
 async def _run(args) -> list[dict]:
-    stub, close = await _open(args.stack, args.port)
+    stub, close = await _open(args.stack, args.port, args.folder)
     try:
         return [await _measure(stub, args.stack, n, args.warmup, args.duration, args.server_pid)
                 for n in args.concurrency]
@@ -86,7 +84,7 @@ async def _run(args) -> list[dict]:
 async def _serve(args) -> None:
     """--serve: one JSON command per stdin line ({"concurrency", "warmup", "duration"}), one JSON
     result per stdout line, until stdin closes. The channel stays open between commands."""
-    stub, close = await _open(args.stack, args.port)
+    stub, close = await _open(args.stack, args.port, args.folder)
     loop = asyncio.get_running_loop()
     try:
         print(json.dumps({"ready": True}), flush=True)
@@ -138,7 +136,7 @@ def non_negative(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.client", description=__doc__.splitlines()[0])
-    parser.add_argument("stack", choices=("bare", "bare-tls", "full", "full-no-tracing"))
+    parser.add_argument("stack", choices=ALL_STACKS)
     parser.add_argument("port", type=int)
     parser.add_argument("--server-pid", type=int, help="server process, to report its CPU time per call")
     parser.add_argument("--concurrency", type=parse_concurrency, default=[1, 16])
@@ -147,10 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--serve", action="store_true", help="take measurement commands on stdin (used by "
                         "bench.runtime_overhead)")
     args = parser.parse_args(argv)
-    if args.serve:
-        asyncio.run(_serve(args))
-        return
-    results = asyncio.run(_run(args))
+    with tempfile.TemporaryDirectory(prefix="diboas-bench-client-") as args.folder:
+        if args.serve:
+            asyncio.run(_serve(args))
+            return
+        results = asyncio.run(_run(args))
     json.dump(results, sys.stdout)
     sys.stdout.write("\n")
 

@@ -4,12 +4,14 @@
     .venv/bin/python -m bench.runtime_overhead --duration 5 --warmup 1 --concurrency 1,16
     .venv/bin/python -m bench.runtime_overhead --profile      # cProfile the full server at c=16
 
-Three stacks, each served by its own server process and driven by its own client process
-(so that neither side's CPU is shared with the other, nor with this orchestrator):
+Four stacks (bench/stacks.py), each served by its own server process and driven by its own
+client process (so that neither side's CPU is shared with the other, nor with this orchestrator):
   bare             plaintext grpc.aio server, no interceptors / insecure channel, bare stub;
   full             services.runtime.server.MeshServer as "wallet" (mTLS, JWT, policy, deadlines,
-                   errors, metrics, OpenTelemetry with an SDK TracerProvider) called through
+                   errors, metrics, OpenTelemetry with an SDK TracerProvider, spans exported as
+                   the default configuration says: nowhere) called through
                    services.runtime.client.Upstream as "transaction";
+  full-exported    the same with every span built and written to a file;
   full-no-tracing  the same with tracing off on both sides: the difference is OpenTelemetry;
   bare-tls         (only with --stacks) plain server and channel with mTLS: what TLS alone costs.
 All servers and clients start once; the measurements then run in interleaved rounds (stack
@@ -42,13 +44,12 @@ import grpc
 from services.runtime.config import load_topology
 
 from .client import non_negative, parse_concurrency, positive
+from .stacks import OPTIONAL_STACKS, STACKS
 from .stats import cpu_model, git, median
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "runtime_overhead.json"
 PROFILE_TEXT = ROOT / "bench" / "results" / "runtime_overhead_profile.txt"
-STACKS = ("bare", "full", "full-no-tracing")
-OPTIONAL_STACKS = ("bare-tls",)  # plain server and channel with mTLS: what TLS alone costs
 TARGET_RATIO = 0.75
 TARGET_CONCURRENCY = 16
 TARGET_TEXT = f"target: full/bare >= {TARGET_RATIO} at concurrency {TARGET_CONCURRENCY}"
@@ -215,6 +216,7 @@ def _conditions(args) -> dict:
         "grpcio": grpc.__version__,
         "opentelemetry_sdk": otel_version.__version__,
         "trace_sample_ratio": load_topology().observability.trace_sample_ratio,
+        "trace_export_of_full": load_topology().observability.trace_export,
         "duration_seconds": args.duration,
         "warmup_seconds": args.warmup,
         "concurrency": args.concurrency,
@@ -268,13 +270,15 @@ def _print_report(report: dict) -> None:
     verdict = "n/a (concurrency 16 not measured)" if measured is None else \
         ("met" if target["met"] else "NOT met")
     print(f"full/bare QPS at concurrency {TARGET_CONCURRENCY}: {_fmt(measured, '.2f')}    {TARGET_TEXT}  -> {verdict}")
-    nt = ratios.get("full-no-tracing/bare", {}).get(str(TARGET_CONCURRENCY))
-    if nt is not None:
-        print(f"full-no-tracing/bare QPS at concurrency {TARGET_CONCURRENCY}: {nt:.2f}"
-              "  (the difference to full is OpenTelemetry)")
+    for stack, meaning in (("full-exported", "every span built and written to a file"),
+                           ("full-no-tracing", "the difference to full is OpenTelemetry")):
+        ratio = ratios.get(f"{stack}/bare", {}).get(str(TARGET_CONCURRENCY))
+        if ratio is not None:
+            print(f"{stack}/bare QPS at concurrency {TARGET_CONCURRENCY}: {ratio:.2f}  ({meaning})")
     c = report["conditions"]
     print(f"conditions: {c['cpu_count']} CPUs ({c['cpu_model']}), Python {c['python']}, grpcio {c['grpcio']}, "
-          f"opentelemetry-sdk {c['opentelemetry_sdk']} (trace sample ratio {c['trace_sample_ratio']:g}); "
+          f"opentelemetry-sdk {c['opentelemetry_sdk']} (trace sample ratio {c['trace_sample_ratio']:g}, "
+          f"full exports to {c['trace_export_of_full']}); "
           f"{c['rounds']} round(s) of {c['warmup_seconds']:g}s warm-up "
           f"+ {c['duration_seconds']:g}s per point; load average before {c['loadavg_before']}; {c['date']}")
     dirty = " + uncommitted changes in services/" if c["services_modified"] else ""

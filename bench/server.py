@@ -1,13 +1,8 @@
 """One benchmark server process: `python -m bench.server STACK [--profile PATH]`.
 
-STACK is one of:
-  bare             the bench servicer on a plain grpc.aio server: plaintext, no interceptors;
-  bare-tls         the same plain server behind the wallet's mTLS credentials (optional stack:
-                   it separates the cost of TLS from the cost of the Python runtime);
-  full             the same servicer served by MeshServer as "wallet": mTLS, service JWT,
-                   policy, deadlines, error mapping, metrics and the OpenTelemetry interceptor,
-                   with a real SDK TracerProvider installed (export "none"), as in production;
-  full-no-tracing  MeshServer with tracing_enabled=False and no tracer provider.
+STACK is one of bench/stacks.py's: the bench servicer on a plain grpc.aio server (bare,
+bare-tls), or served by MeshServer as "wallet" (mTLS, service JWT, policy, deadlines, error
+mapping, metrics, and the stack's tracing).
 
 The process binds port 0 on 127.0.0.1 (the OS picks a free port) and prints one line
 `PORT <port>` on stdout once it serves. It stops on SIGTERM/SIGINT or when its stdin reaches
@@ -29,8 +24,7 @@ import threading
 import grpc
 
 from .servicer import BenchWalletServicer
-
-STACKS = ("bare", "bare-tls", "full", "full-no-tracing")
+from .stacks import ALL_STACKS, install_tracing
 
 
 class _BareServer:
@@ -58,7 +52,7 @@ class _BareServer:
 
 
 class _MeshStack:
-    def __init__(self, tracing_on: bool, state_dir: str):
+    def __init__(self, stack: str, state_dir: str):
         # The topology is the real mesh.yaml with the wallet's addresses moved to port 0 and
         # its state (SQLite health probe) in a temporary folder: environment overrides, the
         # same mechanism a deployment uses.
@@ -67,15 +61,12 @@ class _MeshStack:
         os.environ["DIBOAS_STATE_DIR"] = state_dir
         from diboas.events.v1 import events_pb2_grpc
         from diboas.wallet.v1 import wallet_pb2_grpc
-        from services.runtime import tracing
         from services.runtime.config import load_topology
         from services.runtime.server import MeshServer, Registration
         from services.runtime.unimplemented import unimplemented_registration
 
         topology = load_topology()
-        if tracing_on:
-            tracing.install(tracing.make_tracer_provider("wallet", "none", topology.state_dir,
-                                                         topology.observability.trace_sample_ratio))
+        tracing_on = install_tracing(stack, "wallet", state_dir)
 
         def build(_runtime):
             # The event sink as well: the wallet's policy in mesh.yaml names DeliverEvent.
@@ -102,7 +93,7 @@ async def _serve(stack: str, profile_path: str | None) -> None:
         if stack in ("bare", "bare-tls"):
             server = _BareServer(tls=stack == "bare-tls")
         else:
-            server = _MeshStack(stack == "full", state_dir)
+            server = _MeshStack(stack, state_dir)
         await server.start()
 
         loop = asyncio.get_running_loop()
@@ -134,7 +125,7 @@ async def _serve(stack: str, profile_path: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.server", description=__doc__.splitlines()[0])
-    parser.add_argument("stack", choices=STACKS)
+    parser.add_argument("stack", choices=ALL_STACKS)
     parser.add_argument("--profile", metavar="PATH", help="run under cProfile and write the stats to PATH")
     args = parser.parse_args(argv)
     asyncio.run(_serve(args.stack, args.profile))

@@ -12,7 +12,7 @@ that made them, and the span that handles one continues that trace (MessageTraci
 choice of child over link is in docs/decisions.md).
 
 observability.trace_export (DIBOAS_TRACE_EXPORT) chooses where finished spans go:
-  none     (default) spans are made and the context is propagated, nothing is written;
+  none     (default) the context is propagated, no span is built or written (Spans);
   console  one JSON object per span on stderr;
   file     one JSON line per span in <state_dir>/traces/<service>.jsonl (or file:/some/path.jsonl).
 
@@ -26,7 +26,6 @@ replaces observability.trace_sample_ratio.
 from __future__ import annotations
 
 import contextvars
-import json
 import os
 import threading
 from contextlib import contextmanager, nullcontext
@@ -40,7 +39,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased, _get_from_env_or_default
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.config_files import ConfigError
@@ -63,12 +62,47 @@ def batch_links(callers: Sequence[contextvars.Context]) -> None:
     _BATCH_OF.set(callers)
 
 
+class Spans:
+    """Starts the spans of one tracer. When the tracer's provider sends spans nowhere (no span
+    processor: trace_export none and no OTLP exporter, the default), a span is only what it carries
+    to others: a non-recording span with the trace and span ids, sampling flag and trace state the
+    SDK would have given it. Traces still cross every hop and logs still carry trace ids; what is
+    not built is the span object that would be dropped when it ends (docs/benchmarks.md)."""
+
+    __slots__ = ("tracer", "records", "_sampler", "_ids")
+
+    def __init__(self, tracer: trace.Tracer):
+        self.tracer = tracer
+        # The SDK's tracer shares its provider's span processor; `_span_processors` (SDK 1.45,
+        # pinned) lists what it hands spans to. Any other tracer (a proxy before a provider is
+        # installed, a no-op one) starts its spans itself, as before.
+        processors = getattr(getattr(tracer, "span_processor", None), "_span_processors", None)
+        self.records = processors != ()
+        self._sampler = getattr(tracer, "sampler", None)
+        self._ids = getattr(tracer, "id_generator", None)
+
+    def start(self, name: str, context=None, kind: SpanKind = SpanKind.INTERNAL, attributes: dict | None = None,
+              links: Sequence[Link] = ()) -> trace.Span:
+        if self.records:
+            return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes, links=links)
+        # As the SDK's Tracer.start_span decides ids and flags, without the span.
+        parent = trace.get_current_span(context).get_span_context()
+        root = not parent.is_valid
+        trace_id = self._ids.generate_trace_id() if root else parent.trace_id
+        sampling = self._sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        flags = TraceFlags.SAMPLED if sampling.decision.is_sampled() else TraceFlags.DEFAULT
+        if self._ids.is_trace_id_random() if root else parent.trace_flags.random_trace_id:
+            flags |= TraceFlags.RANDOM_TRACE_ID
+        return NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), is_remote=False,
+                                            trace_flags=TraceFlags(flags), trace_state=sampling.trace_state))
+
+
 class RpcTracing:
     """Starts and ends the spans of one side of an RPC. Cheap when tracing is off (no-op tracer)."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, tracer: trace.Tracer | None = None):
         self.enabled = enabled
-        self._tracer = trace.get_tracer("diboas.mesh")
+        self._spans = Spans(tracer or trace.get_tracer("diboas.mesh"))
 
     @staticmethod
     def attributes(full_method: str) -> dict:
@@ -82,8 +116,8 @@ class RpcTracing:
         if not self.enabled:
             return None, None
         parent = _W3C.extract(trace_headers) if trace_headers else None
-        span = self._tracer.start_span(full_method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
-        if user_agent:
+        span = self._spans.start(full_method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        if user_agent and self._spans.records:
             span.set_attribute("rpc.user_agent", user_agent)
         return span, otel_context.attach(trace.set_span_in_context(span))
 
@@ -96,8 +130,10 @@ class RpcTracing:
         callers, links = _BATCH_OF.get(), []
         if callers:
             _BATCH_OF.set(())       # the batch call is made for them; calls made after it are not
-            links = [Link(context) for context in (caller.run(_span_context) for caller in callers) if context.is_valid]
-        span = self._tracer.start_span(full_method, kind=SpanKind.CLIENT, attributes=attributes, links=links)
+            if self._spans.records:
+                links = [Link(context) for context in (caller.run(_span_context) for caller in callers)
+                         if context.is_valid]
+        span = self._spans.start(full_method, kind=SpanKind.CLIENT, attributes=attributes, links=links)
         headers: dict = {}
         _W3C.inject(headers, context=trace.set_span_in_context(span))
         return span, headers
@@ -149,9 +185,9 @@ class MessageTracing:
 
     SYSTEM = "diboas"   # messaging.system: the mesh's own queue and outbox/relay
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, tracer: trace.Tracer | None = None):
         self.enabled = enabled
-        self._tracer = trace.get_tracer("diboas.messaging")
+        self._spans = Spans(tracer or trace.get_tracer("diboas.messaging"))
 
     def sending(self, destination: str, messages: list):
         """A context manager for one call that sends several messages (envelopes with their
@@ -160,17 +196,18 @@ class MessageTracing:
         conventions for a batch), current while the call runs. Nothing when tracing is off."""
         if not self.enabled:
             return nullcontext()
-        links = []
-        for message in messages:
-            created = _creation_context(message.traceparent, message.tracestate)
-            if created is not None:
-                links.append(Link(trace.get_current_span(created).get_span_context()))
-        attributes = {"messaging.system": self.SYSTEM, "messaging.operation.type": "send",
-                      "messaging.operation.name": "send", "messaging.destination.name": destination,
-                      "messaging.batch.message_count": len(messages)}
-        return self._tracer.start_as_current_span(f"send {destination}", context=otel_context.Context(),
-                                                  kind=SpanKind.CLIENT, attributes=attributes, links=links,
-                                                  record_exception=False)
+        links, attributes = [], None
+        if self._spans.records:
+            for message in messages:
+                created = _creation_context(message.traceparent, message.tracestate)
+                if created is not None:
+                    links.append(Link(trace.get_current_span(created).get_span_context()))
+            attributes = {"messaging.system": self.SYSTEM, "messaging.operation.type": "send",
+                          "messaging.operation.name": "send", "messaging.destination.name": destination,
+                          "messaging.batch.message_count": len(messages)}
+        span = self._spans.start(f"send {destination}", context=otel_context.Context(), kind=SpanKind.CLIENT,
+                                 attributes=attributes, links=links)
+        return trace.use_span(span, end_on_exit=True, record_exception=False)
 
     @contextmanager
     def processing(self, destination: str, message_id: str, traceparent: str, tracestate: str, *,
@@ -188,20 +225,22 @@ class MessageTracing:
         links, parent = (), None
         if creation is not None:
             created = trace.get_current_span(creation).get_span_context()
-            links = (Link(created),)
+            links = (Link(created),) if self._spans.records else ()
             if trace.get_current_span().get_span_context().trace_id != created.trace_id:
                 parent = creation
-        attributes = {"messaging.system": self.SYSTEM, "messaging.operation.type": "process",
-                      "messaging.operation.name": "process", "messaging.destination.name": destination,
-                      "messaging.message.id": message_id, "messaging.diboas.attempt": attempt}
-        if conversation:
-            attributes["messaging.message.conversation_id"] = conversation
-        if consumer:
-            attributes["messaging.consumer.group.name"] = consumer
-        # start_span and attach, not start_as_current_span: the same span, without two layers
-        # of generator context managers around every message.
-        span = self._tracer.start_span(f"process {destination}", context=parent, kind=SpanKind.CONSUMER,
-                                       attributes=attributes, links=links)
+        attributes = None
+        if self._spans.records:
+            attributes = {"messaging.system": self.SYSTEM, "messaging.operation.type": "process",
+                          "messaging.operation.name": "process", "messaging.destination.name": destination,
+                          "messaging.message.id": message_id, "messaging.diboas.attempt": attempt}
+            if conversation:
+                attributes["messaging.message.conversation_id"] = conversation
+            if consumer:
+                attributes["messaging.consumer.group.name"] = consumer
+        # start and attach, not a current-span context manager: the same span, without two
+        # layers of generator context managers around every message.
+        span = self._spans.start(f"process {destination}", context=parent, kind=SpanKind.CONSUMER,
+                                 attributes=attributes, links=links)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             yield span
@@ -215,7 +254,7 @@ class MessageTracing:
 
 
 class JsonLinesSpanExporter(SpanExporter):
-    """Appends finished spans to a file, one compact JSON object per line (safe across processes)."""
+    """Appends finished spans to a file, one JSON object per line (safe across processes)."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +262,7 @@ class JsonLinesSpanExporter(SpanExporter):
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(json.loads(s.to_json()), separators=(",", ":")) + "\n" for s in spans)
+        lines = "".join(s.to_json(indent=None) + "\n" for s in spans)
         with self._lock:
             self._file.write(lines)
         return SpanExportResult.SUCCESS

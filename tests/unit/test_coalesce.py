@@ -149,8 +149,8 @@ async def test_the_batch_call_span_is_a_child_of_the_first_caller_and_links_ever
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer, tracing = provider.get_tracer("test"), RpcTracing()
-    tracing._tracer = tracer
+    tracer = provider.get_tracer("test")
+    tracing = RpcTracing(tracer=tracer)
 
     async def send(requests):
         for name in ("/test.Service/BatchDo", "/test.Service/Then"):       # a call after the batch's
