@@ -2,17 +2,19 @@
 
 The backlog is counted in the service's database (every instance's work, a restart's too), plus
 what waits outside it (messages in a broker's queues), by a background task, every
-BACKLOG_INTERVAL seconds; what this process accepts in between is added
-as it is accepted, so a burst cannot pass the bound by more than what other instances accept in
-one interval. Past the bound, `admit` raises ResourceExhausted with a retry delay: about how long
-what is held now takes to drain, from the rate it drained at over the last counts.
+BACKLOG_INTERVAL seconds; what this process accepts in between is added as it is accepted, and
+a request being accepted keeps its place from the check to its commit, so a burst cannot pass
+the bound by more than what other instances accept in one interval. Past the bound, `admit`
+raises ResourceExhausted with a retry delay: about how long what is held now takes to drain,
+from the rate it drained at over the last counts.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-from typing import Awaitable, Callable, Sequence
+from contextlib import contextmanager
+from typing import Awaitable, Callable, Iterator, Sequence
 
 from prometheus_client import Gauge
 from sqlalchemy import Select
@@ -42,6 +44,7 @@ class Backlog:
         self._waiting = list(waiting)
         self._gauge = BACKLOG.labels(service)
         self.held = 0                  # the last count, plus what was accepted here since
+        self._admitting = 0            # places kept for work being accepted here now
         self._accepted = 0             # accepted here, ever
         self._drain_rate = 0.0         # per second, smoothed over the counts
 
@@ -57,17 +60,25 @@ class Backlog:
     async def count(self) -> int:
         return await self._db.run(self.count_in_database) + sum([await waiting() for waiting in self._waiting])
 
-    def admit(self) -> None:
+    @contextmanager
+    def admit(self) -> Iterator[None]:
         """Raise ResourceExhausted (reason BACKLOG_FULL, with a retry delay) while the backlog is at
-        its bound; nothing else."""
-        if self.held < self.bound:
-            return
-        rate = self._drain_rate
-        retry_after = RETRY_WHEN_STUCK if rate <= 0 else min(MAX_RETRY_AFTER, max(1, math.ceil(self.held / rate)))
-        raise ResourceExhausted(f"too much work in hand: {self.held} {self._what} (the bound is {self.bound}); "
-                                f"nothing was done, send the same request again in {retry_after} s",
-                                reason="BACKLOG_FULL", retry_after_seconds=retry_after,
-                                metadata={"backlog": str(self.held), "max_backlog": str(self.bound)})
+        its bound. Otherwise keep one place below the bound while the block runs (the work being
+        accepted: its checks, its upstream calls, its commit), so that requests accepted together
+        cannot pass the bound together; `accepted()` counts the work once it is committed."""
+        held = self.held + self._admitting
+        if held >= self.bound:
+            rate = self._drain_rate
+            retry_after = RETRY_WHEN_STUCK if rate <= 0 else min(MAX_RETRY_AFTER, max(1, math.ceil(held / rate)))
+            raise ResourceExhausted(f"too much work in hand: {held} {self._what} (the bound is {self.bound}); "
+                                    f"nothing was done, send the same request again in {retry_after} s",
+                                    reason="BACKLOG_FULL", retry_after_seconds=retry_after,
+                                    metadata={"backlog": str(held), "max_backlog": str(self.bound)})
+        self._admitting += 1
+        try:
+            yield
+        finally:
+            self._admitting -= 1
 
     async def watch(self, stop: asyncio.Event, interval: float = BACKLOG_INTERVAL) -> None:
         """Background work: count the backlog every `interval` seconds (the diboas_backlog metric)

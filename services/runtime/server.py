@@ -200,10 +200,11 @@ class MeshServer:
     def _background_ended(self, task: asyncio.Task) -> None:
         """Background work (a queue worker, the relay) runs until shutdown; one that ends before
         is an alert, never silent: what it did (sagas, deliveries) has stopped in this process."""
-        if self._stop_background.is_set() or task.cancelled():
+        if self._stop_background.is_set():
             return
-        log.error("%s: background work %s stopped before shutdown", self.service.name, task.get_coro().__qualname__,
-                  exc_info=task.exception(), extra={"alert": "background_stopped"})
+        log.error("%s: background work %s stopped before shutdown%s", self.service.name, task.get_coro().__qualname__,
+                  " (cancelled)" if task.cancelled() else "", exc_info=None if task.cancelled() else task.exception(),
+                  extra={"alert": "background_stopped"})
 
     async def unready(self) -> None:
         """NOT_SERVING: probes and the gateway stop sending new calls; open streams are ended."""

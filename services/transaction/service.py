@@ -113,44 +113,44 @@ class TransactionService:
                                                    on_its_way)
         if first is not None:
             return first
-        if self._backlog is not None:
-            self._backlog.admit()
-        require_transaction_limit(draft.amount, "transaction.amount.amount")
+        # A place below the backlog's bound is kept from here to the commit.
+        with self._backlog.admit() if self._backlog is not None else contextlib.nullcontext():
+            require_transaction_limit(draft.amount, "transaction.amount.amount")
 
-        async def incoming(wallet: str, wallet_currency: str) -> Money:
-            if read_already is not None and (wallet, wallet_currency) == (destination, currency):
-                return read_already
-            return await self._incoming(wallet, wallet_currency)
-        admission = Admission(draft, viewer, self._wallet, incoming, self._providers, self._chains)
-        source_owner, destination_owner = await saga.admit(draft, admission)
+            async def incoming(wallet: str, wallet_currency: str) -> Money:
+                if read_already is not None and (wallet, wallet_currency) == (destination, currency):
+                    return read_already
+                return await self._incoming(wallet, wallet_currency)
+            admission = Admission(draft, viewer, self._wallet, incoming, self._providers, self._chains)
+            source_owner, destination_owner = await saga.admit(draft, admission)
 
-        claims: dict[str, Claimed | None] = {}               # by transaction id, of every attempt
-        answers: dict[bytes, tuple[Claimed | None, Transaction]] = {}   # by the answer each attempt encoded
+            claims: dict[str, Claimed | None] = {}               # by transaction id, of every attempt
+            answers: dict[bytes, tuple[Claimed | None, Transaction]] = {}   # by the answer each attempt encoded
 
-        def work(unit: UnitOfWork[TransactionRepository]) -> Transaction:
-            tx = dataclasses.replace(draft, id=self._ids(), state=PENDING, hold="", failure_reason="",
-                                     created_at=unit.now, updated_at=unit.now, completed_at=None,
-                                     source_owner=source_owner, destination_owner=destination_owner)
-            unit.repo.add(tx)
-            claims[tx.id] = unit.enqueue(tx.id, priority=saga.priority, leased=self._worker.may_start())
-            return tx
+            def work(unit: UnitOfWork[TransactionRepository]) -> Transaction:
+                tx = dataclasses.replace(draft, id=self._ids(), state=PENDING, hold="", failure_reason="",
+                                         created_at=unit.now, updated_at=unit.now, completed_at=None,
+                                         source_owner=source_owner, destination_owner=destination_owner)
+                unit.repo.add(tx)
+                claims[tx.id] = unit.enqueue(tx.id, priority=saga.priority, leased=self._worker.may_start())
+                return tx
 
-        def answer(tx: Transaction) -> bytes:
-            encoded = encode(tx)
-            answers[encoded] = (claims[tx.id], tx)
-            return encoded
-        response = await self.units.run(self.units.idempotent, CREATE, request_id, fingerprint, work, answer)
-        # Only the attempt whose answer is returned committed (an earlier one may have been
-        # rolled back and retried, or the answer may be a concurrent request's).
-        claimed, tx = answers.get(response, (None, None))
-        if tx is not None and self._backlog is not None:
-            self._backlog.accepted()
-        if claimed is not None:
-            self._worker.start(claimed, tx)
-        elif tx is not None:                    # queued for the workers (or the dispatcher)
-            self._worker.queued()
-            self.queue.arrived.set()
-        return response
+            def answer(tx: Transaction) -> bytes:
+                encoded = encode(tx)
+                answers[encoded] = (claims[tx.id], tx)
+                return encoded
+            response = await self.units.run(self.units.idempotent, CREATE, request_id, fingerprint, work, answer)
+            # Only the attempt whose answer is returned committed (an earlier one may have been
+            # rolled back and retried, or the answer may be a concurrent request's).
+            claimed, tx = answers.get(response, (None, None))
+            if tx is not None and self._backlog is not None:
+                self._backlog.accepted()
+            if claimed is not None:
+                self._worker.start(claimed, tx)
+            elif tx is not None:                    # queued for the workers (or the dispatcher)
+                self._worker.queued()
+                self.queue.arrived.set()
+            return response
 
     async def _incoming(self, wallet: str, currency: str) -> Money:
         def read() -> Money:

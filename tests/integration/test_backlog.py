@@ -46,11 +46,18 @@ async def test_the_backlog_counts_queued_work_and_undelivered_events_and_refuses
             messaging.outbox.select().with_only_columns(messaging.outbox.c.id)
             .where(messaging.outbox.c.event_id == delivered).scalar_subquery())).values(state=DELIVERED))
     assert await backlog.count() == 3
-    backlog.admit()                                                      # nothing counted yet: 0 of 3
-    for _ in range(3):
-        backlog.accepted()                                               # accepted here: counted at once
+    with backlog.admit(), backlog.admit():                               # nothing counted yet: 0 of 3
+        with backlog.admit():                                            # three being accepted at once
+            with pytest.raises(ResourceExhausted):
+                with backlog.admit():                                    # a fourth finds no place
+                    pass
+        backlog.accepted()
+    with backlog.admit():                                                # two places given back
+        for _ in range(2):
+            backlog.accepted()                                           # accepted here: counted at once
     with pytest.raises(ResourceExhausted) as refused:
-        backlog.admit()
+        with backlog.admit():
+            pass
     assert refused.value.reason == "BACKLOG_FULL" and refused.value.retry_after_seconds == 10   # nothing drained yet
     assert "3 things wait (the bound is 3)" in refused.value.message
 
@@ -59,14 +66,16 @@ async def test_the_backlog_counts_queued_work_and_undelivered_events_and_refuses
     try:
         await _until(lambda: backlog.held == 3 and _gauge(service) == 3)   # the count replaces the guess
         with pytest.raises(ResourceExhausted):
-            backlog.admit()
+            with backlog.admit():
+                pass
         with db.transaction() as connection:
             queue.done(connection, leased)                                # one finished: the door opens
         await _until(lambda: backlog.held == 2 and _gauge(service) == 2)
-        backlog.admit()
-        backlog.accepted()
+        with backlog.admit():
+            backlog.accepted()
         with pytest.raises(ResourceExhausted) as refused:
-            backlog.admit()
+            with backlog.admit():
+                pass
         assert 1 <= refused.value.retry_after_seconds <= 60
     finally:
         stop.set()

@@ -280,3 +280,79 @@ async def test_windows_go_several_at_once_in_outbox_order_and_a_subscriber_found
     # and the windows after them were not sent.
     assert len(down.calls) == 2
     assert states(mesh)[9:] == [(DELIVERED, 0)] * 2 + [(PENDING, 0)] * 7
+
+
+class ScriptedTransport:
+    """Stands in for the subscriber: the n-th call waits `delays[n]` and then does `outcomes[n]`:
+    "ok" (every event handled), "fails" (every event's handler fails), "cancelled" (the call is
+    cancelled under the relay), "garbled" (an answer of the wrong length)."""
+
+    def __init__(self, delays: list[float], outcomes: list[str]):
+        self.delays, self.outcomes, self.calls = delays, outcomes, 0
+
+    async def deliver_all(self, subscriber, deliveries):
+        n, self.calls = self.calls, self.calls + 1
+        await asyncio.sleep(self.delays[n])
+        outcome = self.outcomes[n]
+        if outcome == "cancelled":
+            raise asyncio.CancelledError()
+        if outcome == "garbled":
+            return [None] * (len(deliveries) + 1)
+        return [None if outcome == "ok" else RuntimeError("the handler has a bug")] * len(deliveries)
+
+
+def _relay(mesh, transport, window: int = 2) -> Relay:
+    return Relay(mesh.db, mesh.tables, transport, "transaction",
+                 DeliveryPolicy(window=window, in_flight=4, max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
+
+
+async def test_a_window_that_fails_holds_back_no_other(mesh):
+    """No order is promised between events: the first window's failure is retried after the
+    second's events were delivered."""
+    publish(mesh, 4)
+    assert await _relay(mesh, ScriptedTransport([0.05, 0.0], ["fails", "ok"])).run_once() == 2
+    assert states(mesh) == [(PENDING, 1)] * 2 + [(DELIVERED, 0)] * 2
+
+
+async def test_every_window_of_a_round_ends_and_every_error_is_told(mesh, caplog):
+    publish(mesh, 6)
+    transport = ScriptedTransport([0.0, 0.02, 0.04], ["garbled", "garbled", "ok"])
+    with pytest.raises(ValueError):
+        await _relay(mesh, transport).run_once()
+    assert transport.calls == 3 and states(mesh)[4:] == [(DELIVERED, 0)] * 2    # the last window ended too
+    assert [r.message for r in caplog.records if r.name == "diboas.relay"] == ["event delivery round failed"]
+
+
+async def test_a_call_cancelled_under_the_relay_is_a_subscriber_down_and_the_relay_goes_on(mesh):
+    publish(mesh, 2)
+    relay = _relay(mesh, ScriptedTransport([0.0, 0.0], ["cancelled", "ok"]))
+    assert await relay.run_once() == 0
+    assert states(mesh) == [(PENDING, 0)] * 2           # no attempt counted, retried after a backoff
+    await asyncio.sleep(0.06)
+    assert await relay.run_once() == 2
+
+
+async def test_a_relay_that_is_cancelled_stops_and_leaves_its_deliveries_pending(mesh):
+    publish(mesh, 2)
+    round_ = asyncio.create_task(_relay(mesh, ScriptedTransport([5.0], ["ok"])).run_once())
+    await asyncio.sleep(0.1)
+    round_.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await round_
+    assert states(mesh) == [(PENDING, 0)] * 2
+
+
+async def test_a_record_changes_only_a_delivery_that_is_still_pending(mesh):
+    """A late record of a round (a success, or a failure that would dead-letter) leaves a
+    delivery that was meanwhile delivered or dead-lettered as it is."""
+    publish(mesh, 2)
+    relay = _relay(mesh, ScriptedTransport([], []))
+    first, second = await mesh.db.run(relay._due)
+    d = mesh.tables.deliveries
+    with mesh.db.transaction() as connection:
+        connection.execute(update(d).where(d.c.id == first.id).values(state=DELIVERED))
+        connection.execute(update(d).where(d.c.id == second.id).values(state=DEAD, attempts=3))
+    last_try = first._replace(attempts=2)               # this failure would be its last attempt
+    await mesh.db.run(relay._record_failure, last_try, RuntimeError("the handler has a bug"))
+    await mesh.db.run(relay._record_success, [second.id])
+    assert states(mesh) == [(DELIVERED, 0), (DEAD, 3)] and relay.dead_letters() == []

@@ -257,16 +257,21 @@ async def test_background_work_that_ends_before_shutdown_is_an_alert(topology, s
     async def broken(stop: asyncio.Event) -> None:
         raise RuntimeError("the worker tripped")
 
+    async def cancelled_under_it(stop: asyncio.Event) -> None:
+        raise asyncio.CancelledError()      # a cancellation that is not the server's, say a call's
+
     async def finishes_on_stop(stop: asyncio.Event) -> None:
         await stop.wait()
 
     def build(runtime):
-        runtime.background += [broken, finishes_on_stop]
+        runtime.background += [broken, cancelled_under_it, finishes_on_stop]
         return wallet_build(EchoWallets())(runtime)
     server = await start_server(topology, "wallet", build)
     await asyncio.sleep(0.1)
-    alerts = [r for r in caplog.records if getattr(r, "alert", None) == "background_stopped"]
-    assert len(alerts) == 1 and "broken" in alerts[0].getMessage()
+    alerts = sorted((r for r in caplog.records if getattr(r, "alert", None) == "background_stopped"),
+                    key=lambda r: r.getMessage())
+    assert len(alerts) == 2 and "broken" in alerts[0].getMessage()
     assert alerts[0].exc_info and "the worker tripped" in str(alerts[0].exc_info[1])
+    assert "cancelled_under_it" in alerts[1].getMessage() and "(cancelled)" in alerts[1].getMessage()
     await server.stop(grace=0.5)                              # an orderly stop is no alert
-    assert len([r for r in caplog.records if getattr(r, "alert", None) == "background_stopped"]) == 1
+    assert len([r for r in caplog.records if getattr(r, "alert", None) == "background_stopped"]) == 2

@@ -123,6 +123,21 @@ async def test_while_the_backlog_is_full_a_new_request_is_refused_and_nothing_is
     assert await s.send(request_id="r2") != first and s.backlog.accepted_count == 2
 
 
+async def test_a_request_keeps_its_place_below_the_backlog_bound_until_it_is_committed_or_refused(s):
+    seen, describe_all = [], s.wallet.describe_all
+
+    async def recorded(names):
+        seen.append(s.backlog.admitting)
+        return await describe_all(names)
+    s.wallet.describe_all = recorded
+    await s.send()
+    assert seen == [1] and s.backlog.admitting == 0 and s.backlog.accepted_count == 1
+
+    with pytest.raises(NotFound):
+        await s.send(request_id="r2", destination_wallet="wallets/nowhere")
+    assert seen == [1, 1] and s.backlog.admitting == 0 and s.backlog.accepted_count == 1   # given back
+
+
 @pytest.mark.parametrize("kind,fields,field", [
     (SEND, {"source_wallet": "wallets/a", "destination_wallet": "wallets/a"}, "transaction.destination_wallet"),
     (SEND, {"source_wallet": "wallets/a"}, "transaction.destination_wallet"),

@@ -285,14 +285,21 @@ class FakeUnits:
 
 
 class FakeBacklog:
-    """The Backlog's interface for the create use case: refuses while `full`, counts what it accepted."""
+    """The Backlog's interface for the create use case: refuses while `full`, counts the places
+    kept for requests being accepted and what it accepted."""
 
     def __init__(self):
-        self.full, self.accepted_count = False, 0
+        self.full, self.accepted_count, self.admitting = False, 0, 0
 
-    def admit(self) -> None:
+    @contextlib.contextmanager
+    def admit(self):
         if self.full:
             raise ResourceExhausted("the backlog is full", reason="BACKLOG_FULL", retry_after_seconds=3)
+        self.admitting += 1
+        try:
+            yield
+        finally:
+            self.admitting -= 1
 
     def accepted(self) -> None:
         self.accepted_count += 1

@@ -1,7 +1,9 @@
 """The relay: delivers what producers put in their outbox to every subscriber, reliably.
 
-  * in outbox order per subscriber, a window of deliveries in flight at once, each subscriber
-    on its own (a slow one holds up no other);
+  * each subscriber on its own (a slow one holds up no other), its events in windows started
+    in outbox order, a few windows on their way at once; no order is promised between events
+    (a failed one is retried after later ones succeeded): each is about its own subject, and
+    the inbox makes a redelivery harmless;
   * a subscriber that cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED, its circuit breaker
     open) is retried with exponential backoff and jitter for as long as it takes: nothing is
     lost and nothing is dead-lettered for that;
@@ -57,6 +59,17 @@ class EventTransport(Protocol):
         """Hand the events to the subscriber; return once each has been handled: None for each
         one that was, the error for each one that was not, in the order given. Raise when none
         of them could be handed over (the subscriber down, say)."""
+
+
+def _results(results: list) -> list:
+    """asyncio.gather(..., return_exceptions=True) of tasks that must all end before the caller
+    goes on: their results, or the first error raised after every other one is logged."""
+    failures = [result for result in results if isinstance(result, BaseException)]
+    for extra in failures[1:]:
+        log.error("event delivery round failed", exc_info=extra)
+    if failures:
+        raise failures[0]
+    return results
 
 
 def outcomes_of(results: list) -> list[Exception | None]:
@@ -151,7 +164,9 @@ class Relay:
             .join(o, o.c.id == d.c.outbox_id)
             .where(d.c.state == PENDING, d.c.next_attempt_at <= param(d.c.next_attempt_at, "now"))
             .order_by(d.c.id).limit(policy.batch))
-        self._delivered = Prepared(update(d).where(d.c.id == param(d.c.id, "delivery_id"))
+        # Both records change a delivery still PENDING only: whatever became of it meanwhile
+        # (delivered, dead-lettered) stays.
+        self._delivered = Prepared(update(d).where(d.c.id == param(d.c.id, "delivery_id"), d.c.state == PENDING)
                                    .values(state=DELIVERED, last_error="", updated_at=param(d.c.updated_at, "now")))
 
     def wake(self) -> None:
@@ -175,8 +190,10 @@ class Relay:
         by_subscriber: dict[str, list] = {}
         for row in rows:
             by_subscriber.setdefault(row.subscriber, []).append(row)
-        done = await asyncio.gather(*(self._deliver_to(queue) for queue in by_subscriber.values()))
-        return sum(done)
+        # Every subscriber's deliveries end before the round does: a later round reads what is due
+        # again, and must not find a row a delivery of this one is still recording.
+        return sum(_results(await asyncio.gather(*(self._deliver_to(queue) for queue in by_subscriber.values()),
+                                                 return_exceptions=True)))
 
     async def _deliver_to(self, queue: list) -> int:
         """One subscriber's due deliveries, in windows of `window`, started in outbox order, up to
@@ -204,12 +221,8 @@ class Relay:
                         await self._db.run(self._record_failure, row, exc)
                 return len(succeeded)
         # Every window ends before the round does (the next round reads what is due again).
-        results = await asyncio.gather(*(window(queue[i:i + size]) for i in range(0, len(queue), size)),
-                                       return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return sum(results)
+        return sum(_results(await asyncio.gather(*(window(queue[i:i + size]) for i in range(0, len(queue), size)),
+                                                 return_exceptions=True)))
 
     async def _try(self, chunk: list) -> list[Exception | None]:
         """Deliver one subscriber's window in one go; what became of each row, in order. The
@@ -231,6 +244,13 @@ class Relay:
                     subscriber, [(envelope, chunk[i].attempts + 1) for i, envelope in sent])
         except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
             results = [exc] * len(sent)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise                       # the relay is stopping
+            # The call was cancelled under us (its channel closing, say), not the relay: a
+            # failure to reach the subscriber like any other, so the relay goes on.
+            results = [errors.ServiceUnavailable(f"the delivery to {subscriber} was cancelled",
+                                                 reason="DELIVERY_CANCELLED")] * len(sent)
         for (i, _), result in zip(sent, results, strict=True):
             outcomes[i] = result
         return outcomes
@@ -253,13 +273,17 @@ class Relay:
         elif not _down(exc) and attempts >= self._policy.max_attempts:
             dead_reason = "HANDLER_FAILED"
         outcome = "subscriber_down" if _down(exc) else ("dead_lettered" if dead_reason else "handler_failed")
-        DELIVERIES.labels(self._service, row.subscriber, outcome).inc()
+        deliveries = self._t.deliveries
         with self._db.transaction() as connection:
-            connection.execute(update(self._t.deliveries).where(self._t.deliveries.c.id == row.id).values(
+            changed = connection.execute(update(deliveries).where(deliveries.c.id == row.id,
+                                                                  deliveries.c.state == PENDING).values(
                 state=DEAD if dead_reason else PENDING, attempts=attempts, retries=row.retries + 1,
-                next_attempt_at=now + self._backoff(row.retries), last_error=message[:2000], updated_at=now))
+                next_attempt_at=now + self._backoff(row.retries), last_error=message[:2000], updated_at=now)).rowcount
+            if not changed:
+                return
             if dead_reason:
                 self._dead_letter(connection, row, attempts, dead_reason, message, now)
+        DELIVERIES.labels(self._service, row.subscriber, outcome).inc()
         if not dead_reason:
             log.log(logging.INFO if _down(exc) else logging.WARNING,
                     "delivery of %s %s to %s failed (%s): %s", row.topic, row.event_id, row.subscriber,
