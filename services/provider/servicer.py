@@ -5,7 +5,7 @@ from __future__ import annotations
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.domain.errors import InvalidArgument
 from services.runtime.requests import fingerprint, foreign_page_token, money, page_size, request_id, resource_id
-from services.runtime.wire import duration, money_pb, seconds_of, timestamp
+from services.runtime.wire import amount_pb, duration, money_pb, seconds_of, timestamp
 from services.simulation import Faults, fault_settings, fault_switch, faults_of
 
 from .adapters import PAY_IN, PAY_OUT, Quote, QuoteRequest
@@ -16,6 +16,11 @@ from .registry import ProviderRegistry, Selection
 _DIRECTIONS = {provider_pb2.PAYMENT_DIRECTION_PAY_IN: PAY_IN, provider_pb2.PAYMENT_DIRECTION_PAY_OUT: PAY_OUT}
 _BREAKER = {"closed": provider_pb2.CIRCUIT_STATE_CLOSED, "open": provider_pb2.CIRCUIT_STATE_OPEN,
             "half-open": provider_pb2.CIRCUIT_STATE_HALF_OPEN}
+
+
+def _amounts(limits: dict) -> list:
+    """A provider's limits per currency, as configured (providers.yaml), in currency order."""
+    return [amount_pb(currency, amount) for currency, amount in sorted(limits.items())]
 
 
 def quote_pb(q: Quote) -> provider_pb2.Quote:
@@ -83,6 +88,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             name=f"providers/{name}", display_name=adapter.display_name,
             supported_currency_codes=sorted(adapter.limits.currencies),
             supported_directions=[d for d, value in _DIRECTIONS.items() if value in adapter.limits.directions],
+            minimum_amounts=_amounts(adapter.limits.minimum), maximum_amounts=_amounts(adapter.limits.maximum),
             health=self._health_pb(name),
             faults=provider_pb2.ProviderFaults(
                 error_rate_percent=round(faults.error_rate * 100), timeout_rate_percent=round(faults.timeout_rate * 100),

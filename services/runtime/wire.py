@@ -3,6 +3,7 @@ Duration): the one place their wire forms are written and read."""
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -14,6 +15,12 @@ from services.domain.money import Money
 def money_pb(value: Money) -> common_pb2.Money:
     """The wire form of an amount: fixed-point at the currency's scale ("12.50")."""
     return common_pb2.Money(currency_code=value.currency, amount=value.text)
+
+
+def amount_pb(currency: str, amount: Decimal) -> common_pb2.Money:
+    """The wire form of an amount as configured (a limit such as a provider's minimum), not
+    rounded to the currency's scale."""
+    return common_pb2.Money(currency_code=currency, amount=f"{amount:f}")
 
 
 def money_of(message: common_pb2.Money, field: str) -> Money:

@@ -3,6 +3,8 @@ domain values to their RPCs (errors arrive as domain errors, through the runtime
 stubs). Each call carries an idempotency key, so a retried step never pays or moves twice."""
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
+
 from diboas.blockchain.v1 import blockchain_pb2, blockchain_pb2_grpc
 from diboas.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from diboas.provider.v1 import provider_pb2, provider_pb2_grpc
@@ -13,7 +15,7 @@ from services.runtime.coalesce import Coalescer, answers_of
 from services.runtime.wire import money_pb
 
 from .domain import Screened, Transaction
-from .ports import PaymentResult, TransferResult
+from .ports import PaymentResult, ProviderTerms, TransferResult
 
 # Failover across providers, or three chain steps with compensations, take longer than one
 # plain call: the saga waits this long before it asks again (with the same key) later. Less
@@ -23,13 +25,25 @@ SAGA_STEP_TIMEOUT = 20.0
 LOOKUP_TIMEOUT = 2.0
 
 
-async def _looked_up(lookup) -> None:
-    """Await a Get of a provider or chain: its NotFound is raised; an upstream that cannot answer
-    now (down, slow) is no answer, and the saga finds out later."""
+async def _looked_up(lookup):
+    """Await a Get of a provider or chain: its answer; its NotFound is raised; None when the
+    upstream cannot answer now (down, slow), and the saga finds out later."""
     try:
-        await lookup
+        return await lookup
     except (ServiceUnavailable, DeadlineExceeded):
-        pass
+        return None
+
+
+def _limits(amounts) -> dict[str, Decimal]:
+    """A provider's limits per currency; one that does not read as a number is left out (the
+    provider itself still refuses a payment outside it)."""
+    limits = {}
+    for money in amounts:
+        try:
+            limits[money.currency_code] = Decimal(money.amount)
+        except InvalidOperation:
+            continue
+    return limits
 
 
 class ProviderClient:
@@ -46,9 +60,18 @@ class ProviderClient:
         return PaymentResult(p.name, provider_pb2.PaymentState.Name(p.state).removeprefix("PAYMENT_STATE_"),
                              p.provider, p.failure_reason)
 
-    async def require(self, provider: str) -> None:
-        await _looked_up(self._providers.GetProvider(provider_pb2.GetProviderRequest(name=provider),
-                                                     timeout=LOOKUP_TIMEOUT))
+    async def require(self, provider: str) -> ProviderTerms | None:
+        reply = await _looked_up(self._providers.GetProvider(provider_pb2.GetProviderRequest(name=provider),
+                                                             timeout=LOOKUP_TIMEOUT))
+        if reply is None:
+            return None
+        p = reply.provider
+        # A provider service of a release without the limits sends none: none are checked here.
+        return ProviderTerms(
+            p.name or provider, frozenset(p.supported_currency_codes),
+            frozenset(provider_pb2.PaymentDirection.Name(d).removeprefix("PAYMENT_DIRECTION_")
+                      for d in p.supported_directions),
+            _limits(p.minimum_amounts), _limits(p.maximum_amounts))
 
 
 class ChainClient:

@@ -4,7 +4,8 @@ implement them over the mesh (their upstreams are a channel, or in the same proc
 service's servicer); the unit tests implement them with fakes. No grpc, no protobuf, no SQL."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
 from services.domain.money import Money
@@ -27,6 +28,16 @@ class PaymentResult:
     state: str                  # PENDING, SUCCEEDED, FAILED
     provider: str               # "providers/{id}" that executed it; empty unless SUCCEEDED
     failure_reason: str
+
+
+@dataclass(frozen=True)
+class ProviderTerms:
+    """What one provider takes, as the provider service describes it."""
+    name: str                   # "providers/{id}"
+    currencies: frozenset[str]
+    directions: frozenset[str]  # PAY_IN, PAY_OUT
+    minimum: dict[str, Decimal] = field(default_factory=dict)   # per currency that has such a limit
+    maximum: dict[str, Decimal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,9 +72,9 @@ class ProviderPort(Protocol):
                   request_id: str) -> PaymentResult:
         """A pay-in to or pay-out from `wallet` through a provider. Idempotent by request_id."""
 
-    async def require(self, provider: str) -> None:
-        """NotFound when the provider service does not know `provider` ("providers/x"); nothing
-        when it does, or when it cannot say now (the saga finds out when it pays)."""
+    async def require(self, provider: str) -> ProviderTerms | None:
+        """What `provider` ("providers/x") takes; NotFound when the provider service does not know
+        it; None when that service cannot say now (the saga finds out when it pays)."""
 
 
 class ChainPort(Protocol):

@@ -72,6 +72,15 @@ async def test_faults_are_validated_and_unknown_providers_are_not_found(provider
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_provider_says_what_it_takes(providers):
+    alpha = (await providers("GetProvider", provider_pb2.GetProviderRequest(name="providers/alpha-pay"))).provider
+    assert [(m.currency_code, m.amount) for m in alpha.minimum_amounts] == [("USD", "10")]
+    assert [(m.currency_code, m.amount) for m in alpha.maximum_amounts] == [("EUR", "20000"), ("GBP", "15000"),
+                                                                           ("USD", "20000")]
+    beta = (await providers("GetProvider", provider_pb2.GetProviderRequest(name="providers/beta-ramp"))).provider
+    assert list(beta.minimum_amounts) == []
+
+
 def books(topology, provider: str) -> list[dict]:
     """A simulated provider's own record of what it charged (outside our service's database)."""
     path = topology.state_dir / "simulators" / "providers" / f"{provider}.jsonl"

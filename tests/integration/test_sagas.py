@@ -128,6 +128,14 @@ async def _refused_for_what_does_not_exist(mesh) -> None:
             await mesh.create(kind, "10.00", f"unknown-{n}", **fields)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND and error_info(caught.value).reason == reason
         assert "does not exist (known: " in caught.value.details()
+    # One it knows, for a payment it does not take (alpha-pay's minimum is 10 USD; providers.yaml).
+    for kind, fields in (("DEPOSIT", {"destination_wallet": alice}), ("WITHDRAW", {"source_wallet": alice})):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await mesh.create(kind, "9.99", f"below-{kind}", provider="providers/alpha-pay", **fields)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_info(caught.value).reason == "PROVIDER_CANNOT_PAY"
+        assert caught.value.details() == ("transaction.amount.amount: providers/alpha-pay takes at least 10 USD, "
+                                          "not 9.99 USD")
     listed = await mesh.transactions.ListTransactions(transaction_pb2.ListTransactionsRequest(),
                                                       metadata=mesh.as_gateway, timeout=10)
     assert list(listed.transactions) == [] and charges(mesh) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from decimal import Decimal
 
 import pytest
 from transaction_fakes import (
@@ -32,6 +33,7 @@ from services.domain.errors import (
 from services.runtime.messaging.queue import Claimed
 from services.runtime.users import OPERATOR_ROLE, User
 from services.transaction.domain import COMPLETED, DEPOSIT, FAILED, PENDING, PROCESSING, SEND, WITHDRAW, Transaction
+from services.transaction.ports import ProviderTerms
 from services.transaction.service import TransactionService
 from services.transaction.watchers import Watchers
 
@@ -243,6 +245,38 @@ async def test_a_provider_or_chain_that_does_not_exist_is_refused_and_nothing_is
     assert await s.create(DEPOSIT, request_id="ok-1", destination_wallet="wallets/a", provider="providers/alpha")
     assert await s.create(DEPOSIT, request_id="ok-2", destination_wallet="wallets/a")
     assert s.providers.required == ["providers/nobody", "providers/nobody", "providers/alpha"]
+
+
+async def test_a_payment_the_named_provider_does_not_take_is_refused_naming_why_and_nothing_is_written(s):
+    s.providers.terms["providers/alpha"] = ProviderTerms(
+        "providers/alpha", frozenset({"USD"}), frozenset({"PAY_IN", "PAY_OUT"}),
+        minimum={"USD": Decimal("10")}, maximum={"USD": Decimal("20000")})
+    s.providers.terms["providers/in-only"] = ProviderTerms("providers/in-only", frozenset({"USD"}), frozenset({"PAY_IN"}))
+    s.providers.terms["providers/euro"] = ProviderTerms("providers/euro", frozenset({"EUR", "GBP"}),
+                                                        frozenset({"PAY_IN", "PAY_OUT"}))
+    refused = [
+        (DEPOSIT, "9.99", "providers/alpha", "transaction.amount.amount",
+         "providers/alpha takes at least 10 USD, not 9.99 USD"),
+        (WITHDRAW, "5.00", "providers/alpha", "transaction.amount.amount",
+         "providers/alpha takes at least 10 USD, not 5.00 USD"),
+        (DEPOSIT, "20000.01", "providers/alpha", "transaction.amount.amount",
+         "providers/alpha takes at most 20000 USD, not 20000.01 USD"),
+        (WITHDRAW, "20.00", "providers/in-only", "transaction.provider", "providers/in-only takes no pay-outs"),
+        (DEPOSIT, "20.00", "providers/euro", "transaction.provider",
+         "providers/euro does not handle USD (it handles EUR, GBP)"),
+    ]
+    for n, (kind, amount, provider, field, problem) in enumerate(refused):
+        wallet = {"destination_wallet": "wallets/a"} if kind == DEPOSIT else {"source_wallet": "wallets/a"}
+        with pytest.raises(InvalidArgument) as caught:
+            await s.create(kind, amount, f"r{n}", provider=provider, **wallet)
+        assert (caught.value.reason, caught.value.message) == ("PROVIDER_CANNOT_PAY", f"{field}: {problem}")
+        assert caught.value.violations[0].field == field and caught.value.metadata == {"provider": provider}
+    assert s.units.state.transactions == {} and s.units.state.queued == {} and s.units.state.responses == {}
+    # At the limits, or while the provider service cannot say: accepted (the saga finds out).
+    assert await s.create(DEPOSIT, "10.00", "ok-1", destination_wallet="wallets/a", provider="providers/alpha")
+    assert await s.create(DEPOSIT, "20.00", "ok-2", destination_wallet="wallets/a", provider="providers/in-only")
+    s.providers.away.add("providers/euro")
+    assert await s.create(DEPOSIT, "20.00", "ok-3", destination_wallet="wallets/a", provider="providers/euro")
 
 
 async def test_a_deposit_into_someone_elses_wallet_is_not_found(s):

@@ -14,7 +14,7 @@ from services.domain.errors import AlreadyExists, NotFound, ResourceExhausted, U
 from services.domain.money import Money
 from services.runtime.messaging.queue import MAX_ATTEMPTS, Claimed, ParkedItem, Retried
 from services.transaction.domain import APPROVED, HELD, PENDING, PROCESSING, TERMINAL, Screened, Transaction
-from services.transaction.ports import PaymentResult, TransferResult, WalletFacts
+from services.transaction.ports import PaymentResult, ProviderTerms, TransferResult, WalletFacts
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -84,10 +84,13 @@ class FakeWallet:
 
 class FakeProviders:
     """Payments: each call answers the next scripted PaymentResult (or raises), by default SUCCEEDED.
-    `require` knows every provider but those in `unknown`."""
+    `require` knows every provider but those in `unknown`, and answers its `terms` (by default
+    USD and EUR, both directions, no limits); None for those in `away` (it cannot say now)."""
 
     def __init__(self):
         self.unknown: set[str] = set()
+        self.away: set[str] = set()
+        self.terms: dict[str, ProviderTerms] = {}
         self.required: list[str] = []
         self.calls: list[tuple[bool, Money, str, str, str, str]] = []
         self.script = Script(lambda request_id: PaymentResult(f"payments/{request_id}", "SUCCEEDED",
@@ -98,10 +101,14 @@ class FakeProviders:
         self.calls.append((pay_in, amount, wallet, transaction, provider, request_id))
         return self.script.next(request_id)
 
-    async def require(self, provider: str) -> None:
+    async def require(self, provider: str) -> ProviderTerms | None:
         self.required.append(provider)
         if provider in self.unknown:
             raise NotFound(f"provider {provider} does not exist", reason="PROVIDER_NOT_FOUND")
+        if provider in self.away:
+            return None
+        return self.terms.get(provider) or ProviderTerms(provider, frozenset({"USD", "EUR"}),
+                                                         frozenset({"PAY_IN", "PAY_OUT"}))
 
 
 def payment(state: str, reason: str = "") -> PaymentResult:

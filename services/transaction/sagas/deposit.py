@@ -18,7 +18,7 @@ class Deposit(Saga):
     async def admit(self, draft: Transaction, wallets: Admission) -> tuple[str, str]:
         destination = await wallets.destination(own=True)
         wallets.room(destination)
-        await wallets.provider()
+        await wallets.provider(pay_in=True)
         return "", destination.owner
 
     async def run(self, tx: Transaction, context: SagaContext) -> None:

@@ -74,7 +74,7 @@ class Admission:
     wallets exist (someone else's own wallet is NOT_FOUND, worded like a missing one, before
     anything else about it is said), hold the draft's currency, the source has the funds, and the
     destination has room below its currency's max_balance; and the provider or chains it names
-    exist."""
+    exist (the provider takes the payment)."""
 
     def __init__(self, draft: Transaction, viewer: Viewer | None, wallet: WalletPort,
                  incoming: Callable[[str, str], Awaitable[Money]], providers: ProviderPort | None = None,
@@ -83,11 +83,32 @@ class Admission:
         self._providers, self._chains = providers, chains
         self._on_its_way: Money | None = None
 
-    async def provider(self) -> None:
-        """The provider the draft names, if any, exists (NOT_FOUND from the provider service;
-        when that cannot answer now, the saga finds out)."""
-        if self._draft.provider and self._providers is not None:
-            await self._providers.require(self._draft.provider)
+    async def provider(self, pay_in: bool) -> None:
+        """The provider the draft names, if any, exists (NOT_FOUND from the provider service) and
+        takes this payment: the draft's currency, its direction (pay-in or pay-out), an amount
+        within its minimum and maximum for that currency (INVALID_ARGUMENT naming the field,
+        reason PROVIDER_CANNOT_PAY). When the provider service cannot answer now, the saga finds
+        out."""
+        draft = self._draft
+        if not draft.provider or self._providers is None:
+            return
+        terms = await self._providers.require(draft.provider)
+        if terms is None:
+            return
+        name, currency, amount = draft.provider, draft.amount.currency, draft.amount.amount
+        low, high = terms.minimum.get(currency), terms.maximum.get(currency)
+        if terms.currencies and currency not in terms.currencies:
+            field, problem = "transaction.provider", (f"{name} does not handle {currency} "
+                                                      f"(it handles {', '.join(sorted(terms.currencies))})")
+        elif terms.directions and ("PAY_IN" if pay_in else "PAY_OUT") not in terms.directions:
+            field, problem = "transaction.provider", f"{name} takes no {'pay-ins' if pay_in else 'pay-outs'}"
+        elif low is not None and amount < low:
+            field, problem = "transaction.amount.amount", f"{name} takes at least {low:f} {currency}, not {draft.amount}"
+        elif high is not None and amount > high:
+            field, problem = "transaction.amount.amount", f"{name} takes at most {high:f} {currency}, not {draft.amount}"
+        else:
+            return
+        raise InvalidArgument.field(field, problem, reason="PROVIDER_CANNOT_PAY", metadata={"provider": name})
 
     async def chains(self) -> None:
         """The draft's source and target chains exist (as `provider()`, from the blockchain service)."""

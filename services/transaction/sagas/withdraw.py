@@ -17,7 +17,7 @@ class Withdraw(Saga):
 
     async def admit(self, draft: Transaction, wallets: Admission) -> tuple[str, str]:
         owners = await wallets.out_of_the_platform()
-        await wallets.provider()
+        await wallets.provider(pay_in=False)
         return owners
 
     async def run(self, tx: Transaction, context: SagaContext) -> None:

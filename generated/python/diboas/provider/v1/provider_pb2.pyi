@@ -178,6 +178,8 @@ class Provider(_message.Message):
     SUPPORTED_DIRECTIONS_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     FAULTS_FIELD_NUMBER: _builtins.int
+    MINIMUM_AMOUNTS_FIELD_NUMBER: _builtins.int
+    MAXIMUM_AMOUNTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "providers/{provider}"."""
     display_name: _builtins.str
@@ -198,6 +200,14 @@ class Provider(_message.Message):
     def faults(self) -> Global___ProviderFaults:
         """Simulated faults currently switched on."""
 
+    @_builtins.property
+    def minimum_amounts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Money]:
+        """The smallest payment the provider takes, one per currency that has such a limit."""
+
+    @_builtins.property
+    def maximum_amounts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Money]:
+        """The largest payment the provider takes, one per currency that has such a limit."""
+
     def __init__(
         self,
         *,
@@ -207,10 +217,12 @@ class Provider(_message.Message):
         supported_directions: _abc.Iterable[Global___PaymentDirection.ValueType] | None = ...,
         health: Global___ProviderHealth | None = ...,
         faults: Global___ProviderFaults | None = ...,
+        minimum_amounts: _abc.Iterable[_common_pb2.Money] | None = ...,
+        maximum_amounts: _abc.Iterable[_common_pb2.Money] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["faults", b"faults", "health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "faults", b"faults", "health", b"health", "name", b"name", "supported_currency_codes", b"supported_currency_codes", "supported_directions", b"supported_directions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "faults", b"faults", "health", b"health", "maximum_amounts", b"maximum_amounts", "minimum_amounts", b"minimum_amounts", "name", b"name", "supported_currency_codes", b"supported_currency_codes", "supported_directions", b"supported_directions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
