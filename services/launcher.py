@@ -25,7 +25,7 @@ from pathlib import Path
 from services.config_files import ConfigError
 from services.monitor import ServiceStatus, check_gateway, check_service
 from services.runtime.config import Topology, load_topology
-from services.runtime.processes import die_with_parent, entry_command
+from services.runtime.processes import entry_command, tied_to_parent
 from services.runtime.tls import load_identity
 from services.runtime.users import issue_user_token
 from services.supervision import RestartBudget, describe_exit
@@ -104,8 +104,8 @@ class Launcher:
             # Own session: Ctrl-C reaches the launcher only, which stops the children in order.
             process, k = self.units.get(name, (name, 0))
             self.processes[name] = subprocess.Popen(
-                entry_command(process, GATEWAY), stdout=log_file, stderr=subprocess.STDOUT,
-                env={**os.environ, "DIBOAS_INSTANCE": str(k)}, start_new_session=True, preexec_fn=die_with_parent)
+                tied_to_parent(entry_command(process, GATEWAY)), stdout=log_file, stderr=subprocess.STDOUT,
+                env={**os.environ, "DIBOAS_INSTANCE": str(k)}, start_new_session=True)
         _say(f"  {verb:<8} {name:<12} {self._addresses(name):<18} pid {self.processes[name].pid:<7} "
              f"log {log_path}")
 

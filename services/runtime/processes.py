@@ -1,5 +1,11 @@
 """Starting the mesh's processes: which module runs each one, and the tie that ends a child
-with its parent. Used by the launcher, the gateway (for Envoy) and the tests' process meshes."""
+with its parent. Used by the launcher, the gateway (for Envoy) and the tests' process meshes.
+
+The tie is made by a short step in the child (`python -m services.runtime.processes PARENT
+COMMAND...`) that asks Linux for SIGTERM when its parent dies and then becomes COMMAND. It is
+not done in a `preexec_fn`: Python code run between fork and exec in a child of a process with
+threads (gRPC's) can deadlock before the exec (the subprocess documentation warns of it), and
+a gateway was seen hung so, its Envoy never started."""
 from __future__ import annotations
 
 import ctypes
@@ -8,6 +14,7 @@ import signal
 import sys
 
 GATEWAY_MODULE = "gateway"      # the top-level gateway/ package: Envoy, its config, its span receiver
+PR_SET_PDEATHSIG = 1
 
 
 def entry_command(name: str, gateway: str = "gateway") -> list[str]:
@@ -16,13 +23,24 @@ def entry_command(name: str, gateway: str = "gateway") -> list[str]:
     return [sys.executable, "-m", GATEWAY_MODULE] if name == gateway else [sys.executable, "-m", "services", name]
 
 
-# Loaded here, in the parent: a forked child (of a process with threads) must not load libraries.
-_LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
+def tied_to_parent(command: list[str]) -> list[str]:
+    """`command`, started so that it gets SIGTERM when this process dies, even by SIGKILL (on
+    Linux; elsewhere it runs as it is). The parent is the thread that starts it: start it from
+    a thread that lives as long as the process (the event loop's)."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-m", __name__, str(os.getpid()), *command]
 
 
-def die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM if the parent dies (even by SIGKILL)."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:           # the parent died before that: do not live on as an orphan
-            os._exit(1)
+def _become(parent: int, command: list[str]) -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:      # the parent died before that: do not live on as an orphan
+        sys.exit(1)
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        sys.exit(f"cannot run {command[0]}: {exc.strerror}")
+
+
+if __name__ == "__main__":
+    _become(int(sys.argv[1]), sys.argv[2:])

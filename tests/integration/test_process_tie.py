@@ -1,0 +1,66 @@
+"""The tie between a mesh process and its parent (services/runtime/processes.py): a child started
+through it ends when its parent is killed, says clearly when its command cannot run, and does not
+start at all when its parent is already gone."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.runtime.processes import tied_to_parent
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the tie uses Linux's PR_SET_PDEATHSIG")
+
+PARENT = """
+import subprocess, sys, time
+from services.runtime.processes import tied_to_parent
+child = subprocess.Popen(tied_to_parent(["sleep", "60"]))
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_child_ends_when_its_parent_is_killed():
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] != b"sleep":  # it became the command
+            assert time.monotonic() < deadline, "the child never became its command"
+            time.sleep(0.02)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while _running(child):
+            assert time.monotonic() < deadline, "the child outlived its killed parent"
+            time.sleep(0.02)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_a_command_that_cannot_run_is_named():
+    done = subprocess.run(tied_to_parent(["/nonexistent/envoy"]), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr == "cannot run /nonexistent/envoy: No such file or directory\n"
+
+
+def test_a_child_whose_parent_is_gone_does_not_start(tmp_path):
+    marker = tmp_path / "ran"
+    # Started for a parent (pid 1) that is not the one it has: as if its own had died meanwhile.
+    command = [sys.executable, "-m", "services.runtime.processes", "1", "touch", str(marker)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and not marker.exists()
+    command = tied_to_parent(["touch", str(marker)])
+    assert subprocess.run(command, timeout=30).returncode == 0 and marker.exists()
