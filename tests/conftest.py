@@ -1,7 +1,6 @@
 """Shared fixtures: a throwaway PKI, topologies on ephemeral ports, real servers and clients."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import socket
@@ -78,19 +77,28 @@ def require_rabbitmq() -> None:
         pytest.skip(f"RabbitMQ at {rabbitmq.HOST}:{rabbitmq.PORT} is unreachable (start it to run this test)")
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_vhosts():
+    """The session's maker of scratch virtual hosts (tools/rabbitmq.py, ScratchVhosts)."""
+    require_rabbitmq()
+    vhosts = rabbitmq.ScratchVhosts()
+    yield vhosts
+    vhosts.close()
+
+
 @pytest.fixture
-def rabbitmq_url():
+def rabbitmq_url(rabbitmq_vhosts):
     """The AMQP URL of a virtual host of the local RabbitMQ private to the test, deleted afterwards."""
     require_rabbitmq()
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(rabbitmq.scratch_vhost())
-        except (RuntimeError, OSError) as exc:          # no rabbitmqctl, or not allowed to use it
-            if IN_CI:
-                pytest.fail(f"cannot make a RabbitMQ virtual host, and CI requires it: {exc}")
-            pytest.skip(f"cannot make a RabbitMQ virtual host with rabbitmqctl (run as root on the broker's "
-                        f"machine): {exc}")
-        yield url
+    try:
+        url = rabbitmq_vhosts.take()
+    except (RuntimeError, OSError) as exc:          # no rabbitmqctl, or not allowed to use it
+        if IN_CI:
+            pytest.fail(f"cannot make a RabbitMQ virtual host, and CI requires it: {exc}")
+        pytest.skip(f"cannot make a RabbitMQ virtual host with rabbitmqctl (run as root on the broker's "
+                    f"machine): {exc}")
+    yield url
+    rabbitmq_vhosts.give_back(url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
