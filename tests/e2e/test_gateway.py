@@ -5,6 +5,7 @@ stopped behind the gateway."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -101,19 +102,43 @@ class Gateway:
         return await asyncio.to_thread(read)
 
 
-@pytest.fixture(params=SHAPES)
-async def stack(request, pki, tmp_path):
-    """The five services as real processes in a shape (a process each, or the monolith), and Envoy."""
-    async with mesh_processes(pki, tmp_path, request.param) as (topology, _):
-        ports = {name: topology.services[name].address.port for name in ORDER}
-        mesh = Mesh(topology, ports)
-        gateway = Gateway(topology, ports, tmp_path)
+@pytest.fixture(scope="module", params=SHAPES)
+def shared_stack(request, pki, tmp_path_factory):
+    """The five services as real processes in a shape (a process each, or the monolith), and Envoy,
+    started once for all the tests of this module that take `stack`. Those tests share them, so
+    each one acts as users of its own (`user`), and leaves nothing switched on that another
+    could see. Requests without a valid token share one budget at the gateway: here it is large, so
+    that the tests' 401s do not use up each other's (the rate limit has a test of its own). The
+    processes are started and stopped on an event loop of the fixture's own: each test has its own."""
+    state_dir = tmp_path_factory.mktemp(f"stack-{request.param}")
+    with asyncio.Runner() as runner:
+        cleanup = contextlib.AsyncExitStack()
         try:
-            await gateway.start()
-            yield mesh, gateway
+            topology, _ = runner.run(cleanup.enter_async_context(mesh_processes(pki, state_dir, request.param)))
+            ports = {name: topology.services[name].address.port for name in ORDER}
+            gateway = Gateway(topology, ports, state_dir, DIBOAS_GATEWAY_ANONYMOUS_RATE_LIMIT="1000",
+                              DIBOAS_GATEWAY_ANONYMOUS_RATE_LIMIT_BURST="1000")
+            cleanup.callback(gateway.process.stop)
+            runner.run(gateway.start())
+            yield topology, ports, gateway
         finally:
-            gateway.process.stop()
-            await mesh.close()
+            runner.run(cleanup.aclose())
+
+
+@pytest.fixture
+async def stack(shared_stack):
+    """(mesh, gateway): clients of the module's shared processes, on this test's event loop."""
+    topology, ports, gateway = shared_stack
+    mesh = Mesh(topology, ports)
+    try:
+        yield mesh, gateway
+    finally:
+        await mesh.close()
+
+
+def user(name: str) -> str:
+    """A user name of this test's own: `name` and a random suffix."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def key() -> str:
@@ -122,9 +147,10 @@ def key() -> str:
 
 async def test_every_rest_route_reaches_its_rpc(stack):
     mesh, gw = stack
-    alice = user_token(mesh.topology, "alice", ("user",))
+    alice_id = user("alice")
+    alice = user_token(mesh.topology, alice_id, ("user",))
     status, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
-    assert status == 200 and created["wallet"]["ownerId"] == "alice", created
+    assert status == 200 and created["wallet"]["ownerId"] == alice_id, created
     wallet = created["wallet"]["name"]
     status, deposit, _ = await gw.call("POST", f"/v1/transactions?requestId={key()}", alice, {
         "type": "TRANSACTION_TYPE_DEPOSIT", "destinationWallet": wallet,
@@ -174,6 +200,7 @@ async def test_the_api_document_and_its_reference_page_are_served_to_anyone(stac
 
     from gateway.envoy_config import OPENAPI, pages
     _, gw = stack
+    alice_id = user("alice")
     status, document, headers = await gw.call("GET", "/openapi.json")           # no token
     assert status == 200 and headers["content-type"] == "application/json", (status, document)
     assert document == json.loads(OPENAPI.read_text())
@@ -191,7 +218,7 @@ async def test_the_api_document_and_its_reference_page_are_served_to_anyone(stac
     assert "http:" not in page["raw"] and "https:" not in page["raw"]         # nothing from the network
     status, body, _ = await gw.call("POST", "/openapi.json", body={})         # public for GET and HEAD only
     assert status == 401 and body["code"] == 16
-    token = user_token(gw.topology, "alice", ("user",))
+    token = user_token(gw.topology, alice_id, ("user",))
     status, body, _ = await gw.call("POST", "/openapi.json", token, body={})
     assert status == 404 and "no such REST route" in body["message"]
 
@@ -202,7 +229,8 @@ async def test_every_operation_of_the_document_is_a_route_of_the_gateway(stack):
     never the gateway's "no such REST route"."""
     from gateway.envoy_config import OPENAPI
     mesh, gw = stack
-    alice = user_token(mesh.topology, "alice", ("user",))
+    alice_id = user("alice")
+    alice = user_token(mesh.topology, alice_id, ("user",))
     document = json.loads(OPENAPI.read_text())
     for path, operations in document["paths"].items():
         for verb, operation in operations.items():
@@ -219,7 +247,8 @@ async def test_every_services_metrics_follow_the_prometheus_naming_rules(stack):
 
     from tools.metrics_lint import problems
     mesh, gw = stack
-    alice = user_token(mesh.topology, "alice", ("user",))
+    alice_id = user("alice")
+    alice = user_token(mesh.topology, alice_id, ("user",))
     _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
     _, deposit, _ = await gw.call("POST", f"/v1/transactions?requestId={key()}", alice, {
         "type": "TRANSACTION_TYPE_DEPOSIT", "destinationWallet": created["wallet"]["name"],
@@ -240,12 +269,13 @@ async def test_every_services_metrics_follow_the_prometheus_naming_rules(stack):
 async def test_https_with_the_gateway_certificate_trusted_through_the_mesh_ca(stack):
     import ssl
     mesh, gw = stack
+    alice_id = user("alice")
     context = ssl.create_default_context(cafile=str(mesh.topology.certs_dir / "ca.crt"))
 
     def get() -> tuple[int, dict]:
         connection = http.client.HTTPSConnection("localhost", gw.https, context=context, timeout=15)
         connection.request("GET", "/v1/providers", headers={
-            "authorization": f"Bearer {user_token(mesh.topology, 'alice', ('user',))}"})
+            "authorization": f"Bearer {user_token(mesh.topology, alice_id, ('user',))}"})
         reply = connection.getresponse()
         return reply.status, json.loads(reply.read())
     status, body = await asyncio.to_thread(get)
@@ -258,7 +288,8 @@ async def test_https_with_the_gateway_certificate_trusted_through_the_mesh_ca(st
 
 async def test_errors_are_their_http_status_with_a_json_status_body(stack):
     mesh, gw = stack
-    alice = user_token(mesh.topology, "alice", ("user",))
+    alice_id = user("alice")
+    alice = user_token(mesh.topology, alice_id, ("user",))
     status, body, _ = await gw.call("POST", "/v1/wallets", alice, {"currencyCode": "USD"})      # no requestId
     assert status == 400 and body["code"] == 3
     assert body["details"][1]["@type"] == "type.googleapis.com/google.rpc.BadRequest"
@@ -285,8 +316,9 @@ async def test_errors_are_their_http_status_with_a_json_status_body(stack):
 
 async def test_missing_expired_and_forged_user_tokens_are_401(stack):
     mesh, gw = stack
-    expired = user_token(mesh.topology, "alice", ("user",), now=time.time() - 7200)
-    good = user_token(mesh.topology, "alice", ("user",))
+    alice_id = user("alice")
+    expired = user_token(mesh.topology, alice_id, ("user",), now=time.time() - 7200)
+    good = user_token(mesh.topology, alice_id, ("user",))
     head, payload, signature = good.split(".")
     import base64
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -299,7 +331,8 @@ async def test_missing_expired_and_forged_user_tokens_are_401(stack):
 
 async def test_the_bearer_scheme_is_read_in_any_case(stack):
     mesh, gw = stack
-    alice = user_token(mesh.topology, "alice", ("user",))
+    alice_id = user("alice")
+    alice = user_token(mesh.topology, alice_id, ("user",))
     for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
         status, body, _ = await gw.call("GET", "/v1/wallets", headers={"authorization": f"{scheme} {alice}"})
         assert status == 200, (scheme, body)
@@ -309,7 +342,9 @@ async def test_the_bearer_scheme_is_read_in_any_case(stack):
 
 async def test_another_users_wallet_is_404_and_an_operator_sees_it(stack):
     mesh, gw = stack
-    alice, bob = (user_token(mesh.topology, u, ("user",)) for u in ("alice", "bob"))
+    alice_id = user("alice")
+    bob_id = user("bob")
+    alice, bob = (user_token(mesh.topology, u, ("user",)) for u in (alice_id, bob_id))
     _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
     wallet = created["wallet"]["name"]
     status, body, _ = await gw.call("GET", f"/v1/{wallet}", bob)
@@ -349,7 +384,8 @@ async def test_the_rate_limit_is_per_user_and_requests_without_a_valid_token_sha
 
 async def test_a_url_too_long_is_431_with_a_json_body_and_one_just_under_reaches_the_service(stack):
     mesh, gw = stack
-    alice = user_token(mesh.topology, "alice", ("user",))
+    alice_id = user("alice")
+    alice = user_token(mesh.topology, alice_id, ("user",))
     limit = MAX_REQUEST_HEADERS_KB * 1024
     for path in ("/v1/wallets/" + "w" * limit, "/v1/providers?pageToken=" + "t" * limit):
         status, body, _ = await gw.call("GET", path, alice)
@@ -368,20 +404,23 @@ async def test_a_url_too_long_is_431_with_a_json_body_and_one_just_under_reaches
     assert status == 400 and body["details"][1]["fieldViolations"][0]["field"] == "amount.amount", (status, body)
 
 
-def access_log(gw: Gateway, expected: int) -> list[dict]:
-    """The gateway's access log once it holds `expected` lines (Envoy writes it every second)."""
+def access_log(gw: Gateway, expected: set[tuple]) -> set[tuple]:
+    """(path, status, grpc_status, grpc_code) of each line of the gateway's access log, once it holds
+    all of `expected`, or after 10 s (Envoy writes the log out every second)."""
     path = gw.topology.state_dir / "logs" / "gateway-access.jsonl"
     deadline = time.monotonic() + 10
     while True:
         lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= expected or time.monotonic() > deadline:
-            return [json.loads(line) for line in lines]
+        logged = {(line["path"], line["status"], line["grpc_status"], line["grpc_code"]) for line in map(json.loads, lines)}
+        if expected <= logged or time.monotonic() > deadline:
+            return logged
         time.sleep(0.2)
 
 
 async def test_the_access_log_has_the_services_own_grpc_status(stack):
     mesh, gw = stack
-    alice = user_token(mesh.topology, "alice", ("user",))
+    alice_id = user("alice")
+    alice = user_token(mesh.topology, alice_id, ("user",))
     _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
     withdraw = f"/v1/transactions?requestId={key()}"
     status, body, _ = await gw.call("POST", withdraw, alice, {    # FAILED_PRECONDITION is 400
@@ -391,9 +430,10 @@ async def test_the_access_log_has_the_services_own_grpc_status(stack):
     assert (await gw.call("GET", "/v1/providers/nobody", alice))[0] == 404       # NOT_FOUND
     assert (await gw.call("GET", "/v1/providers/alpha-pay", alice))[0] == 200
     assert (await gw.call("GET", "/v1/providers/alpha-pay", None))[0] == 401     # Envoy's own: no RPC made
-    logged = {(line["path"], line["status"], line["grpc_status"], line["grpc_code"]) for line in access_log(gw, 5)}
-    assert {(withdraw, 400, "FailedPrecondition", 9), ("/v1/providers/nobody", 404, "NotFound", 5),
-            ("/v1/providers/alpha-pay", 200, "OK", 0), ("/v1/providers/alpha-pay", 401, None, None)} <= logged, logged
+    expected = {(withdraw, 400, "FailedPrecondition", 9), ("/v1/providers/nobody", 404, "NotFound", 5),
+                ("/v1/providers/alpha-pay", 200, "OK", 0), ("/v1/providers/alpha-pay", 401, None, None)}
+    logged = access_log(gw, expected)
+    assert expected <= logged, logged
 
 
 async def test_a_stopped_service_is_503_quickly_and_recovers_when_it_returns(topology, start_server, tmp_path):
@@ -427,7 +467,7 @@ def diboas(gw: Gateway, mesh, *args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-@pytest.mark.parametrize("stack", ALL_SHAPES, indirect=True)
+@pytest.mark.parametrize("shared_stack", ALL_SHAPES, indirect=True)
 async def test_the_cli_demo_walks_through_every_transaction_type_over_rest(stack):
     mesh, gw = stack
     done = await asyncio.to_thread(diboas, gw, mesh, "demo")
@@ -461,15 +501,21 @@ async def test_the_cli_demo_walks_through_every_transaction_type_over_rest(stack
 
 async def test_the_cli_switches_provider_and_chain_faults(stack):
     mesh, gw = stack
-    done = await asyncio.to_thread(diboas, gw, mesh, "faults", "provider", "beta-ramp", "--error-rate", "100")
-    assert done.returncode == 0 and '"errorRatePercent": 100' in done.stdout, done.stderr
-    _, body, _ = await gw.call("GET", "/v1/providers/beta-ramp", user_token(mesh.topology, "alice", ("user",)))
-    assert body["provider"]["faults"]["errorRatePercent"] == 100
-    done = await asyncio.to_thread(diboas, gw, mesh, "faults", "chain", "solana", "--failing-step", "TARGET")
-    assert done.returncode == 0 and "TRANSFER_STEP_TARGET" in done.stdout, done.stderr
-    assert "faults: none" in (await asyncio.to_thread(diboas, gw, mesh, "faults", "chain", "solana", "--clear")).stdout
-    refused = await asyncio.to_thread(diboas, gw, mesh, "faults", "provider", "beta-ramp", "--error-rate", "101")
-    assert refused.returncode == 1 and "faults.error_rate_percent" in refused.stderr
+    alice_id = user("alice")
+    try:
+        done = await asyncio.to_thread(diboas, gw, mesh, "faults", "provider", "beta-ramp", "--error-rate", "100")
+        assert done.returncode == 0 and '"errorRatePercent": 100' in done.stdout, done.stderr
+        _, body, _ = await gw.call("GET", "/v1/providers/beta-ramp", user_token(mesh.topology, alice_id, ("user",)))
+        assert body["provider"]["faults"]["errorRatePercent"] == 100
+        done = await asyncio.to_thread(diboas, gw, mesh, "faults", "chain", "solana", "--failing-step", "TARGET")
+        assert done.returncode == 0 and "TRANSFER_STEP_TARGET" in done.stdout, done.stderr
+        cleared = await asyncio.to_thread(diboas, gw, mesh, "faults", "chain", "solana", "--clear")
+        assert "faults: none" in cleared.stdout
+        refused = await asyncio.to_thread(diboas, gw, mesh, "faults", "provider", "beta-ramp", "--error-rate", "101")
+        assert refused.returncode == 1 and "faults.error_rate_percent" in refused.stderr
+    finally:                            # the other tests of the shared processes pay through beta-ramp too
+        cleared = await asyncio.to_thread(diboas, gw, mesh, "faults", "provider", "beta-ramp", "--clear")
+        assert cleared.returncode == 0, cleared.stderr
 
 
 async def test_a_rest_send_is_one_trace_from_the_gateway_through_the_queue_and_events_to_settlement(pki, tmp_path):
@@ -578,7 +624,8 @@ async def test_a_rest_send_is_one_trace_from_the_gateway_through_the_queue_and_e
 
 async def test_bytes_that_are_not_utf8_or_control_characters_in_a_path_or_query_are_400(stack):
     mesh, gw = stack
-    alice = user_token(mesh.topology, "alice", ("user",))
+    alice_id = user("alice")
+    alice = user_token(mesh.topology, alice_id, ("user",))
     cases = {
         "/v1/wallets/%FF": ("name", "MALFORMED_REQUEST"),
         "/v1/transactions/%C3%28": ("name", "MALFORMED_REQUEST"),
