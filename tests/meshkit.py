@@ -26,7 +26,7 @@ from diboas.provider.v1 import provider_pb2_grpc
 from diboas.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.config import DEFAULT_TOPOLOGY, Address, load_topology
-from services.runtime.processes import entry_command
+from services.runtime.processes import entry_command, tied_to_parent
 from tools.ports import mesh_addresses
 
 from conftest import bearer, client_channel, service_token, user_token, with_service
@@ -180,7 +180,8 @@ class Process:
 
     def start(self) -> None:
         log = open(self.log_dir / f"{self.name}.log", "ab")
-        self.process = subprocess.Popen(entry_command(self.name), env=self.env,
+        # Tied to this process (from the thread that runs the tests): a killed pytest leaves none behind.
+        self.process = subprocess.Popen(tied_to_parent(entry_command(self.name)), env=self.env,
                                         stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:

@@ -33,13 +33,21 @@ def tied_to_parent(command: list[str]) -> list[str]:
 
 
 def _become(parent: int, command: list[str]) -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:      # the parent died before that: do not live on as an orphan
+    """Exit 1 when the tie cannot be made or the parent is gone, 127 when the command is not
+    found, 126 when it cannot run (as shells do); otherwise become the command."""
+    if ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        print(f"cannot ask for the parent-death signal: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
         sys.exit(1)
+    if os.getppid() != parent:      # the parent died before that: do not live on as an orphan
+        print(f"not starting {command[0]}: its parent (pid {parent}) is gone", file=sys.stderr)
+        sys.exit(1)
+    for ignored_by_python in (signal.SIGPIPE, signal.SIGXFSZ):  # as the command would get them from a shell
+        signal.signal(ignored_by_python, signal.SIG_DFL)
     try:
         os.execvp(command[0], command)
     except OSError as exc:
-        sys.exit(f"cannot run {command[0]}: {exc.strerror}")
+        print(f"cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
+        sys.exit(127 if isinstance(exc, FileNotFoundError) else 126)
 
 
 if __name__ == "__main__":
