@@ -86,17 +86,21 @@ def rabbitmq_vhosts():
     vhosts.close()
 
 
-@pytest.fixture
-def rabbitmq_url(rabbitmq_vhosts):
-    """The AMQP URL of a virtual host of the local RabbitMQ private to the test, deleted afterwards."""
-    require_rabbitmq()
+def take_vhost(vhosts: rabbitmq.ScratchVhosts) -> str:
+    """A new virtual host's URL; skip (on a developer machine) or fail (in CI) when none can be made."""
     try:
-        url = rabbitmq_vhosts.take()
+        return vhosts.take()
     except (RuntimeError, OSError) as exc:          # no rabbitmqctl, or not allowed to use it
         if IN_CI:
             pytest.fail(f"cannot make a RabbitMQ virtual host, and CI requires it: {exc}")
         pytest.skip(f"cannot make a RabbitMQ virtual host with rabbitmqctl (run as root on the broker's "
                     f"machine): {exc}")
+
+
+@pytest.fixture
+def rabbitmq_url(rabbitmq_vhosts):
+    """The AMQP URL of a virtual host of the local RabbitMQ private to the test, deleted afterwards."""
+    url = take_vhost(rabbitmq_vhosts)
     yield url
     rabbitmq_vhosts.give_back(url)
 
