@@ -1,7 +1,9 @@
 """End to end over real HTTP through the real Envoy (from its wheel), configured from the
-topology and the descriptor set, in front of the four real services over mTLS: every REST
-route, errors and their HTTP codes, user tokens, ownership, the rate limit, and a service
-stopped behind the gateway."""
+topology and the descriptor set, in front of the five real services over mTLS, one mesh and
+gateway per shape shared by the module's tests: every REST route, errors and their HTTP codes,
+user tokens, ownership, the access log, the CLI over REST. (tests/e2e/test_gateway_alone.py has
+the tests that need a gateway of their own: the rate limit, a stopped service, one trace, the
+backlog's 429.)"""
 from __future__ import annotations
 
 import asyncio
@@ -15,19 +17,16 @@ import sys
 import time
 import uuid
 
-import grpc
 import pytest
 
-from diboas.common.v1 import common_pb2
-from diboas.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from gateway.envoy_config import MAX_REQUEST_HEADERS_KB, external_rpcs
 from services.demo import json_array_elements
 from services.monitor import check_gateway
-from services.runtime.config import Address, load_topology
+from services.runtime.config import load_topology
 from tools.ports import free_ports
 
-from conftest import free_port, operator_calls, user_token, with_service
-from meshkit import ALL_SHAPES, ORDER, SHAPES, Mesh, Process, mesh_processes, process_env, start_mesh, wait_serving
+from conftest import user_token
+from meshkit import ALL_SHAPES, ORDER, SHAPES, Mesh, Process, mesh_processes
 
 pytestmark = pytest.mark.slow
 ORDER_OF_STATES = ["PENDING", "PROCESSING", "COMPLETED", "FAILED"]
@@ -355,33 +354,6 @@ async def test_another_users_wallet_is_404_and_an_operator_sees_it(stack):
     assert status == 404
 
 
-async def test_the_rate_limit_is_per_user_and_requests_without_a_valid_token_share_a_smaller_one(
-        topology, start_server, tmp_path):
-    mesh = await start_mesh(topology, start_server, ("provider",))
-    gw = Gateway(mesh.topology, mesh.ports, tmp_path, DIBOAS_GATEWAY_RATE_LIMIT="1", DIBOAS_GATEWAY_RATE_LIMIT_BURST="3",
-                 DIBOAS_GATEWAY_ANONYMOUS_RATE_LIMIT="1", DIBOAS_GATEWAY_ANONYMOUS_RATE_LIMIT_BURST="2")
-    await gw.start(only_provider=True)
-    try:
-        alice, bob, carol = (user_token(mesh.topology, u, ("user",)) for u in ("alice", "bob", "carol"))
-        head, payload, signature = user_token(mesh.topology, "mallory", ("user",)).split(".")
-        forged = f"{head}.{payload[:-4]}AAAA.{signature}"              # its signature no longer matches
-        # A flood without a token, with garbage and with a forged one: their own budget of 2 ...
-        flood = [(await gw.call("GET", "/v1/providers", token))[0] for token in (None, "garbage", forged) * 10]
-        assert flood[:2] == [401, 401] and flood.count(429) >= 25, flood
-        # ... which leaves every user theirs: 3 at once, then 429 with a JSON body.
-        replies = [await gw.call("GET", "/v1/providers", alice) for _ in range(6)]
-        assert [r[0] for r in replies[:3]] == [200, 200, 200], [r[0] for r in replies]
-        limited = [r for r in replies if r[0] == 429]
-        assert limited and limited[0][1]["code"] == 8 and "rate limit" in limited[0][1]["message"]
-        assert limited[0][2].get("x-diboas-rate-limited") == "true"
-        # alice spent hers: bob and carol are served as if she had not.
-        for user in (bob, carol):
-            assert [(await gw.call("GET", "/v1/providers", user))[0] for _ in range(3)] == [200, 200, 200]
-    finally:
-        gw.process.stop()
-        await mesh.close()
-
-
 async def test_a_url_too_long_is_431_with_a_json_body_and_one_just_under_reaches_the_service(stack):
     mesh, gw = stack
     alice_id = user("alice")
@@ -404,13 +376,24 @@ async def test_a_url_too_long_is_431_with_a_json_body_and_one_just_under_reaches
     assert status == 400 and body["details"][1]["fieldViolations"][0]["field"] == "amount.amount", (status, body)
 
 
-def access_log(gw: Gateway, expected: set[tuple]) -> set[tuple]:
-    """(path, status, grpc_status, grpc_code) of each line of the gateway's access log, once it holds
-    all of `expected`, or after 10 s (Envoy writes the log out every second)."""
+def access_log_size(gw: Gateway) -> int:
+    """The size of the gateway's access log once Envoy has written out the lines of the requests
+    that have ended (it writes every second)."""
+    time.sleep(1.2)
+    path = gw.topology.state_dir / "logs" / "gateway-access.jsonl"
+    return path.stat().st_size if path.exists() else 0
+
+
+def access_log(gw: Gateway, since: int, expected: set[tuple]) -> set[tuple]:
+    """(path, status, grpc_status, grpc_code) of each whole line the gateway's access log gained
+    after its first `since` bytes, once they hold all of `expected`, or after 10 s (Envoy writes
+    the log out every second)."""
     path = gw.topology.state_dir / "logs" / "gateway-access.jsonl"
     deadline = time.monotonic() + 10
     while True:
-        lines = path.read_text().splitlines() if path.exists() else []
+        with open(path, "rb") as log:
+            log.seek(since)
+            lines = log.read().split(b"\n")[:-1]       # the last piece may be a line still being written
         logged = {(line["path"], line["status"], line["grpc_status"], line["grpc_code"]) for line in map(json.loads, lines)}
         if expected <= logged or time.monotonic() > deadline:
             return logged
@@ -421,6 +404,7 @@ async def test_the_access_log_has_the_services_own_grpc_status(stack):
     mesh, gw = stack
     alice_id = user("alice")
     alice = user_token(mesh.topology, alice_id, ("user",))
+    since = access_log_size(gw)         # the lines of the module's other tests come before
     _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
     withdraw = f"/v1/transactions?requestId={key()}"
     status, body, _ = await gw.call("POST", withdraw, alice, {    # FAILED_PRECONDITION is 400
@@ -432,31 +416,8 @@ async def test_the_access_log_has_the_services_own_grpc_status(stack):
     assert (await gw.call("GET", "/v1/providers/alpha-pay", None))[0] == 401     # Envoy's own: no RPC made
     expected = {(withdraw, 400, "FailedPrecondition", 9), ("/v1/providers/nobody", 404, "NotFound", 5),
                 ("/v1/providers/alpha-pay", 200, "OK", 0), ("/v1/providers/alpha-pay", 401, None, None)}
-    logged = access_log(gw, expected)
+    logged = access_log(gw, since, expected)
     assert expected <= logged, logged
-
-
-async def test_a_stopped_service_is_503_quickly_and_recovers_when_it_returns(topology, start_server, tmp_path):
-    from services.provider.app import build as provider_app
-    port = free_port()
-    topology = with_service(topology, "provider", address=Address("127.0.0.1", port))
-    provider = await start_server(topology, "provider", provider_app)
-    gw = Gateway(topology, {"provider": port, **{n: free_port() for n in ORDER if n != "provider"}}, tmp_path)
-    await gw.start(only_provider=True)
-    token = user_token(topology, "alice", ("user",))
-    try:
-        await provider.stop(grace=0)
-        started = time.monotonic()
-        status, body, _ = await gw.call("GET", "/v1/providers", token)
-        assert status == 503 and body["code"] == 14, body
-        assert time.monotonic() - started < 2.0
-        await start_server(topology, "provider", provider_app)   # back, on the same port
-        deadline = time.monotonic() + 15
-        while (status := (await gw.call("GET", "/v1/providers", token))[0]) != 200:
-            assert time.monotonic() < deadline, f"still {status}"
-            await asyncio.sleep(0.2)
-    finally:
-        gw.process.stop()
 
 
 def diboas(gw: Gateway, mesh, *args: str) -> subprocess.CompletedProcess:
@@ -513,113 +474,10 @@ async def test_the_cli_switches_provider_and_chain_faults(stack):
         assert "faults: none" in cleared.stdout
         refused = await asyncio.to_thread(diboas, gw, mesh, "faults", "provider", "beta-ramp", "--error-rate", "101")
         assert refused.returncode == 1 and "faults.error_rate_percent" in refused.stderr
-    finally:                            # the other tests of the shared processes pay through beta-ramp too
-        cleared = await asyncio.to_thread(diboas, gw, mesh, "faults", "provider", "beta-ramp", "--clear")
-        assert cleared.returncode == 0, cleared.stderr
-
-
-async def test_a_rest_send_is_one_trace_from_the_gateway_through_the_queue_and_events_to_settlement(pki, tmp_path):
-    """One REST SEND: the gateway's span, CreateTransaction, the queued saga's hold (client and
-    server), the event's delivery (relay -> the wallet's event sink) and the wallet's settlement
-    are one trace, each span's parent in it (the gateway's: the caller's traceparent)."""
-    spans_file = tmp_path / "spans.jsonl"
-    env = process_env(pki, tmp_path, DIBOAS_TRACING="on", DIBOAS_TRACE_EXPORT=f"file:{spans_file}")
-    topology = load_topology(env={k: v for k, v in env.items() if k.startswith("DIBOAS_")})
-    processes = [Process(name, env, tmp_path) for name in (*ORDER, "gateway")]
-    for process in processes[:-1]:
-        process.start()
-    try:
-        for name in ORDER:
-            await wait_serving(topology, name)
-        processes[-1].start()
-        deadline = time.monotonic() + 30
-        while (await check_gateway(topology, timeout=1)).status != "SERVING":
-            assert time.monotonic() < deadline, "the gateway did not become ready"
-            await asyncio.sleep(0.1)
-        gw = Gateway.__new__(Gateway)
-        gw.http = topology.gateway.http.port
-        ops = user_token(topology, "ops", ("operator",))
-        wallets = []
-        for owner in ("alice", "bob"):
-            _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", ops,
-                                          {"ownerId": owner, "currencyCode": "USD"})
-            wallets.append(created["wallet"]["name"])
-        credit, channel = operator_calls(topology, topology.services["wallet"].address.port, "wallet",
-                                         wallet_pb2_grpc.WalletServiceStub)
-        async with channel:
-            await credit("CreditWallet", wallet_pb2.CreditWalletRequest(
-                wallet=wallets[0], amount=common_pb2.Money(currency_code="USD", amount="5.00"), request_id=key()))
-        trace_id, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
-        status, body, _ = await gw.call(
-            "POST", f"/v1/transactions?requestId={key()}", ops,
-            {"type": "TRANSACTION_TYPE_SEND", "sourceWallet": wallets[0], "destinationWallet": wallets[1],
-             "amount": {"currencyCode": "USD", "amount": "1.00"}},
-            headers={"traceparent": f"00-{trace_id}-{caller_span}-01"})
-        assert status == 200, body
-        deadline = time.monotonic() + 30
-        while (await gw.call("GET", f"/v1/{wallets[1]}", ops))[1]["wallet"]["availableBalance"]["amount"] != "1.00":
-            assert time.monotonic() < deadline, "the SEND was not settled into bob's wallet"
-            await asyncio.sleep(0.1)
-        expected = {("gateway", "SERVER", "ingress"),
-                    ("transaction", "SERVER", "/diboas.transaction.v1.TransactionService/CreateTransaction"),
-                    ("transaction", "CONSUMER", "process financial.transactions"),
-                    ("transaction", "CLIENT", "/diboas.wallet.v1.WalletService/BatchCreateHolds"),
-                    ("wallet", "SERVER", "/diboas.wallet.v1.WalletService/BatchCreateHolds"),
-                    ("wallet", "CONSUMER", "process transaction.completed")}
-        deadline = time.monotonic() + 20          # Envoy exports its spans every few seconds
-        while True:
-            spans = [json.loads(line) for line in spans_file.read_text().splitlines()] if spans_file.exists() else []
-            ours = [s for s in spans if s["context"]["trace_id"] == f"0x{trace_id}"]
-            seen = {(s["resource"]["attributes"]["service.name"], s["kind"].removeprefix("SpanKind."), s["name"])
-                    for s in ours}
-            if expected <= seen or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)
-        assert expected <= seen, expected - seen
-        by_id = {s["context"]["span_id"]: s for s in ours}
-        assert {s["parent_id"] for s in ours} - set(by_id) == {f"0x{caller_span}"}       # no orphan, no other trace
-
-        def one(service: str, kind: str, name: str) -> dict:
-            [span] = [s for s in ours if (s["resource"]["attributes"]["service.name"], s["kind"], s["name"])
-                      == (service, f"SpanKind.{kind}", name)]
-            return span
-
-        def parent(span: dict, service: str, kind: str, name: str) -> dict:
-            found = by_id[span["parent_id"]]
-            assert (found["resource"]["attributes"]["service.name"], found["kind"], found["name"]) == (
-                service, f"SpanKind.{kind}", name), (span["name"], found["name"])
-            return found
-        # from the settlement up to the caller: wallet <- the saga's (last) attempt <- the request
-        settlement = one("wallet", "CONSUMER", "process transaction.completed")
-        saga = parent(settlement, "transaction", "CONSUMER", "process financial.transactions")
-        create = parent(saga, "transaction", "SERVER", "/diboas.transaction.v1.TransactionService/CreateTransaction")
-        gateway_span = parent(create, "gateway", "SERVER", "ingress")
-        assert gateway_span["parent_id"] == f"0x{caller_span}"
-        hold_client = parent(one("wallet", "SERVER", "/diboas.wallet.v1.WalletService/BatchCreateHolds"),
-                             "transaction", "CLIENT", "/diboas.wallet.v1.WalletService/BatchCreateHolds")
-        assert by_id[hold_client["parent_id"]]["name"] == "process financial.transactions"
-        attempts = [s for s in ours if s["name"] == "process financial.transactions"]
-        assert {s["parent_id"] for s in attempts} == {create["context"]["span_id"]}        # a retry too
-        assert all([link["context"]["span_id"] for link in s["links"]] == [create["context"]["span_id"]]
-                   for s in attempts)
-        assert [link["context"]["span_id"] for link in settlement["links"]] == [saga["context"]["span_id"]]
-        # the relay's call that carried the event: a trace of its own, linked to the saga's span
-        deadline = time.monotonic() + 20
-        while True:
-            spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
-            sends = [s for s in spans if s["name"] == "send wallet"
-                     and saga["context"]["span_id"] in [link["context"]["span_id"] for link in s["links"]]]
-            batch = {(s["resource"]["attributes"]["service.name"], s["kind"], s["name"]) for s in spans
-                     if sends and s["context"]["trace_id"] == sends[0]["context"]["trace_id"]}
-            if len(batch) == 3 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)
-        assert len(sends) == 1 and batch == {("transaction", "SpanKind.CLIENT", "send wallet"),
-                         ("transaction", "SpanKind.CLIENT", "/diboas.events.v1.EventSinkService/DeliverEvents"),
-                         ("wallet", "SpanKind.SERVER", "/diboas.events.v1.EventSinkService/DeliverEvents")}
-    finally:
-        for process in reversed(processes):
-            process.stop()
+    finally:                            # the other tests of the shared processes use them too
+        for kind, name in (("provider", "beta-ramp"), ("chain", "solana")):
+            cleared = await asyncio.to_thread(diboas, gw, mesh, "faults", kind, name, "--clear")
+            assert cleared.returncode == 0, cleared.stderr
 
 
 async def test_bytes_that_are_not_utf8_or_control_characters_in_a_path_or_query_are_400(stack):
@@ -641,77 +499,3 @@ async def test_bytes_that_are_not_utf8_or_control_characters_in_a_path_or_query_
         assert body["details"][0]["reason"] == reason, (path, body)
         assert body["details"][1]["fieldViolations"][0]["field"] == field, (path, body)
         assert "Error" not in body["message"] and "Exception" not in body["message"], (path, body)
-
-
-async def test_past_the_backlog_bound_a_transaction_is_refused_with_429_and_a_retry_delay(pki, tmp_path):
-    """Sagas in hand (here: two leased by another instance) fill a bound of 2: a new
-    transaction is RESOURCE_EXHAUSTED with RetryInfo over gRPC and 429 with Retry-After over REST,
-    with nothing written; once they finish, the same request goes through."""
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
-    from diboas.transaction.v1 import transaction_pb2
-    from services.runtime.db import Database
-    from services.runtime.messaging.queue import WorkQueue
-    from services.transaction.app import MIGRATIONS, QUEUE
-    from services.transaction.tables import parked_work_items, work_items
-
-    async with mesh_processes(pki, tmp_path, "services", DIBOAS_QUEUE_MAX_BACKLOG="2") as (topology, _):
-        ports = {name: topology.services[name].address.port for name in ORDER}
-        mesh, gw = Mesh(topology, ports), Gateway(topology, ports, tmp_path)
-        db = Database(topology.services["transaction"].database, MIGRATIONS)
-        elsewhere = WorkQueue(db, work_items, QUEUE, parked=parked_work_items)
-        try:
-            await gw.start()
-            alice = user_token(topology, "alice", ("user",))
-            _, created, _ = await gw.call("POST", f"/v1/wallets?requestId={key()}", alice, {"currencyCode": "USD"})
-            deposit = {"type": "TRANSACTION_TYPE_DEPOSIT", "destinationWallet": created["wallet"]["name"],
-                       "amount": {"currencyCode": "USD", "amount": "5.00"}}
-            with db.transaction() as connection:
-                held = [elsewhere.enqueue(connection, f"held{n}", leased=True) for n in range(2)]
-            metrics, deadline = topology.services["transaction"].metrics, time.monotonic() + 10
-            while _backlog(metrics) < 2:                                   # until the service has counted them
-                assert time.monotonic() < deadline, "the backlog was never counted"
-                await asyncio.sleep(0.05)
-            request_id = key()
-            status, body, headers = await gw.call("POST", f"/v1/transactions?requestId={request_id}", alice, deposit)
-            assert status == 429, body
-            assert body["code"] == 8 and "the bound is 2" in body["message"], body
-            assert body["details"][0]["reason"] == "BACKLOG_FULL"
-            retry = next(d for d in body["details"] if d["@type"].endswith("google.rpc.RetryInfo"))
-            after = int(headers["retry-after"])
-            assert 1 <= after <= 60 and retry["retryDelay"] == f"{after}s", (headers, body)
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await mesh.transactions.CreateTransaction(transaction_pb2.CreateTransactionRequest(
-                    request_id=key(), transaction=transaction_pb2.Transaction(
-                        type=transaction_pb2.TRANSACTION_TYPE_DEPOSIT, destination_wallet=created["wallet"]["name"],
-                        amount=common_pb2.Money(currency_code="USD", amount="5.00"))),
-                    metadata=mesh.as_gateway, timeout=10)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert 1 <= int(dict(refused.value.trailing_metadata())["retry-after"]) <= 60
-            details = rpc_status.from_call(refused.value).details
-            assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in details)
-            _, listed, _ = await gw.call("GET", "/v1/transactions", alice)
-            assert listed.get("transactions", []) == []                          # nothing was written
-
-            with db.transaction() as connection:
-                for claimed in held:
-                    elsewhere.done(connection, claimed)
-            deadline = time.monotonic() + 10
-            while (answer := await gw.call("POST", f"/v1/transactions?requestId={request_id}", alice, deposit))[0] != 200:
-                assert answer[0] == 429 and time.monotonic() < deadline, answer
-                await asyncio.sleep(0.1)
-            assert answer[1]["transaction"]["state"] == "TRANSACTION_STATE_PENDING"
-        finally:
-            gw.process.stop()
-            await mesh.close()
-            db.close()
-
-
-def _backlog(metrics) -> float:
-    """diboas_backlog of the transaction service, from its metrics endpoint."""
-    import urllib.request
-    text = urllib.request.urlopen(f"http://{metrics.host}:{metrics.port}/metrics", timeout=5).read().decode()
-    line = next((line for line in text.splitlines()
-                 if line.startswith('diboas_backlog{service="transaction"}')), None)
-    return float(line.split()[-1]) if line else 0.0
