@@ -21,7 +21,7 @@ from services.simulation import Faults, fault_switch
 from .driver import TransferDriver, not_found
 from .registry import ChainRegistry
 from .repository import TransferRepository
-from .saga import TransferSaga
+from .saga import COMPENSATION_ATTEMPTS, COMPENSATION_BACKOFF, TransferSaga
 from .transfers import NO_STEP, PENDING, Transfer
 
 log = logging.getLogger("diboas.blockchain")
@@ -30,7 +30,8 @@ OPERATION = "ExecuteCrossChainTransfer"
 
 class TransferCoordinator:
     def __init__(self, db: Database, registry: ChainRegistry, *, step_timeout: float = 1.0,
-                 compensation_attempts: int = 5, compensation_backoff: float = 0.05, resume_concurrency: int = 8,
+                 compensation_attempts: int = COMPENSATION_ATTEMPTS, compensation_backoff: float = COMPENSATION_BACKOFF,
+                 resume_concurrency: int = 8,
                  clock: Callable[[], dt.datetime] = utcnow, ids: Callable[[], str] = lambda: uuid.uuid4().hex):
         self.registry = registry
         self._transfers = TransferRepository(db, clock)

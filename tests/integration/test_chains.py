@@ -98,7 +98,7 @@ async def world(database_url):
     db.migrate()
     chains = make_chains()
     registry = ChainRegistry(chains.values(), call_timeout=0.3)
-    coordinator = TransferCoordinator(db, registry, step_timeout=0.2, compensation_backoff=0.01)
+    coordinator = TransferCoordinator(db, registry, step_timeout=0.2, compensation_attempts=5, compensation_backoff=0.01)
     yield World(chains, registry, coordinator, db)
     await coordinator.driver.close(grace=0)
     db.close()

@@ -13,7 +13,7 @@ import pytest
 
 from services.blockchain.adapters import ChainAdapter, ChainRejected, ChainTimeout, ChainUnavailable, TxStatus
 from services.blockchain.driver import TransferDriver
-from services.blockchain.saga import TransferSaga
+from services.blockchain.saga import COMPENSATION_ATTEMPTS, TransferSaga
 from services.blockchain.transfers import (
     BRIDGE,
     COMPENSATED,
@@ -160,7 +160,7 @@ class FakeTransfers:
 
 
 class World:
-    def __init__(self, compensation_attempts: int = 5):
+    def __init__(self, compensation_attempts: int = COMPENSATION_ATTEMPTS):
         self.source, self.target = FakeChain("ethereum"), FakeChain("polygon")
         self.chains, self.store, self.clock = FakeChains(self.source, self.target), FakeTransfers(), FakeClock()
         self.saga = TransferSaga(self.chains, self.store, compensation_attempts=compensation_attempts,
@@ -287,6 +287,16 @@ async def test_a_compensation_that_keeps_failing_is_tried_with_backoff_then_left
     assert world.clock.slept == [0.05, 0.1, 0.2]
     assert world.calls("unlock") == ["t1:source"] * 4 and world.source.outstanding()["lock"] == 1
     assert world.store.rows["t1"] == t
+
+
+async def test_a_refund_outlasts_a_burst_of_chain_errors_and_its_pauses_stop_growing_at_two_seconds():
+    world = World()                     # the service's own numbers of attempts and pauses
+    world.source.script["relay"] = ["reject"]
+    world.source.script["unlock"] = ["down"] * (COMPENSATION_ATTEMPTS - 1)
+    t = await world.saga.advance(world.new())
+    assert t.state == COMPENSATED and world.effects("unlock") == 1
+    assert world.clock.slept == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
+    assert world.calls("unlock") == ["t1:source"] * COMPENSATION_ATTEMPTS
 
 
 async def test_a_compensation_that_fails_a_few_times_then_goes_through_compensates():
