@@ -16,7 +16,9 @@ from .errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 # Up to 20 integer digits and 18 decimals: NUMERIC(38, 18) holds every amount.
 # Matched whole (fullmatch: "$" would also match before a trailing newline).
-_AMOUNT = re.compile(r"-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?")
+INTEGER_DIGITS, DECIMALS = 20, 18
+_AMOUNT = re.compile(rf"-?(0|[1-9][0-9]{{0,{INTEGER_DIGITS - 1}}})(\.[0-9]{{1,{DECIMALS}}})?")
+_DIGITS = re.compile(r"-?(0|[1-9][0-9]*)(?:\.([0-9]+))?")     # a decimal amount of any length
 # Every operation on amounts runs in this context: wide enough for any sum of them, and any
 # rounding that changes a value raises instead of happening silently (Python's default keeps 28 digits).
 EXACT = Context(prec=60, traps=[InvalidOperation, Inexact, Overflow])
@@ -28,6 +30,17 @@ def scale_of(currency: str, field: str = "currency_code") -> int:
 
 def _quantize(value: Decimal, scale: int) -> Decimal:
     return value.quantize(Decimal(1).scaleb(-scale), context=EXACT)
+
+
+def _not_an_amount(amount: object) -> str:
+    """Why `amount` is refused: too many digits for an amount, or not an amount at all."""
+    digits = _DIGITS.fullmatch(amount) if isinstance(amount, str) else None
+    if digits is None:
+        return f"{amount!r} is not a decimal amount like \"12.50\""
+    shown = repr(amount) if len(amount) <= 40 else f"'{amount[:40]}...'"
+    if len(digits.group(1)) > INTEGER_DIGITS:
+        return f"{shown} has {len(digits.group(1))} digits before the decimal point; an amount has at most {INTEGER_DIGITS}"
+    return f"{shown} has {len(digits.group(2))} decimal places; an amount has at most {DECIMALS}"
 
 
 @dataclass(frozen=True, order=False)
@@ -45,7 +58,7 @@ class Money:
         """Money from its wire form; InvalidArgument naming the field when anything is off."""
         scale = scale_of(currency, currency_field)
         if not isinstance(amount, str) or not _AMOUNT.fullmatch(amount):
-            raise InvalidArgument.field(field, f"{amount!r} is not a decimal amount like \"12.50\"")
+            raise InvalidArgument.field(field, _not_an_amount(amount))
         value = Decimal(amount)
         places = -value.as_tuple().exponent if value.as_tuple().exponent < 0 else 0
         if places > scale:

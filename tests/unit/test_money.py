@@ -29,7 +29,12 @@ def test_parse_keeps_the_exact_amount_at_the_currency_scale(currency, text, expe
     ("USD", " 1", "is not a decimal amount"),
     ("USD", "", "is not a decimal amount"),
     ("USD", "NaN", "is not a decimal amount"),
-    ("USD", "123456789012345678901", "is not a decimal amount"),   # 21 integer digits
+    ("USD", "123456789012345678901", "'123456789012345678901' has 21 digits before the decimal point; "
+                                     "an amount has at most 20"),
+    ("USD", "-1" + "0" * 37, f"'-1{'0' * 37}' has 38 digits before the decimal point"),
+    ("USD", "9" * 60, f"'{'9' * 40}...' has 60 digits before the decimal point"),
+    ("ETH", "1.0000000000000000001", "'1.0000000000000000001' has 19 decimal places; an amount has at most 18"),
+    ("USD", "1.", "is not a decimal amount"),
     ("USD", "1.00\n", "is not a decimal amount"),                  # "$" alone would match before the newline
     ("USD", "١٢", "is not a decimal amount"),                      # Decimal() takes other scripts' digits
 ])
