@@ -16,9 +16,9 @@ from .errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 # Up to 20 integer digits and 18 decimals: NUMERIC(38, 18) holds every amount.
 # Matched whole (fullmatch: "$" would also match before a trailing newline).
+# The pattern takes any number of digits: they are counted after, so that the error says which limit.
 INTEGER_DIGITS, DECIMALS = 20, 18
-_AMOUNT = re.compile(rf"-?(0|[1-9][0-9]{{0,{INTEGER_DIGITS - 1}}})(\.[0-9]{{1,{DECIMALS}}})?")
-_DIGITS = re.compile(r"-?(0|[1-9][0-9]*)(?:\.([0-9]+))?")     # a decimal amount of any length
+_AMOUNT = re.compile(r"-?(0|[1-9][0-9]*)(?:\.([0-9]+))?")
 # Every operation on amounts runs in this context: wide enough for any sum of them, and any
 # rounding that changes a value raises instead of happening silently (Python's default keeps 28 digits).
 EXACT = Context(prec=60, traps=[InvalidOperation, Inexact, Overflow])
@@ -32,15 +32,9 @@ def _quantize(value: Decimal, scale: int) -> Decimal:
     return value.quantize(Decimal(1).scaleb(-scale), context=EXACT)
 
 
-def _not_an_amount(amount: object) -> str:
-    """Why `amount` is refused: too many digits for an amount, or not an amount at all."""
-    digits = _DIGITS.fullmatch(amount) if isinstance(amount, str) else None
-    if digits is None:
-        return f"{amount!r} is not a decimal amount like \"12.50\""
+def _too_long(amount: str, what: str, count: int, limit: int) -> str:
     shown = repr(amount) if len(amount) <= 40 else f"'{amount[:40]}...'"
-    if len(digits.group(1)) > INTEGER_DIGITS:
-        return f"{shown} has {len(digits.group(1))} digits before the decimal point; an amount has at most {INTEGER_DIGITS}"
-    return f"{shown} has {len(digits.group(2))} decimal places; an amount has at most {DECIMALS}"
+    return f"{shown} has {count} {what}; an amount has at most {limit}"
 
 
 @dataclass(frozen=True, order=False)
@@ -57,12 +51,18 @@ class Money:
     def parse(cls, currency: str, amount: str, field: str = "amount", currency_field: str = "currency_code") -> "Money":
         """Money from its wire form; InvalidArgument naming the field when anything is off."""
         scale = scale_of(currency, currency_field)
-        if not isinstance(amount, str) or not _AMOUNT.fullmatch(amount):
-            raise InvalidArgument.field(field, _not_an_amount(amount))
+        digits = _AMOUNT.fullmatch(amount) if isinstance(amount, str) else None
+        if digits is None:
+            raise InvalidArgument.field(field, f"{amount!r} is not a decimal amount like \"12.50\"")
+        integer, decimals = digits.group(1), digits.group(2) or ""
+        if len(integer) > INTEGER_DIGITS:
+            raise InvalidArgument.field(field, _too_long(amount, "digits before the decimal point", len(integer),
+                                                         INTEGER_DIGITS))
+        if len(decimals) > DECIMALS:
+            raise InvalidArgument.field(field, _too_long(amount, "decimal places", len(decimals), DECIMALS))
+        if len(decimals) > scale:
+            raise InvalidArgument.field(field, f"'{amount}' has {len(decimals)} decimal places; {currency} allows {scale}")
         value = Decimal(amount)
-        places = -value.as_tuple().exponent if value.as_tuple().exponent < 0 else 0
-        if places > scale:
-            raise InvalidArgument.field(field, f"'{amount}' has {places} decimal places; {currency} allows {scale}")
         return cls(currency, _quantize(abs(value) if value == 0 else value, scale))
 
     @classmethod

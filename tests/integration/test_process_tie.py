@@ -13,6 +13,8 @@ import pytest
 
 from services.runtime.processes import tied_to_parent
 
+from meshkit import alive
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the tie uses Linux's PR_SET_PDEATHSIG")
 
 PARENT = """
@@ -22,14 +24,6 @@ child = subprocess.Popen(tied_to_parent(["sleep", "60"]))
 print(child.pid, flush=True)
 time.sleep(60)
 """
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def test_a_child_ends_when_its_parent_is_killed():
@@ -43,7 +37,7 @@ def test_a_child_ends_when_its_parent_is_killed():
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 5
-        while _running(child):
+        while alive(child):
             assert time.monotonic() < deadline, "the child outlived its killed parent"
             time.sleep(0.02)
     finally:
