@@ -33,7 +33,10 @@ everything is settled and reads the two services' databases for the timings:
   event latency     from the outbox row (transaction service commit) to the inbox row (wallet handled)
 and each process's CPU time per settled transfer (and their sum), each process's resident memory
 (RSS) at the end of the run, and the backlog (transactions accepted and not settled yet) once a
-second. Results: bench/results/money_path.json.
+second. Beside the mesh's CPU, where the rest of the machine's went in the window: this client's,
+and the others' (the database server, the broker, the kernel), per settled transfer; how busy the
+CPUs were; and each process's CPU in cores, since one process cannot use much more than one core
+(its GIL): together they say whether a run was bound by the machine or by one process. Results: bench/results/money_path.json.
 """
 from __future__ import annotations
 
@@ -76,7 +79,7 @@ from tools.environment import overridden
 from tools.ports import mesh_addresses
 
 from .client import non_negative, parse_concurrency, positive, whole
-from .load import compliance_rules, cpu_seconds
+from .load import CLK_TCK, compliance_rules, cpu_seconds, machine_ticks
 from .stats import git
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +99,28 @@ def rss_megabytes(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+CLIENT, MACHINE = "bench_client", "machine"
+
+
+def _machine_share(cpu: dict[str, float], processes: list[str], settled: int) -> dict:
+    """Where the machine's CPU went in the window, beside the mesh's processes: this client's, and
+    the rest's (the database server, the broker, the kernel, anything else running), per settled
+    transfer; how busy all CPUs were; and each mesh process's CPU in cores (one process cannot use
+    much more than one: its GIL)."""
+    wall = max(1e-9, cpu["wall_end"] - cpu["wall_start"])
+    busy = (cpu[f"{MACHINE}_end"] - cpu[f"{MACHINE}_start"]) / CLK_TCK
+    jiffies = max(1, cpu[f"{MACHINE}_jiffies_end"] - cpu[f"{MACHINE}_jiffies_start"])
+    mesh = {name: cpu[f"{name}_end"] - cpu[f"{name}_start"] for name in processes}
+    client = cpu[f"{CLIENT}_end"] - cpu[f"{CLIENT}_start"]
+    per_transfer = 1000 / max(settled, 1)
+    return {
+        "client_cpu_ms_per_transfer": round(client * per_transfer, 3),
+        "other_cpu_ms_per_transfer": round(max(0.0, busy - client - sum(mesh.values())) * per_transfer, 3),
+        "machine_cpu_busy": round((cpu[f"{MACHINE}_end"] - cpu[f"{MACHINE}_start"]) / jiffies, 3),
+        "cores_by_process": {name: round(seconds / wall, 2) for name, seconds in mesh.items()},
+    }
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -263,11 +288,17 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
             with tx_db.connect() as c:
                 backlog.append((round(time.time() - window[0], 1), c.execute(unsettled).scalar_one()))
 
+    def sample_cpus(when: str) -> None:
+        cpu.update({f"{n}_{when}": cpu_seconds(p) for n, p in pids.items()})
+        cpu[f"{CLIENT}_{when}"] = time.process_time()
+        cpu[f"{MACHINE}_{when}"], cpu[f"{MACHINE}_jiffies_{when}"] = machine_ticks()
+        cpu[f"wall_{when}"] = time.monotonic()
+
     async def sample_cpu():
         await asyncio.sleep(max(0.0, window[0] - time.time()))
-        cpu.update({f"{n}_start": cpu_seconds(p) for n, p in pids.items()})
+        sample_cpus("start")
         await asyncio.sleep(max(0.0, window[1] - time.time()))
-        cpu.update({f"{n}_end": cpu_seconds(p) for n, p in pids.items()})
+        sample_cpus("end")
 
     shape = mode if topology.services["transaction"].instances == 1 else f"{mode}x{topology.services['transaction'].instances}"
     load = (f"open loop {rate:>5.0f}/s" if rate else f"concurrency {concurrency:>3}") + f", {wallets} wallets"
@@ -311,6 +342,7 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
     delivery = [handled[e] - t for e, t in sent.items() if e in handled and window[0] <= t < window[1]]
     settled = len(settled_in_window)
     cpu_ms = {name: round((cpu[f"{name}_end"] - cpu[f"{name}_start"]) / max(settled, 1) * 1000, 3) for name in pids}
+    ceiling = _machine_share(cpu, list(pids), settled)
     result = {
         "mode": mode, "backend": backend, "concurrency": concurrency, "open_loop_rate": rate, "wallets": wallets,
         "not_sent": not_sent, "refused": refused,
@@ -324,6 +356,7 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
         "event_p99_ms": round(_pct(delivery, 0.99) * 1000, 2),
         "cpu_ms_per_transfer": round(sum(cpu_ms.values()), 3),
         "cpu_ms_per_transfer_by_process": cpu_ms,
+        **ceiling,
         "mean_settled_ms": round(statistics.fmean(to_settle) * 1000, 2) if to_settle else None,
         "rss_mb_at_end": rss,
         "backlog": backlog,
@@ -333,6 +366,14 @@ async def _measure(topology, launcher, mode, backend, concurrency, args, rate: f
           f"p99 {result['settled_p99_ms']} ms, event p50 {result['event_p50_ms']} ms, refused {refused}, "
           f"errors {errors}", flush=True)
     return result
+
+
+def _shape(run: dict) -> str:
+    return run["mode"] if run["instances"] == 1 else f"{run['mode']}x{run['instances']}"
+
+
+def _load(run: dict) -> str:
+    return f"{run['open_loop_rate']:.0f}/s" if run["open_loop_rate"] else f"c{run['concurrency']}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,12 +456,18 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         by_process = ", ".join(f"{name} {ms:.2f} ({r['rss_mb_at_end'][name]:.0f})"
                                for name, ms in r["cpu_ms_per_transfer_by_process"].items())
-        shape = r["mode"] if r["instances"] == 1 else f"{r['mode']}x{r['instances']}"
-        load = f"{r['open_loop_rate']:.0f}/s" if r["open_loop_rate"] else f"c{r['concurrency']}"
-        print(f"{shape:<11} {r['backend']:<9} {r['transport']:<9} {load:>9} {r['wallets']:>7} {r['settled_per_second']:>9.1f} "
+        print(f"{_shape(r):<11} {r['backend']:<9} {r['transport']:<9} {_load(r):>9} {r['wallets']:>7} {r['settled_per_second']:>9.1f} "
               f"{r['request_p50_ms']:>6.1f}ms {r['request_p99_ms']:>6.1f}ms {r['settled_p50_ms']:>8.1f}ms "
               f"{r['settled_p99_ms']:>8.1f}ms {r['event_p50_ms']:>7.1f}ms {r['event_p99_ms']:>7.1f}ms "
               f"{r['refused']:>7} {r['cpu_ms_per_transfer']:>10.2f}ms  {by_process}")
+    print(f"\nwhere the machine's CPU went, per settled transfer (others: the database server, the broker, the "
+          f"kernel, anything else running)\n{'shape':<11} {'backend':<9} {'transport':<9} {'load':>9} {'CPUs busy':>9} "
+          f"{'mesh':>8} {'client':>8} {'others':>8}  cores by process")
+    for r in runs:
+        cores = ", ".join(f"{name} {n:.2f}" for name, n in r["cores_by_process"].items() if n >= 0.01)
+        print(f"{_shape(r):<11} {r['backend']:<9} {r['transport']:<9} {_load(r):>9} {r['machine_cpu_busy']:>9.0%} "
+              f"{r['cpu_ms_per_transfer']:>6.2f}ms {r['client_cpu_ms_per_transfer']:>6.2f}ms "
+              f"{r['other_cpu_ms_per_transfer']:>6.2f}ms  {cores}")
     print(f"target: {TARGET} settled transfers per second on {os.cpu_count()} CPUs")
     if wallet_counts:
         print(f"settled/s with {wallet_counts['many']} wallets / the mean with {wallet_counts['few']} just before "
@@ -439,7 +486,10 @@ def main(argv: list[str] | None = None) -> int:
                   "services": "the five services in each shape's processes (services: one each; monolith: one "
                               "for all), default configuration (mTLS, tokens, tracing on)",
                   "broker": "transport rabbitmq: the local RabbitMQ (one node, this machine); its CPU is not in "
-                            "cpu_ms_per_transfer, which counts the mesh's processes only"}
+                            "cpu_ms_per_transfer, which counts the mesh's processes only, but in "
+                            "other_cpu_ms_per_transfer with the database server's and the kernel's",
+                  "client_cpu": "client_cpu_ms_per_transfer: this process's CPU (the load's client and the launcher "
+                                "that started the mesh)"}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"benchmark": "money_path", "conditions": conditions, "runs": runs,
                                        "wallet_counts": wallet_counts, "target_settled_per_second": TARGET},

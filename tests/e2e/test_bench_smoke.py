@@ -54,6 +54,11 @@ def test_money_path_runs(tmp_path):
     assert set(report["runs"][2]["cpu_ms_per_transfer_by_process"]) == {"monolith"}
     assert all(rss > 0 for r in report["runs"] for rss in r["rss_mb_at_end"].values())
     assert all(r["backlog"] for r in report["runs"] if r["open_loop_rate"])
+    # Where the machine's CPU went: the CPUs were busy, the client used some, and so did every process.
+    assert all(0 < r["machine_cpu_busy"] <= 1 and r["client_cpu_ms_per_transfer"] > 0 and r["other_cpu_ms_per_transfer"] >= 0
+               and set(r["cores_by_process"]) == set(r["cpu_ms_per_transfer_by_process"]) for r in report["runs"])
+    assert all(max(r["cores_by_process"].values()) > 0 and min(r["cores_by_process"].values()) >= 0
+               for r in report["runs"])
 
 
 def test_gateway_runs(tmp_path):
