@@ -19,7 +19,9 @@ def build(runtime: Runtime) -> list[Registration]:
     db.migrate()
     runtime.on_stop.append(db.close)
     # The simulated chains' books live beside our state: the simulated world outlives a restart.
-    registry = ChainRegistry(load_chains(chains_file(os.environ), runtime.topology.state_dir / "simulators" / "chains"))
+    breaker = runtime.topology.defaults.breaker
+    registry = ChainRegistry(load_chains(chains_file(os.environ), runtime.topology.state_dir / "simulators" / "chains"),
+                             breaker_fail_max=breaker.fail_max, breaker_reset_seconds=breaker.reset_timeout_seconds)
     coordinator = TransferCoordinator(db, registry)
     # Health checks on an interval; transfers left unfinished (a crash, a mint without answer) resumed.
     runtime.background += [registry.watch, coordinator.driver.resume]

@@ -4,13 +4,15 @@ parked once the queue's retry policy is spent, the money stays held, the transac
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
+import time
 from decimal import Decimal
 
 from diboas.blockchain.v1 import blockchain_pb2
 from diboas.transaction.v1 import transaction_pb2
-from services.runtime.config import QueuePolicy
+from services.runtime.config import BreakerPolicy, QueuePolicy
 
 from conftest import with_service
 from meshkit import start_mesh
@@ -38,6 +40,9 @@ async def get(mesh, name: str) -> transaction_pb2.Transaction:
 async def test_a_saga_that_cannot_finish_is_parked_holding_the_money_and_completes_after_a_replay(
         topology, start_server, database_url):
     topology = with_service(topology, "transaction", queues={"financial.transactions": QUICK})
+    # The chains' breakers follow defaults.breaker: open after the hung mints, tried again after 1 s.
+    topology = dataclasses.replace(topology, defaults=dataclasses.replace(
+        topology.defaults, breaker=BreakerPolicy(fail_max=5, reset_timeout_seconds=1.0)))
     mesh = await start_mesh(topology, start_server, transaction=database_url)
     try:
         alice = await mesh.wallet("alice", "80.00")
@@ -77,7 +82,10 @@ async def test_a_saga_that_cannot_finish_is_parked_holding_the_money_and_complet
             return (await mesh.chain("GetCrossChainTransfer", blockchain_pb2.GetCrossChainTransferRequest(
                 name=tx.cross_chain_transfer))).cross_chain_transfer.state
         finished = blockchain_pb2.CROSS_CHAIN_TRANSFER_STATE_COMPLETED
+        cleared = time.monotonic()
         assert await mesh.wait_until(transfer_state, finished, timeout=60) == finished
+        # Within the configured reset (1 s) and the driver's next pass, not the default's 10 s.
+        assert time.monotonic() - cleared < 8
         assert (await get(mesh, created.name)).state == PROCESSING      # the saga does not know: parked
         replay = await asyncio.to_thread(diboas, mesh, "dead-letters", "replay", "--kind", "work-item",
                                          str(tx.parked.dead_letter_id))
