@@ -133,6 +133,7 @@ class Defaults:
     drain_seconds: float = 10.0
     unready_seconds: float = 1.0   # NOT_SERVING this long before draining, so probes notice
     start_timeout_seconds: float = 60.0  # `make run` gives up when a service is not SERVING by then
+    max_concurrent_calls: int = 256      # calls a process serves at once; past it, RESOURCE_EXHAUSTED
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
@@ -411,6 +412,7 @@ def _build(path: Path, raw: Mapping, env: Mapping[str, str]) -> Topology:
         drain_seconds=_number(d, "drain_seconds", dw, 10.0, env, "DIBOAS_DRAIN_SECONDS"),
         unready_seconds=_number(d, "unready_seconds", dw, 1.0, env, "DIBOAS_UNREADY_SECONDS"),
         start_timeout_seconds=_number(d, "start_timeout_seconds", dw, 60.0, env, "DIBOAS_START_TIMEOUT", positive=True),
+        max_concurrent_calls=_whole(d, "max_concurrent_calls", dw, 256, env, "DIBOAS_MAX_CONCURRENT_CALLS"),
         breaker=BreakerPolicy(
             fail_max=_whole(b, "fail_max", dw + ".breaker", 5, env, "DIBOAS_BREAKER_FAIL_MAX"),
             reset_timeout_seconds=_number(b, "reset_timeout_seconds", dw + ".breaker", 10.0, env,

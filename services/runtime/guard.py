@@ -1,6 +1,11 @@
-"""What every served RPC goes through: tracing, authentication, policy, deadlines, errors,
-metrics and logs, in one fixed order and in one place.
+"""What every served RPC goes through: load shedding, tracing, authentication, policy,
+deadlines, errors, metrics and logs, in one fixed order and in one place.
 
+  0. the bound on calls in progress (`defaults.max_concurrent_calls`): past it, a new unary
+     call is refused at once with RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS, a retry delay),
+     before any other work, so a process past its capacity spends a refusal on the excess
+     instead of queueing it until every call is late. Health, reflection and streams that
+     send many messages (watches, open for as long as their caller likes) are not counted;
   1. a SERVER span, child of the caller's W3C trace context;
   2. caller identity from the mTLS certificate (SPIFFE URI SAN);
   3. the service JWT, verified against that certificate (skipped for health and reflection,
@@ -78,11 +83,19 @@ class _Method:
         self.span_attributes = RpcTracing.attributes(full_name)
 
 
+# Seconds a refusal past max_concurrent_calls asks the caller to wait: calls in progress end in
+# milliseconds, and one second spreads the retries of a burst.
+TOO_MANY_CALLS_RETRY_AFTER = 1
+
+
 class ServerGuard:
     """Wraps a service's handlers with everything listed in the module docstring."""
 
-    def __init__(self, topology: Topology, service: ServiceConfig, default_deadline: float, tracing: RpcTracing):
+    def __init__(self, topology: Topology, service: ServiceConfig, default_deadline: float, tracing: RpcTracing,
+                 max_concurrent_calls: int | None = None):
         self._topology = topology
+        self.max_concurrent_calls = max_concurrent_calls or topology.defaults.max_concurrent_calls
+        self.calls_in_progress = 0      # unary calls counted against max_concurrent_calls
         self._service = service
         self._verifier = TokenVerifier(audience=service.identity)
         self._gateway = topology.gateway.name
@@ -102,10 +115,25 @@ class ServerGuard:
             return handler._replace(unary_stream=self._stream(method, handler.unary_stream))
         return handler._replace(stream_stream=self._stream(method, handler.stream_stream, True))
 
+    def _too_many_calls(self) -> errors.ResourceExhausted:
+        return errors.ResourceExhausted(
+            f"{self._service.name} is serving {self.calls_in_progress} calls, as many as it takes at once "
+            f"(max_concurrent_calls); this call did nothing: send it again in {TOO_MANY_CALLS_RETRY_AFTER} s",
+            reason="TOO_MANY_CALLS", retry_after_seconds=TOO_MANY_CALLS_RETRY_AFTER,
+            metadata={"max_concurrent_calls": str(self.max_concurrent_calls)})
+
     def _unary(self, method: _Method, behavior, streams_requests: bool = False):
+        counts = not method.open
+
         async def serve(request, context):
             scope = _RpcScope(self, method, context)
+            counted = False
             try:
+                if counts:
+                    if self.calls_in_progress >= self.max_concurrent_calls:
+                        raise self._too_many_calls()
+                    self.calls_in_progress += 1
+                    counted = True
                 scope.enter()
                 request = _admitted(request, streams_requests)
                 if scope.enforce_budget:
@@ -117,6 +145,9 @@ class ServerGuard:
             except BaseException as exc:
                 await scope.fail(exc)
                 raise
+            finally:
+                if counted:
+                    self.calls_in_progress -= 1
             scope.finish(context.code())
             return response
         return serve
@@ -186,9 +217,9 @@ class _RpcScope:
     def __init__(self, guard: ServerGuard, method: _Method, context: grpc.aio.ServicerContext):
         self._guard, self._method, self._context = guard, method, context
         self._span = self._span_token = self._call_token = self._service_token = self.timer = None
+        self._started = time.perf_counter()
 
     def enter(self) -> None:
-        self._started = time.perf_counter()
         guard, method, context = self._guard, self._method, self._context
         token = trace_headers = None
         user_agent = ""

@@ -238,3 +238,38 @@ async def test_an_upstream_refusing_this_service_is_internal_to_the_caller(topol
     assert caught.value.code() == grpc.StatusCode.INTERNAL            # not the end caller's 403
     assert error_info(caught.value).reason == "UPSTREAM_REFUSED"
     assert "may not call" not in caught.value.details() and dict(error_info(caught.value).metadata) == {}
+
+
+async def test_past_max_concurrent_calls_a_call_is_refused_with_a_retry_delay_and_health_still_serves(
+        topology, start_server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    topology = dataclasses.replace(topology, defaults=dataclasses.replace(topology.defaults, max_concurrent_calls=2))
+    wallets = EchoWallets()
+    server = await start_server(topology, "wallet", wallet_build(wallets))
+    async with client_channel(topology, "transaction", server.port, "wallet") as channel:
+        stub, metadata = wallet_pb2_grpc.WalletServiceStub(channel), bearer(service_token(topology, "transaction", "wallet"))
+
+        def get(name: str):
+            return stub.GetWallet(wallet_pb2.GetWalletRequest(name=name), metadata=metadata, timeout=5)
+        slow = [asyncio.ensure_future(get("wallets/slow-0.8")) for _ in range(2)]
+        deadline = time.monotonic() + 5
+        while wallets.calls < 2:
+            assert time.monotonic() < deadline, "the slow calls never arrived"
+            await asyncio.sleep(0.01)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await get("wallets/w1")
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and wallets.calls == 2   # never ran
+        assert "serving 2 calls" in refused.value.details() and "send it again in 1 s" in refused.value.details()
+        info = error_info(refused.value)
+        assert info.reason == "TOO_MANY_CALLS" and dict(info.metadata) == {"max_concurrent_calls": "2"}
+        assert dict(refused.value.trailing_metadata())["retry-after"] == "1"
+        retry = next(d for d in rpc_status.from_call(refused.value).details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR))
+        delay = error_details_pb2.RetryInfo()
+        retry.Unpack(delay)
+        assert delay.retry_delay.seconds == 1
+        # A busy service still answers its probes.
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert [r.wallet.name for r in await asyncio.gather(*slow)] == ["wallets/slow-0.8"] * 2
+        assert (await get("wallets/w1")).wallet.name == "wallets/w1"              # places given back

@@ -1,6 +1,7 @@
 """Unit tests of runtime pieces that a real client cannot easily provoke."""
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -83,6 +84,56 @@ async def test_call_arriving_after_its_deadline_is_refused_unhandled(topology):
 async def test_call_with_time_left_runs(topology):
     result, ran, context = await _serve(topology, remaining=1.0)
     assert result == "reply" and ran == ["request"] and context.status is None
+
+
+async def test_past_max_concurrent_calls_a_call_is_refused_at_once_and_health_still_answers(topology):
+    guard = ServerGuard(topology, topology.services["wallet"], default_deadline=5, tracing=RpcTracing(False),
+                        max_concurrent_calls=2)
+    release, ran = asyncio.Event(), []
+
+    async def slow(request, context):
+        ran.append(request)
+        await release.wait()
+        if request == "fails":
+            raise ServiceUnavailable("down", reason="DOWN")
+        return "reply"
+
+    wallet = topology.services["wallet"]
+    serve = guard._unary(_Method(wallet, "/diboas.wallet.v1.WalletService/GetWallet"), slow)
+    health = guard._unary(_Method(wallet, "/grpc.health.v1.Health/Check"), slow)
+    busy = [asyncio.create_task(serve(r, FakeContext(topology, 1.0))) for r in ("ok", "fails")]
+    await asyncio.sleep(0)
+    assert guard.calls_in_progress == 2
+    refused = FakeContext(topology, 1.0)
+    with pytest.raises(Aborted):
+        await serve("third", refused)
+    # Refused before anything else ran: the handler never saw it, and the caller hears when to retry.
+    assert ran == ["ok", "fails"] and refused.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "serving 2 calls" in refused.status.details and "again in 1 s" in refused.status.details
+    assert ("retry-after", "1") in refused.status.trailing_metadata
+    checked = asyncio.create_task(health("probe", FakeContext(topology, 1.0)))   # not counted: it runs
+    await asyncio.sleep(0)
+    assert ran == ["ok", "fails", "probe"] and guard.calls_in_progress == 2
+    release.set()
+    outcomes = await asyncio.gather(*busy, checked, return_exceptions=True)
+    assert outcomes[0] == "reply" and isinstance(outcomes[1], Aborted) and outcomes[2] == "reply"
+    assert guard.calls_in_progress == 0                  # a failed call gives its place back too
+    assert await serve("again", FakeContext(topology, 1.0)) == "reply"
+    cancelled = asyncio.create_task(serve("cancelled", FakeContext(topology, 1.0)))
+    release.clear()
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert guard.calls_in_progress == 0                  # and so does one its caller gave up on
+
+
+def test_max_concurrent_calls_is_configured_or_refused_by_name():
+    assert load_topology(env={}).defaults.max_concurrent_calls == 256
+    assert load_topology(env={"DIBOAS_MAX_CONCURRENT_CALLS": "64"}).defaults.max_concurrent_calls == 64
+    named = r"defaults.max_concurrent_calls \(or DIBOAS_MAX_CONCURRENT_CALLS\): (must be a whole|.many. is not a number)"
+    for bad in ("0", "1.5", "many"):
+        with pytest.raises(ConfigError, match=named):
+            load_topology(env={"DIBOAS_MAX_CONCURRENT_CALLS": bad})
 
 
 async def test_breaker_counts_only_failures_that_mean_down():
