@@ -133,7 +133,7 @@ class Defaults:
     drain_seconds: float = 10.0
     unready_seconds: float = 1.0   # NOT_SERVING this long before draining, so probes notice
     start_timeout_seconds: float = 60.0  # `make run` gives up when a service is not SERVING by then
-    max_concurrent_calls: int = 256      # calls a process serves at once; past it, RESOURCE_EXHAUSTED
+    max_concurrent_calls: int = 256      # calls a service serves at once; past it, outside calls are refused
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     restart: RestartPolicy = field(default_factory=RestartPolicy)

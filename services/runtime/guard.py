@@ -1,11 +1,14 @@
 """What every served RPC goes through: load shedding, tracing, authentication, policy,
 deadlines, errors, metrics and logs, in one fixed order and in one place.
 
-  0. the bound on calls in progress (`defaults.max_concurrent_calls`): past it, a new unary
-     call is refused at once with RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS, a retry delay),
-     before any other work, so a process past its capacity spends a refusal on the excess
-     instead of queueing it until every call is late. Health, reflection and streams that
-     send many messages (watches, open for as long as their caller likes) are not counted;
+  0. the bound on calls in progress (`defaults.max_concurrent_calls`, per service): past it, a
+     new unary or client-streaming call from outside the mesh (the gateway, an operator's tool)
+     is refused at once with RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS, a retry delay), before
+     its token is checked, so a service past its capacity spends a refusal on the excess
+     instead of queueing it until every call is late. Calls from the mesh's services (event
+     deliveries, saga steps) count but are never refused: they finish work already accepted,
+     and their callers bound them already (relay windows, the backlog). Health, reflection and
+     server streams (watches, open as long as their caller likes) are not counted;
   1. a SERVER span, child of the caller's W3C trace context;
   2. caller identity from the mTLS certificate (SPIFFE URI SAN);
   3. the service JWT, verified against that certificate (skipped for health and reflection,
@@ -94,8 +97,10 @@ class ServerGuard:
     def __init__(self, topology: Topology, service: ServiceConfig, default_deadline: float, tracing: RpcTracing,
                  max_concurrent_calls: int | None = None):
         self._topology = topology
-        self.max_concurrent_calls = max_concurrent_calls or topology.defaults.max_concurrent_calls
+        self.max_concurrent_calls = (topology.defaults.max_concurrent_calls if max_concurrent_calls is None
+                                     else max_concurrent_calls)
         self.calls_in_progress = 0      # unary calls counted against max_concurrent_calls
+        self._services = frozenset(svc.identity.encode() for svc in topology.services.values())
         self._service = service
         self._verifier = TokenVerifier(audience=service.identity)
         self._gateway = topology.gateway.name
@@ -115,6 +120,10 @@ class ServerGuard:
             return handler._replace(unary_stream=self._stream(method, handler.unary_stream))
         return handler._replace(stream_stream=self._stream(method, handler.stream_stream, True))
 
+    def _from_the_mesh(self, context: grpc.aio.ServicerContext) -> bool:
+        """Whether the TLS peer is one of the mesh's services (its certificate's SPIFFE id)."""
+        return any(san in self._services for san in context.peer_identities() or ())
+
     def _too_many_calls(self) -> errors.ResourceExhausted:
         return errors.ResourceExhausted(
             f"{self._service.name} is serving {self.calls_in_progress} calls, as many as it takes at once "
@@ -130,7 +139,7 @@ class ServerGuard:
             counted = False
             try:
                 if counts:
-                    if self.calls_in_progress >= self.max_concurrent_calls:
+                    if self.calls_in_progress >= self.max_concurrent_calls and not self._from_the_mesh(context):
                         raise self._too_many_calls()
                     self.calls_in_progress += 1
                     counted = True
@@ -201,8 +210,12 @@ class ServerGuard:
                               f"(it serves: {', '.join(sorted(methods))})")
 
     def log_failure(self, method: _Method, code: str, message: str, reason: str) -> None:
-        level = logging.WARNING if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED",
-                                            "PERMISSION_DENIED") else logging.INFO
+        if reason == "TOO_MANY_CALLS":      # a line per shed call would cost what shedding saves: metrics count them
+            level = logging.DEBUG
+        elif code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED", "PERMISSION_DENIED"):
+            level = logging.WARNING
+        else:
+            level = logging.INFO
         log.log(level, "%s.%s -> %s: %s", self._service.name, method.name, code, message,
                 extra={"method": method.name, "code": code, "reason": reason, "caller": current_caller()})
 

@@ -240,25 +240,30 @@ async def test_an_upstream_refusing_this_service_is_internal_to_the_caller(topol
     assert "may not call" not in caught.value.details() and dict(error_info(caught.value).metadata) == {}
 
 
-async def test_past_max_concurrent_calls_a_call_is_refused_with_a_retry_delay_and_health_still_serves(
+async def test_past_max_concurrent_calls_a_call_from_outside_the_mesh_is_refused_with_a_retry_delay(
         topology, start_server):
+    """The gateway's call past the bound is refused at once; a service's call (an event delivery, a
+    saga step) still runs, and so does a health check."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     topology = dataclasses.replace(topology, defaults=dataclasses.replace(topology.defaults, max_concurrent_calls=2))
     wallets = EchoWallets()
     server = await start_server(topology, "wallet", wallet_build(wallets))
-    async with client_channel(topology, "transaction", server.port, "wallet") as channel:
-        stub, metadata = wallet_pb2_grpc.WalletServiceStub(channel), bearer(service_token(topology, "transaction", "wallet"))
+    async with client_channel(topology, "transaction", server.port, "wallet") as mesh_channel, \
+            client_channel(topology, "gateway", server.port, "wallet") as edge_channel:
+        from_the_mesh = wallet_pb2_grpc.WalletServiceStub(mesh_channel)
+        from_the_edge = wallet_pb2_grpc.WalletServiceStub(edge_channel)
+        as_service, as_user = bearer(service_token(topology, "transaction", "wallet")), bearer(user_token(topology))
 
-        def get(name: str):
+        def get(stub, metadata, name: str):
             return stub.GetWallet(wallet_pb2.GetWalletRequest(name=name), metadata=metadata, timeout=5)
-        slow = [asyncio.ensure_future(get("wallets/slow-0.8")) for _ in range(2)]
+        slow = [asyncio.ensure_future(get(from_the_edge, as_user, "wallets/slow-0.8")) for _ in range(2)]
         deadline = time.monotonic() + 5
         while wallets.calls < 2:
             assert time.monotonic() < deadline, "the slow calls never arrived"
             await asyncio.sleep(0.01)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await get("wallets/w1")
+            await get(from_the_edge, as_user, "wallets/w1")
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and wallets.calls == 2   # never ran
         assert "serving 2 calls" in refused.value.details() and "send it again in 1 s" in refused.value.details()
         info = error_info(refused.value)
@@ -268,8 +273,10 @@ async def test_past_max_concurrent_calls_a_call_is_refused_with_a_retry_delay_an
         delay = error_details_pb2.RetryInfo()
         retry.Unpack(delay)
         assert delay.retry_delay.seconds == 1
-        # A busy service still answers its probes.
-        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+        # At the bound, a service's call still runs, and the service still answers its probes.
+        assert (await get(from_the_mesh, as_service, "wallets/m1")).wallet.name == "wallets/m1"
+        health = await health_pb2_grpc.HealthStub(edge_channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                       timeout=3)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         assert [r.wallet.name for r in await asyncio.gather(*slow)] == ["wallets/slow-0.8"] * 2
-        assert (await get("wallets/w1")).wallet.name == "wallets/w1"              # places given back
+        assert (await get(from_the_edge, as_user, "wallets/w1")).wallet.name == "wallets/w1"   # places given back

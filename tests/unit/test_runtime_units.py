@@ -30,9 +30,10 @@ class Aborted(Exception):
 class FakeContext:
     """Just enough of grpc.aio.ServicerContext for the server guard."""
 
-    def __init__(self, topology, remaining):
-        self._pem = load_identity(topology.certs_dir, "transaction").cert
-        self._spiffe = topology.identities()["transaction"].encode()
+    def __init__(self, topology, remaining, identity="transaction"):
+        self._pem = load_identity(topology.certs_dir, identity).cert
+        self._spiffe = topology.identities()[identity].encode()
+        self._dns = identity.encode()
         self._token = service_token(topology, "transaction", "wallet")
         self._remaining = remaining
         self.status = None
@@ -41,7 +42,7 @@ class FakeContext:
         return {"peer_spiffe_id": [self._spiffe], "x509_pem_cert": [self._pem]}
 
     def peer_identities(self):
-        return [self._spiffe, b"localhost", b"transaction"]
+        return [self._spiffe, b"localhost", self._dns]
 
     def invocation_metadata(self):
         return (("authorization", f"Bearer {self._token}"),)
@@ -86,7 +87,7 @@ async def test_call_with_time_left_runs(topology):
     assert result == "reply" and ran == ["request"] and context.status is None
 
 
-async def test_past_max_concurrent_calls_a_call_is_refused_at_once_and_health_still_answers(topology):
+async def test_past_max_concurrent_calls_an_outside_call_is_refused_at_once_a_services_and_health_run(topology):
     guard = ServerGuard(topology, topology.services["wallet"], default_deadline=5, tracing=RpcTracing(False),
                         max_concurrent_calls=2)
     release, ran = asyncio.Event(), []
@@ -104,7 +105,7 @@ async def test_past_max_concurrent_calls_a_call_is_refused_at_once_and_health_st
     busy = [asyncio.create_task(serve(r, FakeContext(topology, 1.0))) for r in ("ok", "fails")]
     await asyncio.sleep(0)
     assert guard.calls_in_progress == 2
-    refused = FakeContext(topology, 1.0)
+    refused = FakeContext(topology, 1.0, identity="gateway")
     with pytest.raises(Aborted):
         await serve("third", refused)
     # Refused before anything else ran: the handler never saw it, and the caller hears when to retry.
@@ -112,11 +113,12 @@ async def test_past_max_concurrent_calls_a_call_is_refused_at_once_and_health_st
     assert "serving 2 calls" in refused.status.details and "again in 1 s" in refused.status.details
     assert ("retry-after", "1") in refused.status.trailing_metadata
     checked = asyncio.create_task(health("probe", FakeContext(topology, 1.0)))   # not counted: it runs
+    from_the_mesh = asyncio.create_task(serve("delivery", FakeContext(topology, 1.0)))  # counted, not refused
     await asyncio.sleep(0)
-    assert ran == ["ok", "fails", "probe"] and guard.calls_in_progress == 2
+    assert ran == ["ok", "fails", "probe", "delivery"] and guard.calls_in_progress == 3
     release.set()
-    outcomes = await asyncio.gather(*busy, checked, return_exceptions=True)
-    assert outcomes[0] == "reply" and isinstance(outcomes[1], Aborted) and outcomes[2] == "reply"
+    outcomes = await asyncio.gather(*busy, checked, from_the_mesh, return_exceptions=True)
+    assert outcomes[0] == "reply" and isinstance(outcomes[1], Aborted) and outcomes[2:] == ["reply", "reply"]
     assert guard.calls_in_progress == 0                  # a failed call gives its place back too
     assert await serve("again", FakeContext(topology, 1.0)) == "reply"
     cancelled = asyncio.create_task(serve("cancelled", FakeContext(topology, 1.0)))
