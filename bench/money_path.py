@@ -110,7 +110,8 @@ def _machine_share(cpu: dict[str, float], processes: list[str], settled: int) ->
     transfer; how busy all CPUs were; and each mesh process's CPU in cores (one process cannot use
     much more than one: its GIL)."""
     wall = max(1e-9, cpu["wall_end"] - cpu["wall_start"])
-    busy = (cpu[f"{MACHINE}_end"] - cpu[f"{MACHINE}_start"]) / CLK_TCK
+    busy_jiffies = cpu[f"{MACHINE}_end"] - cpu[f"{MACHINE}_start"]
+    busy = busy_jiffies / CLK_TCK
     jiffies = max(1, cpu[f"{MACHINE}_jiffies_end"] - cpu[f"{MACHINE}_jiffies_start"])
     mesh = {name: cpu[f"{name}_end"] - cpu[f"{name}_start"] for name in processes}
     client = cpu[f"{CLIENT}_end"] - cpu[f"{CLIENT}_start"]
@@ -118,7 +119,7 @@ def _machine_share(cpu: dict[str, float], processes: list[str], settled: int) ->
     return {
         "client_cpu_ms_per_transfer": round(client * per_transfer, 3),
         "other_cpu_ms_per_transfer": round(max(0.0, busy - client - sum(mesh.values())) * per_transfer, 3),
-        "machine_cpu_busy": round((cpu[f"{MACHINE}_end"] - cpu[f"{MACHINE}_start"]) / jiffies, 3),
+        "machine_cpu_busy": round(busy_jiffies / jiffies, 3),
         "cores_by_process": {name: round(seconds / wall, 2) for name, seconds in mesh.items()},
     }
 
